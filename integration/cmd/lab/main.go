@@ -1,0 +1,174 @@
+// Command lab runs the project's test cluster on this machine: a real
+// single-node Kubernetes with laptop network namespaces beside it.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"sort"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"tunnel.dev/tunnel/integration/lab"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := newRoot().ExecuteContext(ctx)
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit):
+		os.Exit(exit.ExitCode()) // `lab exec` passes the command's status on
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "lab:", err)
+		os.Exit(1)
+	}
+}
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "lab",
+		Short:         "A real Kubernetes cluster on this machine, for tunnel's tests and demo",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(upCmd(), downCmd(), statusCmd(), execCmd(), loadImageCmd())
+	return root
+}
+
+func upCmd() *cobra.Command {
+	var cfg lab.Config
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Build what is missing and bring the cluster up (idempotent)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l := lab.New(lab.DefaultPaths(), cmd.ErrOrStderr())
+			if err := l.Up(cmd.Context(), cfg); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "The lab is up. Admin kubeconfig: %s\n", l.Paths.AdminKubeconfig())
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.PodCIDR, "pod-cidr", "10.244.0.0/16", "the cluster's pod CIDR")
+	f.StringVar(&cfg.ServiceCIDR, "service-cidr", "10.96.0.0/16", "the cluster's service CIDR")
+	f.StringVar(&cfg.ClusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS domain")
+	return cmd
+}
+
+func downCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "down",
+		Short: "Stop everything the lab started and remove what it made (the build cache stays)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			left, err := lab.New(lab.DefaultPaths(), cmd.ErrOrStderr()).Down(cmd.Context())
+			if err != nil {
+				return err
+			}
+			for _, l := range left {
+				fmt.Fprintln(cmd.ErrOrStderr(), "warning: differs from before the lab:", l)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "The lab is down.")
+			return nil
+		},
+	}
+}
+
+func statusCmd() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "What runs, with versions, addresses and kubeconfig paths",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s := lab.New(lab.DefaultPaths(), nil).Status()
+			out := cmd.OutOrStdout()
+			if output == "json" {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(s)
+			} else if output != "" {
+				return fmt.Errorf("unknown output format %q: use -o json", output)
+			}
+			state := "down"
+			if s.Up {
+				state = "up"
+			} else if len(s.Components) > 0 {
+				state = "partly up (run lab up to complete it)"
+			}
+			fmt.Fprintf(out, "lab: %s\n", state)
+			fmt.Fprintf(out, "versions: kubernetes %s, etcd %s, coredns %s\n", s.Versions["kubernetes"], s.Versions["etcd"], s.Versions["coredns"])
+			if len(s.Components) == 0 {
+				return nil
+			}
+			fmt.Fprintf(out, "pods: %s  services: %s  domain: %s  DNS: %s\n", s.Config.PodCIDR, s.Config.ServiceCIDR, s.Config.ClusterDomain, s.DNSService)
+			fmt.Fprintf(out, "API server: https://%s:6443\n", s.NodeAddress)
+			fmt.Fprintf(out, "kubeconfig: admin %s, dev %s\n", s.Kubeconfigs["admin"], s.Kubeconfigs["dev"])
+			for _, name := range sortedKeys(s.Components) {
+				fmt.Fprintf(out, "  %-24s %s\n", name, s.Components[name])
+			}
+			for _, name := range sortedKeys(s.Laptops) {
+				fmt.Fprintf(out, "laptop %s: %s\n", name, s.Laptops[name])
+			}
+			fmt.Fprintf(out, "logs: %s\n", s.Logs)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json")
+	return cmd
+}
+
+func execCmd() *cobra.Command {
+	var opt lab.ExecOptions
+	var node bool
+	cmd := &cobra.Command{
+		Use:   "exec [--laptop NAME | --node] [--user admin|dev] -- CMD ARGS...",
+		Short: "Run a command in a laptop namespace (made on first use) with KUBECONFIG and kubectl set",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if node {
+				opt.Laptop = ""
+			}
+			c, err := lab.Command(cmd.Context(), lab.DefaultPaths(), opt, args...)
+			if err != nil {
+				return err
+			}
+			c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
+			return c.Run()
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&opt.Laptop, "laptop", "alice", "the laptop to run in")
+	f.BoolVar(&node, "node", false, "run in the node's network namespace instead of a laptop's")
+	f.StringVar(&opt.User, "user", "admin", "whose kubeconfig: admin or dev")
+	return cmd
+}
+
+func loadImageCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "load-image TARBALL",
+		Short: "Import an image tarball into the cluster's containerd",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return lab.LoadImage(cmd.Context(), lab.DefaultPaths(), args[0])
+		},
+	}
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

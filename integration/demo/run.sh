@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The demo: the lab is up; deploy the test app and show it answering from
+# inside the cluster, by its Service's address and by its name.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LAB=bin/lab
+ns=demo
+say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
+
+say "The lab:"
+$LAB status
+
+say "Deploy the test app (namespace $ns):"
+$LAB exec --node -- kubectl apply -f integration/demo/echo.yaml
+$LAB exec --node -- kubectl -n $ns rollout status deployment/echo --timeout=120s
+$LAB exec --node -- kubectl -n $ns get pods,svc -o wide
+
+ip=$($LAB exec --node -- kubectl -n $ns get svc echo -o jsonpath='{.spec.clusterIP}')
+say "From the node, through the Service's ClusterIP $ip (kube-proxy picks a pod):"
+for i in 1 2 3; do $LAB exec --node -- curl -sS --max-time 5 "http://$ip/demo-$i"; done
+
+say "From a pod, by the Service's name (CoreDNS):"
+$LAB exec --node -- kubectl -n $ns exec deploy/echo -- /echo get "http://echo.$ns/by-name"
+
+say "From laptop alice the cluster is out of reach without a tunnel (this should fail):"
+if $LAB exec --laptop alice -- curl -sS --max-time 3 "http://$ip/"; then
+  echo "unexpected: the laptop reached the cluster" >&2; exit 1
+fi
+echo "(as expected)"

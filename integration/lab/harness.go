@@ -1,0 +1,179 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+)
+
+// Harness is what an end-to-end test gets: the running lab and an admin
+// client for it.
+type Harness struct {
+	*Lab
+	Config Config
+	Client *kubernetes.Clientset
+}
+
+// Main is the body of an end-to-end package's TestMain: it brings the lab
+// up with cfg (or reuses the one that runs), runs the tests and returns the
+// exit code. The lab stays up for the next package and the next run.
+func Main(m *testing.M, cfg Config, h **Harness) int {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "the end-to-end tests need root (they run a cluster and network namespaces): run them with sudo")
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Minute)
+	defer cancel()
+	l := New(DefaultPaths(), os.Stderr)
+	if err := l.Up(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "lab up:", err)
+		return 1
+	}
+	cs, err := Client(l.Paths)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	*h = &Harness{Lab: l, Config: cfg.Defaults(), Client: cs}
+	return m.Run()
+}
+
+// Namespace creates a namespace for one test and deletes it afterwards; if
+// the test failed it first prints the namespace's pods, events and logs and
+// the end of the node components' logs.
+func (h *Harness) Namespace(t testing.TB) string {
+	t.Helper()
+	suffix := make([]byte, 3)
+	_, _ = rand.Read(suffix)
+	name := strings.ToLower(t.Name())
+	name = strings.NewReplacer("/", "-", "_", "-").Replace(name)
+	if len(name) > 40 {
+		name = name[:40]
+	}
+	name = strings.Trim(name, "-") + "-" + hex.EncodeToString(suffix)
+	ctx := context.Background()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"tunnel.dev/e2e": "true"}}}
+	if _, err := h.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create namespace %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			h.dump(t, name)
+		}
+		_ = h.Client.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{})
+	})
+	return name
+}
+
+// dump prints what a person needs to see why a test failed.
+func (h *Harness) dump(t testing.TB, ns string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var b bytes.Buffer
+	pods, err := h.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	if err == nil {
+		for _, p := range pods.Items {
+			fmt.Fprintf(&b, "pod %s: %s ip=%s\n", p.Name, p.Status.Phase, p.Status.PodIP)
+			for _, c := range p.Spec.Containers {
+				logs, _ := h.Client.CoreV1().Pods(ns).GetLogs(p.Name, &corev1.PodLogOptions{Container: c.Name, TailLines: ptr(int64(30))}).DoRaw(ctx)
+				fmt.Fprintf(&b, "--- logs of %s/%s:\n%s\n", p.Name, c.Name, logs)
+			}
+		}
+	}
+	if events, err := h.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{}); err == nil {
+		for _, e := range events.Items {
+			fmt.Fprintf(&b, "event %s %s: %s %s\n", e.InvolvedObject.Name, e.Type, e.Reason, e.Message)
+		}
+	}
+	for _, c := range []string{"kubelet", "kube-apiserver", "containerd", "kube-proxy"} {
+		log, _ := os.ReadFile(h.Paths.LogFile(c))
+		fmt.Fprintf(&b, "--- last lines of %s:\n%s\n", c, tail(string(log), 15))
+	}
+	t.Logf("state of namespace %s:\n%s", ns, b.String())
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// DeployEcho creates a Deployment of the test app and a Service named name
+// in front of it (port 80 to the app's 8080, plus its TCP and UDP echo), and
+// waits until it is available.
+func (h *Harness) DeployEcho(t testing.TB, ns, name string, replicas int32) {
+	t.Helper()
+	ctx := context.Background()
+	labels := map[string]string{"app": name}
+	d := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					TerminationGracePeriodSeconds: ptr(int64(1)),
+					Containers: []corev1.Container{{
+						Name: "echo", Image: EchoImage, ImagePullPolicy: corev1.PullNever,
+						Command: []string{"/echo"},
+						Env: []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{
+							FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
+						Ports: []corev1.ContainerPort{
+							{Name: "http", ContainerPort: EchoHTTPPort},
+							{Name: "tcp-echo", ContainerPort: EchoTCPPort},
+							{Name: "udp-echo", ContainerPort: EchoUDPPort, Protocol: corev1.ProtocolUDP},
+						},
+						ReadinessProbe: &corev1.Probe{
+							ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("http")}},
+							PeriodSeconds: 1,
+						},
+					}},
+				},
+			},
+		},
+	}
+	if _, err := h.Client.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create deployment %s/%s: %v", ns, name, err)
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: corev1.ServiceSpec{
+			Selector: labels,
+			Ports: []corev1.ServicePort{
+				{Name: "http", Port: 80, TargetPort: intstr.FromString("http")},
+				{Name: "tcp-echo", Port: EchoTCPPort, TargetPort: intstr.FromInt32(EchoTCPPort)},
+				{Name: "udp-echo", Port: EchoUDPPort, TargetPort: intstr.FromInt32(EchoUDPPort), Protocol: corev1.ProtocolUDP},
+			},
+		},
+	}
+	if _, err := h.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create service %s/%s: %v", ns, name, err)
+	}
+	if err := WaitDeployment(ctx, h.Client, ns, name, 90*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Run runs a command in a laptop (or, with Laptop "", the node) and returns
+// its combined output.
+func (h *Harness) Run(ctx context.Context, opt ExecOptions, argv ...string) (string, error) {
+	cmd, err := Command(ctx, h.Paths, opt, argv...)
+	if err != nil {
+		return "", err
+	}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Stdin = io.NopCloser(strings.NewReader(""))
+	err = cmd.Run()
+	return out.String(), err
+}
