@@ -162,6 +162,21 @@ func (h *Harness) DeployEcho(t testing.TB, ns, name string, replicas int32) {
 	if err := WaitDeployment(ctx, h.Client, ns, name, 90*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	// Until kube-proxy has written the Service's rules, packets to its
+	// ClusterIP follow the node's default route into the sink, and the
+	// conntrack entry the first SYN leaves keeps that connection's retries
+	// there too. Wait until a fresh connection is answered.
+	svc, err := h.Client.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := fmt.Sprintf("http://%s/healthz", svc.Spec.ClusterIP)
+	if err := poll(ctx, 30*time.Second, "service "+ns+"/"+name+" answers on "+url, func(ctx context.Context) (bool, error) {
+		out, err := h.Run(ctx, ExecOptions{}, "curl", "-sf", "--max-time", "1", url)
+		return err == nil, fmt.Errorf("%v: %s", err, out)
+	}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // Run runs a command in a laptop (or, with Laptop "", the node) and returns

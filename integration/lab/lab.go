@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -187,7 +188,7 @@ func (l *Lab) Down(ctx context.Context) ([]string, error) {
 	}
 	before, haveBefore := loadBaseline(p)
 	if haveBefore {
-		restoreFolders(before)
+		restoreFolders(p, before)
 	}
 	if err := unmountUnder(p.State); err != nil {
 		errs = append(errs, err)
@@ -199,12 +200,21 @@ func (l *Lab) Down(ctx context.Context) ([]string, error) {
 	if err != nil || !haveBefore {
 		return nil, err
 	}
-	return before.diff(snapshotMachine(ctx, p)), nil
+	after, err := snapshotMachine(ctx, p)
+	if err != nil {
+		return nil, fmt.Errorf("look at the machine after down: %w", err)
+	}
+	return before.diff(after), nil
 }
 
-// restoreFolders removes /etc/netns and /run/netns when the lab made them
-// and they are empty again (iproute2 makes /run/netns a mount point).
-func restoreFolders(before machineState) {
+// restoreFolders undoes what Kubernetes parts write outside the lab's
+// folders whatever they are told: containerd's shim sockets, the kubelet's
+// device-plugin socket in
+// /var/lib/kubelet and its log links in /var/log/containers, libcni's result
+// cache in /var/lib/cni, iproute2's /run/netns mount and /etc/netns. A
+// folder the machine did not have goes; in one it had, only the lab's
+// entries go.
+func restoreFolders(p Paths, before machineState) {
 	had := map[string]bool{}
 	for _, path := range before.Paths {
 		had[path] = true
@@ -223,6 +233,23 @@ func restoreFolders(before machineState) {
 		if !had[dir] {
 			_ = os.Remove(dir)
 		}
+	}
+	// containerd's shims keep their sockets in /run/containerd/s whatever
+	// containerd's own state folder is.
+	for _, dir := range []string{"/var/lib/kubelet", "/var/log/containers", "/var/lib/cni", "/run/containerd"} {
+		if !had[dir] && len(mountsUnder(dir)) == 0 {
+			_ = os.RemoveAll(dir)
+		}
+	}
+	links, _ := filepath.Glob("/var/log/containers/*.log")
+	for _, l := range links {
+		if target, err := os.Readlink(l); err == nil && strings.HasPrefix(target, p.State+"/") {
+			_ = os.Remove(l)
+		}
+	}
+	results, _ := filepath.Glob("/var/lib/cni/results/tunnel-lab-*")
+	for _, r := range results {
+		_ = os.Remove(r)
 	}
 }
 

@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -30,12 +31,18 @@ type machineState struct {
 var wellKnownPaths = []string{
 	"/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/etc/kubernetes",
 	"/var/lib/cni", "/etc/cni/net.d", "/run/containerd/runc/k8s.io", "/var/lib/etcd",
-	"/etc/netns", "/run/netns",
+	"/etc/netns", "/run/netns", "/run/containerd",
 }
 
-func snapshotMachine(ctx context.Context, p Paths) machineState {
+// snapshotMachine fails rather than return a partial picture: an empty
+// list recorded as "before" would hide every change made after it.
+func snapshotMachine(ctx context.Context, p Paths) (machineState, error) {
+	var errs []error
 	lines := func(name string, args ...string) []string {
-		out, _ := run(ctx, name, args...)
+		out, err := run(ctx, name, args...)
+		if err != nil {
+			errs = append(errs, err)
+		}
 		return sortedLines(out)
 	}
 	var s machineState
@@ -76,7 +83,7 @@ func snapshotMachine(ctx context.Context, p Paths) machineState {
 			}
 		}
 	}
-	return s
+	return s, errors.Join(errs...)
 }
 
 // labProcesses lists processes that belong to the lab: started from its
@@ -156,7 +163,11 @@ func recordBaseline(ctx context.Context, p Paths) error {
 	if _, err := os.Stat(p.baselineFile()); err == nil {
 		return nil
 	}
-	b, err := json.MarshalIndent(snapshotMachine(ctx, p), "", "  ")
+	s, err := snapshotMachine(ctx, p)
+	if err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return err
 	}

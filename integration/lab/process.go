@@ -61,7 +61,7 @@ func processRuns(pid int, bin string) bool {
 // it outlives `lab up`), unless it already runs, and waits until it is ready.
 func start(ctx context.Context, p Paths, c component) error {
 	if _, ok := running(p, c); ok {
-		return waitReady(ctx, p, c)
+		return waitReady(ctx, p, c, func() bool { _, ok := running(p, c); return ok })
 	}
 	if err := os.MkdirAll(filepath.Dir(p.LogFile(c.name)), 0o755); err != nil {
 		return err
@@ -87,17 +87,27 @@ func start(ctx context.Context, p Paths, c component) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", c.name, err)
 	}
-	// Reap it if it dies while we still run; once we exit, init does.
-	go cmd.Wait()
+	// Reap it if it dies while we still run (once we exit, init does), and
+	// learn so from Wait: its command line says nothing reliable until
+	// nsenter has exec'd it.
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
 	if err := writeFileAtomic(p.pidFile(c.name), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
 		return err
 	}
-	return waitReady(ctx, p, c)
+	return waitReady(ctx, p, c, func() bool {
+		select {
+		case <-exited:
+			return false
+		default:
+			return true
+		}
+	})
 }
 
 // waitReady polls the component's readiness; a failure names the component
 // and shows the end of its log.
-func waitReady(ctx context.Context, p Paths, c component) error {
+func waitReady(ctx context.Context, p Paths, c component, alive func() bool) error {
 	if c.ready == nil {
 		return nil
 	}
@@ -109,7 +119,7 @@ func waitReady(ctx context.Context, p Paths, c component) error {
 	defer cancel()
 	var last error
 	for {
-		if _, ok := running(p, c); !ok {
+		if !alive() {
 			return componentFailed(p, c, errors.New("it exited"))
 		}
 		if last = c.ready(ctx); last == nil {

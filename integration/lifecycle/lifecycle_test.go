@@ -28,6 +28,8 @@ func TestDownUpWithOtherValuesDown(t *testing.T) {
 	l := lab.New(lab.DefaultPaths(), os.Stderr)
 	// Whatever happens, leave a default lab up for the next run.
 	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+		defer cancel()
 		if _, err := l.Down(ctx); err != nil {
 			t.Errorf("down before restoring the default lab: %v", err)
 		}
