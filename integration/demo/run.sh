@@ -2,7 +2,7 @@
 # The demo: the lab is up; deploy the test app and show it answering from
 # inside the cluster, by its Service's address and by its name.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 LAB=bin/lab
 ns=demo
 say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
@@ -16,6 +16,11 @@ $LAB exec --node -- kubectl -n $ns rollout status deployment/echo --timeout=120s
 $LAB exec --node -- kubectl -n $ns get pods,svc -o wide
 
 ip=$($LAB exec --node -- kubectl -n $ns get svc echo -o jsonpath='{.spec.clusterIP}')
+# kube-proxy writes the Service's rules a moment after the pods are ready.
+for i in $(seq 1 60); do
+  $LAB exec --node -- curl -sf --max-time 1 "http://$ip/healthz" >/dev/null && break
+  sleep 0.5
+done
 say "From the node, through the Service's ClusterIP $ip (kube-proxy picks a pod):"
 for i in 1 2 3; do $LAB exec --node -- curl -sS --max-time 5 "http://$ip/demo-$i"; done
 

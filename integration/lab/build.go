@@ -87,6 +87,11 @@ func kubernetesBuildModule(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read Kubernetes go.mod: %w", err)
 	}
+	return buildModuleFor(data)
+}
+
+// buildModuleFor derives the build module's go.mod from Kubernetes' own.
+func buildModuleFor(data []byte) ([]byte, error) {
 	upstream, err := modfile.Parse("go.mod", data, nil)
 	if err != nil {
 		return nil, fmt.Errorf("parse Kubernetes go.mod: %w", err)
