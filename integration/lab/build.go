@@ -28,34 +28,38 @@ type builder struct {
 
 // ensureAll builds whatever the cache lacks.
 func (b *builder) ensureAll(ctx context.Context) error {
-	if err := b.ensureKubernetes(ctx); err != nil {
-		return err
+	for _, part := range []struct {
+		what  string
+		dir   string
+		files []string
+		build func(context.Context, string) error
+	}{
+		// About 10 to 15 min on 2 cores with a cold Go cache.
+		{"Kubernetes " + KubernetesVersion, b.paths.KubernetesBin(), kubernetesCommands, b.buildKubernetes},
+		{"etcd " + EtcdVersion, b.versionDir("etcd", EtcdVersion), []string{"etcd"}, b.buildEtcd},
+		{"CoreDNS " + CoreDNSVersion, b.versionDir("coredns", CoreDNSVersion), []string{"coredns"}, b.buildCoreDNS},
+	} {
+		if haveAll(part.dir, part.files) {
+			continue
+		}
+		done := b.progress.long(ctx, "build "+part.what+" from the Go module proxy")
+		err := part.build(ctx, part.dir)
+		done(err)
+		if err != nil {
+			return err
+		}
 	}
-	if err := b.ensureEtcd(ctx); err != nil {
-		return err
-	}
-	return b.ensureCoreDNS(ctx)
+	return nil
 }
 
 func (b *builder) versionDir(name, version string) string {
 	return filepath.Join(b.paths.Cache, name+"-"+version)
 }
 
-// ensureKubernetes builds the six commands from k8s.io/kubernetes. Its go.mod
+// buildKubernetes builds the six commands from k8s.io/kubernetes. Its go.mod
 // replaces the staging modules with ./staging, so `go install` refuses it; a
 // small module of our own requires it and points every staging module at
 // its published v0.x twin instead.
-func (b *builder) ensureKubernetes(ctx context.Context) error {
-	bin := b.paths.KubernetesBin()
-	if haveAll(bin, kubernetesCommands) {
-		return nil
-	}
-	done := b.progress.long(ctx, "build Kubernetes "+KubernetesVersion+" from the Go module proxy (about 15 min on a cold cache)")
-	err := b.buildKubernetes(ctx, bin)
-	done(err)
-	return err
-}
-
 func (b *builder) buildKubernetes(ctx context.Context, bin string) error {
 	src := filepath.Join(b.paths.Cache, "src", "kubernetes-"+KubernetesVersion)
 	gomod, err := kubernetesBuildModule(ctx)
@@ -136,20 +140,9 @@ func moduleDir(ctx context.Context, mod string) (string, error) {
 	return info.Dir, nil
 }
 
-// ensureEtcd builds etcd from a one-line main that calls etcdmain.Main. The
+// buildEtcd builds etcd from a one-line main that calls etcdmain.Main. The
 // etcd module's own main has replace directives, and Debian's etcd 3.4 breaks
 // watches of a current API server.
-func (b *builder) ensureEtcd(ctx context.Context) error {
-	dir := b.versionDir("etcd", EtcdVersion)
-	if haveAll(dir, []string{"etcd"}) {
-		return nil
-	}
-	done := b.progress.long(ctx, "build etcd "+EtcdVersion)
-	err := b.buildEtcd(ctx, dir)
-	done(err)
-	return err
-}
-
 func (b *builder) buildEtcd(ctx context.Context, dir string) error {
 	src := filepath.Join(b.paths.Cache, "src", "etcd-"+EtcdVersion)
 	gomod := fmt.Sprintf("module tunnel.dev/lab/etcd-build\n\ngo 1.26\n\nrequire go.etcd.io/etcd/server/v3 %s\n", EtcdVersion)
@@ -164,19 +157,8 @@ func (b *builder) buildEtcd(ctx context.Context, dir string) error {
 	return b.goBuild(ctx, src, dir, args, nil)
 }
 
-// ensureCoreDNS builds CoreDNS statically: it runs in the cluster from an
+// buildCoreDNS builds CoreDNS statically: it runs in the cluster from an
 // image with nothing else in it, and on the node as the laptops' upstream.
-func (b *builder) ensureCoreDNS(ctx context.Context) error {
-	dir := b.versionDir("coredns", CoreDNSVersion)
-	if haveAll(dir, []string{"coredns"}) {
-		return nil
-	}
-	done := b.progress.long(ctx, "build CoreDNS "+CoreDNSVersion)
-	err := b.buildCoreDNS(ctx, dir)
-	done(err)
-	return err
-}
-
 func (b *builder) buildCoreDNS(ctx context.Context, dir string) error {
 	src := filepath.Join(b.paths.Cache, "src", "coredns-"+CoreDNSVersion)
 	if err := os.MkdirAll(src, 0o755); err != nil {
