@@ -1,0 +1,27 @@
+// Package tun owns the laptop's TUN device and the routes that send the
+// cluster's subnets into it. Packets read from the device go to
+// tun/netstack, which turns them into streams; the device type is
+// wireguard-go's, the same contract on Linux, macOS and Windows.
+package tun
+
+import (
+	"fmt"
+
+	wgtun "golang.zx2c4.com/wireguard/tun"
+)
+
+// Device is a TUN device: wireguard-go's interface, whole.
+type Device = wgtun.Device
+
+// DefaultMTU leaves room for the laptop's own encapsulations (a VPN's).
+const DefaultMTU = 1420
+
+// Create makes a TUN device. On Linux it vanishes with the process that
+// holds it, routes included, so a crashed daemon leaves no routes behind.
+func Create(name string, mtu int) (Device, error) {
+	dev, err := wgtun.CreateTUN(name, mtu)
+	if err != nil {
+		return nil, fmt.Errorf("create TUN device %s: %w", name, err)
+	}
+	return dev, nil
+}
