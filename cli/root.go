@@ -21,6 +21,7 @@ func New(out, errOut io.Writer) *cobra.Command {
 	}
 	root.SetOut(out)
 	root.SetErr(errOut)
-	root.AddCommand(version.Command("tunnel"))
+	root.AddCommand(version.Command("tunnel"), newConnect(), newStatus(), newQuit(),
+		newInstall(), newUninstall(), newAsUser())
 	return root
 }

@@ -1,4 +1,5 @@
-// Command tunnel: see package cli.
+// Command tunnel: the CLI (package cli) and, as `tunnel daemon`, the
+// privileged daemon (package daemon) in one binary.
 package main
 
 import (
@@ -6,10 +7,13 @@ import (
 	"os"
 
 	"tunnel.dev/tunnel/cli"
+	"tunnel.dev/tunnel/daemon"
 )
 
 func main() {
-	if err := cli.New(os.Stdout, os.Stderr).Execute(); err != nil {
+	root := cli.New(os.Stdout, os.Stderr)
+	root.AddCommand(daemon.Command())
+	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "tunnel:", err)
 		os.Exit(1)
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,7 +26,29 @@ type Harness struct {
 	*Lab
 	Config Config
 	Client *kubernetes.Clientset
+
+	buildOnce sync.Once
+	tunnel    string
+	buildErr  error
 }
+
+// Tunnel returns the path of the tunnel binary built from this tree, built
+// once per test process.
+func (h *Harness) Tunnel(t testing.TB) string {
+	t.Helper()
+	h.buildOnce.Do(func() {
+		h.tunnel = h.Paths.state("bin", "tunnel")
+		h.buildErr = BuildBinary(context.Background(), "./cmd/tunnel", h.tunnel)
+	})
+	if h.buildErr != nil {
+		t.Fatal(h.buildErr)
+	}
+	return h.tunnel
+}
+
+// EchoClient is the test app's binary, whose tcp, udp, get and lookup verbs
+// are clients for laptops.
+func (h *Harness) EchoClient() string { return h.Paths.state("images", "echo") }
 
 // Main is the body of an end-to-end package's TestMain: it brings the lab
 // up with cfg (or reuses the one that runs), runs the tests and returns the

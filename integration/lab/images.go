@@ -11,7 +11,8 @@ import (
 const (
 	PauseImage   = "tunnel.dev/lab/pause:v1"
 	CoreDNSImage = "tunnel.dev/lab/coredns:" + CoreDNSVersion
-	EchoImage    = "tunnel.dev/lab/echo:dev" // the test app (integration/testapp)
+	EchoImage    = "tunnel.dev/lab/echo:dev"     // the test app (integration/testapp)
+	AgentImage   = "tunnel.dev/tunnel/agent:dev" // tunnel-agent, as `tunnel install` names it by default
 )
 
 // The test app's ports, as integration/testapp serves them.
@@ -30,6 +31,7 @@ func ensureImages(ctx context.Context, p Paths) error {
 	for _, img := range []struct{ ref, pkg, bin string }{
 		{PauseImage, "./integration/pause", "pause"},
 		{EchoImage, "./integration/testapp", "echo"},
+		{AgentImage, "./cmd/tunnel-agent", "tunnel-agent"},
 	} {
 		bin := filepath.Join(dir, img.bin)
 		if err := BuildBinary(ctx, img.pkg, bin); err != nil {

@@ -38,8 +38,14 @@ func main() {
 	// the image has no shell, dig or curl.
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
-		case "lookup", "get":
+		case "lookup", "get", "tcp", "udp":
 			if err := client(context.Background(), os.Stdout, os.Args[1], os.Args[2:]); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			return
+		case "latency", "download", "conns":
+			if err := measure(context.Background(), os.Stdout, os.Args[1], os.Args[2:]); err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				os.Exit(1)
 			}

@@ -248,11 +248,39 @@ func TestClientVerbs(t *testing.T) {
 	if err := client(context.Background(), &out, "get", []string{"http://" + ls.HTTP.Addr().String() + "/status/503"}); err == nil {
 		t.Fatal("get of a 503 succeeded")
 	}
+	for verb, addr := range map[string]string{"tcp": ls.TCP.Addr().String(), "udp": ls.UDP.LocalAddr().String()} {
+		out.Reset()
+		if err := client(context.Background(), &out, verb, []string{addr}); err != nil || out.String() != "ping\n" {
+			t.Fatalf("%s echo: %q, %v", verb, out.String(), err)
+		}
+	}
 	out.Reset()
 	if err := client(context.Background(), &out, "lookup", []string{"localhost"}); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(out.String(), "127.0.0.1") && !strings.Contains(out.String(), "::1") {
 		t.Fatalf("lookup printed %q", out.String())
+	}
+}
+
+func TestMeasureVerbs(t *testing.T) {
+	ls := startApp(t)
+	base := "http://" + ls.HTTP.Addr().String()
+	for _, tc := range []struct {
+		verb string
+		args []string
+		want string
+	}{
+		{"latency", []string{base + "/", "20"}, "p50_us="},
+		{"download", []string{base + "/bytes?n=1000000"}, "bytes=1000000 "},
+		{"conns", []string{ls.TCP.Addr().String(), "50"}, "ok=50 of=50"},
+	} {
+		var out strings.Builder
+		if err := measure(context.Background(), &out, tc.verb, tc.args); err != nil || !strings.Contains(out.String(), tc.want) {
+			t.Errorf("%s %v: %q, %v", tc.verb, tc.args, out.String(), err)
+		}
+	}
+	if err := measure(context.Background(), io.Discard, "latency", []string{base, "0"}); err == nil {
+		t.Error("latency with N=0 succeeded")
 	}
 }

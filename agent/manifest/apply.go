@@ -1,0 +1,223 @@
+package manifest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	authzv1 "k8s.io/api/authorization/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+)
+
+// ErrForbidden means the user may not install (or remove) the manager.
+var ErrForbidden = errors.New("forbidden")
+
+// CheckAccess asks the API server whether the user may do everything an
+// install does, before anything is created: a refusal halfway would leave
+// half an install behind.
+func CheckAccess(ctx context.Context, cs kubernetes.Interface, verbs ...string) error {
+	var denied []string
+	for _, verb := range verbs {
+		for _, r := range []authzv1.ResourceAttributes{
+			{Resource: "namespaces"},
+			{Group: "rbac.authorization.k8s.io", Resource: "clusterroles"},
+			{Group: "rbac.authorization.k8s.io", Resource: "clusterrolebindings"},
+			{Namespace: Namespace, Group: "apps", Resource: "deployments"},
+			{Namespace: Namespace, Resource: "services"},
+			{Namespace: Namespace, Resource: "serviceaccounts"},
+			{Namespace: Namespace, Group: "rbac.authorization.k8s.io", Resource: "roles"},
+			{Namespace: Namespace, Group: "rbac.authorization.k8s.io", Resource: "rolebindings"},
+		} {
+			r.Verb = verb
+			review, err := cs.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx,
+				&authzv1.SelfSubjectAccessReview{Spec: authzv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &r}}, metav1.CreateOptions{})
+			if err != nil {
+				return fmt.Errorf("ask the API server what you may do: %w", err)
+			}
+			if !review.Status.Allowed {
+				denied = append(denied, verb+" "+r.Resource)
+			}
+		}
+	}
+	if len(denied) > 0 {
+		return fmt.Errorf("%w: you may not %s", ErrForbidden, strings.Join(denied, ", "))
+	}
+	return nil
+}
+
+// Install creates or updates every object; if one fails, what this call
+// created is deleted again.
+func Install(ctx context.Context, cs kubernetes.Interface, opt Options) (err error) {
+	if err := CheckAccess(ctx, cs, "create", "update"); err != nil {
+		return err
+	}
+	o := Build(opt)
+	var created []func(context.Context) error
+	defer func() {
+		if err != nil {
+			for i := len(created) - 1; i >= 0; i-- {
+				_ = created[i](context.WithoutCancel(ctx))
+			}
+		}
+	}()
+	bg := metav1.DeletePropagationBackground
+	del := metav1.DeleteOptions{PropagationPolicy: &bg}
+	step := func(what string, get func() error, create, update func() error, remove func(context.Context) error) error {
+		err := get()
+		switch {
+		case apierrors.IsNotFound(err):
+			if err := create(); err != nil {
+				return fmt.Errorf("create %s: %w", what, err)
+			}
+			created = append(created, remove)
+			return nil
+		case err != nil:
+			return fmt.Errorf("read %s: %w", what, err)
+		}
+		if err := update(); err != nil {
+			return fmt.Errorf("update %s: %w", what, err)
+		}
+		return nil
+	}
+	core, rbac, apps := cs.CoreV1(), cs.RbacV1(), cs.AppsV1()
+	c, u, g := metav1.CreateOptions{}, metav1.UpdateOptions{}, metav1.GetOptions{}
+	if err := step("namespace "+Namespace,
+		func() error { _, err := core.Namespaces().Get(ctx, Namespace, g); return err },
+		func() error { _, err := core.Namespaces().Create(ctx, o.Namespace, c); return err },
+		func() error { return nil },
+		func(ctx context.Context) error { return core.Namespaces().Delete(ctx, Namespace, del) }); err != nil {
+		return err
+	}
+	for _, s := range []struct {
+		what                string
+		get, create, update func() error
+		remove              func(context.Context) error
+	}{
+		{"service account",
+			func() error { _, err := core.ServiceAccounts(Namespace).Get(ctx, Manager, g); return err },
+			func() error { _, err := core.ServiceAccounts(Namespace).Create(ctx, o.ServiceAccount, c); return err },
+			func() error { return nil },
+			func(ctx context.Context) error { return core.ServiceAccounts(Namespace).Delete(ctx, Manager, del) }},
+		{"cluster role",
+			func() error { _, err := rbac.ClusterRoles().Get(ctx, Manager, g); return err },
+			func() error { _, err := rbac.ClusterRoles().Create(ctx, o.ClusterRole, c); return err },
+			func() error { _, err := rbac.ClusterRoles().Update(ctx, o.ClusterRole, u); return err },
+			func(ctx context.Context) error { return rbac.ClusterRoles().Delete(ctx, Manager, del) }},
+		{"cluster role binding",
+			func() error { _, err := rbac.ClusterRoleBindings().Get(ctx, Manager, g); return err },
+			func() error { _, err := rbac.ClusterRoleBindings().Create(ctx, o.ClusterRoleBinding, c); return err },
+			func() error { _, err := rbac.ClusterRoleBindings().Update(ctx, o.ClusterRoleBinding, u); return err },
+			func(ctx context.Context) error { return rbac.ClusterRoleBindings().Delete(ctx, Manager, del) }},
+		{"deployment",
+			func() error { _, err := apps.Deployments(Namespace).Get(ctx, Manager, g); return err },
+			func() error { _, err := apps.Deployments(Namespace).Create(ctx, o.Deployment, c); return err },
+			func() error { _, err := apps.Deployments(Namespace).Update(ctx, o.Deployment, u); return err },
+			func(ctx context.Context) error { return apps.Deployments(Namespace).Delete(ctx, Manager, del) }},
+		{"service",
+			func() error { _, err := core.Services(Namespace).Get(ctx, Manager, g); return err },
+			func() error { _, err := core.Services(Namespace).Create(ctx, o.Service, c); return err },
+			func() error { return nil },
+			func(ctx context.Context) error { return core.Services(Namespace).Delete(ctx, Manager, del) }},
+		{"client role",
+			func() error { _, err := rbac.Roles(Namespace).Get(ctx, ClientRole, g); return err },
+			func() error { _, err := rbac.Roles(Namespace).Create(ctx, o.ClientRole, c); return err },
+			func() error { _, err := rbac.Roles(Namespace).Update(ctx, o.ClientRole, u); return err },
+			func(ctx context.Context) error { return rbac.Roles(Namespace).Delete(ctx, ClientRole, del) }},
+	} {
+		if err := step(s.what, s.get, s.create, s.update, s.remove); err != nil {
+			return err
+		}
+	}
+	if o.ClientRoleBinding != nil {
+		return step("client role binding",
+			func() error { _, err := rbac.RoleBindings(Namespace).Get(ctx, ClientRole, g); return err },
+			func() error { _, err := rbac.RoleBindings(Namespace).Create(ctx, o.ClientRoleBinding, c); return err },
+			func() error { return mergeSubjects(ctx, cs, o) },
+			func(ctx context.Context) error { return rbac.RoleBindings(Namespace).Delete(ctx, ClientRole, del) })
+	}
+	return nil
+}
+
+// mergeSubjects adds the newly allowed users and groups to those allowed
+// before: a second install with --allow-user adds, it does not replace.
+func mergeSubjects(ctx context.Context, cs kubernetes.Interface, o Objects) error {
+	rb, err := cs.RbacV1().RoleBindings(Namespace).Get(ctx, ClientRole, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	have := map[string]bool{}
+	for _, s := range rb.Subjects {
+		have[s.Kind+"/"+s.Name] = true
+	}
+	for _, s := range o.ClientRoleBinding.Subjects {
+		if !have[s.Kind+"/"+s.Name] {
+			rb.Subjects = append(rb.Subjects, s)
+		}
+	}
+	_, err = cs.RbacV1().RoleBindings(Namespace).Update(ctx, rb, metav1.UpdateOptions{})
+	return err
+}
+
+// WaitReady waits until the manager's Deployment has a ready pod of its
+// current spec.
+func WaitReady(ctx context.Context, cs kubernetes.Interface, timeout time.Duration) error {
+	var last string
+	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		d, err := cs.AppsV1().Deployments(Namespace).Get(ctx, Manager, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		s := d.Status
+		last = fmt.Sprintf("%d of %d replicas ready", s.ReadyReplicas, *d.Spec.Replicas)
+		return s.ObservedGeneration >= d.Generation && s.UpdatedReplicas == *d.Spec.Replicas &&
+			s.ReadyReplicas == *d.Spec.Replicas && s.Replicas == *d.Spec.Replicas, nil
+	})
+	if err != nil {
+		return fmt.Errorf("the manager did not become ready (%s): %w", last, err)
+	}
+	return nil
+}
+
+// Installed reports whether the manager's Deployment exists.
+func Installed(ctx context.Context, cs kubernetes.Interface) (bool, error) {
+	_, err := cs.AppsV1().Deployments(Namespace).Get(ctx, Manager, metav1.GetOptions{})
+	switch {
+	case err == nil:
+		return true, nil
+	case apierrors.IsNotFound(err):
+		return false, nil
+	case apierrors.IsForbidden(err):
+		return false, fmt.Errorf("%w: %v", ErrForbidden, err)
+	}
+	return false, err
+}
+
+// Uninstall removes everything Install made: the namespace takes what is in
+// it; the cluster-scoped role and binding go by name.
+func Uninstall(ctx context.Context, cs kubernetes.Interface) error {
+	if err := CheckAccess(ctx, cs, "delete"); err != nil {
+		return err
+	}
+	var errs []error
+	ignore := func(err error) {
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, err)
+		}
+	}
+	ignore(cs.RbacV1().ClusterRoleBindings().Delete(ctx, Manager, metav1.DeleteOptions{}))
+	ignore(cs.RbacV1().ClusterRoles().Delete(ctx, Manager, metav1.DeleteOptions{}))
+	ignore(cs.CoreV1().Namespaces().Delete(ctx, Namespace, metav1.DeleteOptions{}))
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	// Wait for the namespace to go, so an install right after works.
+	return wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := cs.CoreV1().Namespaces().Get(ctx, Namespace, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+}

@@ -1,0 +1,162 @@
+// Package manifest is what `tunnel install` puts in a cluster: the manager's
+// Deployment, Service, ServiceAccount and least-privilege RBAC in namespace
+// tunnel-system, and the role a user needs to connect.
+package manifest
+
+import (
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+)
+
+// Names of what is installed.
+const (
+	Namespace  = "tunnel-system"
+	Manager    = "tunnel-manager"
+	ClientRole = "tunnel-client" // what a user needs to connect
+	// DefaultImage is the manager's image unless --manager-image says otherwise.
+	DefaultImage = "tunnel.dev/tunnel/agent:dev"
+	SessionPort  = 8022
+	MetricsPort  = 9090
+)
+
+// Options shape an install.
+type Options struct {
+	Image       string
+	AllowUsers  []string
+	AllowGroups []string
+	Replicas    int32
+	PullPolicy  corev1.PullPolicy
+}
+
+// Labels mark every object tunnel installs, so uninstall finds them all.
+func Labels() map[string]string {
+	return map[string]string{
+		"app.kubernetes.io/name":       Manager,
+		"app.kubernetes.io/part-of":    "tunnel",
+		"app.kubernetes.io/managed-by": "tunnel",
+	}
+}
+
+func meta(name, ns string) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: name, Namespace: ns, Labels: Labels()}
+}
+
+// Objects are the install, in the order to create them.
+type Objects struct {
+	Namespace          *corev1.Namespace
+	ServiceAccount     *corev1.ServiceAccount
+	ClusterRole        *rbacv1.ClusterRole
+	ClusterRoleBinding *rbacv1.ClusterRoleBinding
+	Deployment         *appsv1.Deployment
+	Service            *corev1.Service
+	ClientRole         *rbacv1.Role
+	ClientRoleBinding  *rbacv1.RoleBinding // nil when nobody is allowed
+}
+
+// Build returns the objects for opt.
+func Build(opt Options) Objects {
+	if opt.Image == "" {
+		opt.Image = DefaultImage
+	}
+	if opt.Replicas == 0 {
+		opt.Replicas = 1
+	}
+	if opt.PullPolicy == "" {
+		opt.PullPolicy = corev1.PullIfNotPresent
+	}
+	selector := map[string]string{"app.kubernetes.io/name": Manager}
+	o := Objects{
+		Namespace:      &corev1.Namespace{ObjectMeta: meta(Namespace, "")},
+		ServiceAccount: &corev1.ServiceAccount{ObjectMeta: meta(Manager, Namespace)},
+		// The manager watches what a laptop must route (nodes' podCIDRs,
+		// ServiceCIDRs, pods as a fallback) and resolve (namespaces).
+		ClusterRole: &rbacv1.ClusterRole{
+			ObjectMeta: meta(Manager, ""),
+			Rules: []rbacv1.PolicyRule{
+				{APIGroups: []string{""}, Resources: []string{"nodes", "namespaces", "pods"}, Verbs: []string{"get", "list", "watch"}},
+				{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"servicecidrs"}, Verbs: []string{"get", "list", "watch"}},
+			},
+		},
+		ClusterRoleBinding: &rbacv1.ClusterRoleBinding{
+			ObjectMeta: meta(Manager, ""),
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: Manager},
+			Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: Manager, Namespace: Namespace}},
+		},
+		Deployment: &appsv1.Deployment{
+			ObjectMeta: meta(Manager, Namespace),
+			Spec: appsv1.DeploymentSpec{
+				Replicas: &opt.Replicas,
+				Selector: &metav1.LabelSelector{MatchLabels: selector},
+				Template: corev1.PodTemplateSpec{
+					ObjectMeta: metav1.ObjectMeta{Labels: Labels()},
+					Spec: corev1.PodSpec{
+						ServiceAccountName:            Manager,
+						TerminationGracePeriodSeconds: ptr.To(int64(5)),
+						SecurityContext: &corev1.PodSecurityContext{
+							RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To(int64(65532)),
+							SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+						},
+						Containers: []corev1.Container{{
+							Name:            "manager",
+							Image:           opt.Image,
+							ImagePullPolicy: opt.PullPolicy,
+							Args:            []string{"manager"},
+							Ports: []corev1.ContainerPort{
+								{Name: "session", ContainerPort: SessionPort},
+								{Name: "metrics", ContainerPort: MetricsPort},
+							},
+							ReadinessProbe: &corev1.Probe{
+								ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("metrics")}},
+								PeriodSeconds: 2,
+							},
+							SecurityContext: &corev1.SecurityContext{
+								AllowPrivilegeEscalation: ptr.To(false),
+								ReadOnlyRootFilesystem:   ptr.To(true),
+								Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+							},
+						}},
+					},
+				},
+			},
+		},
+		Service: &corev1.Service{
+			ObjectMeta: meta(Manager, Namespace),
+			Spec: corev1.ServiceSpec{
+				Selector: selector,
+				Ports: []corev1.ServicePort{
+					{Name: "session", Port: SessionPort, TargetPort: intstr.FromString("session")},
+					{Name: "metrics", Port: MetricsPort, TargetPort: intstr.FromString("metrics")},
+				},
+			},
+		},
+		// A user who may connect may find the manager's pod and forward a
+		// port to it, and nothing more.
+		ClientRole: &rbacv1.Role{
+			ObjectMeta: meta(ClientRole, Namespace),
+			Rules: []rbacv1.PolicyRule{
+				{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
+				{APIGroups: []string{""}, Resources: []string{"pods/portforward"}, Verbs: []string{"get", "create"}},
+				{APIGroups: []string{"apps"}, Resources: []string{"deployments"}, ResourceNames: []string{Manager}, Verbs: []string{"get"}},
+			},
+		},
+	}
+	var subjects []rbacv1.Subject
+	for _, u := range opt.AllowUsers {
+		subjects = append(subjects, rbacv1.Subject{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: u})
+	}
+	for _, g := range opt.AllowGroups {
+		subjects = append(subjects, rbacv1.Subject{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: g})
+	}
+	if len(subjects) > 0 {
+		o.ClientRoleBinding = &rbacv1.RoleBinding{
+			ObjectMeta: meta(ClientRole, Namespace),
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: ClientRole},
+			Subjects:   subjects,
+		}
+	}
+	return o
+}

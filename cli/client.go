@@ -1,0 +1,102 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	daemonpb "tunnel.dev/tunnel/rpc/daemon"
+)
+
+// daemonClient reaches the daemon of this network namespace, if one runs.
+func daemonClient(ctx context.Context) (daemonpb.DaemonClient, func(), error) {
+	sock := daemonpb.SocketPath()
+	if _, err := os.Stat(sock); err != nil {
+		return nil, nil, errNoDaemon
+	}
+	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, err
+	}
+	c := daemonpb.NewDaemonClient(cc)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := c.Status(ctx, &daemonpb.StatusRequest{}, grpc.WaitForReady(false)); err != nil {
+		cc.Close()
+		if os.IsPermission(errors.Unwrap(err)) {
+			return nil, nil, fmt.Errorf("the tunnel daemon belongs to another user: %w", err)
+		}
+		return nil, nil, errNoDaemon
+	}
+	return c, func() { cc.Close() }, nil
+}
+
+var errNoDaemon = errors.New("no tunnel daemon runs")
+
+// startDaemon starts `tunnel daemon` for this user: directly when root,
+// through sudo otherwise (which may ask for a password), and waits until it
+// answers.
+func startDaemon(ctx context.Context, errOut io.Writer) (daemonpb.DaemonClient, func(), error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, nil, err
+	}
+	runDir := daemonpb.RunDir()
+	uid, gid := os.Getuid(), os.Getgid()
+	args := []string{self, "daemon", "--uid", strconv.Itoa(uid), "--gid", strconv.Itoa(gid)}
+	var cmd *exec.Cmd
+	if os.Geteuid() == 0 {
+		if err := os.MkdirAll(runDir, 0o755); err != nil {
+			return nil, nil, err
+		}
+		logf, err := os.OpenFile(filepath.Join(runDir, "daemon.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer logf.Close()
+		cmd = exec.Command(args[0], args[1:]...)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	} else {
+		if _, err := exec.LookPath("sudo"); err != nil {
+			return nil, nil, fmt.Errorf("tunnel needs root for its daemon and there is no sudo: run `sudo %s daemon --uid %d --gid %d` as a service", self, uid, gid)
+		}
+		fmt.Fprintln(errOut, "Starting the tunnel daemon with sudo (it creates a TUN device and changes routes and DNS)...")
+		sh := fmt.Sprintf("mkdir -p %q && exec %q daemon --uid %d --gid %d >>%q 2>&1", runDir, self, uid, gid, filepath.Join(runDir, "daemon.log"))
+		cmd = exec.Command("sudo", "--background", "sh", "-c", sh)
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, errOut, errOut
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, nil, fmt.Errorf("start the tunnel daemon: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	deadline := time.After(15 * time.Second)
+	for {
+		if c, closeFn, err := daemonClient(ctx); err == nil {
+			return c, closeFn, nil
+		}
+		select {
+		case err := <-exited:
+			if os.Geteuid() == 0 && err != nil { // the daemon itself ended
+				return nil, nil, fmt.Errorf("the tunnel daemon exited: %v (see %s)", err, filepath.Join(runDir, "daemon.log"))
+			}
+			exited = nil // sudo --background returns at once
+		case <-deadline:
+			return nil, nil, fmt.Errorf("the tunnel daemon did not start within 15s: see %s", filepath.Join(runDir, "daemon.log"))
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,99 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/status"
+
+	"tunnel.dev/tunnel/agent/manifest"
+	daemonpb "tunnel.dev/tunnel/rpc/daemon"
+)
+
+func newConnect() *cobra.Command {
+	var (
+		kf                      kubeFlags
+		also, never, dnsInclude []string
+		image, output           string
+	)
+	cmd := &cobra.Command{
+		Use:   "connect",
+		Short: "Join this machine to the cluster's network: its pods and Services by address and by name",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			kubeconfig, kctx, ns, err := kf.portable()
+			if err != nil {
+				return err
+			}
+			if err := ensureManager(ctx, cmd, &kf, image, output == "json"); err != nil {
+				return err
+			}
+			c, closeFn, err := daemonClient(ctx)
+			if errors.Is(err, errNoDaemon) {
+				c, closeFn, err = startDaemon(ctx, cmd.ErrOrStderr())
+			}
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			st, err := c.Connect(ctx, &daemonpb.ConnectRequest{
+				Kubeconfig: kubeconfig, Context: kctx, Namespace: ns, ManagerNamespace: manifest.Namespace,
+				AlsoProxy: also, NeverProxy: never, DnsInclude: dnsInclude,
+			})
+			if err != nil {
+				return errors.New(status.Convert(err).Message())
+			}
+			if output == "json" {
+				return printJSON(cmd.OutOrStdout(), st)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Connected to %s (context %s, namespace %s).\n", st.Cluster, st.Context, st.Namespace)
+			return nil
+		},
+	}
+	kf.add(cmd)
+	f := cmd.Flags()
+	f.StringSliceVar(&also, "also-proxy", nil, "also route this CIDR through the cluster (repeatable)")
+	f.StringSliceVar(&never, "never-proxy", nil, "never route this CIDR through the cluster, even if it is the cluster's (repeatable)")
+	f.StringSliceVar(&dnsInclude, "dns-include", nil, "also resolve names ending in this suffix in the cluster (repeatable)")
+	f.StringVar(&image, "manager-image", manifest.DefaultImage, "the manager's image, if connect has to install it")
+	f.StringVarP(&output, "output", "o", "", "output format: json")
+	return cmd
+}
+
+// ensureManager installs the manager on first connect when the user may,
+// and otherwise says who must.
+func ensureManager(ctx context.Context, cmd *cobra.Command, kf *kubeFlags, image string, quiet bool) error {
+	_, cs, err := kf.client()
+	if err != nil {
+		return err
+	}
+	ictx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	ok, err := manifest.Installed(ictx, cs)
+	if errors.Is(err, manifest.ErrForbidden) {
+		return errors.New("you may not use the tunnel manager in this cluster: ask an admin to run `tunnel install --allow-user <you>`")
+	}
+	if err != nil {
+		return fmt.Errorf("cannot reach the cluster at %s: %w", cs.RESTClient().Get().URL().Host, err)
+	}
+	if ok {
+		return nil
+	}
+	if err := manifest.CheckAccess(ictx, cs, "create"); err != nil {
+		if errors.Is(err, manifest.ErrForbidden) {
+			return errors.New("the tunnel manager is not installed in this cluster and you may not install it: ask an admin to run `tunnel install --allow-user <you>`")
+		}
+		return err
+	}
+	if !quiet {
+		fmt.Fprintln(cmd.ErrOrStderr(), "Installing the tunnel manager in namespace "+manifest.Namespace+"...")
+	}
+	if err := manifest.Install(ctx, cs, manifest.Options{Image: image}); err != nil {
+		return err
+	}
+	return manifest.WaitReady(ctx, cs, 2*time.Minute)
+}

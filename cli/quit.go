@@ -1,0 +1,58 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/status"
+
+	daemonpb "tunnel.dev/tunnel/rpc/daemon"
+)
+
+func newQuit() *cobra.Command {
+	return &cobra.Command{
+		Use:   "quit",
+		Short: "Disconnect and restore routes and DNS as they were",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, closeFn, err := daemonClient(cmd.Context())
+			if errors.Is(err, errNoDaemon) {
+				// No daemon: one may have died without restoring DNS.
+				if err := repair(); err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), "Not connected; DNS settings checked and restored where needed.")
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			defer closeFn()
+			if _, err := c.Quit(cmd.Context(), &daemonpb.QuitRequest{}); err != nil {
+				return errors.New(status.Convert(err).Message())
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "Disconnected; routes and DNS restored.")
+			return nil
+		},
+	}
+}
+
+// repair runs `tunnel daemon --repair`, as root.
+func repair() error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(self, "daemon", "--repair")
+	if os.Geteuid() != 0 {
+		cmd = exec.Command("sudo", self, "daemon", "--repair")
+	}
+	cmd.Stdin, cmd.Stderr = os.Stdin, os.Stderr
+	if out, err := cmd.Output(); err != nil {
+		return fmt.Errorf("repair what a crashed daemon left: %v %s", err, out)
+	}
+	return nil
+}

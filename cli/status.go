@@ -1,0 +1,75 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	daemonpb "tunnel.dev/tunnel/rpc/daemon"
+)
+
+func newStatus() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the connection: cluster, namespace, routed subnets, DNS, session health, traffic",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st := &daemonpb.StatusResponse{Session: "disconnected"}
+			c, closeFn, err := daemonClient(cmd.Context())
+			switch {
+			case errors.Is(err, errNoDaemon):
+			case err != nil:
+				return err
+			default:
+				defer closeFn()
+				if st, err = c.Status(cmd.Context(), &daemonpb.StatusRequest{}); err != nil {
+					return err
+				}
+			}
+			if output == "json" {
+				return printJSON(cmd.OutOrStdout(), st)
+			} else if output != "" {
+				return fmt.Errorf("unknown output format %q: use -o json", output)
+			}
+			printStatus(cmd.OutOrStdout(), st)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json")
+	return cmd
+}
+
+func printStatus(w io.Writer, st *daemonpb.StatusResponse) {
+	if !st.Connected {
+		fmt.Fprintln(w, "Not connected.")
+		return
+	}
+	fmt.Fprintf(w, "Cluster:    %s (context %s)\n", st.Cluster, st.Context)
+	fmt.Fprintf(w, "Namespace:  %s\n", st.Namespace)
+	fmt.Fprintf(w, "Session:    %s, manager %s, %d reconnects, since %s\n", st.Session, st.ManagerVersion, st.Reconnects, st.ConnectedSince)
+	fmt.Fprintf(w, "Routes:     %s\n", strings.Join(st.RoutedSubnets, ", "))
+	if d := st.Dns; d != nil {
+		fmt.Fprintf(w, "DNS:        %s via %s, search %s; other names to %s; %d queries\n",
+			d.Nameserver, d.Mode, strings.Join(d.Search, " "), strings.Join(d.Upstreams, ", "), d.Queries)
+	}
+	if t := st.Traffic; t != nil {
+		fmt.Fprintf(w, "Traffic:    TCP %d open (%d in all), UDP %d open (%d in all), %d B sent, %d B received, %d failed dials\n",
+			t.TcpFlowsActive, t.TcpFlowsTotal, t.UdpFlowsActive, t.UdpFlowsTotal, t.BytesSent, t.BytesReceived, t.DialErrors)
+	}
+}
+
+// printJSON prints a message as stable JSON for machines.
+func printJSON(w io.Writer, m proto.Message) error {
+	b, err := protojson.MarshalOptions{Multiline: true, EmitUnpopulated: true}.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(w, string(b))
+	return err
+}

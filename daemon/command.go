@@ -1,0 +1,58 @@
+package daemon
+
+import (
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	daemonpb "tunnel.dev/tunnel/rpc/daemon"
+)
+
+// defaultDNSAddr is where the laptop's resolver answers: an address of the
+// benchmarking range (RFC 2544), which no real network routes, sent into
+// the TUN device by a /32 route.
+const defaultDNSAddr = "198.18.0.53:53"
+
+// Command is `tunnel daemon`, which the CLI starts as root when none runs.
+func Command() *cobra.Command {
+	var (
+		uid, gid, group int
+		dnsAddr         string
+		repair          bool
+		opt             = Options{Device: "tunnel0", ResolvConf: "/etc/resolv.conf"}
+	)
+	cmd := &cobra.Command{
+		Use:    "daemon",
+		Short:  "The privileged half of tunnel (started by `tunnel connect`)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)).With("subsystem", "daemon")
+			opt.RunDir = daemonpb.RunDir()
+			a, err := netip.ParseAddrPort(dnsAddr)
+			if err != nil {
+				return err
+			}
+			opt.DNSAddr = a
+			if repair {
+				return Repair(logger, opt)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return Run(ctx, logger, opt, Caller{UID: uid, GID: gid}, group)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&uid, "uid", os.Getuid(), "the user the daemon serves: owns the socket, runs the kubeconfig's credential plugins")
+	f.IntVar(&gid, "gid", os.Getgid(), "that user's group")
+	f.IntVar(&group, "group", -1, "a group whose members may also use the daemon")
+	f.StringVar(&opt.Device, "device", opt.Device, "name of the TUN device")
+	f.StringVar(&dnsAddr, "dns-addr", defaultDNSAddr, "address of the laptop's resolver, inside the TUN device")
+	f.StringVar(&opt.ResolvConf, "resolv-conf", opt.ResolvConf, "the resolv.conf to point at the resolver")
+	f.BoolVar(&repair, "repair", false, "only repair what a crashed daemon left, then exit")
+	return cmd
+}

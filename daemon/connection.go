@@ -1,0 +1,288 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	mdns "github.com/miekg/dns"
+	wgtun "golang.zx2c4.com/wireguard/tun"
+	"k8s.io/client-go/kubernetes"
+
+	"tunnel.dev/tunnel/dns"
+	daemonpb "tunnel.dev/tunnel/rpc/daemon"
+	managerpb "tunnel.dev/tunnel/rpc/manager"
+	"tunnel.dev/tunnel/tun"
+	"tunnel.dev/tunnel/tun/netstack"
+)
+
+// Options are the daemon's settings for every connection.
+type Options struct {
+	Device     string         // TUN device name
+	DNSAddr    netip.AddrPort // where the resolver answers, routed into the device
+	ResolvConf string         // the resolv.conf to point at the resolver
+	RunDir     string
+}
+
+// connection is the laptop joined to one cluster: the session, the TUN
+// device with its routes, the userspace stack, and the DNS setup. Each part
+// is undone in reverse order by close.
+type connection struct {
+	log     *slog.Logger
+	req     *daemonpb.ConnectRequest
+	server  string
+	context string
+	since   time.Time
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+
+	sess     *session
+	dev      tun.Device
+	router   *tun.Router
+	stack    *netstack.Stack
+	resolver *dns.Resolver
+	osDNS    dns.OSConfigurator
+	dnsState *daemonpb.DNSStatus
+
+	also, never []netip.Prefix
+
+	mu     sync.Mutex // guards following
+	routes []netip.Prefix
+	up     bool                   // open finished: changes apply at once
+	latest *managerpb.ClusterInfo // a change that came while opening
+}
+
+// open brings a connection up, or leaves nothing behind and says why.
+func open(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, req *daemonpb.ConnectRequest) (_ *connection, err error) {
+	c := &connection{log: logger, req: req, since: time.Now()}
+	defer func() {
+		if err != nil {
+			c.close()
+		}
+	}()
+	if c.also, err = tun.ParsePrefixes("--also-proxy", req.AlsoProxy); err != nil {
+		return nil, err
+	}
+	if c.never, err = tun.ParsePrefixes("--never-proxy", req.NeverProxy); err != nil {
+		return nil, err
+	}
+	rc, kctx, err := restConfig(req.Kubeconfig, req.Context, caller)
+	if err != nil {
+		return nil, err
+	}
+	c.server, c.context = rc.Host, kctx
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	c.cancel = cancel
+	c.sess = newSession(logger, rc, cs, req.ManagerNamespace, c.clusterChanged)
+	info, err := c.sess.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	routes := c.routeSet(info)
+	existing, err := tun.SystemRoutes()
+	if err != nil {
+		return nil, err
+	}
+	if err := tun.CheckConflicts(routes, existing, opt.Device); err != nil {
+		return nil, err
+	}
+	if c.dev, err = tun.Create(opt.Device, tun.DefaultMTU); err != nil {
+		return nil, err
+	}
+	go func(events <-chan wgtun.Event) { // the device blocks if nobody reads them
+		for range events {
+		}
+	}(c.dev.Events())
+	if c.router, err = tun.NewRouter(logger, opt.Device); err != nil {
+		return nil, err
+	}
+	if c.stack, err = netstack.New(logger, c.dev, c.sess, netstack.Config{MTU: tun.DefaultMTU}); err != nil {
+		return nil, err
+	}
+	if err := c.setRoutes(routes); err != nil {
+		return nil, err
+	}
+	if err := c.startDNS(runCtx, opt, info); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.up = true
+	latest := c.latest
+	c.mu.Unlock()
+	if latest != nil {
+		c.clusterChanged(latest)
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.sess.run(runCtx)
+	}()
+	return c, nil
+}
+
+// routeSet is what goes into the device: the cluster's subnets and
+// --also-proxy, less --never-proxy, plus the resolver's own address.
+func (c *connection) routeSet(info *managerpb.ClusterInfo) []netip.Prefix {
+	var include []netip.Prefix
+	for _, s := range slices.Concat(info.ServiceSubnets, info.PodSubnets) {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			include = append(include, p)
+		}
+	}
+	return tun.RouteSet(append(include, c.also...), c.never)
+}
+
+func (c *connection) setRoutes(routes []netip.Prefix) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	all := routes
+	if c.dnsState != nil {
+		if a, err := netip.ParseAddr(c.dnsState.Nameserver); err == nil {
+			all = append(slices.Clone(routes), netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	if err := c.router.Set(all); err != nil {
+		return err
+	}
+	c.routes = routes
+	return nil
+}
+
+// clusterChanged follows the cluster: new nodes' subnets get routes, new
+// namespaces resolve.
+func (c *connection) clusterChanged(info *managerpb.ClusterInfo) {
+	routes := c.routeSet(info)
+	c.mu.Lock()
+	if !c.up {
+		c.latest = info
+		c.mu.Unlock()
+		return
+	}
+	same := slices.Equal(routes, c.routes)
+	c.mu.Unlock()
+	if !same {
+		if err := c.setRoutes(routes); err != nil {
+			c.log.Error("update routes", "err", err)
+		}
+	}
+	c.resolver.SetNamespaces(info.Namespaces)
+	c.resolver.SetClusterSubnets(routes)
+}
+
+// startDNS serves the resolver inside the stack at opt.DNSAddr and points
+// the machine's resolv.conf at it; names outside the cluster go to the
+// resolvers resolv.conf named before.
+func (c *connection) startDNS(ctx context.Context, opt Options, info *managerpb.ClusterInfo) error {
+	direct, err := dns.NewDirect(c.log, dns.OSFS{}, opt.ResolvConf, opt.RunDir+"/resolv.conf.orig")
+	if err != nil {
+		return err
+	}
+	c.osDNS = direct
+	base, err := direct.GetBaseConfig()
+	if err != nil {
+		return err
+	}
+	upstreams := base.Upstreams()
+	ns := c.req.Namespace
+	c.resolver = dns.NewResolver(c.log, exchanger{c.sess}, dns.Config{
+		ClusterDomain: info.ClusterDomain, Namespace: ns, Include: c.req.DnsInclude, Upstreams: upstreams,
+	})
+	c.resolver.SetNamespaces(info.Namespaces)
+	c.resolver.SetClusterSubnets(c.routeSet(info))
+	pc, err := c.stack.ListenPacket(opt.DNSAddr)
+	if err != nil {
+		return fmt.Errorf("serve DNS at %s: %w", opt.DNSAddr, err)
+	}
+	ln, err := c.stack.Listen(opt.DNSAddr)
+	if err != nil {
+		pc.Close()
+		return fmt.Errorf("serve DNS at %s: %w", opt.DNSAddr, err)
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		if err := c.resolver.Serve(ctx, pc, ln); err != nil && ctx.Err() == nil {
+			c.log.Error("DNS server stopped", "err", err)
+		}
+	}()
+	c.dnsState = &daemonpb.DNSStatus{Mode: "resolv.conf", Nameserver: opt.DNSAddr.Addr().String()}
+	if err := c.setRoutes(c.routes); err != nil { // now with the resolver's address
+		return err
+	}
+	search := []string{ns + ".svc." + info.ClusterDomain, "svc." + info.ClusterDomain, info.ClusterDomain}
+	search = append(search, base.SearchDomains...)
+	if err := direct.SetDNS(dns.OSConfig{Nameservers: []netip.Addr{opt.DNSAddr.Addr()}, SearchDomains: search}); err != nil {
+		return err
+	}
+	c.dnsState.Search = search
+	for _, u := range upstreams {
+		c.dnsState.Upstreams = append(c.dnsState.Upstreams, u.String())
+	}
+	return nil
+}
+
+// close undoes open in reverse: DNS first, so no name points at a resolver
+// that is gone, then the routes, the stack, the device and the session.
+func (c *connection) close() error {
+	var errs []error
+	if c.osDNS != nil {
+		if err := c.osDNS.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("restore DNS: %w", err))
+		}
+	}
+	if c.resolver != nil {
+		c.resolver.Close()
+	}
+	if c.cancel != nil {
+		c.cancel()
+	}
+	if c.router != nil {
+		if err := c.router.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.stack != nil {
+		c.stack.Close()
+	}
+	if c.dev != nil {
+		c.dev.Close()
+	}
+	if c.sess != nil {
+		c.sess.close()
+	}
+	c.wg.Wait()
+	return errors.Join(errs...)
+}
+
+// exchanger sends cluster DNS queries to the manager.
+type exchanger struct{ s *session }
+
+func (e exchanger) Exchange(ctx context.Context, q *mdns.Msg) (*mdns.Msg, error) {
+	_, ctl, err := e.s.current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	wire, err := q.Pack()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := ctl.Resolve(ctx, &managerpb.ResolveRequest{Query: wire})
+	if err != nil {
+		return nil, err
+	}
+	m := new(mdns.Msg)
+	if err := m.Unpack(resp.Answer); err != nil {
+		return nil, fmt.Errorf("unpack the cluster's answer: %w", err)
+	}
+	return m, nil
+}

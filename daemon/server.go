@@ -1,0 +1,212 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"tunnel.dev/tunnel/dns"
+	daemonpb "tunnel.dev/tunnel/rpc/daemon"
+	"tunnel.dev/tunnel/tun"
+)
+
+// Daemon serves the CLI on a unix socket and owns at most one connection.
+type Daemon struct {
+	daemonpb.UnimplementedDaemonServer
+	log    *slog.Logger
+	opt    Options
+	caller Caller
+
+	mu   sync.Mutex // guards conn
+	conn *connection
+
+	quitOnce sync.Once
+	quit     chan struct{}
+}
+
+// Run is `tunnel daemon`: it takes the namespace's lock, repairs what a
+// crashed daemon left, serves until Quit or ctx ends, and restores
+// everything on the way out. group, when not -1, may also use the socket.
+func Run(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, group int) error {
+	if os.Geteuid() != 0 {
+		return errors.New("the tunnel daemon needs root to create a TUN device and change routes and DNS: run it with sudo")
+	}
+	if err := os.MkdirAll(opt.RunDir, 0o755); err != nil {
+		return err
+	}
+	lock, err := os.OpenFile(filepath.Join(opt.RunDir, "daemon.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return fmt.Errorf("a tunnel daemon already runs for this network (lock %s)", lock.Name())
+	}
+	// The lock file names the daemon, for people and tests that look.
+	_ = lock.Truncate(0)
+	_, _ = fmt.Fprintf(lock, "%d\n", os.Getpid())
+	if err := Repair(logger, opt); err != nil {
+		return err
+	}
+
+	sock := daemonpb.SocketPath()
+	if opt.RunDir != daemonpb.RunDir() {
+		sock = filepath.Join(opt.RunDir, "daemon.sock")
+	}
+	_ = os.Remove(sock) // the lock says no daemon serves it
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", sock, err)
+	}
+	// Only root and the caller (and the group, if one was named) may talk
+	// to a daemon that changes routes and DNS.
+	mode, gid := os.FileMode(0o600), caller.GID
+	if group >= 0 {
+		mode, gid = 0o660, group
+	}
+	if err := os.Chown(sock, caller.UID, gid); err != nil {
+		ln.Close()
+		return err
+	}
+	if err := os.Chmod(sock, mode); err != nil {
+		ln.Close()
+		return err
+	}
+
+	d := &Daemon{log: logger, opt: opt, caller: caller, quit: make(chan struct{})}
+	srv := grpc.NewServer()
+	daemonpb.RegisterDaemonServer(srv, d)
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-d.quit:
+		}
+		d.disconnect()
+		srv.GracefulStop()
+	}()
+	logger.Info("daemon serving", "socket", sock, "uid", caller.UID)
+	err = srv.Serve(ln)
+	d.disconnect()
+	os.Remove(sock)
+	return err
+}
+
+// Repair undoes what a daemon that died without quitting left: the TUN
+// device and its routes die with the process, the DNS settings do not.
+func Repair(logger *slog.Logger, opt Options) error {
+	if err := dns.RepairDirect(logger, dns.OSFS{}, opt.ResolvConf, filepath.Join(opt.RunDir, "resolv.conf.orig")); err != nil {
+		return fmt.Errorf("repair DNS settings a crashed daemon left: %w", err)
+	}
+	return nil
+}
+
+func (d *Daemon) Connect(ctx context.Context, req *daemonpb.ConnectRequest) (*daemonpb.StatusResponse, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.conn != nil {
+		rc, kctx, err := restConfig(req.Kubeconfig, req.Context, d.caller)
+		if err == nil && rc.Host == d.conn.server && kctx == d.conn.context && req.Namespace == d.conn.req.Namespace {
+			return d.statusLocked(), nil // connected already, to the same place
+		}
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"already connected to %s (context %s, namespace %s): run `tunnel quit` before connecting elsewhere",
+			d.conn.server, d.conn.context, d.conn.req.Namespace)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	c, err := open(ctx, d.log, d.opt, d.caller, req)
+	if err != nil {
+		d.log.Warn("connect failed", "err", err)
+		return nil, toStatus(err)
+	}
+	d.conn = c
+	d.log.Info("connected", "cluster", c.server, "context", c.context, "namespace", req.Namespace)
+	return d.statusLocked(), nil
+}
+
+func (d *Daemon) Status(context.Context, *daemonpb.StatusRequest) (*daemonpb.StatusResponse, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.statusLocked(), nil
+}
+
+func (d *Daemon) Quit(context.Context, *daemonpb.QuitRequest) (*daemonpb.QuitResponse, error) {
+	err := d.disconnect()
+	d.quitOnce.Do(func() { close(d.quit) })
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "%v", err)
+	}
+	return &daemonpb.QuitResponse{}, nil
+}
+
+func (d *Daemon) disconnect() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.conn == nil {
+		return nil
+	}
+	err := d.conn.close()
+	d.conn = nil
+	d.log.Info("disconnected", "err", err)
+	return err
+}
+
+func (d *Daemon) statusLocked() *daemonpb.StatusResponse {
+	c := d.conn
+	if c == nil {
+		return &daemonpb.StatusResponse{Session: "disconnected"}
+	}
+	c.sess.mu.Lock()
+	state, mgr := c.sess.state, c.sess.mgrVer
+	c.sess.mu.Unlock()
+	c.mu.Lock()
+	routes := make([]string, 0, len(c.routes))
+	for _, r := range c.routes {
+		routes = append(routes, r.String())
+	}
+	c.mu.Unlock()
+	st := c.stack.Stats()
+	dnsState := proto.Clone(c.dnsState).(*daemonpb.DNSStatus)
+	dnsState.Queries = c.resolver.Stats().Queries
+	return &daemonpb.StatusResponse{
+		Connected: true, Cluster: c.server, Context: c.context, Namespace: c.req.Namespace,
+		Session: state, ManagerVersion: mgr, RoutedSubnets: routes, Dns: dnsState,
+		Traffic: &daemonpb.Traffic{
+			TcpFlowsActive: st.TCPActive, TcpFlowsTotal: st.TCPTotal,
+			UdpFlowsActive: st.UDPActive, UdpFlowsTotal: st.UDPTotal,
+			BytesSent: st.BytesSent, BytesReceived: st.BytesReceived, DialErrors: st.DialErrors,
+		},
+		Reconnects:     c.sess.reconnects.Load(),
+		ConnectedSince: c.since.UTC().Format(time.RFC3339),
+	}
+}
+
+// toStatus maps the errors a connect meets to gRPC codes in one place; the
+// message stays the one sentence the user reads.
+func toStatus(err error) error {
+	var conflict *tun.ConflictError
+	switch {
+	case errors.As(err, &conflict):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, ErrNoManager):
+		return status.Error(codes.FailedPrecondition, err.Error()+": run `tunnel install` (or ask an admin to)")
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, "the cluster did not answer in time: "+err.Error())
+	case errors.Is(err, syscall.EPERM):
+		return status.Error(codes.PermissionDenied, err.Error())
+	}
+	return status.Error(codes.Unavailable, err.Error())
+}

@@ -1,0 +1,314 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"os/user"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"tunnel.dev/tunnel/rpc"
+	managerpb "tunnel.dev/tunnel/rpc/manager"
+	"tunnel.dev/tunnel/version"
+)
+
+// ManagerLabel selects the manager's pods; ManagerPort is its session port.
+const (
+	ManagerLabel = "app.kubernetes.io/name=tunnel-manager"
+	ManagerPort  = 8022
+)
+
+// ErrNoManager means no manager pod is ready to take a session.
+var ErrNoManager = errors.New("no tunnel manager is running")
+
+// session keeps one yamux session to the manager alive over a port-forward:
+// it reconnects by itself with backoff when the pod or the port-forward
+// goes, and tells the daemon each time the cluster's shape changes.
+type session struct {
+	log       *slog.Logger
+	rc        *rest.Config
+	cs        kubernetes.Interface
+	ns        string // the manager's namespace
+	onCluster func(*managerpb.ClusterInfo)
+
+	flows      atomic.Uint64
+	reconnects atomic.Uint64
+
+	mu      sync.Mutex // guards following
+	cur     *yamux.Session
+	ctl     managerpb.ManagerClient
+	grpc    *grpc.ClientConn
+	pf      *pfConn
+	state   string
+	mgrVer  string
+	changed chan struct{} // closed and replaced when cur changes
+}
+
+func newSession(logger *slog.Logger, rc *rest.Config, cs kubernetes.Interface, ns string, onCluster func(*managerpb.ClusterInfo)) *session {
+	return &session{
+		log: logger.With("subsystem", "session"), rc: rc, cs: cs, ns: ns, onCluster: onCluster,
+		state: "connecting", changed: make(chan struct{}),
+	}
+}
+
+// yamuxConfig: keepalives notice a dead port-forward within seconds; large
+// windows keep a bulk download from stalling on the tunnel's round trips.
+func yamuxConfig() *yamux.Config {
+	c := yamux.DefaultConfig()
+	c.EnableKeepAlive = true
+	c.KeepAliveInterval = 3 * time.Second
+	c.ConnectionWriteTimeout = 10 * time.Second
+	c.MaxStreamWindowSize = 16 << 20
+	c.StreamCloseTimeout = time.Minute
+	c.LogOutput = nil
+	c.Logger = slogLogger{}
+	return c
+}
+
+// connect makes one attempt: find the manager's pod, port-forward to it,
+// start yamux and say hello. It returns the first ClusterInfo.
+func (s *session) connect(ctx context.Context) (*managerpb.ClusterInfo, error) {
+	pod, err := s.managerPod(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pf, err := dialPortForward(ctx, s.rc, s.cs, s.ns, pod, ManagerPort)
+	if err != nil {
+		return nil, err
+	}
+	mux, err := yamux.Client(pf, yamuxConfig())
+	if err != nil {
+		pf.Close()
+		return nil, fmt.Errorf("start yamux: %w", err)
+	}
+	cc, err := grpc.NewClient("passthrough:///manager",
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			st, err := mux.OpenStream()
+			if err != nil {
+				return nil, err
+			}
+			if err := rpc.WriteHeader(st, rpc.Header{Kind: rpc.KindControl}); err != nil {
+				st.Close()
+				return nil, err
+			}
+			return st, nil
+		}))
+	if err != nil {
+		mux.Close()
+		pf.Close()
+		return nil, err
+	}
+	ctl := managerpb.NewManagerClient(cc)
+	fail := func(what string, err error) (*managerpb.ClusterInfo, error) {
+		cc.Close()
+		mux.Close()
+		pf.Close()
+		return nil, fmt.Errorf("%s with the manager (pod %s/%s): %w", what, s.ns, pod, err)
+	}
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	host, _ := os.Hostname()
+	hello, err := ctl.Hello(hctx, &managerpb.HelloRequest{ClientVersion: version.Get().Version, User: userName(), Host: host})
+	if err != nil {
+		return fail("say hello", err)
+	}
+	watch, err := ctl.WatchCluster(context.WithoutCancel(ctx), &managerpb.WatchClusterRequest{})
+	if err != nil {
+		return fail("watch the cluster", err)
+	}
+	info, err := watch.Recv()
+	if err != nil {
+		return fail("read the cluster's subnets", err)
+	}
+
+	s.mu.Lock()
+	s.cur, s.ctl, s.grpc, s.pf, s.mgrVer, s.state = mux, ctl, cc, pf, hello.ManagerVersion, "connected"
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+	s.log.Info("session up", "pod", pod, "manager", hello.ManagerVersion, "session", hello.SessionId)
+
+	go func() { // the rest of the watch: changes of the cluster
+		for {
+			info, err := watch.Recv()
+			if err != nil {
+				return
+			}
+			s.onCluster(info)
+		}
+	}()
+	return info, nil
+}
+
+// run keeps the session up until ctx ends: when the current one dies it
+// reconnects with exponential backoff (100 ms to 5 s, jittered).
+func (s *session) run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for {
+		s.mu.Lock()
+		mux := s.cur
+		s.mu.Unlock()
+		if mux != nil {
+			select {
+			case <-mux.CloseChan():
+			case <-ctx.Done():
+				s.close()
+				return
+			}
+			s.drop("the session ended; reconnecting")
+			s.reconnects.Add(1)
+		}
+		for {
+			info, err := s.connect(ctx)
+			if err == nil {
+				s.onCluster(info)
+				backoff = 100 * time.Millisecond
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			s.setState("reconnecting: " + err.Error())
+			s.log.Warn("reconnect failed", "err", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff + rand.N(backoff/2)):
+			case <-ctx.Done():
+				return
+			}
+			backoff = min(backoff*2, 5*time.Second)
+		}
+	}
+}
+
+func (s *session) drop(state string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.grpc != nil {
+		s.grpc.Close()
+	}
+	if s.cur != nil {
+		s.cur.Close()
+	}
+	if s.pf != nil {
+		s.pf.Close()
+	}
+	s.cur, s.ctl, s.grpc, s.pf, s.state = nil, nil, nil, nil, state
+}
+
+func (s *session) close() { s.drop("closed") }
+
+func (s *session) setState(st string) {
+	s.mu.Lock()
+	s.state = st
+	s.mu.Unlock()
+}
+
+// current waits (as long as ctx allows) for a live session: while it
+// reconnects, new connections wait instead of failing.
+func (s *session) current(ctx context.Context) (*yamux.Session, managerpb.ManagerClient, error) {
+	for {
+		s.mu.Lock()
+		mux, ctl, changed, state := s.cur, s.ctl, s.changed, s.state
+		s.mu.Unlock()
+		if mux != nil && !mux.IsClosed() {
+			return mux, ctl, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, nil, fmt.Errorf("no session to the cluster (%s): %w", state, ctx.Err())
+		}
+	}
+}
+
+// DialStream opens a stream for one TCP connection or UDP flow and waits for
+// the manager's answer: the netstack's only view of the tunnel.
+func (s *session) DialStream(ctx context.Context, kind rpc.Kind, dst netip.AddrPort) (net.Conn, error) {
+	mux, _, err := s.current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st, err := mux.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("open stream to %s: %w", dst, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		st.SetDeadline(dl)
+	}
+	if err := rpc.WriteHeader(st, rpc.Header{Kind: kind, Dst: dst, Flow: s.flows.Add(1)}); err != nil {
+		st.Close()
+		return nil, err
+	}
+	if err := rpc.ReadStatus(st); err != nil {
+		st.Close()
+		return nil, err
+	}
+	st.SetDeadline(time.Time{})
+	return halfCloser{st}, nil
+}
+
+// halfCloser lets the netstack half-close a stream: a yamux Close sends FIN
+// and the stream goes on reading until the other side's FIN.
+type halfCloser struct{ *yamux.Stream }
+
+func (h halfCloser) CloseWrite() error { return h.Stream.Close() }
+
+// managerPod picks the newest ready manager pod.
+func (s *session) managerPod(ctx context.Context) (string, error) {
+	pods, err := s.cs.CoreV1().Pods(s.ns).List(ctx, metav1.ListOptions{LabelSelector: ManagerLabel})
+	if err != nil {
+		return "", fmt.Errorf("find the manager in namespace %s: %w", s.ns, err)
+	}
+	var ready []corev1.Pod
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning && podReady(&p) {
+			ready = append(ready, p)
+		}
+	}
+	if len(ready) == 0 {
+		return "", fmt.Errorf("%w in namespace %s", ErrNoManager, s.ns)
+	}
+	sort.Slice(ready, func(i, j int) bool { return ready[i].CreationTimestamp.After(ready[j].CreationTimestamp.Time) })
+	return ready[0].Name, nil
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func userName() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return "unknown"
+}
+
+// slogLogger quiets yamux's own logging; its errors surface as closed
+// sessions, which the session logs itself.
+type slogLogger struct{}
+
+func (slogLogger) Print(...any)          {}
+func (slogLogger) Printf(string, ...any) {}
+func (slogLogger) Println(...any)        {}

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// measure runs the benchmark clients `make bench` uses from a laptop:
+//
+//	latency URL N      N sequential GETs, each on a new connection; prints p50 and p99 in µs
+//	download URL       one GET; prints the bytes and the rate in bytes per second
+//	conns ADDR N       N TCP connections to an echo at once, each pinged; prints how many answered
+func measure(ctx context.Context, out io.Writer, verb string, args []string) error {
+	switch verb {
+	case "latency":
+		if len(args) != 2 {
+			return errors.New("usage: latency URL N")
+		}
+		n, err := strconv.Atoi(args[1])
+		if err != nil || n < 1 {
+			return errors.New("N must be a positive number")
+		}
+		p50, p99, err := latency(ctx, args[0], n)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(out, "p50_us=%d p99_us=%d\n", p50.Microseconds(), p99.Microseconds())
+		return err
+	case "download":
+		if len(args) != 1 {
+			return errors.New("usage: download URL")
+		}
+		start := time.Now()
+		resp, err := http.Get(args[0])
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		n, err := io.Copy(io.Discard, resp.Body)
+		if err != nil {
+			return err
+		}
+		secs := time.Since(start).Seconds()
+		_, err = fmt.Fprintf(out, "bytes=%d bytes_per_sec=%.0f\n", n, float64(n)/secs)
+		return err
+	case "conns":
+		if len(args) != 2 {
+			return errors.New("usage: conns ADDR N")
+		}
+		n, err := strconv.Atoi(args[1])
+		if err != nil || n < 1 {
+			return errors.New("N must be a positive number")
+		}
+		ok := conns(ctx, args[0], n)
+		_, err = fmt.Fprintf(out, "ok=%d of=%d\n", ok, n)
+		return err
+	}
+	return errors.New("unknown verb " + verb)
+}
+
+func latency(ctx context.Context, url string, n int) (p50, p99 time.Duration, err error) {
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	ds := make([]time.Duration, 0, n)
+	for range n {
+		start := time.Now()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, 0, err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		ds = append(ds, time.Since(start))
+	}
+	slices.Sort(ds)
+	return ds[len(ds)*50/100], ds[min(len(ds)-1, len(ds)*99/100)], nil
+}
+
+// conns holds all n connections open at once before it pings them, so the
+// tunnel carries n live flows together.
+func conns(ctx context.Context, addr string, n int) int {
+	var d net.Dialer
+	cs := make([]net.Conn, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := d.DialContext(ctx, "tcp", addr)
+			if err == nil {
+				cs[i] = c
+			}
+		}()
+	}
+	wg.Wait()
+	var mu sync.Mutex
+	ok := 0
+	for _, c := range cs {
+		if c == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			buf := make([]byte, 4)
+			if _, err := c.Write([]byte("ping")); err != nil {
+				return
+			}
+			if _, err := io.ReadFull(c, buf); err == nil && string(buf) == "ping" {
+				mu.Lock()
+				ok++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return ok
+}

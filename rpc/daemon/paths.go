@@ -1,0 +1,30 @@
+package daemon
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// AsUserVerb is the hidden verb of the tunnel binary that drops to a user's
+// uid and gid and execs a command: the daemon runs a kubeconfig's exec
+// credential plugin through it, never as root.
+const AsUserVerb = "as-user"
+
+// RunDir is where the daemon of this network namespace keeps its socket,
+// lock, log and the state it needs to repair a crash. It is keyed by the
+// namespace, so daemons of laptops sharing one filesystem (the lab's
+// namespaces) never meet; TUNNEL_RUN_DIR overrides it.
+func RunDir() string {
+	if d := os.Getenv("TUNNEL_RUN_DIR"); d != "" {
+		return d
+	}
+	id := "default"
+	if link, err := os.Readlink("/proc/self/ns/net"); err == nil { // "net:[4026531840]"
+		id = strings.Trim(strings.TrimPrefix(link, "net:"), "[]")
+	}
+	return filepath.Join("/run/tunnel", "netns-"+id)
+}
+
+// SocketPath is the daemon's gRPC socket.
+func SocketPath() string { return filepath.Join(RunDir(), "daemon.sock") }
