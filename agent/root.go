@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"tunnel.dev/tunnel/agent/manager"
 	"tunnel.dev/tunnel/version"
 )
 
@@ -22,5 +23,6 @@ func New(out, errOut io.Writer) *cobra.Command {
 	root.SetOut(out)
 	root.SetErr(errOut)
 	root.AddCommand(version.Command("tunnel-agent"))
+	root.AddCommand(manager.Command())
 	return root
 }

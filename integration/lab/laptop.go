@@ -85,8 +85,12 @@ func ensureLaptop(ctx context.Context, p Paths, name string) (Laptop, error) {
 	if err != nil {
 		return Laptop{}, err
 	}
-	if err := writeFileAtomic(l.ResolvConf(), []byte(laptopResolvConf()), 0o644); err != nil {
-		return Laptop{}, fmt.Errorf("write resolv.conf of laptop %s: %w", name, err)
+	// Written once: from then on it is the laptop's own, which tools such as
+	// `tunnel connect` change in place and must restore.
+	if _, err := os.Stat(l.ResolvConf()); errors.Is(err, os.ErrNotExist) {
+		if err := writeFileAtomic(l.ResolvConf(), []byte(laptopResolvConf()), 0o644); err != nil {
+			return Laptop{}, fmt.Errorf("write resolv.conf of laptop %s: %w", name, err)
+		}
 	}
 	if netnsExists(l.Netns) && linkExists(ctx, l.Netns, "eth0") {
 		return l, nil

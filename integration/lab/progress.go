@@ -51,9 +51,9 @@ func (p *progress) long(ctx context.Context, what string) func(error) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
+	start := p.now()
 	go func() {
 		defer wg.Done()
-		start := p.now()
 		t := time.NewTicker(30 * time.Second)
 		defer t.Stop()
 		for {

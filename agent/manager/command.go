@@ -1,0 +1,108 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2"
+)
+
+// Command is `tunnel-agent manager`: the hub, run as a Deployment.
+func Command() *cobra.Command {
+	var cfg Config
+	var logLevel slog.Level
+	cmd := &cobra.Command{
+		Use:   "manager",
+		Short: "Serve laptop sessions inside the cluster",
+		Long: "Serve laptop sessions inside the cluster: accept yamux sessions on --listen, relay their\n" +
+			"TCP and UDP streams into the cluster, forward their DNS queries to the pod's nameservers,\n" +
+			"and serve Prometheus metrics and /healthz on --metrics-addr. Stops on SIGTERM.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
+			defer stop()
+			logger := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: logLevel}))
+			return run(ctx, logger, cfg)
+		},
+	}
+	d := Config{}.withDefaults()
+	f := cmd.Flags()
+	f.StringVar(&cfg.Listen, "listen", d.Listen, "TCP address for laptop sessions")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", d.MetricsAddr, "TCP address for /metrics and /healthz")
+	f.StringVar(&cfg.ResolvConf, "resolv-conf", d.ResolvConf, "resolv.conf naming the cluster's nameservers and search path")
+	f.DurationVar(&cfg.DialTimeout, "dial-timeout", d.DialTimeout, "timeout of a TCP dial into the cluster")
+	f.DurationVar(&cfg.UDPIdleTimeout, "udp-idle-timeout", d.UDPIdleTimeout, "a UDP flow without traffic for this long is closed")
+	f.DurationVar(&cfg.HeaderTimeout, "header-timeout", d.HeaderTimeout, "a stream must send its header within this")
+	f.DurationVar(&cfg.KeepAlive, "keepalive", d.KeepAlive, "session keepalive interval: how fast a vanished laptop is noticed")
+	f.DurationVar(&cfg.DNSTimeout, "dns-timeout", d.DNSTimeout, "timeout of one DNS exchange with one nameserver")
+	f.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
+	return cmd
+}
+
+// run serves until ctx ends, in the pod it runs in.
+func run(ctx context.Context, logger *slog.Logger, cfg Config) error {
+	rc, err := rest.InClusterConfig()
+	if err != nil {
+		return fmt.Errorf("load the in-cluster Kubernetes configuration (the manager runs in a pod): %w", err)
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("create a Kubernetes client: %w", err)
+	}
+	klog.SetSlogLogger(logger.With("subsystem", "client-go"))
+	cfg = cfg.withDefaults()
+	sessions, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen for sessions: %w", err)
+	}
+	metrics, err := net.Listen("tcp", cfg.MetricsAddr)
+	if err != nil {
+		sessions.Close()
+		return fmt.Errorf("listen for metrics: %w", err)
+	}
+	return serveCluster(ctx, logger, client, cfg, sessions, metrics)
+}
+
+// serveCluster watches the cluster and serves sessions and metrics on the
+// two listeners until ctx ends; it closes both.
+func serveCluster(ctx context.Context, logger *slog.Logger, client kubernetes.Interface, cfg Config, sessions, metrics net.Listener) error {
+	defer sessions.Close()
+	defer metrics.Close()
+	src, err := NewKubeSource(ctx, logger, client)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	m, err := New(logger, src, cfg)
+	if err != nil {
+		return err
+	}
+
+	hs := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	metricsDone := make(chan error, 1)
+	go func() { metricsDone <- hs.Serve(metrics) }()
+	logger.Info("serving metrics", "addr", metrics.Addr().String())
+
+	serveErr := m.Serve(ctx, sessions)
+
+	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(shutCtx); err != nil {
+		hs.Close()
+	}
+	if err := <-metricsDone; serveErr == nil && !errors.Is(err, http.ErrServerClosed) {
+		serveErr = fmt.Errorf("serve metrics: %w", err)
+	}
+	return serveErr
+}

@@ -1,0 +1,146 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	managerpb "tunnel.dev/tunnel/rpc/manager"
+	"tunnel.dev/tunnel/version"
+)
+
+func TestHello(t *testing.T) {
+	m, _ := newTestManager(t, nil)
+	ctl := controlClient(t, laptop(t, serve(t, m)))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	req := &managerpb.HelloRequest{ClientVersion: "v0.0.1", User: "ada", Host: "lovelace"}
+	a, err := ctl.Hello(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.GetManagerVersion() != version.Get().Version {
+		t.Errorf("manager version %q, want %q", a.GetManagerVersion(), version.Get().Version)
+	}
+	b, err := ctl.Hello(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.GetSessionId() == "" || a.GetSessionId() == b.GetSessionId() {
+		t.Errorf("session ids %q and %q: want two different ones", a.GetSessionId(), b.GetSessionId())
+	}
+}
+
+func TestWatchClusterSendsAtOnceAndOnChange(t *testing.T) {
+	m, src := newTestManager(t, nil)
+	ctl := controlClient(t, laptop(t, serve(t, m)))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	w, err := ctl.WatchCluster(ctx, &managerpb.WatchClusterRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := w.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.GetClusterDomain() != "cluster.test" {
+		t.Errorf("cluster domain %q, want cluster.test (from the search list)", first.GetClusterDomain())
+	}
+	if got := first.GetDnsServers(); len(got) != 1 || got[0] != "127.0.0.1" {
+		t.Errorf("DNS servers %q, want [127.0.0.1]", got)
+	}
+	if !slices.Equal(first.GetServiceSubnets(), []string{"10.96.0.0/12"}) ||
+		!slices.Equal(first.GetPodSubnets(), []string{"10.244.0.0/16"}) ||
+		!slices.Equal(first.GetNamespaces(), []string{"default", "shop"}) {
+		t.Errorf("first ClusterInfo %v does not match the source", first)
+	}
+
+	// A Set that changes nothing sends nothing: the next message is the real change.
+	src.Set(testCluster())
+	changed := testCluster()
+	changed.Namespaces = append(changed.Namespaces, "billing")
+	changed.PodSubnets = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/56")}
+	src.Set(changed)
+	next, err := w.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(next.GetNamespaces(), []string{"default", "shop", "billing"}) ||
+		!slices.Equal(next.GetPodSubnets(), []string{"10.244.0.0/16", "fd00:10:244::/56"}) {
+		t.Errorf("update %v does not match the changed source", next)
+	}
+}
+
+func TestWatchClusterManyWatchers(t *testing.T) {
+	m, src := newTestManager(t, nil)
+	addr := serve(t, m)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	var watches []managerpb.Manager_WatchClusterClient
+	for range 3 { // each on a session of its own
+		w, err := controlClient(t, laptop(t, addr)).WatchCluster(ctx, &managerpb.WatchClusterRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		watches = append(watches, w)
+	}
+	c := testCluster()
+	c.Namespaces = []string{"only"}
+	src.Set(c)
+	for i, w := range watches {
+		info, err := w.Recv()
+		if err != nil {
+			t.Fatalf("watcher %d: %v", i, err)
+		}
+		if !slices.Equal(info.GetNamespaces(), []string{"only"}) {
+			t.Errorf("watcher %d got %v", i, info.GetNamespaces())
+		}
+	}
+}
+
+func TestWatchClusterEndsWithServe(t *testing.T) {
+	m, _ := newTestManager(t, nil)
+	ln := serve(t, m)
+	ctl := controlClient(t, laptop(t, ln))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	w, err := ctl.WatchCluster(ctx, &managerpb.WatchClusterRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	// The watch is left open: serve's cleanup must end it (goleak checks).
+}
+
+func TestGRPCErrorCodes(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want codes.Code
+	}{
+		{errBadQuery, codes.InvalidArgument},
+		{errNoAnswer, codes.Unavailable},
+		{context.Canceled, codes.Canceled},
+		{context.DeadlineExceeded, codes.DeadlineExceeded},
+		{errors.New("boom"), codes.Internal},
+	} {
+		if got := status.Code(grpcError(fmt.Errorf("wrapped: %w", tc.err))); got != tc.want {
+			t.Errorf("grpcError(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,115 @@
+// Package manager is the hub of tunnel inside the cluster. Laptops connect
+// to it through a Kubernetes port-forward and run a yamux session over each
+// connection; every stream opens with an rpc.Header that says what it
+// carries: the gRPC control plane (Hello, WatchCluster, Resolve), one TCP
+// connection, or one UDP flow to a pod or service.
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Config tunes a Manager. Zero fields take the defaults below.
+type Config struct {
+	Listen         string        // TCP address for sessions, default ":8022"
+	MetricsAddr    string        // Prometheus /metrics and /healthz, default ":9090"
+	ResolvConf     string        // default "/etc/resolv.conf": the cluster's nameservers and domain
+	DialTimeout    time.Duration // TCP dials to the cluster, default 10 s
+	UDPIdleTimeout time.Duration // a UDP flow without datagrams either way ends, default 60 s
+	HeaderTimeout  time.Duration // a stream must send its header within this, default 10 s
+	KeepAlive      time.Duration // yamux keepalive interval: how fast a dead laptop is noticed, default 5 s
+	DNSTimeout     time.Duration // per nameserver and transport, default 2 s
+
+	// AllowLoopback lets streams reach 127.0.0.0/8 and ::1. For tests
+	// only: in a pod it opens the manager's own ports to every laptop.
+	AllowLoopback bool
+}
+
+func (c Config) withDefaults() Config {
+	set := func(s *string, d string) {
+		if *s == "" {
+			*s = d
+		}
+	}
+	setDur := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	set(&c.Listen, ":8022")
+	set(&c.MetricsAddr, ":9090")
+	set(&c.ResolvConf, "/etc/resolv.conf")
+	setDur(&c.DialTimeout, 10*time.Second)
+	setDur(&c.UDPIdleTimeout, 60*time.Second)
+	setDur(&c.HeaderTimeout, 10*time.Second)
+	setDur(&c.KeepAlive, 5*time.Second)
+	setDur(&c.DNSTimeout, 2*time.Second)
+	return c
+}
+
+// Manager serves laptop sessions. It holds no goroutines of its own: they
+// all belong to a Serve call and end with it.
+type Manager struct {
+	logger  *slog.Logger
+	cfg     Config
+	cluster ClusterSource
+	dns     forwarder
+	metrics *metrics
+
+	// Seams for tests (the fuzz test must not reach the network); real
+	// dials by default.
+	dialTCP func(ctx context.Context, dst netip.AddrPort) (net.Conn, error)
+	dialUDP func(ctx context.Context, dst netip.AddrPort) (net.Conn, error)
+}
+
+// New returns a Manager that routes and resolves what cluster tells and
+// forwards DNS to the nameservers of cfg.ResolvConf.
+func New(logger *slog.Logger, cluster ClusterSource, cfg Config) (*Manager, error) {
+	if logger == nil || cluster == nil {
+		return nil, errors.New("manager: a logger and a cluster source are required")
+	}
+	cfg = cfg.withDefaults()
+	logger = logger.With("subsystem", "manager")
+	res, err := readResolvConf(cfg.ResolvConf)
+	if err != nil {
+		return nil, fmt.Errorf("start manager: %w", err)
+	}
+	if res.domain == "" {
+		logger.Warn("no svc.<domain> entry in the search list: laptops get no cluster domain", "resolv_conf", cfg.ResolvConf)
+	}
+	logger.Info("forwarding DNS", "nameservers", res.servers, "cluster_domain", res.domain)
+	m := &Manager{
+		logger:  logger,
+		cfg:     cfg,
+		cluster: cluster,
+		dns:     forwarder{resolver: res, timeout: cfg.DNSTimeout},
+		metrics: newMetrics(),
+	}
+	dialer := &net.Dialer{Timeout: cfg.DialTimeout}
+	m.dialTCP = func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+		return dialer.DialContext(ctx, "tcp", dst.String())
+	}
+	m.dialUDP = func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
+		return dialer.DialContext(ctx, "udp", dst.String())
+	}
+	return m, nil
+}
+
+// Handler serves /metrics (the manager's own registry) and /healthz.
+func (m *Manager) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return mux
+}

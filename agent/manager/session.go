@@ -1,0 +1,105 @@
+package manager
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"golang.org/x/time/rate"
+
+	"tunnel.dev/tunnel/rpc"
+)
+
+// serveSession runs one laptop's yamux session over conn: the laptop opens
+// the streams, the manager only accepts them. It returns when the session
+// ends (the laptop left, keepalive failed) or ctx ends.
+func (m *Manager) serveSession(ctx context.Context, conn net.Conn, control *streamListener) {
+	start := time.Now()
+	log := m.logger.With("session", conn.RemoteAddr().String())
+	sess, err := yamux.Server(conn, m.yamuxConfig(log))
+	if err != nil { // only for an invalid config
+		log.Error("start session", "err", err)
+		conn.Close()
+		return
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	defer stop()
+
+	m.metrics.sessionsTotal.Inc()
+	m.metrics.sessionsActive.Inc()
+	defer m.metrics.sessionsActive.Dec()
+	log.Info("session opened")
+
+	s := &session{m: m, log: log, control: control, badLog: rate.Sometimes{First: 3, Interval: time.Minute}}
+	var wg sync.WaitGroup
+	streams := 0
+	for {
+		st, err := sess.AcceptStreamWithContext(ctx)
+		if err != nil {
+			break
+		}
+		streams++
+		wg.Go(func() { s.serveStream(ctx, st) })
+	}
+	cancel() // ends the streams' dials and relays
+	sess.Close()
+	wg.Wait()
+	log.Info("session closed", "streams", streams, "duration", time.Since(start).Round(time.Millisecond).String())
+}
+
+// yamuxConfig: keepalives notice a vanished laptop within about three
+// intervals (a ping unanswered for two intervals ends the session); large
+// windows keep an upload from stalling on the tunnel's round trips (the
+// laptop uses the same); a stream closed on one side only is dropped after a
+// minute, as on the laptop.
+func (m *Manager) yamuxConfig(log *slog.Logger) *yamux.Config {
+	cfg := yamux.DefaultConfig()
+	cfg.EnableKeepAlive = true
+	cfg.KeepAliveInterval = m.cfg.KeepAlive
+	cfg.ConnectionWriteTimeout = 2 * m.cfg.KeepAlive
+	cfg.MaxStreamWindowSize = 16 << 20
+	cfg.StreamCloseTimeout = time.Minute
+	cfg.LogOutput = nil
+	cfg.Logger = slog.NewLogLogger(log.With("subsystem", "yamux").Handler(), slog.LevelWarn)
+	return cfg
+}
+
+// session is the state the streams of one session share.
+type session struct {
+	m       *Manager
+	log     *slog.Logger
+	control *streamListener
+	badLog  rate.Sometimes // bad headers are logged a few times, then counted only
+}
+
+// serveStream reads a stream's header, within HeaderTimeout so a silent
+// stream never holds anything, and hands the stream to its kind's handler.
+// A bad header closes that stream only.
+func (s *session) serveStream(ctx context.Context, st net.Conn) {
+	m := s.m
+	_ = st.SetReadDeadline(time.Now().Add(m.cfg.HeaderTimeout))
+	h, err := rpc.ReadHeader(st)
+	if err != nil {
+		m.metrics.streams.WithLabelValues("bad").Inc()
+		s.badLog.Do(func() { s.log.Warn("closing stream with a bad header", "err", err) })
+		st.Close()
+		return
+	}
+	_ = st.SetReadDeadline(time.Time{})
+	m.metrics.streams.WithLabelValues(h.Kind.String()).Inc()
+	switch h.Kind {
+	case rpc.KindControl:
+		s.control.deliver(ctx, st)
+	case rpc.KindTCP:
+		m.serveTCP(ctx, s.log, st, h)
+	case rpc.KindUDP:
+		m.serveUDP(ctx, s.log, st, h)
+	default: // ReadHeader returns no other kind
+		st.Close()
+	}
+}

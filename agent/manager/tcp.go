@@ -1,0 +1,78 @@
+package manager
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"tunnel.dev/tunnel/rpc"
+)
+
+// serveTCP dials h.Dst for a TCP stream, answers the header with the dial's
+// Status, and relays bytes until both directions have ended.
+func (m *Manager) serveTCP(ctx context.Context, log *slog.Logger, st net.Conn, h rpc.Header) {
+	defer st.Close()
+	log = log.With("flow", h.Flow, "dst", h.Dst.String())
+	c, status := m.dialStream(ctx, log, "tcp", h, m.dialTCP)
+	if err := writeStatus(st, status); err != nil || status != rpc.StatusOK {
+		if c != nil {
+			c.Close()
+		}
+		return
+	}
+	defer c.Close()
+	relay(ctx, st, c,
+		m.metrics.bytes.WithLabelValues("tcp", toCluster),
+		m.metrics.bytes.WithLabelValues("tcp", toLaptop))
+}
+
+// relay copies st ⇄ c until both directions end, half-closing each
+// separately so a request/response protocol that shuts down its sending side
+// still gets its answer:
+//
+//   - laptop EOF (the laptop closed the stream, which in yamux only stops
+//     its writes: it keeps reading) → CloseWrite on c, keep relaying c → st;
+//   - cluster EOF (c's peer shut down its side) → st.Close, which in yamux
+//     is the same half-close: the laptop reads EOF and may still send, which
+//     keeps reaching c until the laptop closes too (or yamux's
+//     StreamCloseTimeout, a minute, gives up on it);
+//   - an error either way (reset, session gone, ctx ended) aborts both: c is
+//     closed and st stops reading and is closed. yamux has no reset, so the
+//     laptop sees that as EOF.
+func relay(ctx context.Context, st, c net.Conn, up, down prometheus.Counter) {
+	var once sync.Once
+	abort := func() {
+		once.Do(func() {
+			c.Close()
+			_ = st.SetReadDeadline(time.Unix(1, 0)) // wakes a blocked Read
+			st.Close()
+		})
+	}
+	stop := context.AfterFunc(ctx, abort)
+	defer stop()
+
+	var wg sync.WaitGroup
+	wg.Go(func() { // laptop → cluster
+		if _, err := io.Copy(countingWriter{c, up}, st); err != nil {
+			abort()
+			return
+		}
+		if cw, ok := c.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		} else {
+			abort()
+		}
+	})
+	// cluster → laptop
+	if _, err := io.Copy(countingWriter{st, down}, c); err != nil {
+		abort()
+	} else {
+		st.Close()
+	}
+	wg.Wait()
+}
