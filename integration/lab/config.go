@@ -182,6 +182,9 @@ func (p Paths) configFile() string { return p.state("config.json") }
 var errNotUp = errors.New("the lab is not up: run `make lab-up` (or `lab up`) first")
 
 // loadConfig reads the config the running lab was brought up with.
+// LoadConfig reads the config the running lab was brought up with.
+func LoadConfig(p Paths) (Config, error) { return loadConfig(p) }
+
 func loadConfig(p Paths) (Config, error) {
 	b, err := os.ReadFile(p.configFile())
 	if errors.Is(err, os.ErrNotExist) {

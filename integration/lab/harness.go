@@ -130,12 +130,19 @@ func (h *Harness) dump(t testing.TB, ns string) {
 
 func ptr[T any](v T) *T { return &v }
 
-// DeployEcho creates a Deployment of the test app and a Service named name
-// in front of it (port 80 to the app's 8080, plus its TCP and UDP echo), and
-// waits until it is available.
+// DeployEcho creates a Deployment of the test app and a Service in front of
+// it, and waits until the Service answers; the test fails if it cannot.
 func (h *Harness) DeployEcho(t testing.TB, ns, name string, replicas int32) {
 	t.Helper()
-	ctx := context.Background()
+	if err := DeployEcho(context.Background(), h.Lab, h.Client, ns, name, replicas); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// DeployEcho creates a Deployment of the test app and a Service named name
+// in front of it (port 80 to the app's 8080, plus its TCP and UDP echo), and
+// waits until it is available and kube-proxy serves its address.
+func DeployEcho(ctx context.Context, l *Lab, cs kubernetes.Interface, ns, name string, replicas int32) error {
 	labels := map[string]string{"app": name}
 	d := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
@@ -165,8 +172,8 @@ func (h *Harness) DeployEcho(t testing.TB, ns, name string, replicas int32) {
 			},
 		},
 	}
-	if _, err := h.Client.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create deployment %s/%s: %v", ns, name, err)
+	if _, err := cs.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create deployment %s/%s: %w", ns, name, err)
 	}
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
@@ -179,33 +186,31 @@ func (h *Harness) DeployEcho(t testing.TB, ns, name string, replicas int32) {
 			},
 		},
 	}
-	if _, err := h.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create service %s/%s: %v", ns, name, err)
+	if _, err := cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create service %s/%s: %w", ns, name, err)
 	}
-	if err := WaitDeployment(ctx, h.Client, ns, name, 90*time.Second); err != nil {
-		t.Fatal(err)
+	if err := WaitDeployment(ctx, cs, ns, name, 90*time.Second); err != nil {
+		return err
 	}
 	// Until kube-proxy has written the Service's rules, packets to its
 	// ClusterIP follow the node's default route into the sink, and the
 	// conntrack entry the first SYN leaves keeps that connection's retries
 	// there too. Wait until a fresh connection is answered.
-	svc, err := h.Client.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+	svc, err := cs.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	url := fmt.Sprintf("http://%s/healthz", svc.Spec.ClusterIP)
-	if err := poll(ctx, 30*time.Second, "service "+ns+"/"+name+" answers on "+url, func(ctx context.Context) (bool, error) {
-		out, err := h.Run(ctx, ExecOptions{}, "curl", "-sf", "--max-time", "1", url)
+	return poll(ctx, 30*time.Second, "service "+ns+"/"+name+" answers on "+url, func(ctx context.Context) (bool, error) {
+		out, err := l.Run(ctx, ExecOptions{}, "curl", "-sf", "--max-time", "1", url)
 		return err == nil, fmt.Errorf("%v: %s", err, out)
-	}); err != nil {
-		t.Fatal(err)
-	}
+	})
 }
 
 // Run runs a command in a laptop (or, with Laptop "", the node) and returns
 // its combined output.
-func (h *Harness) Run(ctx context.Context, opt ExecOptions, argv ...string) (string, error) {
-	cmd, err := Command(ctx, h.Paths, opt, argv...)
+func (l *Lab) Run(ctx context.Context, opt ExecOptions, argv ...string) (string, error) {
+	cmd, err := Command(ctx, l.Paths, opt, argv...)
 	if err != nil {
 		return "", err
 	}

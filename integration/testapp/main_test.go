@@ -274,6 +274,8 @@ func TestMeasureVerbs(t *testing.T) {
 		{"latency", []string{base + "/", "20"}, "p50_us="},
 		{"download", []string{base + "/bytes?n=1000000"}, "bytes=1000000 "},
 		{"conns", []string{ls.TCP.Addr().String(), "50"}, "ok=50 of=50"},
+		{"conns", []string{ls.TCP.Addr().String(), "5", "10ms"}, "ok=5 of=5"},
+		{"dns", []string{"cached", "3", "localhost"}, "p50_us="},
 	} {
 		var out strings.Builder
 		if err := measure(context.Background(), &out, tc.verb, tc.args); err != nil || !strings.Contains(out.String(), tc.want) {

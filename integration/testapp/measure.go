@@ -17,7 +17,11 @@ import (
 //
 //	latency URL N      N sequential GETs, each on a new connection; prints p50 and p99 in µs
 //	download URL       one GET; prints the bytes and the rate in bytes per second
-//	conns ADDR N       N TCP connections to an echo at once, each pinged; prints how many answered
+//	conns ADDR N [HOLD] N TCP connections to an echo at once, each pinged, all held open
+//	                     for HOLD (a duration) before they close; prints how many answered
+//	dns cold|cached N SUFFIX   N lookups through the system resolver: cold ones of names never
+//	                     asked before (pod names 10-1-X-Y.SUFFIX), cached ones of one name;
+//	                     prints p50 in µs
 func measure(ctx context.Context, out io.Writer, verb string, args []string) error {
 	switch verb {
 	case "latency":
@@ -52,18 +56,65 @@ func measure(ctx context.Context, out io.Writer, verb string, args []string) err
 		_, err = fmt.Fprintf(out, "bytes=%d bytes_per_sec=%.0f\n", n, float64(n)/secs)
 		return err
 	case "conns":
-		if len(args) != 2 {
-			return errors.New("usage: conns ADDR N")
+		if len(args) != 2 && len(args) != 3 {
+			return errors.New("usage: conns ADDR N [HOLD]")
 		}
 		n, err := strconv.Atoi(args[1])
 		if err != nil || n < 1 {
 			return errors.New("N must be a positive number")
 		}
-		ok := conns(ctx, args[0], n)
+		var hold time.Duration
+		if len(args) == 3 {
+			if hold, err = time.ParseDuration(args[2]); err != nil {
+				return err
+			}
+		}
+		ok := conns(ctx, args[0], n, hold)
 		_, err = fmt.Fprintf(out, "ok=%d of=%d\n", ok, n)
+		return err
+	case "dns":
+		if len(args) != 3 || (args[0] != "cold" && args[0] != "cached") {
+			return errors.New("usage: dns cold|cached N SUFFIX")
+		}
+		n, err := strconv.Atoi(args[1])
+		if err != nil || n < 1 || n > 60000 {
+			return errors.New("N must be a number from 1 to 60000")
+		}
+		p50, err := dnsLatency(ctx, args[0] == "cold", n, args[2])
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(out, "p50_us=%d\n", p50.Microseconds())
 		return err
 	}
 	return errors.New("unknown verb " + verb)
+}
+
+// dnsLatency times lookups through the system's resolver configuration,
+// as any program on the laptop would resolve.
+func dnsLatency(ctx context.Context, cold bool, n int, suffix string) (time.Duration, error) {
+	r := &net.Resolver{PreferGo: true}
+	name := func(i int) string {
+		if cold {
+			return fmt.Sprintf("10-1-%d-%d.%s", i/250, i%250+1, suffix)
+		}
+		return suffix
+	}
+	if !cold { // fill the cache first
+		if _, err := r.LookupHost(ctx, name(0)); err != nil {
+			return 0, err
+		}
+	}
+	ds := make([]time.Duration, 0, n)
+	for i := range n {
+		start := time.Now()
+		if _, err := r.LookupHost(ctx, name(i)); err != nil {
+			return 0, err
+		}
+		ds = append(ds, time.Since(start))
+	}
+	slices.Sort(ds)
+	return ds[len(ds)/2], nil
 }
 
 func latency(ctx context.Context, url string, n int) (p50, p99 time.Duration, err error) {
@@ -86,7 +137,7 @@ func latency(ctx context.Context, url string, n int) (p50, p99 time.Duration, er
 
 // conns holds all n connections open at once before it pings them, so the
 // tunnel carries n live flows together.
-func conns(ctx context.Context, addr string, n int) int {
+func conns(ctx context.Context, addr string, n int, hold time.Duration) int {
 	var d net.Dialer
 	cs := make([]net.Conn, n)
 	var wg sync.WaitGroup
@@ -111,7 +162,7 @@ func conns(ctx context.Context, addr string, n int) int {
 		go func() {
 			defer wg.Done()
 			defer c.Close()
-			c.SetDeadline(time.Now().Add(20 * time.Second))
+			c.SetDeadline(time.Now().Add(20*time.Second + hold))
 			buf := make([]byte, 4)
 			if _, err := c.Write([]byte("ping")); err != nil {
 				return
@@ -121,6 +172,7 @@ func conns(ctx context.Context, addr string, n int) int {
 				ok++
 				mu.Unlock()
 			}
+			time.Sleep(hold)
 		}()
 	}
 	wg.Wait()

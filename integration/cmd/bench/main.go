@@ -1,0 +1,289 @@
+// Command bench measures tunnel against `kubectl port-forward` and the
+// node's direct path in one run on the lab, and prints a table of figures
+// and ratios (`make bench`). Nothing here asserts: it reports.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"tunnel.dev/tunnel/integration/lab"
+)
+
+type bench struct {
+	l       *lab.Lab
+	tunnel  string
+	echo    string
+	laptop  lab.ExecOptions
+	node    lab.ExecOptions
+	podIP   string
+	pod     string
+	ns      string
+	domain  string
+	size    int64
+	latN    int
+	connsN  int
+	results [][]string
+}
+
+func main() {
+	b := &bench{node: lab.ExecOptions{}, laptop: lab.ExecOptions{Laptop: "bench"}, ns: "bench"}
+	flag.Int64Var(&b.size, "bytes", 1<<30, "size of the bulk download")
+	flag.IntVar(&b.latN, "requests", 2000, "small HTTP requests per path for the latency figures")
+	flag.IntVar(&b.connsN, "conns", 1000, "concurrent TCP connections through the tunnel")
+	flag.Parse()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	if err := b.run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func (b *bench) sh(ctx context.Context, opt lab.ExecOptions, script string) (string, error) {
+	out, err := b.l.Run(ctx, opt, "sh", "-c", script)
+	if err != nil {
+		return out, fmt.Errorf("%s: %w\n%s", script, err, out)
+	}
+	return out, nil
+}
+
+func (b *bench) run(ctx context.Context) error {
+	b.l = lab.New(lab.DefaultPaths(), os.Stderr)
+	if err := b.l.Up(ctx, lab.Config{}); err != nil {
+		return err
+	}
+	cfg, _ := lab.LoadConfig(b.l.Paths)
+	b.domain = cfg.ClusterDomain
+	cs, err := lab.Client(b.l.Paths)
+	if err != nil {
+		return err
+	}
+	b.tunnel = b.l.Paths.State + "/bin/tunnel"
+	if err := lab.BuildBinary(ctx, "./cmd/tunnel", b.tunnel); err != nil {
+		return err
+	}
+	b.echo = b.l.Paths.State + "/images/echo"
+	_ = cs.CoreV1().Namespaces().Delete(ctx, b.ns, metav1.DeleteOptions{})
+	for {
+		if _, err := cs.CoreV1().Namespaces().Get(ctx, b.ns, metav1.GetOptions{}); err != nil {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: b.ns}}, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	defer cs.CoreV1().Namespaces().Delete(context.WithoutCancel(ctx), b.ns, metav1.DeleteOptions{})
+	if err := lab.DeployEcho(ctx, b.l, cs, b.ns, "echo", 1); err != nil {
+		return err
+	}
+	pods, err := cs.CoreV1().Pods(b.ns).List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
+	if err != nil || len(pods.Items) != 1 {
+		return fmt.Errorf("find the echo pod: %v", err)
+	}
+	b.pod, b.podIP = pods.Items[0].Name, pods.Items[0].Status.PodIP
+	if _, err := b.l.Run(ctx, b.node, b.tunnel, "install"); err != nil {
+		return err
+	}
+	_, _ = b.l.Run(ctx, b.laptop, b.tunnel, "quit")
+	defer b.l.Run(context.WithoutCancel(ctx), b.laptop, b.tunnel, "quit")
+
+	fmt.Fprintln(os.Stderr, "==> connect to first curl by name")
+	connectMS, err := b.connectTime(ctx)
+	if err != nil {
+		return err
+	}
+	direct := fmt.Sprintf("http://%s:%d", b.podIP, lab.EchoHTTPPort)
+	fmt.Fprintln(os.Stderr, "==> bulk download and request latency: direct, port-forward, tunnel")
+	dDown, dP50, dP99, err := b.httpFigures(ctx, b.node, direct)
+	if err != nil {
+		return err
+	}
+	pDown, pP50, pP99, err := b.portForwardFigures(ctx)
+	if err != nil {
+		return err
+	}
+	tDown, tP50, tP99, err := b.httpFigures(ctx, b.laptop, direct)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(os.Stderr, "==> DNS, concurrent connections, daemon memory")
+	cold, cached, err := b.dnsFigures(ctx)
+	if err != nil {
+		return err
+	}
+	idle, err := b.daemonRSS(ctx)
+	if err != nil {
+		return err
+	}
+	ok, busy, err := b.concurrent(ctx)
+	if err != nil {
+		return err
+	}
+
+	gbps := func(v float64) string { return fmt.Sprintf("%.2f GB/s", v/1e9) }
+	ms := func(us float64) string { return fmt.Sprintf("%.2f ms", us/1000) }
+	ratio := func(a, b float64) string { return fmt.Sprintf("%.2fx", a/b) }
+	rows := [][]string{
+		{"measure", "direct (node to pod)", "kubectl port-forward", "tunnel", "tunnel / port-forward"},
+		{fmt.Sprintf("bulk TCP download (%d MiB)", b.size>>20), gbps(dDown), gbps(pDown), gbps(tDown), ratio(tDown, pDown)},
+		{fmt.Sprintf("HTTP request p50 (%d, new connection each)", b.latN), ms(dP50), ms(pP50), ms(tP50), ratio(tP50, pP50)},
+		{fmt.Sprintf("HTTP request p99 (%d)", b.latN), ms(dP99), ms(pP99), ms(tP99), ratio(tP99, pP99)},
+		{fmt.Sprintf("%d concurrent TCP connections", b.connsN), "", "", fmt.Sprintf("%d ok", ok), ""},
+		{"connect to first curl by name (manager installed)", "", "", fmt.Sprintf("%d ms", connectMS), ""},
+		{"DNS lookup p50, cached / cold", "", "", ms(cached) + " / " + ms(cold), ""},
+		{fmt.Sprintf("daemon RSS, idle / %d connections open", b.connsN), "", "", fmt.Sprintf("%d MB / %d MB", idle>>10, busy>>10), ""},
+	}
+	printTable(rows)
+	return nil
+}
+
+// connectTime is from `tunnel connect` (daemon start included) to the first
+// successful curl of a Service by name.
+func (b *bench) connectTime(ctx context.Context) (int64, error) {
+	out, err := b.sh(ctx, b.laptop, fmt.Sprintf(`start=$(date +%%s%%N)
+%s connect -n %s >/dev/null || exit 1
+i=0; until curl -sf --max-time 2 http://echo.%s/ >/dev/null; do i=$((i+1)); [ $i -gt 200 ] && exit 1; sleep 0.01; done
+echo $(( ($(date +%%s%%N) - start) / 1000000 ))`, b.tunnel, b.ns, b.ns))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(strings.TrimSpace(lastLine(out)), 10, 64)
+}
+
+var figure = regexp.MustCompile(`(\w+)=([0-9.]+)`)
+
+func figures(out string) map[string]float64 {
+	m := map[string]float64{}
+	for _, f := range figure.FindAllStringSubmatch(out, -1) {
+		v, _ := strconv.ParseFloat(f[2], 64)
+		m[f[1]] = v
+	}
+	return m
+}
+
+func (b *bench) httpFigures(ctx context.Context, opt lab.ExecOptions, base string) (down, p50, p99 float64, err error) {
+	out, err := b.sh(ctx, opt, fmt.Sprintf("%s download '%s/bytes?n=%d'", b.echo, base, b.size))
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	down = figures(out)["bytes_per_sec"]
+	out, err = b.sh(ctx, opt, fmt.Sprintf("%s latency %s/ %d", b.echo, base, b.latN))
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	f := figures(out)
+	return down, f["p50_us"], f["p99_us"], nil
+}
+
+// portForwardFigures measures kubectl port-forward to the same pod, from
+// the same laptop, in the same run.
+func (b *bench) portForwardFigures(ctx context.Context) (down, p50, p99 float64, err error) {
+	const port = 18080
+	out, err := b.sh(ctx, b.laptop, fmt.Sprintf(`kubectl port-forward -n %s pod/%s %d:%d >/dev/null 2>&1 &
+pf=$!
+trap 'kill $pf' EXIT
+for i in $(seq 1 100); do curl -sf --max-time 1 http://127.0.0.1:%d/healthz >/dev/null && break; sleep 0.1; done
+%s download 'http://127.0.0.1:%d/bytes?n=%d' && %s latency http://127.0.0.1:%d/ %d`,
+		b.ns, b.pod, port, lab.EchoHTTPPort, port, b.echo, port, b.size, b.echo, port, b.latN))
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	f := figures(out)
+	return f["bytes_per_sec"], f["p50_us"], f["p99_us"], nil
+}
+
+func (b *bench) dnsFigures(ctx context.Context) (cold, cached float64, err error) {
+	out, err := b.sh(ctx, b.laptop, fmt.Sprintf("%s dns cold 500 %s.pod.%s", b.echo, b.ns, b.domain))
+	if err != nil {
+		return 0, 0, err
+	}
+	cold = figures(out)["p50_us"]
+	out, err = b.sh(ctx, b.laptop, fmt.Sprintf("%s dns cached 500 echo.%s.svc.%s", b.echo, b.ns, b.domain))
+	if err != nil {
+		return 0, 0, err
+	}
+	return cold, figures(out)["p50_us"], nil
+}
+
+// daemonRSS reads the daemon's resident memory in KiB; its pid is in the
+// lock file of its run folder.
+func (b *bench) daemonRSS(ctx context.Context) (int64, error) {
+	out, err := b.sh(ctx, b.laptop, `pid=$(cat /run/tunnel/netns-$(readlink /proc/self/ns/net | tr -dc 0-9)/daemon.lock)
+awk '/^VmRSS/ {print $2}' /proc/$pid/status`)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(strings.TrimSpace(lastLine(out)), 10, 64)
+}
+
+// concurrent holds connsN connections through the tunnel open for a few
+// seconds and samples the daemon's memory meanwhile.
+func (b *bench) concurrent(ctx context.Context) (int, int64, error) {
+	type result struct {
+		out string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, err := b.sh(ctx, b.laptop, fmt.Sprintf("%s conns %s:%d %d 6s", b.echo, b.podIP, lab.EchoTCPPort, b.connsN))
+		done <- result{out, err}
+	}()
+	var peak int64
+	for {
+		select {
+		case r := <-done:
+			if r.err != nil {
+				return 0, 0, r.err
+			}
+			return int(figures(r.out)["ok"]), peak, nil
+		case <-time.After(500 * time.Millisecond):
+			if rss, err := b.daemonRSS(ctx); err == nil && rss > peak {
+				peak = rss
+			}
+		case <-ctx.Done():
+			return 0, 0, errors.New("concurrent connections did not finish")
+		}
+	}
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+func printTable(rows [][]string) {
+	widths := make([]int, len(rows[0]))
+	for _, r := range rows {
+		for i, c := range r {
+			widths[i] = max(widths[i], len(c))
+		}
+	}
+	for i, r := range rows {
+		var b strings.Builder
+		b.WriteString("|")
+		for j, c := range r {
+			fmt.Fprintf(&b, " %-*s |", widths[j], c)
+		}
+		fmt.Println(b.String())
+		if i == 0 {
+			b.Reset()
+			b.WriteString("|")
+			for _, w := range widths {
+				b.WriteString(" " + strings.Repeat("-", w) + " |")
+			}
+			fmt.Println(b.String())
+		}
+	}
+}
