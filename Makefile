@@ -45,8 +45,11 @@ lab-status: $(LAB)
 demo: build lab-up
 	./integration/demo/run.sh
 
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+# Go benchmarks, then the lab's table: tunnel against kubectl port-forward and
+# the direct path, measured in one run.
+bench: lab-up
+	$(GO) test -run '^$$' -bench . -benchtime 3x -benchmem ./...
+	$(GO) run ./integration/cmd/bench
 
 PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2

@@ -88,10 +88,13 @@ func startDaemon(ctx context.Context, errOut io.Writer) (daemonpb.DaemonClient, 
 		}
 		select {
 		case err := <-exited:
-			if os.Geteuid() == 0 && err != nil { // the daemon itself ended
+			switch {
+			case err != nil && os.Geteuid() == 0: // the daemon itself ended
 				return nil, nil, fmt.Errorf("the tunnel daemon exited: %v (see %s)", err, filepath.Join(runDir, "daemon.log"))
+			case err != nil:
+				return nil, nil, fmt.Errorf("tunnel needs root for its daemon and sudo failed (%v): run `sudo %s daemon --uid %d --gid %d` yourself or as a service", err, self, uid, gid)
 			}
-			exited = nil // sudo --background returns at once
+			exited = nil // sudo --background returns once the daemon started
 		case <-deadline:
 			return nil, nil, fmt.Errorf("the tunnel daemon did not start within 15s: see %s", filepath.Join(runDir, "daemon.log"))
 		case <-ctx.Done():

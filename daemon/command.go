@@ -17,11 +17,16 @@ import (
 // the TUN device by a /32 route.
 const defaultDNSAddr = "198.18.0.53:53"
 
+// defaultMetricsAddr is on the loopback of the daemon's own network
+// namespace: the laptop's, not the network's.
+const defaultMetricsAddr = "127.0.0.1:9095"
+
 // Command is `tunnel daemon`, which the CLI starts as root when none runs.
 func Command() *cobra.Command {
 	var (
 		uid, gid, group int
 		dnsAddr         string
+		metricsAddr     string
 		repair          bool
 		opt             = Options{Device: "tunnel0", ResolvConf: "/etc/resolv.conf"}
 	)
@@ -43,7 +48,7 @@ func Command() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return Run(ctx, logger, opt, Caller{UID: uid, GID: gid}, group)
+			return Run(ctx, logger, opt, Caller{UID: uid, GID: gid}, group, metricsAddr)
 		},
 	}
 	f := cmd.Flags()
@@ -53,6 +58,7 @@ func Command() *cobra.Command {
 	f.StringVar(&opt.Device, "device", opt.Device, "name of the TUN device")
 	f.StringVar(&dnsAddr, "dns-addr", defaultDNSAddr, "address of the laptop's resolver, inside the TUN device")
 	f.StringVar(&opt.ResolvConf, "resolv-conf", opt.ResolvConf, "the resolv.conf to point at the resolver")
+	f.StringVar(&metricsAddr, "metrics-addr", defaultMetricsAddr, "where to serve Prometheus metrics (/metrics); empty for none")
 	f.BoolVar(&repair, "repair", false, "only repair what a crashed daemon left, then exit")
 	return cmd
 }

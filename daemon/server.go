@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,6 +34,10 @@ type Daemon struct {
 	mu   sync.Mutex // guards conn
 	conn *connection
 
+	// live is conn for the metrics, which must not wait on mu: Connect
+	// holds it while it dials.
+	live atomic.Pointer[connection]
+
 	quitOnce sync.Once
 	quit     chan struct{}
 }
@@ -40,7 +45,8 @@ type Daemon struct {
 // Run is `tunnel daemon`: it takes the namespace's lock, repairs what a
 // crashed daemon left, serves until Quit or ctx ends, and restores
 // everything on the way out. group, when not -1, may also use the socket.
-func Run(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, group int) error {
+// Metrics are served on metricsAddr ("" for none) while it runs.
+func Run(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, group int, metricsAddr string) error {
 	if os.Geteuid() != 0 {
 		return errors.New("the tunnel daemon needs root to create a TUN device and change routes and DNS: run it with sudo")
 	}
@@ -61,6 +67,11 @@ func Run(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, g
 	if err := Repair(logger, opt); err != nil {
 		return err
 	}
+	metrics, err := listenMetrics(logger, metricsAddr)
+	if err != nil {
+		return err
+	}
+	defer metrics.close()
 
 	sock := daemonpb.SocketPath()
 	if opt.RunDir != daemonpb.RunDir() {
@@ -87,6 +98,7 @@ func Run(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, g
 	}
 
 	d := &Daemon{log: logger, opt: opt, caller: caller, quit: make(chan struct{})}
+	metrics.serve(metricsHandler(d.metricsSnapshot))
 	srv := grpc.NewServer()
 	daemonpb.RegisterDaemonServer(srv, d)
 	go func() {
@@ -133,6 +145,7 @@ func (d *Daemon) Connect(ctx context.Context, req *daemonpb.ConnectRequest) (*da
 		return nil, toStatus(err)
 	}
 	d.conn = c
+	d.live.Store(c)
 	d.log.Info("connected", "cluster", c.server, "context", c.context, "namespace", req.Namespace)
 	return d.statusLocked(), nil
 }
@@ -158,6 +171,7 @@ func (d *Daemon) disconnect() error {
 	if d.conn == nil {
 		return nil
 	}
+	d.live.Store(nil)
 	err := d.conn.close()
 	d.conn = nil
 	d.log.Info("disconnected", "err", err)

@@ -92,7 +92,7 @@ func (s *session) connect(ctx context.Context) (*managerpb.ClusterInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	mux, err := yamux.Client(pf, yamuxConfig())
+	mux, err := yamux.Client(rpc.CoalesceWrites(pf), yamuxConfig())
 	if err != nil {
 		pf.Close()
 		return nil, fmt.Errorf("start yamux: %w", err)

@@ -19,7 +19,7 @@ import (
 func (m *Manager) serveSession(ctx context.Context, conn net.Conn, control *streamListener) {
 	start := time.Now()
 	log := m.logger.With("session", conn.RemoteAddr().String())
-	sess, err := yamux.Server(conn, m.yamuxConfig(log))
+	sess, err := yamux.Server(rpc.CoalesceWrites(conn), m.yamuxConfig(log))
 	if err != nil { // only for an invalid config
 		log.Error("start session", "err", err)
 		conn.Close()

@@ -68,11 +68,22 @@ func relay(ctx context.Context, st, c net.Conn, up, down prometheus.Counter) {
 			abort()
 		}
 	})
-	// cluster → laptop
-	if _, err := io.Copy(countingWriter{st, down}, c); err != nil {
+	// cluster → laptop, in large reads: every yamux frame becomes at least
+	// one write at each hop of the port-forward (containerd, the kubelet,
+	// the API server), so fewer, fuller frames cost less CPU all along.
+	buf := make([]byte, frameBody)
+	if _, err := io.CopyBuffer(countingWriter{st, down}, onlyReader{c}, buf); err != nil {
 		abort()
 	} else {
 		st.Close()
 	}
 	wg.Wait()
 }
+
+// frameBody is the largest yamux data frame body the manager sends: with
+// its 12-byte header, 256 KiB (measured: containerd's CPU per GB fell by a
+// third against 32 KiB frames).
+const frameBody = 256<<10 - 12
+
+// onlyReader hides a connection's WriteTo, so io.CopyBuffer uses our buffer.
+type onlyReader struct{ io.Reader }

@@ -27,8 +27,31 @@ for i in 1 2 3; do $LAB exec --node -- curl -sS --max-time 5 "http://$ip/demo-$i
 say "From a pod, by the Service's name (CoreDNS):"
 $LAB exec --node -- kubectl -n $ns exec deploy/echo -- /echo get "http://echo.$ns/by-name"
 
-say "From laptop alice the cluster is out of reach without a tunnel (this should fail):"
-if $LAB exec --laptop alice -- curl -sS --max-time 3 "http://$ip/"; then
+T=$PWD/bin/tunnel
+alice() { $LAB exec --laptop alice -- "$@"; }
+alice $T quit >/dev/null 2>&1 || true
+
+say "Laptop alice cannot reach the cluster without the tunnel (this should fail):"
+if alice curl -sS --max-time 3 "http://$ip/"; then
   echo "unexpected: the laptop reached the cluster" >&2; exit 1
 fi
-echo "(as expected)"
+
+say "tunnel connect, in laptop alice (installs the manager on first use):"
+alice $T connect -n $ns
+
+say "From the laptop, by the Service's name, its short name and a pod's address:"
+alice curl -sS --max-time 5 "http://echo.$ns/from-the-laptop"
+alice curl -sS --max-time 5 "http://echo/short-name"
+pod=$($LAB exec --node -- kubectl -n $ns get pods -o jsonpath='{.items[0].status.podIP}')
+alice curl -sS --max-time 5 "http://$pod:8080/pod-address"
+
+say "DNS as a pod sees it (SRV record), and names outside the cluster as before:"
+alice dig +short SRV "_http._tcp.echo.$ns.svc.cluster.local"
+alice dig +short upstream.lab.test
+
+say "tunnel status:"
+alice $T status
+
+say "tunnel quit (routes and DNS restored):"
+alice $T quit
+alice cat /etc/resolv.conf

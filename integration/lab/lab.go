@@ -236,7 +236,8 @@ func restoreFolders(p Paths, before machineState) {
 	}
 	// containerd's shims keep their sockets in /run/containerd/s whatever
 	// containerd's own state folder is.
-	for _, dir := range []string{"/var/lib/kubelet", "/var/log/containers", "/var/lib/cni", "/run/containerd"} {
+	// /run/tunnel holds the run folders of the laptops' tunnel daemons.
+	for _, dir := range []string{"/var/lib/kubelet", "/var/log/containers", "/var/lib/cni", "/run/containerd", "/run/tunnel"} {
 		if !had[dir] && len(mountsUnder(dir)) == 0 {
 			_ = os.RemoveAll(dir)
 		}

@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // A laptop is a network namespace joined to the node by a veth pair: the
@@ -135,6 +137,14 @@ func createLaptop(ctx context.Context, l Laptop) error {
 func removeLaptop(ctx context.Context, p Paths, name string) error {
 	ns := laptopNetnsPrefix + name
 	var errs []error
+	// What runs in the laptop (a tunnel daemon, say) goes with it.
+	if out, err := run(ctx, "ip", "netns", "pids", ns); err == nil {
+		for _, f := range strings.Fields(out) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				killPid(pid, 5*time.Second)
+			}
+		}
+	}
 	if netnsExists(ns) {
 		if _, err := run(ctx, "ip", "netns", "delete", ns); err != nil {
 			errs = append(errs, err)
@@ -200,4 +210,20 @@ func Command(ctx context.Context, p Paths, opt ExecOptions, argv ...string) (*ex
 		"PATH="+p.KubernetesBin()+":"+os.Getenv("PATH"),
 	)
 	return cmd, nil
+}
+
+// killPid ends a process: SIGTERM, and SIGKILL if it is still there after
+// the grace period.
+func killPid(pid int, grace time.Duration) {
+	gone := func() bool {
+		_, err := os.Stat(fmt.Sprintf("/proc/%d/exe", pid))
+		return err != nil
+	}
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	for deadline := time.Now().Add(grace); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if gone() {
+			return
+		}
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
 }

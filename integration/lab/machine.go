@@ -31,7 +31,7 @@ type machineState struct {
 var wellKnownPaths = []string{
 	"/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/etc/kubernetes",
 	"/var/lib/cni", "/etc/cni/net.d", "/run/containerd/runc/k8s.io", "/var/lib/etcd",
-	"/etc/netns", "/run/netns", "/run/containerd",
+	"/etc/netns", "/run/netns", "/run/containerd", "/run/tunnel",
 }
 
 // snapshotMachine fails rather than return a partial picture: an empty

@@ -99,6 +99,28 @@ func checkOtherValues(ctx context.Context, t *testing.T, l *lab.Lab, cfg lab.Con
 	if err != nil || strings.TrimSpace(out) != svc.Spec.ClusterIP {
 		t.Fatalf("lookup %s in a pod: %v\n%s", name, err, out)
 	}
+
+	// tunnel connect works the same on this cluster: the subnets and the
+	// domain come from the cluster, not from defaults.
+	laptop := lab.ExecOptions{Laptop: "olga"}
+	tunnel := h.Tunnel(t)
+	defer h.Run(context.WithoutCancel(ctx), laptop, tunnel, "quit")
+	if out, err := h.Run(ctx, laptop, tunnel, "connect", "-n", ns); err != nil {
+		t.Fatalf("tunnel connect: %v\n%s", err, out)
+	}
+	for _, script := range []string{
+		"curl -sS --max-time 10 http://echo/short",
+		"curl -sS --max-time 10 http://" + name + "/full",
+		fmt.Sprintf("curl -sS --max-time 10 http://%s:%d/pod", pods.Items[0].Status.PodIP, lab.EchoHTTPPort),
+	} {
+		if out, err := h.Run(ctx, laptop, "sh", "-c", script); err != nil || !strings.Contains(out, "pod=echo-") {
+			t.Errorf("%s through the tunnel: %v\n%s", script, err, out)
+		}
+	}
+	out, err = h.Run(ctx, laptop, tunnel, "status")
+	if err != nil || !strings.Contains(out, cfg.ServiceCIDR) || !strings.Contains(out, "search "+ns+".svc."+cfg.ClusterDomain) {
+		t.Errorf("tunnel status does not show the cluster's own subnets and domain: %v\n%s", err, out)
+	}
 }
 
 // assertNothingLeft checks the lab's own marks directly, beside the
