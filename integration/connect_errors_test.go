@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,10 +28,19 @@ func writeKubeconfig(t *testing.T, edit func(*clientcmdapi.Config)) string {
 	if err := os.Chmod(path, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Chmod(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	openToAll(t, filepath.Dir(path))
 	return path
+}
+
+// openToAll lets other users (the tests' nobody) into a t.TempDir folder
+// and the per-test folder above it.
+func openToAll(t *testing.T, dir string) {
+	t.Helper()
+	for _, d := range []string{dir, filepath.Dir(dir)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // Each mistake gets one sentence and leaves the laptop as it was.
@@ -90,5 +100,93 @@ func TestConnectMistakesLeaveNothingBehind(t *testing.T) {
 	l.must("quit")
 	if l.resolvConf() != before {
 		t.Error("quit did not restore resolv.conf")
+	}
+}
+
+// A VPN's route over a cluster subnet is named, with the flag that
+// resolves it, and --never-proxy then connects around it.
+func TestOverlappingRouteNamesTheFlag(t *testing.T) {
+	installManager(t)
+	l := newLaptop(t, "judy", "admin")
+	if out, err := l.sh("ip route add 10.96.0.0/12 via 10.210.0.1 dev eth0 || ip route replace 10.96.0.0/12 via $(ip route show default | awk '{print $3}') dev eth0"); err != nil {
+		t.Fatalf("add a VPN-like route: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { l.sh("ip route del 10.96.0.0/12") })
+	before := l.resolvConf()
+	out, err := l.run("connect")
+	if err == nil || !strings.Contains(out, "10.96.0.0/12") || !strings.Contains(out, "--never-proxy") {
+		t.Fatalf("connect over a VPN's route: %v\n%s", err, out)
+	}
+	if l.resolvConf() != before {
+		t.Fatal("the refused connect changed resolv.conf")
+	}
+	l.must("connect", "--never-proxy", h.Config.ServiceCIDR)
+	st := l.must("status")
+	if strings.Contains(st, h.Config.ServiceCIDR) {
+		t.Errorf("--never-proxy %s is still routed:\n%s", h.Config.ServiceCIDR, st)
+	}
+}
+
+// A kubeconfig whose credentials come from an exec plugin works, and the
+// root daemon runs that plugin as the user who connected, never as root.
+func TestExecPluginRunsAsTheUser(t *testing.T) {
+	installManager(t)
+	admin, err := clientcmd.LoadFromFile(h.Paths.AdminKubeconfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ai := admin.AuthInfos[admin.Contexts[admin.CurrentContext].AuthInfo]
+	dir := t.TempDir()
+	openToAll(t, dir)
+	cred := fmt.Sprintf(`{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"clientCertificateData":%q,"clientKeyData":%q}}`,
+		ai.ClientCertificateData, ai.ClientKeyData)
+	if err := os.WriteFile(filepath.Join(dir, "cred.json"), []byte(cred), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	uids := filepath.Join(dir, "uids")
+	if err := os.WriteFile(uids, nil, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(uids, 0o666)
+	plugin := filepath.Join(dir, "plugin.sh")
+	script := fmt.Sprintf("#!/bin/sh\nid -u >> %s\ncat %s\n", uids, filepath.Join(dir, "cred.json"))
+	if err := os.WriteFile(plugin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := writeKubeconfig(t, func(c *clientcmdapi.Config) {
+		for _, a := range c.AuthInfos {
+			a.ClientCertificateData, a.ClientKeyData = nil, nil
+			a.Exec = &clientcmdapi.ExecConfig{APIVersion: "client.authentication.k8s.io/v1", Command: plugin,
+				InteractiveMode: clientcmdapi.NeverExecInteractiveMode}
+		}
+	})
+
+	// The daemon runs as root for user 65534 (nobody), as `tunnel connect`
+	// would start it through sudo; the CLI runs as nobody.
+	l := newLaptop(t, "kim", "admin")
+	if out, err := l.sh(l.bin + " daemon --uid 65534 --gid 65534 >/dev/null 2>&1 &"); err != nil {
+		t.Fatalf("start the daemon: %v\n%s", err, out)
+	}
+	asNobody := "setpriv --reuid 65534 --regid 65534 --clear-groups env HOME=/tmp " + l.bin
+	out, err := l.sh("for i in $(seq 1 50); do " + asNobody + " status >/dev/null 2>&1 && break; sleep 0.1; done; " +
+		asNobody + " connect --kubeconfig " + kubeconfig + " 2>&1")
+	if err != nil {
+		t.Fatalf("connect as nobody with an exec plugin: %v\n%s", err, out)
+	}
+	if out, err := l.sh("dig +short kubernetes.default.svc." + h.Config.ClusterDomain); err != nil || strings.TrimSpace(out) == "" {
+		t.Errorf("cluster DNS after an exec-plugin connect: %v\n%s", err, out)
+	}
+	if out, err := l.sh(asNobody + " quit"); err != nil {
+		t.Errorf("quit as nobody: %v\n%s", err, out)
+	}
+	got, _ := os.ReadFile(uids)
+	ran := strings.Fields(string(got))
+	if len(ran) < 2 { // once in the CLI, at least once in the daemon
+		t.Fatalf("the plugin ran %d times: %q", len(ran), got)
+	}
+	for _, uid := range ran {
+		if uid != "65534" {
+			t.Errorf("the exec plugin ran as uid %s, want 65534 every time: %q", uid, got)
+		}
 	}
 }

@@ -104,6 +104,10 @@ func (b *bench) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	idle, err := b.daemonRSS(ctx) // before any traffic grew its heap
+	if err != nil {
+		return err
+	}
 	direct := fmt.Sprintf("http://%s:%d", b.podIP, lab.EchoHTTPPort)
 	fmt.Fprintln(os.Stderr, "==> bulk download and request latency: direct, port-forward, tunnel")
 	dDown, dP50, dP99, err := b.httpFigures(ctx, b.node, direct)
@@ -120,10 +124,6 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	fmt.Fprintln(os.Stderr, "==> DNS, concurrent connections, daemon memory")
 	cold, cached, err := b.dnsFigures(ctx)
-	if err != nil {
-		return err
-	}
-	idle, err := b.daemonRSS(ctx)
 	if err != nil {
 		return err
 	}
