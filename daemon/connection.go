@@ -27,6 +27,7 @@ type Options struct {
 	DNSAddr    netip.AddrPort // where the resolver answers, routed into the device
 	ResolvConf string         // the resolv.conf to point at the resolver
 	RunDir     string
+	DNSObserve func(via string, took time.Duration, err error) // DNS latency, for metrics
 }
 
 // connection is the laptop joined to one cluster: the session, the TUN
@@ -196,6 +197,7 @@ func (c *connection) startDNS(ctx context.Context, opt Options, info *managerpb.
 	ns := c.req.Namespace
 	c.resolver = dns.NewResolver(c.log, exchanger{c.sess}, dns.Config{
 		ClusterDomain: info.ClusterDomain, Namespace: ns, Include: c.req.DnsInclude, Upstreams: upstreams,
+		Observe: opt.DNSObserve,
 	})
 	c.resolver.SetNamespaces(info.Namespaces)
 	c.resolver.SetClusterSubnets(c.routeSet(info))

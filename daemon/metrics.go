@@ -159,13 +159,14 @@ func boolFloat(b bool) float64 {
 
 // metricsHandler serves GET /metrics from a registry of the daemon's own:
 // its series, and the Go runtime's and the process's.
-func metricsHandler(read func() metricsSnapshot) http.Handler {
+func metricsHandler(read func() metricsSnapshot, more ...prometheus.Collector) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		newCollector(read),
 	)
+	reg.MustRegister(more...)
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return mux
@@ -221,4 +222,15 @@ func (m *metricsServer) close() {
 	if err := <-m.done; !errors.Is(err, http.ErrServerClosed) {
 		m.log.Error("metrics server stopped", "err", err)
 	}
+}
+
+// newDNSLatency is the histogram of DNS queries that left the resolver, by
+// where they went; it lives as long as the daemon, across connections.
+func newDNSLatency() (*prometheus.HistogramVec, func(string, time.Duration, error)) {
+	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "tunnel", Subsystem: "daemon", Name: "dns_query_duration_seconds",
+		Help:    "Time of DNS queries sent to the cluster or to an upstream resolver (cache hits excluded).",
+		Buckets: prometheus.ExponentialBuckets(0.0002, 2, 14), // 0.2 ms to 1.6 s
+	}, []string{"via"})
+	return h, func(via string, took time.Duration, _ error) { h.WithLabelValues(via).Observe(took.Seconds()) }
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	mdns "github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
@@ -245,4 +246,20 @@ type answerRecorder struct {
 func (w *answerRecorder) WriteMsg(m *mdns.Msg) error { w.msg = m; return nil }
 func (w *answerRecorder) RemoteAddr() net.Addr {
 	return &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5353}
+}
+
+func TestDNSLatencyHistogram(t *testing.T) {
+	h, observe := newDNSLatency()
+	observe("cluster", 3*time.Millisecond, nil)
+	observe("upstream", 40*time.Millisecond, nil)
+	body := scrape(t, metricsHandler((&Daemon{}).metricsSnapshot, h))
+	for _, want := range []string{
+		`tunnel_daemon_dns_query_duration_seconds_count{via="cluster"} 1`,
+		`tunnel_daemon_dns_query_duration_seconds_count{via="upstream"} 1`,
+		`tunnel_daemon_dns_query_duration_seconds_bucket{via="cluster",le="0.0032"} 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 }

@@ -97,8 +97,10 @@ func Run(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, g
 		return err
 	}
 
+	dnsLatency, observe := newDNSLatency()
+	opt.DNSObserve = observe
 	d := &Daemon{log: logger, opt: opt, caller: caller, quit: make(chan struct{})}
-	metrics.serve(metricsHandler(d.metricsSnapshot))
+	metrics.serve(metricsHandler(d.metricsSnapshot, dnsLatency))
 	srv := grpc.NewServer()
 	daemonpb.RegisterDaemonServer(srv, d)
 	go func() {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	mdns "github.com/miekg/dns"
 )
@@ -113,6 +114,7 @@ func (r *Resolver) exchange(ctx context.Context, v via, name string, req request
 
 	var m *mdns.Msg
 	var err error
+	start := time.Now()
 	switch v {
 	case viaCluster:
 		r.stats.cluster.Add(1)
@@ -130,6 +132,9 @@ func (r *Resolver) exchange(ctx context.Context, v via, name string, req request
 	}
 	if err == nil {
 		err = checkAnswer(q, m)
+	}
+	if r.observe != nil {
+		r.observe(v.String(), time.Since(start), err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("ask %s about %s %s: %w", v, name, mdns.Type(req.qtype), err)

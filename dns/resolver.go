@@ -26,6 +26,9 @@ type Config struct {
 	Include       []string         // --dns-include suffixes also sent to the cluster
 	Upstreams     []netip.AddrPort // the resolvers the machine had
 	NegativeTTL   time.Duration    // how long NXDOMAIN/NODATA answers are cached; default 5s
+	// Observe, if set, hears how long each query to the cluster or an
+	// upstream took (cache hits are not asked), for latency metrics.
+	Observe func(via string, took time.Duration, err error)
 }
 
 // ResolverStats counts what the resolver did since it was made.
@@ -56,6 +59,7 @@ type Resolver struct {
 	include   []string // lower-case, fully qualified
 	namespace string   // lower-case
 	negTTL    time.Duration
+	observe   func(string, time.Duration, error)
 	cache     *cache
 	chain     handler
 	now       func() time.Time
@@ -102,6 +106,7 @@ func NewResolver(logger *slog.Logger, cluster Exchanger, cfg Config) *Resolver {
 		include:   include,
 		namespace: strings.ToLower(cfg.Namespace),
 		negTTL:    negTTL,
+		observe:   cfg.Observe,
 		cache:     newCache(cacheSize),
 		now:       time.Now,
 		warn:      rate.Sometimes{First: 3, Interval: 10 * time.Second},

@@ -6,7 +6,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	mdns "github.com/miekg/dns"
 )
@@ -388,3 +390,30 @@ func (f exchangerFunc) Exchange(_ context.Context, q *mdns.Msg) (*mdns.Msg, erro
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// Observe hears each query that left the resolver, not the cache's answers.
+func TestObserveTimesQueriesThatLeave(t *testing.T) {
+	cluster := newFakeCluster(t, clusterRecords...)
+	up := startUpstream(t, upstreamRecords...)
+	var mu sync.Mutex
+	var seen []string
+	s := serveResolver(t, cluster, Config{
+		ClusterDomain: "cluster.local", Namespace: "demo", Upstreams: []netip.AddrPort{up.addr},
+		Observe: func(via string, took time.Duration, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if took <= 0 || err != nil {
+				t.Errorf("observed %s took %s err %v", via, took, err)
+			}
+			seen = append(seen, via)
+		},
+	})
+	s.query(t, "udp", "echo.demo.svc.cluster.local.", mdns.TypeA)
+	s.query(t, "udp", "echo.demo.svc.cluster.local.", mdns.TypeA) // cached
+	s.query(t, "udp", "example.com.", mdns.TypeA)
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(seen, []string{"cluster", "upstream"}) {
+		t.Fatalf("observed %v, want one cluster and one upstream query", seen)
+	}
+}
