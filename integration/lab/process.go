@@ -95,6 +95,15 @@ func start(ctx context.Context, p Paths, c component) error {
 	if err := writeFileAtomic(p.pidFile(c.name), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
 		return err
 	}
+	// Until the child has exec'd, its command line is ours: wait for it, so
+	// that running() knows the process as soon as start returns.
+	for deadline := time.Now().Add(5 * time.Second); !processRuns(cmd.Process.Pid, c.bin) && time.Now().Before(deadline); {
+		select {
+		case <-exited:
+			return componentFailed(p, c, errors.New("it exited"))
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 	return waitReady(ctx, p, c, func() bool {
 		select {
 		case <-exited:
