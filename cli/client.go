@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -66,7 +65,7 @@ func startDaemon(ctx context.Context, errOut io.Writer) (daemonpb.DaemonClient, 
 		defer logf.Close()
 		cmd = exec.Command(args[0], args[1:]...)
 		cmd.Stdout, cmd.Stderr = logf, logf
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		detach(cmd)
 	} else {
 		if _, err := exec.LookPath("sudo"); err != nil {
 			return nil, nil, fmt.Errorf("tunnel needs root for its daemon and there is no sudo: run `sudo %s daemon --uid %d --gid %d` as a service", self, uid, gid)

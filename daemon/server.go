@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -58,7 +57,7 @@ func Run(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, g
 		return err
 	}
 	defer lock.Close()
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	if err := lockExclusive(lock); err != nil {
 		return fmt.Errorf("a tunnel daemon already runs for this network (lock %s)", lock.Name())
 	}
 	// The lock file names the daemon, for people and tests that look.

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package lab brings up a real single-node Kubernetes cluster on this machine
 // and the "laptop" network namespaces that talk to it, for the end-to-end
 // tests and the demo.

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command bench measures tunnel against `kubectl port-forward` and the
 // node's direct path in one run on the lab, and prints a table of figures
 // and ratios (`make bench`). Nothing here asserts: it reports.

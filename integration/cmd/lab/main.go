@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command lab runs the project's test cluster on this machine: a real
 // single-node Kubernetes with laptop network namespaces beside it.
 package main
