@@ -95,5 +95,14 @@ func ensureManager(ctx context.Context, cmd *cobra.Command, kf *kubeFlags, image
 	if err := manifest.Install(ctx, cs, manifest.Options{Image: image}); err != nil {
 		return err
 	}
-	return manifest.WaitReady(ctx, cs, 2*time.Minute)
+	if err := manifest.WaitReady(ctx, cs, 2*time.Minute); err != nil {
+		// Installed only to connect: a manager that cannot start goes again.
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
+		if uerr := manifest.Uninstall(uctx, cs); uerr != nil {
+			return fmt.Errorf("%w (and removing it again failed: %v)", err, uerr)
+		}
+		return err
+	}
+	return nil
 }

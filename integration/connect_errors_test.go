@@ -3,12 +3,15 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
@@ -188,5 +191,27 @@ func TestExecPluginRunsAsTheUser(t *testing.T) {
 		if uid != "65534" {
 			t.Errorf("the exec plugin ran as uid %s, want 65534 every time: %q", uid, got)
 		}
+	}
+}
+
+// A manager installed by connect that cannot start is removed again, and
+// the user reads the pod's reason.
+func TestConnectRemovesAManagerThatCannotStart(t *testing.T) {
+	ctx := context.Background()
+	if out, err := h.Run(ctx, node, h.Tunnel(t), "uninstall"); err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { installManager(t) })
+	l := newLaptop(t, "leo", "admin")
+	before := l.resolvConf()
+	out, err := l.run("connect", "--manager-image", "tunnel.dev/tunnel/agent:no-such-tag")
+	if err == nil || !strings.Contains(out, "did not become ready") || !strings.Contains(out, "ErrImage") {
+		t.Fatalf("connect with an image that does not exist: %v\n%s", err, out)
+	}
+	if _, err := h.Client.CoreV1().Namespaces().Get(ctx, "tunnel-system", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the broken install was left behind: %v", err)
+	}
+	if l.resolvConf() != before {
+		t.Error("the failed connect changed resolv.conf")
 	}
 }

@@ -164,7 +164,8 @@ func mergeSubjects(ctx context.Context, cs kubernetes.Interface, o Objects) erro
 }
 
 // WaitReady waits until the manager's Deployment has a ready pod of its
-// current spec.
+// current spec. A pod that cannot start (its image cannot be had, it
+// crashes) ends the wait at once with the pod's reason.
 func WaitReady(ctx context.Context, cs kubernetes.Interface, timeout time.Duration) error {
 	var last string
 	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
@@ -174,13 +175,39 @@ func WaitReady(ctx context.Context, cs kubernetes.Interface, timeout time.Durati
 		}
 		s := d.Status
 		last = fmt.Sprintf("%d of %d replicas ready", s.ReadyReplicas, *d.Spec.Replicas)
-		return s.ObservedGeneration >= d.Generation && s.UpdatedReplicas == *d.Spec.Replicas &&
-			s.ReadyReplicas == *d.Spec.Replicas && s.Replicas == *d.Spec.Replicas, nil
+		if s.ObservedGeneration >= d.Generation && s.UpdatedReplicas == *d.Spec.Replicas &&
+			s.ReadyReplicas == *d.Spec.Replicas && s.Replicas == *d.Spec.Replicas {
+			return true, nil
+		}
+		if reason := stuckPod(ctx, cs); reason != "" {
+			return false, errors.New(reason)
+		}
+		return false, nil
 	})
 	if err != nil {
-		return fmt.Errorf("the manager did not become ready (%s): %w", last, err)
+		return fmt.Errorf("the tunnel manager did not become ready (%s): %w", last, err)
 	}
 	return nil
+}
+
+// stuckPod names a manager pod that will not start without help.
+func stuckPod(ctx context.Context, cs kubernetes.Interface) string {
+	pods, err := cs.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=" + Manager})
+	if err != nil {
+		return ""
+	}
+	for _, p := range pods.Items {
+		for _, c := range p.Status.ContainerStatuses {
+			if w := c.State.Waiting; w != nil {
+				switch w.Reason {
+				case "ErrImageNeverPull", "ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+					"CrashLoopBackOff", "CreateContainerConfigError", "CreateContainerError":
+					return fmt.Sprintf("pod %s: %s: %s", p.Name, w.Reason, w.Message)
+				}
+			}
+		}
+	}
+	return ""
 }
 
 // Installed reports whether the manager's Deployment exists.
