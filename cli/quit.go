@@ -20,11 +20,16 @@ func newQuit() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, closeFn, err := daemonClient(cmd.Context())
 			if errors.Is(err, errNoDaemon) {
-				// No daemon: one may have died without restoring DNS.
+				// No daemon: one may have died without restoring DNS, and
+				// then its backup of resolv.conf is still in its run folder.
+				if _, err := os.Stat(daemonpb.ResolvBackup(daemonpb.RunDir())); err != nil {
+					fmt.Fprintln(cmd.OutOrStdout(), "Not connected.")
+					return nil
+				}
 				if err := repair(); err != nil {
 					return err
 				}
-				fmt.Fprintln(cmd.OutOrStdout(), "Not connected; DNS settings checked and restored where needed.")
+				fmt.Fprintln(cmd.OutOrStdout(), "Not connected; restored the DNS settings a crashed daemon left.")
 				return nil
 			}
 			if err != nil {

@@ -184,7 +184,7 @@ func (c *connection) clusterChanged(info *managerpb.ClusterInfo) {
 // the machine's resolv.conf at it; names outside the cluster go to the
 // resolvers resolv.conf named before.
 func (c *connection) startDNS(ctx context.Context, opt Options, info *managerpb.ClusterInfo) error {
-	direct, err := dns.NewDirect(c.log, dns.OSFS{}, opt.ResolvConf, opt.RunDir+"/resolv.conf.orig")
+	direct, err := dns.NewDirect(c.log, dns.OSFS{}, opt.ResolvConf, daemonpb.ResolvBackup(opt.RunDir))
 	if err != nil {
 		return err
 	}

@@ -120,7 +120,7 @@ func Run(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, g
 // Repair undoes what a daemon that died without quitting left: the TUN
 // device and its routes die with the process, the DNS settings do not.
 func Repair(logger *slog.Logger, opt Options) error {
-	if err := dns.RepairDirect(logger, dns.OSFS{}, opt.ResolvConf, filepath.Join(opt.RunDir, "resolv.conf.orig")); err != nil {
+	if err := dns.RepairDirect(logger, dns.OSFS{}, opt.ResolvConf, daemonpb.ResolvBackup(opt.RunDir)); err != nil {
 		return fmt.Errorf("repair DNS settings a crashed daemon left: %w", err)
 	}
 	return nil

@@ -28,3 +28,7 @@ func RunDir() string {
 
 // SocketPath is the daemon's gRPC socket.
 func SocketPath() string { return filepath.Join(RunDir(), "daemon.sock") }
+
+// ResolvBackup is where the daemon keeps the resolv.conf it replaced: while
+// it exists, a daemon changed DNS and has not restored it (yet).
+func ResolvBackup(runDir string) string { return filepath.Join(runDir, "resolv.conf.orig") }
