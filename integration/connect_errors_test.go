@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
@@ -215,3 +217,34 @@ func TestConnectRemovesAManagerThatCannotStart(t *testing.T) {
 		t.Error("the failed connect changed resolv.conf")
 	}
 }
+
+// A kubeconfig with a bearer token (a ServiceAccount's, from the
+// TokenRequest API) connects once the account is allowed.
+func TestTokenKubeconfigConnects(t *testing.T) {
+	ctx := context.Background()
+	ns := h.Namespace(t)
+	sa, err := h.Client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "ci-bot"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := h.Client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa.Name, &authnv1.TokenRequest{
+		Spec: authnv1.TokenRequestSpec{ExpirationSeconds: ptrTo(int64(3600))}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	installManager(t, "--allow-user", "system:serviceaccount:"+ns+":ci-bot")
+	kubeconfig := writeKubeconfig(t, func(c *clientcmdapi.Config) {
+		for _, a := range c.AuthInfos {
+			a.ClientCertificateData, a.ClientKeyData = nil, nil
+			a.Token = tok.Status.Token
+		}
+	})
+	l := newLaptop(t, "mona", "admin")
+	l.must("connect", "--kubeconfig", kubeconfig)
+	if out, err := l.sh("dig +short kubernetes.default.svc." + h.Config.ClusterDomain); err != nil || strings.TrimSpace(out) == "" {
+		t.Errorf("cluster DNS with a token kubeconfig: %v\n%s", err, out)
+	}
+	l.must("quit")
+}
+
+func ptrTo[T any](v T) *T { return &v }
