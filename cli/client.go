@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -20,9 +22,16 @@ import (
 // daemonClient reaches the daemon of this network namespace, if one runs.
 func daemonClient(ctx context.Context) (daemonpb.DaemonClient, func(), error) {
 	sock := daemonpb.SocketPath()
-	if _, err := os.Stat(sock); err != nil {
+	// A plain dial first tells "nobody listens" from "not yours": gRPC
+	// would report both as unavailable.
+	conn, err := net.DialTimeout("unix", sock, 2*time.Second)
+	switch {
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return nil, nil, fmt.Errorf("the tunnel daemon here (%s) belongs to another user: run tunnel as that user, or ask them to quit", sock)
+	case err != nil:
 		return nil, nil, errNoDaemon
 	}
+	conn.Close()
 	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, nil, err
@@ -32,9 +41,6 @@ func daemonClient(ctx context.Context) (daemonpb.DaemonClient, func(), error) {
 	defer cancel()
 	if _, err := c.Status(ctx, &daemonpb.StatusRequest{}, grpc.WaitForReady(false)); err != nil {
 		cc.Close()
-		if os.IsPermission(errors.Unwrap(err)) {
-			return nil, nil, fmt.Errorf("the tunnel daemon belongs to another user: %w", err)
-		}
 		return nil, nil, errNoDaemon
 	}
 	return c, func() { cc.Close() }, nil

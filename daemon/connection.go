@@ -48,6 +48,7 @@ type connection struct {
 	stack    *netstack.Stack
 	resolver *dns.Resolver
 	osDNS    dns.OSConfigurator
+	dnsAddr  netip.Addr // the resolver's address, routed into the device with the cluster's subnets
 	dnsState *daemonpb.DNSStatus
 
 	also, never []netip.Prefix
@@ -60,7 +61,7 @@ type connection struct {
 
 // open brings a connection up, or leaves nothing behind and says why.
 func open(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, req *daemonpb.ConnectRequest) (_ *connection, err error) {
-	c := &connection{log: logger, req: req, since: time.Now()}
+	c := &connection{log: logger, req: req, since: time.Now(), dnsAddr: opt.DNSAddr.Addr()}
 	defer func() {
 		if err != nil {
 			c.close()
@@ -131,8 +132,8 @@ func open(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, 
 	return c, nil
 }
 
-// routeSet is what goes into the device: the cluster's subnets and
-// --also-proxy, less --never-proxy, plus the resolver's own address.
+// routeSet is what goes into the device for the cluster: its subnets and
+// --also-proxy, less --never-proxy (setRoutes adds the resolver's address).
 func (c *connection) routeSet(info *managerpb.ClusterInfo) []netip.Prefix {
 	var include []netip.Prefix
 	for _, s := range slices.Concat(info.ServiceSubnets, info.PodSubnets) {
@@ -146,12 +147,7 @@ func (c *connection) routeSet(info *managerpb.ClusterInfo) []netip.Prefix {
 func (c *connection) setRoutes(routes []netip.Prefix) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	all := routes
-	if c.dnsState != nil {
-		if a, err := netip.ParseAddr(c.dnsState.Nameserver); err == nil {
-			all = append(slices.Clone(routes), netip.PrefixFrom(a, a.BitLen()))
-		}
-	}
+	all := append(slices.Clone(routes), netip.PrefixFrom(c.dnsAddr, c.dnsAddr.BitLen()))
 	if err := c.router.Set(all); err != nil {
 		return err
 	}
@@ -217,13 +213,10 @@ func (c *connection) startDNS(ctx context.Context, opt Options, info *managerpb.
 			c.log.Error("DNS server stopped", "err", err)
 		}
 	}()
-	c.dnsState = &daemonpb.DNSStatus{Mode: "resolv.conf", Nameserver: opt.DNSAddr.Addr().String()}
-	if err := c.setRoutes(c.routes); err != nil { // now with the resolver's address
-		return err
-	}
+	c.dnsState = &daemonpb.DNSStatus{Mode: "resolv.conf", Nameserver: c.dnsAddr.String()}
 	search := []string{ns + ".svc." + info.ClusterDomain, "svc." + info.ClusterDomain, info.ClusterDomain}
 	search = append(search, base.SearchDomains...)
-	if err := direct.SetDNS(dns.OSConfig{Nameservers: []netip.Addr{opt.DNSAddr.Addr()}, SearchDomains: search}); err != nil {
+	if err := direct.SetDNS(dns.OSConfig{Nameservers: []netip.Addr{c.dnsAddr}, SearchDomains: search}); err != nil {
 		return err
 	}
 	c.dnsState.Search = search

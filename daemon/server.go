@@ -72,10 +72,7 @@ func Run(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, g
 	}
 	defer metrics.close()
 
-	sock := daemonpb.SocketPath()
-	if opt.RunDir != daemonpb.RunDir() {
-		sock = filepath.Join(opt.RunDir, "daemon.sock")
-	}
+	sock := daemonpb.SocketIn(opt.RunDir)
 	_ = os.Remove(sock) // the lock says no daemon serves it
 	ln, err := net.Listen("unix", sock)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/utils/ptr"
 )
 
 // writeKubeconfig writes a variant of the admin kubeconfig for a test.
@@ -181,6 +182,11 @@ func TestExecPluginRunsAsTheUser(t *testing.T) {
 	if out, err := l.sh("dig +short kubernetes.default.svc." + h.Config.ClusterDomain); err != nil || strings.TrimSpace(out) == "" {
 		t.Errorf("cluster DNS after an exec-plugin connect: %v\n%s", err, out)
 	}
+	// The daemon is nobody's: another user is told so, not offered a second one.
+	other := "setpriv --reuid 65533 --regid 65533 --clear-groups env HOME=/tmp " + l.bin
+	if out, err := l.sh(other + " status 2>&1"); err == nil || !strings.Contains(out, "belongs to another user") {
+		t.Errorf("status as another user: %v\n%s", err, out)
+	}
 	if out, err := l.sh(asNobody + " quit"); err != nil {
 		t.Errorf("quit as nobody: %v\n%s", err, out)
 	}
@@ -228,7 +234,7 @@ func TestTokenKubeconfigConnects(t *testing.T) {
 		t.Fatal(err)
 	}
 	tok, err := h.Client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa.Name, &authnv1.TokenRequest{
-		Spec: authnv1.TokenRequestSpec{ExpirationSeconds: ptrTo(int64(3600))}}, metav1.CreateOptions{})
+		Spec: authnv1.TokenRequestSpec{ExpirationSeconds: ptr.To(int64(3600))}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,5 +252,3 @@ func TestTokenKubeconfigConnects(t *testing.T) {
 	}
 	l.must("quit")
 }
-
-func ptrTo[T any](v T) *T { return &v }

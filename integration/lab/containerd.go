@@ -78,7 +78,7 @@ func killShims(p Paths) {
 		if strings.HasPrefix(filepath.Base(args[0]), "containerd-shim") && strings.Contains(string(cmdline), sock) {
 			var pid int
 			if _, err := fmt.Sscan(e.Name(), &pid); err == nil {
-				_ = terminate(pid, args[0], 2*time.Second)
+				_ = terminate(pid, func() bool { return processRuns(pid, args[0]) }, 2*time.Second)
 			}
 		}
 	}

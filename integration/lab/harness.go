@@ -20,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 )
 
 // Harness is what an end-to-end test gets: the running lab and an admin
@@ -113,7 +114,7 @@ func (h *Harness) dump(t testing.TB, ns string) {
 		for _, p := range pods.Items {
 			fmt.Fprintf(&b, "pod %s: %s ip=%s\n", p.Name, p.Status.Phase, p.Status.PodIP)
 			for _, c := range p.Spec.Containers {
-				logs, _ := h.Client.CoreV1().Pods(ns).GetLogs(p.Name, &corev1.PodLogOptions{Container: c.Name, TailLines: ptr(int64(30))}).DoRaw(ctx)
+				logs, _ := h.Client.CoreV1().Pods(ns).GetLogs(p.Name, &corev1.PodLogOptions{Container: c.Name, TailLines: ptr.To(int64(30))}).DoRaw(ctx)
 				fmt.Fprintf(&b, "--- logs of %s/%s:\n%s\n", p.Name, c.Name, logs)
 			}
 		}
@@ -129,8 +130,6 @@ func (h *Harness) dump(t testing.TB, ns string) {
 	}
 	t.Logf("state of namespace %s:\n%s", ns, b.String())
 }
-
-func ptr[T any](v T) *T { return &v }
 
 // DeployEcho creates a Deployment of the test app and a Service in front of
 // it, and waits until the Service answers; the test fails if it cannot.
@@ -154,7 +153,7 @@ func DeployEcho(ctx context.Context, l *Lab, cs kubernetes.Interface, ns, name s
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
 				Spec: corev1.PodSpec{
-					TerminationGracePeriodSeconds: ptr(int64(1)),
+					TerminationGracePeriodSeconds: ptr.To(int64(1)),
 					Containers: []corev1.Container{{
 						Name: "echo", Image: EchoImage, ImagePullPolicy: corev1.PullNever,
 						Command: []string{"/echo"},

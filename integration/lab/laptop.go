@@ -14,7 +14,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -143,7 +142,7 @@ func removeLaptop(ctx context.Context, p Paths, name string) error {
 	if out, err := run(ctx, "ip", "netns", "pids", ns); err == nil {
 		for _, f := range strings.Fields(out) {
 			if pid, err := strconv.Atoi(f); err == nil {
-				killPid(pid, 5*time.Second)
+				_ = terminate(pid, func() bool { return pidAlive(pid) }, 5*time.Second)
 			}
 		}
 	}
@@ -212,20 +211,4 @@ func Command(ctx context.Context, p Paths, opt ExecOptions, argv ...string) (*ex
 		"PATH="+p.KubernetesBin()+":"+os.Getenv("PATH"),
 	)
 	return cmd, nil
-}
-
-// killPid ends a process: SIGTERM, and SIGKILL if it is still there after
-// the grace period.
-func killPid(pid int, grace time.Duration) {
-	gone := func() bool {
-		_, err := os.Stat(fmt.Sprintf("/proc/%d/exe", pid))
-		return err != nil
-	}
-	_ = syscall.Kill(pid, syscall.SIGTERM)
-	for deadline := time.Now().Add(grace); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if gone() {
-			return
-		}
-	}
-	_ = syscall.Kill(pid, syscall.SIGKILL)
 }

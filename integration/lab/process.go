@@ -153,7 +153,7 @@ func componentFailed(p Paths, c component, err error) error {
 func stop(p Paths, c component, grace time.Duration) error {
 	pid, ok := running(p, c)
 	if ok {
-		if err := terminate(pid, c.bin, grace); err != nil {
+		if err := terminate(pid, func() bool { return processRuns(pid, c.bin) }, grace); err != nil {
 			return fmt.Errorf("stop %s: %w", c.name, err)
 		}
 	}
@@ -163,23 +163,31 @@ func stop(p Paths, c component, grace time.Duration) error {
 	return nil
 }
 
-func terminate(pid int, bin string, grace time.Duration) error {
+// terminate ends a process: SIGTERM, then SIGKILL once the grace period
+// is over; alive says whether it is still the process we mean.
+func terminate(pid int, alive func() bool, grace time.Duration) error {
 	_ = syscall.Kill(pid, syscall.SIGTERM)
 	deadline := time.Now().Add(grace)
 	for time.Now().Before(deadline) {
-		if !processRuns(pid, bin) {
+		if !alive() {
 			return nil
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	_ = syscall.Kill(pid, syscall.SIGKILL)
 	for range 100 {
-		if !processRuns(pid, bin) {
+		if !alive() {
 			return nil
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	return fmt.Errorf("process %d survived SIGKILL", pid)
+}
+
+// pidAlive reports whether pid names a live process (not a zombie).
+func pidAlive(pid int) bool {
+	_, err := os.Stat(fmt.Sprintf("/proc/%d/exe", pid))
+	return err == nil
 }
 
 // probe runs a command in the node's namespace; it is ready when the

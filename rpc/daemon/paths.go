@@ -26,8 +26,11 @@ func RunDir() string {
 	return filepath.Join("/run/tunnel", "netns-"+id)
 }
 
-// SocketPath is the daemon's gRPC socket.
-func SocketPath() string { return filepath.Join(RunDir(), "daemon.sock") }
+// SocketPath is the gRPC socket of this namespace's daemon.
+func SocketPath() string { return SocketIn(RunDir()) }
+
+// SocketIn is the daemon's gRPC socket in a run folder.
+func SocketIn(runDir string) string { return filepath.Join(runDir, "daemon.sock") }
 
 // ResolvBackup is where the daemon keeps the resolv.conf it replaced: while
 // it exists, a daemon changed DNS and has not restored it (yet).
