@@ -11,6 +11,7 @@ import (
 
 	"tunnel.dev/tunnel/agent/manifest"
 	daemonpb "tunnel.dev/tunnel/rpc/daemon"
+	"tunnel.dev/tunnel/tun"
 )
 
 func newConnect() *cobra.Command {
@@ -25,6 +26,13 @@ func newConnect() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			// Mistakes in flags are told before anything starts.
+			if _, err := tun.ParsePrefixes("--also-proxy", also); err != nil {
+				return err
+			}
+			if _, err := tun.ParsePrefixes("--never-proxy", never); err != nil {
+				return err
+			}
 			kubeconfig, kctx, ns, err := kf.portable()
 			if err != nil {
 				return err

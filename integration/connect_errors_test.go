@@ -80,6 +80,9 @@ func TestConnectMistakesLeaveNothingBehind(t *testing.T) {
 		if out, err := l.sh("ip -o link show tunnel0"); err == nil {
 			t.Fatalf("%s left a TUN device: %s", name, out)
 		}
+		if out, err := l.sh(`pid=$(cat /run/tunnel/netns-$(readlink /proc/self/ns/net | tr -dc 0-9)/daemon.lock 2>/dev/null) && [ -n "$pid" ] && kill -0 $pid`); err == nil {
+			t.Fatalf("%s left a daemon running: %s", name, out)
+		}
 	}
 
 	// No root: the CLI says what it needs instead of half-starting.
