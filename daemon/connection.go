@@ -230,6 +230,13 @@ func (c *connection) startDNS(ctx context.Context, opt Options, info *managerpb.
 // that is gone, then the routes, the stack, the device and the session.
 func (c *connection) close() error {
 	var errs []error
+	if c.sess != nil && len(c.sess.icpt.list()) > 0 { // the app gets its traffic back at once, not at the session's timeout
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		if _, ctl, err := c.sess.current(ctx); err == nil {
+			c.sess.icpt.removeAll(ctx, ctl)
+		}
+		cancel()
+	}
 	if c.osDNS != nil {
 		if err := c.osDNS.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("restore DNS: %w", err))

@@ -20,6 +20,7 @@ import (
 
 	"tunnel.dev/tunnel/dns"
 	daemonpb "tunnel.dev/tunnel/rpc/daemon"
+	managerpb "tunnel.dev/tunnel/rpc/manager"
 	"tunnel.dev/tunnel/tun"
 )
 
@@ -182,7 +183,7 @@ func (d *Daemon) statusLocked() *daemonpb.StatusResponse {
 		return &daemonpb.StatusResponse{Session: "disconnected"}
 	}
 	c.sess.mu.Lock()
-	state, mgr := c.sess.state, c.sess.mgrVer
+	state, mgr, user := c.sess.state, c.sess.mgrVer, c.sess.user
 	c.sess.mu.Unlock()
 	c.mu.Lock()
 	routes := make([]string, 0, len(c.routes))
@@ -203,7 +204,65 @@ func (d *Daemon) statusLocked() *daemonpb.StatusResponse {
 		},
 		Reconnects:     c.sess.reconnects.Load(),
 		ConnectedSince: c.since.UTC().Format(time.RFC3339),
+		User:           user,
+		Intercepts:     c.sess.icpt.list(),
 	}
+}
+
+// connected returns the connection's session with a live control client,
+// or the one sentence a CLI verb that needs a connection shows.
+func (d *Daemon) connected(ctx context.Context) (*session, managerpb.ManagerClient, error) {
+	d.mu.Lock()
+	c := d.conn
+	d.mu.Unlock()
+	if c == nil {
+		return nil, nil, status.Error(codes.FailedPrecondition, "not connected to a cluster: run `tunnel connect` first")
+	}
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	_, ctl, err := c.sess.current(wctx)
+	if err != nil {
+		return nil, nil, status.Error(codes.Unavailable, err.Error())
+	}
+	return c.sess, ctl, nil
+}
+
+func (d *Daemon) Intercept(ctx context.Context, req *daemonpb.InterceptRequest) (*daemonpb.InterceptResponse, error) {
+	s, ctl, err := d.connected(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if req.GetLocalPort() == 0 || req.GetLocalPort() > 65535 {
+		return nil, status.Errorf(codes.InvalidArgument, "local port %d is not a port number", req.GetLocalPort())
+	}
+	ic, err := s.icpt.add(ctx, ctl, req.GetSpec(), req.GetLocalPort())
+	if err != nil {
+		return nil, err // the manager's status, its sentence kept
+	}
+	return &daemonpb.InterceptResponse{Intercept: ic}, nil
+}
+
+func (d *Daemon) Leave(ctx context.Context, req *daemonpb.LeaveRequest) (*daemonpb.LeaveResponse, error) {
+	s, ctl, err := d.connected(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.icpt.remove(ctx, ctl, req.GetNamespace(), req.GetName()); err != nil {
+		return nil, err
+	}
+	return &daemonpb.LeaveResponse{}, nil
+}
+
+func (d *Daemon) ListIntercepts(ctx context.Context, req *daemonpb.ListInterceptsRequest) (*daemonpb.ListInterceptsResponse, error) {
+	_, ctl, err := d.connected(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := ctl.ListIntercepts(ctx, &managerpb.ListInterceptsRequest{Namespace: req.GetNamespace()})
+	if err != nil {
+		return nil, err
+	}
+	return &daemonpb.ListInterceptsResponse{Intercepts: resp.GetIntercepts()}, nil
 }
 
 // toStatus maps the errors a connect meets to gRPC codes in one place; the

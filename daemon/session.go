@@ -17,7 +17,6 @@ import (
 
 	"github.com/hashicorp/yamux"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -46,6 +45,7 @@ type session struct {
 	cs        kubernetes.Interface
 	ns        string // the manager's namespace
 	onCluster func(*managerpb.ClusterInfo)
+	icpt      *intercepts // answers the streams the manager opens
 
 	flows      atomic.Uint64
 	reconnects atomic.Uint64
@@ -57,13 +57,14 @@ type session struct {
 	pf      *pfConn
 	state   string
 	mgrVer  string
+	user    string        // as the manager knows us
 	changed chan struct{} // closed and replaced when cur changes
 }
 
 func newSession(logger *slog.Logger, rc *rest.Config, cs kubernetes.Interface, ns string, onCluster func(*managerpb.ClusterInfo)) *session {
 	return &session{
 		log: logger.With("subsystem", "session"), rc: rc, cs: cs, ns: ns, onCluster: onCluster,
-		state: "connecting", changed: make(chan struct{}),
+		state: "connecting", changed: make(chan struct{}), icpt: newIntercepts(logger),
 	}
 }
 
@@ -97,19 +98,7 @@ func (s *session) connect(ctx context.Context) (*managerpb.ClusterInfo, error) {
 		pf.Close()
 		return nil, fmt.Errorf("start yamux: %w", err)
 	}
-	cc, err := grpc.NewClient("passthrough:///manager",
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-			st, err := mux.OpenStream()
-			if err != nil {
-				return nil, err
-			}
-			if err := rpc.WriteHeader(st, rpc.Header{Kind: rpc.KindControl}); err != nil {
-				st.Close()
-				return nil, err
-			}
-			return st, nil
-		}))
+	cc, err := rpc.DialControl(mux)
 	if err != nil {
 		mux.Close()
 		pf.Close()
@@ -138,8 +127,9 @@ func (s *session) connect(ctx context.Context) (*managerpb.ClusterInfo, error) {
 		return fail("read the cluster's subnets", err)
 	}
 
+	go s.accept(context.WithoutCancel(ctx), mux)
 	s.mu.Lock()
-	s.cur, s.ctl, s.grpc, s.pf, s.mgrVer, s.state = mux, ctl, cc, pf, hello.ManagerVersion, "connected"
+	s.cur, s.ctl, s.grpc, s.pf, s.mgrVer, s.user, s.state = mux, ctl, cc, pf, hello.ManagerVersion, hello.GetUser(), "connected"
 	close(s.changed)
 	s.changed = make(chan struct{})
 	s.mu.Unlock()
@@ -179,6 +169,9 @@ func (s *session) run(ctx context.Context) {
 			info, err := s.connect(ctx)
 			if err == nil {
 				s.onCluster(info)
+				if _, ctl, err := s.current(ctx); err == nil {
+					s.icpt.reregister(ctx, ctl)
+				}
 				backoff = 100 * time.Millisecond
 				break
 			}
@@ -262,6 +255,27 @@ func (s *session) DialStream(ctx context.Context, kind rpc.Kind, dst netip.AddrP
 	}
 	st.SetDeadline(time.Time{})
 	return halfCloser{st}, nil
+}
+
+// accept serves the streams the manager opens on mux: intercepted
+// connections, each answered by a local process. It ends with mux.
+func (s *session) accept(ctx context.Context, mux *yamux.Session) {
+	for {
+		st, err := mux.AcceptStream()
+		if err != nil {
+			return
+		}
+		go func() {
+			_ = st.SetReadDeadline(time.Now().Add(10 * time.Second))
+			h, err := rpc.ReadHeader(st)
+			_ = st.SetReadDeadline(time.Time{})
+			if err != nil || h.Kind != rpc.KindIntercept {
+				st.Close()
+				return
+			}
+			s.icpt.serve(ctx, st, h)
+		}()
+	}
 }
 
 // halfCloser lets the netstack half-close a stream: a yamux Close sends FIN

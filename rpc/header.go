@@ -28,6 +28,14 @@ const (
 	KindControl Kind = 1 // gRPC control plane
 	KindTCP     Kind = 2 // one TCP connection's bytes
 	KindUDP     Kind = 3 // one UDP flow's datagrams, each framed by WriteDatagram
+	// KindIntercept carries one intercepted TCP connection toward a laptop:
+	// opened by a sidecar to the manager and by the manager to the laptop.
+	// Dst is the in-cluster client's address and Flow the intercept's
+	// number on the receiving side (the manager's id toward the manager,
+	// the laptop's id toward the laptop). The receiver answers with a Status
+	// once it has dialed the local process; the opener may send the
+	// connection's first bytes before that answer arrives.
+	KindIntercept Kind = 4
 )
 
 func (k Kind) String() string {
@@ -38,6 +46,8 @@ func (k Kind) String() string {
 		return "tcp"
 	case KindUDP:
 		return "udp"
+	case KindIntercept:
+		return "intercept"
 	}
 	return fmt.Sprintf("kind(%d)", byte(k))
 }
@@ -94,7 +104,7 @@ func ReadHeader(r io.Reader) (Header, error) {
 			return Header{}, fmt.Errorf("%w: control stream with an address", ErrBadHeader)
 		}
 		return h, nil
-	case KindTCP, KindUDP:
+	case KindTCP, KindUDP, KindIntercept:
 		if alen != 4 && alen != 16 {
 			return Header{}, fmt.Errorf("%w: address length %d", ErrBadHeader, alen)
 		}

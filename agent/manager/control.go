@@ -2,7 +2,6 @@ package manager
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"time"
 
@@ -24,14 +23,84 @@ type control struct {
 // Hello names the manager's version and gives the laptop a session id for
 // both sides' logs.
 func (c *control) Hello(ctx context.Context, req *managerpb.HelloRequest) (*managerpb.HelloResponse, error) {
-	id := rand.Text()
-	from := ""
-	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-		from = p.Addr.String()
+	s := sessionOf(ctx)
+	if s == nil { // a control stream always comes with its session
+		return nil, status.Error(codes.Internal, "control call without a session")
 	}
-	c.m.logger.Info("hello", "session_id", id, "user", req.GetUser(), "host", req.GetHost(),
-		"client_version", req.GetClientVersion(), "from", from)
-	return &managerpb.HelloResponse{ManagerVersion: version.Get().Version, SessionId: id}, nil
+	s.mu.Lock()
+	s.user, s.host = req.GetUser(), req.GetHost()
+	s.mu.Unlock()
+	s.log.Info("hello", "session_id", s.id, "user", req.GetUser(), "host", req.GetHost(),
+		"client_version", req.GetClientVersion())
+	return &managerpb.HelloResponse{ManagerVersion: version.Get().Version, SessionId: s.id, User: req.GetUser()}, nil
+}
+
+// sessionOf finds the session a control call came on.
+func sessionOf(ctx context.Context) *session {
+	if p, ok := peer.FromContext(ctx); ok {
+		if a, ok := p.Addr.(sessionAddr); ok {
+			return a.s
+		}
+	}
+	return nil
+}
+
+// CreateIntercept records an intercept for the calling session.
+func (c *control) CreateIntercept(ctx context.Context, spec *managerpb.InterceptSpec) (*managerpb.Intercept, error) {
+	s := sessionOf(ctx)
+	if s == nil {
+		return nil, status.Error(codes.Internal, "control call without a session")
+	}
+	ic, err := c.m.intercepts.add(s, spec)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	s.log.Info("intercept created", "name", spec.GetName(), "namespace", spec.GetNamespace(),
+		"workload", spec.GetWorkload(), "port", spec.GetPort(), "mode", spec.GetMode().String(), "id", ic.GetId())
+	return ic, nil
+}
+
+// RemoveIntercept ends one of the caller's intercepts.
+func (c *control) RemoveIntercept(ctx context.Context, req *managerpb.RemoveInterceptRequest) (*managerpb.RemoveInterceptResponse, error) {
+	s := sessionOf(ctx)
+	if s == nil {
+		return nil, status.Error(codes.Internal, "control call without a session")
+	}
+	if err := c.m.intercepts.remove(s, req.GetNamespace(), req.GetName()); err != nil {
+		return nil, grpcError(err)
+	}
+	s.log.Info("intercept removed", "name", req.GetName(), "namespace", req.GetNamespace())
+	return &managerpb.RemoveInterceptResponse{}, nil
+}
+
+// ListIntercepts lists intercepts; others' header values are withheld.
+func (c *control) ListIntercepts(ctx context.Context, req *managerpb.ListInterceptsRequest) (*managerpb.ListInterceptsResponse, error) {
+	return &managerpb.ListInterceptsResponse{Intercepts: c.m.intercepts.list(sessionOf(ctx), req.GetNamespace())}, nil
+}
+
+// WatchIntercepts sends a sidecar the intercepts on its workload, at once
+// and after every change, until the sidecar goes.
+func (c *control) WatchIntercepts(req *managerpb.WatchInterceptsRequest, stream managerpb.Manager_WatchInterceptsServer) error {
+	ctx := stream.Context()
+	if s := sessionOf(ctx); s != nil {
+		s.log.Info("sidecar watching", "namespace", req.GetNamespace(), "workload", req.GetWorkload(), "pod", req.GetPod())
+	}
+	var last *managerpb.InterceptSet
+	for {
+		ics, changed := c.m.intercepts.workload(req.GetNamespace(), req.GetWorkload())
+		set := &managerpb.InterceptSet{Intercepts: ics}
+		if last == nil || !proto.Equal(last, set) {
+			if err := stream.Send(set); err != nil {
+				return err
+			}
+			last = set
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
 }
 
 // WatchCluster sends the cluster at once, then on every change that alters
@@ -88,6 +157,14 @@ func grpcError(err error) error {
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, errNoAnswer):
 		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, errInterceptConflict):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, errInterceptNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, errInterceptNotYours):
+		return status.Error(codes.PermissionDenied, err.Error())
+	case errors.Is(err, errInterceptInvalid):
+		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()
 	}

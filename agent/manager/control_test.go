@@ -18,7 +18,8 @@ import (
 
 func TestHello(t *testing.T) {
 	m, _ := newTestManager(t, nil)
-	ctl := controlClient(t, laptop(t, serve(t, m)))
+	addr := serve(t, m)
+	ctl := controlClient(t, laptop(t, addr))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
@@ -30,12 +31,19 @@ func TestHello(t *testing.T) {
 	if a.GetManagerVersion() != version.Get().Version {
 		t.Errorf("manager version %q, want %q", a.GetManagerVersion(), version.Get().Version)
 	}
-	b, err := ctl.Hello(ctx, req)
+	again, err := ctl.Hello(ctx, req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.GetSessionId() == "" || a.GetSessionId() == b.GetSessionId() {
-		t.Errorf("session ids %q and %q: want two different ones", a.GetSessionId(), b.GetSessionId())
+	if a.GetSessionId() == "" || again.GetSessionId() != a.GetSessionId() {
+		t.Errorf("session ids %q and %q on one session: want the same", a.GetSessionId(), again.GetSessionId())
+	}
+	b, err := controlClient(t, laptop(t, addr)).Hello(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.GetSessionId() == a.GetSessionId() {
+		t.Errorf("two sessions share the id %q", a.GetSessionId())
 	}
 }
 

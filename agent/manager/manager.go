@@ -59,11 +59,12 @@ func (c Config) withDefaults() Config {
 // Manager serves laptop sessions. It holds no goroutines of its own: they
 // all belong to a Serve call and end with it.
 type Manager struct {
-	logger  *slog.Logger
-	cfg     Config
-	cluster ClusterSource
-	dns     forwarder
-	metrics *metrics
+	logger     *slog.Logger
+	cfg        Config
+	cluster    ClusterSource
+	dns        forwarder
+	metrics    *metrics
+	intercepts *interceptTable
 
 	// Seams for tests (the fuzz test must not reach the network); real
 	// dials by default.
@@ -88,11 +89,12 @@ func New(logger *slog.Logger, cluster ClusterSource, cfg Config) (*Manager, erro
 	}
 	logger.Info("forwarding DNS", "nameservers", res.servers, "cluster_domain", res.domain)
 	m := &Manager{
-		logger:  logger,
-		cfg:     cfg,
-		cluster: cluster,
-		dns:     forwarder{resolver: res, timeout: cfg.DNSTimeout},
-		metrics: newMetrics(),
+		logger:     logger,
+		cfg:        cfg,
+		cluster:    cluster,
+		dns:        forwarder{resolver: res, timeout: cfg.DNSTimeout},
+		metrics:    newMetrics(),
+		intercepts: newInterceptTable(),
 	}
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout}
 	m.dialTCP = func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {

@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"crypto/rand"
 	"log/slog"
 	"net"
 	"sync"
@@ -35,7 +36,13 @@ func (m *Manager) serveSession(ctx context.Context, conn net.Conn, control *stre
 	defer m.metrics.sessionsActive.Dec()
 	log.Info("session opened")
 
-	s := &session{m: m, log: log, control: control, badLog: rate.Sometimes{First: 3, Interval: time.Minute}}
+	s := &session{m: m, log: log, control: control, mux: sess, id: rand.Text()[:12],
+		fromPod: !isLoopback(conn.RemoteAddr()), badLog: rate.Sometimes{First: 3, Interval: time.Minute}}
+	defer func() {
+		if n := m.intercepts.dropSession(s); n > 0 {
+			log.Info("session ended: its intercepts end too", "intercepts", n)
+		}
+	}()
 	var wg sync.WaitGroup
 	streams := 0
 	for {
@@ -69,12 +76,48 @@ func (m *Manager) yamuxConfig(log *slog.Logger) *yamux.Config {
 	return cfg
 }
 
-// session is the state the streams of one session share.
+// session is the state the streams of one session share. A laptop's
+// session arrives through a port-forward (from loopback); a sidecar's comes
+// from its pod over the cluster network.
 type session struct {
 	m       *Manager
 	log     *slog.Logger
 	control *streamListener
+	mux     *yamux.Session
+	id      string
+	fromPod bool
 	badLog  rate.Sometimes // bad headers are logged a few times, then counted only
+
+	mu   sync.Mutex // guards following
+	user string     // set by Hello
+	host string
+}
+
+func (s *session) who() (user, host string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.user, s.host
+}
+
+// sessionAddr is the peer address gRPC sees on a control stream: it is how
+// a control call finds the session it came on.
+type sessionAddr struct{ s *session }
+
+func (a sessionAddr) Network() string { return "tunnel-session" }
+func (a sessionAddr) String() string  { return a.s.id }
+
+type sessionConn struct {
+	net.Conn
+	s *session
+}
+
+func (c sessionConn) RemoteAddr() net.Addr { return sessionAddr{c.s} }
+
+func isLoopback(a net.Addr) bool {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.IsLoopback()
+	}
+	return false
 }
 
 // serveStream reads a stream's header, within HeaderTimeout so a silent
@@ -94,11 +137,21 @@ func (s *session) serveStream(ctx context.Context, st net.Conn) {
 	m.metrics.streams.WithLabelValues(h.Kind.String()).Inc()
 	switch h.Kind {
 	case rpc.KindControl:
-		s.control.deliver(ctx, st)
+		s.control.deliver(ctx, sessionConn{st, s})
 	case rpc.KindTCP:
 		m.serveTCP(ctx, s.log, st, h)
 	case rpc.KindUDP:
 		m.serveUDP(ctx, s.log, st, h)
+	case rpc.KindIntercept:
+		if !s.fromPod && !m.cfg.AllowLoopback {
+			// Only sidecars send intercepted connections; a laptop that
+			// tried would reach another laptop's local ports.
+			s.badLog.Do(func() { s.log.Warn("refusing an intercept stream from a laptop session") })
+			_ = writeStatus(st, rpc.StatusForbidden)
+			st.Close()
+			return
+		}
+		m.serveIntercepted(ctx, s.log, st, h)
 	default: // ReadHeader returns no other kind
 		st.Close()
 	}

@@ -14,6 +14,9 @@ func main() {
 	root := cli.New(os.Stdout, os.Stderr)
 	root.AddCommand(daemon.Command())
 	if err := root.Execute(); err != nil {
+		if code, ok := cli.CommandExit(err); ok {
+			os.Exit(code) // the intercepted command's own exit: it has spoken
+		}
 		fmt.Fprintln(os.Stderr, "tunnel:", err)
 		os.Exit(1)
 	}

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"os"
 	"strings"
 	"sync"
@@ -71,6 +72,14 @@ func Main(m *testing.M, cfg Config, h **Harness) int {
 	cs, err := Client(l.Paths)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	// A manager left running by an earlier run has the image of its day
+	// (the tag never changes); a fresh pod runs the one just imported.
+	err = cs.CoreV1().Pods("tunnel-system").DeleteCollection(ctx, metav1.DeleteOptions{},
+		metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=tunnel-manager"})
+	if err != nil && !apierrors.IsNotFound(err) {
+		fmt.Fprintln(os.Stderr, "restart the tunnel manager:", err)
 		return 1
 	}
 	*h = &Harness{Lab: l, Config: cfg.Defaults(), Client: cs}

@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -46,6 +48,8 @@ func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.bytes(w, r)
 	case p == "/delay":
 		h.delay(w, r)
+	case p == "/env":
+		h.env(w)
 	case strings.HasPrefix(p, "/status/"):
 		h.status(w, r)
 	default:
@@ -161,4 +165,17 @@ func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler) error {
 		return fmt.Errorf("serve http on %s: %w", ln.Addr(), err)
 	}
 	return nil
+}
+
+// env answers the process's environment as a JSON object, so tests can
+// compare it with what `tunnel intercept --env-file` wrote.
+func (h *httpHandler) env(w http.ResponseWriter) {
+	env := map[string]string{}
+	for _, kv := range os.Environ() {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			env[k] = v
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(env)
 }

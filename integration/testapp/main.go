@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -127,6 +128,14 @@ func serve(ctx context.Context, pod string, ls listeners, logger *slog.Logger) e
 		"tcp", ls.TCP.Addr().String(), "udp", ls.UDP.LocalAddr().String())
 
 	h := newHTTPHandler(pod)
+	if os.Getenv("LOG_REQUESTS") != "" {
+		// A laptop's stand-in server in the tests says what reached it.
+		next := h
+		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			logger.Info("request", "method", r.Method, "path", r.URL.Path, "proto", r.Proto)
+			next.ServeHTTP(w, r)
+		})
+	}
 	tasks := []func() error{
 		func() error { return serveHTTP(ctx, ls.HTTP, h) },
 		func() error { return serveHTTP(ctx, ls.HTTP2, h) },

@@ -13,6 +13,7 @@ import (
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
 	sync "sync"
+	manager "tunnel.dev/tunnel/rpc/manager"
 	unsafe "unsafe"
 )
 
@@ -166,6 +167,8 @@ type StatusResponse struct {
 	Traffic        *Traffic               `protobuf:"bytes,9,opt,name=traffic,proto3" json:"traffic,omitempty"`
 	Reconnects     uint64                 `protobuf:"varint,10,opt,name=reconnects,proto3" json:"reconnects,omitempty"`
 	ConnectedSince string                 `protobuf:"bytes,11,opt,name=connected_since,json=connectedSince,proto3" json:"connected_since,omitempty"` // RFC 3339
+	User           string                 `protobuf:"bytes,12,opt,name=user,proto3" json:"user,omitempty"`                                           // the Kubernetes user the manager knows us by
+	Intercepts     []*manager.Intercept   `protobuf:"bytes,13,rep,name=intercepts,proto3" json:"intercepts,omitempty"`                               // this laptop's
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -275,6 +278,20 @@ func (x *StatusResponse) GetConnectedSince() string {
 		return x.ConnectedSince
 	}
 	return ""
+}
+
+func (x *StatusResponse) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetIntercepts() []*manager.Intercept {
+	if x != nil {
+		return x.Intercepts
+	}
+	return nil
 }
 
 type DNSStatus struct {
@@ -517,11 +534,283 @@ func (*QuitResponse) Descriptor() ([]byte, []int) {
 	return file_daemon_daemon_proto_rawDescGZIP(), []int{6}
 }
 
+type InterceptRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Spec          *manager.InterceptSpec `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`                             // laptop_id is the daemon's to set
+	LocalPort     uint32                 `protobuf:"varint,2,opt,name=local_port,json=localPort,proto3" json:"local_port,omitempty"` // where this machine's process listens
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InterceptRequest) Reset() {
+	*x = InterceptRequest{}
+	mi := &file_daemon_daemon_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InterceptRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InterceptRequest) ProtoMessage() {}
+
+func (x *InterceptRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_daemon_daemon_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InterceptRequest.ProtoReflect.Descriptor instead.
+func (*InterceptRequest) Descriptor() ([]byte, []int) {
+	return file_daemon_daemon_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *InterceptRequest) GetSpec() *manager.InterceptSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *InterceptRequest) GetLocalPort() uint32 {
+	if x != nil {
+		return x.LocalPort
+	}
+	return 0
+}
+
+type InterceptResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Intercept     *manager.Intercept     `protobuf:"bytes,1,opt,name=intercept,proto3" json:"intercept,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InterceptResponse) Reset() {
+	*x = InterceptResponse{}
+	mi := &file_daemon_daemon_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InterceptResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InterceptResponse) ProtoMessage() {}
+
+func (x *InterceptResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_daemon_daemon_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InterceptResponse.ProtoReflect.Descriptor instead.
+func (*InterceptResponse) Descriptor() ([]byte, []int) {
+	return file_daemon_daemon_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *InterceptResponse) GetIntercept() *manager.Intercept {
+	if x != nil {
+		return x.Intercept
+	}
+	return nil
+}
+
+type LeaveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaveRequest) Reset() {
+	*x = LeaveRequest{}
+	mi := &file_daemon_daemon_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaveRequest) ProtoMessage() {}
+
+func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_daemon_daemon_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
+func (*LeaveRequest) Descriptor() ([]byte, []int) {
+	return file_daemon_daemon_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *LeaveRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *LeaveRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type LeaveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaveResponse) Reset() {
+	*x = LeaveResponse{}
+	mi := &file_daemon_daemon_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaveResponse) ProtoMessage() {}
+
+func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_daemon_daemon_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
+func (*LeaveResponse) Descriptor() ([]byte, []int) {
+	return file_daemon_daemon_proto_rawDescGZIP(), []int{10}
+}
+
+type ListInterceptsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInterceptsRequest) Reset() {
+	*x = ListInterceptsRequest{}
+	mi := &file_daemon_daemon_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInterceptsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInterceptsRequest) ProtoMessage() {}
+
+func (x *ListInterceptsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_daemon_daemon_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInterceptsRequest.ProtoReflect.Descriptor instead.
+func (*ListInterceptsRequest) Descriptor() ([]byte, []int) {
+	return file_daemon_daemon_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ListInterceptsRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+type ListInterceptsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Intercepts    []*manager.Intercept   `protobuf:"bytes,1,rep,name=intercepts,proto3" json:"intercepts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInterceptsResponse) Reset() {
+	*x = ListInterceptsResponse{}
+	mi := &file_daemon_daemon_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInterceptsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInterceptsResponse) ProtoMessage() {}
+
+func (x *ListInterceptsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_daemon_daemon_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInterceptsResponse.ProtoReflect.Descriptor instead.
+func (*ListInterceptsResponse) Descriptor() ([]byte, []int) {
+	return file_daemon_daemon_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListInterceptsResponse) GetIntercepts() []*manager.Intercept {
+	if x != nil {
+		return x.Intercepts
+	}
+	return nil
+}
+
 var File_daemon_daemon_proto protoreflect.FileDescriptor
 
 const file_daemon_daemon_proto_rawDesc = "" +
 	"\n" +
-	"\x13daemon/daemon.proto\x12\x10tunnel.daemon.v1\"\xf6\x01\n" +
+	"\x13daemon/daemon.proto\x12\x10tunnel.daemon.v1\x1a\x15manager/manager.proto\"\xf6\x01\n" +
 	"\x0eConnectRequest\x12\x1e\n" +
 	"\n" +
 	"kubeconfig\x18\x01 \x01(\fR\n" +
@@ -535,7 +824,7 @@ const file_daemon_daemon_proto_rawDesc = "" +
 	"neverProxy\x12\x1f\n" +
 	"\vdns_include\x18\a \x03(\tR\n" +
 	"dnsInclude\"\x0f\n" +
-	"\rStatusRequest\"\x97\x03\n" +
+	"\rStatusRequest\"\xe9\x03\n" +
 	"\x0eStatusResponse\x12\x1c\n" +
 	"\tconnected\x18\x01 \x01(\bR\tconnected\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12\x18\n" +
@@ -550,7 +839,11 @@ const file_daemon_daemon_proto_rawDesc = "" +
 	"reconnects\x18\n" +
 	" \x01(\x04R\n" +
 	"reconnects\x12'\n" +
-	"\x0fconnected_since\x18\v \x01(\tR\x0econnectedSince\"\x8f\x01\n" +
+	"\x0fconnected_since\x18\v \x01(\tR\x0econnectedSince\x12\x12\n" +
+	"\x04user\x18\f \x01(\tR\x04user\x12<\n" +
+	"\n" +
+	"intercepts\x18\r \x03(\v2\x1c.tunnel.manager.v1.InterceptR\n" +
+	"intercepts\"\x8f\x01\n" +
 	"\tDNSStatus\x12\x12\n" +
 	"\x04mode\x18\x01 \x01(\tR\x04mode\x12\x1e\n" +
 	"\n" +
@@ -570,11 +863,30 @@ const file_daemon_daemon_proto_rawDesc = "" +
 	"\vdial_errors\x18\a \x01(\x04R\n" +
 	"dialErrors\"\r\n" +
 	"\vQuitRequest\"\x0e\n" +
-	"\fQuitResponse2\xeb\x01\n" +
+	"\fQuitResponse\"g\n" +
+	"\x10InterceptRequest\x124\n" +
+	"\x04spec\x18\x01 \x01(\v2 .tunnel.manager.v1.InterceptSpecR\x04spec\x12\x1d\n" +
+	"\n" +
+	"local_port\x18\x02 \x01(\rR\tlocalPort\"O\n" +
+	"\x11InterceptResponse\x12:\n" +
+	"\tintercept\x18\x01 \x01(\v2\x1c.tunnel.manager.v1.InterceptR\tintercept\"@\n" +
+	"\fLeaveRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\x0f\n" +
+	"\rLeaveResponse\"5\n" +
+	"\x15ListInterceptsRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"V\n" +
+	"\x16ListInterceptsResponse\x12<\n" +
+	"\n" +
+	"intercepts\x18\x01 \x03(\v2\x1c.tunnel.manager.v1.InterceptR\n" +
+	"intercepts2\xf0\x03\n" +
 	"\x06Daemon\x12M\n" +
 	"\aConnect\x12 .tunnel.daemon.v1.ConnectRequest\x1a .tunnel.daemon.v1.StatusResponse\x12K\n" +
 	"\x06Status\x12\x1f.tunnel.daemon.v1.StatusRequest\x1a .tunnel.daemon.v1.StatusResponse\x12E\n" +
-	"\x04Quit\x12\x1d.tunnel.daemon.v1.QuitRequest\x1a\x1e.tunnel.daemon.v1.QuitResponseB\x1eZ\x1ctunnel.dev/tunnel/rpc/daemonb\x06proto3"
+	"\x04Quit\x12\x1d.tunnel.daemon.v1.QuitRequest\x1a\x1e.tunnel.daemon.v1.QuitResponse\x12T\n" +
+	"\tIntercept\x12\".tunnel.daemon.v1.InterceptRequest\x1a#.tunnel.daemon.v1.InterceptResponse\x12H\n" +
+	"\x05Leave\x12\x1e.tunnel.daemon.v1.LeaveRequest\x1a\x1f.tunnel.daemon.v1.LeaveResponse\x12c\n" +
+	"\x0eListIntercepts\x12'.tunnel.daemon.v1.ListInterceptsRequest\x1a(.tunnel.daemon.v1.ListInterceptsResponseB\x1eZ\x1ctunnel.dev/tunnel/rpc/daemonb\x06proto3"
 
 var (
 	file_daemon_daemon_proto_rawDescOnce sync.Once
@@ -588,30 +900,48 @@ func file_daemon_daemon_proto_rawDescGZIP() []byte {
 	return file_daemon_daemon_proto_rawDescData
 }
 
-var file_daemon_daemon_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_daemon_daemon_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_daemon_daemon_proto_goTypes = []any{
-	(*ConnectRequest)(nil), // 0: tunnel.daemon.v1.ConnectRequest
-	(*StatusRequest)(nil),  // 1: tunnel.daemon.v1.StatusRequest
-	(*StatusResponse)(nil), // 2: tunnel.daemon.v1.StatusResponse
-	(*DNSStatus)(nil),      // 3: tunnel.daemon.v1.DNSStatus
-	(*Traffic)(nil),        // 4: tunnel.daemon.v1.Traffic
-	(*QuitRequest)(nil),    // 5: tunnel.daemon.v1.QuitRequest
-	(*QuitResponse)(nil),   // 6: tunnel.daemon.v1.QuitResponse
+	(*ConnectRequest)(nil),         // 0: tunnel.daemon.v1.ConnectRequest
+	(*StatusRequest)(nil),          // 1: tunnel.daemon.v1.StatusRequest
+	(*StatusResponse)(nil),         // 2: tunnel.daemon.v1.StatusResponse
+	(*DNSStatus)(nil),              // 3: tunnel.daemon.v1.DNSStatus
+	(*Traffic)(nil),                // 4: tunnel.daemon.v1.Traffic
+	(*QuitRequest)(nil),            // 5: tunnel.daemon.v1.QuitRequest
+	(*QuitResponse)(nil),           // 6: tunnel.daemon.v1.QuitResponse
+	(*InterceptRequest)(nil),       // 7: tunnel.daemon.v1.InterceptRequest
+	(*InterceptResponse)(nil),      // 8: tunnel.daemon.v1.InterceptResponse
+	(*LeaveRequest)(nil),           // 9: tunnel.daemon.v1.LeaveRequest
+	(*LeaveResponse)(nil),          // 10: tunnel.daemon.v1.LeaveResponse
+	(*ListInterceptsRequest)(nil),  // 11: tunnel.daemon.v1.ListInterceptsRequest
+	(*ListInterceptsResponse)(nil), // 12: tunnel.daemon.v1.ListInterceptsResponse
+	(*manager.Intercept)(nil),      // 13: tunnel.manager.v1.Intercept
+	(*manager.InterceptSpec)(nil),  // 14: tunnel.manager.v1.InterceptSpec
 }
 var file_daemon_daemon_proto_depIdxs = []int32{
-	3, // 0: tunnel.daemon.v1.StatusResponse.dns:type_name -> tunnel.daemon.v1.DNSStatus
-	4, // 1: tunnel.daemon.v1.StatusResponse.traffic:type_name -> tunnel.daemon.v1.Traffic
-	0, // 2: tunnel.daemon.v1.Daemon.Connect:input_type -> tunnel.daemon.v1.ConnectRequest
-	1, // 3: tunnel.daemon.v1.Daemon.Status:input_type -> tunnel.daemon.v1.StatusRequest
-	5, // 4: tunnel.daemon.v1.Daemon.Quit:input_type -> tunnel.daemon.v1.QuitRequest
-	2, // 5: tunnel.daemon.v1.Daemon.Connect:output_type -> tunnel.daemon.v1.StatusResponse
-	2, // 6: tunnel.daemon.v1.Daemon.Status:output_type -> tunnel.daemon.v1.StatusResponse
-	6, // 7: tunnel.daemon.v1.Daemon.Quit:output_type -> tunnel.daemon.v1.QuitResponse
-	5, // [5:8] is the sub-list for method output_type
-	2, // [2:5] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	3,  // 0: tunnel.daemon.v1.StatusResponse.dns:type_name -> tunnel.daemon.v1.DNSStatus
+	4,  // 1: tunnel.daemon.v1.StatusResponse.traffic:type_name -> tunnel.daemon.v1.Traffic
+	13, // 2: tunnel.daemon.v1.StatusResponse.intercepts:type_name -> tunnel.manager.v1.Intercept
+	14, // 3: tunnel.daemon.v1.InterceptRequest.spec:type_name -> tunnel.manager.v1.InterceptSpec
+	13, // 4: tunnel.daemon.v1.InterceptResponse.intercept:type_name -> tunnel.manager.v1.Intercept
+	13, // 5: tunnel.daemon.v1.ListInterceptsResponse.intercepts:type_name -> tunnel.manager.v1.Intercept
+	0,  // 6: tunnel.daemon.v1.Daemon.Connect:input_type -> tunnel.daemon.v1.ConnectRequest
+	1,  // 7: tunnel.daemon.v1.Daemon.Status:input_type -> tunnel.daemon.v1.StatusRequest
+	5,  // 8: tunnel.daemon.v1.Daemon.Quit:input_type -> tunnel.daemon.v1.QuitRequest
+	7,  // 9: tunnel.daemon.v1.Daemon.Intercept:input_type -> tunnel.daemon.v1.InterceptRequest
+	9,  // 10: tunnel.daemon.v1.Daemon.Leave:input_type -> tunnel.daemon.v1.LeaveRequest
+	11, // 11: tunnel.daemon.v1.Daemon.ListIntercepts:input_type -> tunnel.daemon.v1.ListInterceptsRequest
+	2,  // 12: tunnel.daemon.v1.Daemon.Connect:output_type -> tunnel.daemon.v1.StatusResponse
+	2,  // 13: tunnel.daemon.v1.Daemon.Status:output_type -> tunnel.daemon.v1.StatusResponse
+	6,  // 14: tunnel.daemon.v1.Daemon.Quit:output_type -> tunnel.daemon.v1.QuitResponse
+	8,  // 15: tunnel.daemon.v1.Daemon.Intercept:output_type -> tunnel.daemon.v1.InterceptResponse
+	10, // 16: tunnel.daemon.v1.Daemon.Leave:output_type -> tunnel.daemon.v1.LeaveResponse
+	12, // 17: tunnel.daemon.v1.Daemon.ListIntercepts:output_type -> tunnel.daemon.v1.ListInterceptsResponse
+	12, // [12:18] is the sub-list for method output_type
+	6,  // [6:12] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_daemon_daemon_proto_init() }
@@ -625,7 +955,7 @@ func file_daemon_daemon_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_daemon_daemon_proto_rawDesc), len(file_daemon_daemon_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,9 +21,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Daemon_Connect_FullMethodName = "/tunnel.daemon.v1.Daemon/Connect"
-	Daemon_Status_FullMethodName  = "/tunnel.daemon.v1.Daemon/Status"
-	Daemon_Quit_FullMethodName    = "/tunnel.daemon.v1.Daemon/Quit"
+	Daemon_Connect_FullMethodName        = "/tunnel.daemon.v1.Daemon/Connect"
+	Daemon_Status_FullMethodName         = "/tunnel.daemon.v1.Daemon/Status"
+	Daemon_Quit_FullMethodName           = "/tunnel.daemon.v1.Daemon/Quit"
+	Daemon_Intercept_FullMethodName      = "/tunnel.daemon.v1.Daemon/Intercept"
+	Daemon_Leave_FullMethodName          = "/tunnel.daemon.v1.Daemon/Leave"
+	Daemon_ListIntercepts_FullMethodName = "/tunnel.daemon.v1.Daemon/ListIntercepts"
 )
 
 // DaemonClient is the client API for Daemon service.
@@ -36,6 +39,14 @@ type DaemonClient interface {
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 	// Quit disconnects and restores routes and DNS; the daemon exits.
 	Quit(ctx context.Context, in *QuitRequest, opts ...grpc.CallOption) (*QuitResponse, error)
+	// Intercept registers an intercept with the manager and answers its
+	// streams by dialing local_port on this machine; the CLI has already put
+	// the sidecar in place with the user's credentials.
+	Intercept(ctx context.Context, in *InterceptRequest, opts ...grpc.CallOption) (*InterceptResponse, error)
+	// Leave ends one of this laptop's intercepts.
+	Leave(ctx context.Context, in *LeaveRequest, opts ...grpc.CallOption) (*LeaveResponse, error)
+	// ListIntercepts lists the intercepts the manager knows in a namespace.
+	ListIntercepts(ctx context.Context, in *ListInterceptsRequest, opts ...grpc.CallOption) (*ListInterceptsResponse, error)
 }
 
 type daemonClient struct {
@@ -76,6 +87,36 @@ func (c *daemonClient) Quit(ctx context.Context, in *QuitRequest, opts ...grpc.C
 	return out, nil
 }
 
+func (c *daemonClient) Intercept(ctx context.Context, in *InterceptRequest, opts ...grpc.CallOption) (*InterceptResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(InterceptResponse)
+	err := c.cc.Invoke(ctx, Daemon_Intercept_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *daemonClient) Leave(ctx context.Context, in *LeaveRequest, opts ...grpc.CallOption) (*LeaveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaveResponse)
+	err := c.cc.Invoke(ctx, Daemon_Leave_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *daemonClient) ListIntercepts(ctx context.Context, in *ListInterceptsRequest, opts ...grpc.CallOption) (*ListInterceptsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListInterceptsResponse)
+	err := c.cc.Invoke(ctx, Daemon_ListIntercepts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DaemonServer is the server API for Daemon service.
 // All implementations must embed UnimplementedDaemonServer
 // for forward compatibility.
@@ -86,6 +127,14 @@ type DaemonServer interface {
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	// Quit disconnects and restores routes and DNS; the daemon exits.
 	Quit(context.Context, *QuitRequest) (*QuitResponse, error)
+	// Intercept registers an intercept with the manager and answers its
+	// streams by dialing local_port on this machine; the CLI has already put
+	// the sidecar in place with the user's credentials.
+	Intercept(context.Context, *InterceptRequest) (*InterceptResponse, error)
+	// Leave ends one of this laptop's intercepts.
+	Leave(context.Context, *LeaveRequest) (*LeaveResponse, error)
+	// ListIntercepts lists the intercepts the manager knows in a namespace.
+	ListIntercepts(context.Context, *ListInterceptsRequest) (*ListInterceptsResponse, error)
 	mustEmbedUnimplementedDaemonServer()
 }
 
@@ -104,6 +153,15 @@ func (UnimplementedDaemonServer) Status(context.Context, *StatusRequest) (*Statu
 }
 func (UnimplementedDaemonServer) Quit(context.Context, *QuitRequest) (*QuitResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Quit not implemented")
+}
+func (UnimplementedDaemonServer) Intercept(context.Context, *InterceptRequest) (*InterceptResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Intercept not implemented")
+}
+func (UnimplementedDaemonServer) Leave(context.Context, *LeaveRequest) (*LeaveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Leave not implemented")
+}
+func (UnimplementedDaemonServer) ListIntercepts(context.Context, *ListInterceptsRequest) (*ListInterceptsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListIntercepts not implemented")
 }
 func (UnimplementedDaemonServer) mustEmbedUnimplementedDaemonServer() {}
 func (UnimplementedDaemonServer) testEmbeddedByValue()                {}
@@ -180,6 +238,60 @@ func _Daemon_Quit_Handler(srv interface{}, ctx context.Context, dec func(interfa
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Daemon_Intercept_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InterceptRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DaemonServer).Intercept(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Daemon_Intercept_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DaemonServer).Intercept(ctx, req.(*InterceptRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Daemon_Leave_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DaemonServer).Leave(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Daemon_Leave_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DaemonServer).Leave(ctx, req.(*LeaveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Daemon_ListIntercepts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListInterceptsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DaemonServer).ListIntercepts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Daemon_ListIntercepts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DaemonServer).ListIntercepts(ctx, req.(*ListInterceptsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Daemon_ServiceDesc is the grpc.ServiceDesc for Daemon service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -198,6 +310,18 @@ var Daemon_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Quit",
 			Handler:    _Daemon_Quit_Handler,
+		},
+		{
+			MethodName: "Intercept",
+			Handler:    _Daemon_Intercept_Handler,
+		},
+		{
+			MethodName: "Leave",
+			Handler:    _Daemon_Leave_Handler,
+		},
+		{
+			MethodName: "ListIntercepts",
+			Handler:    _Daemon_ListIntercepts_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

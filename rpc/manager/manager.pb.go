@@ -24,6 +24,58 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type InterceptMode int32
+
+const (
+	InterceptMode_INTERCEPT_MODE_UNSPECIFIED InterceptMode = 0
+	InterceptMode_GLOBAL                     InterceptMode = 1 // every connection to the port
+	InterceptMode_PERSONAL                   InterceptMode = 2 // HTTP requests whose header matches
+	InterceptMode_MIRROR                     InterceptMode = 3 // a copy of each HTTP request; the app still answers
+)
+
+// Enum value maps for InterceptMode.
+var (
+	InterceptMode_name = map[int32]string{
+		0: "INTERCEPT_MODE_UNSPECIFIED",
+		1: "GLOBAL",
+		2: "PERSONAL",
+		3: "MIRROR",
+	}
+	InterceptMode_value = map[string]int32{
+		"INTERCEPT_MODE_UNSPECIFIED": 0,
+		"GLOBAL":                     1,
+		"PERSONAL":                   2,
+		"MIRROR":                     3,
+	}
+)
+
+func (x InterceptMode) Enum() *InterceptMode {
+	p := new(InterceptMode)
+	*p = x
+	return p
+}
+
+func (x InterceptMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (InterceptMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_manager_manager_proto_enumTypes[0].Descriptor()
+}
+
+func (InterceptMode) Type() protoreflect.EnumType {
+	return &file_manager_manager_proto_enumTypes[0]
+}
+
+func (x InterceptMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use InterceptMode.Descriptor instead.
+func (InterceptMode) EnumDescriptor() ([]byte, []int) {
+	return file_manager_manager_proto_rawDescGZIP(), []int{0}
+}
+
 type HelloRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ClientVersion string                 `protobuf:"bytes,1,opt,name=client_version,json=clientVersion,proto3" json:"client_version,omitempty"`
@@ -88,6 +140,7 @@ type HelloResponse struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	ManagerVersion string                 `protobuf:"bytes,1,opt,name=manager_version,json=managerVersion,proto3" json:"manager_version,omitempty"`
 	SessionId      string                 `protobuf:"bytes,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	User           string                 `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"` // the Kubernetes user the manager knows the session by
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -132,6 +185,13 @@ func (x *HelloResponse) GetManagerVersion() string {
 func (x *HelloResponse) GetSessionId() string {
 	if x != nil {
 		return x.SessionId
+	}
+	return ""
+}
+
+func (x *HelloResponse) GetUser() string {
+	if x != nil {
+		return x.User
 	}
 	return ""
 }
@@ -336,6 +396,480 @@ func (x *ResolveResponse) GetAnswer() []byte {
 	return nil
 }
 
+type InterceptSpec struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"` // unique in its namespace
+	Namespace   string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Workload    string                 `protobuf:"bytes,3,opt,name=workload,proto3" json:"workload,omitempty"` // a Deployment's name
+	Port        uint32                 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`        // the app container's port whose traffic is taken
+	Mode        InterceptMode          `protobuf:"varint,5,opt,name=mode,proto3,enum=tunnel.manager.v1.InterceptMode" json:"mode,omitempty"`
+	HeaderName  string                 `protobuf:"bytes,6,opt,name=header_name,json=headerName,proto3" json:"header_name,omitempty"` // PERSONAL: canonical header name
+	HeaderValue string                 `protobuf:"bytes,7,opt,name=header_value,json=headerValue,proto3" json:"header_value,omitempty"`
+	NoFallback  bool                   `protobuf:"varint,8,opt,name=no_fallback,json=noFallback,proto3" json:"no_fallback,omitempty"` // when the laptop cannot answer, fail instead of falling back to the app
+	// The laptop's own number for the intercept: the manager puts it in the
+	// header of every stream it opens to the laptop for this intercept.
+	LaptopId      uint64 `protobuf:"varint,9,opt,name=laptop_id,json=laptopId,proto3" json:"laptop_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InterceptSpec) Reset() {
+	*x = InterceptSpec{}
+	mi := &file_manager_manager_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InterceptSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InterceptSpec) ProtoMessage() {}
+
+func (x *InterceptSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_manager_manager_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InterceptSpec.ProtoReflect.Descriptor instead.
+func (*InterceptSpec) Descriptor() ([]byte, []int) {
+	return file_manager_manager_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *InterceptSpec) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *InterceptSpec) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *InterceptSpec) GetWorkload() string {
+	if x != nil {
+		return x.Workload
+	}
+	return ""
+}
+
+func (x *InterceptSpec) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *InterceptSpec) GetMode() InterceptMode {
+	if x != nil {
+		return x.Mode
+	}
+	return InterceptMode_INTERCEPT_MODE_UNSPECIFIED
+}
+
+func (x *InterceptSpec) GetHeaderName() string {
+	if x != nil {
+		return x.HeaderName
+	}
+	return ""
+}
+
+func (x *InterceptSpec) GetHeaderValue() string {
+	if x != nil {
+		return x.HeaderValue
+	}
+	return ""
+}
+
+func (x *InterceptSpec) GetNoFallback() bool {
+	if x != nil {
+		return x.NoFallback
+	}
+	return false
+}
+
+func (x *InterceptSpec) GetLaptopId() uint64 {
+	if x != nil {
+		return x.LaptopId
+	}
+	return 0
+}
+
+type Intercept struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Spec          *InterceptSpec         `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	Id            uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`    // the manager's number; sidecars name it in their streams
+	User          string                 `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"` // the owning session's Kubernetes user
+	Host          string                 `protobuf:"bytes,4,opt,name=host,proto3" json:"host,omitempty"` // the owning laptop's host name
+	SessionId     string                 `protobuf:"bytes,5,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Created       string                 `protobuf:"bytes,6,opt,name=created,proto3" json:"created,omitempty"` // RFC 3339
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Intercept) Reset() {
+	*x = Intercept{}
+	mi := &file_manager_manager_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Intercept) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Intercept) ProtoMessage() {}
+
+func (x *Intercept) ProtoReflect() protoreflect.Message {
+	mi := &file_manager_manager_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Intercept.ProtoReflect.Descriptor instead.
+func (*Intercept) Descriptor() ([]byte, []int) {
+	return file_manager_manager_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Intercept) GetSpec() *InterceptSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *Intercept) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Intercept) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *Intercept) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *Intercept) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *Intercept) GetCreated() string {
+	if x != nil {
+		return x.Created
+	}
+	return ""
+}
+
+type RemoveInterceptRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveInterceptRequest) Reset() {
+	*x = RemoveInterceptRequest{}
+	mi := &file_manager_manager_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveInterceptRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveInterceptRequest) ProtoMessage() {}
+
+func (x *RemoveInterceptRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_manager_manager_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveInterceptRequest.ProtoReflect.Descriptor instead.
+func (*RemoveInterceptRequest) Descriptor() ([]byte, []int) {
+	return file_manager_manager_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RemoveInterceptRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *RemoveInterceptRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RemoveInterceptResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveInterceptResponse) Reset() {
+	*x = RemoveInterceptResponse{}
+	mi := &file_manager_manager_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveInterceptResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveInterceptResponse) ProtoMessage() {}
+
+func (x *RemoveInterceptResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_manager_manager_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveInterceptResponse.ProtoReflect.Descriptor instead.
+func (*RemoveInterceptResponse) Descriptor() ([]byte, []int) {
+	return file_manager_manager_proto_rawDescGZIP(), []int{9}
+}
+
+type ListInterceptsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"` // empty: every namespace
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInterceptsRequest) Reset() {
+	*x = ListInterceptsRequest{}
+	mi := &file_manager_manager_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInterceptsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInterceptsRequest) ProtoMessage() {}
+
+func (x *ListInterceptsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_manager_manager_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInterceptsRequest.ProtoReflect.Descriptor instead.
+func (*ListInterceptsRequest) Descriptor() ([]byte, []int) {
+	return file_manager_manager_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ListInterceptsRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+type ListInterceptsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Intercepts    []*Intercept           `protobuf:"bytes,1,rep,name=intercepts,proto3" json:"intercepts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInterceptsResponse) Reset() {
+	*x = ListInterceptsResponse{}
+	mi := &file_manager_manager_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInterceptsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInterceptsResponse) ProtoMessage() {}
+
+func (x *ListInterceptsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_manager_manager_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInterceptsResponse.ProtoReflect.Descriptor instead.
+func (*ListInterceptsResponse) Descriptor() ([]byte, []int) {
+	return file_manager_manager_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ListInterceptsResponse) GetIntercepts() []*Intercept {
+	if x != nil {
+		return x.Intercepts
+	}
+	return nil
+}
+
+type WatchInterceptsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Workload      string                 `protobuf:"bytes,2,opt,name=workload,proto3" json:"workload,omitempty"`
+	Pod           string                 `protobuf:"bytes,3,opt,name=pod,proto3" json:"pod,omitempty"` // for the manager's logs
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchInterceptsRequest) Reset() {
+	*x = WatchInterceptsRequest{}
+	mi := &file_manager_manager_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchInterceptsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchInterceptsRequest) ProtoMessage() {}
+
+func (x *WatchInterceptsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_manager_manager_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchInterceptsRequest.ProtoReflect.Descriptor instead.
+func (*WatchInterceptsRequest) Descriptor() ([]byte, []int) {
+	return file_manager_manager_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *WatchInterceptsRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *WatchInterceptsRequest) GetWorkload() string {
+	if x != nil {
+		return x.Workload
+	}
+	return ""
+}
+
+func (x *WatchInterceptsRequest) GetPod() string {
+	if x != nil {
+		return x.Pod
+	}
+	return ""
+}
+
+type InterceptSet struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Intercepts    []*Intercept           `protobuf:"bytes,1,rep,name=intercepts,proto3" json:"intercepts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InterceptSet) Reset() {
+	*x = InterceptSet{}
+	mi := &file_manager_manager_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InterceptSet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InterceptSet) ProtoMessage() {}
+
+func (x *InterceptSet) ProtoReflect() protoreflect.Message {
+	mi := &file_manager_manager_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InterceptSet.ProtoReflect.Descriptor instead.
+func (*InterceptSet) Descriptor() ([]byte, []int) {
+	return file_manager_manager_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *InterceptSet) GetIntercepts() []*Intercept {
+	if x != nil {
+		return x.Intercepts
+	}
+	return nil
+}
+
 var File_manager_manager_proto protoreflect.FileDescriptor
 
 const file_manager_manager_proto_rawDesc = "" +
@@ -344,11 +878,12 @@ const file_manager_manager_proto_rawDesc = "" +
 	"\fHelloRequest\x12%\n" +
 	"\x0eclient_version\x18\x01 \x01(\tR\rclientVersion\x12\x12\n" +
 	"\x04user\x18\x02 \x01(\tR\x04user\x12\x12\n" +
-	"\x04host\x18\x03 \x01(\tR\x04host\"W\n" +
+	"\x04host\x18\x03 \x01(\tR\x04host\"k\n" +
 	"\rHelloResponse\x12'\n" +
 	"\x0fmanager_version\x18\x01 \x01(\tR\x0emanagerVersion\x12\x1d\n" +
 	"\n" +
-	"session_id\x18\x02 \x01(\tR\tsessionId\"\x15\n" +
+	"session_id\x18\x02 \x01(\tR\tsessionId\x12\x12\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\"\x15\n" +
 	"\x13WatchClusterRequest\"\xbf\x01\n" +
 	"\vClusterInfo\x12%\n" +
 	"\x0ecluster_domain\x18\x01 \x01(\tR\rclusterDomain\x12'\n" +
@@ -363,11 +898,60 @@ const file_manager_manager_proto_rawDesc = "" +
 	"\x0eResolveRequest\x12\x14\n" +
 	"\x05query\x18\x01 \x01(\fR\x05query\")\n" +
 	"\x0fResolveResponse\x12\x16\n" +
-	"\x06answer\x18\x01 \x01(\fR\x06answer2\x81\x02\n" +
+	"\x06answer\x18\x01 \x01(\fR\x06answer\"\xa9\x02\n" +
+	"\rInterceptSpec\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x1a\n" +
+	"\bworkload\x18\x03 \x01(\tR\bworkload\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\rR\x04port\x124\n" +
+	"\x04mode\x18\x05 \x01(\x0e2 .tunnel.manager.v1.InterceptModeR\x04mode\x12\x1f\n" +
+	"\vheader_name\x18\x06 \x01(\tR\n" +
+	"headerName\x12!\n" +
+	"\fheader_value\x18\a \x01(\tR\vheaderValue\x12\x1f\n" +
+	"\vno_fallback\x18\b \x01(\bR\n" +
+	"noFallback\x12\x1b\n" +
+	"\tlaptop_id\x18\t \x01(\x04R\blaptopId\"\xb2\x01\n" +
+	"\tIntercept\x124\n" +
+	"\x04spec\x18\x01 \x01(\v2 .tunnel.manager.v1.InterceptSpecR\x04spec\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x12\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\x12\x12\n" +
+	"\x04host\x18\x04 \x01(\tR\x04host\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x05 \x01(\tR\tsessionId\x12\x18\n" +
+	"\acreated\x18\x06 \x01(\tR\acreated\"J\n" +
+	"\x16RemoveInterceptRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\x19\n" +
+	"\x17RemoveInterceptResponse\"5\n" +
+	"\x15ListInterceptsRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"V\n" +
+	"\x16ListInterceptsResponse\x12<\n" +
+	"\n" +
+	"intercepts\x18\x01 \x03(\v2\x1c.tunnel.manager.v1.InterceptR\n" +
+	"intercepts\"d\n" +
+	"\x16WatchInterceptsRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1a\n" +
+	"\bworkload\x18\x02 \x01(\tR\bworkload\x12\x10\n" +
+	"\x03pod\x18\x03 \x01(\tR\x03pod\"L\n" +
+	"\fInterceptSet\x12<\n" +
+	"\n" +
+	"intercepts\x18\x01 \x03(\v2\x1c.tunnel.manager.v1.InterceptR\n" +
+	"intercepts*U\n" +
+	"\rInterceptMode\x12\x1e\n" +
+	"\x1aINTERCEPT_MODE_UNSPECIFIED\x10\x00\x12\n" +
+	"\n" +
+	"\x06GLOBAL\x10\x01\x12\f\n" +
+	"\bPERSONAL\x10\x02\x12\n" +
+	"\n" +
+	"\x06MIRROR\x10\x032\x86\x05\n" +
 	"\aManager\x12J\n" +
 	"\x05Hello\x12\x1f.tunnel.manager.v1.HelloRequest\x1a .tunnel.manager.v1.HelloResponse\x12X\n" +
 	"\fWatchCluster\x12&.tunnel.manager.v1.WatchClusterRequest\x1a\x1e.tunnel.manager.v1.ClusterInfo0\x01\x12P\n" +
-	"\aResolve\x12!.tunnel.manager.v1.ResolveRequest\x1a\".tunnel.manager.v1.ResolveResponseB\x1fZ\x1dtunnel.dev/tunnel/rpc/managerb\x06proto3"
+	"\aResolve\x12!.tunnel.manager.v1.ResolveRequest\x1a\".tunnel.manager.v1.ResolveResponse\x12Q\n" +
+	"\x0fCreateIntercept\x12 .tunnel.manager.v1.InterceptSpec\x1a\x1c.tunnel.manager.v1.Intercept\x12h\n" +
+	"\x0fRemoveIntercept\x12).tunnel.manager.v1.RemoveInterceptRequest\x1a*.tunnel.manager.v1.RemoveInterceptResponse\x12e\n" +
+	"\x0eListIntercepts\x12(.tunnel.manager.v1.ListInterceptsRequest\x1a).tunnel.manager.v1.ListInterceptsResponse\x12_\n" +
+	"\x0fWatchIntercepts\x12).tunnel.manager.v1.WatchInterceptsRequest\x1a\x1f.tunnel.manager.v1.InterceptSet0\x01B\x1fZ\x1dtunnel.dev/tunnel/rpc/managerb\x06proto3"
 
 var (
 	file_manager_manager_proto_rawDescOnce sync.Once
@@ -381,27 +965,49 @@ func file_manager_manager_proto_rawDescGZIP() []byte {
 	return file_manager_manager_proto_rawDescData
 }
 
-var file_manager_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_manager_manager_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_manager_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_manager_manager_proto_goTypes = []any{
-	(*HelloRequest)(nil),        // 0: tunnel.manager.v1.HelloRequest
-	(*HelloResponse)(nil),       // 1: tunnel.manager.v1.HelloResponse
-	(*WatchClusterRequest)(nil), // 2: tunnel.manager.v1.WatchClusterRequest
-	(*ClusterInfo)(nil),         // 3: tunnel.manager.v1.ClusterInfo
-	(*ResolveRequest)(nil),      // 4: tunnel.manager.v1.ResolveRequest
-	(*ResolveResponse)(nil),     // 5: tunnel.manager.v1.ResolveResponse
+	(InterceptMode)(0),              // 0: tunnel.manager.v1.InterceptMode
+	(*HelloRequest)(nil),            // 1: tunnel.manager.v1.HelloRequest
+	(*HelloResponse)(nil),           // 2: tunnel.manager.v1.HelloResponse
+	(*WatchClusterRequest)(nil),     // 3: tunnel.manager.v1.WatchClusterRequest
+	(*ClusterInfo)(nil),             // 4: tunnel.manager.v1.ClusterInfo
+	(*ResolveRequest)(nil),          // 5: tunnel.manager.v1.ResolveRequest
+	(*ResolveResponse)(nil),         // 6: tunnel.manager.v1.ResolveResponse
+	(*InterceptSpec)(nil),           // 7: tunnel.manager.v1.InterceptSpec
+	(*Intercept)(nil),               // 8: tunnel.manager.v1.Intercept
+	(*RemoveInterceptRequest)(nil),  // 9: tunnel.manager.v1.RemoveInterceptRequest
+	(*RemoveInterceptResponse)(nil), // 10: tunnel.manager.v1.RemoveInterceptResponse
+	(*ListInterceptsRequest)(nil),   // 11: tunnel.manager.v1.ListInterceptsRequest
+	(*ListInterceptsResponse)(nil),  // 12: tunnel.manager.v1.ListInterceptsResponse
+	(*WatchInterceptsRequest)(nil),  // 13: tunnel.manager.v1.WatchInterceptsRequest
+	(*InterceptSet)(nil),            // 14: tunnel.manager.v1.InterceptSet
 }
 var file_manager_manager_proto_depIdxs = []int32{
-	0, // 0: tunnel.manager.v1.Manager.Hello:input_type -> tunnel.manager.v1.HelloRequest
-	2, // 1: tunnel.manager.v1.Manager.WatchCluster:input_type -> tunnel.manager.v1.WatchClusterRequest
-	4, // 2: tunnel.manager.v1.Manager.Resolve:input_type -> tunnel.manager.v1.ResolveRequest
-	1, // 3: tunnel.manager.v1.Manager.Hello:output_type -> tunnel.manager.v1.HelloResponse
-	3, // 4: tunnel.manager.v1.Manager.WatchCluster:output_type -> tunnel.manager.v1.ClusterInfo
-	5, // 5: tunnel.manager.v1.Manager.Resolve:output_type -> tunnel.manager.v1.ResolveResponse
-	3, // [3:6] is the sub-list for method output_type
-	0, // [0:3] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	0,  // 0: tunnel.manager.v1.InterceptSpec.mode:type_name -> tunnel.manager.v1.InterceptMode
+	7,  // 1: tunnel.manager.v1.Intercept.spec:type_name -> tunnel.manager.v1.InterceptSpec
+	8,  // 2: tunnel.manager.v1.ListInterceptsResponse.intercepts:type_name -> tunnel.manager.v1.Intercept
+	8,  // 3: tunnel.manager.v1.InterceptSet.intercepts:type_name -> tunnel.manager.v1.Intercept
+	1,  // 4: tunnel.manager.v1.Manager.Hello:input_type -> tunnel.manager.v1.HelloRequest
+	3,  // 5: tunnel.manager.v1.Manager.WatchCluster:input_type -> tunnel.manager.v1.WatchClusterRequest
+	5,  // 6: tunnel.manager.v1.Manager.Resolve:input_type -> tunnel.manager.v1.ResolveRequest
+	7,  // 7: tunnel.manager.v1.Manager.CreateIntercept:input_type -> tunnel.manager.v1.InterceptSpec
+	9,  // 8: tunnel.manager.v1.Manager.RemoveIntercept:input_type -> tunnel.manager.v1.RemoveInterceptRequest
+	11, // 9: tunnel.manager.v1.Manager.ListIntercepts:input_type -> tunnel.manager.v1.ListInterceptsRequest
+	13, // 10: tunnel.manager.v1.Manager.WatchIntercepts:input_type -> tunnel.manager.v1.WatchInterceptsRequest
+	2,  // 11: tunnel.manager.v1.Manager.Hello:output_type -> tunnel.manager.v1.HelloResponse
+	4,  // 12: tunnel.manager.v1.Manager.WatchCluster:output_type -> tunnel.manager.v1.ClusterInfo
+	6,  // 13: tunnel.manager.v1.Manager.Resolve:output_type -> tunnel.manager.v1.ResolveResponse
+	8,  // 14: tunnel.manager.v1.Manager.CreateIntercept:output_type -> tunnel.manager.v1.Intercept
+	10, // 15: tunnel.manager.v1.Manager.RemoveIntercept:output_type -> tunnel.manager.v1.RemoveInterceptResponse
+	12, // 16: tunnel.manager.v1.Manager.ListIntercepts:output_type -> tunnel.manager.v1.ListInterceptsResponse
+	14, // 17: tunnel.manager.v1.Manager.WatchIntercepts:output_type -> tunnel.manager.v1.InterceptSet
+	11, // [11:18] is the sub-list for method output_type
+	4,  // [4:11] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_manager_manager_proto_init() }
@@ -414,13 +1020,14 @@ func file_manager_manager_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_manager_manager_proto_rawDesc), len(file_manager_manager_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   6,
+			NumEnums:      1,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_manager_manager_proto_goTypes,
 		DependencyIndexes: file_manager_manager_proto_depIdxs,
+		EnumInfos:         file_manager_manager_proto_enumTypes,
 		MessageInfos:      file_manager_manager_proto_msgTypes,
 	}.Build()
 	File_manager_manager_proto = out.File

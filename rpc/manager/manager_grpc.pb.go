@@ -22,9 +22,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Manager_Hello_FullMethodName        = "/tunnel.manager.v1.Manager/Hello"
-	Manager_WatchCluster_FullMethodName = "/tunnel.manager.v1.Manager/WatchCluster"
-	Manager_Resolve_FullMethodName      = "/tunnel.manager.v1.Manager/Resolve"
+	Manager_Hello_FullMethodName           = "/tunnel.manager.v1.Manager/Hello"
+	Manager_WatchCluster_FullMethodName    = "/tunnel.manager.v1.Manager/WatchCluster"
+	Manager_Resolve_FullMethodName         = "/tunnel.manager.v1.Manager/Resolve"
+	Manager_CreateIntercept_FullMethodName = "/tunnel.manager.v1.Manager/CreateIntercept"
+	Manager_RemoveIntercept_FullMethodName = "/tunnel.manager.v1.Manager/RemoveIntercept"
+	Manager_ListIntercepts_FullMethodName  = "/tunnel.manager.v1.Manager/ListIntercepts"
+	Manager_WatchIntercepts_FullMethodName = "/tunnel.manager.v1.Manager/WatchIntercepts"
 )
 
 // ManagerClient is the client API for Manager service.
@@ -39,6 +43,19 @@ type ManagerClient interface {
 	// Resolve answers one DNS query with the cluster's own resolver (the one
 	// in the manager pod's resolv.conf), keeping its type and TTLs.
 	Resolve(ctx context.Context, in *ResolveRequest, opts ...grpc.CallOption) (*ResolveResponse, error)
+	// CreateIntercept sends a workload port's traffic (all of it, the requests
+	// whose header matches, or a copy of each request) to the calling session's
+	// laptop until RemoveIntercept or the session ends. It is refused when it
+	// would take traffic another session's intercept holds.
+	CreateIntercept(ctx context.Context, in *InterceptSpec, opts ...grpc.CallOption) (*Intercept, error)
+	// RemoveIntercept ends one of the calling session's intercepts.
+	RemoveIntercept(ctx context.Context, in *RemoveInterceptRequest, opts ...grpc.CallOption) (*RemoveInterceptResponse, error)
+	// ListIntercepts lists the intercepts in a namespace (other users' header
+	// values withheld).
+	ListIntercepts(ctx context.Context, in *ListInterceptsRequest, opts ...grpc.CallOption) (*ListInterceptsResponse, error)
+	// WatchIntercepts is a sidecar's: the intercepts on its workload, at once
+	// and again on every change.
+	WatchIntercepts(ctx context.Context, in *WatchInterceptsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[InterceptSet], error)
 }
 
 type managerClient struct {
@@ -88,6 +105,55 @@ func (c *managerClient) Resolve(ctx context.Context, in *ResolveRequest, opts ..
 	return out, nil
 }
 
+func (c *managerClient) CreateIntercept(ctx context.Context, in *InterceptSpec, opts ...grpc.CallOption) (*Intercept, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Intercept)
+	err := c.cc.Invoke(ctx, Manager_CreateIntercept_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *managerClient) RemoveIntercept(ctx context.Context, in *RemoveInterceptRequest, opts ...grpc.CallOption) (*RemoveInterceptResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveInterceptResponse)
+	err := c.cc.Invoke(ctx, Manager_RemoveIntercept_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *managerClient) ListIntercepts(ctx context.Context, in *ListInterceptsRequest, opts ...grpc.CallOption) (*ListInterceptsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListInterceptsResponse)
+	err := c.cc.Invoke(ctx, Manager_ListIntercepts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *managerClient) WatchIntercepts(ctx context.Context, in *WatchInterceptsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[InterceptSet], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Manager_ServiceDesc.Streams[1], Manager_WatchIntercepts_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchInterceptsRequest, InterceptSet]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Manager_WatchInterceptsClient = grpc.ServerStreamingClient[InterceptSet]
+
 // ManagerServer is the server API for Manager service.
 // All implementations must embed UnimplementedManagerServer
 // for forward compatibility.
@@ -100,6 +166,19 @@ type ManagerServer interface {
 	// Resolve answers one DNS query with the cluster's own resolver (the one
 	// in the manager pod's resolv.conf), keeping its type and TTLs.
 	Resolve(context.Context, *ResolveRequest) (*ResolveResponse, error)
+	// CreateIntercept sends a workload port's traffic (all of it, the requests
+	// whose header matches, or a copy of each request) to the calling session's
+	// laptop until RemoveIntercept or the session ends. It is refused when it
+	// would take traffic another session's intercept holds.
+	CreateIntercept(context.Context, *InterceptSpec) (*Intercept, error)
+	// RemoveIntercept ends one of the calling session's intercepts.
+	RemoveIntercept(context.Context, *RemoveInterceptRequest) (*RemoveInterceptResponse, error)
+	// ListIntercepts lists the intercepts in a namespace (other users' header
+	// values withheld).
+	ListIntercepts(context.Context, *ListInterceptsRequest) (*ListInterceptsResponse, error)
+	// WatchIntercepts is a sidecar's: the intercepts on its workload, at once
+	// and again on every change.
+	WatchIntercepts(*WatchInterceptsRequest, grpc.ServerStreamingServer[InterceptSet]) error
 	mustEmbedUnimplementedManagerServer()
 }
 
@@ -118,6 +197,18 @@ func (UnimplementedManagerServer) WatchCluster(*WatchClusterRequest, grpc.Server
 }
 func (UnimplementedManagerServer) Resolve(context.Context, *ResolveRequest) (*ResolveResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Resolve not implemented")
+}
+func (UnimplementedManagerServer) CreateIntercept(context.Context, *InterceptSpec) (*Intercept, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateIntercept not implemented")
+}
+func (UnimplementedManagerServer) RemoveIntercept(context.Context, *RemoveInterceptRequest) (*RemoveInterceptResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveIntercept not implemented")
+}
+func (UnimplementedManagerServer) ListIntercepts(context.Context, *ListInterceptsRequest) (*ListInterceptsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListIntercepts not implemented")
+}
+func (UnimplementedManagerServer) WatchIntercepts(*WatchInterceptsRequest, grpc.ServerStreamingServer[InterceptSet]) error {
+	return status.Error(codes.Unimplemented, "method WatchIntercepts not implemented")
 }
 func (UnimplementedManagerServer) mustEmbedUnimplementedManagerServer() {}
 func (UnimplementedManagerServer) testEmbeddedByValue()                 {}
@@ -187,6 +278,71 @@ func _Manager_Resolve_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Manager_CreateIntercept_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InterceptSpec)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ManagerServer).CreateIntercept(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Manager_CreateIntercept_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ManagerServer).CreateIntercept(ctx, req.(*InterceptSpec))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Manager_RemoveIntercept_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveInterceptRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ManagerServer).RemoveIntercept(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Manager_RemoveIntercept_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ManagerServer).RemoveIntercept(ctx, req.(*RemoveInterceptRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Manager_ListIntercepts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListInterceptsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ManagerServer).ListIntercepts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Manager_ListIntercepts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ManagerServer).ListIntercepts(ctx, req.(*ListInterceptsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Manager_WatchIntercepts_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchInterceptsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ManagerServer).WatchIntercepts(m, &grpc.GenericServerStream[WatchInterceptsRequest, InterceptSet]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Manager_WatchInterceptsServer = grpc.ServerStreamingServer[InterceptSet]
+
 // Manager_ServiceDesc is the grpc.ServiceDesc for Manager service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -202,11 +358,28 @@ var Manager_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Resolve",
 			Handler:    _Manager_Resolve_Handler,
 		},
+		{
+			MethodName: "CreateIntercept",
+			Handler:    _Manager_CreateIntercept_Handler,
+		},
+		{
+			MethodName: "RemoveIntercept",
+			Handler:    _Manager_RemoveIntercept_Handler,
+		},
+		{
+			MethodName: "ListIntercepts",
+			Handler:    _Manager_ListIntercepts_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "WatchCluster",
 			Handler:       _Manager_WatchCluster_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchIntercepts",
+			Handler:       _Manager_WatchIntercepts_Handler,
 			ServerStreams: true,
 		},
 	},

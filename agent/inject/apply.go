@@ -1,0 +1,310 @@
+package inject
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	authzv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/ptr"
+)
+
+// ErrForbidden means the user's own permissions do not allow the change.
+var ErrForbidden = errors.New("forbidden")
+
+// Progress receives one line per step of a long operation.
+type Progress func(string)
+
+// CheckAccess asks the API server whether the user may change the
+// workload and its Services, before anything is changed.
+func CheckAccess(ctx context.Context, cs kubernetes.Interface, ns string) error {
+	var denied []string
+	for _, r := range []authzv1.ResourceAttributes{
+		{Namespace: ns, Verb: "patch", Group: "apps", Resource: "deployments"},
+		{Namespace: ns, Verb: "update", Resource: "services"},
+	} {
+		rev, err := cs.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx,
+			&authzv1.SelfSubjectAccessReview{Spec: authzv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &r}}, metav1.CreateOptions{})
+		if err != nil {
+			return fmt.Errorf("ask the API server what you may do: %w", err)
+		}
+		if !rev.Status.Allowed {
+			res := r.Resource
+			if r.Group != "" {
+				res += "." + r.Group
+			}
+			denied = append(denied, r.Verb+" "+res)
+		}
+	}
+	if len(denied) > 0 {
+		return fmt.Errorf("%w: you may not %s in namespace %s, which adding the intercept sidecar needs",
+			ErrForbidden, strings.Join(denied, " or "), ns)
+	}
+	return nil
+}
+
+// Captures reads the sidecar's captures from a Deployment: app port →
+// listen port. Empty when it has no sidecar.
+func Captures(d *appsv1.Deployment) map[int32]int32 {
+	out := map[int32]int32{}
+	for _, c := range d.Spec.Template.Spec.Containers {
+		if c.Name != Container {
+			continue
+		}
+		for i, a := range c.Args {
+			if a == "--capture" && i+1 < len(c.Args) {
+				l, ap, _ := strings.Cut(c.Args[i+1], "=")
+				ln, _ := strconv.Atoi(l)
+				an, _ := strconv.Atoi(ap)
+				out[int32(an)] = int32(ln)
+			}
+		}
+	}
+	return out
+}
+
+// Ensure makes p's port captured: the sidecar in the pod template with a
+// listener for the app port (one rollout, waited for), then the Service
+// port pointed at that listener. On failure what this call changed is
+// undone and the error says why the rollout failed.
+func Ensure(ctx context.Context, cs kubernetes.Interface, p *Plan, image string, timeout time.Duration, progress Progress) (listen int32, err error) {
+	d := p.Deployment
+	caps := Captures(d)
+	listen, ok := caps[p.AppPort]
+	if !ok {
+		before := maps.Clone(caps)
+		listen = freePort(d, caps)
+		caps[p.AppPort] = listen
+		if len(before) == 0 {
+			progress(fmt.Sprintf("Adding the intercept sidecar to deployment %s/%s (one rollout)", d.Namespace, d.Name))
+		} else {
+			progress(fmt.Sprintf("Adding port %d to the sidecar of deployment %s/%s (one rollout)", p.AppPort, d.Namespace, d.Name))
+		}
+		if err := applySidecar(ctx, cs, d, image, caps); err != nil {
+			return 0, err
+		}
+		if err := WaitRollout(ctx, cs, d.Namespace, d.Name, timeout, progress); err != nil {
+			undo := context.WithoutCancel(ctx)
+			if len(before) == 0 {
+				_ = removeSidecar(undo, cs, d.Namespace, d.Name)
+			} else {
+				_ = applySidecar(undo, cs, d, image, before)
+			}
+			return 0, err
+		}
+	}
+	if err := retarget(ctx, cs, p, listen); err != nil {
+		return 0, err
+	}
+	return listen, nil
+}
+
+// freePort picks the first listen port no container declares and no
+// capture uses.
+func freePort(d *appsv1.Deployment, caps map[int32]int32) int32 {
+	used := map[int32]bool{MetricsPort: true}
+	for _, c := range d.Spec.Template.Spec.Containers {
+		for _, p := range c.Ports {
+			used[p.ContainerPort] = true
+		}
+	}
+	for a, l := range caps {
+		used[l], used[a] = true, true
+	}
+	for p := int32(FirstCapture); ; p++ {
+		if !used[p] {
+			return p
+		}
+	}
+}
+
+// applySidecar server-side applies the sidecar container, with caps, as
+// FieldManager: the only fields of the Deployment that manager owns.
+func applySidecar(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployment, image string, caps map[int32]int32) error {
+	args := []string{"sidecar", "--workload", d.Name, "--manager", managerAddr,
+		"--metrics-addr", fmt.Sprintf(":%d", MetricsPort)}
+	apps := slices.Sorted(maps.Keys(caps))
+	ports := []corev1.ContainerPort{{Name: "tunnel-metrics", ContainerPort: MetricsPort}}
+	for _, a := range apps {
+		args = append(args, "--capture", fmt.Sprintf("%d=%d", caps[a], a))
+		ports = append(ports, corev1.ContainerPort{Name: fmt.Sprintf("tnl-%d", a), ContainerPort: caps[a]})
+	}
+	fieldEnv := func(name, path string) corev1.EnvVar {
+		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
+	}
+	c := corev1.Container{
+		Name:            Container,
+		Image:           image,
+		ImagePullPolicy: corev1.PullIfNotPresent,
+		Args:            args,
+		Env:             []corev1.EnvVar{fieldEnv("POD_NAME", "metadata.name"), fieldEnv("POD_NAMESPACE", "metadata.namespace"), fieldEnv("POD_IP", "status.podIP")},
+		Ports:           ports,
+		ReadinessProbe: &corev1.Probe{
+			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(MetricsPort)}},
+			PeriodSeconds: 2,
+		},
+		SecurityContext: &corev1.SecurityContext{
+			RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To(int64(65532)),
+			AllowPrivilegeEscalation: ptr.To(false), ReadOnlyRootFilesystem: ptr.To(true),
+			Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		},
+	}
+	obj := map[string]any{
+		"apiVersion": "apps/v1", "kind": "Deployment",
+		"metadata": map[string]any{"name": d.Name, "namespace": d.Namespace},
+		"spec": map[string]any{"template": map[string]any{"spec": map[string]any{
+			"containers": []corev1.Container{c},
+		}}},
+	}
+	return apply(ctx, cs, d.Namespace, d.Name, obj)
+}
+
+// removeSidecar applies nothing as FieldManager: the API server removes the
+// fields that manager alone owned, the sidecar, and nothing else.
+func removeSidecar(ctx context.Context, cs kubernetes.Interface, ns, name string) error {
+	return apply(ctx, cs, ns, name, map[string]any{
+		"apiVersion": "apps/v1", "kind": "Deployment",
+		"metadata": map[string]any{"name": name, "namespace": ns},
+	})
+}
+
+func apply(ctx context.Context, cs kubernetes.Interface, ns, name string, obj map[string]any) error {
+	data, err := json.Marshal(obj)
+	if err != nil {
+		return err
+	}
+	_, err = cs.AppsV1().Deployments(ns).Patch(ctx, name, types.ApplyPatchType, data,
+		metav1.PatchOptions{FieldManager: FieldManager, Force: ptr.To(true)})
+	if err != nil {
+		return fmt.Errorf("update deployment %s/%s: %w", ns, name, err)
+	}
+	return nil
+}
+
+// retarget points p's Service port at the sidecar's listener, keeping the
+// old targetPort in the Service's annotation.
+func retarget(ctx context.Context, cs kubernetes.Interface, p *Plan, listen int32) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		svc, err := cs.CoreV1().Services(p.Service.Namespace).Get(ctx, p.Service.Name, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("read service %s/%s: %w", p.Service.Namespace, p.Service.Name, err)
+		}
+		caps := captured(svc.Annotations)
+		changed := false
+		for i, sp := range svc.Spec.Ports {
+			if sp.Port != p.ServicePort.Port || sp.Protocol != p.ServicePort.Protocol {
+				continue
+			}
+			if _, ok := caps[portKey(sp)]; !ok {
+				caps[portKey(sp)] = sp.TargetPort
+			}
+			if sp.TargetPort != intstr.FromInt32(listen) {
+				svc.Spec.Ports[i].TargetPort = intstr.FromInt32(listen)
+				changed = true
+			}
+		}
+		if !changed && svc.Annotations[CapturedAnnot] == formatCaptured(caps) {
+			return nil
+		}
+		if svc.Annotations == nil {
+			svc.Annotations = map[string]string{}
+		}
+		svc.Annotations[CapturedAnnot] = formatCaptured(caps)
+		svc.Annotations[WorkloadAnnot] = p.Deployment.Name
+		_, err = cs.CoreV1().Services(svc.Namespace).Update(ctx, svc, metav1.UpdateOptions{FieldManager: FieldManager})
+		if err != nil {
+			return fmt.Errorf("point service %s/%s at the sidecar: %w", svc.Namespace, svc.Name, err)
+		}
+		return nil
+	})
+}
+
+// restoreServices gives every Service tunnel retargeted for workload its
+// old targetPorts back and drops tunnel's annotations.
+func restoreServices(ctx context.Context, cs kubernetes.Interface, ns, workload string) error {
+	list, err := cs.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list services in namespace %s: %w", ns, err)
+	}
+	for _, s := range list.Items {
+		if s.Annotations[WorkloadAnnot] != workload {
+			continue
+		}
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			svc, err := cs.CoreV1().Services(ns).Get(ctx, s.Name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			caps := captured(svc.Annotations)
+			for i, sp := range svc.Spec.Ports {
+				if orig, ok := caps[portKey(sp)]; ok {
+					svc.Spec.Ports[i].TargetPort = orig
+				}
+			}
+			delete(svc.Annotations, CapturedAnnot)
+			delete(svc.Annotations, WorkloadAnnot)
+			if len(svc.Annotations) == 0 {
+				svc.Annotations = nil
+			}
+			_, err = cs.CoreV1().Services(ns).Update(ctx, svc, metav1.UpdateOptions{FieldManager: FieldManager})
+			return err
+		})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("restore service %s/%s: %w", ns, s.Name, err)
+		}
+	}
+	return nil
+}
+
+// Remove takes the sidecar out of a workload: first the Services go back
+// to the app's ports, then the sidecar leaves the pod template (one
+// rollout, waited for).
+func Remove(ctx context.Context, cs kubernetes.Interface, ns, workload string, timeout time.Duration, progress Progress) error {
+	if err := restoreServices(ctx, cs, ns, workload); err != nil {
+		return err
+	}
+	d, err := cs.AppsV1().Deployments(ns).Get(ctx, workload, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read deployment %s/%s: %w", ns, workload, err)
+	}
+	if !HasSidecar(d) {
+		return nil
+	}
+	progress(fmt.Sprintf("Removing the intercept sidecar from deployment %s/%s (one rollout)", ns, workload))
+	if err := removeSidecar(ctx, cs, ns, workload); err != nil {
+		return err
+	}
+	return WaitRollout(ctx, cs, ns, workload, timeout, progress)
+}
+
+// HasSidecar says whether d's pods carry the sidecar.
+func HasSidecar(d *appsv1.Deployment) bool {
+	return slices.ContainsFunc(d.Spec.Template.Spec.Containers, func(c corev1.Container) bool { return c.Name == Container })
+}
+
+// WithSidecar lists the Deployments in ns (all namespaces when "") that
+// carry the sidecar.
+func WithSidecar(ctx context.Context, cs kubernetes.Interface, ns string) ([]appsv1.Deployment, error) {
+	list, err := cs.AppsV1().Deployments(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list deployments: %w", err)
+	}
+	return slices.DeleteFunc(list.Items, func(d appsv1.Deployment) bool { return !HasSidecar(&d) }), nil
+}

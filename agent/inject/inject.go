@@ -1,0 +1,219 @@
+// Package inject puts the intercept sidecar into a workload and takes it out
+// again, with the credentials of the user who asks (so what a user may
+// intercept is what their own Kubernetes permissions allow).
+//
+// The sidecar is one container added to the Deployment's pod template by
+// server-side apply under its own field manager; taking it out is applying
+// nothing under that manager, which removes exactly the fields it added and
+// leaves the user's spec (annotations included) as it was. Capturing a port
+// points the Service's targetPort at the sidecar's listener for that port,
+// the old value kept in an annotation of the Service and put back on
+// uninstall. Traffic the sidecar is not told to take goes on to the app's
+// port, so the workload keeps serving throughout.
+package inject
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+)
+
+// Names tunnel uses in the workloads it changes.
+const (
+	Container     = "tunnel-agent"              // the sidecar's container
+	FieldManager  = "tunnel-intercept"          // owns the sidecar in the Deployment
+	CapturedAnnot = "tunnel.dev/captured-ports" // on a Service: "PORT/PROTO=ORIGINAL-TARGET,..."
+	WorkloadAnnot = "tunnel.dev/captured-for"   // on a Service: the Deployment its captures serve
+	MetricsPort   = 18099                       // the sidecar's /metrics and /healthz, unless taken
+	FirstCapture  = 18100                       // capture listeners count up from here
+	managerAddr   = "tunnel-manager.tunnel-system:8022"
+)
+
+// Sentinel errors a CLI turns into its sentence.
+var (
+	ErrNoWorkload = errors.New("no such workload")
+	ErrNoService  = errors.New("no service")
+	ErrNoPort     = errors.New("no such port")
+)
+
+// Target is what a user names: a Deployment, and optionally which Service
+// and which of its ports ("" when there is only one).
+type Target struct {
+	Namespace string
+	Workload  string
+	Service   string
+	Port      string // the Service port's name or number
+}
+
+// Plan is a Target resolved against the cluster.
+type Plan struct {
+	Deployment  *appsv1.Deployment
+	Service     *corev1.Service
+	ServicePort corev1.ServicePort
+	AppPort     int32  // the app's port number the Service port leads to
+	Container   string // the container that declares it ("" when none does)
+}
+
+// Resolve finds the Deployment, the Service in front of it and the port.
+func Resolve(ctx context.Context, cs kubernetes.Interface, t Target) (*Plan, error) {
+	d, err := cs.AppsV1().Deployments(t.Namespace).Get(ctx, t.Workload, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("%w: there is no Deployment %q in namespace %s", ErrNoWorkload, t.Workload, t.Namespace)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read deployment %s/%s: %w", t.Namespace, t.Workload, err)
+	}
+	svcs, err := servicesFor(ctx, cs, d)
+	if err != nil {
+		return nil, err
+	}
+	if t.Service != "" {
+		svcs = slices.DeleteFunc(svcs, func(s corev1.Service) bool { return s.Name != t.Service })
+		if len(svcs) == 0 {
+			return nil, fmt.Errorf("%w: Service %q does not select the pods of %s", ErrNoService, t.Service, t.Workload)
+		}
+	}
+	var cands []Plan
+	for i := range svcs {
+		for _, sp := range svcs[i].Spec.Ports {
+			if sp.Protocol != corev1.ProtocolTCP && sp.Protocol != "" {
+				continue
+			}
+			if t.Port != "" && sp.Name != t.Port && strconv.Itoa(int(sp.Port)) != t.Port {
+				continue
+			}
+			p := Plan{Deployment: d, Service: &svcs[i], ServicePort: sp}
+			p.AppPort, p.Container = appPort(d, sp, svcs[i].Annotations)
+			if p.AppPort == 0 {
+				continue
+			}
+			cands = append(cands, p)
+		}
+	}
+	switch {
+	case len(svcs) == 0:
+		return nil, fmt.Errorf("%w selects the pods of %s in namespace %s, so nothing sends it traffic to intercept", ErrNoService, t.Workload, t.Namespace)
+	case len(cands) == 0 && t.Port != "":
+		return nil, fmt.Errorf("%w: no TCP port %q on %s; it has %s", ErrNoPort, t.Port, names(svcs), portList(svcs))
+	case len(cands) == 0:
+		return nil, fmt.Errorf("%w: %s has no TCP port", ErrNoPort, names(svcs))
+	case len(cands) > 1:
+		return nil, fmt.Errorf("%w named: %s has several ports (%s); say which with --port LOCAL:PORT (and --service)", ErrNoPort, names(svcs), portList(svcs))
+	}
+	return &cands[0], nil
+}
+
+// servicesFor lists the Services whose selector picks d's pods.
+func servicesFor(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployment) ([]corev1.Service, error) {
+	list, err := cs.CoreV1().Services(d.Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list services in namespace %s: %w", d.Namespace, err)
+	}
+	podLabels := labels.Set(d.Spec.Template.Labels)
+	var out []corev1.Service
+	for _, s := range list.Items {
+		if len(s.Spec.Selector) > 0 && labels.SelectorFromSet(s.Spec.Selector).Matches(podLabels) {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+// appPort is the app's port number a Service port leads to: a named
+// targetPort is looked up in the containers; a number need not be declared.
+// A port tunnel already captures is read from the Service's annotation.
+func appPort(d *appsv1.Deployment, sp corev1.ServicePort, annots map[string]string) (int32, string) {
+	target := sp.TargetPort
+	if orig, ok := captured(annots)[portKey(sp)]; ok {
+		target = orig
+	}
+	if target.Type == intstr.String {
+		for _, c := range d.Spec.Template.Spec.Containers {
+			for _, p := range c.Ports {
+				if p.Name == target.StrVal && (p.Protocol == corev1.ProtocolTCP || p.Protocol == "") {
+					return p.ContainerPort, c.Name
+				}
+			}
+		}
+		return 0, ""
+	}
+	n := target.IntVal
+	if n == 0 {
+		n = sp.Port
+	}
+	for _, c := range d.Spec.Template.Spec.Containers {
+		for _, p := range c.Ports {
+			if p.ContainerPort == n {
+				return n, c.Name
+			}
+		}
+	}
+	return n, ""
+}
+
+func portKey(sp corev1.ServicePort) string {
+	proto := sp.Protocol
+	if proto == "" {
+		proto = corev1.ProtocolTCP
+	}
+	return fmt.Sprintf("%d/%s", sp.Port, proto)
+}
+
+// captured parses a Service's CapturedAnnot: port key → original targetPort.
+func captured(annots map[string]string) map[string]intstr.IntOrString {
+	out := map[string]intstr.IntOrString{}
+	for _, kv := range strings.Split(annots[CapturedAnnot], ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		if ok {
+			out[k] = intstr.Parse(v)
+		}
+	}
+	return out
+}
+
+func formatCaptured(m map[string]intstr.IntOrString) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		v := m[k]
+		parts = append(parts, k+"="+v.String())
+	}
+	return strings.Join(parts, ",")
+}
+
+func names(svcs []corev1.Service) string {
+	var n []string
+	for _, s := range svcs {
+		n = append(n, "Service "+s.Name)
+	}
+	return strings.Join(n, ", ")
+}
+
+func portList(svcs []corev1.Service) string {
+	var out []string
+	for _, s := range svcs {
+		for _, p := range s.Spec.Ports {
+			if p.Name != "" {
+				out = append(out, fmt.Sprintf("%s (%d)", p.Name, p.Port))
+			} else {
+				out = append(out, strconv.Itoa(int(p.Port)))
+			}
+		}
+	}
+	return strings.Join(out, ", ")
+}

@@ -1,0 +1,120 @@
+package inject
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// ErrRollout means a rollout did not complete; the message has the pod's reason.
+var ErrRollout = errors.New("rollout failed")
+
+// stuck are the waiting reasons that do not fix themselves.
+var stuck = map[string]bool{
+	"ImagePullBackOff": true, "ErrImagePull": true, "ErrImageNeverPull": true, "InvalidImageName": true,
+	"CrashLoopBackOff": true, "CreateContainerConfigError": true, "CreateContainerError": true, "RunContainerError": true,
+}
+
+// WaitRollout waits until every replica of the Deployment runs its current
+// template and is available, reporting progress as it changes. A pod of the
+// new template that cannot start ends the wait at once with its reason; so
+// does the timeout, with the last reason seen.
+func WaitRollout(ctx context.Context, cs kubernetes.Interface, ns, name string, timeout time.Duration, progress Progress) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	last := ""
+	for {
+		d, err := cs.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("%w: deployment %s/%s did not roll out within %s", ErrRollout, ns, name, timeout)
+			}
+			return fmt.Errorf("read deployment %s/%s: %w", ns, name, err)
+		}
+		want := int32(1)
+		if d.Spec.Replicas != nil {
+			want = *d.Spec.Replicas
+		}
+		st := d.Status
+		if d.Generation <= st.ObservedGeneration && st.UpdatedReplicas == want && st.Replicas == want && st.AvailableReplicas == want {
+			return nil
+		}
+		msg := fmt.Sprintf("Waiting for deployment %s/%s: %d of %d updated pods ready", ns, name, min(st.UpdatedReplicas, st.AvailableReplicas), want)
+		if d.Generation > st.ObservedGeneration {
+			msg = fmt.Sprintf("Waiting for deployment %s/%s: rollout starting", ns, name)
+		}
+		if msg != last {
+			progress(msg)
+			last = msg
+		}
+		reason, permanent := podTrouble(ctx, cs, d)
+		if permanent {
+			return fmt.Errorf("%w: deployment %s/%s: %s", ErrRollout, ns, name, reason)
+		}
+		select {
+		case <-ctx.Done():
+			if reason == "" {
+				reason = "its pods did not become ready"
+			}
+			return fmt.Errorf("%w: deployment %s/%s did not roll out within %s: %s", ErrRollout, ns, name, timeout, reason)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// podTrouble describes why a pod of d's current template is not ready,
+// and whether that will not fix itself.
+func podTrouble(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployment) (string, bool) {
+	sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
+	if err != nil {
+		return "", false
+	}
+	pods, err := cs.CoreV1().Pods(d.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	if err != nil {
+		return "", false
+	}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp != nil || !sameTemplate(&p, d) {
+			continue
+		}
+		for _, cst := range append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...) {
+			if w := cst.State.Waiting; w != nil && w.Reason != "" && w.Reason != "ContainerCreating" && w.Reason != "PodInitializing" {
+				r := fmt.Sprintf("pod %s: container %s: %s", p.Name, cst.Name, w.Reason)
+				if w.Message != "" {
+					r += ": " + w.Message
+				}
+				return r, stuck[w.Reason]
+			}
+			if !cst.Ready && cst.State.Running != nil {
+				return fmt.Sprintf("pod %s: container %s is running but not ready (failing readiness probe)", p.Name, cst.Name), false
+			}
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse {
+				return fmt.Sprintf("pod %s cannot be scheduled: %s", p.Name, c.Message), false
+			}
+		}
+	}
+	return "", false
+}
+
+// sameTemplate says whether pod p runs d's current pod template: its
+// containers are the template's (by name and image).
+func sameTemplate(p *corev1.Pod, d *appsv1.Deployment) bool {
+	tc := d.Spec.Template.Spec.Containers
+	if len(p.Spec.Containers) != len(tc) {
+		return false
+	}
+	for i := range tc {
+		if p.Spec.Containers[i].Name != tc[i].Name || p.Spec.Containers[i].Image != tc[i].Image {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,77 @@
+package manager
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"tunnel.dev/tunnel/rpc"
+)
+
+// serveIntercepted carries one connection a sidecar captured to the laptop
+// that holds the intercept h.Flow names. It does not wait for the laptop's
+// status: it opens the laptop's stream and relays both ways at once, so the
+// laptop's status byte reaches the sidecar as the first byte back and the
+// connection's first bytes travel with the header (one round trip over the
+// port-forward, not two).
+func (m *Manager) serveIntercepted(ctx context.Context, log *slog.Logger, st net.Conn, h rpc.Header) {
+	defer st.Close()
+	ic, owner, ok := m.intercepts.lookup(h.Flow)
+	if !ok {
+		m.metrics.dialErrors.WithLabelValues("intercept", "gone").Inc()
+		_ = writeStatus(st, rpc.StatusUnreachable)
+		return
+	}
+	up, err := owner.mux.OpenStream()
+	if err != nil {
+		log.Debug("open intercept stream to the laptop", "err", err, "intercept", ic.GetSpec().GetName())
+		m.metrics.dialErrors.WithLabelValues("intercept", "session").Inc()
+		_ = writeStatus(st, rpc.StatusUnreachable)
+		return
+	}
+	defer up.Close()
+	if err := rpc.WriteHeader(up, rpc.Header{Kind: rpc.KindIntercept, Dst: h.Dst, Flow: ic.GetSpec().GetLaptopId()}); err != nil {
+		_ = writeStatus(st, rpc.StatusUnreachable)
+		return
+	}
+	pipe(ctx, st, up,
+		m.metrics.bytes.WithLabelValues("intercept", toLaptop),
+		m.metrics.bytes.WithLabelValues("intercept", toCluster))
+}
+
+// pipe relays two yamux streams until both directions end. A yamux Close
+// only ends its writes, so each direction's EOF is passed on as a Close of
+// the other stream; an error on either aborts both.
+func pipe(ctx context.Context, a net.Conn, b *yamux.Stream, toB, toA prometheus.Counter) {
+	var once sync.Once
+	abort := func() {
+		once.Do(func() {
+			_ = a.SetReadDeadline(time.Unix(1, 0))
+			_ = b.SetReadDeadline(time.Unix(1, 0))
+			a.Close()
+			b.Close()
+		})
+	}
+	stop := context.AfterFunc(ctx, abort)
+	defer stop()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if _, err := io.Copy(countingWriter{b, toB}, onlyReader{a}); err != nil {
+			abort()
+			return
+		}
+		b.Close()
+	})
+	if _, err := io.Copy(countingWriter{a, toA}, onlyReader{b}); err != nil {
+		abort()
+	} else {
+		a.Close()
+	}
+	wg.Wait()
+}

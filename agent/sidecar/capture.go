@@ -1,0 +1,204 @@
+package sidecar
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	managerpb "tunnel.dev/tunnel/rpc/manager"
+)
+
+// capture serves one captured port: the Service sends the connections meant
+// for the app's port here. A connection that speaks HTTP is served request
+// by request (so intercepts that start or end apply at once, even on
+// kept-alive connections, and personal intercepts can pick requests by
+// header); anything else is relayed whole, to the laptop when a global
+// intercept holds the port, else to the app.
+type capture struct {
+	log     *slog.Logger
+	app     netip.AddrPort // the app container's port, on the pod's address
+	port    uint32         // the app's port number, which intercepts name
+	link    *link
+	metrics *metrics
+	sniff   time.Duration // how long to wait for a client's first bytes
+	http    *httpMode
+}
+
+// serve accepts on ln until ctx ends.
+func (c *capture) serve(ctx context.Context, ln net.Listener) error {
+	hl := newConnListener(ln.Addr())
+	defer hl.Close()
+	go func() { _ = c.http.server.Serve(hl) }()
+	context.AfterFunc(ctx, func() { ln.Close(); c.http.server.Close() })
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		go c.handle(ctx, conn, hl)
+	}
+}
+
+// handle sniffs the connection's first bytes and picks its mode.
+func (c *capture) handle(ctx context.Context, conn net.Conn, hl *connListener) {
+	br := bufio.NewReaderSize(conn, 4096)
+	_ = conn.SetReadDeadline(time.Now().Add(c.sniff))
+	head, _ := br.Peek(len(h2Preface))
+	_ = conn.SetReadDeadline(time.Time{})
+	pc := &peekedConn{Conn: conn, r: br}
+	if looksLikeHTTP(head) {
+		hl.deliver(pc)
+		return
+	}
+	c.raw(ctx, pc)
+}
+
+// raw relays a whole connection: to the laptop when a global intercept
+// holds the port and its laptop answers, else to the app.
+func (c *capture) raw(ctx context.Context, conn net.Conn) {
+	defer conn.Close()
+	client, _ := netip.ParseAddrPort(conn.RemoteAddr().String())
+	for _, ic := range c.link.intercepts(c.port) {
+		if ic.GetSpec().GetMode() != managerpb.InterceptMode_GLOBAL {
+			continue
+		}
+		name := ic.GetSpec().GetName()
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		up, err := c.link.open(dctx, ic, client)
+		cancel()
+		if err == nil {
+			c.metrics.requests.WithLabelValues(name, "laptop").Inc()
+			relay(conn, up, c.metrics.bytes.WithLabelValues(name, "to_laptop"), c.metrics.bytes.WithLabelValues(name, "from_laptop"))
+			return
+		}
+		if ic.GetSpec().GetNoFallback() {
+			c.log.Debug("laptop cannot answer; no fallback", "intercept", name, "err", err)
+			c.metrics.requests.WithLabelValues(name, "failed").Inc()
+			return
+		}
+		c.log.Debug("laptop cannot answer; falling back to the app", "intercept", name, "err", err)
+		c.metrics.fallbacks.WithLabelValues(name).Inc()
+		break
+	}
+	app, err := (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", c.app.String())
+	if err != nil {
+		c.log.Debug("dial the app", "err", err)
+		return
+	}
+	relay(conn, app, nil, nil)
+}
+
+// looksLikeHTTP: an HTTP/1.x request line's method, or the HTTP/2 preface.
+func looksLikeHTTP(b []byte) bool {
+	if len(b) >= 3 && strings.HasPrefix(h2Preface, string(b)) {
+		return true
+	}
+	for _, m := range []string{"GET ", "POST ", "PUT ", "HEAD ", "DELETE ", "PATCH ", "OPTIONS ", "CONNECT ", "TRACE "} {
+		if len(b) >= len(m) && string(b[:len(m)]) == m {
+			return true
+		}
+	}
+	return false
+}
+
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// peekedConn reads what the sniffer buffered first.
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (p *peekedConn) Read(b []byte) (int, error) { return p.r.Read(b) }
+
+func (p *peekedConn) CloseWrite() error {
+	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return p.Conn.Close()
+}
+
+// counter is the part of a Prometheus counter relay needs.
+type counter interface{ Add(float64) }
+
+// relay copies a ⇄ b until both directions end, half-closing each.
+func relay(a, b net.Conn, toB, toA counter) {
+	var wg sync.WaitGroup
+	half := func(dst, src net.Conn, n counter) {
+		w := io.Writer(dst)
+		if n != nil {
+			w = countingWriter{dst, n}
+		}
+		if _, err := io.Copy(w, src); err != nil {
+			a.Close()
+			b.Close()
+			return
+		}
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		} else {
+			dst.Close()
+		}
+	}
+	wg.Go(func() { half(b, a, toB) })
+	half(a, b, toA)
+	wg.Wait()
+	a.Close()
+	b.Close()
+}
+
+type countingWriter struct {
+	w io.Writer
+	c counter
+}
+
+func (cw countingWriter) Write(p []byte) (int, error) {
+	n, err := cw.w.Write(p)
+	cw.c.Add(float64(n))
+	return n, err
+}
+
+// connListener hands sniffed HTTP connections to an http.Server.
+type connListener struct {
+	addr  net.Addr
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+func newConnListener(addr net.Addr) *connListener {
+	return &connListener{addr: addr, conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *connListener) deliver(c net.Conn) {
+	select {
+	case l.conns <- c:
+	case <-l.done:
+		c.Close()
+	}
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return l.addr }

@@ -1,0 +1,284 @@
+package sidecar
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	managerpb "tunnel.dev/tunnel/rpc/manager"
+)
+
+// maxMirrorBody bounds the request body a mirror copies: a larger request
+// still reaches the app, unmirrored.
+const maxMirrorBody = 1 << 20
+
+// httpMode serves the HTTP connections of one captured port request by
+// request: each goes to the laptop of the intercept that takes it (global,
+// or personal with a matching header) or to the app; mirrors get a copy.
+type httpMode struct {
+	log     *slog.Logger
+	c       *capture
+	server  *http.Server
+	proxy   *httputil.ReverseProxy
+	app     [2]*http.Transport // HTTP/1.1, h2c
+	metrics *metrics
+
+	mu      sync.Mutex // guards following
+	laptops map[uint64]*[2]*http.Transport
+}
+
+type routeKey struct{}
+
+// route is where one request goes: ic nil means the app.
+type route struct {
+	ic *managerpb.Intercept
+}
+
+func newHTTPMode(log *slog.Logger, c *capture, m *metrics) *httpMode {
+	h := &httpMode{log: log, c: c, metrics: m, laptops: map[uint64]*[2]*http.Transport{}}
+	dialApp := func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", c.app.String())
+	}
+	h.app = transports(dialApp)
+	h.proxy = &httputil.ReverseProxy{
+		Director: func(r *http.Request) {
+			r.URL.Scheme, r.URL.Host = "http", c.app.String()
+			if _, ok := r.Header["X-Forwarded-For"]; !ok {
+				r.Header["X-Forwarded-For"] = nil // pass requests on as they came
+			}
+		},
+		Transport:     roundTripper(h.roundTrip),
+		FlushInterval: -1, // streaming responses pass at once
+		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		ErrorHandler:  h.proxyError,
+	}
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	h.server = &http.Server{
+		Handler:           h,
+		Protocols:         &protocols,
+		ReadHeaderTimeout: time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	return h
+}
+
+// transports returns an HTTP/1.1 and an h2c transport dialing with dial.
+func transports(dial func(ctx context.Context, network, addr string) (net.Conn, error)) [2]*http.Transport {
+	var out [2]*http.Transport
+	for i := range out {
+		var p http.Protocols
+		if i == 0 {
+			p.SetHTTP1(true)
+		} else {
+			p.SetUnencryptedHTTP2(true)
+		}
+		out[i] = &http.Transport{
+			DialContext:         dial,
+			Protocols:           &p,
+			MaxIdleConnsPerHost: 256,
+			IdleConnTimeout:     90 * time.Second,
+			DisableCompression:  true,
+		}
+	}
+	return out
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// ServeHTTP picks the request's route, starts its mirrors and proxies it.
+func (h *httpMode) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var target *managerpb.Intercept
+	var mirrors []*managerpb.Intercept
+	for _, ic := range h.c.link.intercepts(h.c.port) {
+		s := ic.GetSpec()
+		switch s.GetMode() {
+		case managerpb.InterceptMode_GLOBAL:
+			target = ic
+		case managerpb.InterceptMode_PERSONAL:
+			if target == nil && r.Header.Get(s.GetHeaderName()) == s.GetHeaderValue() {
+				target = ic
+			}
+		case managerpb.InterceptMode_MIRROR:
+			mirrors = append(mirrors, ic)
+		}
+	}
+	if len(mirrors) > 0 {
+		h.mirror(r, mirrors)
+	}
+	ctx := context.WithValue(r.Context(), routeKey{}, route{ic: target})
+	h.proxy.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// roundTrip sends a request where its route says; a laptop that cannot take
+// it (nothing listens, no session) passes it to the app unless the
+// intercept says --no-fallback.
+func (h *httpMode) roundTrip(r *http.Request) (*http.Response, error) {
+	rt, _ := r.Context().Value(routeKey{}).(route)
+	proto := 0
+	if r.ProtoMajor == 2 {
+		proto = 1
+	}
+	if rt.ic == nil {
+		return h.app[proto].RoundTrip(r)
+	}
+	name := rt.ic.GetSpec().GetName()
+	var body *guardedBody
+	if r.Body != nil && r.Body != http.NoBody {
+		body = &guardedBody{rc: r.Body}
+		r.Body = body
+	}
+	resp, err := h.laptop(rt.ic)[proto].RoundTrip(r)
+	if err == nil {
+		h.metrics.requests.WithLabelValues(name, "laptop").Inc()
+		return resp, nil
+	}
+	var de dialError
+	if !errors.As(err, &de) || rt.ic.GetSpec().GetNoFallback() || (body != nil && body.read.Load()) {
+		h.metrics.requests.WithLabelValues(name, "failed").Inc()
+		return nil, fmt.Errorf("intercept %s: %w", name, err)
+	}
+	h.metrics.fallbacks.WithLabelValues(name).Inc()
+	h.log.Debug("laptop cannot answer; falling back to the app", "intercept", name, "err", err)
+	if body != nil {
+		r.Body = body.rc // never read: the dial failed first
+	}
+	return h.app[proto].RoundTrip(r)
+}
+
+// laptop returns the transports that reach ic's laptop, one pool per
+// intercept so connections to it are reused across requests.
+func (h *httpMode) laptop(ic *managerpb.Intercept) *[2]*http.Transport {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if t, ok := h.laptops[ic.GetId()]; ok {
+		return t
+	}
+	t := transports(func(ctx context.Context, _, _ string) (net.Conn, error) {
+		c, err := h.c.link.open(ctx, ic, netip.AddrPort{})
+		if err != nil {
+			return nil, dialError{err}
+		}
+		name := ic.GetSpec().GetName()
+		return countingConn{Conn: c, out: h.metrics.bytes.WithLabelValues(name, "to_laptop"),
+			in: h.metrics.bytes.WithLabelValues(name, "from_laptop")}, nil
+	})
+	h.laptops[ic.GetId()] = &t
+	return &t
+}
+
+// forget drops the pools of intercepts that ended.
+func (h *httpMode) forget(live map[uint64]bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for id, t := range h.laptops {
+		if !live[id] {
+			t[0].CloseIdleConnections()
+			t[1].CloseIdleConnections()
+			delete(h.laptops, id)
+		}
+	}
+}
+
+func (h *httpMode) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	h.log.Debug("proxy error", "err", err, "path", r.URL.Path)
+	if errors.Is(err, context.Canceled) {
+		return
+	}
+	http.Error(w, err.Error(), http.StatusBadGateway)
+}
+
+// mirror sends a copy of r to each mirroring laptop and forgets the
+// answers. The body is read here, up to maxMirrorBody, and given back to r.
+func (h *httpMode) mirror(r *http.Request, mirrors []*managerpb.Intercept) {
+	var body []byte
+	if r.Body != nil && r.Body != http.NoBody {
+		b, err := io.ReadAll(io.LimitReader(r.Body, maxMirrorBody+1))
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(b), r.Body), r.Body}
+		if err != nil || len(b) > maxMirrorBody {
+			return
+		}
+		body = b
+	}
+	for _, ic := range mirrors {
+		out := r.Clone(context.WithoutCancel(r.Context()))
+		out.RequestURI = ""
+		out.URL.Scheme, out.URL.Host = "http", h.c.app.String()
+		out.Body = io.NopCloser(bytes.NewReader(body))
+		out.ContentLength = int64(len(body))
+		proto := 0
+		if r.ProtoMajor == 2 {
+			proto = 1
+		}
+		t := h.laptop(ic)[proto]
+		name := ic.GetSpec().GetName()
+		go func() {
+			ctx, cancel := context.WithTimeout(out.Context(), 30*time.Second)
+			defer cancel()
+			resp, err := t.RoundTrip(out.WithContext(ctx))
+			if err != nil {
+				h.metrics.requests.WithLabelValues(name, "mirror_failed").Inc()
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			h.metrics.requests.WithLabelValues(name, "mirrored").Inc()
+		}()
+	}
+}
+
+// dialError marks a failure to reach the laptop's process: nothing of the
+// request was sent, so it may go to the app instead.
+type dialError struct{ err error }
+
+func (e dialError) Error() string { return e.err.Error() }
+func (e dialError) Unwrap() error { return e.err }
+
+// guardedBody keeps a request body open through a failed dial, so the
+// request can still go to the app; read says whether any of it was sent.
+// The server closes the real body when the handler returns.
+type guardedBody struct {
+	rc   io.ReadCloser
+	read atomic.Bool
+}
+
+func (g *guardedBody) Read(p []byte) (int, error) {
+	g.read.Store(true)
+	return g.rc.Read(p)
+}
+
+func (g *guardedBody) Close() error { return nil }
+
+// countingConn counts a laptop connection's bytes each way.
+type countingConn struct {
+	net.Conn
+	out, in counter
+}
+
+func (c countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.in.Add(float64(n))
+	return n, err
+}
+
+func (c countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.out.Add(float64(n))
+	return n, err
+}

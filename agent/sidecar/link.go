@@ -1,0 +1,182 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"tunnel.dev/tunnel/rpc"
+	managerpb "tunnel.dev/tunnel/rpc/manager"
+)
+
+// errNoLink means the sidecar has no session to the manager right now.
+var errNoLink = errors.New("no session to the tunnel manager")
+
+// link is the sidecar's session to the manager: a yamux client over one
+// TCP connection to the manager's Service. It keeps the workload's
+// intercepts current and opens a stream per intercepted connection. When
+// the manager is away the table is empty, so every connection goes to the
+// app: a sidecar never stops its workload from serving.
+type link struct {
+	log      *slog.Logger
+	addr     string // the manager's session address
+	ns, name string // the workload
+	pod      string
+	dial     func(ctx context.Context, addr string) (net.Conn, error)
+
+	table atomic.Pointer[table]
+
+	mu  sync.Mutex // guards following
+	mux *yamux.Session
+}
+
+// table is the intercepts on the workload, by the app port they take.
+type table map[uint32][]*managerpb.Intercept
+
+func (t *table) on(port uint32) []*managerpb.Intercept {
+	if t == nil {
+		return nil
+	}
+	return (*t)[port]
+}
+
+func newTable(ics []*managerpb.Intercept) *table {
+	t := table{}
+	for _, ic := range ics {
+		p := ic.GetSpec().GetPort()
+		t[p] = append(t[p], ic)
+	}
+	return &t
+}
+
+// intercepts returns the intercepts on port now.
+func (l *link) intercepts(port uint32) []*managerpb.Intercept { return l.table.Load().on(port) }
+
+// run keeps the session up until ctx ends, reconnecting with backoff.
+func (l *link) run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := l.session(ctx)
+		l.table.Store(nil)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > 30*time.Second {
+			backoff = 100 * time.Millisecond
+		}
+		l.log.Warn("session to the manager ended; traffic goes to the app until it is back", "err", err, "retry_in", backoff)
+		select {
+		case <-time.After(backoff + rand.N(backoff/2)):
+		case <-ctx.Done():
+			return
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// session runs one session: connect, watch the intercepts until it breaks.
+func (l *link) session(ctx context.Context) error {
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	conn, err := l.dial(dctx, l.addr)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("dial the manager at %s: %w", l.addr, err)
+	}
+	cfg := yamux.DefaultConfig()
+	cfg.KeepAliveInterval = 5 * time.Second
+	cfg.MaxStreamWindowSize = 16 << 20
+	cfg.StreamCloseTimeout = time.Minute
+	cfg.LogOutput = nil
+	cfg.Logger = slog.NewLogLogger(l.log.Handler(), slog.LevelDebug)
+	mux, err := yamux.Client(rpc.CoalesceWrites(conn), cfg)
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	defer mux.Close()
+	cc, err := rpc.DialControl(mux)
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	context.AfterFunc(wctx, func() { mux.Close() })
+	watch, err := managerpb.NewManagerClient(cc).WatchIntercepts(wctx,
+		&managerpb.WatchInterceptsRequest{Namespace: l.ns, Workload: l.name, Pod: l.pod})
+	if err != nil {
+		return fmt.Errorf("watch intercepts: %w", err)
+	}
+	l.mu.Lock()
+	l.mux = mux
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		l.mux = nil
+		l.mu.Unlock()
+	}()
+	l.log.Info("session to the manager up", "manager", l.addr)
+	for {
+		set, err := watch.Recv()
+		if err != nil {
+			return fmt.Errorf("watch intercepts: %w", err)
+		}
+		l.table.Store(newTable(set.GetIntercepts()))
+		l.log.Info("intercepts changed", "intercepts", describe(set.GetIntercepts()))
+	}
+}
+
+func describe(ics []*managerpb.Intercept) []string {
+	out := make([]string, 0, len(ics))
+	for _, ic := range ics {
+		s := ic.GetSpec()
+		out = append(out, fmt.Sprintf("%s:%d %s by %s", s.GetName(), s.GetPort(), s.GetMode(), ic.GetUser()))
+	}
+	return out
+}
+
+// open opens a stream to the laptop that holds intercept ic and waits for
+// its answer: the local process accepted the connection, or why not.
+func (l *link) open(ctx context.Context, ic *managerpb.Intercept, client netip.AddrPort) (net.Conn, error) {
+	l.mu.Lock()
+	mux := l.mux
+	l.mu.Unlock()
+	if mux == nil {
+		return nil, errNoLink
+	}
+	st, err := mux.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errNoLink, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = st.SetDeadline(dl)
+	}
+	if !client.IsValid() {
+		client = netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
+	}
+	if err := rpc.WriteHeader(st, rpc.Header{Kind: rpc.KindIntercept, Dst: client, Flow: ic.GetId()}); err != nil {
+		st.Close()
+		return nil, err
+	}
+	if err := rpc.ReadStatus(st); err != nil {
+		st.Close()
+		return nil, err
+	}
+	_ = st.SetDeadline(time.Time{})
+	return halfCloser{st}, nil
+}
+
+// halfCloser: a yamux Close only ends our writes.
+type halfCloser struct{ *yamux.Stream }
+
+func (h halfCloser) CloseWrite() error { return h.Stream.Close() }

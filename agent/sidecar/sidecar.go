@@ -1,0 +1,129 @@
+// Package sidecar is `tunnel-agent sidecar`, the container tunnel adds to an
+// intercepted workload's pods. The workload's Service is pointed at the
+// sidecar's capture ports; each captured connection or HTTP request goes to
+// the laptop whose intercept takes it (through the manager, which relays it
+// over that laptop's session) or, as before, to the app container.
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	managerpb "tunnel.dev/tunnel/rpc/manager"
+)
+
+// Capture maps a port the sidecar listens on to the app's port it stands for.
+type Capture struct {
+	Listen uint16
+	App    uint16
+}
+
+// ParseCapture reads "LISTEN=APP".
+func ParseCapture(s string) (Capture, error) {
+	l, a, ok := strings.Cut(s, "=")
+	lp, err1 := strconv.ParseUint(l, 10, 16)
+	ap, err2 := strconv.ParseUint(a, 10, 16)
+	if !ok || err1 != nil || err2 != nil || lp == 0 || ap == 0 {
+		return Capture{}, fmt.Errorf("capture %q: want LISTEN=APP, two port numbers", s)
+	}
+	return Capture{Listen: uint16(lp), App: uint16(ap)}, nil
+}
+
+func (c Capture) String() string { return fmt.Sprintf("%d=%d", c.Listen, c.App) }
+
+// Config is what the sidecar is told by the pod template.
+type Config struct {
+	Manager     string // the manager's session address, host:port
+	Namespace   string
+	Workload    string
+	Pod         string
+	PodIP       netip.Addr // the app listens here (and, usually, on every address)
+	Captures    []Capture
+	MetricsAddr string        // /metrics and /healthz
+	Sniff       time.Duration // wait for a client's first bytes before treating it as not HTTP
+}
+
+// Run serves the captures and metrics until ctx ends.
+func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
+	if cfg.Manager == "" || cfg.Namespace == "" || cfg.Workload == "" || !cfg.PodIP.IsValid() || len(cfg.Captures) == 0 {
+		return errors.New("sidecar: manager, namespace, workload, pod IP and at least one capture are required")
+	}
+	if cfg.Sniff <= 0 {
+		cfg.Sniff = 100 * time.Millisecond
+	}
+	var lc net.ListenConfig
+	var lns []net.Listener
+	closeAll := func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	}
+	for _, c := range cfg.Captures {
+		ln, err := lc.Listen(ctx, "tcp", fmt.Sprintf(":%d", c.Listen))
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("listen on capture port %d: %w", c.Listen, err)
+		}
+		lns = append(lns, ln)
+	}
+	mln, err := lc.Listen(ctx, "tcp", cfg.MetricsAddr)
+	if err != nil {
+		closeAll()
+		return fmt.Errorf("listen for metrics: %w", err)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	m := newMetrics()
+	l := &link{
+		log: log.With("subsystem", "link"), addr: cfg.Manager, ns: cfg.Namespace, name: cfg.Workload, pod: cfg.Pod,
+		dial: func(ctx context.Context, addr string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		},
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { l.run(ctx) })
+
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	wg.Go(func() { _ = hs.Serve(mln) })
+	context.AfterFunc(ctx, func() { hs.Close() })
+
+	errs := make(chan error, len(lns))
+	for i, c := range cfg.Captures {
+		cp := &capture{
+			log: log.With("subsystem", "capture", "port", c.App), link: l, metrics: m, sniff: cfg.Sniff,
+			app: netip.AddrPortFrom(cfg.PodIP, c.App), port: uint32(c.App),
+		}
+		cp.http = newHTTPMode(cp.log, cp, m)
+		wg.Go(func() { errs <- cp.serve(ctx, lns[i]) })
+		log.Info("capturing", "listen", c.Listen, "app", cp.app.String())
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errs:
+	}
+	cancel()
+	closeAll()
+	wg.Wait()
+	return runErr
+}
+
+// ModeOf names an intercept mode for people.
+func ModeOf(m managerpb.InterceptMode) string {
+	return strings.ToLower(m.String())
+}

@@ -1,0 +1,347 @@
+package cli
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"os/user"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/status"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"tunnel.dev/tunnel/agent/inject"
+	"tunnel.dev/tunnel/agent/manifest"
+	daemonpb "tunnel.dev/tunnel/rpc/daemon"
+	managerpb "tunnel.dev/tunnel/rpc/manager"
+)
+
+// autoHeader is --http-header auto: a header name and value are made up.
+const autoHeader = "auto"
+
+type interceptFlags struct {
+	kf         kubeFlags
+	port       string
+	service    string
+	name       string
+	header     string
+	mirror     bool
+	noFallback bool
+	envFile    string
+	envSyntax  string
+	envJSON    string
+	timeout    time.Duration
+	output     string
+}
+
+func newIntercept() *cobra.Command {
+	var f interceptFlags
+	cmd := &cobra.Command{
+		Use:   "intercept WORKLOAD [-- COMMAND ARGS...]",
+		Short: "Send a Deployment's traffic to a process on this machine",
+		Long: "Send the traffic that reaches a Deployment through its Service to a process on this machine.\n" +
+			"The first intercept adds a sidecar to the Deployment (one rollout), with your own permissions;\n" +
+			"`tunnel uninstall --agent WORKLOAD` takes it out again. With -- COMMAND the command runs with\n" +
+			"the pod's environment and the intercept ends when it exits, with its exit code.",
+		Example: "  tunnel intercept echo --port 8080:http\n" +
+			"  tunnel intercept echo --port 8080 --http-header x-dev=alice -- ./myserver\n" +
+			"  tunnel intercept echo --port 8080 --mirror --env-file echo.env",
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dash := cmd.ArgsLenAtDash()
+			if dash > 1 || (dash < 0 && len(args) > 1) {
+				return fmt.Errorf("intercept takes one workload; put the command to run after --")
+			}
+			var command []string
+			if dash == 1 {
+				command = args[1:]
+			}
+			return runIntercept(cmd, &f, args[0], command)
+		},
+	}
+	f.kf.add(cmd)
+	fl := cmd.Flags()
+	fl.StringVar(&f.port, "port", "", "LOCAL[:PORT]: the local port that answers, and the Service port (name or number) to take; default: the Service's only port, answered on the same local port")
+	fl.StringVar(&f.service, "service", "", "the Service whose port to take, when several select the workload")
+	fl.StringVar(&f.name, "name", "", "the intercept's name (default WORKLOAD-PORT, plus your user name for personal and mirror intercepts)")
+	fl.StringVar(&f.header, "http-header", "", "personal intercept: take only HTTP requests with this header: NAME=VALUE, or NAME (a value is made up and printed), or auto (both are)")
+	fl.BoolVar(&f.mirror, "mirror", false, "take a copy of each HTTP request; the app still answers")
+	fl.BoolVar(&f.noFallback, "no-fallback", false, "when this machine cannot answer, fail the request instead of passing it to the app")
+	fl.StringVar(&f.envFile, "env-file", "", "write the workload's environment to this file")
+	fl.StringVar(&f.envSyntax, "env-syntax", "docker", "syntax of --env-file: docker, sh or json")
+	fl.StringVar(&f.envJSON, "env-json", "", "write the workload's environment to this file as JSON")
+	fl.DurationVar(&f.timeout, "timeout", 2*time.Minute, "how long the sidecar's rollout may take")
+	fl.StringVarP(&f.output, "output", "o", "", "output format: json")
+	return cmd
+}
+
+func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, command []string) error {
+	ctx := cmd.Context()
+	errOut := cmd.ErrOrStderr()
+	progress := func(s string) {
+		if f.output != "json" {
+			fmt.Fprintln(errOut, s+"...")
+		}
+	}
+	if f.header != "" && f.mirror {
+		return errors.New("--http-header and --mirror do not go together: a mirror copies every request")
+	}
+	if f.envSyntax != "docker" && f.envSyntax != "sh" && f.envSyntax != "json" {
+		return fmt.Errorf("unknown --env-syntax %q: use docker, sh or json", f.envSyntax)
+	}
+	local, remote, err := parsePortFlag(f.port)
+	if err != nil {
+		return err
+	}
+	headerName, headerValue, err := parseHeader(f.header)
+	if err != nil {
+		return err
+	}
+
+	c, closeFn, err := daemonClient(ctx)
+	if errors.Is(err, errNoDaemon) {
+		return errors.New("not connected to a cluster: run `tunnel connect` first")
+	}
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	st, err := c.Status(ctx, &daemonpb.StatusRequest{})
+	if err != nil {
+		return errors.New(status.Convert(err).Message())
+	}
+	if !st.Connected {
+		return errors.New("not connected to a cluster: run `tunnel connect` first")
+	}
+	ns := f.kf.namespace
+	if ns == "" {
+		ns = st.Namespace
+	}
+	_, cs, err := f.kf.client()
+	if err != nil {
+		return err
+	}
+
+	plan, err := inject.Resolve(ctx, cs, inject.Target{Namespace: ns, Workload: workload, Service: f.service, Port: remote})
+	if err != nil {
+		return err
+	}
+	if local == 0 {
+		local = uint32(plan.AppPort)
+	}
+	if err := inject.CheckAccess(ctx, cs, ns); err != nil {
+		return err
+	}
+	image, err := sidecarImage(ctx, cs)
+	if err != nil {
+		return err
+	}
+	if _, err := inject.Ensure(ctx, cs, plan, image, f.timeout, progress); err != nil {
+		return err
+	}
+
+	spec := &managerpb.InterceptSpec{
+		Name: f.name, Namespace: ns, Workload: workload, Port: uint32(plan.AppPort),
+		Mode: managerpb.InterceptMode_GLOBAL, NoFallback: f.noFallback,
+	}
+	switch {
+	case f.mirror:
+		spec.Mode = managerpb.InterceptMode_MIRROR
+	case f.header != "":
+		spec.Mode, spec.HeaderName, spec.HeaderValue = managerpb.InterceptMode_PERSONAL, headerName, headerValue
+	}
+	if spec.Name == "" {
+		spec.Name = defaultName(workload, plan.ServicePort.Name, plan.AppPort, spec.Mode)
+	}
+	resp, err := c.Intercept(ctx, &daemonpb.InterceptRequest{Spec: spec, LocalPort: local})
+	if err != nil {
+		return errors.New(status.Convert(err).Message())
+	}
+	ic := resp.GetIntercept()
+	if !listening(local) && len(command) == 0 {
+		fmt.Fprintf(errOut, "Warning: nothing listens on localhost:%d yet; until something does, requests go to the app%s.\n",
+			local, map[bool]string{true: " (no: --no-fallback makes them fail)"}[f.noFallback])
+	}
+
+	env, err := writeEnv(ctx, cs, plan, f)
+	if err != nil {
+		_, _ = c.Leave(context.WithoutCancel(ctx), &daemonpb.LeaveRequest{Namespace: ns, Name: spec.Name})
+		return err
+	}
+	if f.output == "json" {
+		if err := printJSON(cmd.OutOrStdout(), ic); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintln(cmd.OutOrStdout(), describeIntercept(ic, local))
+	}
+	if len(command) == 0 {
+		return nil
+	}
+	code := runWithEnv(ctx, command, env, errOut)
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if _, err := c.Leave(lctx, &daemonpb.LeaveRequest{Namespace: ns, Name: spec.Name}); err != nil {
+		fmt.Fprintf(errOut, "Warning: ending intercept %s: %s\n", spec.Name, status.Convert(err).Message())
+	}
+	if code != 0 {
+		return exitCode(code)
+	}
+	return nil
+}
+
+// parsePortFlag reads --port LOCAL[:PORT].
+func parsePortFlag(s string) (uint32, string, error) {
+	if s == "" {
+		return 0, "", nil
+	}
+	l, remote, _ := strings.Cut(s, ":")
+	n, err := strconv.ParseUint(l, 10, 16)
+	if err != nil || n == 0 {
+		return 0, "", fmt.Errorf("--port %q: want LOCAL[:PORT], LOCAL a port number on this machine", s)
+	}
+	return uint32(n), remote, nil
+}
+
+// parseHeader reads --http-header NAME=VALUE, or makes one up.
+func parseHeader(s string) (string, string, error) {
+	switch {
+	case s == "":
+		return "", "", nil
+	case s == autoHeader:
+		return "x-tunnel-intercept", localUser() + "-" + strings.ToLower(rand.Text()[:6]), nil
+	}
+	n, v, ok := strings.Cut(s, "=")
+	if !ok {
+		v = localUser() + "-" + strings.ToLower(rand.Text()[:6])
+	}
+	if n == "" || v == "" || strings.ContainsAny(n, " :\t=") {
+		return "", "", fmt.Errorf("--http-header %q: want NAME=VALUE, NAME or auto", s)
+	}
+	return n, v, nil
+}
+
+func defaultName(workload, portName string, appPort int32, mode managerpb.InterceptMode) string {
+	p := portName
+	if p == "" {
+		p = strconv.Itoa(int(appPort))
+	}
+	name := workload + "-" + p
+	if mode != managerpb.InterceptMode_GLOBAL {
+		name += "-" + localUser()
+	}
+	return name
+}
+
+func localUser() string {
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		return strings.ToLower(u.Username)
+	}
+	return "me"
+}
+
+// sidecarImage is the manager's image: the sidecar is the same binary.
+func sidecarImage(ctx context.Context, cs kubernetes.Interface) (string, error) {
+	d, err := cs.AppsV1().Deployments(manifest.Namespace).Get(ctx, manifest.Manager, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("read the tunnel manager's deployment (is it installed? `tunnel install`): %w", err)
+	}
+	for _, c := range d.Spec.Template.Spec.Containers {
+		if c.Name == "manager" {
+			return c.Image, nil
+		}
+	}
+	return "", errors.New("the tunnel manager's deployment has no manager container")
+}
+
+func listening(port uint32) bool {
+	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+	if err != nil {
+		c, err = net.DialTimeout("tcp", fmt.Sprintf("[::1]:%d", port), time.Second)
+	}
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+func describeIntercept(ic *managerpb.Intercept, local uint32) string {
+	s := ic.GetSpec()
+	what := "all traffic"
+	switch s.GetMode() {
+	case managerpb.InterceptMode_PERSONAL:
+		what = fmt.Sprintf("requests with %s: %s", s.GetHeaderName(), s.GetHeaderValue())
+	case managerpb.InterceptMode_MIRROR:
+		what = "a copy of each request"
+	}
+	return fmt.Sprintf("Intercept %s: %s to port %d of %s/%s now reaches localhost:%d.",
+		s.GetName(), what, s.GetPort(), s.GetNamespace(), s.GetWorkload(), local)
+}
+
+// runWithEnv runs command with the workload's environment over this one,
+// passing signals on, and returns its exit code.
+func runWithEnv(ctx context.Context, command []string, env map[string]string, errOut interface{ Write([]byte) (int, error) }) int {
+	cmd := exec.Command(command[0], command[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, errOut
+	cmd.Env = os.Environ()
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(errOut, "run %s: %v\n", command[0], err)
+		return 127
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case s := <-sigs:
+				_ = cmd.Process.Signal(s)
+			case <-done:
+				return
+			}
+		}
+	}()
+	err := cmd.Wait()
+	close(done)
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal())
+		}
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return 1
+	}
+	return 0
+}
+
+// exitCode is an error that makes tunnel exit with a command's code.
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+// CommandExit says whether err is a command's exit (from intercept --
+// COMMAND), and its code, which tunnel passes on without a message.
+func CommandExit(err error) (int, bool) {
+	var e exitCode
+	if errors.As(err, &e) {
+		return int(e), true
+	}
+	return 0, false
+}

@@ -1,0 +1,142 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/status"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"tunnel.dev/tunnel/agent/inject"
+	daemonpb "tunnel.dev/tunnel/rpc/daemon"
+	managerpb "tunnel.dev/tunnel/rpc/manager"
+)
+
+// listed is one workload in `tunnel list -o json`.
+type listed struct {
+	Name          string            `json:"name"`
+	Sidecar       bool              `json:"sidecar"`
+	CapturedPorts []int32           `json:"captured_ports"`
+	Intercepts    []listedIntercept `json:"intercepts"`
+}
+
+type listedIntercept struct {
+	Name        string `json:"name"`
+	Port        uint32 `json:"port"`
+	Mode        string `json:"mode"`
+	User        string `json:"user"`
+	Host        string `json:"host"`
+	HeaderName  string `json:"header_name,omitempty"`
+	HeaderValue string `json:"header_value,omitempty"`
+}
+
+func newList() *cobra.Command {
+	var (
+		kf     kubeFlags
+		output string
+	)
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List the namespace's workloads: which have the sidecar, which ports are intercepted and by whom",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			if output != "" && output != "json" {
+				return fmt.Errorf("unknown output format %q: use -o json", output)
+			}
+			var ics []*managerpb.Intercept
+			ns := kf.namespace
+			c, closeFn, err := daemonClient(ctx)
+			switch {
+			case errors.Is(err, errNoDaemon):
+			case err != nil:
+				return err
+			default:
+				defer closeFn()
+				st, err := c.Status(ctx, &daemonpb.StatusRequest{})
+				if err != nil {
+					return errors.New(status.Convert(err).Message())
+				}
+				if ns == "" {
+					ns = st.Namespace
+				}
+				if st.Connected {
+					resp, err := c.ListIntercepts(ctx, &daemonpb.ListInterceptsRequest{Namespace: ns})
+					if err != nil {
+						return errors.New(status.Convert(err).Message())
+					}
+					ics = resp.GetIntercepts()
+				}
+			}
+			if ns == "" {
+				if ns, _, err = kf.clientConfig().Namespace(); err != nil {
+					return err
+				}
+			}
+			_, cs, err := kf.client()
+			if err != nil {
+				return err
+			}
+			deps, err := cs.AppsV1().Deployments(ns).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return fmt.Errorf("list deployments in namespace %s: %w", ns, err)
+			}
+			var out []listed
+			for i := range deps.Items {
+				d := &deps.Items[i]
+				l := listed{Name: d.Name, Sidecar: inject.HasSidecar(d), CapturedPorts: []int32{}, Intercepts: []listedIntercept{}}
+				for app := range inject.Captures(d) {
+					l.CapturedPorts = append(l.CapturedPorts, app)
+				}
+				slices.Sort(l.CapturedPorts)
+				for _, ic := range ics {
+					if s := ic.GetSpec(); s.GetWorkload() == d.Name {
+						l.Intercepts = append(l.Intercepts, listedIntercept{
+							Name: s.GetName(), Port: s.GetPort(), Mode: strings.ToLower(s.GetMode().String()),
+							User: ic.GetUser(), Host: ic.GetHost(), HeaderName: s.GetHeaderName(), HeaderValue: s.GetHeaderValue(),
+						})
+					}
+				}
+				out = append(out, l)
+			}
+			if output == "json" {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(map[string]any{"namespace": ns, "workloads": append([]listed{}, out...)})
+			}
+			if len(out) == 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "No deployments in namespace %s.\n", ns)
+				return nil
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "WORKLOAD\tSIDECAR\tINTERCEPTS")
+			for _, l := range out {
+				side := "no"
+				if l.Sidecar {
+					side = fmt.Sprintf("yes, ports %v", l.CapturedPorts)
+				}
+				var parts []string
+				for _, ic := range l.Intercepts {
+					p := fmt.Sprintf("%s: port %d %s by %s", ic.Name, ic.Port, ic.Mode, ic.User)
+					if ic.HeaderName != "" {
+						p += fmt.Sprintf(" (%s: %s)", ic.HeaderName, ic.HeaderValue)
+					}
+					parts = append(parts, p)
+				}
+				if len(parts) == 0 {
+					parts = []string{"-"}
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", l.Name, side, strings.Join(parts, "; "))
+			}
+			return tw.Flush()
+		},
+	}
+	kf.add(cmd)
+	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json")
+	return cmd
+}
