@@ -5,7 +5,9 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -17,11 +19,13 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"tunnel.dev/tunnel/agent/inject"
 	"tunnel.dev/tunnel/agent/manifest"
+	"tunnel.dev/tunnel/rpc"
 	daemonpb "tunnel.dev/tunnel/rpc/daemon"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 )
@@ -149,6 +153,7 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 	if _, err := inject.Ensure(ctx, cs, plan, image, f.timeout, progress); err != nil {
 		return err
 	}
+	awaitSidecar(ctx, plan, progress, errOut)
 
 	spec := &managerpb.InterceptSpec{
 		Name: f.name, Namespace: ns, Workload: workload, Port: uint32(plan.AppPort),
@@ -198,6 +203,39 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 		return exitCode(code)
 	}
 	return nil
+}
+
+// awaitSidecar waits until a request to the Service port reaches a
+// sidecar: kube-proxy applies the new targetPort a moment after the API
+// server has it. The request goes through the tunnel, as any would.
+func awaitSidecar(ctx context.Context, plan *inject.Plan, progress func(string), errOut io.Writer) {
+	ip := plan.Service.Spec.ClusterIP
+	if ip == "" || ip == corev1.ClusterIPNone {
+		return
+	}
+	url := "http://" + net.JoinHostPort(ip, strconv.Itoa(int(plan.ServicePort.Port))) + "/"
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	deadline := time.Now().Add(20 * time.Second)
+	for said := false; time.Now().Before(deadline); {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		req.Header.Set(rpc.ProbeHeader, "1")
+		if resp, err := client.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.Header.Get(rpc.SidecarHeader) != "" {
+				return
+			}
+		}
+		if !said {
+			progress("Waiting for Service " + plan.Service.Name + " to send its traffic to the sidecar")
+			said = true
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	fmt.Fprintf(errOut, "Warning: Service %s does not reach the sidecar yet; the intercept takes its traffic once it does.\n", plan.Service.Name)
 }
 
 // parsePortFlag reads --port LOCAL[:PORT].

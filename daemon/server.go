@@ -236,6 +236,15 @@ func (d *Daemon) Intercept(ctx context.Context, req *daemonpb.InterceptRequest) 
 		return nil, status.Errorf(codes.InvalidArgument, "local port %d is not a port number", req.GetLocalPort())
 	}
 	ic, err := s.icpt.add(ctx, ctl, req.GetSpec(), req.GetLocalPort())
+	if status.Code(err) == codes.Unauthenticated {
+		s.mu.Lock()
+		perr := s.proofErr
+		s.mu.Unlock()
+		if perr != nil {
+			return nil, status.Errorf(codes.PermissionDenied,
+				"the manager cannot tell which Kubernetes user you are, because %v; an admin can allow it with `tunnel install --allow-user <you>`", perr)
+		}
+	}
 	if err != nil {
 		return nil, err // the manager's status, its sentence kept
 	}

@@ -50,15 +50,16 @@ type session struct {
 	flows      atomic.Uint64
 	reconnects atomic.Uint64
 
-	mu      sync.Mutex // guards following
-	cur     *yamux.Session
-	ctl     managerpb.ManagerClient
-	grpc    *grpc.ClientConn
-	pf      *pfConn
-	state   string
-	mgrVer  string
-	user    string        // as the manager knows us
-	changed chan struct{} // closed and replaced when cur changes
+	mu       sync.Mutex // guards following
+	cur      *yamux.Session
+	ctl      managerpb.ManagerClient
+	grpc     *grpc.ClientConn
+	pf       *pfConn
+	state    string
+	mgrVer   string
+	user     string        // as the manager knows us
+	proofErr error         // why we could not prove who we are to the manager, if we could not
+	changed  chan struct{} // closed and replaced when cur changes
 }
 
 func newSession(logger *slog.Logger, rc *rest.Config, cs kubernetes.Interface, ns string, onCluster func(*managerpb.ClusterInfo)) *session {
@@ -114,7 +115,16 @@ func (s *session) connect(ctx context.Context) (*managerpb.ClusterInfo, error) {
 	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	host, _ := os.Hostname()
-	hello, err := ctl.Hello(hctx, &managerpb.HelloRequest{ClientVersion: version.Get().Version, User: userName(), Host: host})
+	// Without a proof the session still connects; only intercepts, which
+	// belong to a user, need one. The manager says why it has none.
+	proof, perr := proveIdentity(hctx, s.cs)
+	if perr != nil {
+		s.log.Warn("no proof of identity for the manager", "err", perr)
+	}
+	s.mu.Lock()
+	s.proofErr = perr
+	s.mu.Unlock()
+	hello, err := ctl.Hello(hctx, &managerpb.HelloRequest{ClientVersion: version.Get().Version, User: userName(), Host: host, IdentityProof: proof})
 	if err != nil {
 		return fail("say hello", err)
 	}
@@ -133,7 +143,8 @@ func (s *session) connect(ctx context.Context) (*managerpb.ClusterInfo, error) {
 	close(s.changed)
 	s.changed = make(chan struct{})
 	s.mu.Unlock()
-	s.log.Info("session up", "pod", pod, "manager", hello.ManagerVersion, "session", hello.SessionId)
+	s.log.Info("session up", "pod", pod, "manager", hello.ManagerVersion, "session", hello.SessionId,
+		"user", hello.GetUser(), "unverified_because", hello.GetIdentityError())
 
 	go func() { // the rest of the watch: changes of the cluster
 		for {

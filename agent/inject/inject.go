@@ -45,6 +45,7 @@ var (
 	ErrNoWorkload = errors.New("no such workload")
 	ErrNoService  = errors.New("no service")
 	ErrNoPort     = errors.New("no such port")
+	ErrWhichPort  = errors.New("several ports")
 )
 
 // Target is what a user names: a Deployment, and optionally which Service
@@ -105,11 +106,11 @@ func Resolve(ctx context.Context, cs kubernetes.Interface, t Target) (*Plan, err
 	case len(svcs) == 0:
 		return nil, fmt.Errorf("%w selects the pods of %s in namespace %s, so nothing sends it traffic to intercept", ErrNoService, t.Workload, t.Namespace)
 	case len(cands) == 0 && t.Port != "":
-		return nil, fmt.Errorf("%w: no TCP port %q on %s; it has %s", ErrNoPort, t.Port, names(svcs), portList(svcs))
+		return nil, fmt.Errorf("%w: there is no TCP port %q on %s, which has %s", ErrNoPort, t.Port, names(svcs), portList(svcs))
 	case len(cands) == 0:
-		return nil, fmt.Errorf("%w: %s has no TCP port", ErrNoPort, names(svcs))
+		return nil, fmt.Errorf("%w: %s has no TCP port to intercept", ErrNoPort, names(svcs))
 	case len(cands) > 1:
-		return nil, fmt.Errorf("%w named: %s has several ports (%s); say which with --port LOCAL:PORT (and --service)", ErrNoPort, names(svcs), portList(svcs))
+		return nil, fmt.Errorf("%w: %s has several ports (%s); say which with --port LOCAL:PORT (and --service)", ErrWhichPort, names(svcs), portList(svcs))
 	}
 	return &cands[0], nil
 }

@@ -88,6 +88,7 @@ func serveCluster(ctx context.Context, logger *slog.Logger, client kubernetes.In
 	if err != nil {
 		return err
 	}
+	m.identify = csrIdentifier(client)
 
 	hs := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	metricsDone := make(chan error, 1)

@@ -27,12 +27,23 @@ func (c *control) Hello(ctx context.Context, req *managerpb.HelloRequest) (*mana
 	if s == nil { // a control stream always comes with its session
 		return nil, status.Error(codes.Internal, "control call without a session")
 	}
+	user, why := "", "the laptop sent no proof of who it is"
+	if proof := req.GetIdentityProof(); proof != "" && c.m.identify != nil {
+		ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		u, err := c.m.identify(ictx, proof)
+		cancel()
+		if err != nil {
+			why = err.Error()
+		} else {
+			user, why = u, ""
+		}
+	}
 	s.mu.Lock()
-	s.user, s.host = req.GetUser(), req.GetHost()
+	s.user, s.host, s.why = user, req.GetHost(), why
 	s.mu.Unlock()
-	s.log.Info("hello", "session_id", s.id, "user", req.GetUser(), "host", req.GetHost(),
-		"client_version", req.GetClientVersion())
-	return &managerpb.HelloResponse{ManagerVersion: version.Get().Version, SessionId: s.id, User: req.GetUser()}, nil
+	s.log.Info("hello", "session_id", s.id, "user", user, "claimed_user", req.GetUser(), "host", req.GetHost(),
+		"client_version", req.GetClientVersion(), "unverified_because", why)
+	return &managerpb.HelloResponse{ManagerVersion: version.Get().Version, SessionId: s.id, User: user, IdentityError: why}, nil
 }
 
 // sessionOf finds the session a control call came on.
@@ -163,6 +174,8 @@ func grpcError(err error) error {
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, errInterceptNotYours):
 		return status.Error(codes.PermissionDenied, err.Error())
+	case errors.Is(err, errInterceptNotVerified):
+		return status.Error(codes.Unauthenticated, err.Error())
 	case errors.Is(err, errInterceptInvalid):
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):

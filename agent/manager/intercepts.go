@@ -16,10 +16,11 @@ import (
 
 // Errors the intercept table returns; grpcError maps them to codes.
 var (
-	errInterceptConflict = errors.New("intercept conflict")
-	errInterceptNotFound = errors.New("no such intercept")
-	errInterceptNotYours = errors.New("intercept belongs to another user")
-	errInterceptInvalid  = errors.New("invalid intercept")
+	errInterceptConflict    = errors.New("intercept conflict")
+	errInterceptNotFound    = errors.New("no such intercept")
+	errInterceptNotYours    = errors.New("intercept belongs to another user")
+	errInterceptInvalid     = errors.New("invalid intercept")
+	errInterceptNotVerified = errors.New("unverified user")
 )
 
 // interceptTable holds every session's intercepts. A sidecar watches the
@@ -72,7 +73,13 @@ func (t *interceptTable) add(owner *session, spec *managerpb.InterceptSpec) (*ma
 	}
 	user, host := owner.who()
 	if user == "" {
-		return nil, fmt.Errorf("%w: the session has not said hello", errInterceptInvalid)
+		owner.mu.Lock()
+		why := owner.why
+		owner.mu.Unlock()
+		if why == "" {
+			why = "the session has not said hello"
+		}
+		return nil, fmt.Errorf("%w: the manager could not verify which Kubernetes user you are (%s), and intercepts belong to a user", errInterceptNotVerified, why)
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()

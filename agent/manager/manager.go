@@ -70,6 +70,8 @@ type Manager struct {
 	// dials by default.
 	dialTCP func(ctx context.Context, dst netip.AddrPort) (net.Conn, error)
 	dialUDP func(ctx context.Context, dst netip.AddrPort) (net.Conn, error)
+	// identify verifies a session's proof of identity; nil verifies none.
+	identify identifier
 }
 
 // New returns a Manager that routes and resolves what cluster tells and

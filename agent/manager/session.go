@@ -89,8 +89,9 @@ type session struct {
 	badLog  rate.Sometimes // bad headers are logged a few times, then counted only
 
 	mu   sync.Mutex // guards following
-	user string     // set by Hello
+	user string     // set by Hello, verified by the API server; "" when not
 	host string
+	why  string // why user is empty
 }
 
 func (s *session) who() (user, host string) {

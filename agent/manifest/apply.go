@@ -8,6 +8,7 @@ import (
 	"time"
 
 	authzv1 "k8s.io/api/authorization/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -123,6 +124,11 @@ func Install(ctx context.Context, cs kubernetes.Interface, opt Options) (err err
 			func() error { _, err := core.Services(Namespace).Create(ctx, o.Service, c); return err },
 			func() error { return nil },
 			func(ctx context.Context) error { return core.Services(Namespace).Delete(ctx, Manager, del) }},
+		{"client cluster role",
+			func() error { _, err := rbac.ClusterRoles().Get(ctx, ClientRole, g); return err },
+			func() error { _, err := rbac.ClusterRoles().Create(ctx, o.ClientClusterRole, c); return err },
+			func() error { _, err := rbac.ClusterRoles().Update(ctx, o.ClientClusterRole, u); return err },
+			func(ctx context.Context) error { return rbac.ClusterRoles().Delete(ctx, ClientRole, del) }},
 		{"client role",
 			func() error { _, err := rbac.Roles(Namespace).Get(ctx, ClientRole, g); return err },
 			func() error { _, err := rbac.Roles(Namespace).Create(ctx, o.ClientRole, c); return err },
@@ -130,6 +136,18 @@ func Install(ctx context.Context, cs kubernetes.Interface, opt Options) (err err
 			func(ctx context.Context) error { return rbac.Roles(Namespace).Delete(ctx, ClientRole, del) }},
 	} {
 		if err := step(s.what, s.get, s.create, s.update, s.remove); err != nil {
+			return err
+		}
+	}
+	if o.ClientClusterRoleBinding != nil {
+		if err := step("client cluster role binding",
+			func() error { _, err := rbac.ClusterRoleBindings().Get(ctx, ClientRole, g); return err },
+			func() error {
+				_, err := rbac.ClusterRoleBindings().Create(ctx, o.ClientClusterRoleBinding, c)
+				return err
+			},
+			func() error { return mergeClusterSubjects(ctx, cs, o) },
+			func(ctx context.Context) error { return rbac.ClusterRoleBindings().Delete(ctx, ClientRole, del) }); err != nil {
 			return err
 		}
 	}
@@ -150,17 +168,33 @@ func mergeSubjects(ctx context.Context, cs kubernetes.Interface, o Objects) erro
 	if err != nil {
 		return err
 	}
-	have := map[string]bool{}
-	for _, s := range rb.Subjects {
-		have[s.Kind+"/"+s.Name] = true
-	}
-	for _, s := range o.ClientRoleBinding.Subjects {
-		if !have[s.Kind+"/"+s.Name] {
-			rb.Subjects = append(rb.Subjects, s)
-		}
-	}
+	rb.Subjects = union(rb.Subjects, o.ClientRoleBinding.Subjects)
 	_, err = cs.RbacV1().RoleBindings(Namespace).Update(ctx, rb, metav1.UpdateOptions{})
 	return err
+}
+
+// mergeClusterSubjects is mergeSubjects for the cluster-wide binding.
+func mergeClusterSubjects(ctx context.Context, cs kubernetes.Interface, o Objects) error {
+	crb, err := cs.RbacV1().ClusterRoleBindings().Get(ctx, ClientRole, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	crb.Subjects = union(crb.Subjects, o.ClientClusterRoleBinding.Subjects)
+	_, err = cs.RbacV1().ClusterRoleBindings().Update(ctx, crb, metav1.UpdateOptions{})
+	return err
+}
+
+func union(have, add []rbacv1.Subject) []rbacv1.Subject {
+	seen := map[string]bool{}
+	for _, s := range have {
+		seen[s.Kind+"/"+s.Name] = true
+	}
+	for _, s := range add {
+		if !seen[s.Kind+"/"+s.Name] {
+			have = append(have, s)
+		}
+	}
+	return have
 }
 
 // WaitReady waits until the manager's Deployment has a ready pod of its
@@ -238,6 +272,8 @@ func Uninstall(ctx context.Context, cs kubernetes.Interface) error {
 	}
 	ignore(cs.RbacV1().ClusterRoleBindings().Delete(ctx, Manager, metav1.DeleteOptions{}))
 	ignore(cs.RbacV1().ClusterRoles().Delete(ctx, Manager, metav1.DeleteOptions{}))
+	ignore(cs.RbacV1().ClusterRoleBindings().Delete(ctx, ClientRole, metav1.DeleteOptions{}))
+	ignore(cs.RbacV1().ClusterRoles().Delete(ctx, ClientRole, metav1.DeleteOptions{}))
 	ignore(cs.CoreV1().Namespaces().Delete(ctx, Namespace, metav1.DeleteOptions{}))
 	if err := errors.Join(errs...); err != nil {
 		return err

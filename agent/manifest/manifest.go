@@ -55,6 +55,10 @@ type Objects struct {
 	Service            *corev1.Service
 	ClientRole         *rbacv1.Role
 	ClientRoleBinding  *rbacv1.RoleBinding // nil when nobody is allowed
+	// A connecting user proves who they are to the manager with a
+	// CertificateSigningRequest, whose requester the API server records.
+	ClientClusterRole        *rbacv1.ClusterRole
+	ClientClusterRoleBinding *rbacv1.ClusterRoleBinding // nil when nobody is allowed
 }
 
 // Build returns the objects for opt.
@@ -79,6 +83,8 @@ func Build(opt Options) Objects {
 			Rules: []rbacv1.PolicyRule{
 				{APIGroups: []string{""}, Resources: []string{"nodes", "namespaces", "pods"}, Verbs: []string{"get", "list", "watch"}},
 				{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"servicecidrs"}, Verbs: []string{"get", "list", "watch"}},
+				// Reads a session's proof of identity, then deletes it.
+				{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"certificatesigningrequests"}, Verbs: []string{"get", "delete"}},
 			},
 		},
 		ClusterRoleBinding: &rbacv1.ClusterRoleBinding{
@@ -151,7 +157,18 @@ func Build(opt Options) Objects {
 	for _, g := range opt.AllowGroups {
 		subjects = append(subjects, rbacv1.Subject{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: g})
 	}
+	o.ClientClusterRole = &rbacv1.ClusterRole{
+		ObjectMeta: meta(ClientRole, ""),
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"certificatesigningrequests"}, Verbs: []string{"create"}},
+		},
+	}
 	if len(subjects) > 0 {
+		o.ClientClusterRoleBinding = &rbacv1.ClusterRoleBinding{
+			ObjectMeta: meta(ClientRole, ""),
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: ClientRole},
+			Subjects:   subjects,
+		}
 		o.ClientRoleBinding = &rbacv1.RoleBinding{
 			ObjectMeta: meta(ClientRole, Namespace),
 			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: ClientRole},

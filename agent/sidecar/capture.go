@@ -24,6 +24,7 @@ type capture struct {
 	log     *slog.Logger
 	app     netip.AddrPort // the app container's port, on the pod's address
 	port    uint32         // the app's port number, which intercepts name
+	pod     string
 	link    *link
 	metrics *metrics
 	sniff   time.Duration // how long to wait for a client's first bytes

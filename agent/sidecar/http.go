@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 )
 
@@ -101,6 +102,11 @@ func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { retur
 
 // ServeHTTP picks the request's route, starts its mirrors and proxies it.
 func (h *httpMode) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get(rpc.ProbeHeader) != "" {
+		w.Header().Set(rpc.SidecarHeader, h.c.pod)
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
 	var target *managerpb.Intercept
 	var mirrors []*managerpb.Intercept
 	for _, ic := range h.c.link.intercepts(h.c.port) {

@@ -33,7 +33,8 @@ type link struct {
 	pod      string
 	dial     func(ctx context.Context, addr string) (net.Conn, error)
 
-	table atomic.Pointer[table]
+	table  atomic.Pointer[table]
+	synced atomic.Bool // the manager has sent the intercepts once
 
 	mu  sync.Mutex // guards following
 	mux *yamux.Session
@@ -132,6 +133,7 @@ func (l *link) session(ctx context.Context) error {
 			return fmt.Errorf("watch intercepts: %w", err)
 		}
 		l.table.Store(newTable(set.GetIntercepts()))
+		l.synced.Store(true)
 		l.log.Info("intercepts changed", "intercepts", describe(set.GetIntercepts()))
 	}
 }

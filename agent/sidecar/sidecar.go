@@ -54,6 +54,10 @@ type Config struct {
 	Sniff       time.Duration // wait for a client's first bytes before treating it as not HTTP
 }
 
+// readyGrace is how long a sidecar waits for the manager before it says
+// it is ready anyway.
+const readyGrace = 5 * time.Second
+
 // Run serves the captures and metrics until ctx ends.
 func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 	if cfg.Manager == "" || cfg.Namespace == "" || cfg.Workload == "" || !cfg.PodIP.IsValid() || len(cfg.Captures) == 0 {
@@ -97,7 +101,17 @@ func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	// Ready once the intercepts are known, so a new pod never serves a
+	// request an intercept should have taken; but not held back by a
+	// manager that is away, since the app must keep serving.
+	start := time.Now()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if !l.synced.Load() && time.Since(start) < readyGrace {
+			http.Error(w, "waiting for the manager", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	wg.Go(func() { _ = hs.Serve(mln) })
 	context.AfterFunc(ctx, func() { hs.Close() })
@@ -106,7 +120,7 @@ func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 	for i, c := range cfg.Captures {
 		cp := &capture{
 			log: log.With("subsystem", "capture", "port", c.App), link: l, metrics: m, sniff: cfg.Sniff,
-			app: netip.AddrPortFrom(cfg.PodIP, c.App), port: uint32(c.App),
+			app: netip.AddrPortFrom(cfg.PodIP, c.App), port: uint32(c.App), pod: cfg.Pod,
 		}
 		cp.http = newHTTPMode(cp.log, cp, m)
 		wg.Go(func() { errs <- cp.serve(ctx, lns[i]) })

@@ -81,6 +81,11 @@ type HelloRequest struct {
 	ClientVersion string                 `protobuf:"bytes,1,opt,name=client_version,json=clientVersion,proto3" json:"client_version,omitempty"`
 	User          string                 `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"` // the laptop user's name, for the manager's logs
 	Host          string                 `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"` // the laptop's host name
+	// The name of a CertificateSigningRequest the laptop created with its
+	// user's credentials (signer rpc.IdentitySigner, common name = its
+	// name): the manager takes the session's user from the requester the
+	// API server recorded in it, then deletes it.
+	IdentityProof string `protobuf:"bytes,4,opt,name=identity_proof,json=identityProof,proto3" json:"identity_proof,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -136,11 +141,19 @@ func (x *HelloRequest) GetHost() string {
 	return ""
 }
 
+func (x *HelloRequest) GetIdentityProof() string {
+	if x != nil {
+		return x.IdentityProof
+	}
+	return ""
+}
+
 type HelloResponse struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	ManagerVersion string                 `protobuf:"bytes,1,opt,name=manager_version,json=managerVersion,proto3" json:"manager_version,omitempty"`
 	SessionId      string                 `protobuf:"bytes,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
-	User           string                 `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"` // the Kubernetes user the manager knows the session by
+	User           string                 `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`                                        // the Kubernetes user the manager knows the session by
+	IdentityError  string                 `protobuf:"bytes,4,opt,name=identity_error,json=identityError,proto3" json:"identity_error,omitempty"` // why user is empty: the proof did not hold
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -192,6 +205,13 @@ func (x *HelloResponse) GetSessionId() string {
 func (x *HelloResponse) GetUser() string {
 	if x != nil {
 		return x.User
+	}
+	return ""
+}
+
+func (x *HelloResponse) GetIdentityError() string {
+	if x != nil {
+		return x.IdentityError
 	}
 	return ""
 }
@@ -874,16 +894,18 @@ var File_manager_manager_proto protoreflect.FileDescriptor
 
 const file_manager_manager_proto_rawDesc = "" +
 	"\n" +
-	"\x15manager/manager.proto\x12\x11tunnel.manager.v1\"]\n" +
+	"\x15manager/manager.proto\x12\x11tunnel.manager.v1\"\x84\x01\n" +
 	"\fHelloRequest\x12%\n" +
 	"\x0eclient_version\x18\x01 \x01(\tR\rclientVersion\x12\x12\n" +
 	"\x04user\x18\x02 \x01(\tR\x04user\x12\x12\n" +
-	"\x04host\x18\x03 \x01(\tR\x04host\"k\n" +
+	"\x04host\x18\x03 \x01(\tR\x04host\x12%\n" +
+	"\x0eidentity_proof\x18\x04 \x01(\tR\ridentityProof\"\x92\x01\n" +
 	"\rHelloResponse\x12'\n" +
 	"\x0fmanager_version\x18\x01 \x01(\tR\x0emanagerVersion\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x02 \x01(\tR\tsessionId\x12\x12\n" +
-	"\x04user\x18\x03 \x01(\tR\x04user\"\x15\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\x12%\n" +
+	"\x0eidentity_error\x18\x04 \x01(\tR\ridentityError\"\x15\n" +
 	"\x13WatchClusterRequest\"\xbf\x01\n" +
 	"\vClusterInfo\x12%\n" +
 	"\x0ecluster_domain\x18\x01 \x01(\tR\rclusterDomain\x12'\n" +
