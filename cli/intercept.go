@@ -136,15 +136,17 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 		return err
 	}
 
+	// Permissions first: a user who may not change the workload hears
+	// which permission is missing, not that it cannot be read.
+	if err := inject.CheckAccess(ctx, cs, ns); err != nil {
+		return err
+	}
 	plan, err := inject.Resolve(ctx, cs, inject.Target{Namespace: ns, Workload: workload, Service: f.service, Port: remote})
 	if err != nil {
 		return err
 	}
 	if local == 0 {
 		local = uint32(plan.AppPort)
-	}
-	if err := inject.CheckAccess(ctx, cs, ns); err != nil {
-		return err
 	}
 	image, err := sidecarImage(ctx, cs)
 	if err != nil {

@@ -34,7 +34,9 @@ type Progress func(string)
 func CheckAccess(ctx context.Context, cs kubernetes.Interface, ns string) error {
 	var denied []string
 	for _, r := range []authzv1.ResourceAttributes{
+		{Namespace: ns, Verb: "get", Group: "apps", Resource: "deployments"},
 		{Namespace: ns, Verb: "patch", Group: "apps", Resource: "deployments"},
+		{Namespace: ns, Verb: "list", Resource: "services"},
 		{Namespace: ns, Verb: "update", Resource: "services"},
 	} {
 		rev, err := cs.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx,
@@ -51,8 +53,8 @@ func CheckAccess(ctx context.Context, cs kubernetes.Interface, ns string) error 
 		}
 	}
 	if len(denied) > 0 {
-		return fmt.Errorf("%w: you may not %s in namespace %s, which adding the intercept sidecar needs",
-			ErrForbidden, strings.Join(denied, " or "), ns)
+		return fmt.Errorf("%w: you may not %s in namespace %s, which intercepting there needs (the sidecar is added with your own permissions)",
+			ErrForbidden, strings.Join(denied, ", "), ns)
 	}
 	return nil
 }

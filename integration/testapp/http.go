@@ -141,9 +141,14 @@ func (h *httpHandler) bytes(w http.ResponseWriter, r *http.Request) {
 
 // serveHTTP serves h on ln until ctx is done, then shuts down gracefully.
 func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler) error {
+	// HTTP/1.1 and h2c (prior knowledge), as gRPC-style clients speak it.
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
+		Protocols:         &protocols,
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
