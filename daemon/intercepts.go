@@ -28,6 +28,8 @@ type intercepts struct {
 	// dial reaches a local port; tests replace it.
 	dial func(ctx context.Context, port uint32) (net.Conn, error)
 
+	buffers sync.Pool // *[]byte copy buffers toward local processes
+
 	mu   sync.Mutex // guards following
 	next uint64
 	byID map[uint64]*localIntercept
@@ -168,12 +170,18 @@ func (x *intercepts) serve(ctx context.Context, st *yamux.Stream, h rpc.Header) 
 	if _, err := st.Write([]byte{byte(rpc.StatusOK)}); err != nil {
 		return
 	}
-	relayLocal(ctx, st, c)
+	buf, _ := x.buffers.Get().(*[]byte)
+	if buf == nil {
+		b := make([]byte, 256<<10)
+		buf = &b
+	}
+	defer x.buffers.Put(buf)
+	relayLocal(ctx, st, c, *buf)
 }
 
 // relayLocal copies st ⇄ c until both directions end; each EOF is passed
 // on as a half-close, an error aborts both.
-func relayLocal(ctx context.Context, st *yamux.Stream, c net.Conn) {
+func relayLocal(ctx context.Context, st *yamux.Stream, c net.Conn, buf []byte) {
 	var once sync.Once
 	abort := func() {
 		once.Do(func() {
@@ -186,7 +194,7 @@ func relayLocal(ctx context.Context, st *yamux.Stream, c net.Conn) {
 	defer stop()
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		if _, err := io.Copy(c, st); err != nil {
+		if _, err := io.CopyBuffer(c, st, buf); err != nil {
 			abort()
 			return
 		}

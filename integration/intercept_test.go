@@ -241,8 +241,10 @@ func TestGlobalInterceptLeaveAndUninstall(t *testing.T) {
 			t.Errorf("pod %s still has %d containers after uninstall", p.Name, len(p.Spec.Containers))
 		}
 	}
-	if got := fromNode(t, "http://"+ip+"/after-uninstall"); !strings.Contains(got, "pod=echo-") {
-		t.Errorf("after uninstall: %s", got)
+	for i := range 10 {
+		if got := fromNode(t, fmt.Sprintf("http://%s/after-uninstall-%d", ip, i)); !strings.Contains(got, "pod=echo-") {
+			t.Errorf("after uninstall: %s", got)
+		}
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -237,11 +238,12 @@ func retarget(ctx context.Context, cs kubernetes.Interface, p *Plan, listen int3
 
 // restoreServices gives every Service tunnel retargeted for workload its
 // old targetPorts back and drops tunnel's annotations.
-func restoreServices(ctx context.Context, cs kubernetes.Interface, ns, workload string) error {
+func restoreServices(ctx context.Context, cs kubernetes.Interface, ns, workload string) ([]string, error) {
 	list, err := cs.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return fmt.Errorf("list services in namespace %s: %w", ns, err)
+		return nil, fmt.Errorf("list services in namespace %s: %w", ns, err)
 	}
+	var restored []string
 	for _, s := range list.Items {
 		if s.Annotations[WorkloadAnnot] != workload {
 			continue
@@ -266,18 +268,73 @@ func restoreServices(ctx context.Context, cs kubernetes.Interface, ns, workload 
 			return err
 		})
 		if err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("restore service %s/%s: %w", ns, s.Name, err)
+			return nil, fmt.Errorf("restore service %s/%s: %w", ns, s.Name, err)
+		}
+		restored = append(restored, s.Name)
+	}
+	return restored, nil
+}
+
+// kubeProxySync is how long after an EndpointSlice changes kube-proxy may
+// take to apply it (its iptables mode syncs at most once a second).
+const kubeProxySync = 2 * time.Second
+
+// awaitEndpoints waits until the EndpointSlices of services name no
+// sidecar port, then gives kube-proxy time to apply them: only then may
+// the sidecars go, or connections would still be sent to their ports.
+func awaitEndpoints(ctx context.Context, cs kubernetes.Interface, ns string, services []string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for _, svc := range services {
+		for {
+			slices, err := cs.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=" + svc})
+			if err != nil {
+				return fmt.Errorf("read the endpoints of service %s/%s: %w", ns, svc, err)
+			}
+			if !sidecarPorts(slices.Items) {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%w: service %s/%s still sends traffic to the sidecar after %s", ErrRollout, ns, svc, timeout)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
 		}
 	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(kubeProxySync):
+	}
 	return nil
+}
+
+func sidecarPorts(slices []discoveryv1.EndpointSlice) bool {
+	for _, s := range slices {
+		for _, p := range s.Ports {
+			if p.Port != nil && (*p.Port == MetricsPort || *p.Port >= FirstCapture && *p.Port < FirstCapture+1000) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Remove takes the sidecar out of a workload: first the Services go back
 // to the app's ports, then the sidecar leaves the pod template (one
 // rollout, waited for).
 func Remove(ctx context.Context, cs kubernetes.Interface, ns, workload string, timeout time.Duration, progress Progress) error {
-	if err := restoreServices(ctx, cs, ns, workload); err != nil {
+	restored, err := restoreServices(ctx, cs, ns, workload)
+	if err != nil {
 		return err
+	}
+	if len(restored) > 0 {
+		progress("Waiting for the Services to send their traffic to the app again")
+		if err := awaitEndpoints(ctx, cs, ns, restored, timeout); err != nil {
+			return err
+		}
 	}
 	d, err := cs.AppsV1().Deployments(ns).Get(ctx, workload, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {

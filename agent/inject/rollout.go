@@ -43,7 +43,14 @@ func WaitRollout(ctx context.Context, cs kubernetes.Interface, ns, name string, 
 		}
 		st := d.Status
 		if d.Generation <= st.ObservedGeneration && st.UpdatedReplicas == want && st.Replicas == want && st.AvailableReplicas == want {
-			return nil
+			if settled(ctx, cs, d, want) {
+				// kube-proxy applies endpoint changes up to a second later.
+				select {
+				case <-ctx.Done():
+				case <-time.After(kubeProxySync):
+				}
+				return nil
+			}
 		}
 		msg := fmt.Sprintf("Waiting for deployment %s/%s: %d of %d updated pods ready", ns, name, min(st.UpdatedReplicas, st.AvailableReplicas), want)
 		if d.Generation > st.ObservedGeneration {
@@ -66,6 +73,37 @@ func WaitRollout(ctx context.Context, cs kubernetes.Interface, ns, name string, 
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// settled says whether every Service in front of d lists exactly the
+// ready pods of its rollout and no terminating ones: until then a request
+// may still be sent to a pod that is going away.
+func settled(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployment, want int32) bool {
+	svcs, err := servicesFor(ctx, cs, d)
+	if err != nil {
+		return true // nothing to wait for that we may see
+	}
+	for _, svc := range svcs {
+		slices, err := cs.DiscoveryV1().EndpointSlices(d.Namespace).List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=" + svc.Name})
+		if err != nil {
+			return true
+		}
+		ready := int32(0)
+		for _, sl := range slices.Items {
+			for _, ep := range sl.Endpoints {
+				if ep.Conditions.Terminating != nil && *ep.Conditions.Terminating {
+					return false
+				}
+				if ep.Conditions.Ready == nil || *ep.Conditions.Ready {
+					ready++
+				}
+			}
+		}
+		if ready < want {
+			return false
+		}
+	}
+	return true
 }
 
 // podTrouble describes why a pod of d's current template is not ready,

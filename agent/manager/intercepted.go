@@ -40,15 +40,28 @@ func (m *Manager) serveIntercepted(ctx context.Context, log *slog.Logger, st net
 		_ = writeStatus(st, rpc.StatusUnreachable)
 		return
 	}
-	pipe(ctx, st, up,
+	bufA, bufB := m.buffer(), m.buffer()
+	defer m.buffers.Put(bufA)
+	defer m.buffers.Put(bufB)
+	pipe(ctx, st, up, *bufA, *bufB,
 		m.metrics.bytes.WithLabelValues("intercept", toLaptop),
 		m.metrics.bytes.WithLabelValues("intercept", toCluster))
+}
+
+// buffer is a frameBody-sized copy buffer, reused across connections: a
+// fresh 256 KiB per connection costs more than a short request itself.
+func (m *Manager) buffer() *[]byte {
+	if b, ok := m.buffers.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, frameBody)
+	return &b
 }
 
 // pipe relays two yamux streams until both directions end. A yamux Close
 // only ends its writes, so each direction's EOF is passed on as a Close of
 // the other stream; an error on either aborts both.
-func pipe(ctx context.Context, a net.Conn, b *yamux.Stream, toB, toA prometheus.Counter) {
+func pipe(ctx context.Context, a net.Conn, b *yamux.Stream, bufAB, bufBA []byte, toB, toA prometheus.Counter) {
 	var once sync.Once
 	abort := func() {
 		once.Do(func() {
@@ -61,14 +74,16 @@ func pipe(ctx context.Context, a net.Conn, b *yamux.Stream, toB, toA prometheus.
 	stop := context.AfterFunc(ctx, abort)
 	defer stop()
 	var wg sync.WaitGroup
+	// Large reads both ways, as in relay: toward the laptop every frame
+	// costs CPU at each hop of the port-forward.
 	wg.Go(func() {
-		if _, err := io.Copy(countingWriter{b, toB}, onlyReader{a}); err != nil {
+		if _, err := io.CopyBuffer(countingWriter{b, toB}, onlyReader{a}, bufAB); err != nil {
 			abort()
 			return
 		}
 		b.Close()
 	})
-	if _, err := io.Copy(countingWriter{a, toA}, onlyReader{b}); err != nil {
+	if _, err := io.CopyBuffer(countingWriter{a, toA}, onlyReader{b}, bufBA); err != nil {
 		abort()
 	} else {
 		a.Close()

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -65,6 +66,7 @@ type Manager struct {
 	dns        forwarder
 	metrics    *metrics
 	intercepts *interceptTable
+	buffers    sync.Pool // *[]byte of frameBody, for intercepted connections
 
 	// Seams for tests (the fuzz test must not reach the network); real
 	// dials by default.

@@ -7,11 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"strings"
 	"sync"
 	"time"
 
-	managerpb "tunnel.dev/tunnel/rpc/manager"
 )
 
 // capture serves one captured port: the Service sends the connections meant
@@ -29,6 +27,10 @@ type capture struct {
 	metrics *metrics
 	sniff   time.Duration // how long to wait for a client's first bytes
 	http    *httpMode
+	buffers *bufferPool
+
+	mu   sync.Mutex                       // guards following
+	live map[uint64]map[*[]io.Closer]bool // connections relayed whole to a laptop, by intercept
 }
 
 // serve accepts on ln until ctx ends.
@@ -49,11 +51,19 @@ func (c *capture) serve(ctx context.Context, ln net.Listener) error {
 	}
 }
 
-// handle sniffs the connection's first bytes and picks its mode.
+// handle picks the connection's mode by its first bytes: HTTP is served
+// request by request (under a global intercept too, since requests then
+// share pooled connections to the laptop: one round trip over the
+// port-forward each, where a new stream per connection costs more), the
+// rest is relayed whole. A client that says nothing within the sniff time
+// (a protocol whose server speaks first) is relayed whole.
 func (c *capture) handle(ctx context.Context, conn net.Conn, hl *connListener) {
 	br := bufio.NewReaderSize(conn, 4096)
 	_ = conn.SetReadDeadline(time.Now().Add(c.sniff))
-	head, _ := br.Peek(len(h2Preface))
+	if _, err := br.Peek(1); err == nil && br.Buffered() < 8 {
+		_, _ = br.Peek(8) // enough for any request line's method
+	}
+	head, _ := br.Peek(br.Buffered())
 	_ = conn.SetReadDeadline(time.Time{})
 	pc := &peekedConn{Conn: conn, r: br}
 	if looksLikeHTTP(head) {
@@ -63,44 +73,9 @@ func (c *capture) handle(ctx context.Context, conn net.Conn, hl *connListener) {
 	c.raw(ctx, pc)
 }
 
-// raw relays a whole connection: to the laptop when a global intercept
-// holds the port and its laptop answers, else to the app.
-func (c *capture) raw(ctx context.Context, conn net.Conn) {
-	defer conn.Close()
-	client, _ := netip.ParseAddrPort(conn.RemoteAddr().String())
-	for _, ic := range c.link.intercepts(c.port) {
-		if ic.GetSpec().GetMode() != managerpb.InterceptMode_GLOBAL {
-			continue
-		}
-		name := ic.GetSpec().GetName()
-		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		up, err := c.link.open(dctx, ic, client)
-		cancel()
-		if err == nil {
-			c.metrics.requests.WithLabelValues(name, "laptop").Inc()
-			relay(conn, up, c.metrics.bytes.WithLabelValues(name, "to_laptop"), c.metrics.bytes.WithLabelValues(name, "from_laptop"))
-			return
-		}
-		if ic.GetSpec().GetNoFallback() {
-			c.log.Debug("laptop cannot answer; no fallback", "intercept", name, "err", err)
-			c.metrics.requests.WithLabelValues(name, "failed").Inc()
-			return
-		}
-		c.log.Debug("laptop cannot answer; falling back to the app", "intercept", name, "err", err)
-		c.metrics.fallbacks.WithLabelValues(name).Inc()
-		break
-	}
-	app, err := (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", c.app.String())
-	if err != nil {
-		c.log.Debug("dial the app", "err", err)
-		return
-	}
-	relay(conn, app, nil, nil)
-}
-
 // looksLikeHTTP: an HTTP/1.x request line's method, or the HTTP/2 preface.
 func looksLikeHTTP(b []byte) bool {
-	if len(b) >= 3 && strings.HasPrefix(h2Preface, string(b)) {
+	if n := min(len(b), len(h2Preface)); n >= 3 && string(b[:n]) == h2Preface[:n] {
 		return true
 	}
 	for _, m := range []string{"GET ", "POST ", "PUT ", "HEAD ", "DELETE ", "PATCH ", "OPTIONS ", "CONNECT ", "TRACE "} {

@@ -60,6 +60,7 @@ func newHTTPMode(log *slog.Logger, c *capture, m *metrics) *httpMode {
 		},
 		Transport:     roundTripper(h.roundTrip),
 		FlushInterval: -1, // streaming responses pass at once
+		BufferPool:    c.buffers,
 		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		ErrorHandler:  h.proxyError,
 	}
@@ -89,6 +90,8 @@ func transports(dial func(ctx context.Context, network, addr string) (net.Conn, 
 			DialContext:         dial,
 			Protocols:           &p,
 			MaxIdleConnsPerHost: 256,
+			WriteBufferSize:     ioBuffer,
+			ReadBufferSize:      ioBuffer,
 			IdleConnTimeout:     90 * time.Second,
 			DisableCompression:  true,
 		}
@@ -288,3 +291,19 @@ func (c countingConn) Write(p []byte) (int, error) {
 	c.out.Add(float64(n))
 	return n, err
 }
+
+// bufferPool gives the proxy 256 KiB copy buffers, so bytes to and from a
+// laptop cross the port-forward in fewer, fuller frames.
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, ioBuffer)
+}
+
+func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
+
+// ioBuffer is the size of the sidecar's copy and socket buffers.
+const ioBuffer = 256 << 10

@@ -35,6 +35,8 @@ type link struct {
 
 	table  atomic.Pointer[table]
 	synced atomic.Bool // the manager has sent the intercepts once
+	// onChange runs after every change of the table.
+	onChange func()
 
 	mu  sync.Mutex // guards following
 	mux *yamux.Session
@@ -69,6 +71,9 @@ func (l *link) run(ctx context.Context) {
 		start := time.Now()
 		err := l.session(ctx)
 		l.table.Store(nil)
+		if l.onChange != nil {
+			l.onChange()
+		}
 		if ctx.Err() != nil {
 			return
 		}
@@ -134,6 +139,9 @@ func (l *link) session(ctx context.Context) error {
 		}
 		l.table.Store(newTable(set.GetIntercepts()))
 		l.synced.Store(true)
+		if l.onChange != nil {
+			l.onChange()
+		}
 		l.log.Info("intercepts changed", "intercepts", describe(set.GetIntercepts()))
 	}
 }
@@ -150,31 +158,41 @@ func describe(ics []*managerpb.Intercept) []string {
 // open opens a stream to the laptop that holds intercept ic and waits for
 // its answer: the local process accepted the connection, or why not.
 func (l *link) open(ctx context.Context, ic *managerpb.Intercept, client netip.AddrPort) (net.Conn, error) {
+	st, err := l.start(ic, client)
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = st.SetReadDeadline(dl)
+	}
+	if err := rpc.ReadStatus(st); err != nil {
+		st.Close()
+		return nil, err
+	}
+	_ = st.SetReadDeadline(time.Time{})
+	return st, nil
+}
+
+// start opens a stream for intercept ic and writes its header; the
+// laptop's status is the first byte the stream will read.
+func (l *link) start(ic *managerpb.Intercept, client netip.AddrPort) (halfCloser, error) {
 	l.mu.Lock()
 	mux := l.mux
 	l.mu.Unlock()
 	if mux == nil {
-		return nil, errNoLink
+		return halfCloser{}, errNoLink
 	}
 	st, err := mux.OpenStream()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errNoLink, err)
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		_ = st.SetDeadline(dl)
+		return halfCloser{}, fmt.Errorf("%w: %v", errNoLink, err)
 	}
 	if !client.IsValid() {
 		client = netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
 	}
 	if err := rpc.WriteHeader(st, rpc.Header{Kind: rpc.KindIntercept, Dst: client, Flow: ic.GetId()}); err != nil {
 		st.Close()
-		return nil, err
+		return halfCloser{}, err
 	}
-	if err := rpc.ReadStatus(st); err != nil {
-		st.Close()
-		return nil, err
-	}
-	_ = st.SetDeadline(time.Time{})
 	return halfCloser{st}, nil
 }
 

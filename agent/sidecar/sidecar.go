@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,8 +20,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	managerpb "tunnel.dev/tunnel/rpc/manager"
 )
 
 // Capture maps a port the sidecar listens on to the app's port it stands for.
@@ -96,6 +95,21 @@ func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 			return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
 		},
 	}
+	caps := make([]*capture, len(cfg.Captures))
+	buffers := &bufferPool{}
+	for i, c := range cfg.Captures {
+		caps[i] = &capture{
+			log: log.With("subsystem", "capture", "port", c.App), link: l, metrics: m, sniff: cfg.Sniff,
+			app: netip.AddrPortFrom(cfg.PodIP, c.App), port: uint32(c.App), pod: cfg.Pod,
+			buffers: buffers,
+		}
+		caps[i].http = newHTTPMode(caps[i].log, caps[i], m)
+	}
+	l.onChange = func() { // connections of ended intercepts go
+		for _, cp := range caps {
+			cp.reap()
+		}
+	}
 	var wg sync.WaitGroup
 	wg.Go(func() { l.run(ctx) })
 
@@ -117,14 +131,9 @@ func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 	context.AfterFunc(ctx, func() { hs.Close() })
 
 	errs := make(chan error, len(lns))
-	for i, c := range cfg.Captures {
-		cp := &capture{
-			log: log.With("subsystem", "capture", "port", c.App), link: l, metrics: m, sniff: cfg.Sniff,
-			app: netip.AddrPortFrom(cfg.PodIP, c.App), port: uint32(c.App), pod: cfg.Pod,
-		}
-		cp.http = newHTTPMode(cp.log, cp, m)
+	for i, cp := range caps {
 		wg.Go(func() { errs <- cp.serve(ctx, lns[i]) })
-		log.Info("capturing", "listen", c.Listen, "app", cp.app.String())
+		log.Info("capturing", "listen", cfg.Captures[i].Listen, "app", cp.app.String())
 	}
 	var runErr error
 	select {
@@ -137,7 +146,5 @@ func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 	return runErr
 }
 
-// ModeOf names an intercept mode for people.
-func ModeOf(m managerpb.InterceptMode) string {
-	return strings.ToLower(m.String())
-}
+// onlyReader hides a connection's WriteTo, so io.CopyBuffer uses our buffer.
+type onlyReader struct{ io.Reader }

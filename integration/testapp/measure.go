@@ -9,14 +9,17 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
 
 // measure runs the benchmark clients `make bench` uses from a laptop:
 //
-//	latency URL N      N sequential GETs, each on a new connection; prints p50 and p99 in µs
+//	latency URL N [H]  N sequential GETs, each on a new connection (with header H, NAME:VALUE);
+//	                     prints p50 and p99 in µs
 //	download URL       one GET; prints the bytes and the rate in bytes per second
+//	upload URL N       one POST of N bytes; prints the bytes and the rate in bytes per second
 //	conns ADDR N [HOLD] N TCP connections to an echo at once, each pinged, all held open
 //	                     for HOLD (a duration) before they close; prints how many answered
 //	dns cold|cached N SUFFIX   N lookups through the system resolver: cold ones of names never
@@ -25,14 +28,19 @@ import (
 func measure(ctx context.Context, out io.Writer, verb string, args []string) error {
 	switch verb {
 	case "latency":
-		if len(args) != 2 {
-			return errors.New("usage: latency URL N")
+		if len(args) != 2 && len(args) != 3 {
+			return errors.New("usage: latency URL N [NAME:VALUE]")
 		}
 		n, err := strconv.Atoi(args[1])
 		if err != nil || n < 1 {
 			return errors.New("N must be a positive number")
 		}
-		p50, p99, err := latency(ctx, args[0], n)
+		var header []string
+		if len(args) == 3 {
+			k, v, _ := strings.Cut(args[2], ":")
+			header = []string{k, strings.TrimSpace(v)}
+		}
+		p50, p99, err := latency(ctx, args[0], n, header)
 		if err != nil {
 			return err
 		}
@@ -51,6 +59,29 @@ func measure(ctx context.Context, out io.Writer, verb string, args []string) err
 		n, err := io.Copy(io.Discard, resp.Body)
 		if err != nil {
 			return err
+		}
+		secs := time.Since(start).Seconds()
+		_, err = fmt.Fprintf(out, "bytes=%d bytes_per_sec=%.0f\n", n, float64(n)/secs)
+		return err
+	case "upload":
+		if len(args) != 2 {
+			return errors.New("usage: upload URL N")
+		}
+		n, err := strconv.ParseInt(args[1], 10, 64)
+		if err != nil || n < 1 {
+			return errors.New("N must be a positive number")
+		}
+		start := time.Now()
+		resp, err := http.Post(args[0], "application/octet-stream", io.LimitReader(pattern{}, n))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("upload: HTTP %s", resp.Status)
 		}
 		secs := time.Since(start).Seconds()
 		_, err = fmt.Fprintf(out, "bytes=%d bytes_per_sec=%.0f\n", n, float64(n)/secs)
@@ -117,12 +148,15 @@ func dnsLatency(ctx context.Context, cold bool, n int, suffix string) (time.Dura
 	return ds[len(ds)/2], nil
 }
 
-func latency(ctx context.Context, url string, n int) (p50, p99 time.Duration, err error) {
+func latency(ctx context.Context, url string, n int, header []string) (p50, p99 time.Duration, err error) {
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
 	ds := make([]time.Duration, 0, n)
 	for range n {
 		start := time.Now()
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if len(header) == 2 {
+			req.Header.Set(header[0], header[1])
+		}
 		resp, err := client.Do(req)
 		if err != nil {
 			return 0, 0, err
@@ -177,4 +211,14 @@ func conns(ctx context.Context, addr string, n int, hold time.Duration) int {
 	}
 	wg.Wait()
 	return ok
+}
+
+// pattern is an endless stream of letters, cheap to produce.
+type pattern struct{}
+
+func (pattern) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'a' + byte(i%26)
+	}
+	return len(p), nil
 }

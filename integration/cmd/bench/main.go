@@ -36,6 +36,7 @@ type bench struct {
 	latN    int
 	connsN  int
 	results [][]string
+	only    string
 }
 
 func main() {
@@ -43,6 +44,7 @@ func main() {
 	flag.Int64Var(&b.size, "bytes", 1<<30, "size of the bulk download")
 	flag.IntVar(&b.latN, "requests", 2000, "small HTTP requests per path for the latency figures")
 	flag.IntVar(&b.connsN, "conns", 1000, "concurrent TCP connections through the tunnel")
+	flag.StringVar(&b.only, "only", "", "measure only this part: intercept")
 	flag.Parse()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
@@ -101,6 +103,22 @@ func (b *bench) run(ctx context.Context) error {
 	_, _ = b.l.Run(ctx, b.laptop, b.tunnel, "quit")
 	defer b.l.Run(context.WithoutCancel(ctx), b.laptop, b.tunnel, "quit")
 
+	if b.only == "intercept" {
+		if _, err := b.l.Run(ctx, b.laptop, b.tunnel, "connect", "-n", b.ns); err != nil {
+			return err
+		}
+		out, err := b.sh(ctx, b.node, fmt.Sprintf("%s latency http://%s:%d/ %d", b.echo, b.podIP, lab.EchoHTTPPort, b.latN))
+		if err != nil {
+			return err
+		}
+		f := figures(out)
+		ic, err := b.interceptFigures(ctx)
+		if err != nil {
+			return err
+		}
+		printIntercept(b.latN, f["p50_us"], f["p99_us"], ic)
+		return nil
+	}
 	fmt.Fprintln(os.Stderr, "==> connect to first curl by name")
 	connectMS, err := b.connectTime(ctx)
 	if err != nil {
@@ -134,6 +152,12 @@ func (b *bench) run(ctx context.Context) error {
 		return err
 	}
 
+	fmt.Fprintln(os.Stderr, "==> intercept: requests from the node to the intercepted Service, an upload to the laptop")
+	ic, err := b.interceptFigures(ctx)
+	if err != nil {
+		return err
+	}
+
 	gbps := func(v float64) string { return fmt.Sprintf("%.2f GB/s", v/1e9) }
 	ms := func(us float64) string { return fmt.Sprintf("%.2f ms", us/1000) }
 	ratio := func(a, b float64) string { return fmt.Sprintf("%.2fx", a/b) }
@@ -148,7 +172,86 @@ func (b *bench) run(ctx context.Context) error {
 		{fmt.Sprintf("daemon RSS, idle / %d connections open", b.connsN), "", "", fmt.Sprintf("%d MB / %d MB", idle>>10, busy>>10), ""},
 	}
 	printTable(rows)
+	fmt.Println()
+	printIntercept(b.latN, dP50, dP99, ic)
 	return nil
+}
+
+func printIntercept(n int, appP50, appP99 float64, ic interceptResult) {
+	gbps := func(v float64) string { return fmt.Sprintf("%.2f GB/s", v/1e9) }
+	ms := func(us float64) string { return fmt.Sprintf("%.2f ms", us/1000) }
+	ratio := func(a, b float64) string { return fmt.Sprintf("%.2fx", a/b) }
+	printTable([][]string{
+		{"intercept (client on the node)", "to the app pod", "kubectl port-forward", "intercepted, to the laptop", "ratio"},
+		{fmt.Sprintf("HTTP request p50 (%d, new connection each)", n), ms(appP50), "", ms(ic.p50), ratio(ic.p50, appP50) + " of the app"},
+		{fmt.Sprintf("HTTP request p99 (%d)", n), ms(appP99), "", ms(ic.p99), ratio(ic.p99, appP99) + " of the app"},
+		{fmt.Sprintf("HTTP upload to the laptop (%d MiB)", ic.size>>20), "", gbps(ic.pfUp), gbps(ic.up), ratio(ic.up, ic.pfUp) + " of port-forward"},
+	})
+}
+
+type interceptResult struct {
+	p50, p99, up, pfUp float64
+	size               int64
+}
+
+// interceptFigures intercepts the test app's Service to a server in the
+// laptop and measures, from the node (a client in the cluster), request
+// latency and an upload through the intercept; then the same upload from
+// the laptop to the pod through kubectl port-forward, which carries the
+// same bytes over the same API server and kubelet path the other way.
+func (b *bench) interceptFigures(ctx context.Context) (interceptResult, error) {
+	r := interceptResult{size: 256 << 20}
+	srv, err := lab.Command(ctx, b.l.Paths, b.laptop, "env", "POD_NAME=laptop-bench", b.echo,
+		"--http", "127.0.0.1:7090", "--http2", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0")
+	if err != nil {
+		return r, err
+	}
+	if err := srv.Start(); err != nil {
+		return r, err
+	}
+	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
+	if _, err := b.sh(ctx, b.laptop, "for i in $(seq 1 50); do curl -sf --max-time 1 http://127.0.0.1:7090/healthz >/dev/null && exit 0; sleep 0.1; done; exit 1"); err != nil {
+		return r, err
+	}
+	if _, err := b.l.Run(ctx, b.laptop, b.tunnel, "intercept", "echo", "-n", b.ns, "--port", "7090:http"); err != nil {
+		return r, err
+	}
+	defer b.l.Run(context.WithoutCancel(ctx), b.laptop, b.tunnel, "leave", "echo-http", "-n", b.ns)
+	ip, err := b.sh(ctx, b.node, fmt.Sprintf("kubectl get svc -n %s echo -o jsonpath='{.spec.clusterIP}'", b.ns))
+	if err != nil {
+		return r, err
+	}
+	svc := "http://" + strings.TrimSpace(lastLine(ip))
+	if out, err := b.sh(ctx, b.node, fmt.Sprintf("%s get %s/", b.echo, svc)); err != nil || !strings.Contains(out, "laptop-bench") {
+		return r, fmt.Errorf("the intercept does not answer: %v %s", err, out)
+	}
+	out, err := b.sh(ctx, b.node, fmt.Sprintf("%s latency %s/ %d", b.echo, svc, b.latN))
+	if err != nil {
+		return r, err
+	}
+	f := figures(out)
+	r.p50, r.p99 = f["p50_us"], f["p99_us"]
+	out, err = b.sh(ctx, b.node, fmt.Sprintf("%s upload %s/upload %d", b.echo, svc, r.size))
+	if err != nil {
+		return r, err
+	}
+	r.up = figures(out)["bytes_per_sec"]
+	// The sidecar's rollout replaced the pod.
+	pod, err := b.sh(ctx, b.node, fmt.Sprintf("kubectl get pods -n %s -l app=echo --field-selector status.phase=Running -o jsonpath='{.items[0].metadata.name}'", b.ns))
+	if err != nil {
+		return r, err
+	}
+	const port = 18081
+	out, err = b.sh(ctx, b.laptop, fmt.Sprintf(`kubectl port-forward -n %s pod/%s %d:%d >/dev/null 2>&1 &
+pf=$!
+trap 'kill $pf' EXIT
+for i in $(seq 1 100); do curl -sf --max-time 1 http://127.0.0.1:%d/healthz >/dev/null && break; sleep 0.1; done
+%s upload http://127.0.0.1:%d/upload %d`, b.ns, strings.TrimSpace(lastLine(pod)), port, lab.EchoHTTPPort, port, b.echo, port, r.size))
+	if err != nil {
+		return r, err
+	}
+	r.pfUp = figures(out)["bytes_per_sec"]
+	return r, nil
 }
 
 // connectTime is from `tunnel connect` (daemon start included) to the first
