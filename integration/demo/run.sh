@@ -52,6 +52,29 @@ alice dig +short upstream.lab.test
 say "tunnel status:"
 alice $T status
 
+say "A server on the laptop (the test app's own binary, calling itself laptop-alice):"
+srv=/var/lib/tunnel-lab/images/echo
+$LAB exec --laptop alice -- env POD_NAME=laptop-alice $srv --http 127.0.0.1:7070 \
+  --http2 127.0.0.1:0 --tcp 127.0.0.1:0 --udp 127.0.0.1:0 >/dev/null 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+for i in $(seq 1 50); do alice curl -sf --max-time 1 http://127.0.0.1:7070/healthz >/dev/null && break; sleep 0.1; done
+
+say "tunnel intercept echo --port 7070:http (adds the sidecar: one rollout):"
+alice $T intercept echo --port 7070:http
+alice $T list
+
+say "From inside the cluster, the Service is now answered by the laptop:"
+for i in 1 2 3; do $LAB exec --node -- curl -sS --max-time 5 "http://$ip/intercepted-$i"; done
+$LAB exec --node -- kubectl -n $ns exec deploy/echo -c echo -- /echo get "http://echo.$ns/from-a-pod"
+
+say "tunnel leave: the pods answer again:"
+alice $T leave echo-http
+for i in 1 2; do $LAB exec --node -- curl -sS --max-time 5 "http://$ip/after-leave-$i"; done
+
+say "tunnel uninstall --agent echo (the Deployment and Service exactly as before):"
+alice $T uninstall --agent echo -n $ns
+
 say "tunnel quit (routes and DNS restored):"
 alice $T quit
 alice cat /etc/resolv.conf

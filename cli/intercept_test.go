@@ -1,0 +1,100 @@
+package cli
+
+import (
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"testing"
+
+	managerpb "tunnel.dev/tunnel/rpc/manager"
+)
+
+func TestParsePortFlag(t *testing.T) {
+	for _, tc := range []struct {
+		in     string
+		local  uint32
+		remote string
+		bad    bool
+	}{
+		{"", 0, "", false},
+		{"8080", 8080, "", false},
+		{"8080:http", 8080, "http", false},
+		{"7070:80", 7070, "80", false},
+		{"http", 0, "", true},
+		{"0:http", 0, "", true},
+		{"70000", 0, "", true},
+	} {
+		local, remote, err := parsePortFlag(tc.in)
+		if (err != nil) != tc.bad || local != tc.local || remote != tc.remote {
+			t.Errorf("parsePortFlag(%q) = %d, %q, %v", tc.in, local, remote, err)
+		}
+	}
+}
+
+func TestParseHeader(t *testing.T) {
+	n, v, err := parseHeader("x-dev=alice")
+	if err != nil || n != "x-dev" || v != "alice" {
+		t.Errorf("NAME=VALUE: %q %q %v", n, v, err)
+	}
+	// A value may hold '='.
+	if _, v, _ := parseHeader("x-q=a=b"); v != "a=b" {
+		t.Errorf("value with '=': %q", v)
+	}
+	// NAME alone: a value is made up, different each time.
+	n, v1, err := parseHeader("x-dev")
+	_, v2, _ := parseHeader("x-dev")
+	if err != nil || n != "x-dev" || v1 == "" || v1 == v2 {
+		t.Errorf("NAME alone: %q %q %q %v", n, v1, v2, err)
+	}
+	if n, v, err := parseHeader(autoHeader); err != nil || n == "" || v == "" {
+		t.Errorf("auto: %q %q %v", n, v, err)
+	}
+	for _, bad := range []string{"=alice", "x dev=a", "x:dev=a"} {
+		if _, _, err := parseHeader(bad); err == nil {
+			t.Errorf("parseHeader(%q) accepted", bad)
+		}
+	}
+}
+
+func TestDefaultName(t *testing.T) {
+	if got := defaultName("echo", "http", 8080, managerpb.InterceptMode_GLOBAL); got != "echo-http" {
+		t.Errorf("global, named port: %q", got)
+	}
+	if got := defaultName("echo", "", 8080, managerpb.InterceptMode_GLOBAL); got != "echo-8080" {
+		t.Errorf("global, unnamed port: %q", got)
+	}
+	if got := defaultName("echo", "http", 8080, managerpb.InterceptMode_PERSONAL); !strings.HasPrefix(got, "echo-http-") {
+		t.Errorf("personal: %q, want the user appended", got)
+	}
+}
+
+// The env file syntaxes must give back the exact values, quotes and
+// newlines included, to the tools that read them.
+func TestFormatEnv(t *testing.T) {
+	env := map[string]string{"A": "plain", "Q": `it's "quoted" $HOME`, "N": "two\nlines", "E": ""}
+
+	var back map[string]string
+	if err := json.Unmarshal(formatEnv(env, "json"), &back); err != nil || len(back) != len(env) {
+		t.Fatalf("json: %v %v", back, err)
+	}
+	for k, v := range env {
+		if back[k] != v {
+			t.Errorf("json %s: %q, want %q", k, back[k], v)
+		}
+	}
+
+	if _, err := exec.LookPath("sh"); err == nil {
+		script := string(formatEnv(env, "sh")) + `printf '%s|%s|%s|%s' "$A" "$Q" "$N" "$E"`
+		out, err := exec.Command("sh", "-c", script).Output()
+		if want := "plain|" + env["Q"] + "|two\nlines|"; err != nil || string(out) != want {
+			t.Errorf("sh: %q (%v), want %q", out, err, want)
+		}
+	}
+
+	docker := string(formatEnv(env, "docker"))
+	for _, line := range []string{"A=plain", `Q=it's "quoted" $HOME`, `N=two\nlines`, "E="} {
+		if !strings.Contains(docker, line+"\n") {
+			t.Errorf("docker syntax lacks %q:\n%s", line, docker)
+		}
+	}
+}
