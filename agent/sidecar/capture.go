@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"sync"
 	"time"
-
 )
 
 // capture serves one captured port: the Service sends the connections meant
