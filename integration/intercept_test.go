@@ -353,6 +353,18 @@ func TestInterceptEndsWhenItsDaemonDies(t *testing.T) {
 	l := newLaptop(t, "mona", "admin")
 	l.must("connect", "-n", ns)
 	startLocalServer(t, l, "laptop-mona", 7073)
+
+	// quit ends the laptop's intercepts at once.
+	l.must("intercept", "echo", "--port", "7073:http", "--no-fallback")
+	if got := fromNode(t, "http://"+ip+"/"); !strings.Contains(got, "pod=laptop-mona") {
+		t.Fatalf("intercepted: %s", got)
+	}
+	l.must("quit")
+	if got := fromNode(t, "http://"+ip+"/after-quit"); !strings.Contains(got, "pod=echo-") {
+		t.Errorf("after quit: %s", got)
+	}
+
+	l.must("connect", "-n", ns)
 	l.must("intercept", "echo", "--port", "7073:http", "--no-fallback")
 	if got := fromNode(t, "http://"+ip+"/"); !strings.Contains(got, "pod=laptop-mona") {
 		t.Fatalf("intercepted: %s", got)
@@ -368,6 +380,36 @@ func TestInterceptEndsWhenItsDaemonDies(t *testing.T) {
 		return err == nil && strings.Contains(out, "pod=echo-"), out
 	})
 	t.Logf("the app answered again %s after kill -9", time.Since(start).Round(100*time.Millisecond))
+}
+
+// A workload whose new pods cannot start: intercept says why, and takes
+// the sidecar out again.
+func TestInterceptOfAWorkloadThatCannotStart(t *testing.T) {
+	installManager(t)
+	ns := h.Namespace(t)
+	h.DeployEcho(t, ns, "echo", 1)
+	ctx := context.Background()
+	// The next rollout's app container names an image that is not there.
+	d, err := h.Client.AppsV1().Deployments(ns).Get(ctx, "echo", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Spec.Template.Spec.Containers[0].Image = "tunnel.dev/lab/nosuch:v1"
+	d.Spec.ProgressDeadlineSeconds = nil
+	if _, err := h.Client.AppsV1().Deployments(ns).Update(ctx, d, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	before := workloadState(t, ns, "echo", "echo")
+
+	l := newLaptop(t, "olga", "admin")
+	l.must("connect", "-n", ns)
+	out, err := l.run("intercept", "echo", "--port", "7075:http", "--timeout", "60s")
+	if err == nil || !strings.Contains(out, "ErrImageNeverPull") {
+		t.Fatalf("intercept of a workload whose pods cannot start: %v\n%s", err, out)
+	}
+	if after := workloadState(t, ns, "echo", "echo"); after != before {
+		t.Errorf("a failed intercept left the workload changed:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
 }
 
 // deployEnvApp deploys the test app with an environment drawn from a
