@@ -33,27 +33,9 @@ func newConnect() *cobra.Command {
 			if _, err := tun.ParsePrefixes("--never-proxy", never); err != nil {
 				return err
 			}
-			kubeconfig, kctx, ns, err := kf.portable()
+			st, err := connect(ctx, cmd, &kf, connectOptions{also: also, never: never, dnsInclude: dnsInclude, image: image, quiet: output == "json"})
 			if err != nil {
 				return err
-			}
-			if err := ensureManager(ctx, cmd, &kf, image, output == "json"); err != nil {
-				return err
-			}
-			c, closeFn, err := daemonClient(ctx)
-			if errors.Is(err, errNoDaemon) {
-				c, closeFn, err = startDaemon(ctx, cmd.ErrOrStderr())
-			}
-			if err != nil {
-				return err
-			}
-			defer closeFn()
-			st, err := c.Connect(ctx, &daemonpb.ConnectRequest{
-				Kubeconfig: kubeconfig, Context: kctx, Namespace: ns, ManagerNamespace: manifest.Namespace,
-				AlsoProxy: also, NeverProxy: never, DnsInclude: dnsInclude,
-			})
-			if err != nil {
-				return errors.New(status.Convert(err).Message())
 			}
 			if output == "json" {
 				return printJSON(cmd.OutOrStdout(), st)
@@ -70,6 +52,41 @@ func newConnect() *cobra.Command {
 	f.StringVar(&image, "manager-image", manifest.DefaultImage, "the manager's image, if connect has to install it")
 	f.StringVarP(&output, "output", "o", "", "output format: json")
 	return cmd
+}
+
+type connectOptions struct {
+	also, never, dnsInclude []string
+	image                   string
+	quiet                   bool
+}
+
+// connect joins this machine to the cluster kf names, starting the daemon
+// and installing the manager when needed; intercept uses it too when no
+// connection exists yet.
+func connect(ctx context.Context, cmd *cobra.Command, kf *kubeFlags, o connectOptions) (*daemonpb.StatusResponse, error) {
+	kubeconfig, kctx, ns, err := kf.portable()
+	if err != nil {
+		return nil, err
+	}
+	if err := ensureManager(ctx, cmd, kf, o.image, o.quiet); err != nil {
+		return nil, err
+	}
+	c, closeFn, err := daemonClient(ctx)
+	if errors.Is(err, errNoDaemon) {
+		c, closeFn, err = startDaemon(ctx, cmd.ErrOrStderr())
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer closeFn()
+	st, err := c.Connect(ctx, &daemonpb.ConnectRequest{
+		Kubeconfig: kubeconfig, Context: kctx, Namespace: ns, ManagerNamespace: manifest.Namespace,
+		AlsoProxy: o.also, NeverProxy: o.never, DnsInclude: o.dnsInclude,
+	})
+	if err != nil {
+		return nil, errors.New(status.Convert(err).Message())
+	}
+	return st, nil
 }
 
 // ensureManager installs the manager on first connect when the user may,

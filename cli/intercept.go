@@ -112,21 +112,24 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 		return err
 	}
 
-	c, closeFn, err := daemonClient(ctx)
-	if errors.Is(err, errNoDaemon) {
-		return errors.New("not connected to a cluster: run `tunnel connect` first")
+	st, err := currentStatus(ctx)
+	if err != nil {
+		return err
 	}
+	if !st.Connected { // connect first, as `tunnel connect` with the same flags would
+		progress("Connecting to the cluster")
+		if _, err := connect(ctx, cmd, &f.kf, connectOptions{image: manifest.DefaultImage, quiet: f.output == "json"}); err != nil {
+			return err
+		}
+		if st, err = currentStatus(ctx); err != nil {
+			return err
+		}
+	}
+	c, closeFn, err := daemonClient(ctx)
 	if err != nil {
 		return err
 	}
 	defer closeFn()
-	st, err := c.Status(ctx, &daemonpb.StatusRequest{})
-	if err != nil {
-		return errors.New(status.Convert(err).Message())
-	}
-	if !st.Connected {
-		return errors.New("not connected to a cluster: run `tunnel connect` first")
-	}
 	ns := f.kf.namespace
 	if ns == "" {
 		ns = st.Namespace
@@ -238,6 +241,23 @@ func awaitSidecar(ctx context.Context, plan *inject.Plan, progress func(string),
 		}
 	}
 	fmt.Fprintf(errOut, "Warning: Service %s does not reach the sidecar yet; the intercept takes its traffic once it does.\n", plan.Service.Name)
+}
+
+// currentStatus is the daemon's status, or "disconnected" when none runs.
+func currentStatus(ctx context.Context) (*daemonpb.StatusResponse, error) {
+	c, closeFn, err := daemonClient(ctx)
+	if errors.Is(err, errNoDaemon) {
+		return &daemonpb.StatusResponse{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer closeFn()
+	st, err := c.Status(ctx, &daemonpb.StatusRequest{})
+	if err != nil {
+		return nil, errors.New(status.Convert(err).Message())
+	}
+	return st, nil
 }
 
 // parsePortFlag reads --port LOCAL[:PORT].

@@ -480,13 +480,13 @@ func TestInterceptEnvironmentAndCommand(t *testing.T) {
 	ns := h.Namespace(t)
 	deployEnvApp(t, ns)
 	l := newLaptop(t, "nick", "admin")
-	l.must("connect", "-n", ns)
 
 	dir := t.TempDir()
 	envJSON, envSh := dir+"/env.json", dir+"/env.sh"
-	// The command sees the pod's environment; its exit code is tunnel's,
-	// and the intercept ends with it.
-	out, err := l.run("intercept", "envapp", "--port", "7074", "--env-json", envJSON, "--env-file", envSh, "--env-syntax", "sh",
+	// Not connected yet: intercept connects first. The command sees the
+	// pod's environment; its exit code is tunnel's, and the intercept ends
+	// with it.
+	out, err := l.run("intercept", "envapp", "-n", ns, "--port", "7074", "--env-json", envJSON, "--env-file", envSh, "--env-syntax", "sh",
 		"--", "sh", "-c", `test "$CFG_GREETING" = "hello from a ConfigMap" && test -n "$ENVAPP_SERVICE_HOST" && exit 7`)
 	if code := exitStatus(err); code != 7 {
 		t.Fatalf("intercept -- COMMAND: exit code %d (%v), want the command's 7\n%s", code, err, out)
