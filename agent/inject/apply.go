@@ -267,7 +267,10 @@ func restoreServices(ctx context.Context, cs kubernetes.Interface, ns, workload 
 			_, err = cs.CoreV1().Services(ns).Update(ctx, svc, metav1.UpdateOptions{FieldManager: FieldManager})
 			return err
 		})
-		if err != nil && !apierrors.IsNotFound(err) {
+		if apierrors.IsNotFound(err) {
+			continue // deleted meanwhile: nothing to restore or wait for
+		}
+		if err != nil {
 			return nil, fmt.Errorf("restore service %s/%s: %w", ns, s.Name, err)
 		}
 		restored = append(restored, s.Name)

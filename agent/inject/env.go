@@ -279,20 +279,26 @@ func expand(s string, env map[string]string) string {
 // serviceLinks are the variables the kubelet adds for the Services of the
 // pod's namespace (when the pod wants them) and the API server's Service.
 func serviceLinks(ctx context.Context, cs kubernetes.Interface, pod *corev1.Pod) (map[string]string, error) {
-	env := map[string]string{}
+	// By name, as the kubelet keeps them: the API server's own Service
+	// from default, unless the pod's namespace has one of that name.
+	byName := map[string]*corev1.Service{}
+	if k, err := cs.CoreV1().Services(metav1.NamespaceDefault).Get(ctx, "kubernetes", metav1.GetOptions{}); err == nil {
+		byName[k.Name] = k // a user who may not read it gets the rest
+	}
 	if pod.Spec.EnableServiceLinks == nil || *pod.Spec.EnableServiceLinks {
 		list, err := cs.CoreV1().Services(pod.Namespace).List(ctx, metav1.ListOptions{LabelSelector: labels.Everything().String()})
 		if err != nil {
 			return nil, fmt.Errorf("list services for the environment: %w", err)
 		}
 		for i := range list.Items {
-			addLinks(env, &list.Items[i])
+			if s := &list.Items[i]; s.Spec.ClusterIP != "" && s.Spec.ClusterIP != corev1.ClusterIPNone {
+				byName[s.Name] = s
+			}
 		}
 	}
-	// The API server's own Service is in every pod, whatever the namespace;
-	// a user who may not read it gets the rest.
-	if k, err := cs.CoreV1().Services(metav1.NamespaceDefault).Get(ctx, "kubernetes", metav1.GetOptions{}); err == nil {
-		addLinks(env, k)
+	env := map[string]string{}
+	for _, s := range byName {
+		addLinks(env, s)
 	}
 	return env, nil
 }

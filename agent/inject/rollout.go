@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -143,14 +144,17 @@ func podTrouble(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployme
 }
 
 // sameTemplate says whether pod p runs d's current pod template: its
-// containers are the template's (by name and image).
+// containers are the template's by name, image, command and arguments (a
+// new capture changes only the sidecar's arguments).
 func sameTemplate(p *corev1.Pod, d *appsv1.Deployment) bool {
 	tc := d.Spec.Template.Spec.Containers
 	if len(p.Spec.Containers) != len(tc) {
 		return false
 	}
 	for i := range tc {
-		if p.Spec.Containers[i].Name != tc[i].Name || p.Spec.Containers[i].Image != tc[i].Image {
+		pc := p.Spec.Containers[i]
+		if pc.Name != tc[i].Name || pc.Image != tc[i].Image ||
+			!slices.Equal(pc.Command, tc[i].Command) || !slices.Equal(pc.Args, tc[i].Args) {
 			return false
 		}
 	}

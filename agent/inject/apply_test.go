@@ -1,0 +1,221 @@
+package inject
+
+import (
+	"errors"
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	authzv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+)
+
+func sidecar(args ...string) corev1.Container {
+	return corev1.Container{Name: Container, Image: "tunnel:v1", Args: args}
+}
+
+func TestCaptures(t *testing.T) {
+	tests := []struct {
+		name string
+		d    *appsv1.Deployment
+		want map[int32]int32
+	}{
+		{name: "no sidecar", d: deployment("web", container("app")), want: map[int32]int32{}},
+		{name: "two captures",
+			d: deployment("web", container("app"),
+				sidecar("sidecar", "--workload", "web", "--capture", "18100=8080", "--capture", "18101=9090")),
+			want: map[int32]int32{8080: 18100, 9090: 18101}},
+		{name: "trailing --capture without value",
+			d:    deployment("web", container("app"), sidecar("sidecar", "--capture", "18100=8080", "--capture")),
+			want: map[int32]int32{8080: 18100}},
+		{name: "other containers' args are not the sidecar's",
+			d:    deployment("web", corev1.Container{Name: "app", Args: []string{"--capture", "1=2"}}),
+			want: map[int32]int32{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Captures(tt.d); !maps.Equal(got, tt.want) {
+				t.Errorf("Captures() = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestFreePort(t *testing.T) {
+	tests := []struct {
+		name string
+		d    *appsv1.Deployment
+		caps map[int32]int32
+		want int32
+	}{
+		{name: "first", d: deployment("web", container("app", cport("http", 8080))), want: FirstCapture},
+		{name: "declared by a container",
+			d: deployment("web", container("app", cport("a", FirstCapture)), container("b", cport("b", FirstCapture+1))), want: FirstCapture + 2},
+		{name: "used by a capture", d: deployment("web", container("app")),
+			caps: map[int32]int32{8080: FirstCapture}, want: FirstCapture + 1},
+		// The app port of a capture is a port the pod listens on too.
+		{name: "app port of a capture", d: deployment("web", container("app")),
+			caps: map[int32]int32{FirstCapture: FirstCapture + 1}, want: FirstCapture + 2},
+		{name: "gap is reused", d: deployment("web", container("app", cport("x", FirstCapture+1))),
+			caps: map[int32]int32{8080: FirstCapture + 2}, want: FirstCapture},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			caps := maps.Clone(tt.caps)
+			if got := freePort(tt.d, caps); got != tt.want {
+				t.Errorf("freePort() = %d, want %d", got, tt.want)
+			}
+			if !maps.Equal(caps, tt.caps) {
+				t.Errorf("freePort changed caps to %v", caps)
+			}
+		})
+	}
+}
+
+// reviewer answers SelfSubjectAccessReviews: allowed unless "verb resource"
+// is in deny.
+func reviewer(t *testing.T, cs *fake.Clientset, deny ...string) {
+	t.Helper()
+	cs.PrependReactor("create", "selfsubjectaccessreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		rev := a.(k8stesting.CreateAction).GetObject().(*authzv1.SelfSubjectAccessReview).DeepCopy()
+		ra := rev.Spec.ResourceAttributes
+		if ra == nil || ra.Namespace != "shop" {
+			t.Errorf("access review for %+v, want one in namespace shop", ra)
+			return true, rev, nil
+		}
+		rev.Status.Allowed = !slices.Contains(deny, ra.Verb+" "+ra.Resource)
+		return true, rev, nil
+	})
+}
+
+func TestCheckAccess(t *testing.T) {
+	tests := []struct {
+		name    string
+		deny    []string
+		wantMsg []string
+		notMsg  []string
+	}{
+		{name: "allowed"},
+		{name: "no patch on deployments", deny: []string{"patch deployments"},
+			wantMsg: []string{"patch deployments.apps", "namespace shop"}, notMsg: []string{"get deployments", "services"}},
+		{name: "services", deny: []string{"list services", "update services"},
+			wantMsg: []string{"list services, update services", "namespace shop"}, notMsg: []string{"deployments"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cs := fake.NewClientset()
+			reviewer(t, cs, tt.deny...)
+			err := CheckAccess(t.Context(), cs, "shop")
+			if len(tt.deny) == 0 {
+				if err != nil {
+					t.Fatalf("CheckAccess with nothing denied: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrForbidden) {
+				t.Fatalf("CheckAccess denying %v = %v, want %v", tt.deny, err, ErrForbidden)
+			}
+			for _, s := range tt.wantMsg {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not mention %q", err, s)
+				}
+			}
+			for _, s := range tt.notMsg {
+				if strings.Contains(err.Error(), s) {
+					t.Errorf("error %q mentions %q, which was allowed", err, s)
+				}
+			}
+		})
+	}
+}
+
+// An API server that cannot answer is not a denial: the user must see why.
+func TestCheckAccessAPIError(t *testing.T) {
+	cs := fake.NewClientset()
+	boom := errors.New("connection refused")
+	cs.PrependReactor("create", "selfsubjectaccessreviews", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, boom
+	})
+	err := CheckAccess(t.Context(), cs, "shop")
+	if !errors.Is(err, boom) || errors.Is(err, ErrForbidden) {
+		t.Fatalf("CheckAccess = %v, want it to wrap %v and not %v", err, boom, ErrForbidden)
+	}
+}
+
+func TestWithSidecar(t *testing.T) {
+	with := deployment("web", container("app"), sidecar("sidecar"))
+	other := deployment("api", container("app"), sidecar("sidecar"))
+	other.Namespace = "other"
+	cs := fake.NewClientset(with, other, deployment("db", container("db")))
+	tests := []struct {
+		ns   string
+		want []string
+	}{
+		{ns: "shop", want: []string{"web"}},
+		{ns: "", want: []string{"api", "web"}},
+		{ns: "empty", want: nil},
+	}
+	for _, tt := range tests {
+		ds, err := WithSidecar(t.Context(), cs, tt.ns)
+		if err != nil {
+			t.Fatalf("WithSidecar(%q): %v", tt.ns, err)
+		}
+		var got []string
+		for _, d := range ds {
+			got = append(got, d.Name)
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("WithSidecar(%q) = %v, want %v", tt.ns, got, tt.want)
+		}
+	}
+}
+
+// The sidecar is applied under its own field manager, so applying nothing
+// takes it out again and leaves the user's containers as they were.
+func TestApplyAndRemoveSidecar(t *testing.T) {
+	d := deployment("web", container("app", cport("http", 8080)))
+	d.Spec.Template.Annotations = map[string]string{"team": "shop"}
+	cs := fake.NewClientset(d)
+	caps := map[int32]int32{9090: FirstCapture + 1, 8080: FirstCapture}
+	if err := applySidecar(t.Context(), cs, d, "tunnel:v2", caps); err != nil {
+		t.Fatalf("applySidecar: %v", err)
+	}
+	got, err := cs.AppsV1().Deployments("shop").Get(t.Context(), "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !HasSidecar(got) {
+		t.Fatalf("after applySidecar the pod template has containers %v, want %s among them", containerNames(got), Container)
+	}
+	if c := Captures(got); !maps.Equal(c, caps) {
+		t.Errorf("Captures after applySidecar = %v, want %v", c, caps)
+	}
+	if err := removeSidecar(t.Context(), cs, "shop", "web"); err != nil {
+		t.Fatalf("removeSidecar: %v", err)
+	}
+	got, err = cs.AppsV1().Deployments("shop").Get(t.Context(), "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if HasSidecar(got) || !slices.Equal(containerNames(got), []string{"app"}) {
+		t.Errorf("after removeSidecar the containers are %v, want [app]", containerNames(got))
+	}
+	if got.Spec.Template.Annotations["team"] != "shop" {
+		t.Errorf("removeSidecar lost the user's template annotations: %v", got.Spec.Template.Annotations)
+	}
+}
+
+func containerNames(d *appsv1.Deployment) []string {
+	var out []string
+	for _, c := range d.Spec.Template.Spec.Containers {
+		out = append(out, c.Name)
+	}
+	return out
+}

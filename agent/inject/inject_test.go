@@ -1,0 +1,235 @@
+package inject
+
+import (
+	"errors"
+	"maps"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+// deployment is a Deployment in namespace "shop" whose pods carry app=name.
+func deployment(name string, containers ...corev1.Container) *appsv1.Deployment {
+	lbl := map[string]string{"app": name}
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: name},
+		Spec: appsv1.DeploymentSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: lbl},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: lbl},
+				Spec:       corev1.PodSpec{Containers: containers},
+			},
+		},
+	}
+}
+
+func container(name string, ports ...corev1.ContainerPort) corev1.Container {
+	return corev1.Container{Name: name, Image: name + ":v1", Ports: ports}
+}
+
+func cport(name string, n int32) corev1.ContainerPort {
+	return corev1.ContainerPort{Name: name, ContainerPort: n, Protocol: corev1.ProtocolTCP}
+}
+
+// service is a ClusterIP Service in "shop" selecting the pods of app.
+func service(name, app string, ports ...corev1.ServicePort) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: name},
+		Spec: corev1.ServiceSpec{
+			Selector:  map[string]string{"app": app},
+			ClusterIP: "10.96.0.10",
+			Ports:     ports,
+		},
+	}
+}
+
+func sport(name string, port int32, target intstr.IntOrString) corev1.ServicePort {
+	return corev1.ServicePort{Name: name, Port: port, TargetPort: target, Protocol: corev1.ProtocolTCP}
+}
+
+func annotated(s *corev1.Service, annots map[string]string) *corev1.Service {
+	s.Annotations = annots
+	return s
+}
+
+func TestResolve(t *testing.T) {
+	web := deployment("web",
+		container("app", cport("http", 8080), cport("admin", 9090)),
+		// A sidecar already in place: its ports must not be taken for the app's.
+		container(Container, cport("tunnel-metrics", MetricsPort), cport("tnl-8080", FirstCapture)))
+	http := sport("http", 80, intstr.FromString("http"))
+	admin := sport("admin", 81, intstr.FromInt32(9090))
+	dns := corev1.ServicePort{Name: "dns", Port: 53, TargetPort: intstr.FromInt32(5353), Protocol: corev1.ProtocolUDP}
+
+	tests := []struct {
+		name          string
+		objs          []runtime.Object
+		target        Target // Namespace "shop" and Workload "web" unless set
+		wantErr       error
+		wantMsg       []string // substrings of the error
+		wantService   string
+		wantPort      int32 // the Service port chosen
+		wantApp       int32
+		wantContainer string
+	}{
+		{name: "unknown deployment", objs: []runtime.Object{web}, target: Target{Workload: "nope"},
+			wantErr: ErrNoWorkload, wantMsg: []string{`"nope"`, "shop"}},
+		{name: "no service", objs: []runtime.Object{web},
+			wantErr: ErrNoService, wantMsg: []string{"web", "shop"}},
+		{name: "service selects other pods", objs: []runtime.Object{web, service("api", "api", http)},
+			wantErr: ErrNoService},
+		{name: "service without selector", objs: []runtime.Object{web, service("ext", "", http)},
+			wantErr: ErrNoService},
+		{name: "one port needs no name", objs: []runtime.Object{web, service("web", "web", sport("", 80, intstr.FromInt32(8080)))},
+			wantService: "web", wantPort: 80, wantApp: 8080, wantContainer: "app"},
+		{name: "named targetPort", objs: []runtime.Object{web, service("web", "web", http)},
+			wantService: "web", wantPort: 80, wantApp: 8080, wantContainer: "app"},
+		{name: "numeric targetPort no container declares", objs: []runtime.Object{web, service("web", "web", sport("", 80, intstr.FromInt32(7000)))},
+			wantService: "web", wantPort: 80, wantApp: 7000, wantContainer: ""},
+		{name: "unset targetPort is the port", objs: []runtime.Object{web, service("web", "web", sport("", 9090, intstr.IntOrString{}))},
+			wantService: "web", wantPort: 9090, wantApp: 9090, wantContainer: "app"},
+		{name: "named targetPort no container declares", objs: []runtime.Object{web, service("web", "web", sport("", 80, intstr.FromString("grpc")))},
+			wantErr: ErrNoPort, wantMsg: []string{"Service web has no TCP port"}},
+		{name: "several ports need a name", objs: []runtime.Object{web, service("web", "web", http, admin)},
+			wantErr: ErrWhichPort, wantMsg: []string{"Service web", "http (80)", "admin (81)"}},
+		{name: "port by name", objs: []runtime.Object{web, service("web", "web", http, admin)}, target: Target{Port: "admin"},
+			wantService: "web", wantPort: 81, wantApp: 9090, wantContainer: "app"},
+		{name: "port by number", objs: []runtime.Object{web, service("web", "web", http, admin)}, target: Target{Port: "80"},
+			wantService: "web", wantPort: 80, wantApp: 8080, wantContainer: "app"},
+		{name: "unknown port name", objs: []runtime.Object{web, service("web", "web", http, admin)}, target: Target{Port: "grpc"},
+			wantErr: ErrNoPort, wantMsg: []string{`"grpc"`, "Service web", "http (80), admin (81)"}},
+		{name: "udp ignored", objs: []runtime.Object{web, service("web", "web", dns, http)},
+			wantService: "web", wantPort: 80, wantApp: 8080, wantContainer: "app"},
+		{name: "udp port asked for", objs: []runtime.Object{web, service("web", "web", dns, http)}, target: Target{Port: "dns"},
+			wantErr: ErrNoPort, wantMsg: []string{`"dns"`}},
+		{name: "only udp", objs: []runtime.Object{web, service("web", "web", dns)},
+			wantErr: ErrNoPort, wantMsg: []string{"no TCP port"}},
+		{name: "two services need --service", objs: []runtime.Object{web, service("web", "web", http), service("web-admin", "web", admin)},
+			wantErr: ErrWhichPort, wantMsg: []string{"Service web, Service web-admin"}},
+		{name: "--service picks one", objs: []runtime.Object{web, service("web", "web", http), service("web-admin", "web", admin)},
+			target: Target{Service: "web-admin"}, wantService: "web-admin", wantPort: 81, wantApp: 9090, wantContainer: "app"},
+		{name: "--service not selecting", objs: []runtime.Object{web, service("web", "web", http), service("api", "api", http)},
+			target: Target{Service: "api"}, wantErr: ErrNoService, wantMsg: []string{`"api"`, "web"}},
+		{name: "already captured resolves to the app port",
+			objs: []runtime.Object{web, annotated(service("web", "web", sport("http", 80, intstr.FromInt32(FirstCapture))),
+				map[string]string{CapturedAnnot: "80/TCP=http", WorkloadAnnot: "web"})},
+			wantService: "web", wantPort: 80, wantApp: 8080, wantContainer: "app"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			target := tt.target
+			if target.Namespace == "" {
+				target.Namespace = "shop"
+			}
+			if target.Workload == "" {
+				target.Workload = "web"
+			}
+			p, err := Resolve(t.Context(), fake.NewClientset(tt.objs...), target)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("Resolve(%+v) error = %v, want %v", target, err, tt.wantErr)
+				}
+				for _, s := range tt.wantMsg {
+					if !strings.Contains(err.Error(), s) {
+						t.Errorf("Resolve(%+v) error %q does not mention %q", target, err, s)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Resolve(%+v): %v", target, err)
+			}
+			if p.Deployment.Name != "web" || p.Service.Name != tt.wantService || p.ServicePort.Port != tt.wantPort {
+				t.Errorf("Resolve(%+v) chose deployment %s, service %s port %d; want web, %s port %d",
+					target, p.Deployment.Name, p.Service.Name, p.ServicePort.Port, tt.wantService, tt.wantPort)
+			}
+			if p.AppPort != tt.wantApp || p.Container != tt.wantContainer {
+				t.Errorf("Resolve(%+v) app port %d in container %q, want %d in %q",
+					target, p.AppPort, p.Container, tt.wantApp, tt.wantContainer)
+			}
+		})
+	}
+}
+
+// A captured Service keeps its captured targetPort in the plan: retarget
+// compares against it and must find the port it already points at.
+func TestResolveCapturedKeepsServicePort(t *testing.T) {
+	svc := annotated(service("web", "web", sport("http", 80, intstr.FromInt32(FirstCapture))),
+		map[string]string{CapturedAnnot: "80/TCP=http"})
+	p, err := Resolve(t.Context(), fake.NewClientset(deployment("web", container("app", cport("http", 8080))), svc),
+		Target{Namespace: "shop", Workload: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.ServicePort.TargetPort != intstr.FromInt32(FirstCapture) {
+		t.Errorf("plan's service port targets %v, want the sidecar's %d", p.ServicePort.TargetPort, FirstCapture)
+	}
+}
+
+func TestCapturedRoundTrip(t *testing.T) {
+	tests := []struct {
+		name  string
+		caps  map[string]intstr.IntOrString
+		annot string
+	}{
+		{name: "none", caps: map[string]intstr.IntOrString{}, annot: ""},
+		{name: "named", caps: map[string]intstr.IntOrString{"80/TCP": intstr.FromString("http")}, annot: "80/TCP=http"},
+		{name: "sorted by key",
+			caps:  map[string]intstr.IntOrString{"80/TCP": intstr.FromString("http"), "443/TCP": intstr.FromInt32(8443), "8080/TCP": intstr.FromInt32(0)},
+			annot: "443/TCP=8443,80/TCP=http,8080/TCP=0"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := formatCaptured(tt.caps)
+			if got != tt.annot {
+				t.Errorf("formatCaptured(%v) = %q, want %q", tt.caps, got, tt.annot)
+			}
+			back := captured(map[string]string{CapturedAnnot: got})
+			if !maps.Equal(back, tt.caps) {
+				t.Errorf("captured(%q) = %v, want %v", got, back, tt.caps)
+			}
+		})
+	}
+}
+
+func TestCapturedIgnoresJunk(t *testing.T) {
+	tests := []struct {
+		name   string
+		annots map[string]string
+		want   map[string]intstr.IntOrString
+	}{
+		{name: "nil annotations", annots: nil, want: map[string]intstr.IntOrString{}},
+		{name: "no annotation", annots: map[string]string{"team": "a"}, want: map[string]intstr.IntOrString{}},
+		{name: "entries without =", annots: map[string]string{CapturedAnnot: "junk,80/TCP=http,"},
+			want: map[string]intstr.IntOrString{"80/TCP": intstr.FromString("http")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := captured(tt.annots); !maps.Equal(got, tt.want) {
+				t.Errorf("captured(%v) = %v, want %v", tt.annots, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestPortKey(t *testing.T) {
+	tests := []struct {
+		sp   corev1.ServicePort
+		want string
+	}{
+		{corev1.ServicePort{Port: 80, Protocol: corev1.ProtocolTCP}, "80/TCP"},
+		{corev1.ServicePort{Port: 80}, "80/TCP"}, // unset protocol is TCP, as the API server defaults it
+		{corev1.ServicePort{Port: 53, Protocol: corev1.ProtocolUDP}, "53/UDP"},
+	}
+	for _, tt := range tests {
+		if got := portKey(tt.sp); got != tt.want {
+			t.Errorf("portKey(%d/%q) = %q, want %q", tt.sp.Port, tt.sp.Protocol, got, tt.want)
+		}
+	}
+}
