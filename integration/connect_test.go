@@ -30,6 +30,7 @@ func newLaptop(t *testing.T, name, user string) *laptop {
 	if out, err := l.sh("true"); err != nil { // makes the laptop
 		t.Fatalf("laptop %s: %v\n%s", name, err, out)
 	}
+	l.run("quit") // a connection an earlier run (or a person) left
 	t.Cleanup(func() { l.run("quit") })
 	return l
 }

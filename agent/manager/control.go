@@ -93,9 +93,18 @@ func (c *control) ListIntercepts(ctx context.Context, req *managerpb.ListInterce
 // and after every change, until the sidecar goes.
 func (c *control) WatchIntercepts(req *managerpb.WatchInterceptsRequest, stream managerpb.Manager_WatchInterceptsServer) error {
 	ctx := stream.Context()
-	if s := sessionOf(ctx); s != nil {
-		s.log.Info("sidecar watching", "namespace", req.GetNamespace(), "workload", req.GetWorkload(), "pod", req.GetPod())
+	s := sessionOf(ctx)
+	if s == nil {
+		return status.Error(codes.Internal, "control call without a session")
 	}
+	// Only sidecars watch: the set holds every user's header values.
+	if !s.fromPod && !c.m.cfg.AllowLoopback {
+		return status.Error(codes.PermissionDenied, "only a sidecar may watch a workload's intercepts")
+	}
+	s.mu.Lock()
+	s.sidecarOf = req.GetNamespace() + "/" + req.GetWorkload()
+	s.mu.Unlock()
+	s.log.Info("sidecar watching", "namespace", req.GetNamespace(), "workload", req.GetWorkload(), "pod", req.GetPod())
 	var last *managerpb.InterceptSet
 	for {
 		ics, changed := c.m.intercepts.workload(req.GetNamespace(), req.GetWorkload())

@@ -3,7 +3,6 @@ package manager
 import (
 	"context"
 	"io"
-	"log/slog"
 	"net"
 	"sync"
 	"time"
@@ -20,9 +19,16 @@ import (
 // laptop's status byte reaches the sidecar as the first byte back and the
 // connection's first bytes travel with the header (one round trip over the
 // port-forward, not two).
-func (m *Manager) serveIntercepted(ctx context.Context, log *slog.Logger, st net.Conn, h rpc.Header) {
+func (m *Manager) serveIntercepted(ctx context.Context, from *session, st net.Conn, h rpc.Header) {
 	defer st.Close()
+	log := from.log
 	ic, owner, ok := m.intercepts.lookup(h.Flow)
+	from.mu.Lock()
+	watches := from.sidecarOf
+	from.mu.Unlock()
+	if ok && watches != ic.GetSpec().GetNamespace()+"/"+ic.GetSpec().GetWorkload() {
+		ok = false // a sidecar reaches only its own workload's laptops
+	}
 	if !ok {
 		m.metrics.dialErrors.WithLabelValues("intercept", "gone").Inc()
 		_ = writeStatus(st, rpc.StatusUnreachable)

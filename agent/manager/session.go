@@ -92,6 +92,9 @@ type session struct {
 	user string     // set by Hello, verified by the API server; "" when not
 	host string
 	why  string // why user is empty
+	// sidecarOf is the namespace/workload a sidecar session watches: its
+	// intercept streams may name only that workload's intercepts.
+	sidecarOf string
 }
 
 func (s *session) who() (user, host string) {
@@ -152,7 +155,7 @@ func (s *session) serveStream(ctx context.Context, st net.Conn) {
 			st.Close()
 			return
 		}
-		m.serveIntercepted(ctx, s.log, st, h)
+		m.serveIntercepted(ctx, s, st, h)
 	default: // ReadHeader returns no other kind
 		st.Close()
 	}

@@ -162,9 +162,15 @@ func (l *link) open(ctx context.Context, ic *managerpb.Intercept, client netip.A
 	if err != nil {
 		return nil, err
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		_ = st.SetReadDeadline(dl)
+	// A laptop that never answers must not hold the request: after the
+	// deadline (or the request's end) it goes to the app instead.
+	dl, ok := ctx.Deadline()
+	if !ok {
+		dl = time.Now().Add(laptopAnswer)
 	}
+	_ = st.SetReadDeadline(dl)
+	stop := context.AfterFunc(ctx, func() { _ = st.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
 	if err := rpc.ReadStatus(st); err != nil {
 		st.Close()
 		return nil, err
@@ -195,6 +201,9 @@ func (l *link) start(ic *managerpb.Intercept, client netip.AddrPort) (halfCloser
 	}
 	return halfCloser{st}, nil
 }
+
+// laptopAnswer bounds the wait for a laptop's status.
+const laptopAnswer = 5 * time.Second
 
 // halfCloser: a yamux Close only ends our writes.
 type halfCloser struct{ *yamux.Stream }

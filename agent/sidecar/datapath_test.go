@@ -1,0 +1,226 @@
+package sidecar
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+
+	"tunnel.dev/tunnel/rpc"
+	managerpb "tunnel.dev/tunnel/rpc/manager"
+)
+
+func TestNoInterceptTheAppAnswers(t *testing.T) {
+	e := newEnv(t, false)
+	e.set()
+	if code, body, _ := e.request("GET", ""); code != http.StatusOK || body != "app" {
+		t.Errorf("GET: %d %q, want 200 app", code, body)
+	}
+	if h := next(t, e.appHits, "app"); h.method != "GET" || h.path != "/orders" {
+		t.Errorf("the app got %+v", h)
+	}
+	// An intercept on another port of the workload changes nothing here.
+	other := intercept(1, "other", managerpb.InterceptMode_GLOBAL)
+	other.Spec.Port = testPort + 1
+	e.answer(1, e.serveHTTPMode)
+	e.set(other)
+	if code, body, _ := e.request("POST", "payload"); code != http.StatusOK || body != "app" {
+		t.Errorf("POST: %d %q, want 200 app", code, body)
+	}
+	if h := next(t, e.appHits, "app"); h.body != "payload" {
+		t.Errorf("the app got %+v", h)
+	}
+	none(t, e.laptopHits, "laptop")
+
+	raw := newEnv(t, true)
+	c := raw.dialRaw("hello\n")
+	if got := readN(t, c, len("app:hello\n")); got != "app:hello\n" {
+		t.Errorf("raw: %q, want the app's echo", got)
+	}
+}
+
+func TestGlobalInterceptTheLaptopAnswers(t *testing.T) {
+	e := newEnv(t, false)
+	e.answer(1, e.serveHTTPMode)
+	e.set(intercept(1, "g", managerpb.InterceptMode_GLOBAL))
+	for _, method := range []string{"GET", "POST"} {
+		code, body, _ := e.request(method, "payload", "X-Dev", "anyone")
+		if code != http.StatusOK || body != "laptop" {
+			t.Errorf("%s: %d %q, want 200 laptop", method, code, body)
+		}
+		if h := next(t, e.laptopHits, "laptop"); h.method != method || h.path != "/orders" || h.dev != "anyone" {
+			t.Errorf("the laptop got %+v", h)
+		}
+	}
+	none(t, e.appHits, "app")
+}
+
+func TestGlobalInterceptRefusedFallsBackToTheApp(t *testing.T) {
+	e := newEnv(t, false)
+	e.answer(1, e.refuseMode(0))
+	g := intercept(1, "g", managerpb.InterceptMode_GLOBAL)
+	e.set(g)
+	if code, body, _ := e.request("POST", "payload"); code != http.StatusOK || body != "app" {
+		t.Errorf("POST: %d %q, want the app's 200 app", code, body)
+	}
+	if h := next(t, e.appHits, "app"); h.body != "payload" {
+		t.Errorf("the app got %+v, want the whole body after the fallback", h)
+	}
+
+	noFallback := intercept(2, "strict", managerpb.InterceptMode_GLOBAL)
+	noFallback.Spec.NoFallback = true
+	e.answer(2, e.refuseMode(0))
+	e.set(noFallback)
+	code, body, _ := e.request("GET", "")
+	if code != http.StatusBadGateway || !strings.Contains(body, "intercept strict") {
+		t.Errorf("GET with --no-fallback: %d %q, want 502 naming the intercept", code, body)
+	}
+	none(t, e.appHits, "app")
+}
+
+func TestRawGlobalIntercept(t *testing.T) {
+	e := newEnv(t, true)
+	e.answer(1, echoMode)
+	e.set(intercept(1, "g", managerpb.InterceptMode_GLOBAL))
+	c := e.dialRaw("hello\n")
+	if got := readN(t, c, len("laptop:hello\n")); got != "laptop:hello\n" {
+		t.Fatalf("%q, want the laptop's echo", got)
+	}
+	if _, err := io.WriteString(c, "more"); err != nil {
+		t.Fatal(err)
+	}
+	if got := readN(t, c, 4); got != "more" {
+		t.Errorf("%q, want more", got)
+	}
+	// A half-close passes through: the laptop's echo ends, then the connection.
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+		t.Errorf("after our half-close: %q, %v; want EOF", rest, err)
+	}
+}
+
+func TestRawGlobalInterceptRefusedReplaysToTheApp(t *testing.T) {
+	e := newEnv(t, true)
+	e.answer(1, e.refuseMode(len("hello\n")))
+	e.set(intercept(1, "g", managerpb.InterceptMode_GLOBAL))
+	c := e.dialRaw("hello\n")
+	select {
+	case got := <-e.refused:
+		if string(got) != "hello\n" {
+			t.Errorf("the laptop saw %q before refusing, want the client's first bytes", got)
+		}
+	case <-waitLong():
+		t.Fatal("the laptop's stream never came")
+	}
+	if got := readN(t, c, len("app:hello\n")); got != "app:hello\n" {
+		t.Fatalf("%q, want the app's echo of the replayed bytes", got)
+	}
+	if _, err := io.WriteString(c, "more"); err != nil {
+		t.Fatal(err)
+	}
+	if got := readN(t, c, 4); got != "more" {
+		t.Errorf("%q, want more", got)
+	}
+
+	// With --no-fallback a connection that is not HTTP is just closed.
+	strict := intercept(2, "strict", managerpb.InterceptMode_GLOBAL)
+	strict.Spec.NoFallback = true
+	e.answer(2, e.refuseMode(len("hello\n")))
+	e.set(strict)
+	c = e.dialRaw("hello\n")
+	if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+		t.Errorf("with --no-fallback: %q, %v; want a bare close", rest, err)
+	}
+}
+
+func TestPersonalInterceptTakesOnlyItsRequests(t *testing.T) {
+	e := newEnv(t, false)
+	ada := intercept(1, "ada", managerpb.InterceptMode_PERSONAL)
+	ada.Spec.HeaderName, ada.Spec.HeaderValue = "X-Dev", "ada"
+	e.answer(1, e.serveHTTPMode)
+	e.set(ada)
+	for _, tc := range []struct {
+		header []string
+		want   string
+	}{
+		{[]string{"X-Dev", "ada"}, "laptop"},
+		{[]string{"x-dev", "ada"}, "laptop"},
+		{nil, "app"},
+		{[]string{"X-Dev", "bob"}, "app"},
+		{[]string{"X-Dev", "Ada"}, "app"},
+		{[]string{"X-Other", "ada"}, "app"},
+	} {
+		code, body, _ := e.request("GET", "", tc.header...)
+		if code != http.StatusOK || body != tc.want {
+			t.Errorf("GET with %q: %d %q, want 200 %s", tc.header, code, body, tc.want)
+			continue
+		}
+		hits, other := e.appHits, e.laptopHits
+		if tc.want == "laptop" {
+			hits, other = e.laptopHits, e.appHits
+		}
+		next(t, hits, tc.want)
+		none(t, other, "other side")
+	}
+}
+
+func TestMirrorTheAppAnswersTheLaptopGetsACopy(t *testing.T) {
+	e := newEnv(t, false)
+	e.answer(1, e.serveHTTPMode)
+	e.set(intercept(1, "m", managerpb.InterceptMode_MIRROR))
+	code, body, _ := e.request("POST", "payload", "X-Dev", "ada")
+	if code != http.StatusOK || body != "app" {
+		t.Errorf("POST: %d %q, want the app's 200 app", code, body)
+	}
+	if h := next(t, e.appHits, "app"); h.body != "payload" {
+		t.Errorf("the app got %+v", h)
+	}
+	want := hit{"POST", "/orders", "ada", "payload"}
+	if h := next(t, e.laptopHits, "laptop"); h != want {
+		t.Errorf("the mirror got %+v, want %+v", h, want)
+	}
+}
+
+func TestProbeIsAnsweredByTheSidecar(t *testing.T) {
+	e := newEnv(t, false)
+	e.answer(1, e.serveHTTPMode)
+	e.set(intercept(1, "g", managerpb.InterceptMode_GLOBAL))
+	code, _, header := e.request("GET", "", rpc.ProbeHeader, "1")
+	if code != http.StatusNoContent || header.Get(rpc.SidecarHeader) != "web-1" {
+		t.Errorf("probe: %d, %s %q; want 204 naming web-1", code, rpc.SidecarHeader, header.Get(rpc.SidecarHeader))
+	}
+	none(t, e.appHits, "app")
+	none(t, e.laptopHits, "laptop")
+}
+
+func TestRemovedInterceptClosesItsConnections(t *testing.T) {
+	e := newEnv(t, true)
+	e.answer(1, echoMode)
+	e.answer(2, echoMode)
+	g := intercept(1, "g", managerpb.InterceptMode_GLOBAL)
+	e.set(g)
+	c := e.dialRaw("hi\n")
+	if got := readN(t, c, len("laptop:hi\n")); got != "laptop:hi\n" {
+		t.Fatalf("%q, want the laptop's echo", got)
+	}
+	// A change that keeps the intercept keeps the connection.
+	mirror := intercept(2, "m", managerpb.InterceptMode_MIRROR)
+	e.set(g, mirror)
+	if _, err := io.WriteString(c, "still\n"); err != nil {
+		t.Fatal(err)
+	}
+	if got := readN(t, c, len("still\n")); got != "still\n" {
+		t.Fatalf("%q after an unrelated change", got)
+	}
+
+	e.set(mirror)
+	closed(t, c)
+	// The next connection goes to the app.
+	c = e.dialRaw("again\n")
+	if got := readN(t, c, len("app:again\n")); got != "app:again\n" {
+		t.Errorf("%q, want the app's echo", got)
+	}
+}
