@@ -3,6 +3,7 @@ module tunnel.dev/tunnel
 go 1.26.8
 
 require (
+	github.com/godbus/dbus/v5 v5.2.4
 	github.com/google/go-containerregistry v0.22.1
 	github.com/hashicorp/yamux v0.1.2
 	github.com/miekg/dns v1.1.73

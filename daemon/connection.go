@@ -174,22 +174,47 @@ func (c *connection) clusterChanged(info *managerpb.ClusterInfo) {
 	}
 	c.resolver.SetNamespaces(info.Namespaces)
 	c.resolver.SetClusterSubnets(routes)
+	if c.osDNS != nil && c.osDNS.SupportsSplitDNS() { // a new namespace is a new routing domain
+		if err := c.osDNS.SetDNS(c.splitConfig(info)); err != nil {
+			c.log.Error("update DNS routing domains", "err", err)
+		}
+	}
+}
+
+// splitConfig is what a split-DNS resolver (systemd-resolved) is told: our
+// address for the cluster's domain, each namespace (for <svc>.<ns>), the
+// --dns-include suffixes and the reverse zones of the routed subnets; the
+// connected namespace's search path.
+func (c *connection) splitConfig(info *managerpb.ClusterInfo) dns.OSConfig {
+	d, ns := info.ClusterDomain, c.req.Namespace
+	match := []string{d}
+	match = append(match, info.Namespaces...)
+	match = append(match, c.req.DnsInclude...)
+	for _, p := range c.routeSet(info) {
+		match = append(match, dns.ReverseZone(p))
+	}
+	return dns.OSConfig{
+		Nameservers:   []netip.Addr{c.dnsAddr},
+		SearchDomains: []string{ns + ".svc." + d, "svc." + d, d},
+		MatchDomains:  match,
+	}
 }
 
 // startDNS serves the resolver inside the stack at opt.DNSAddr and points
 // the machine's resolv.conf at it; names outside the cluster go to the
 // resolvers resolv.conf named before.
 func (c *connection) startDNS(ctx context.Context, opt Options, info *managerpb.ClusterInfo) error {
-	direct, err := dns.NewDirect(c.log, dns.OSFS{}, opt.ResolvConf, daemonpb.ResolvBackup(opt.RunDir))
+	osDNS, err := dns.NewOSConfigurator(c.log, opt.ResolvConf, daemonpb.ResolvBackup(opt.RunDir), opt.Device)
 	if err != nil {
 		return err
 	}
-	c.osDNS = direct
-	base, err := direct.GetBaseConfig()
+	c.osDNS = osDNS
+	split := osDNS.SupportsSplitDNS()
+	base, err := osDNS.GetBaseConfig()
 	if err != nil {
 		return err
 	}
-	upstreams := base.Upstreams()
+	upstreams := base.Upstreams() // none under split DNS: other names never come to us
 	ns := c.req.Namespace
 	c.resolver = dns.NewResolver(c.log, exchanger{c.sess}, dns.Config{
 		ClusterDomain: info.ClusterDomain, Namespace: ns, Include: c.req.DnsInclude, Upstreams: upstreams,
@@ -213,15 +238,29 @@ func (c *connection) startDNS(ctx context.Context, opt Options, info *managerpb.
 			c.log.Error("DNS server stopped", "err", err)
 		}
 	}()
-	c.dnsState = &daemonpb.DNSStatus{Mode: "resolv.conf", Nameserver: c.dnsAddr.String()}
-	search := []string{ns + ".svc." + info.ClusterDomain, "svc." + info.ClusterDomain, info.ClusterDomain}
-	search = append(search, base.SearchDomains...)
-	if err := direct.SetDNS(dns.OSConfig{Nameservers: []netip.Addr{c.dnsAddr}, SearchDomains: search}); err != nil {
+	cfg := c.splitConfig(info)
+	c.dnsState = &daemonpb.DNSStatus{Mode: "systemd-resolved", Nameserver: c.dnsAddr.String()}
+	if split {
+		// systemd-resolved uses a link's DNS servers only when the link has
+		// an address; one next to the resolver's (which must stay routed
+		// into the device, not local) and, as a /32, without a route.
+		if err := c.router.AddAddress(netip.PrefixFrom(c.dnsAddr.Prev(), 32)); err != nil {
+			return fmt.Errorf("give %s an address for systemd-resolved: %w", opt.Device, err)
+		}
+	}
+	if !split {
+		cfg = dns.OSConfig{Nameservers: []netip.Addr{c.dnsAddr}, SearchDomains: append(cfg.SearchDomains, base.SearchDomains...)}
+		c.dnsState.Mode = "resolv.conf"
+	}
+	if err := osDNS.SetDNS(cfg); err != nil {
 		return err
 	}
-	c.dnsState.Search = search
+	c.dnsState.Search = cfg.SearchDomains
 	for _, u := range upstreams {
 		c.dnsState.Upstreams = append(c.dnsState.Upstreams, u.String())
+	}
+	if split {
+		c.dnsState.Upstreams = []string{"systemd-resolved's own servers"}
 	}
 	return nil
 }

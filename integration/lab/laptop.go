@@ -175,8 +175,9 @@ func laptops() []string {
 
 // ExecOptions says where and as whom `lab exec` runs a command.
 type ExecOptions struct {
-	Laptop string // laptop name; "" means the node's namespace
-	User   string // "admin" or "dev"
+	Laptop string   // laptop name; "" means the node's namespace
+	User   string   // "admin" or "dev"
+	Env    []string // more environment, KEY=VALUE
 }
 
 // Command returns a command that runs in a laptop (or the node) with
@@ -210,5 +211,6 @@ func Command(ctx context.Context, p Paths, opt ExecOptions, argv ...string) (*ex
 		"KUBECONFIG="+kubeconfig,
 		"PATH="+p.KubernetesBin()+":"+os.Getenv("PATH"),
 	)
+	cmd.Env = append(cmd.Env, opt.Env...)
 	return cmd, nil
 }

@@ -22,6 +22,7 @@ var debianPackages = []struct{ pkg, cmd string }{
 	{"util-linux", "nsenter"},
 	{"dnsutils", "dig"},
 	{"curl", "curl"},
+	{"dbus-daemon", "dbus-daemon"}, // a private system bus for a laptop's systemd-resolved
 }
 
 // ensurePackages installs the Debian packages the machine lacks.
