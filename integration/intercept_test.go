@@ -324,12 +324,35 @@ func TestFallbackNoFallbackAndMirror(t *testing.T) {
 	if got := fromNode(t, "http://"+ip+"/down"); !strings.Contains(got, "pod=echo-") {
 		t.Errorf("with the local server stopped, the app should answer: %s", got)
 	}
+	// The sidecar counts what it did, per intercept.
+	pods, err := h.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "app=echo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var metrics string
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil && p.Status.PodIP != "" {
+			metrics += fromNode(t, fmt.Sprintf("http://%s:18099/metrics", p.Status.PodIP))
+		}
+	}
+	for _, want := range []string{
+		`tunnel_sidecar_intercepted_requests_total{intercept="echo-http",result="laptop"} 1`,
+		`tunnel_sidecar_fallbacks_total{intercept="echo-http"} 1`,
+		`tunnel_sidecar_intercepted_bytes_total{direction="from_laptop",intercept="echo-http"}`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("sidecar metrics lack %s:\n%s", want, metrics)
+		}
+	}
 	l.must("leave", "echo-http")
 
-	l.must("intercept", "echo", "--port", "7072:http", "--no-fallback")
+	out := l.must("intercept", "echo", "--port", "7072:http", "--no-fallback")
+	if !strings.Contains(out, "nothing listens on localhost:7072") {
+		t.Errorf("intercept with nothing listening locally gives no warning:\n%s", out)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	out, _ := h.Run(ctx, node, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "http://"+ip+"/no-fallback")
+	out, _ = h.Run(ctx, node, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "http://"+ip+"/no-fallback")
 	if strings.TrimSpace(out) != "502" {
 		t.Errorf("--no-fallback with nothing listening: HTTP %s, want 502", out)
 	}

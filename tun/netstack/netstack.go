@@ -215,7 +215,13 @@ func newIPStack() (*stack.Stack, error) {
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
 	rx := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcpRXBufDefault, Max: tcpRXBufMax}
 	tx := tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcpTXBufDefault, Max: tcpTXBufMax}
-	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &recovery, &cc, &moderate, &rx, &tx} {
+	// TIME-WAIT only as long as a segment can linger on the device: a SYN
+	// that reuses a 4-tuple still in TIME-WAIT is dropped when, as here, a
+	// forwarder rather than a listener takes new connections, so a client
+	// making thousands of short connections (whose kernel reuses source
+	// ports) saw one hang for the whole default minute.
+	timeWait := tcpip.TCPTimeWaitTimeoutOption(10 * time.Millisecond)
+	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &recovery, &cc, &moderate, &rx, &tx, &timeWait} {
 		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
 			s.Destroy()
 			return nil, fmt.Errorf("set TCP option %T: %s", opt, err)
