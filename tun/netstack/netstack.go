@@ -215,12 +215,14 @@ func newIPStack() (*stack.Stack, error) {
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
 	rx := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcpRXBufDefault, Max: tcpRXBufMax}
 	tx := tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcpTXBufDefault, Max: tcpTXBufMax}
-	// TIME-WAIT only as long as a segment can linger on the device: a SYN
-	// that reuses a 4-tuple still in TIME-WAIT is dropped when, as here, a
-	// forwarder rather than a listener takes new connections, so a client
-	// making thousands of short connections (whose kernel reuses source
-	// ports) saw one hang for the whole default minute.
-	timeWait := tcpip.TCPTimeWaitTimeoutOption(10 * time.Millisecond)
+	// No TIME-WAIT: a SYN that reuses a 4-tuple still in TIME-WAIT is
+	// handed over only to a listening endpoint, and here a forwarder takes
+	// new connections, so gVisor dropped it: a client making thousands of
+	// short connections (its kernel reuses source ports) saw one hang for
+	// the whole default minute, and even a 10 ms TIME-WAIT cost a reconnect
+	// the 1 s SYN retransmit. On a TUN link no stray segment outlives the
+	// connection; one that came would get a reset.
+	timeWait := tcpip.TCPTimeWaitTimeoutOption(0)
 	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &recovery, &cc, &moderate, &rx, &tx, &timeWait} {
 		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
 			s.Destroy()
