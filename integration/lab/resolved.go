@@ -145,12 +145,13 @@ func StartResolved(ctx context.Context, p Paths, laptop string) (*Resolved, erro
 			return nil, err
 		}
 	}
-	// In its own mount namespace: resolved's user exists, its runtime
-	// folder and configuration are private to it.
+	// In its own mount namespace: resolved's user exists, its /run (with
+	// its configuration) is private to it, whether or not the machine has
+	// a /run/systemd.
 	script := fmt.Sprintf(`set -e
 mount --bind %[1]s/passwd /etc/passwd
 mount --bind %[1]s/group /etc/group
-mount -t tmpfs tmpfs /run/systemd
+mount -t tmpfs tmpfs /run
 mkdir -p /run/systemd/resolved.conf.d /run/systemd/resolve
 mount --bind %[1]s/run /run/systemd/resolve
 cp %[1]s/resolved.conf /run/systemd/resolved.conf.d/lab.conf
