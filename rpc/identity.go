@@ -17,3 +17,6 @@ const (
 	ProbeHeader   = "X-Tunnel-Probe"
 	SidecarHeader = "X-Tunnel-Sidecar"
 )
+
+// SidecarAudience is the audience of the token a sidecar shows the manager.
+const SidecarAudience = "tunnel.dev/manager"

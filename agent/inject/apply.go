@@ -22,7 +22,12 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
+
+	"tunnel.dev/tunnel/rpc"
 )
+
+// tokenVolume holds the sidecar's token for the manager.
+const tokenVolume = "tunnel-agent-token"
 
 // ErrForbidden means the user's own permissions do not allow the change.
 var ErrForbidden = errors.New("forbidden")
@@ -156,6 +161,9 @@ func applySidecar(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deploy
 		Args:            args,
 		Env:             []corev1.EnvVar{fieldEnv("POD_NAME", "metadata.name"), fieldEnv("POD_NAMESPACE", "metadata.namespace"), fieldEnv("POD_IP", "status.podIP")},
 		Ports:           ports,
+		// The pod-bound token that shows the manager this is one of the
+		// workload's pods.
+		VolumeMounts: []corev1.VolumeMount{{Name: tokenVolume, MountPath: "/var/run/secrets/tunnel.dev", ReadOnly: true}},
 		ReadinessProbe: &corev1.Probe{
 			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(MetricsPort)}},
 			PeriodSeconds: 2,
@@ -171,6 +179,11 @@ func applySidecar(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deploy
 		"metadata": map[string]any{"name": d.Name, "namespace": d.Namespace},
 		"spec": map[string]any{"template": map[string]any{"spec": map[string]any{
 			"containers": []corev1.Container{c},
+			"volumes": []corev1.Volume{{Name: tokenVolume, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+				Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+					Audience: rpc.SidecarAudience, ExpirationSeconds: ptr.To(int64(3600)), Path: "token",
+				}}},
+			}}}},
 		}}},
 	}
 	return apply(ctx, cs, d.Namespace, d.Name, obj)

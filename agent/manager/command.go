@@ -89,6 +89,7 @@ func serveCluster(ctx context.Context, logger *slog.Logger, client kubernetes.In
 		return err
 	}
 	m.identify = csrIdentifier(client)
+	m.verifySidecar = podVerifier(client)
 
 	hs := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	metricsDone := make(chan error, 1)

@@ -97,9 +97,19 @@ func (c *control) WatchIntercepts(req *managerpb.WatchInterceptsRequest, stream 
 	if s == nil {
 		return status.Error(codes.Internal, "control call without a session")
 	}
-	// Only sidecars watch: the set holds every user's header values.
+	// Only the workload's own sidecars watch: the set holds every user's
+	// header values, and a watcher's streams reach the laptops.
 	if !s.fromPod && !c.m.cfg.AllowLoopback {
 		return status.Error(codes.PermissionDenied, "only a sidecar may watch a workload's intercepts")
+	}
+	if c.m.verifySidecar != nil {
+		vctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := c.m.verifySidecar(vctx, req.GetToken(), req.GetNamespace(), req.GetWorkload())
+		cancel()
+		if err != nil {
+			s.log.Warn("refusing a sidecar", "namespace", req.GetNamespace(), "workload", req.GetWorkload(), "pod", req.GetPod(), "err", err)
+			return status.Error(codes.PermissionDenied, err.Error())
+		}
 	}
 	s.mu.Lock()
 	s.sidecarOf = req.GetNamespace() + "/" + req.GetWorkload()

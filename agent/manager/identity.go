@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -53,5 +54,56 @@ func csrIdentifier(cs kubernetes.Interface) identifier {
 			return "", errors.New("the API server recorded no requester")
 		}
 		return csr.Spec.Username, nil
+	}
+}
+
+// sidecarVerifier checks that a token belongs to a running pod of
+// namespace/workload that carries the sidecar.
+type sidecarVerifier func(ctx context.Context, token, namespace, workload string) error
+
+// podVerifier asks the API server whose token a sidecar shows (a
+// pod-bound ServiceAccount token for rpc.SidecarAudience) and follows the
+// pod's owners up to the Deployment: a pod that merely claims a workload
+// reaches none of its laptops.
+func podVerifier(cs kubernetes.Interface) sidecarVerifier {
+	return func(ctx context.Context, token, namespace, workload string) error {
+		if token == "" {
+			return errors.New("the sidecar showed no token")
+		}
+		tr, err := cs.AuthenticationV1().TokenReviews().Create(ctx, &authnv1.TokenReview{
+			Spec: authnv1.TokenReviewSpec{Token: token, Audiences: []string{rpc.SidecarAudience}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			return fmt.Errorf("review the sidecar's token: %w", err)
+		}
+		if !tr.Status.Authenticated {
+			return fmt.Errorf("the sidecar's token is not accepted: %s", tr.Status.Error)
+		}
+		if !strings.HasPrefix(tr.Status.User.Username, "system:serviceaccount:"+namespace+":") {
+			return fmt.Errorf("the sidecar's token is %s's, not a service account of namespace %s", tr.Status.User.Username, namespace)
+		}
+		names := tr.Status.User.Extra["authentication.kubernetes.io/pod-name"]
+		if len(names) != 1 {
+			return errors.New("the sidecar's token is not bound to a pod")
+		}
+		pod, err := cs.CoreV1().Pods(namespace).Get(ctx, names[0], metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("read the sidecar's pod: %w", err)
+		}
+		if uids := tr.Status.User.Extra["authentication.kubernetes.io/pod-uid"]; len(uids) == 1 && uids[0] != string(pod.UID) {
+			return fmt.Errorf("the sidecar's token is bound to an earlier pod named %s", pod.Name)
+		}
+		rs := metav1.GetControllerOf(pod)
+		if rs == nil || rs.Kind != "ReplicaSet" {
+			return fmt.Errorf("pod %s is not run by a ReplicaSet", pod.Name)
+		}
+		set, err := cs.AppsV1().ReplicaSets(namespace).Get(ctx, rs.Name, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("read the ReplicaSet of pod %s: %w", pod.Name, err)
+		}
+		if d := metav1.GetControllerOf(set); d == nil || d.Kind != "Deployment" || d.Name != workload {
+			return fmt.Errorf("pod %s does not belong to deployment %s", pod.Name, workload)
+		}
+		return nil
 	}
 }

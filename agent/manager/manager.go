@@ -74,6 +74,8 @@ type Manager struct {
 	dialUDP func(ctx context.Context, dst netip.AddrPort) (net.Conn, error)
 	// identify verifies a session's proof of identity; nil verifies none.
 	identify identifier
+	// verifySidecar checks a sidecar's token; nil checks none (tests).
+	verifySidecar sidecarVerifier
 }
 
 // New returns a Manager that routes and resolves what cluster tells and

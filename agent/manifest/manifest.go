@@ -85,6 +85,9 @@ func Build(opt Options) Objects {
 				{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"servicecidrs"}, Verbs: []string{"get", "list", "watch"}},
 				// Reads a session's proof of identity, then deletes it.
 				{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"certificatesigningrequests"}, Verbs: []string{"get", "delete"}},
+				// Checks that a sidecar is one of its workload's pods.
+				{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
+				{APIGroups: []string{"apps"}, Resources: []string{"replicasets"}, Verbs: []string{"get"}},
 			},
 		},
 		ClusterRoleBinding: &rbacv1.ClusterRoleBinding{

@@ -37,6 +37,9 @@ type link struct {
 	synced atomic.Bool // the manager has sent the intercepts once
 	// onChange runs after every change of the table.
 	onChange func()
+	// token reads the pod's token for the manager, afresh each session:
+	// the kubelet rotates it.
+	token func() (string, error)
 
 	mu  sync.Mutex // guards following
 	mux *yamux.Session
@@ -118,8 +121,12 @@ func (l *link) session(ctx context.Context) error {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	context.AfterFunc(wctx, func() { mux.Close() })
+	token, err := l.token()
+	if err != nil {
+		return err
+	}
 	watch, err := managerpb.NewManagerClient(cc).WatchIntercepts(wctx,
-		&managerpb.WatchInterceptsRequest{Namespace: l.ns, Workload: l.name, Pod: l.pod})
+		&managerpb.WatchInterceptsRequest{Namespace: l.ns, Workload: l.name, Pod: l.pod, Token: token})
 	if err != nil {
 		return fmt.Errorf("watch intercepts: %w", err)
 	}

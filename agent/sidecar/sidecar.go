@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,6 +51,7 @@ type Config struct {
 	PodIP       netip.Addr // the app listens here (and, usually, on every address)
 	Captures    []Capture
 	MetricsAddr string        // /metrics and /healthz
+	TokenFile   string        // the pod-bound token shown to the manager
 	Sniff       time.Duration // wait for a client's first bytes before treating it as not HTTP
 }
 
@@ -93,6 +95,13 @@ func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 		log: log.With("subsystem", "link"), addr: cfg.Manager, ns: cfg.Namespace, name: cfg.Workload, pod: cfg.Pod,
 		dial: func(ctx context.Context, addr string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		},
+		token: func() (string, error) {
+			b, err := os.ReadFile(cfg.TokenFile)
+			if err != nil {
+				return "", fmt.Errorf("read the token for the manager: %w", err)
+			}
+			return strings.TrimSpace(string(b)), nil
 		},
 	}
 	caps := make([]*capture, len(cfg.Captures))

@@ -787,10 +787,15 @@ func (x *ListInterceptsResponse) GetIntercepts() []*Intercept {
 }
 
 type WatchInterceptsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Workload      string                 `protobuf:"bytes,2,opt,name=workload,proto3" json:"workload,omitempty"`
-	Pod           string                 `protobuf:"bytes,3,opt,name=pod,proto3" json:"pod,omitempty"` // for the manager's logs
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Workload  string                 `protobuf:"bytes,2,opt,name=workload,proto3" json:"workload,omitempty"`
+	Pod       string                 `protobuf:"bytes,3,opt,name=pod,proto3" json:"pod,omitempty"` // for the manager's logs
+	// The sidecar's pod-bound ServiceAccount token (audience
+	// rpc.SidecarAudience): the manager checks with the API server that it
+	// belongs to a running pod of the workload, and only then sends it
+	// anything or takes its streams.
+	Token         string `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -842,6 +847,13 @@ func (x *WatchInterceptsRequest) GetWorkload() string {
 func (x *WatchInterceptsRequest) GetPod() string {
 	if x != nil {
 		return x.Pod
+	}
+	return ""
+}
+
+func (x *WatchInterceptsRequest) GetToken() string {
+	if x != nil {
+		return x.Token
 	}
 	return ""
 }
@@ -950,11 +962,12 @@ const file_manager_manager_proto_rawDesc = "" +
 	"\x16ListInterceptsResponse\x12<\n" +
 	"\n" +
 	"intercepts\x18\x01 \x03(\v2\x1c.tunnel.manager.v1.InterceptR\n" +
-	"intercepts\"d\n" +
+	"intercepts\"z\n" +
 	"\x16WatchInterceptsRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1a\n" +
 	"\bworkload\x18\x02 \x01(\tR\bworkload\x12\x10\n" +
-	"\x03pod\x18\x03 \x01(\tR\x03pod\"L\n" +
+	"\x03pod\x18\x03 \x01(\tR\x03pod\x12\x14\n" +
+	"\x05token\x18\x04 \x01(\tR\x05token\"L\n" +
 	"\fInterceptSet\x12<\n" +
 	"\n" +
 	"intercepts\x18\x01 \x03(\v2\x1c.tunnel.manager.v1.InterceptR\n" +
