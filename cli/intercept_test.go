@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	daemonpb "tunnel.dev/tunnel/rpc/daemon"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 )
 
@@ -96,5 +97,22 @@ func TestFormatEnv(t *testing.T) {
 		if !strings.Contains(docker, line+"\n") {
 			t.Errorf("docker syntax lacks %q:\n%s", line, docker)
 		}
+	}
+}
+
+func TestPrintStatusNamesTheUserAndIntercepts(t *testing.T) {
+	var b strings.Builder
+	printStatus(&b, &daemonpb.StatusResponse{Connected: true, User: "dev", Intercepts: []*managerpb.Intercept{
+		{Spec: &managerpb.InterceptSpec{Name: "echo-http", Namespace: "dev", Workload: "echo", Port: 8080, Mode: managerpb.InterceptMode_PERSONAL}},
+	}})
+	for _, want := range []string{"User:       dev", "Intercepts: echo-http: port 8080 of dev/echo, personal"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, b.String())
+		}
+	}
+	b.Reset()
+	printStatus(&b, &daemonpb.StatusResponse{Connected: true})
+	if !strings.Contains(b.String(), "not verified") {
+		t.Errorf("an unverified user is not said:\n%s", b.String())
 	}
 }

@@ -62,6 +62,20 @@ func printStatus(w io.Writer, st *daemonpb.StatusResponse) {
 		fmt.Fprintf(w, "Traffic:    TCP %d open (%d in all), UDP %d open (%d in all), %d B sent, %d B received, %d failed dials\n",
 			t.TcpFlowsActive, t.TcpFlowsTotal, t.UdpFlowsActive, t.UdpFlowsTotal, t.BytesSent, t.BytesReceived, t.DialErrors)
 	}
+	user := st.User
+	if user == "" {
+		user = "not verified (intercepts need a verified user)"
+	}
+	fmt.Fprintf(w, "User:       %s\n", user)
+	for i, ic := range st.Intercepts {
+		label := "Intercepts:"
+		if i > 0 {
+			label = ""
+		}
+		s := ic.GetSpec()
+		fmt.Fprintf(w, "%-11s %s: port %d of %s/%s, %s\n", label, s.GetName(), s.GetPort(), s.GetNamespace(), s.GetWorkload(),
+			strings.ToLower(s.GetMode().String()))
+	}
 }
 
 // printJSON prints a message as stable JSON for machines.
