@@ -1,0 +1,204 @@
+// Package deploy is `tunnel deploy`: it renders a folder of manifest
+// templates with parameters, applies them with server-side apply, and waits
+// until every workload has rolled out, or says why not.
+package deploy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/template"
+	"text/template/parse"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+)
+
+// ValuesFile, beside the templates, gives the parameters' defaults.
+const ValuesFile = "values.yaml"
+
+// ErrBadInput is wrapped by every error about the templates or parameters:
+// nothing has been applied when one is returned.
+var ErrBadInput = errors.New("bad manifests or parameters")
+
+// Render reads the templates at path (a file, or every *.yaml and *.yml of
+// a folder but ValuesFile, in name order), fills them with the defaults of
+// the folder's ValuesFile overridden by set, and returns the objects in
+// order. A parameter no template names, a name no parameter gives, and a
+// template or object that does not parse are errors.
+func Render(path string, set map[string]string) ([]*unstructured.Unstructured, error) {
+	files, values, err := sources(path)
+	if err != nil {
+		return nil, err
+	}
+	params := map[string]any{}
+	maps.Copy(params, values)
+	for k, v := range set {
+		params[k] = v
+	}
+	named := map[string]bool{}
+	var tmpls []*template.Template
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		t, err := template.New(filepath.Base(f)).Option("missingkey=error").Parse(string(b))
+		if err != nil {
+			return nil, fmt.Errorf("%w: template %v", ErrBadInput, err)
+		}
+		for _, n := range t.Templates() {
+			if n.Tree != nil {
+				fields(n.Tree.Root, named)
+			}
+		}
+		tmpls = append(tmpls, t)
+	}
+	for k := range set {
+		if !named[k] {
+			return nil, fmt.Errorf("%w: unknown parameter %q: the templates name %s", ErrBadInput, k, list(named))
+		}
+	}
+	for k := range named {
+		if _, ok := params[k]; !ok {
+			return nil, fmt.Errorf("%w: parameter %q has no value: give it with --set %s=VALUE or in %s", ErrBadInput, k, k, ValuesFile)
+		}
+	}
+	var objs []*unstructured.Unstructured
+	for _, t := range tmpls {
+		var out bytes.Buffer
+		if err := t.Execute(&out, params); err != nil {
+			return nil, fmt.Errorf("%w: render %v", ErrBadInput, err)
+		}
+		docs, err := decode(t.Name(), &out)
+		if err != nil {
+			return nil, err
+		}
+		objs = append(objs, docs...)
+	}
+	if len(objs) == 0 {
+		return nil, fmt.Errorf("%w: %s holds no objects", ErrBadInput, path)
+	}
+	return objs, nil
+}
+
+// sources lists the templates at path and reads the folder's defaults.
+func sources(path string) ([]string, map[string]any, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrBadInput, err)
+	}
+	dir, files := path, []string{path}
+	if st.IsDir() {
+		files = nil
+		entries, err := os.ReadDir(path)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, e := range entries {
+			ext := filepath.Ext(e.Name())
+			if !e.IsDir() && (ext == ".yaml" || ext == ".yml") && e.Name() != ValuesFile {
+				files = append(files, filepath.Join(path, e.Name()))
+			}
+		}
+	} else {
+		dir = filepath.Dir(path)
+	}
+	values := map[string]any{}
+	b, err := os.ReadFile(filepath.Join(dir, ValuesFile))
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return nil, nil, err
+	default:
+		if err := yaml.Unmarshal(b, &values); err != nil {
+			return nil, nil, fmt.Errorf("%w: %s: %v", ErrBadInput, ValuesFile, err)
+		}
+	}
+	return files, values, nil
+}
+
+// fields collects the top-level parameter names a template uses (.name).
+func fields(n parse.Node, into map[string]bool) {
+	switch n := n.(type) {
+	case *parse.ListNode:
+		if n != nil {
+			for _, c := range n.Nodes {
+				fields(c, into)
+			}
+		}
+	case *parse.ActionNode:
+		fields(n.Pipe, into)
+	case *parse.PipeNode:
+		if n != nil {
+			for _, c := range n.Cmds {
+				fields(c, into)
+			}
+		}
+	case *parse.CommandNode:
+		for _, a := range n.Args {
+			fields(a, into)
+		}
+	case *parse.FieldNode:
+		into[n.Ident[0]] = true
+	case *parse.IfNode:
+		fields(n.Pipe, into)
+		fields(n.List, into)
+		fields(n.ElseList, into)
+	case *parse.RangeNode:
+		fields(n.Pipe, into)
+		fields(n.List, into)
+		fields(n.ElseList, into)
+	case *parse.WithNode:
+		fields(n.Pipe, into)
+		fields(n.List, into)
+		fields(n.ElseList, into)
+	}
+}
+
+func list(m map[string]bool) string {
+	if len(m) == 0 {
+		return "no parameters"
+	}
+	return strings.Join(slices.Sorted(maps.Keys(m)), ", ")
+}
+
+// decode splits a rendered file into objects, each with a kind, an
+// apiVersion and a name.
+func decode(file string, r io.Reader) ([]*unstructured.Unstructured, error) {
+	docs := utilyaml.NewYAMLReader(bufio.NewReader(r))
+	var out []*unstructured.Unstructured
+	for i := 1; ; i++ {
+		doc, err := docs.Read()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s, document %d: %v", ErrBadInput, file, i, err)
+		}
+		js, err := yaml.YAMLToJSON(doc)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s, document %d: %v", ErrBadInput, file, i, err)
+		}
+		if t := bytes.TrimSpace(js); len(t) == 0 || string(t) == "null" || string(t) == "{}" {
+			continue // an empty document
+		}
+		u := &unstructured.Unstructured{}
+		// Unstructured's own decoding keeps integers integers.
+		if err := u.UnmarshalJSON(js); err != nil {
+			return nil, fmt.Errorf("%w: %s, document %d: an object needs apiVersion, kind and metadata.name (%v)", ErrBadInput, file, i, err)
+		}
+		if u.GetKind() == "" || u.GetAPIVersion() == "" || u.GetName() == "" {
+			return nil, fmt.Errorf("%w: %s, document %d: an object needs apiVersion, kind and metadata.name", ErrBadInput, file, i)
+		}
+		out = append(out, u)
+	}
+}

@@ -1,0 +1,104 @@
+package deploy
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func writeFiles(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+const app = `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: {{ .name }}}
+spec:
+  replicas: {{ .replicas }}
+  template:
+    spec:
+      containers: [{name: app, image: "{{ .image }}"}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: {{ .name }}}
+`
+
+func TestRenderFillsParameters(t *testing.T) {
+	dir := writeFiles(t, map[string]string{
+		"app.yaml":  app,
+		ValuesFile:  "name: shop\nreplicas: 1\nimage: shop:1.0\n",
+		"notes.txt": "not a template",
+		"empty.yml": "---\n",
+	})
+	objs, err := Render(dir, map[string]string{"image": "shop:1.1", "replicas": "3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs) != 2 || objs[0].GetKind() != "Deployment" || objs[1].GetKind() != "Service" || objs[1].GetName() != "shop" {
+		t.Fatalf("objects: %v", objs)
+	}
+	if r := objs[0].Object["spec"].(map[string]any)["replicas"]; r != int64(3) {
+		t.Errorf("replicas %v (%T), want 3 from --set", r, r)
+	}
+	c := objs[0].Object["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)[0].(map[string]any)
+	if c["image"] != "shop:1.1" {
+		t.Errorf("image %v, want the --set value over values.yaml's", c["image"])
+	}
+}
+
+func TestRenderRefusesBeforeAnythingIsApplied(t *testing.T) {
+	for name, tc := range map[string]struct {
+		files map[string]string
+		set   map[string]string
+		want  string
+	}{
+		"unknown parameter": {map[string]string{"a.yaml": app, ValuesFile: "name: a\nreplicas: 1\nimage: x\n"}, map[string]string{"imgae": "y"}, `unknown parameter "imgae": the templates name image, name, replicas`},
+		"no value":          {map[string]string{"a.yaml": app}, map[string]string{"name": "a", "image": "x"}, `parameter "replicas" has no value`},
+		"bad template":      {map[string]string{"a.yaml": "metadata: {name: {{ .name }"}, nil, "template"},
+		"not an object":     {map[string]string{"a.yaml": "just: a map\n"}, nil, "needs apiVersion, kind and metadata.name"},
+		"not yaml":          {map[string]string{"a.yaml": "kind: [unclosed\n"}, nil, "document 1"},
+		"nothing":           {map[string]string{"a.yaml": "# only a comment\n"}, nil, "holds no objects"},
+		"bad values":        {map[string]string{"a.yaml": app, ValuesFile: "[1, 2"}, nil, ValuesFile},
+	} {
+		_, err := Render(writeFiles(t, tc.files), tc.set)
+		if !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want ErrBadInput saying %q", name, err, tc.want)
+		}
+	}
+	if _, err := Render(filepath.Join(t.TempDir(), "missing"), nil); !errors.Is(err, ErrBadInput) {
+		t.Errorf("a path that is not there: %v", err)
+	}
+}
+
+func TestRenderOneFileUsesItsFoldersValues(t *testing.T) {
+	dir := writeFiles(t, map[string]string{"app.yaml": app, ValuesFile: "name: one\nreplicas: 2\nimage: x\n"})
+	objs, err := Render(filepath.Join(dir, "app.yaml"), nil)
+	if err != nil || len(objs) != 2 || objs[0].GetName() != "one" {
+		t.Fatalf("%v %v", objs, err)
+	}
+}
+
+func TestDiffNamesChangedLeaves(t *testing.T) {
+	live := map[string]any{"metadata": map[string]any{"name": "a", "resourceVersion": "7", "annotations": map[string]any{"deployment.kubernetes.io/revision": "2"}},
+		"spec": map[string]any{"replicas": int64(2), "image": "x"}, "status": map[string]any{"ready": true}}
+	dry := map[string]any{"metadata": map[string]any{"name": "a", "resourceVersion": "8"},
+		"spec": map[string]any{"replicas": int64(3), "image": "x", "paused": true}}
+	got := diff("", comparable(live), comparable(dry))
+	want := []string{"spec.paused: (none) → true", "spec.replicas: 2 → 3"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("diff = %q, want %q", got, want)
+	}
+	if d := diff("", comparable(live), comparable(live)); len(d) != 0 {
+		t.Errorf("an object against itself: %q", d)
+	}
+}
