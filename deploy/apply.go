@@ -43,7 +43,8 @@ type Result struct {
 // Apply sends objs to the cluster with server-side apply. First every
 // object goes through a server-side dry run, so one the API server refuses
 // stops the deploy before anything changed; then (unless opt.DryRun) they
-// are applied in order and every Deployment's rollout is waited for.
+// are applied in order and every Deployment's, StatefulSet's and
+// DaemonSet's rollout is waited for.
 func Apply(ctx context.Context, rc *rest.Config, cs kubernetes.Interface, objs []*unstructured.Unstructured, opt Options) ([]Result, error) {
 	dyn, err := dynamic.NewForConfig(rc)
 	if err != nil {
@@ -105,10 +106,14 @@ func Apply(ctx context.Context, rc *rest.Config, cs kubernetes.Interface, objs [
 		opt.Progress(fmt.Sprintf("Applied %s", t.id))
 	}
 	for _, t := range targets {
-		if t.obj.GetKind() != "Deployment" {
-			continue
+		var err error
+		switch t.obj.GetKind() {
+		case "Deployment":
+			err = inject.WaitRollout(ctx, cs, t.obj.GetNamespace(), t.obj.GetName(), opt.Timeout, opt.Progress)
+		case "StatefulSet", "DaemonSet":
+			err = waitSet(ctx, cs, t.obj.GetKind(), t.obj.GetNamespace(), t.obj.GetName(), opt.Timeout, opt.Progress)
 		}
-		if err := inject.WaitRollout(ctx, cs, t.obj.GetNamespace(), t.obj.GetName(), opt.Timeout, opt.Progress); err != nil {
+		if err != nil {
 			return results, err
 		}
 	}

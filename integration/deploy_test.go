@@ -35,6 +35,20 @@ spec:
         ports: [{name: http, containerPort: 8080}]
         readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1}
 `,
+	"statefulset.yaml": `apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: {{ .name }}-db}
+spec:
+  serviceName: {{ .name }}
+  replicas: 1
+  selector: {matchLabels: {app: {{ .name }}-db}}
+  template:
+    metadata: {labels: {app: {{ .name }}-db}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: db, image: "{{ .image }}", imagePullPolicy: Never, command: [/echo]}
+`,
 	"service.yaml": `apiVersion: v1
 kind: Service
 metadata: {name: {{ .name }}}
@@ -62,6 +76,10 @@ func TestDeployRendersAppliesAndWaits(t *testing.T) {
 	out, err := deploy("--set", "replicas=2", "--set", "greeting=hi")
 	if err != nil || !strings.Contains(out, ns+"/deployment/web created") || !strings.Contains(out, "Waiting for deployment") {
 		t.Fatalf("deploy: %v\n%s", err, out)
+	}
+	sts, err := h.Client.AppsV1().StatefulSets(ns).Get(ctx, "web-db", metav1.GetOptions{})
+	if err != nil || sts.Status.ReadyReplicas != 1 {
+		t.Errorf("deploy returned before the StatefulSet rolled out: %v %+v", err, sts.Status)
 	}
 	d, err := h.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
 	if err != nil {
