@@ -127,7 +127,10 @@ func serve(ctx context.Context, pod string, ls listeners, logger *slog.Logger) e
 		"http", ls.HTTP.Addr().String(), "http2", ls.HTTP2.Addr().String(),
 		"tcp", ls.TCP.Addr().String(), "udp", ls.UDP.LocalAddr().String())
 
-	h := newHTTPHandler(pod)
+	h, err := withFaults(newHTTPHandler(pod), os.Getenv)
+	if err != nil {
+		return err
+	}
 	if os.Getenv("LOG_REQUESTS") != "" {
 		// A laptop's stand-in server in the tests says what reached it.
 		next := h
