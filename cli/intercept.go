@@ -155,8 +155,20 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 	if err != nil {
 		return err
 	}
-	if _, err := inject.Ensure(ctx, cs, plan, image, f.timeout, progress); err != nil {
+	fresh, err := inject.Ensure(ctx, cs, plan, image, f.timeout, progress)
+	if err != nil {
 		return err
+	}
+	// A sidecar this call added goes again if the intercept does not come
+	// to be: a refusal leaves the workload as it was.
+	undo := func(cause error) error {
+		if fresh {
+			uctx := context.WithoutCancel(ctx)
+			if rerr := inject.Remove(uctx, cs, ns, workload, f.timeout, progress); rerr != nil {
+				return fmt.Errorf("%w (and taking the sidecar out again failed: %v)", cause, rerr)
+			}
+		}
+		return cause
 	}
 	awaitSidecar(ctx, plan, progress, errOut)
 
@@ -175,18 +187,21 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 	}
 	resp, err := c.Intercept(ctx, &daemonpb.InterceptRequest{Spec: spec, LocalPort: local})
 	if err != nil {
-		return errors.New(status.Convert(err).Message())
+		return undo(errors.New(status.Convert(err).Message()))
 	}
 	ic := resp.GetIntercept()
 	if !listening(local) && len(command) == 0 {
-		fmt.Fprintf(errOut, "Warning: nothing listens on localhost:%d yet; until something does, requests go to the app%s.\n",
-			local, map[bool]string{true: " (no: --no-fallback makes them fail)"}[f.noFallback])
+		then := "requests go to the app"
+		if f.noFallback {
+			then = "requests fail (--no-fallback)"
+		}
+		fmt.Fprintf(errOut, "Warning: nothing listens on localhost:%d yet; until something does, %s.\n", local, then)
 	}
 
 	env, err := writeEnv(ctx, cs, plan, f)
 	if err != nil {
 		_, _ = c.Leave(context.WithoutCancel(ctx), &daemonpb.LeaveRequest{Namespace: ns, Name: spec.Name})
-		return err
+		return undo(err)
 	}
 	if f.output == "json" {
 		if err := printJSON(cmd.OutOrStdout(), ic); err != nil {

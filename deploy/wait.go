@@ -5,16 +5,11 @@ import (
 	"fmt"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-)
 
-// stuck are the waiting reasons that do not fix themselves.
-var stuck = map[string]bool{
-	"ImagePullBackOff": true, "ErrImagePull": true, "ErrImageNeverPull": true, "InvalidImageName": true,
-	"CrashLoopBackOff": true, "CreateContainerConfigError": true, "CreateContainerError": true, "RunContainerError": true,
-}
+	"tunnel.dev/tunnel/agent/inject"
+)
 
 // waitSet waits until a StatefulSet or DaemonSet runs its current template
 // on every pod it should, with progress; a pod that cannot start ends the
@@ -91,16 +86,9 @@ func trouble(ctx context.Context, cs kubernetes.Interface, ns, sel string) (stri
 	if err != nil {
 		return "", false
 	}
-	for _, p := range pods.Items {
-		for _, c := range append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...) {
-			if w := c.State.Waiting; w != nil && w.Reason != "" && w.Reason != "ContainerCreating" && w.Reason != "PodInitializing" {
-				return fmt.Sprintf("pod %s: container %s: %s: %s", p.Name, c.Name, w.Reason, w.Message), stuck[w.Reason]
-			}
-		}
-		for _, c := range p.Status.Conditions {
-			if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse {
-				return fmt.Sprintf("pod %s cannot be scheduled: %s", p.Name, c.Message), false
-			}
+	for i := range pods.Items {
+		if r, permanent := inject.PodTrouble(&pods.Items[i]); r != "" {
+			return r, permanent
 		}
 	}
 	return "", false

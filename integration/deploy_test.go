@@ -104,8 +104,9 @@ func TestDeployRendersAppliesAndWaits(t *testing.T) {
 		t.Errorf("an unknown parameter: %v\n%s", err, out)
 	}
 	after, err := h.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
-	if err != nil || after.ResourceVersion != d.ResourceVersion && *after.Spec.Replicas != 2 {
-		t.Errorf("a dry run or refused deploy changed the Deployment: %v", err)
+	if err != nil || after.Generation != d.Generation || *after.Spec.Replicas != 2 {
+		t.Errorf("a dry run or refused deploy changed the Deployment: %v (generation %d → %d, %d replicas)",
+			err, d.Generation, after.Generation, *after.Spec.Replicas)
 	}
 
 	// An image that cannot be had: the deploy fails with the pod's reason.

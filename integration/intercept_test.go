@@ -418,7 +418,6 @@ func TestInterceptOfAWorkloadThatCannotStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.Spec.Template.Spec.Containers[0].Image = "tunnel.dev/lab/nosuch:v1"
-	d.Spec.ProgressDeadlineSeconds = nil
 	if _, err := h.Client.AppsV1().Deployments(ns).Update(ctx, d, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}

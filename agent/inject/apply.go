@@ -87,38 +87,43 @@ func Captures(d *appsv1.Deployment) map[int32]int32 {
 
 // Ensure makes p's port captured: the sidecar in the pod template with a
 // listener for the app port (one rollout, waited for), then the Service
-// port pointed at that listener. On failure what this call changed is
-// undone and the error says why the rollout failed.
-func Ensure(ctx context.Context, cs kubernetes.Interface, p *Plan, image string, timeout time.Duration, progress Progress) (listen int32, err error) {
+// port pointed at that listener. fresh says the workload had no sidecar
+// before this call, so a caller that cannot go on can take it out again
+// (Remove). On failure what this call changed is undone and the error says
+// why.
+func Ensure(ctx context.Context, cs kubernetes.Interface, p *Plan, image string, timeout time.Duration, progress Progress) (fresh bool, err error) {
 	d := p.Deployment
 	caps := Captures(d)
 	listen, ok := caps[p.AppPort]
-	if !ok {
-		before := maps.Clone(caps)
-		listen = freePort(d, caps)
-		caps[p.AppPort] = listen
-		if len(before) == 0 {
-			progress(fmt.Sprintf("Adding the intercept sidecar to deployment %s/%s (one rollout)", d.Namespace, d.Name))
+	if ok {
+		return false, retarget(ctx, cs, p, listen)
+	}
+	before := maps.Clone(caps)
+	fresh = len(before) == 0
+	listen = freePort(d, caps)
+	caps[p.AppPort] = listen
+	if fresh {
+		progress(fmt.Sprintf("Adding the intercept sidecar to deployment %s/%s (one rollout)", d.Namespace, d.Name))
+	} else {
+		progress(fmt.Sprintf("Adding port %d to the sidecar of deployment %s/%s (one rollout)", p.AppPort, d.Namespace, d.Name))
+	}
+	if err := applySidecar(ctx, cs, d, image, caps); err != nil {
+		return false, err
+	}
+	err = WaitRollout(ctx, cs, d.Namespace, d.Name, timeout, progress)
+	if err == nil {
+		err = retarget(ctx, cs, p, listen)
+	}
+	if err != nil { // the sidecar as it was: none, or without this port
+		undo := context.WithoutCancel(ctx)
+		if fresh {
+			_ = removeSidecar(undo, cs, d.Namespace, d.Name)
 		} else {
-			progress(fmt.Sprintf("Adding port %d to the sidecar of deployment %s/%s (one rollout)", p.AppPort, d.Namespace, d.Name))
+			_ = applySidecar(undo, cs, d, image, before)
 		}
-		if err := applySidecar(ctx, cs, d, image, caps); err != nil {
-			return 0, err
-		}
-		if err := WaitRollout(ctx, cs, d.Namespace, d.Name, timeout, progress); err != nil {
-			undo := context.WithoutCancel(ctx)
-			if len(before) == 0 {
-				_ = removeSidecar(undo, cs, d.Namespace, d.Name)
-			} else {
-				_ = applySidecar(undo, cs, d, image, before)
-			}
-			return 0, err
-		}
+		return false, err
 	}
-	if err := retarget(ctx, cs, p, listen); err != nil {
-		return 0, err
-	}
-	return listen, nil
+	return fresh, nil
 }
 
 // freePort picks the first listen port no container declares and no

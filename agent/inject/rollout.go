@@ -16,10 +16,15 @@ import (
 // ErrRollout means a rollout did not complete; the message has the pod's reason.
 var ErrRollout = errors.New("rollout failed")
 
-// stuck are the waiting reasons that do not fix themselves.
-var stuck = map[string]bool{
-	"ImagePullBackOff": true, "ErrImagePull": true, "ErrImageNeverPull": true, "InvalidImageName": true,
-	"CrashLoopBackOff": true, "CreateContainerConfigError": true, "CreateContainerError": true, "RunContainerError": true,
+// Stuck says whether a container waiting for this reason will not start
+// without help (a new image, a fixed command or configuration).
+func Stuck(reason string) bool {
+	switch reason {
+	case "ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "InvalidImageName",
+		"CrashLoopBackOff", "CreateContainerConfigError", "CreateContainerError", "RunContainerError":
+		return true
+	}
+	return false
 }
 
 // WaitRollout waits until every replica of the Deployment runs its current
@@ -122,22 +127,32 @@ func podTrouble(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployme
 		if p.DeletionTimestamp != nil || !sameTemplate(&p, d) {
 			continue
 		}
-		for _, cst := range append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...) {
-			if w := cst.State.Waiting; w != nil && w.Reason != "" && w.Reason != "ContainerCreating" && w.Reason != "PodInitializing" {
-				r := fmt.Sprintf("pod %s: container %s: %s", p.Name, cst.Name, w.Reason)
-				if w.Message != "" {
-					r += ": " + w.Message
-				}
-				return r, stuck[w.Reason]
-			}
-			if !cst.Ready && cst.State.Running != nil {
-				return fmt.Sprintf("pod %s: container %s is running but not ready (failing readiness probe)", p.Name, cst.Name), false
-			}
+		if r, permanent := PodTrouble(&p); r != "" {
+			return r, permanent
 		}
-		for _, c := range p.Status.Conditions {
-			if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse {
-				return fmt.Sprintf("pod %s cannot be scheduled: %s", p.Name, c.Message), false
+	}
+	return "", false
+}
+
+// PodTrouble says why one pod is not ready ("" when nothing is wrong yet),
+// and whether that will not fix itself: the one diagnosis every rollout
+// wait (sidecars, deploys, the manager) reports.
+func PodTrouble(p *corev1.Pod) (string, bool) {
+	for _, cst := range append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...) {
+		if w := cst.State.Waiting; w != nil && w.Reason != "" && w.Reason != "ContainerCreating" && w.Reason != "PodInitializing" {
+			r := fmt.Sprintf("pod %s: container %s: %s", p.Name, cst.Name, w.Reason)
+			if w.Message != "" {
+				r += ": " + w.Message
 			}
+			return r, Stuck(w.Reason)
+		}
+		if !cst.Ready && cst.State.Running != nil {
+			return fmt.Sprintf("pod %s: container %s is running but not ready (failing readiness probe)", p.Name, cst.Name), false
+		}
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse {
+			return fmt.Sprintf("pod %s cannot be scheduled: %s", p.Name, c.Message), false
 		}
 	}
 	return "", false

@@ -13,6 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+
+	"tunnel.dev/tunnel/agent/inject"
 )
 
 // ErrForbidden means the user may not install (or remove) the manager.
@@ -230,15 +232,9 @@ func stuckPod(ctx context.Context, cs kubernetes.Interface) string {
 	if err != nil {
 		return ""
 	}
-	for _, p := range pods.Items {
-		for _, c := range p.Status.ContainerStatuses {
-			if w := c.State.Waiting; w != nil {
-				switch w.Reason {
-				case "ErrImageNeverPull", "ErrImagePull", "ImagePullBackOff", "InvalidImageName",
-					"CrashLoopBackOff", "CreateContainerConfigError", "CreateContainerError":
-					return fmt.Sprintf("pod %s: %s: %s", p.Name, w.Reason, w.Message)
-				}
-			}
+	for i := range pods.Items {
+		if r, permanent := inject.PodTrouble(&pods.Items[i]); permanent {
+			return r
 		}
 	}
 	return ""
