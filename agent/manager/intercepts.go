@@ -84,6 +84,7 @@ func (t *interceptTable) add(owner *session, spec *managerpb.InterceptSpec) (*ma
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var replace uint64
+	var ownClash error
 	for id, e := range t.byID {
 		o := e.pb.GetSpec()
 		if o.GetNamespace() != spec.GetNamespace() {
@@ -101,8 +102,16 @@ func (t *interceptTable) add(owner *session, spec *managerpb.InterceptSpec) (*ma
 			continue
 		}
 		if err := clash(spec, e); err != nil {
-			return nil, err
+			// Name someone else's intercept when there is one: that is
+			// whom the user must talk to.
+			if !owns(owner, e) {
+				return nil, err
+			}
+			ownClash = err
 		}
+	}
+	if ownClash != nil {
+		return nil, ownClash
 	}
 	if replace != 0 {
 		delete(t.byID, replace)
