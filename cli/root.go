@@ -22,6 +22,6 @@ func New(out, errOut io.Writer) *cobra.Command {
 	root.SetOut(out)
 	root.SetErr(errOut)
 	root.AddCommand(version.Command("tunnel"), newConnect(), newStatus(), newQuit(),
-		newIntercept(), newLeave(), newList(), newDeploy(), newInstall(), newUninstall(), newAsUser())
+		newIntercept(), newLeave(), newList(), newDeploy(), newCanary(), newInstall(), newUninstall(), newAsUser())
 	return root
 }

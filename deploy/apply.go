@@ -19,7 +19,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
 
-	"tunnel.dev/tunnel/agent/inject"
+	"tunnel.dev/tunnel/rollout"
 )
 
 // FieldManager owns what tunnel deploy applies.
@@ -109,7 +109,7 @@ func Apply(ctx context.Context, rc *rest.Config, cs kubernetes.Interface, objs [
 		var err error
 		switch t.obj.GetKind() {
 		case "Deployment":
-			err = inject.WaitRollout(ctx, cs, t.obj.GetNamespace(), t.obj.GetName(), opt.Timeout, opt.Progress)
+			err = rollout.Wait(ctx, cs, t.obj.GetNamespace(), t.obj.GetName(), opt.Timeout, opt.Progress)
 		case "StatefulSet", "DaemonSet":
 			err = waitSet(ctx, cs, t.obj.GetKind(), t.obj.GetNamespace(), t.obj.GetName(), opt.Timeout, opt.Progress)
 		}

@@ -8,7 +8,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"tunnel.dev/tunnel/agent/inject"
+	"tunnel.dev/tunnel/rollout"
 )
 
 // waitSet waits until a StatefulSet or DaemonSet runs its current template
@@ -87,7 +87,7 @@ func trouble(ctx context.Context, cs kubernetes.Interface, ns, sel string) (stri
 		return "", false
 	}
 	for i := range pods.Items {
-		if r, permanent := inject.PodTrouble(&pods.Items[i]); r != "" {
+		if r, permanent := rollout.PodTrouble(&pods.Items[i]); r != "" {
 			return r, permanent
 		}
 	}

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 
+	"tunnel.dev/tunnel/rollout"
 	"tunnel.dev/tunnel/rpc"
 )
 
@@ -110,7 +111,7 @@ func Ensure(ctx context.Context, cs kubernetes.Interface, p *Plan, image string,
 	if err := applySidecar(ctx, cs, d, image, caps); err != nil {
 		return false, err
 	}
-	err = WaitRollout(ctx, cs, d.Namespace, d.Name, timeout, progress)
+	err = rollout.Wait(ctx, cs, d.Namespace, d.Name, timeout, progress)
 	if err == nil {
 		err = retarget(ctx, cs, p, listen)
 	}
@@ -296,10 +297,6 @@ func restoreServices(ctx context.Context, cs kubernetes.Interface, ns, workload 
 	return restored, nil
 }
 
-// kubeProxySync is how long after an EndpointSlice changes kube-proxy may
-// take to apply it (its iptables mode syncs at most once a second).
-const kubeProxySync = 2 * time.Second
-
 // awaitEndpoints waits until the EndpointSlices of services name no
 // sidecar port, then gives kube-proxy time to apply them: only then may
 // the sidecars go, or connections would still be sent to their ports.
@@ -315,7 +312,7 @@ func awaitEndpoints(ctx context.Context, cs kubernetes.Interface, ns string, ser
 				break
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("%w: service %s/%s still sends traffic to the sidecar after %s", ErrRollout, ns, svc, timeout)
+				return fmt.Errorf("%w: service %s/%s still sends traffic to the sidecar after %s", rollout.ErrFailed, ns, svc, timeout)
 			}
 			select {
 			case <-ctx.Done():
@@ -327,7 +324,7 @@ func awaitEndpoints(ctx context.Context, cs kubernetes.Interface, ns string, ser
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-time.After(kubeProxySync):
+	case <-time.After(rollout.KubeProxySync):
 	}
 	return nil
 }
@@ -371,7 +368,7 @@ func Remove(ctx context.Context, cs kubernetes.Interface, ns, workload string, t
 	if err := removeSidecar(ctx, cs, ns, workload); err != nil {
 		return err
 	}
-	return WaitRollout(ctx, cs, ns, workload, timeout, progress)
+	return rollout.Wait(ctx, cs, ns, workload, timeout, progress)
 }
 
 // HasSidecar says whether d's pods carry the sidecar.

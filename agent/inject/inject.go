@@ -24,9 +24,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+
+	"tunnel.dev/tunnel/rollout"
 )
 
 // Names tunnel uses in the workloads it changes.
@@ -75,7 +76,7 @@ func Resolve(ctx context.Context, cs kubernetes.Interface, t Target) (*Plan, err
 	if err != nil {
 		return nil, fmt.Errorf("read deployment %s/%s: %w", t.Namespace, t.Workload, err)
 	}
-	svcs, err := servicesFor(ctx, cs, d)
+	svcs, err := rollout.ServicesFor(ctx, cs, d)
 	if err != nil {
 		return nil, err
 	}
@@ -113,22 +114,6 @@ func Resolve(ctx context.Context, cs kubernetes.Interface, t Target) (*Plan, err
 		return nil, fmt.Errorf("%w: %s has several ports (%s); say which with --port LOCAL:PORT (and --service)", ErrWhichPort, names(svcs), portList(svcs))
 	}
 	return &cands[0], nil
-}
-
-// servicesFor lists the Services whose selector picks d's pods.
-func servicesFor(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployment) ([]corev1.Service, error) {
-	list, err := cs.CoreV1().Services(d.Namespace).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("list services in namespace %s: %w", d.Namespace, err)
-	}
-	podLabels := labels.Set(d.Spec.Template.Labels)
-	var out []corev1.Service
-	for _, s := range list.Items {
-		if len(s.Spec.Selector) > 0 && labels.SelectorFromSet(s.Spec.Selector).Matches(podLabels) {
-			out = append(out, s)
-		}
-	}
-	return out, nil
 }
 
 // appPort is the app's port number a Service port leads to: a named

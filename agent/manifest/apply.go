@@ -14,7 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
-	"tunnel.dev/tunnel/agent/inject"
+	"tunnel.dev/tunnel/rollout"
 )
 
 // ErrForbidden means the user may not install (or remove) the manager.
@@ -233,7 +233,7 @@ func stuckPod(ctx context.Context, cs kubernetes.Interface) string {
 		return ""
 	}
 	for i := range pods.Items {
-		if r, permanent := inject.PodTrouble(&pods.Items[i]); permanent {
+		if r, permanent := rollout.PodTrouble(&pods.Items[i]); permanent {
 			return r
 		}
 	}

@@ -73,6 +73,7 @@ var nodeConfigFiles = map[string]string{
 	"resolv.conf":       "kubelet/resolv.conf",
 	"upstream.Corefile": "upstream-dns/Corefile",
 	"upstream.hosts":    "upstream-dns/hosts",
+	"prometheus.yml":    "prometheus/prometheus.yml",
 }
 
 // components lists the node's processes in the order they start; down
@@ -167,5 +168,24 @@ func components(p Paths, cfg Config) []component {
 			args:  []string{"-conf=" + p.state("upstream-dns", "Corefile")},
 			ready: probe("dig", "+time=1", "+tries=1", "@"+nodeAddr.String(), "upstream."+upstreamZone),
 		},
+		{
+			// Debian's Prometheus, scraping the gateway for canary analysis;
+			// laptops reach it on the node's address, as they reach the API.
+			name: "prometheus", bin: "/usr/bin/prometheus", inNode: true,
+			args: []string{
+				"--config.file=" + p.state("prometheus", "prometheus.yml"),
+				"--storage.tsdb.path=" + p.state("prometheus", "data"),
+				"--storage.tsdb.retention.time=6h",
+				"--web.listen-address=" + PrometheusAddr(),
+				"--log.level=warn",
+			},
+			ready: httpProbe(PrometheusURL() + "/-/ready"),
+		},
 	}
 }
+
+// PrometheusAddr is where the lab's Prometheus listens.
+func PrometheusAddr() string { return nodeAddr.String() + ":9090" }
+
+// PrometheusURL is the lab's Prometheus, as tunnel canary --prometheus takes it.
+func PrometheusURL() string { return "http://" + PrometheusAddr() }

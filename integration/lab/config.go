@@ -168,6 +168,9 @@ func (p Paths) state(elem ...string) string {
 }
 
 // AdminKubeconfig is valid from the host, the node and every laptop.
+// PrometheusTargets is the folder of the lab Prometheus's file_sd targets.
+func (p Paths) PrometheusTargets() string { return p.state("prometheus", "targets") }
+
 func (p Paths) AdminKubeconfig() string { return p.state("kubeconfig", "admin.conf") }
 
 // DevKubeconfig is the non-admin `dev` user's.

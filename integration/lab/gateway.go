@@ -5,13 +5,17 @@ package lab
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
 
@@ -64,11 +68,36 @@ func EnsureGateway(ctx context.Context, l *Lab, cs kubernetes.Interface) error {
 	if err := WaitDeployment(ctx, cs, GatewayNamespace, "traefik", 2*time.Minute); err != nil {
 		return err
 	}
+	if err := scrapeGateway(ctx, p, cs); err != nil {
+		return err
+	}
 	return poll(ctx, time.Minute, "gateway "+GatewayName+" is programmed", func(ctx context.Context) (bool, error) {
 		cmd := exec.CommandContext(ctx, p.kube("kubectl"), "--kubeconfig", p.AdminKubeconfig(), "get", "gateway", "-n", GatewayNamespace, GatewayName,
 			"-o", `jsonpath={.status.conditions[?(@.type=="Programmed")].status}`)
 		out, err := cmd.CombinedOutput()
 		return err == nil && strings.TrimSpace(string(out)) == "True", fmt.Errorf("%v: %s", err, out)
+	})
+}
+
+// scrapeGateway points the lab's Prometheus at the gateway's metrics port
+// and waits for the first scrape.
+func scrapeGateway(ctx context.Context, p Paths, cs kubernetes.Interface) error {
+	svc, err := cs.CoreV1().Services(GatewayNamespace).Get(ctx, "traefik", metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	target := net.JoinHostPort(svc.Spec.ClusterIP, "9100")
+	data, err := json.Marshal([]map[string]any{{"targets": []string{target}}})
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(p.PrometheusTargets(), "gateway.json"), data, 0o644); err != nil {
+		return err
+	}
+	q := PrometheusURL() + "/api/v1/query?query=" + url.QueryEscape(`up{job="gateway"}`)
+	return poll(ctx, time.Minute, "Prometheus scrapes the gateway", func(ctx context.Context) (bool, error) {
+		out, err := exec.CommandContext(ctx, "nsenter", "--net=/run/netns/"+nodeNetns, "--", "curl", "-sS", "--max-time", "2", q).CombinedOutput()
+		return err == nil && strings.Contains(string(out), `"`+target+`"`) && strings.Contains(string(out), `"1"]`), fmt.Errorf("%v: %s", err, out)
 	})
 }
 

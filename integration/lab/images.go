@@ -71,3 +71,17 @@ func BuildAndLoadImage(ctx context.Context, p Paths, ref, pkg string) error {
 	}
 	return buildAndLoad(ctx, p, ImageSpec{Ref: ref, Binary: bin, Path: "/" + name}, dir)
 }
+
+// EchoVariant imports the test app under tunnel.dev/lab/echo:TAG with env
+// (KEY=VALUE, e.g. FAIL_RATE=0.2) in its image config: a "new release"
+// that behaves differently, for canary tests.
+func EchoVariant(ctx context.Context, p Paths, tag string, env ...string) (string, error) {
+	ref := "tunnel.dev/lab/echo:" + tag
+	dir := p.state("images")
+	spec := ImageSpec{Ref: ref, Binary: filepath.Join(dir, "echo"), Path: "/echo", Env: env}
+	tarball := filepath.Join(dir, "echo-"+tag+".tar")
+	if err := BuildImage(spec, tarball); err != nil {
+		return "", fmt.Errorf("build image %s: %w", ref, err)
+	}
+	return ref, LoadImage(ctx, p, tarball)
+}

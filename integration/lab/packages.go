@@ -22,7 +22,8 @@ var debianPackages = []struct{ pkg, cmd string }{
 	{"util-linux", "nsenter"},
 	{"dnsutils", "dig"},
 	{"curl", "curl"},
-	{"dbus-daemon", "dbus-daemon"}, // a private system bus for a laptop's systemd-resolved
+	{"dbus-daemon", "dbus-daemon"},        // a private system bus for a laptop's systemd-resolved
+	{"prometheus", "/usr/bin/prometheus"}, // scrapes the gateway for tunnel canary
 }
 
 // ensurePackages installs the Debian packages the machine lacks.

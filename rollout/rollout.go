@@ -1,4 +1,7 @@
-package inject
+// Package rollout waits for Deployments to roll out and says, in one
+// sentence, why a pod will not start: what intercepts, deploys, canaries
+// and the manager's install all report.
+package rollout
 
 import (
 	"context"
@@ -10,11 +13,12 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 )
 
-// ErrRollout means a rollout did not complete; the message has the pod's reason.
-var ErrRollout = errors.New("rollout failed")
+// ErrFailed means a rollout did not complete; the message has the pod's reason.
+var ErrFailed = errors.New("rollout failed")
 
 // Stuck says whether a container waiting for this reason will not start
 // without help (a new image, a fixed command or configuration).
@@ -27,11 +31,11 @@ func Stuck(reason string) bool {
 	return false
 }
 
-// WaitRollout waits until every replica of the Deployment runs its current
+// Wait waits until every replica of the Deployment runs its current
 // template and is available, reporting progress as it changes. A pod of the
 // new template that cannot start ends the wait at once with its reason; so
 // does the timeout, with the last reason seen.
-func WaitRollout(ctx context.Context, cs kubernetes.Interface, ns, name string, timeout time.Duration, progress Progress) error {
+func Wait(ctx context.Context, cs kubernetes.Interface, ns, name string, timeout time.Duration, progress func(string)) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	last := ""
@@ -39,7 +43,7 @@ func WaitRollout(ctx context.Context, cs kubernetes.Interface, ns, name string, 
 		d, err := cs.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			if ctx.Err() != nil {
-				return fmt.Errorf("%w: deployment %s/%s did not roll out within %s", ErrRollout, ns, name, timeout)
+				return fmt.Errorf("%w: deployment %s/%s did not roll out within %s", ErrFailed, ns, name, timeout)
 			}
 			return fmt.Errorf("read deployment %s/%s: %w", ns, name, err)
 		}
@@ -53,7 +57,7 @@ func WaitRollout(ctx context.Context, cs kubernetes.Interface, ns, name string, 
 				// kube-proxy applies endpoint changes up to a second later.
 				select {
 				case <-ctx.Done():
-				case <-time.After(kubeProxySync):
+				case <-time.After(KubeProxySync):
 				}
 				return nil
 			}
@@ -68,24 +72,44 @@ func WaitRollout(ctx context.Context, cs kubernetes.Interface, ns, name string, 
 		}
 		reason, permanent := podTrouble(ctx, cs, d)
 		if permanent {
-			return fmt.Errorf("%w: deployment %s/%s: %s", ErrRollout, ns, name, reason)
+			return fmt.Errorf("%w: deployment %s/%s: %s", ErrFailed, ns, name, reason)
 		}
 		select {
 		case <-ctx.Done():
 			if reason == "" {
 				reason = "its pods did not become ready"
 			}
-			return fmt.Errorf("%w: deployment %s/%s did not roll out within %s: %s", ErrRollout, ns, name, timeout, reason)
+			return fmt.Errorf("%w: deployment %s/%s did not roll out within %s: %s", ErrFailed, ns, name, timeout, reason)
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// KubeProxySync is how long after an EndpointSlice changes kube-proxy may
+// still send traffic by the old one.
+const KubeProxySync = 2 * time.Second
+
+// ServicesFor lists the Services whose selector picks d's pods.
+func ServicesFor(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployment) ([]corev1.Service, error) {
+	list, err := cs.CoreV1().Services(d.Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list services in namespace %s: %w", d.Namespace, err)
+	}
+	podLabels := labels.Set(d.Spec.Template.Labels)
+	var out []corev1.Service
+	for _, s := range list.Items {
+		if len(s.Spec.Selector) > 0 && labels.SelectorFromSet(s.Spec.Selector).Matches(podLabels) {
+			out = append(out, s)
+		}
+	}
+	return out, nil
 }
 
 // settled says whether every Service in front of d lists exactly the
 // ready pods of its rollout and no terminating ones: until then a request
 // may still be sent to a pod that is going away.
 func settled(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployment, want int32) bool {
-	svcs, err := servicesFor(ctx, cs, d)
+	svcs, err := ServicesFor(ctx, cs, d)
 	if err != nil {
 		return true // nothing to wait for that we may see
 	}

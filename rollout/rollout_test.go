@@ -1,4 +1,4 @@
-package inject
+package rollout
 
 import (
 	"errors"
@@ -11,6 +11,20 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 )
+
+func deployment(name string, containers ...corev1.Container) *appsv1.Deployment {
+	lbl := map[string]string{"app": name}
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: name},
+		Spec: appsv1.DeploymentSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: lbl},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: lbl},
+				Spec:       corev1.PodSpec{Containers: containers},
+			},
+		},
+	}
+}
 
 // podOf is a pod of d's current template, its app container in state.
 func podOf(d *appsv1.Deployment, name string, state corev1.ContainerState) *corev1.Pod {
@@ -90,17 +104,17 @@ func TestPodTrouble(t *testing.T) {
 }
 
 func TestSameTemplate(t *testing.T) {
-	d := deployment("web", corev1.Container{Name: "app", Image: "web:v2"}, corev1.Container{Name: Container, Image: "tunnel:v1"})
+	d := deployment("web", corev1.Container{Name: "app", Image: "web:v2"}, corev1.Container{Name: "tunnel-agent", Image: "tunnel:v1"})
 	pod := func(cs ...corev1.Container) *corev1.Pod { return &corev1.Pod{Spec: corev1.PodSpec{Containers: cs}} }
 	tests := []struct {
 		name string
 		pod  *corev1.Pod
 		want bool
 	}{
-		{name: "same", pod: pod(corev1.Container{Name: "app", Image: "web:v2"}, corev1.Container{Name: Container, Image: "tunnel:v1"}), want: true},
-		{name: "older image", pod: pod(corev1.Container{Name: "app", Image: "web:v1"}, corev1.Container{Name: Container, Image: "tunnel:v1"})},
+		{name: "same", pod: pod(corev1.Container{Name: "app", Image: "web:v2"}, corev1.Container{Name: "tunnel-agent", Image: "tunnel:v1"}), want: true},
+		{name: "older image", pod: pod(corev1.Container{Name: "app", Image: "web:v1"}, corev1.Container{Name: "tunnel-agent", Image: "tunnel:v1"})},
 		{name: "before the sidecar", pod: pod(corev1.Container{Name: "app", Image: "web:v2"})},
-		{name: "renamed container", pod: pod(corev1.Container{Name: "main", Image: "web:v2"}, corev1.Container{Name: Container, Image: "tunnel:v1"})},
+		{name: "renamed container", pod: pod(corev1.Container{Name: "main", Image: "web:v2"}, corev1.Container{Name: "tunnel-agent", Image: "tunnel:v1"})},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -118,9 +132,9 @@ func TestWaitRolloutStuckPod(t *testing.T) {
 	cs := fake.NewClientset(d, podOf(d, "web-1", waiting("ErrImagePull", "not found")))
 	var progress []string
 	start := time.Now()
-	err := WaitRollout(t.Context(), cs, "shop", "web", time.Minute, func(s string) { progress = append(progress, s) })
-	if !errors.Is(err, ErrRollout) || !strings.Contains(err.Error(), "pod web-1: container app: ErrImagePull: not found") {
-		t.Fatalf("WaitRollout = %v, want %v naming the pod's reason", err, ErrRollout)
+	err := Wait(t.Context(), cs, "shop", "web", time.Minute, func(s string) { progress = append(progress, s) })
+	if !errors.Is(err, ErrFailed) || !strings.Contains(err.Error(), "pod web-1: container app: ErrImagePull: not found") {
+		t.Fatalf("WaitRollout = %v, want %v naming the pod's reason", err, ErrFailed)
 	}
 	if waited := time.Since(start); waited > 10*time.Second {
 		t.Errorf("WaitRollout took %s to give up on a stuck pod", waited)
@@ -133,8 +147,8 @@ func TestWaitRolloutStuckPod(t *testing.T) {
 func TestWaitRolloutTimeout(t *testing.T) {
 	d := deployment("web", corev1.Container{Name: "app", Image: "web:v2"})
 	cs := fake.NewClientset(d, podOf(d, "web-1", waiting("ContainerCreating", "")))
-	err := WaitRollout(t.Context(), cs, "shop", "web", 300*time.Millisecond, func(string) {})
-	if !errors.Is(err, ErrRollout) || !strings.Contains(err.Error(), "did not roll out within 300ms") {
-		t.Fatalf("WaitRollout = %v, want %v saying it timed out", err, ErrRollout)
+	err := Wait(t.Context(), cs, "shop", "web", 300*time.Millisecond, func(string) {})
+	if !errors.Is(err, ErrFailed) || !strings.Contains(err.Error(), "did not roll out within 300ms") {
+		t.Fatalf("WaitRollout = %v, want %v saying it timed out", err, ErrFailed)
 	}
 }

@@ -1,0 +1,107 @@
+package canary
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+)
+
+// Ask promotes ("promote") or aborts ("abort") a canary: its driver, if
+// one is alive, is asked through the record and carries it out within a
+// second; otherwise this Runner drives the canary there itself. It returns
+// the canary's end state.
+func (r *Runner) Ask(ctx context.Context, service, action string) (*State, error) {
+	host, _ := os.Hostname()
+	var driver *Driver
+	err := r.Store.Update(ctx, service, func(st *State) error {
+		if st.Phase.Done() {
+			return fmt.Errorf("the canary of %s already ended: %s (%s)", service, st.Phase, st.Reason)
+		}
+		if action == "promote" && st.Phase != Progressing && st.Phase != Promoting {
+			return fmt.Errorf("the canary of %s is %s; only a canary taking traffic can be promoted", service, strings.ToLower(string(st.Phase)))
+		}
+		st.Request = action
+		driver = nil
+		if st.Driver.Holds(time.Now(), host) && !st.Driver.same(r.Me) {
+			driver = st.Driver
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if driver == nil {
+		err := r.Drive(ctx, service)
+		st, gerr := r.Store.Get(ctx, service)
+		if gerr != nil {
+			return nil, err
+		}
+		return st, err
+	}
+	r.Progress(fmt.Sprintf("Asked %s, who drives the canary, to %s it", driver, action))
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(poll):
+		}
+		st, err := r.Store.Get(ctx, service)
+		if err != nil {
+			return nil, err
+		}
+		if st.Phase.Done() {
+			return st, result(st)
+		}
+		if !st.Driver.Holds(time.Now(), host) {
+			// The driver died before it was done: finish the job here.
+			err := r.Drive(ctx, service)
+			st, gerr := r.Store.Get(ctx, service)
+			if gerr != nil {
+				return nil, err
+			}
+			return st, err
+		}
+	}
+}
+
+// Describe writes a canary's record for people.
+func Describe(w io.Writer, st *State, now time.Time) {
+	host, _ := os.Hostname()
+	fmt.Fprintf(w, "Canary of %s in namespace %s: %s", st.Spec.Service, st.Namespace, st.Phase)
+	switch {
+	case st.Phase == Progressing:
+		fmt.Fprintf(w, ", step %d of %d, %d%% of traffic to %s", st.Step+1, len(st.Spec.Steps), st.Weight(), st.Canary)
+	case st.Phase.Done() || st.Reason != "":
+		fmt.Fprintf(w, ": %s", st.Reason)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "  Image:      %s (stable: %s, in deployment %s)\n", st.Spec.Image, st.StableImage, st.Stable)
+	fmt.Fprintf(w, "  Route:      %s, steps %s, every %s\n", st.Route, joinSteps(st.Spec.Steps), time.Duration(st.Spec.Interval))
+	fmt.Fprintf(w, "  Thresholds: error rate at most %s, p99 at most %s, at least %d requests per interval (metrics: %s at %s)\n",
+		percent(st.Spec.MaxErrorRate), time.Duration(st.Spec.MaxP99), st.Spec.MinRequests, st.Spec.Metrics, st.Spec.Prometheus)
+	fmt.Fprintf(w, "  Started:    %s by %s\n", st.Started.Local().Format(time.DateTime), st.StartedBy)
+	if !st.Phase.Done() {
+		switch {
+		case st.Driver.Holds(now, host):
+			fmt.Fprintf(w, "  Driven by:  %s, %s ago\n", st.Driver, now.Sub(st.Driver.Renewed).Round(time.Second))
+		default:
+			fmt.Fprintf(w, "  Driven by:  nobody: it stays at %d%% until `tunnel canary resume %s` (or abort)\n", st.Weight(), st.Spec.Service)
+		}
+	}
+	if n := len(st.Checks); n > 0 {
+		c := st.Checks[n-1]
+		fmt.Fprintf(w, "  Last check: %s at %d%%: %s\n              canary %s\n              stable %s\n",
+			c.At.Local().Format(time.TimeOnly), c.Weight, c.Verdict, c.Canary, c.Stable)
+	}
+}
+
+func joinSteps(steps []int) string {
+	s := make([]string, len(steps))
+	for i, v := range steps {
+		s[i] = fmt.Sprintf("%d%%", v)
+	}
+	return strings.Join(s, ",")
+}

@@ -1,0 +1,173 @@
+package canary
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"tunnel.dev/tunnel/rollout"
+)
+
+// poll is how often a driver looks at its record between analyses, for
+// promote and abort requests from other terminals and to renew its lease.
+const poll = time.Second
+
+// progress judges the current step once its interval is over: healthy
+// moves to the next step (or to promotion after the last), a failed
+// threshold rolls back, and too few requests waits another interval, up
+// to MaxIdle of them.
+func (r *Runner) progress(ctx context.Context, st *State, router Router) (time.Duration, error) {
+	interval := time.Duration(st.Spec.Interval)
+	if wait := time.Until(st.StepStarted.Add(interval)); wait > 0 {
+		return min(wait, poll), r.update(ctx, st, func(*State) {})
+	}
+	d := Dialects[st.Spec.Metrics]
+	prom, err := NewPrometheus(st.Spec.Prometheus, d)
+	if err != nil {
+		return 0, err
+	}
+	canary, err := prom.Sample(ctx, d.Selector(st.Namespace, st.Canary, st.Port), interval)
+	if err != nil {
+		return poll, r.note(ctx, st, err)
+	}
+	stable, err := prom.Sample(ctx, d.Selector(st.Namespace, st.Spec.Service, st.Port), interval)
+	if err != nil {
+		return poll, r.note(ctx, st, err)
+	}
+	verdict, enough := Judge(st.Spec, canary, stable)
+	check := Check{At: time.Now().UTC(), Step: st.Step, Weight: st.Weight(), Canary: canary, Stable: stable, Verdict: verdict}
+	if verdict == "" {
+		check.Verdict = "healthy"
+	}
+	r.Progress(fmt.Sprintf("Step %d of %d (%d%%): %s: canary %s; stable %s", st.Step+1, len(st.Spec.Steps), st.Weight(), check.Verdict, canary, stable))
+	last := st.Step == len(st.Spec.Steps)-1
+	next := st.Step + 1
+	if verdict == "" && !last {
+		// Move the traffic first: a driver that dies before writing it
+		// down is corrected by the next one, which sets the recorded weight.
+		if err := router.SetWeight(ctx, st.Spec.Steps[next]); err != nil {
+			return 0, err
+		}
+		r.Progress(fmt.Sprintf("Step %d of %d: %d%% of traffic to %s", next+1, len(st.Spec.Steps), st.Spec.Steps[next], st.Canary))
+	}
+	return 0, r.update(ctx, st, func(s *State) {
+		now := time.Now().UTC()
+		s.Checks = append(s.Checks, check)
+		if len(s.Checks) > MaxChecks {
+			s.Checks = s.Checks[len(s.Checks)-MaxChecks:]
+		}
+		switch {
+		case !enough:
+			s.Idle++
+			s.StepStarted = now
+			if s.Idle >= s.Spec.MaxIdle {
+				s.Phase, s.Reason = RollingBack, fmt.Sprintf("%s, %d intervals in a row", verdict, s.Idle)
+			}
+		case verdict != "":
+			s.Phase, s.Reason = RollingBack, verdict
+		case last:
+			s.Phase = Promoting
+		default:
+			s.Idle = 0
+			s.Step, s.StepStarted = next, now
+		}
+		if s.Phase != Progressing || s.Step != st.Step {
+			endRecord(s, now, check.Verdict)
+		}
+		if s.Phase == Progressing && s.Step != st.Step {
+			s.Steps = append(s.Steps, Record{Step: s.Step, Weight: s.Spec.Steps[s.Step], Started: now})
+		}
+	})
+}
+
+func endRecord(s *State, now time.Time, verdict string) {
+	if n := len(s.Steps); n > 0 && s.Steps[n-1].Ended == nil {
+		s.Steps[n-1].Ended, s.Steps[n-1].Verdict = &now, verdict
+	}
+}
+
+// note records a failed analysis (Prometheus away) without judging the
+// step; the driver asks again.
+func (r *Runner) note(ctx context.Context, st *State, err error) error {
+	r.Progress("Cannot judge yet: " + err.Error())
+	return r.update(ctx, st, func(*State) {})
+}
+
+// promote gives the stable Deployment the new image while the canary still
+// carries its share, then moves all traffic back to stable and removes
+// the canary.
+func (r *Runner) promote(ctx context.Context, st *State, router Router) error {
+	r.Progress(fmt.Sprintf("Promoting: deployment %s gets image %s", st.Stable, st.Spec.Image))
+	if err := r.Work.SetImage(ctx, st.Stable, st.Spec.Container, st.Spec.Image); err != nil {
+		return err
+	}
+	if err := rollout.Wait(ctx, r.Work.CS, st.Namespace, st.Stable, st.Spec.Timeout, r.Progress); err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		return r.update(ctx, st, func(s *State) {
+			s.Phase, s.Reason = RollingBack, "the stable deployment did not roll out with the new image: "+err.Error()
+		})
+	}
+	if err := r.takeOut(ctx, st, router); err != nil {
+		return err
+	}
+	r.Progress(fmt.Sprintf("Promoted: %s runs %s", st.Stable, st.Spec.Image))
+	return r.update(ctx, st, func(s *State) {
+		now := time.Now().UTC()
+		endRecord(s, now, "promoted")
+		s.Phase = Promoted
+		if s.Reason == "" {
+			s.Reason = "every step was healthy"
+		}
+	})
+}
+
+// rollBack sends all traffic to stable (with its old image, should a
+// promotion have begun) and removes the canary.
+func (r *Runner) rollBack(ctx context.Context, st *State, router Router) error {
+	r.Progress(fmt.Sprintf("Rolling back: %s", st.Reason))
+	dep, err := r.Work.CS.AppsV1().Deployments(st.Namespace).Get(ctx, st.Stable, metav1.GetOptions{})
+	if err == nil {
+		if ci, cerr := Container(dep, st.Spec.Container); cerr == nil && dep.Spec.Template.Spec.Containers[ci].Image != st.StableImage {
+			r.Progress(fmt.Sprintf("Deployment %s goes back to image %s", st.Stable, st.StableImage))
+			if err := r.Work.SetImage(ctx, st.Stable, st.Spec.Container, st.StableImage); err != nil {
+				return err
+			}
+			if err := rollout.Wait(ctx, r.Work.CS, st.Namespace, st.Stable, st.Spec.Timeout, r.Progress); err != nil {
+				return err
+			}
+		}
+	}
+	if err := r.takeOut(ctx, st, router); err != nil {
+		return err
+	}
+	return r.update(ctx, st, func(s *State) {
+		endRecord(s, time.Now().UTC(), s.Reason)
+		if s.Phase == Aborting {
+			s.Phase = Aborted
+		} else {
+			s.Phase = RolledBack
+		}
+	})
+}
+
+// takeOut moves all traffic to stable, waits for the gateway to take the
+// change, then removes the canary's backend, Deployment and Service.
+func (r *Runner) takeOut(ctx context.Context, st *State, router Router) error {
+	if err := router.SetWeight(ctx, 0); err != nil {
+		r.Progress("Could not move traffic back on " + router.Ref() + ": " + err.Error())
+	} else {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(rollout.KubeProxySync):
+		}
+	}
+	if err := router.Remove(ctx); err != nil {
+		return err
+	}
+	return r.Work.Delete(ctx, st.Canary)
+}

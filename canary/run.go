@@ -1,0 +1,271 @@
+package canary
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"k8s.io/client-go/dynamic"
+
+	"tunnel.dev/tunnel/rollout"
+)
+
+// Runner starts and drives canaries from the CLI. Every phase's work can be
+// done again, so a Runner that dies anywhere is replaced by `resume`.
+type Runner struct {
+	Store    Store
+	Work     Workloads
+	Dyn      dynamic.Interface
+	Me       *Driver
+	Progress func(string)
+}
+
+// ErrRolledBack is returned when a canary ends without being promoted.
+var ErrRolledBack = errors.New("rolled back")
+
+// MaxChecks is how many analyses a record keeps.
+const MaxChecks = 20
+
+// Start checks everything a canary needs before it creates anything (the
+// Service, its Deployment, the route, Prometheus), records the canary and
+// drives it to its end.
+func (r *Runner) Start(ctx context.Context, spec Spec) error {
+	st, err := r.Plan(ctx, spec)
+	if err != nil {
+		return err
+	}
+	if err := r.Store.Create(ctx, st); err != nil {
+		return err
+	}
+	return r.Drive(ctx, spec.Service)
+}
+
+// Plan validates spec against the cluster and returns the canary's first record.
+func (r *Runner) Plan(ctx context.Context, spec Spec) (*State, error) {
+	_, dep, err := r.Work.Stable(ctx, spec.Service)
+	if err != nil {
+		return nil, err
+	}
+	ci, err := Container(dep, spec.Container)
+	if err != nil {
+		return nil, err
+	}
+	spec.Container = dep.Spec.Template.Spec.Containers[ci].Name
+	// One name for the canary's Deployment and Service, which the
+	// gateway's metrics carry.
+	name := spec.Service + "-canary"
+	b := Backends{Namespace: r.Work.Namespace, Stable: spec.Service, Canary: name}
+	router, err := FindRouter(ctx, r.Dyn, b, spec.Route)
+	if err != nil {
+		return nil, err
+	}
+	if spec.Metrics == "" {
+		spec.Metrics = map[string]string{KindHTTPRoute: "traefik", KindMapping: "emissary"}[routeKind(router.Ref())]
+	}
+	d, ok := Dialects[spec.Metrics]
+	if !ok {
+		return nil, fmt.Errorf("--metrics %s: unknown, want traefik or emissary", spec.Metrics)
+	}
+	prom, err := NewPrometheus(spec.Prometheus, d)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := prom.scalar(ctx, "vector(1)"); err != nil {
+		return nil, fmt.Errorf("prometheus at %s does not answer: %w", spec.Prometheus, err)
+	}
+	now := time.Now().UTC()
+	return &State{
+		Spec: spec, Namespace: r.Work.Namespace, Stable: dep.Name, Canary: name, Port: router.Port(),
+		StableImage: dep.Spec.Template.Spec.Containers[ci].Image,
+		Route:       router.Ref(), Phase: Starting, Started: now, StartedBy: r.Me.User,
+	}, nil
+}
+
+func routeKind(ref string) string {
+	for i := range ref {
+		if ref[i] == '/' {
+			return ref[:i]
+		}
+	}
+	return ref
+}
+
+// ErrDriven means another CLI drives the canary now.
+type ErrDriven struct{ By *Driver }
+
+func (e *ErrDriven) Error() string {
+	return fmt.Sprintf("the canary is driven by %s, who renewed it %s ago", e.By, time.Since(e.By.Renewed).Round(time.Second))
+}
+
+// Drive takes the canary's lease (waiting for a dead driver's to run out)
+// and works it to its end: nil when promoted, ErrRolledBack with the
+// reason otherwise. When ctx ends, the canary stays where it is, for
+// `resume`.
+func (r *Runner) Drive(ctx context.Context, service string) error {
+	host, _ := os.Hostname()
+	for {
+		err := r.Store.Update(ctx, service, func(st *State) error {
+			if st.Driver.Holds(time.Now(), host) && !st.Driver.same(r.Me) {
+				return &ErrDriven{By: st.Driver}
+			}
+			r.Me.Renewed = time.Now().UTC()
+			st.Driver = r.Me
+			return nil
+		})
+		var driven *ErrDriven
+		if !errors.As(err, &driven) {
+			if err != nil {
+				return err
+			}
+			break
+		}
+		r.Progress(driven.Error() + "; waiting for its lease to run out")
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+	defer func() {
+		// Hand the canary over at once to whoever resumes it.
+		c, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = r.Store.Update(c, service, func(st *State) error {
+			if st.Driver.same(r.Me) {
+				st.Driver = nil
+			}
+			return nil
+		})
+	}()
+	first := true
+	for {
+		st, err := r.Store.Get(ctx, service)
+		if err != nil {
+			return err
+		}
+		if !st.Driver.same(r.Me) {
+			return fmt.Errorf("the canary of %s was taken over by %s", service, st.Driver)
+		}
+		if st.Phase.Done() {
+			return result(st)
+		}
+		next, err := r.step(ctx, st, first)
+		first = false
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("stopped; the canary of %s stays at %d%%: tunnel canary resume %s, or abort it: %w", service, st.Weight(), service, ctx.Err())
+			}
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stopped; the canary of %s stays at %d%%: tunnel canary resume %s, or abort it", service, st.Weight(), service)
+		case <-time.After(next):
+		}
+	}
+}
+
+func (d *Driver) same(o *Driver) bool {
+	return d != nil && o != nil && d.Host == o.Host && d.PID == o.PID && d.User == o.User
+}
+
+func result(st *State) error {
+	switch st.Phase {
+	case Promoted:
+		return nil
+	case Aborted:
+		return fmt.Errorf("the canary of %s was aborted: %s", st.Spec.Service, st.Reason)
+	}
+	return fmt.Errorf("the canary of %s %w: %s", st.Spec.Service, ErrRolledBack, st.Reason)
+}
+
+// update writes fn's change as this driver, and renews the lease.
+func (r *Runner) update(ctx context.Context, st *State, fn func(*State)) error {
+	return r.Store.Update(ctx, st.Spec.Service, func(cur *State) error {
+		if !cur.Driver.same(r.Me) {
+			return fmt.Errorf("the canary of %s was taken over by %s", st.Spec.Service, cur.Driver)
+		}
+		fn(cur)
+		cur.Driver.Renewed = time.Now().UTC()
+		*st = *cur
+		return nil
+	})
+}
+
+func (r *Runner) backends(st *State) Backends {
+	return Backends{Namespace: st.Namespace, Stable: st.Spec.Service, Canary: st.Canary, Port: st.Port}
+}
+
+// step does the work of the canary's phase and says when to look again.
+func (r *Runner) step(ctx context.Context, st *State, first bool) (time.Duration, error) {
+	router, err := OpenRouter(r.Dyn, r.backends(st), st.Route)
+	if err != nil {
+		return 0, err
+	}
+	if st.Request != "" {
+		req := st.Request
+		if err := r.update(ctx, st, func(s *State) {
+			s.Request = ""
+			switch {
+			case req == "abort" && !s.Phase.Done():
+				s.Phase, s.Reason = Aborting, "aborted by "+s.Driver.User
+			case req == "promote" && s.Phase == Progressing:
+				s.Phase, s.Reason = Promoting, "promoted by "+s.Driver.User
+			}
+		}); err != nil {
+			return 0, err
+		}
+	}
+	switch st.Phase {
+	case Starting:
+		return 0, r.start(ctx, st, router)
+	case Progressing:
+		if first {
+			// A driver that died between moving traffic and writing it down
+			// left the route at another weight: the record is the truth.
+			if err := router.SetWeight(ctx, st.Weight()); err != nil {
+				return 0, err
+			}
+		}
+		return r.progress(ctx, st, router)
+	case Promoting:
+		return 0, r.promote(ctx, st, router)
+	case RollingBack, Aborting:
+		return 0, r.rollBack(ctx, st, router)
+	}
+	return 0, fmt.Errorf("the canary of %s is in an unknown phase %q", st.Spec.Service, st.Phase)
+}
+
+func (r *Runner) start(ctx context.Context, st *State, router Router) error {
+	svc, dep, err := r.Work.Stable(ctx, st.Spec.Service)
+	if err == nil {
+		var ci int
+		if ci, err = Container(dep, st.Spec.Container); err == nil {
+			r.Progress(fmt.Sprintf("Creating deployment %s with image %s", st.Canary, st.Spec.Image))
+			err = r.Work.Create(ctx, svc, dep, st.Canary, st.Spec.Image, ci)
+		}
+	}
+	if err == nil {
+		err = rollout.Wait(ctx, r.Work.CS, st.Namespace, st.Canary, st.Spec.Timeout, r.Progress)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		return r.update(ctx, st, func(s *State) {
+			s.Phase, s.Reason = RollingBack, "the canary did not start: "+err.Error()
+		})
+	}
+	w := st.Spec.Steps[0]
+	if err := router.SetWeight(ctx, w); err != nil {
+		return err
+	}
+	r.Progress(fmt.Sprintf("Step 1 of %d: %d%% of traffic to %s, judged after %s", len(st.Spec.Steps), w, st.Canary, time.Duration(st.Spec.Interval)))
+	return r.update(ctx, st, func(s *State) {
+		now := time.Now().UTC()
+		s.Phase, s.Step, s.StepStarted = Progressing, 0, now
+		s.Steps = append(s.Steps, Record{Step: 0, Weight: w, Started: now})
+	})
+}

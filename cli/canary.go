@@ -1,0 +1,274 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	authv1 "k8s.io/api/authentication/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+
+	"tunnel.dev/tunnel/canary"
+)
+
+func newCanary() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "canary",
+		Short: "Send a share of a Service's traffic to a new image through the gateway; promote or roll back by its metrics",
+		Long: "A canary runs the new image beside the stable Deployment, sends each step's share of the\n" +
+			"Service's traffic to it through the gateway's route (a Gateway API HTTPRoute or an Emissary\n" +
+			"Mapping), and after each interval asks Prometheus for its error rate and p99. Healthy: the\n" +
+			"next step, and after the last the stable Deployment takes the image. Past a threshold: all\n" +
+			"traffic back to stable and the canary removed. Nothing runs in the cluster: the CLI drives\n" +
+			"it, its record is the ConfigMap tunnel-canary-SERVICE, and `resume` picks it up again.",
+	}
+	cmd.AddCommand(newCanaryStart(), newCanaryStatus(), newCanaryAct("promote"), newCanaryAct("abort"), newCanaryResume())
+	return cmd
+}
+
+// canaryClients are what every canary verb needs.
+type canaryClients struct {
+	cs     kubernetes.Interface
+	runner *canary.Runner
+	store  canary.Store
+}
+
+func (k *kubeFlags) canaryClients(cmd *cobra.Command) (*canaryClients, error) {
+	rc, cs, err := k.client()
+	if err != nil {
+		return nil, err
+	}
+	ns, _, err := k.clientConfig().Namespace()
+	if err != nil {
+		return nil, err
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, err
+	}
+	store := canary.Store{CS: cs, Namespace: ns}
+	errOut := cmd.ErrOrStderr()
+	return &canaryClients{cs: cs, store: store, runner: &canary.Runner{
+		Store: store, Work: canary.Workloads{CS: cs, Namespace: ns}, Dyn: dyn,
+		Me: canary.Me(whoAmI(cmd.Context(), cs)),
+		Progress: func(s string) {
+			fmt.Fprintf(errOut, "%s %s\n", time.Now().Format(time.TimeOnly), s)
+		},
+	}}, nil
+}
+
+// finished says how a canary that was driven here ended.
+func (c *canaryClients) finished(cmd *cobra.Command, service string, err error) error {
+	if err != nil {
+		return err
+	}
+	if st, gerr := c.store.Get(cmd.Context(), service); gerr == nil {
+		fmt.Fprintf(cmd.OutOrStdout(), "The canary of %s is %s: %s runs %s.\n", service, strings.ToLower(string(st.Phase)), st.Stable, st.Spec.Image)
+	}
+	return nil
+}
+
+// whoAmI is the Kubernetes user the credentials stand for.
+func whoAmI(ctx context.Context, cs kubernetes.Interface) string {
+	r, err := cs.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authv1.SelfSubjectReview{}, metav1.CreateOptions{})
+	if err != nil || r.Status.UserInfo.Username == "" {
+		return os.Getenv("USER")
+	}
+	return r.Status.UserInfo.Username
+}
+
+// interruptible ends ctx on Ctrl-C or SIGTERM: the canary stays where it
+// is, for resume.
+func interruptible(ctx context.Context) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+}
+
+func newCanaryStart() *cobra.Command {
+	var (
+		kf       kubeFlags
+		spec     canary.Spec
+		steps    string
+		interval time.Duration
+		maxP99   time.Duration
+		maxErr   string
+	)
+	cmd := &cobra.Command{
+		Use:   "start SERVICE --image IMAGE",
+		Short: "Start a canary of SERVICE's Deployment with IMAGE and drive it to promotion or rollback",
+		Example: "  tunnel canary start shop --image shop:1.5 --prometheus http://prometheus.monitoring:9090\n" +
+			"  tunnel canary start shop --image shop:1.5 --steps 10,50,100 --interval 1m --max-p99 300ms",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			spec.Service = args[0]
+			if spec.Image == "" {
+				return fmt.Errorf("name the new image with --image")
+			}
+			var err error
+			if spec.Steps, err = canary.ParseSteps(steps); err != nil {
+				return err
+			}
+			if spec.MaxErrorRate, err = parseRate(maxErr); err != nil {
+				return err
+			}
+			if interval <= 0 || spec.Timeout <= 0 {
+				return fmt.Errorf("--interval and --timeout must be positive")
+			}
+			if spec.MinRequests < 1 || spec.MaxIdle < 1 {
+				return fmt.Errorf("--min-requests and --max-idle must be at least 1")
+			}
+			if spec.Prometheus == "" {
+				spec.Prometheus = os.Getenv("TUNNEL_PROMETHEUS")
+			}
+			if spec.Prometheus == "" {
+				return fmt.Errorf("name the Prometheus that scrapes the gateway with --prometheus URL (or TUNNEL_PROMETHEUS)")
+			}
+			spec.Interval, spec.MaxP99 = canary.Duration(interval), canary.Duration(maxP99)
+			c, err := kf.canaryClients(cmd)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := interruptible(cmd.Context())
+			defer cancel()
+			return c.finished(cmd, spec.Service, c.runner.Start(ctx, spec))
+		},
+	}
+	kf.add(cmd)
+	f := cmd.Flags()
+	f.StringVar(&spec.Image, "image", "", "the image to try")
+	f.StringVar(&spec.Container, "container", "", "the container that takes the image (default: the first)")
+	f.StringVar(&steps, "steps", "5,25,50,100", "the canary's share of traffic at each step, in percent")
+	f.DurationVar(&interval, "interval", 30*time.Second, "how long each step runs before it is judged")
+	f.StringVar(&maxErr, "max-error-rate", "1%", "the highest share of 5xx answers the canary may give")
+	f.DurationVar(&maxP99, "max-p99", 500*time.Millisecond, "the highest p99 latency the canary may have (0: not judged)")
+	f.IntVar(&spec.MinRequests, "min-requests", 20, "requests the canary must get in an interval to be judged")
+	f.IntVar(&spec.MaxIdle, "max-idle", 3, "intervals in a row with too few requests before rolling back")
+	f.StringVar(&spec.Prometheus, "prometheus", "", "the URL of the Prometheus that scrapes the gateway (default: $TUNNEL_PROMETHEUS)")
+	f.StringVar(&spec.Route, "route", "", "what steers traffic: httproute/NAME or mapping/NAME (default: the one that sends to SERVICE)")
+	f.StringVar(&spec.Metrics, "metrics", "", "the gateway's metric names: traefik or emissary (default: by the route's kind)")
+	f.DurationVar(&spec.Timeout, "timeout", 3*time.Minute, "how long a rollout (the canary's, or the stable's on promotion) may take")
+	return cmd
+}
+
+// parseRate reads "1%", "0.5%" or "0.01".
+func parseRate(s string) (float64, error) {
+	pct := strings.HasSuffix(s, "%")
+	v, err := strconv.ParseFloat(strings.TrimSuffix(s, "%"), 64)
+	if pct {
+		v /= 100
+	}
+	if err != nil || v < 0 || v > 1 {
+		return 0, fmt.Errorf("--max-error-rate %s: want a percentage such as 1%% or 0.5%%", s)
+	}
+	return v, nil
+}
+
+func newCanaryStatus() *cobra.Command {
+	var (
+		kf     kubeFlags
+		output string
+	)
+	cmd := &cobra.Command{
+		Use:   "status [SERVICE]",
+		Short: "Show a canary (or every canary in the namespace): its step, its driver and its last check",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if output != "" && output != "json" {
+				return fmt.Errorf("unknown output format %q: use -o json", output)
+			}
+			c, err := kf.canaryClients(cmd)
+			if err != nil {
+				return err
+			}
+			var states []*canary.State
+			if len(args) == 1 {
+				st, err := c.store.Get(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				states = append(states, st)
+			} else if states, err = c.store.List(cmd.Context()); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if output == "json" {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				if len(args) == 1 {
+					return enc.Encode(states[0])
+				}
+				return enc.Encode(states)
+			}
+			if len(states) == 0 {
+				fmt.Fprintf(out, "No canaries in namespace %s.\n", c.store.Namespace)
+			}
+			for _, st := range states {
+				canary.Describe(out, st, time.Now())
+			}
+			return nil
+		},
+	}
+	kf.add(cmd)
+	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json")
+	return cmd
+}
+
+func newCanaryAct(action string) *cobra.Command {
+	var kf kubeFlags
+	short := map[string]string{
+		"promote": "Promote a canary now: the stable Deployment takes its image, and the canary goes",
+		"abort":   "Abort a canary: all traffic back to stable, and the canary goes",
+	}[action]
+	cmd := &cobra.Command{
+		Use:   action + " SERVICE",
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := kf.canaryClients(cmd)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := interruptible(cmd.Context())
+			defer cancel()
+			st, err := c.runner.Ask(ctx, args[0], action)
+			if action == "abort" && st != nil && st.Phase == canary.Aborted {
+				fmt.Fprintf(cmd.OutOrStdout(), "The canary of %s is aborted: all traffic goes to %s.\n", args[0], st.Stable)
+				return nil
+			}
+			if err == nil && st != nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "The canary of %s is %s: %s.\n", args[0], strings.ToLower(string(st.Phase)), st.Reason)
+			}
+			return err
+		},
+	}
+	kf.add(cmd)
+	return cmd
+}
+
+func newCanaryResume() *cobra.Command {
+	var kf kubeFlags
+	cmd := &cobra.Command{
+		Use:   "resume SERVICE",
+		Short: "Drive a canary whose CLI stopped (killed, closed, lost) on to its end",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := kf.canaryClients(cmd)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := interruptible(cmd.Context())
+			defer cancel()
+			return c.finished(cmd, args[0], c.runner.Drive(ctx, args[0]))
+		},
+	}
+	kf.add(cmd)
+	return cmd
+}

@@ -1,0 +1,349 @@
+//go:build e2e
+
+package integration
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"tunnel.dev/tunnel/canary"
+	"tunnel.dev/tunnel/integration/lab"
+)
+
+// canaryLab is one namespace with the test app behind an HTTPRoute of the
+// lab's gateway, a load generator sending through the gateway, and a
+// developer's laptop to run tunnel canary from.
+type canaryLab struct {
+	t      *testing.T
+	ns     string
+	host   string
+	gw     string
+	laptop *laptop
+}
+
+func newCanaryLab(t *testing.T) *canaryLab {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute) // a cold Traefik build
+	defer cancel()
+	if err := lab.EnsureGateway(ctx, h.Lab, h.Client); err != nil {
+		t.Fatal(err)
+	}
+	c := &canaryLab{t: t, ns: h.Namespace(t), laptop: newLaptop(t, "canary", "admin")}
+	c.host = c.ns + ".lab.test"
+	h.DeployEcho(t, c.ns, "echo", 2)
+	c.apply(fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo, namespace: %s}
+spec:
+  parentRefs: [{name: %s, namespace: %s}]
+  hostnames: [%s]
+  rules:
+  - backendRefs: [{name: echo, port: 80}]
+`, c.ns, lab.GatewayName, lab.GatewayNamespace, c.host))
+	c.gw = serviceIP(t, lab.GatewayNamespace, "traefik")
+	eventually(t, 30*time.Second, "the gateway routes to the app", func() (bool, string) {
+		out, err := h.Run(ctx, node, "curl", "-sS", "--max-time", "2", "-H", "Host: "+c.host, "http://"+c.gw+"/")
+		return err == nil && strings.Contains(out, "pod=echo-"), out
+	})
+	return c
+}
+
+func (c *canaryLab) apply(manifest string) {
+	c.t.Helper()
+	file := filepath.Join(c.t.TempDir(), "manifest.yaml")
+	if err := os.WriteFile(file, []byte(manifest), 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if out, err := kubectl(ctx, node, "apply", "--server-side", "-f", file); err != nil {
+		c.t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+}
+
+// image imports the test app as a new release that behaves as env says.
+func (c *canaryLab) image(tag string, env ...string) string {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ref, err := lab.EchoVariant(ctx, h.Lab.Paths, tag, env...)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return ref
+}
+
+// canaryArgs are a canary's flags for a lab run: short steps, and enough
+// requests at 40 a second for every step.
+func (c *canaryLab) canaryArgs(image string, extra ...string) []string {
+	return append([]string{"canary", "start", "echo", "-n", c.ns, "--image", image,
+		"--steps", "20,50,100", "--interval", "8s", "--min-requests", "10",
+		"--prometheus", lab.PrometheusURL()}, extra...)
+}
+
+func (c *canaryLab) state() *canary.State {
+	c.t.Helper()
+	st, err := c.tryState()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return st
+}
+
+func (c *canaryLab) tryState() (*canary.State, error) {
+	out, err := c.laptop.run("canary", "status", "echo", "-n", c.ns, "-o", "json")
+	if err != nil {
+		return nil, fmt.Errorf("canary status: %v: %s", err, out)
+	}
+	var st canary.State
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return nil, fmt.Errorf("canary status -o json: %v\n%s", err, out)
+	}
+	return &st, nil
+}
+
+// loadGen sends requests through the gateway from the node (a client in
+// the cluster's network) and keeps every answer.
+type loadGen struct {
+	cmd *exec.Cmd
+	mu  sync.Mutex
+	out strings.Builder
+}
+
+type answer struct {
+	at   time.Time
+	code int
+	pod  string
+}
+
+func (c *canaryLab) startLoad(rate int) *loadGen {
+	c.t.Helper()
+	cmd, err := lab.Command(context.Background(), h.Lab.Paths, node, h.EchoClient(), "load", "http://"+c.gw+"/", strconv.Itoa(rate), c.host)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	g := &loadGen{cmd: cmd}
+	cmd.Stdout = &lockedWriter{mu: &g.mu, w: &g.out}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { g.stop() })
+	return g
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *strings.Builder
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// stop ends the load and returns its answers.
+func (g *loadGen) stop() []answer {
+	if g.cmd.ProcessState == nil {
+		_ = g.cmd.Process.Signal(syscall.SIGTERM)
+		_ = g.cmd.Wait()
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []answer
+	sc := bufio.NewScanner(strings.NewReader(g.out.String()))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) != 3 {
+			continue
+		}
+		ms, _ := strconv.ParseInt(f[0], 10, 64)
+		code, _ := strconv.Atoi(f[1])
+		out = append(out, answer{at: time.UnixMilli(ms), code: code, pod: f[2]})
+	}
+	return out
+}
+
+// between counts the answers in [from, to): all, from canary pods, and failed.
+func between(answers []answer, from, to time.Time) (all, canary, failed int) {
+	for _, a := range answers {
+		if a.at.Before(from) || !a.at.Before(to) {
+			continue
+		}
+		all++
+		if strings.HasPrefix(a.pod, "echo-canary-") {
+			canary++
+		}
+		if a.code != 200 {
+			failed++
+		}
+	}
+	return
+}
+
+// checkRemoved asserts that the canary left nothing: its Deployment,
+// Service and backend are gone and the route is as it was.
+func (c *canaryLab) checkRemoved(wantImage string) {
+	c.t.Helper()
+	ctx := context.Background()
+	if _, err := h.Client.AppsV1().Deployments(c.ns).Get(ctx, "echo-canary", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		c.t.Errorf("the canary deployment is still there (%v)", err)
+	}
+	if _, err := h.Client.CoreV1().Services(c.ns).Get(ctx, "echo-canary", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		c.t.Errorf("the canary service is still there (%v)", err)
+	}
+	out, err := kubectl(ctx, node, "get", "httproute", "-n", c.ns, "echo", "-o", "jsonpath={.spec.rules[*].backendRefs}{\"|\"}{.metadata.annotations}")
+	if err != nil || strings.Contains(out, "canary") || !strings.Contains(out, `"name":"echo"`) {
+		c.t.Errorf("the route still names the canary: %v %s", err, out)
+	}
+	d, err := h.Client.AppsV1().Deployments(c.ns).Get(ctx, "echo", metav1.GetOptions{})
+	if err != nil || d.Spec.Template.Spec.Containers[0].Image != wantImage {
+		c.t.Errorf("the stable deployment runs %v, want %s (%v)", d.Spec.Template.Spec.Containers[0].Image, wantImage, err)
+	}
+}
+
+// A healthy release under load goes through every step, each step's share
+// of requests reaching the canary within 5 points of its weight (the
+// Gateway API conformance rule), and is promoted with no failed request.
+func TestCanaryHealthyIsPromotedUnderLoad(t *testing.T) {
+	c := newCanaryLab(t)
+	v2 := c.image("v2")
+	load := c.startLoad(40)
+	out, err := c.laptop.run(c.canaryArgs(v2)...)
+	if err != nil || !strings.Contains(out, "The canary of echo is promoted") {
+		t.Fatalf("canary start: %v\n%s", err, out)
+	}
+	time.Sleep(3 * time.Second) // answers after the route went back to one backend
+	answers := load.stop()
+	st := c.state()
+	if st.Phase != canary.Promoted || len(st.Steps) != 3 {
+		t.Fatalf("state %s after %d steps, want Promoted after 3: %+v", st.Phase, len(st.Steps), st.Steps)
+	}
+	for _, rec := range st.Steps {
+		// The gateway takes a route change within a second or so.
+		all, toCanary, _ := between(answers, rec.Started.Add(2*time.Second), *rec.Ended)
+		share := 100 * float64(toCanary) / float64(max(all, 1))
+		t.Logf("step at %d%%: %d of %d requests (%.1f%%) reached the canary", rec.Weight, toCanary, all, share)
+		if all < 100 || share < float64(rec.Weight)-5 || share > float64(rec.Weight)+5 {
+			t.Errorf("step at %d%%: %.1f%% of %d requests reached the canary, want within 5 points", rec.Weight, share, all)
+		}
+	}
+	all, _, failed := between(answers, time.Time{}, time.Now())
+	if failed > 0 {
+		t.Errorf("%d of %d requests failed during the canary and its promotion", failed, all)
+	}
+	c.checkRemoved(v2)
+}
+
+// A release that answers 20% 5xx is rolled back by itself within two
+// intervals, naming the metric; then stable serves everything. A slow one
+// is rolled back on its p99.
+func TestCanaryRollsBackOnErrorsAndLatency(t *testing.T) {
+	c := newCanaryLab(t)
+	for _, tc := range []struct {
+		tag, env, metric string
+		extra            []string
+	}{
+		{"fail20", "FAIL_RATE=0.2", "error rate", nil},
+		{"slow", "DELAY=300ms", "p99 latency", []string{"--max-p99", "150ms"}},
+	} {
+		t.Run(tc.tag, func(t *testing.T) {
+			img := c.image(tc.tag, tc.env)
+			load := c.startLoad(40)
+			out, err := c.laptop.run(c.canaryArgs(img, tc.extra...)...)
+			if err == nil || !strings.Contains(out, "rolled back: "+tc.metric) {
+				t.Fatalf("canary start: want a rollback on %s, got %v\n%s", tc.metric, err, out)
+			}
+			st := c.state()
+			if st.Phase != canary.RolledBack || len(st.Checks) > 2 {
+				t.Fatalf("state %s after %d checks, want RolledBack within two intervals: %s", st.Phase, len(st.Checks), st.Reason)
+			}
+			first := st.Steps[0]
+			if took := first.Ended.Sub(first.Started); took > 2*8*time.Second+5*time.Second {
+				t.Errorf("rolled back %s after the first step began, want within two intervals", took)
+			}
+			time.Sleep(4 * time.Second)
+			answers := load.stop()
+			all, toCanary, failed := between(answers, first.Ended.Add(3*time.Second), time.Now())
+			if all < 20 || toCanary > 0 || failed > 0 {
+				t.Errorf("after the rollback: %d requests, %d to the canary, %d failed; want all served by stable", all, toCanary, failed)
+			}
+			c.checkRemoved(lab.EchoImage)
+		})
+	}
+}
+
+// A canary survives its CLI: killed mid-way, nobody drives it and it keeps
+// its weight; resume picks it up, and a promote from another terminal is
+// carried out by the resuming CLI.
+func TestCanaryResumesAfterItsCLIIsKilled(t *testing.T) {
+	c := newCanaryLab(t)
+	v3 := c.image("v3")
+	c.startLoad(40)
+	args := append([]string{c.laptop.bin}, c.canaryArgs(v3, "--steps", "20,40,60,80,100")...)
+	first, err := lab.Command(context.Background(), h.Lab.Paths, c.laptop.opt, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 90*time.Second, "the canary reaches its second step", func() (bool, string) {
+		st, err := c.tryState()
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.Phase == canary.Progressing && st.Step >= 1, string(st.Phase)
+	})
+	_ = first.Process.Kill()
+	_ = first.Wait()
+	st := c.state()
+	out := c.laptop.must("canary", "status", "echo", "-n", c.ns)
+	if !strings.Contains(out, "Driven by:  nobody") {
+		t.Errorf("status after the CLI was killed does not say nobody drives it:\n%s", out)
+	}
+	weight := st.Weight()
+
+	resume, err := lab.Command(context.Background(), h.Lab.Paths, c.laptop.opt, c.laptop.bin, "canary", "resume", "echo", "-n", c.ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var resumed strings.Builder
+	resume.Stdout, resume.Stderr = &resumed, &resumed
+	if err := resume.Start(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "resume drives the canary", func() (bool, string) {
+		st := c.state()
+		return st.Driver != nil && st.Driver.PID == resume.Process.Pid, fmt.Sprint(st.Driver)
+	})
+	if st := c.state(); st.Weight() < weight {
+		t.Errorf("resume went back from %d%% to %d%%", weight, st.Weight())
+	}
+	// A second terminal promotes it; the resuming CLI carries that out.
+	out, err = newLaptop(t, "canary2", "admin").run("canary", "promote", "echo", "-n", c.ns)
+	if err != nil || !strings.Contains(out, "promoted by") {
+		t.Errorf("canary promote: %v\n%s", err, out)
+	}
+	if err := resume.Wait(); err != nil || !strings.Contains(resumed.String(), "The canary of echo is promoted") {
+		t.Errorf("canary resume: %v\n%s", err, resumed.String())
+	}
+	if st := c.state(); st.Phase != canary.Promoted {
+		t.Errorf("after promote: %s (%s)", st.Phase, st.Reason)
+	}
+	c.checkRemoved(v3)
+}

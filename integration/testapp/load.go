@@ -1,0 +1,72 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os/signal"
+	"regexp"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+var podField = regexp.MustCompile(`pod=(\S+)`)
+
+// load sends rate requests a second to url (with Host host) until it is
+// told to stop, and writes one line per answer: "UNIX_MS CODE POD", where
+// POD is the answering pod's name ("-" when the body names none, "error"
+// when there was no answer). The canary tests count these by step.
+func load(ctx context.Context, out io.Writer, args []string) error {
+	if len(args) != 3 {
+		return errors.New("usage: load URL RATE HOST")
+	}
+	rate, err := strconv.Atoi(args[1])
+	if err != nil || rate < 1 {
+		return errors.New("RATE must be a positive number of requests a second")
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	w := bufio.NewWriter(out)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, 64)
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			return w.Flush()
+		case <-tick.C:
+		}
+		select {
+		case slots <- struct{}{}:
+		default:
+			continue // the far end is slower than the rate: skip a beat
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			code, pod := "0", "error"
+			req, _ := http.NewRequest(http.MethodGet, args[0], nil)
+			req.Host = args[2]
+			if resp, err := client.Do(req); err == nil {
+				body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+				resp.Body.Close()
+				code, pod = strconv.Itoa(resp.StatusCode), "-"
+				if m := podField.FindSubmatch(body); m != nil {
+					pod = string(m[1])
+				}
+			}
+			mu.Lock()
+			fmt.Fprintf(w, "%d %s %s\n", time.Now().UnixMilli(), code, pod)
+			mu.Unlock()
+		}()
+	}
+}
