@@ -254,6 +254,32 @@ func TestCanaryHealthyIsPromotedUnderLoad(t *testing.T) {
 // is rolled back on its p99.
 func TestCanaryRollsBackOnErrorsAndLatency(t *testing.T) {
 	c := newCanaryLab(t)
+	t.Run("bad input", func(t *testing.T) {
+		for _, tc := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"canary", "start", "nope", "-n", c.ns, "--image", "x", "--prometheus", lab.PrometheusURL()}, "service nope not found in namespace " + c.ns},
+			{[]string{"canary", "start", "echo", "-n", c.ns, "--image", "x", "--prometheus", "http://127.0.0.1:1"}, "prometheus at http://127.0.0.1:1 does not answer"},
+			{[]string{"canary", "start", "echo", "-n", c.ns, "--image", "x", "--prometheus", lab.PrometheusURL(), "--route", "httproute/nope"}, "read httproute " + c.ns + "/nope"},
+			{[]string{"canary", "start", "echo", "-n", c.ns, "--image", "x", "--steps", "50,20"}, "the steps must go up"},
+			{[]string{"canary", "status", "echo", "-n", c.ns}, "no canary for service echo in namespace " + c.ns},
+		} {
+			out, err := c.laptop.run(tc.args...)
+			if err == nil || !strings.Contains(out, tc.want) || strings.Count(strings.TrimSpace(out), "\n") > 0 {
+				t.Errorf("tunnel %s: want one line saying %q, got %v\n%s", strings.Join(tc.args, " "), tc.want, err, out)
+			}
+		}
+		if _, err := c.tryState(); err == nil {
+			t.Error("a refused canary left its record")
+		}
+		// An image that cannot start is rolled back before it takes traffic.
+		out, err := c.laptop.run(c.canaryArgs("tunnel.dev/lab/echo:missing")...)
+		if err == nil || !strings.Contains(out, "rolled back: the canary did not start") || !strings.Contains(out, "ErrImageNeverPull") {
+			t.Errorf("canary of a missing image: %v\n%s", err, out)
+		}
+		c.checkRemoved(lab.EchoImage)
+	})
 	for _, tc := range []struct {
 		tag, env, metric string
 		extra            []string
@@ -346,4 +372,96 @@ func TestCanaryResumesAfterItsCLIIsKilled(t *testing.T) {
 		t.Errorf("after promote: %s (%s)", st.Phase, st.Reason)
 	}
 	c.checkRemoved(v3)
+}
+
+// The Emissary driver writes the Mappings Emissary expects: the lab has no
+// Envoy, so the API server checks them against Emissary's own CRD schema
+// (canary/testdata), and with no Envoy metrics the canary is rolled back
+// for too few requests, leaving the stable Mapping as it was.
+func TestCanaryWritesEmissaryMappings(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	crd, err := filepath.Abs("../canary/testdata/emissary-mapping-crd.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := kubectl(ctx, node, "apply", "--server-side", "-f", crd); err != nil {
+		t.Fatalf("install the Mapping CRD: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _, _ = kubectl(context.Background(), node, "delete", "-f", crd, "--wait=false") })
+	if out, err := kubectl(ctx, node, "wait", "--for=condition=Established", "--timeout=60s", "crd/mappings.getambassador.io"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	c := &canaryLab{t: t, ns: h.Namespace(t), laptop: newLaptop(t, "canary", "admin")}
+	h.DeployEcho(t, c.ns, "echo", 1)
+	c.apply(fmt.Sprintf(`apiVersion: getambassador.io/v3alpha1
+kind: Mapping
+metadata: {name: echo, namespace: %s}
+spec:
+  hostname: "*"
+  prefix: /echo/
+  service: echo.%s:80
+  timeout_ms: 3000
+`, c.ns, c.ns))
+	getMapping := func(name string) (map[string]any, error) {
+		out, err := kubectl(ctx, node, "get", "mapping", "-n", c.ns, name, "-o", "json")
+		if err != nil {
+			return nil, fmt.Errorf("%v: %s", err, out)
+		}
+		var m map[string]any
+		return m, json.Unmarshal([]byte(out), &m)
+	}
+	before, err := getMapping("echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	cmd, err := lab.Command(ctx, h.Lab.Paths, c.laptop.opt, c.laptop.bin, "canary", "start", "echo", "-n", c.ns,
+		"--image", lab.EchoImage, "--steps", "30", "--interval", "6s", "--max-idle", "1", "--prometheus", lab.PrometheusURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var canaryMapping map[string]any
+	eventually(t, 60*time.Second, "the canary Mapping is written", func() (bool, string) {
+		canaryMapping, err = getMapping("echo-canary")
+		return err == nil, fmt.Sprint(err)
+	})
+	spec, _ := canaryMapping["spec"].(map[string]any)
+	want := map[string]any{"hostname": "*", "prefix": "/echo/", "service": "echo-canary." + c.ns + ":80", "weight": 30.0, "timeout_ms": 3000.0}
+	for k, v := range want {
+		if spec[k] != v {
+			t.Errorf("canary mapping spec.%s = %v, want %v (spec %v)", k, spec[k], v, spec)
+		}
+	}
+	err = cmd.Wait()
+	if err == nil || !strings.Contains(out.String(), "rolled back: too few requests to judge") {
+		t.Errorf("canary start: want a rollback for too few requests, got %v\n%s", err, out.String())
+	}
+	if _, err := getMapping("echo-canary"); err == nil {
+		t.Error("the canary Mapping is still there after the rollback")
+	}
+	after, err := getMapping("echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"spec", "metadata.generation"} {
+		b, a := pick(before, k), pick(after, k)
+		if fmt.Sprint(a) != fmt.Sprint(b) {
+			t.Errorf("the stable Mapping's %s changed: %v, was %v", k, a, b)
+		}
+	}
+}
+
+func pick(m map[string]any, path string) any {
+	var v any = m
+	for _, k := range strings.Split(path, ".") {
+		mm, _ := v.(map[string]any)
+		v = mm[k]
+	}
+	return v
 }
