@@ -313,6 +313,41 @@ func TestCanaryRollsBackOnErrorsAndLatency(t *testing.T) {
 	}
 }
 
+// Another terminal aborts a canary: the driving CLI takes the canary out
+// within a second and exits non-zero; traffic is all stable's again.
+func TestCanaryAbortFromAnotherTerminal(t *testing.T) {
+	c := newCanaryLab(t)
+	v4 := c.image("v4")
+	args := append([]string{c.laptop.bin}, c.canaryArgs(v4, "--interval", "60s")...)
+	driver, err := lab.Command(context.Background(), h.Lab.Paths, c.laptop.opt, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var driven strings.Builder
+	driver.Stdout, driver.Stderr = &driven, &driven
+	if err := driver.Start(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, "the canary takes traffic", func() (bool, string) {
+		st, err := c.tryState()
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.Phase == canary.Progressing, string(st.Phase)
+	})
+	out, err := newLaptop(t, "canary2", "admin").run("canary", "abort", "echo", "-n", c.ns)
+	if err != nil || !strings.Contains(out, "The canary of echo is aborted: all traffic goes to echo") {
+		t.Errorf("canary abort: %v\n%s", err, out)
+	}
+	if err := driver.Wait(); err == nil || !strings.Contains(driven.String(), "was aborted: aborted by admin") {
+		t.Errorf("the driving CLI: %v\n%s", err, driven.String())
+	}
+	if st := c.state(); st.Phase != canary.Aborted {
+		t.Errorf("after abort: %s", st.Phase)
+	}
+	c.checkRemoved(lab.EchoImage)
+}
+
 // A canary survives its CLI: killed mid-way, nobody drives it and it keeps
 // its weight; resume picks it up, and a promote from another terminal is
 // carried out by the resuming CLI.
