@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -133,7 +132,7 @@ func (d *Driver) Holds(now time.Time, host string) bool {
 	if d == nil || now.Sub(d.Renewed) > LeaseTTL {
 		return false
 	}
-	if d.Host == host && d.PID > 0 && syscall.Kill(d.PID, 0) == syscall.ESRCH {
+	if d.Host == host && d.PID > 0 && !alive(d.PID) {
 		return false
 	}
 	return true

@@ -14,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+
+	"tunnel.dev/tunnel/agent/inject"
 )
 
 // trackLabel tells a canary's pods from the stable ones.
@@ -98,7 +100,8 @@ func canaryLabels(svc *corev1.Service, d *appsv1.Deployment, name string) (pod, 
 // image) and its Service (the stable one's ports); again is harmless.
 func (w Workloads) Create(ctx context.Context, svc *corev1.Service, d *appsv1.Deployment, name, image string, container int) error {
 	podLabels, sel := canaryLabels(svc, d, name)
-	tmpl := d.Spec.Template.DeepCopy()
+	// An intercepted workload's sidecar and captures stay with it.
+	tmpl := inject.Without(&d.Spec.Template)
 	tmpl.Labels = podLabels
 	tmpl.Spec.Containers[container].Image = image
 	owned := map[string]string{Label: svc.Name}
@@ -117,7 +120,7 @@ func (w Workloads) Create(ctx context.Context, svc *corev1.Service, d *appsv1.De
 	cs := &corev1.Service{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Service"},
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: w.Namespace, Labels: owned},
-		Spec:       corev1.ServiceSpec{Selector: sel, Ports: svc.Spec.Ports},
+		Spec:       corev1.ServiceSpec{Selector: sel, Ports: inject.OriginalPorts(svc)},
 	}
 	for i := range cs.Spec.Ports {
 		cs.Spec.Ports[i].NodePort = 0

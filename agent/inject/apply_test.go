@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 )
@@ -218,4 +219,29 @@ func containerNames(d *appsv1.Deployment) []string {
 		out = append(out, c.Name)
 	}
 	return out
+}
+
+func TestWithoutAndOriginalPorts(t *testing.T) {
+	tmpl := &corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+		Containers: []corev1.Container{{Name: "app"}, {Name: Container}},
+		Volumes:    []corev1.Volume{{Name: "data"}, {Name: tokenVolume}},
+	}}
+	got := Without(tmpl)
+	if len(got.Spec.Containers) != 1 || got.Spec.Containers[0].Name != "app" || len(got.Spec.Volumes) != 1 || got.Spec.Volumes[0].Name != "data" {
+		t.Errorf("Without = %+v", got.Spec)
+	}
+	if len(tmpl.Spec.Containers) != 2 {
+		t.Error("Without changed its argument")
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{CapturedAnnot: "80/TCP=http"}},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{
+			{Port: 80, TargetPort: intstr.FromInt32(FirstCapture)},
+			{Port: 9000, TargetPort: intstr.FromInt32(9000)},
+		}},
+	}
+	ports := OriginalPorts(svc)
+	if ports[0].TargetPort.String() != "http" || ports[1].TargetPort.IntValue() != 9000 || svc.Spec.Ports[0].TargetPort.IntValue() != FirstCapture {
+		t.Errorf("OriginalPorts = %+v", ports)
+	}
 }
