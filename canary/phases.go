@@ -14,6 +14,9 @@ import (
 // promote and abort requests from other terminals and to renew its lease.
 const poll = time.Second
 
+// renewEvery is how often a waiting driver renews its lease (LeaseTTL).
+const renewEvery = 5 * time.Second
+
 // progress judges the current step once its interval is over: healthy
 // moves to the next step (or to promotion after the last), a failed
 // threshold rolls back, and too few requests waits another interval, up
@@ -21,6 +24,9 @@ const poll = time.Second
 func (r *Runner) progress(ctx context.Context, st *State, router Router) (time.Duration, error) {
 	interval := time.Duration(st.Spec.Interval)
 	if wait := time.Until(st.StepStarted.Add(interval)); wait > 0 {
+		if time.Since(st.Driver.Renewed) < renewEvery {
+			return min(wait, poll), nil
+		}
 		return min(wait, poll), r.update(ctx, st, func(*State) {})
 	}
 	d := Dialects[st.Spec.Metrics]

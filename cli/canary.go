@@ -86,10 +86,16 @@ func whoAmI(ctx context.Context, cs kubernetes.Interface) string {
 	return r.Status.UserInfo.Username
 }
 
-// interruptible ends ctx on Ctrl-C or SIGTERM: the canary stays where it
-// is, for resume.
-func interruptible(ctx context.Context) (context.Context, context.CancelFunc) {
-	return signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+// driving runs fn, which drives a canary, until it ends or Ctrl-C (or
+// SIGTERM) ends its context: the canary then stays where it is, for resume.
+func (k *kubeFlags) driving(cmd *cobra.Command, fn func(context.Context, *canaryClients) error) error {
+	c, err := k.canaryClients(cmd)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	return fn(ctx, c)
 }
 
 func newCanaryStart() *cobra.Command {
@@ -132,13 +138,9 @@ func newCanaryStart() *cobra.Command {
 				return fmt.Errorf("name the Prometheus that scrapes the gateway with --prometheus URL (or TUNNEL_PROMETHEUS)")
 			}
 			spec.Interval, spec.MaxP99 = canary.Duration(interval), canary.Duration(maxP99)
-			c, err := kf.canaryClients(cmd)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := interruptible(cmd.Context())
-			defer cancel()
-			return c.finished(cmd, spec.Service, c.runner.Start(ctx, spec))
+			return kf.driving(cmd, func(ctx context.Context, c *canaryClients) error {
+				return c.finished(cmd, spec.Service, c.runner.Start(ctx, spec))
+			})
 		},
 	}
 	kf.add(cmd)
@@ -232,21 +234,17 @@ func newCanaryAct(action string) *cobra.Command {
 		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := kf.canaryClients(cmd)
-			if err != nil {
+			return kf.driving(cmd, func(ctx context.Context, c *canaryClients) error {
+				st, err := c.runner.Ask(ctx, args[0], action)
+				if action == "abort" && st != nil && st.Phase == canary.Aborted {
+					fmt.Fprintf(cmd.OutOrStdout(), "The canary of %s is aborted: all traffic goes to %s.\n", args[0], st.Stable)
+					return nil
+				}
+				if err == nil && st != nil {
+					fmt.Fprintf(cmd.OutOrStdout(), "The canary of %s is %s: %s.\n", args[0], strings.ToLower(string(st.Phase)), st.Reason)
+				}
 				return err
-			}
-			ctx, cancel := interruptible(cmd.Context())
-			defer cancel()
-			st, err := c.runner.Ask(ctx, args[0], action)
-			if action == "abort" && st != nil && st.Phase == canary.Aborted {
-				fmt.Fprintf(cmd.OutOrStdout(), "The canary of %s is aborted: all traffic goes to %s.\n", args[0], st.Stable)
-				return nil
-			}
-			if err == nil && st != nil {
-				fmt.Fprintf(cmd.OutOrStdout(), "The canary of %s is %s: %s.\n", args[0], strings.ToLower(string(st.Phase)), st.Reason)
-			}
-			return err
+			})
 		},
 	}
 	kf.add(cmd)
@@ -260,13 +258,9 @@ func newCanaryResume() *cobra.Command {
 		Short: "Drive a canary whose CLI stopped (killed, closed, lost) on to its end",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := kf.canaryClients(cmd)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := interruptible(cmd.Context())
-			defer cancel()
-			return c.finished(cmd, args[0], c.runner.Drive(ctx, args[0]))
+			return kf.driving(cmd, func(ctx context.Context, c *canaryClients) error {
+				return c.finished(cmd, args[0], c.runner.Drive(ctx, args[0]))
+			})
 		},
 	}
 	kf.add(cmd)

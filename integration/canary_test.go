@@ -115,6 +115,34 @@ func (c *canaryLab) tryState() (*canary.State, error) {
 	return &st, nil
 }
 
+// background starts tunnel in the laptop and returns it with its output.
+func (c *canaryLab) background(args ...string) (*exec.Cmd, *strings.Builder) {
+	c.t.Helper()
+	cmd, err := lab.Command(context.Background(), h.Lab.Paths, c.laptop.opt, append([]string{c.laptop.bin}, args...)...)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	var out strings.Builder // one writer for both: exec writes it from one goroutine at a time
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return cmd, &out
+}
+
+// waitFor polls the canary's record until cond holds.
+func (c *canaryLab) waitFor(what string, timeout time.Duration, cond func(*canary.State) bool) {
+	c.t.Helper()
+	eventually(c.t, timeout, what, func() (bool, string) {
+		st, err := c.tryState()
+		if err != nil {
+			return false, err.Error()
+		}
+		return cond(st), fmt.Sprintf("%s at step %d, driven by %v", st.Phase, st.Step, st.Driver)
+	})
+}
+
 // loadGen sends requests through the gateway from the node (a client in
 // the cluster's network) and keeps every answer.
 type loadGen struct {
@@ -318,23 +346,8 @@ func TestCanaryRollsBackOnErrorsAndLatency(t *testing.T) {
 func TestCanaryAbortFromAnotherTerminal(t *testing.T) {
 	c := newCanaryLab(t)
 	v4 := c.image("v4")
-	args := append([]string{c.laptop.bin}, c.canaryArgs(v4, "--interval", "60s")...)
-	driver, err := lab.Command(context.Background(), h.Lab.Paths, c.laptop.opt, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var driven strings.Builder
-	driver.Stdout, driver.Stderr = &driven, &driven
-	if err := driver.Start(); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 60*time.Second, "the canary takes traffic", func() (bool, string) {
-		st, err := c.tryState()
-		if err != nil {
-			return false, err.Error()
-		}
-		return st.Phase == canary.Progressing, string(st.Phase)
-	})
+	driver, driven := c.background(c.canaryArgs(v4, "--interval", "60s")...)
+	c.waitFor("the canary takes traffic", 60*time.Second, func(st *canary.State) bool { return st.Phase == canary.Progressing })
 	out, err := newLaptop(t, "canary2", "admin").run("canary", "abort", "echo", "-n", c.ns)
 	if err != nil || !strings.Contains(out, "The canary of echo is aborted: all traffic goes to echo") {
 		t.Errorf("canary abort: %v\n%s", err, out)
@@ -355,20 +368,9 @@ func TestCanaryResumesAfterItsCLIIsKilled(t *testing.T) {
 	c := newCanaryLab(t)
 	v3 := c.image("v3")
 	c.startLoad(40)
-	args := append([]string{c.laptop.bin}, c.canaryArgs(v3, "--steps", "20,40,60,80,100")...)
-	first, err := lab.Command(context.Background(), h.Lab.Paths, c.laptop.opt, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := first.Start(); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 90*time.Second, "the canary reaches its second step", func() (bool, string) {
-		st, err := c.tryState()
-		if err != nil {
-			return false, err.Error()
-		}
-		return st.Phase == canary.Progressing && st.Step >= 1, string(st.Phase)
+	first, _ := c.background(c.canaryArgs(v3, "--steps", "20,40,60,80,100")...)
+	c.waitFor("the canary reaches its second step", 90*time.Second, func(st *canary.State) bool {
+		return st.Phase == canary.Progressing && st.Step >= 1
 	})
 	_ = first.Process.Kill()
 	_ = first.Wait()
@@ -379,24 +381,15 @@ func TestCanaryResumesAfterItsCLIIsKilled(t *testing.T) {
 	}
 	weight := st.Weight()
 
-	resume, err := lab.Command(context.Background(), h.Lab.Paths, c.laptop.opt, c.laptop.bin, "canary", "resume", "echo", "-n", c.ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var resumed strings.Builder
-	resume.Stdout, resume.Stderr = &resumed, &resumed
-	if err := resume.Start(); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 30*time.Second, "resume drives the canary", func() (bool, string) {
-		st := c.state()
-		return st.Driver != nil && st.Driver.PID == resume.Process.Pid, fmt.Sprint(st.Driver)
+	resume, resumed := c.background("canary", "resume", "echo", "-n", c.ns)
+	c.waitFor("resume drives the canary", 30*time.Second, func(st *canary.State) bool {
+		return st.Driver != nil && st.Driver.PID == resume.Process.Pid
 	})
 	if st := c.state(); st.Weight() < weight {
 		t.Errorf("resume went back from %d%% to %d%%", weight, st.Weight())
 	}
 	// A second terminal promotes it; the resuming CLI carries that out.
-	out, err = newLaptop(t, "canary2", "admin").run("canary", "promote", "echo", "-n", c.ns)
+	out, err := newLaptop(t, "canary2", "admin").run("canary", "promote", "echo", "-n", c.ns)
 	if err != nil || !strings.Contains(out, "promoted by") {
 		t.Errorf("canary promote: %v\n%s", err, out)
 	}
@@ -451,16 +444,8 @@ spec:
 		t.Fatal(err)
 	}
 
-	cmd, err := lab.Command(ctx, h.Lab.Paths, c.laptop.opt, c.laptop.bin, "canary", "start", "echo", "-n", c.ns,
+	cmd, out := c.background("canary", "start", "echo", "-n", c.ns,
 		"--image", lab.EchoImage, "--steps", "30", "--interval", "6s", "--max-idle", "1", "--prometheus", lab.PrometheusURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
 	var canaryMapping map[string]any
 	eventually(t, 60*time.Second, "the canary Mapping is written", func() (bool, string) {
 		canaryMapping, err = getMapping("echo-canary")
