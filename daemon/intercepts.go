@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"slices"
@@ -16,6 +15,7 @@ import (
 	"github.com/hashicorp/yamux"
 	"google.golang.org/protobuf/proto"
 
+	"tunnel.dev/tunnel/relay"
 	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 )
@@ -176,36 +176,5 @@ func (x *intercepts) serve(ctx context.Context, st *yamux.Stream, h rpc.Header) 
 		buf = &b
 	}
 	defer x.buffers.Put(buf)
-	relayLocal(ctx, st, c, *buf)
-}
-
-// relayLocal copies st ⇄ c until both directions end; each EOF is passed
-// on as a half-close, an error aborts both.
-func relayLocal(ctx context.Context, st *yamux.Stream, c net.Conn, buf []byte) {
-	var once sync.Once
-	abort := func() {
-		once.Do(func() {
-			c.Close()
-			_ = st.SetReadDeadline(time.Unix(1, 0))
-			st.Close()
-		})
-	}
-	stop := context.AfterFunc(ctx, abort)
-	defer stop()
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		if _, err := io.CopyBuffer(c, st, buf); err != nil {
-			abort()
-			return
-		}
-		if cw, ok := c.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		}
-	})
-	if _, err := io.Copy(st, c); err != nil {
-		abort()
-	} else {
-		st.Close()
-	}
-	wg.Wait()
+	relay.Conns(ctx, st, c, relay.Options{BufAB: *buf})
 }

@@ -2,14 +2,9 @@ package manager
 
 import (
 	"context"
-	"io"
 	"net"
-	"sync"
-	"time"
 
-	"github.com/hashicorp/yamux"
-	"github.com/prometheus/client_golang/prometheus"
-
+	"tunnel.dev/tunnel/relay"
 	"tunnel.dev/tunnel/rpc"
 )
 
@@ -49,9 +44,11 @@ func (m *Manager) serveIntercepted(ctx context.Context, from *session, st net.Co
 	bufA, bufB := m.buffer(), m.buffer()
 	defer m.buffers.Put(bufA)
 	defer m.buffers.Put(bufB)
-	pipe(ctx, st, up, *bufA, *bufB,
-		m.metrics.bytes.WithLabelValues("intercept", toLaptop),
-		m.metrics.bytes.WithLabelValues("intercept", toCluster))
+	relay.Conns(ctx, st, up, relay.Options{
+		BufAB: *bufA, BufBA: *bufB,
+		AB: m.metrics.bytes.WithLabelValues("intercept", toLaptop),
+		BA: m.metrics.bytes.WithLabelValues("intercept", toCluster),
+	})
 }
 
 // buffer is a frameBody-sized copy buffer, reused across connections: a
@@ -62,37 +59,4 @@ func (m *Manager) buffer() *[]byte {
 	}
 	b := make([]byte, frameBody)
 	return &b
-}
-
-// pipe relays two yamux streams until both directions end. A yamux Close
-// only ends its writes, so each direction's EOF is passed on as a Close of
-// the other stream; an error on either aborts both.
-func pipe(ctx context.Context, a net.Conn, b *yamux.Stream, bufAB, bufBA []byte, toB, toA prometheus.Counter) {
-	var once sync.Once
-	abort := func() {
-		once.Do(func() {
-			_ = a.SetReadDeadline(time.Unix(1, 0))
-			_ = b.SetReadDeadline(time.Unix(1, 0))
-			a.Close()
-			b.Close()
-		})
-	}
-	stop := context.AfterFunc(ctx, abort)
-	defer stop()
-	var wg sync.WaitGroup
-	// Large reads both ways, as in relay: toward the laptop every frame
-	// costs CPU at each hop of the port-forward.
-	wg.Go(func() {
-		if _, err := io.CopyBuffer(countingWriter{b, toB}, onlyReader{a}, bufAB); err != nil {
-			abort()
-			return
-		}
-		b.Close()
-	})
-	if _, err := io.CopyBuffer(countingWriter{a, toA}, onlyReader{b}, bufBA); err != nil {
-		abort()
-	} else {
-		a.Close()
-	}
-	wg.Wait()
 }

@@ -1,8 +1,6 @@
 package manager
 
 import (
-	"io"
-
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -73,17 +71,4 @@ func newMetrics() *metrics {
 		m.dnsQueries, m.dnsLatency, m.udpFlowsActive,
 	)
 	return m
-}
-
-// countingWriter adds every byte written through it to a counter, so the
-// bytes metric moves while a long connection is still open.
-type countingWriter struct {
-	w io.Writer
-	c prometheus.Counter
-}
-
-func (cw countingWriter) Write(p []byte) (int, error) {
-	n, err := cw.w.Write(p)
-	cw.c.Add(float64(n))
-	return n, err
 }

@@ -102,46 +102,6 @@ func (p *peekedConn) CloseWrite() error {
 	return p.Conn.Close()
 }
 
-// counter is the part of a Prometheus counter relay needs.
-type counter interface{ Add(float64) }
-
-// relay copies a ⇄ b until both directions end, half-closing each.
-func relay(a, b net.Conn, toB, toA counter) {
-	var wg sync.WaitGroup
-	half := func(dst, src net.Conn, n counter) {
-		w := io.Writer(dst)
-		if n != nil {
-			w = countingWriter{dst, n}
-		}
-		if _, err := io.Copy(w, src); err != nil {
-			a.Close()
-			b.Close()
-			return
-		}
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		} else {
-			dst.Close()
-		}
-	}
-	wg.Go(func() { half(b, a, toB) })
-	half(a, b, toA)
-	wg.Wait()
-	a.Close()
-	b.Close()
-}
-
-type countingWriter struct {
-	w io.Writer
-	c counter
-}
-
-func (cw countingWriter) Write(p []byte) (int, error) {
-	n, err := cw.w.Write(p)
-	cw.c.Add(float64(n))
-	return n, err
-}
-
 // connListener hands sniffed HTTP connections to an http.Server.
 type connListener struct {
 	addr  net.Addr

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"tunnel.dev/tunnel/relay"
 	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 )
@@ -277,7 +278,7 @@ func (g *guardedBody) Close() error { return nil }
 // countingConn counts a laptop connection's bytes each way.
 type countingConn struct {
 	net.Conn
-	out, in counter
+	out, in relay.Counter
 }
 
 func (c countingConn) Read(p []byte) (int, error) {

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"tunnel.dev/tunnel/relay"
 	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 )
@@ -56,7 +57,7 @@ func (c *capture) raw(ctx context.Context, conn net.Conn) {
 			return
 		}
 	}
-	relay(conn, app, nil, nil)
+	relay.Conns(ctx, conn, app, relay.Options{})
 }
 
 // toLaptop sends conn to ic's laptop without waiting for its answer first:
@@ -80,7 +81,7 @@ func (c *capture) toLaptop(ctx context.Context, conn net.Conn, ic *managerpb.Int
 	defer c.buffers.Put(up)
 	defer c.buffers.Put(down)
 	go func() {
-		_, err := io.CopyBuffer(countingWriter{st, toLaptop}, rr, up)
+		_, err := io.CopyBuffer(relay.CountingWriter{W: st, C: toLaptop}, rr, up)
 		if err == nil {
 			_ = st.CloseWrite()
 		}
@@ -106,7 +107,7 @@ func (c *capture) toLaptop(ctx context.Context, conn net.Conn, ic *managerpb.Int
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	c.metrics.requests.WithLabelValues(name, "laptop").Inc()
-	_, derr := io.CopyBuffer(countingWriter{conn, c.metrics.bytes.WithLabelValues(name, "from_laptop")}, onlyReader{st}, down)
+	_, derr := io.CopyBuffer(relay.CountingWriter{W: conn, C: c.metrics.bytes.WithLabelValues(name, "from_laptop")}, relay.OnlyReader{Reader: st}, down)
 	if derr != nil {
 		conn.Close()
 		st.Close()

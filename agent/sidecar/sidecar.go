@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -154,6 +153,3 @@ func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 	wg.Wait()
 	return runErr
 }
-
-// onlyReader hides a connection's WriteTo, so io.CopyBuffer uses our buffer.
-type onlyReader struct{ io.Reader }
