@@ -231,10 +231,12 @@ func (b *bench) interceptFigures(ctx context.Context) (interceptResult, error) {
 	}
 	f := figures(out)
 	r.p50, r.p99 = f["p50_us"], f["p99_us"]
+	before := cpuTimes()
 	out, err = b.sh(ctx, b.node, fmt.Sprintf("%s upload %s/upload %d", b.echo, svc, r.size))
 	if err != nil {
 		return r, err
 	}
+	printCPU(os.Stderr, "the upload through the intercept", before, cpuTimes())
 	r.up = figures(out)["bytes_per_sec"]
 	// The sidecar's rollout replaced the pod.
 	pod, err := b.sh(ctx, b.node, fmt.Sprintf("kubectl get pods -n %s -l app=echo --field-selector status.phase=Running -o jsonpath='{.items[0].metadata.name}'", b.ns))
@@ -242,6 +244,7 @@ func (b *bench) interceptFigures(ctx context.Context) (interceptResult, error) {
 		return r, err
 	}
 	const port = 18081
+	before = cpuTimes()
 	out, err = b.sh(ctx, b.laptop, fmt.Sprintf(`kubectl port-forward -n %s pod/%s %d:%d >/dev/null 2>&1 &
 pf=$!
 trap 'kill $pf' EXIT
@@ -250,6 +253,7 @@ for i in $(seq 1 100); do curl -sf --max-time 1 http://127.0.0.1:%d/healthz >/de
 	if err != nil {
 		return r, err
 	}
+	printCPU(os.Stderr, "the upload through kubectl port-forward", before, cpuTimes())
 	r.pfUp = figures(out)["bytes_per_sec"]
 	return r, nil
 }
