@@ -9,6 +9,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
+
+	"tunnel.dev/tunnel/access"
 )
 
 // Router steers a share of a Service's traffic to its canary: the seam
@@ -64,6 +66,10 @@ func FindRouter(ctx context.Context, dyn dynamic.Interface, b Backends, ref stri
 	}
 	var found []string
 	routes, err := dyn.Resource(httpRouteGVR).Namespace(b.Namespace).List(ctx, metav1.ListOptions{})
+	if apierrors.IsForbidden(err) {
+		return nil, fmt.Errorf("%w: you may not list httproutes.gateway.networking.k8s.io in namespace %s, which finding the route to %s needs (or name it with --route)",
+			access.ErrForbidden, b.Namespace, b.Stable)
+	}
 	if err != nil && !apierrors.IsNotFound(err) {
 		return nil, fmt.Errorf("list HTTPRoutes in namespace %s: %w", b.Namespace, err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"k8s.io/client-go/dynamic"
 
+	"tunnel.dev/tunnel/access"
 	"tunnel.dev/tunnel/rollout"
 )
 
@@ -44,6 +45,13 @@ func (r *Runner) Start(ctx context.Context, spec Spec) error {
 
 // Plan validates spec against the cluster and returns the canary's first record.
 func (r *Runner) Plan(ctx context.Context, spec Spec) (*State, error) {
+	ns := r.Work.Namespace
+	need := append(access.Verbs("", "services", "get", "list", "create", "patch", "delete"),
+		access.Verbs("apps", "deployments", "get", "list", "create", "patch", "delete")...)
+	need = append(need, access.Verbs("", "configmaps", "get", "create", "update")...)
+	if err := access.Check(ctx, r.Work.CS, ns, "a canary there needs", need...); err != nil {
+		return nil, err
+	}
 	_, dep, err := r.Work.Stable(ctx, spec.Service)
 	if err != nil {
 		return nil, err
@@ -59,6 +67,13 @@ func (r *Runner) Plan(ctx context.Context, spec Spec) (*State, error) {
 	b := Backends{Namespace: r.Work.Namespace, Stable: spec.Service, Canary: name}
 	router, err := FindRouter(ctx, r.Dyn, b, spec.Route)
 	if err != nil {
+		return nil, err
+	}
+	routeAccess := access.Verbs("gateway.networking.k8s.io", "httproutes", "get", "update")
+	if routeKind(router.Ref()) == KindMapping {
+		routeAccess = access.Verbs("getambassador.io", "mappings", "get", "patch", "delete")
+	}
+	if err := access.Check(ctx, r.Work.CS, ns, "a canary on "+router.Ref()+" needs", routeAccess...); err != nil {
 		return nil, err
 	}
 	if spec.Metrics == "" {

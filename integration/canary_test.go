@@ -301,8 +301,25 @@ func TestCanaryRollsBackOnErrorsAndLatency(t *testing.T) {
 		if _, err := c.tryState(); err == nil {
 			t.Error("a refused canary left its record")
 		}
+		// The dev user's own permissions decide, before anything is made:
+		// it may run Deployments in namespace dev, not steer its routes.
+		ctx := context.Background()
+		if err := lab.DeployEcho(ctx, h.Lab, h.Client, "dev", "canaried", 1); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = h.Client.AppsV1().Deployments("dev").Delete(ctx, "canaried", metav1.DeleteOptions{})
+			_ = h.Client.CoreV1().Services("dev").Delete(ctx, "canaried", metav1.DeleteOptions{})
+		})
+		out, err := newLaptop(t, "canarydev", "dev").run("canary", "start", "canaried", "-n", "dev", "--image", "x", "--prometheus", lab.PrometheusURL())
+		if err == nil || !strings.Contains(out, "you may not list httproutes.gateway.networking.k8s.io in namespace dev") {
+			t.Errorf("a canary by the dev user: want a refusal naming the permission, got %v\n%s", err, out)
+		}
+		if _, err := h.Client.CoreV1().ConfigMaps("dev").Get(ctx, "tunnel-canary-canaried", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Errorf("the refused canary left its record (%v)", err)
+		}
 		// An image that cannot start is rolled back before it takes traffic.
-		out, err := c.laptop.run(c.canaryArgs("tunnel.dev/lab/echo:missing")...)
+		out, err = c.laptop.run(c.canaryArgs("tunnel.dev/lab/echo:missing")...)
 		if err == nil || !strings.Contains(out, "rolled back: the canary did not start") || !strings.Contains(out, "ErrImageNeverPull") {
 			t.Errorf("canary of a missing image: %v\n%s", err, out)
 		}

@@ -3,7 +3,6 @@ package inject
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -23,6 +22,7 @@ import (
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 
+	"tunnel.dev/tunnel/access"
 	"tunnel.dev/tunnel/rollout"
 	"tunnel.dev/tunnel/rpc"
 )
@@ -31,7 +31,7 @@ import (
 const tokenVolume = "tunnel-agent-token"
 
 // ErrForbidden means the user's own permissions do not allow the change.
-var ErrForbidden = errors.New("forbidden")
+var ErrForbidden = access.ErrForbidden
 
 // Progress receives one line per step of a long operation.
 type Progress func(string)
@@ -39,31 +39,12 @@ type Progress func(string)
 // CheckAccess asks the API server whether the user may change the
 // workload and its Services, before anything is changed.
 func CheckAccess(ctx context.Context, cs kubernetes.Interface, ns string) error {
-	var denied []string
-	for _, r := range []authzv1.ResourceAttributes{
-		{Namespace: ns, Verb: "get", Group: "apps", Resource: "deployments"},
-		{Namespace: ns, Verb: "patch", Group: "apps", Resource: "deployments"},
-		{Namespace: ns, Verb: "list", Resource: "services"},
-		{Namespace: ns, Verb: "update", Resource: "services"},
-	} {
-		rev, err := cs.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx,
-			&authzv1.SelfSubjectAccessReview{Spec: authzv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &r}}, metav1.CreateOptions{})
-		if err != nil {
-			return fmt.Errorf("ask the API server what you may do: %w", err)
-		}
-		if !rev.Status.Allowed {
-			res := r.Resource
-			if r.Group != "" {
-				res += "." + r.Group
-			}
-			denied = append(denied, r.Verb+" "+res)
-		}
-	}
-	if len(denied) > 0 {
-		return fmt.Errorf("%w: you may not %s in namespace %s, which intercepting there needs (the sidecar is added with your own permissions)",
-			ErrForbidden, strings.Join(denied, ", "), ns)
-	}
-	return nil
+	return access.Check(ctx, cs, ns, "intercepting there needs (the sidecar is added with your own permissions)",
+		authzv1.ResourceAttributes{Verb: "get", Group: "apps", Resource: "deployments"},
+		authzv1.ResourceAttributes{Verb: "patch", Group: "apps", Resource: "deployments"},
+		authzv1.ResourceAttributes{Verb: "list", Resource: "services"},
+		authzv1.ResourceAttributes{Verb: "update", Resource: "services"},
+	)
 }
 
 // Captures reads the sidecar's captures from a Deployment: app port →

@@ -14,17 +14,18 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
+	"tunnel.dev/tunnel/access"
 	"tunnel.dev/tunnel/rollout"
 )
 
 // ErrForbidden means the user may not install (or remove) the manager.
-var ErrForbidden = errors.New("forbidden")
+var ErrForbidden = access.ErrForbidden
 
 // CheckAccess asks the API server whether the user may do everything an
 // install does, before anything is created: a refusal halfway would leave
 // half an install behind.
 func CheckAccess(ctx context.Context, cs kubernetes.Interface, verbs ...string) error {
-	var denied []string
+	var attrs []authzv1.ResourceAttributes
 	for _, verb := range verbs {
 		for _, r := range []authzv1.ResourceAttributes{
 			{Resource: "namespaces"},
@@ -37,15 +38,12 @@ func CheckAccess(ctx context.Context, cs kubernetes.Interface, verbs ...string) 
 			{Namespace: Namespace, Group: "rbac.authorization.k8s.io", Resource: "rolebindings"},
 		} {
 			r.Verb = verb
-			review, err := cs.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx,
-				&authzv1.SelfSubjectAccessReview{Spec: authzv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &r}}, metav1.CreateOptions{})
-			if err != nil {
-				return fmt.Errorf("ask the API server what you may do: %w", err)
-			}
-			if !review.Status.Allowed {
-				denied = append(denied, verb+" "+r.Resource)
-			}
+			attrs = append(attrs, r)
 		}
+	}
+	denied, err := access.Denied(ctx, cs, attrs...)
+	if err != nil {
+		return err
 	}
 	if len(denied) > 0 {
 		return fmt.Errorf("%w: you may not %s", ErrForbidden, strings.Join(denied, ", "))

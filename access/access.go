@@ -1,0 +1,64 @@
+// Package access asks the API server, before anything is changed, whether
+// the user may do all that a verb will do: a refusal halfway would leave
+// half a change behind. Intercepts, installs and canaries all ask here.
+package access
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	authzv1 "k8s.io/api/authorization/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// ErrForbidden means the user's own permissions do not allow the change.
+var ErrForbidden = errors.New("forbidden")
+
+// Denied lists what of attrs the user may not do, as "VERB RESOURCE[.GROUP]".
+func Denied(ctx context.Context, cs kubernetes.Interface, attrs ...authzv1.ResourceAttributes) ([]string, error) {
+	var denied []string
+	for _, r := range attrs {
+		rev, err := cs.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx,
+			&authzv1.SelfSubjectAccessReview{Spec: authzv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &r}}, metav1.CreateOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("ask the API server what you may do: %w", err)
+		}
+		if !rev.Status.Allowed {
+			res := r.Resource
+			if r.Group != "" {
+				res += "." + r.Group
+			}
+			denied = append(denied, r.Verb+" "+res)
+		}
+	}
+	return denied, nil
+}
+
+// Check returns ErrForbidden in a sentence when the user may not do all of
+// attrs in namespace ns: "you may not …, which WHY".
+func Check(ctx context.Context, cs kubernetes.Interface, ns, why string, attrs ...authzv1.ResourceAttributes) error {
+	for i := range attrs {
+		attrs[i].Namespace = ns
+	}
+	denied, err := Denied(ctx, cs, attrs...)
+	if err != nil || len(denied) == 0 {
+		return err
+	}
+	where := ""
+	if ns != "" {
+		where = " in namespace " + ns
+	}
+	return fmt.Errorf("%w: you may not %s%s, which %s", ErrForbidden, strings.Join(denied, ", "), where, why)
+}
+
+// Verbs returns one attribute per verb for the resource.
+func Verbs(group, resource string, verbs ...string) []authzv1.ResourceAttributes {
+	out := make([]authzv1.ResourceAttributes, len(verbs))
+	for i, v := range verbs {
+		out[i] = authzv1.ResourceAttributes{Verb: v, Group: group, Resource: resource}
+	}
+	return out
+}
