@@ -274,3 +274,19 @@ func TestDriverHolds(t *testing.T) {
 		t.Error("the fresh lease of a dead process on this host holds")
 	}
 }
+
+func TestFreeRefusesSomeoneElsesName(t *testing.T) {
+	ctx := context.Background()
+	mine := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "shop-canary", Namespace: "ns", Labels: map[string]string{Label: "shop"}}}
+	theirs := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "cart-canary", Namespace: "ns"}}
+	w := Workloads{CS: fake.NewClientset(mine, theirs), Namespace: "ns"}
+	if err := w.Free(ctx, "shop-canary", "shop"); err != nil {
+		t.Errorf("a canary's own leftover: %v", err)
+	}
+	if err := w.Free(ctx, "cart-canary", "cart"); err == nil || !strings.Contains(err.Error(), "service ns/cart-canary exists and is not a canary of cart") {
+		t.Errorf("someone else's service: %v", err)
+	}
+	if err := w.Free(ctx, "new-canary", "new"); err != nil {
+		t.Errorf("a free name: %v", err)
+	}
+}

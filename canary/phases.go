@@ -35,13 +35,22 @@ func (r *Runner) progress(ctx context.Context, st *State, router Router) (time.D
 		return 0, err
 	}
 	canary, err := prom.Sample(ctx, d.Selector(st.Namespace, st.Canary, st.Port), interval)
-	if err != nil {
-		return poll, r.note(ctx, st, err)
+	if err == nil {
+		var stable Sample
+		if stable, err = prom.Sample(ctx, d.Selector(st.Namespace, st.Spec.Service, st.Port), interval); err == nil {
+			return 0, r.judge(ctx, st, router, canary, stable)
+		}
 	}
-	stable, err := prom.Sample(ctx, d.Selector(st.Namespace, st.Spec.Service, st.Port), interval)
-	if err != nil {
-		return poll, r.note(ctx, st, err)
-	}
+	// Prometheus away: the canary stays at its step, and asks again.
+	r.Progress("Cannot judge yet: " + err.Error())
+	return retryPrometheus, r.update(ctx, st, func(*State) {})
+}
+
+// retryPrometheus is how long a driver waits to ask an absent Prometheus again.
+const retryPrometheus = 5 * time.Second
+
+// judge moves the canary on from one analysis of its step.
+func (r *Runner) judge(ctx context.Context, st *State, router Router, canary, stable Sample) error {
 	verdict, enough := Judge(st.Spec, canary, stable)
 	check := Check{At: time.Now().UTC(), Step: st.Step, Weight: st.Weight(), Canary: canary, Stable: stable, Verdict: verdict}
 	if verdict == "" {
@@ -54,11 +63,11 @@ func (r *Runner) progress(ctx context.Context, st *State, router Router) (time.D
 		// Move the traffic first: a driver that dies before writing it
 		// down is corrected by the next one, which sets the recorded weight.
 		if err := router.SetWeight(ctx, st.Spec.Steps[next]); err != nil {
-			return 0, err
+			return err
 		}
 		r.Progress(fmt.Sprintf("Step %d of %d: %d%% of traffic to %s", next+1, len(st.Spec.Steps), st.Spec.Steps[next], st.Canary))
 	}
-	return 0, r.update(ctx, st, func(s *State) {
+	return r.update(ctx, st, func(s *State) {
 		now := time.Now().UTC()
 		s.Checks = append(s.Checks, check)
 		if len(s.Checks) > MaxChecks {
@@ -92,13 +101,6 @@ func endRecord(s *State, now time.Time, verdict string) {
 	if n := len(s.Steps); n > 0 && s.Steps[n-1].Ended == nil {
 		s.Steps[n-1].Ended, s.Steps[n-1].Verdict = &now, verdict
 	}
-}
-
-// note records a failed analysis (Prometheus away) without judging the
-// step; the driver asks again.
-func (r *Runner) note(ctx context.Context, st *State, err error) error {
-	r.Progress("Cannot judge yet: " + err.Error())
-	return r.update(ctx, st, func(*State) {})
 }
 
 // promote gives the stable Deployment the new image while the canary still

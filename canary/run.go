@@ -64,6 +64,9 @@ func (r *Runner) Plan(ctx context.Context, spec Spec) (*State, error) {
 	// One name for the canary's Deployment and Service, which the
 	// gateway's metrics carry.
 	name := spec.Service + "-canary"
+	if err := r.Work.Free(ctx, name, spec.Service); err != nil {
+		return nil, err
+	}
 	b := Backends{Namespace: r.Work.Namespace, Stable: spec.Service, Canary: name}
 	router, err := FindRouter(ctx, r.Dyn, b, spec.Route)
 	if err != nil {
@@ -120,6 +123,7 @@ func (e *ErrDriven) Error() string {
 // `resume`.
 func (r *Runner) Drive(ctx context.Context, service string) error {
 	host, _ := os.Hostname()
+	waiting := false
 	for {
 		err := r.Store.Update(ctx, service, func(st *State) error {
 			if st.Driver.Holds(time.Now(), host) && !st.Driver.same(r.Me) {
@@ -136,7 +140,10 @@ func (r *Runner) Drive(ctx context.Context, service string) error {
 			}
 			break
 		}
-		r.Progress(driven.Error() + "; waiting for its lease to run out")
+		if !waiting {
+			r.Progress(driven.Error() + "; waiting for its lease to run out")
+			waiting = true
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

@@ -65,6 +65,20 @@ func (w Workloads) Stable(ctx context.Context, service string) (*corev1.Service,
 	return nil, nil, fmt.Errorf("service %s selects the pods of several Deployments (%s); a canary needs one", service, strings.Join(names, ", "))
 }
 
+// Free says whether name is free for service's canary: a Deployment or
+// Service of that name that is not one is someone else's, and stays so.
+func (w Workloads) Free(ctx context.Context, name, service string) error {
+	d, err := w.CS.AppsV1().Deployments(w.Namespace).Get(ctx, name, metav1.GetOptions{})
+	if err == nil && d.Labels[Label] != service {
+		return fmt.Errorf("deployment %s/%s exists and is not a canary of %s: a canary would replace it", w.Namespace, name, service)
+	}
+	s, err := w.CS.CoreV1().Services(w.Namespace).Get(ctx, name, metav1.GetOptions{})
+	if err == nil && s.Labels[Label] != service {
+		return fmt.Errorf("service %s/%s exists and is not a canary of %s: a canary would replace it", w.Namespace, name, service)
+	}
+	return nil
+}
+
 // Container returns the index of the container the canary changes.
 func Container(d *appsv1.Deployment, name string) (int, error) {
 	cs := d.Spec.Template.Spec.Containers
