@@ -171,7 +171,8 @@ func components(p Paths, cfg Config) []component {
 		{
 			// Debian's Prometheus, scraping the gateway for canary analysis;
 			// laptops reach it on the node's address, as they reach the API.
-			name: "prometheus", bin: "/usr/bin/prometheus", inNode: true,
+			// Its web console files are not needed: the API is.
+			name: "prometheus", bin: p.prometheusBinary(), inNode: true,
 			args: []string{
 				"--config.file=" + p.state("prometheus", "prometheus.yml"),
 				"--storage.tsdb.path=" + p.state("prometheus", "data"),

@@ -52,6 +52,9 @@ func (l *Lab) Up(ctx context.Context, cfg Config) error {
 	if err := ensurePackages(ctx, l.progress); err != nil {
 		return err
 	}
+	if err := ensurePrometheus(ctx, p, l.progress); err != nil {
+		return err
+	}
 	b := &builder{paths: p, progress: l.progress}
 	if err := b.ensureAll(ctx); err != nil {
 		return err

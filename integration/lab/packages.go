@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 )
 
@@ -22,8 +23,7 @@ var debianPackages = []struct{ pkg, cmd string }{
 	{"util-linux", "nsenter"},
 	{"dnsutils", "dig"},
 	{"curl", "curl"},
-	{"dbus-daemon", "dbus-daemon"},        // a private system bus for a laptop's systemd-resolved
-	{"prometheus", "/usr/bin/prometheus"}, // scrapes the gateway for tunnel canary
+	{"dbus-daemon", "dbus-daemon"}, // a private system bus for a laptop's systemd-resolved
 }
 
 // ensurePackages installs the Debian packages the machine lacks.
@@ -60,4 +60,69 @@ func aptInstall(ctx context.Context, pkgs []string) error {
 		return err
 	}
 	return run(append([]string{"install", "-y", "--no-install-recommends"}, pkgs...)...)
+}
+
+// unpackedPackages downloads Debian packages and unpacks them into the
+// cache folder name, once, without installing them: nothing of theirs runs
+// on the machine but what the lab starts (no service, no user, no
+// configuration). The folder appears only when unpacking finished; marker
+// is a file in it that shows it did.
+func unpackedPackages(ctx context.Context, p Paths, name, marker string, pkgs ...string) (string, error) {
+	root := filepath.Join(p.Cache, name)
+	if _, err := os.Stat(filepath.Join(root, marker)); err == nil {
+		return root, nil
+	}
+	if err := os.MkdirAll(p.Cache, 0o755); err != nil {
+		return "", err
+	}
+	tmp, err := os.MkdirTemp(p.Cache, name+"-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
+	download := func() error {
+		cmd := exec.CommandContext(ctx, "apt-get", append([]string{"download"}, pkgs...)...)
+		cmd.Dir = tmp
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("apt-get download %s: %w\n%s", strings.Join(pkgs, " "), err, tail(string(out), 10))
+		}
+		return nil
+	}
+	if err := download(); err != nil {
+		// The package lists may be older than the mirror.
+		if out, uerr := exec.CommandContext(ctx, "apt-get", "update").CombinedOutput(); uerr != nil {
+			return "", fmt.Errorf("%w (and apt-get update: %v\n%s)", err, uerr, tail(string(out), 10))
+		}
+		if err := download(); err != nil {
+			return "", err
+		}
+	}
+	debs, _ := filepath.Glob(filepath.Join(tmp, "*.deb"))
+	unpacked := filepath.Join(tmp, "root")
+	for _, deb := range debs {
+		if out, err := exec.CommandContext(ctx, "dpkg-deb", "-x", deb, unpacked).CombinedOutput(); err != nil {
+			return "", fmt.Errorf("unpack %s: %w\n%s", filepath.Base(deb), err, out)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(unpacked, marker)); err != nil {
+		return "", fmt.Errorf("the packages %s have no %s", strings.Join(pkgs, " "), marker)
+	}
+	return root, os.Rename(unpacked, root)
+}
+
+// prometheusBinary is Debian's Prometheus, unpacked into the cache: a
+// package install would also start it as a system service.
+func (p Paths) prometheusBinary() string {
+	return filepath.Join(p.Cache, "prometheus", "usr/bin/prometheus")
+}
+
+func ensurePrometheus(ctx context.Context, p Paths, pr *progress) error {
+	if _, err := os.Stat(p.prometheusBinary()); err == nil {
+		return nil
+	}
+	done := pr.step("download Debian's prometheus into " + p.Cache)
+	_, err := unpackedPackages(ctx, p, "prometheus", "usr/bin/prometheus", "prometheus")
+	done(err)
+	return err
 }

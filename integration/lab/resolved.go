@@ -39,46 +39,9 @@ type Resolved struct {
 var resolvedPackages = []string{"systemd-resolved", "libsystemd-shared"}
 
 // ensureResolvedPackage downloads and unpacks systemd-resolved once, into
-// the cache; the folder appears only when unpacking finished.
+// the cache.
 func ensureResolvedPackage(ctx context.Context, p Paths) (string, error) {
-	root := filepath.Join(p.Cache, "systemd-resolved")
-	if _, err := os.Stat(filepath.Join(root, "lib/systemd/systemd-resolved")); err == nil {
-		return root, nil
-	}
-	tmp, err := os.MkdirTemp(p.Cache, "systemd-resolved-")
-	if err != nil {
-		return "", err
-	}
-	defer os.RemoveAll(tmp)
-	download := func() error {
-		cmd := exec.CommandContext(ctx, "apt-get", append([]string{"download"}, resolvedPackages...)...)
-		cmd.Dir = tmp
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("apt-get download %s: %w\n%s", strings.Join(resolvedPackages, " "), err, tail(string(out), 10))
-		}
-		return nil
-	}
-	if err := download(); err != nil {
-		// The package lists may be older than the mirror.
-		if out, uerr := exec.CommandContext(ctx, "apt-get", "update").CombinedOutput(); uerr != nil {
-			return "", fmt.Errorf("%w (and apt-get update: %v\n%s)", err, uerr, tail(string(out), 10))
-		}
-		if err := download(); err != nil {
-			return "", err
-		}
-	}
-	debs, _ := filepath.Glob(filepath.Join(tmp, "*.deb"))
-	unpacked := filepath.Join(tmp, "root")
-	for _, deb := range debs {
-		if out, err := exec.CommandContext(ctx, "dpkg-deb", "-x", deb, unpacked).CombinedOutput(); err != nil {
-			return "", fmt.Errorf("unpack %s: %w\n%s", filepath.Base(deb), err, out)
-		}
-	}
-	if err := os.Rename(unpacked, root); err != nil {
-		return "", err
-	}
-	return root, nil
+	return unpackedPackages(ctx, p, "systemd-resolved", "lib/systemd/systemd-resolved", resolvedPackages...)
 }
 
 // StartResolved runs systemd-resolved for a laptop and points the laptop's
