@@ -110,6 +110,9 @@ func routeKind(ref string) string {
 	return ref
 }
 
+// ErrTakenOver means another CLI took the canary's lease from this one.
+var ErrTakenOver = errors.New("was taken over")
+
 // ErrDriven means another CLI drives the canary now.
 type ErrDriven struct{ By *Driver }
 
@@ -161,25 +164,35 @@ func (r *Runner) Drive(ctx context.Context, service string) error {
 			return nil
 		})
 	}()
-	first := true
+	first, failures := true, 0
 	for {
 		st, err := r.Store.Get(ctx, service)
 		if err != nil {
 			return err
 		}
 		if !st.Driver.same(r.Me) {
-			return fmt.Errorf("the canary of %s was taken over by %s", service, st.Driver)
+			return fmt.Errorf("the canary of %s %w by %s", service, ErrTakenOver, st.Driver)
 		}
 		if st.Phase.Done() {
 			return result(st)
 		}
 		next, err := r.step(ctx, st, first)
 		first = false
-		if err != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("stopped; the canary of %s stays at %d%%: tunnel canary resume %s, or abort it: %w", service, st.Weight(), service, ctx.Err())
-			}
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return fmt.Errorf("stopped; the canary of %s stays at %d%%: tunnel canary resume %s, or abort it", service, st.Weight(), service)
+		case errors.Is(err, ErrTakenOver):
 			return err
+		case err != nil && failures < maxFailures:
+			// Every phase can be done again: a hiccup of the API server
+			// or the gateway need not strand the canary.
+			failures++
+			r.Progress(fmt.Sprintf("Trying again (%d of %d): %v", failures, maxFailures, err))
+			next = retryAfter
+		case err != nil:
+			return fmt.Errorf("%w; the canary of %s stays at %d%%: tunnel canary resume %s, or abort it", err, service, st.Weight(), service)
+		default:
+			failures = 0
 		}
 		select {
 		case <-ctx.Done():
@@ -188,6 +201,13 @@ func (r *Runner) Drive(ctx context.Context, service string) error {
 		}
 	}
 }
+
+// A driver tries a failing phase again maxFailures times, retryAfter apart,
+// before it gives up and leaves the canary for resume.
+const (
+	maxFailures = 5
+	retryAfter  = 2 * time.Second
+)
 
 func (d *Driver) same(o *Driver) bool {
 	return d != nil && o != nil && d.Host == o.Host && d.PID == o.PID && d.User == o.User
@@ -207,7 +227,7 @@ func result(st *State) error {
 func (r *Runner) update(ctx context.Context, st *State, fn func(*State)) error {
 	return r.Store.Update(ctx, st.Spec.Service, func(cur *State) error {
 		if !cur.Driver.same(r.Me) {
-			return fmt.Errorf("the canary of %s was taken over by %s", st.Spec.Service, cur.Driver)
+			return fmt.Errorf("the canary of %s %w by %s", st.Spec.Service, ErrTakenOver, cur.Driver)
 		}
 		fn(cur)
 		cur.Driver.Renewed = time.Now().UTC()
