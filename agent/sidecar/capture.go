@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -27,6 +28,9 @@ type capture struct {
 	sniff   time.Duration // how long to wait for a client's first bytes
 	http    *httpMode
 	buffers *bufferPool
+
+	serverFirstRun atomic.Int32 // connections in a row whose server spoke first
+	serverFirst    atomic.Bool  // this port's server speaks first: no sniffing
 
 	mu   sync.Mutex                       // guards following
 	live map[uint64]map[*[]io.Closer]bool // connections relayed whole to a laptop, by intercept
@@ -55,8 +59,13 @@ func (c *capture) serve(ctx context.Context, ln net.Listener) error {
 // share pooled connections to the laptop: one round trip over the
 // port-forward each, where a new stream per connection costs more), the
 // rest is relayed whole. A client that says nothing within the sniff time
-// (a protocol whose server speaks first) is relayed whole.
+// (a protocol whose server speaks first) is relayed whole; once a port's
+// server has been seen to speak first, its connections are relayed at once.
 func (c *capture) handle(ctx context.Context, conn net.Conn, hl *connListener) {
+	if c.serverFirst.Load() {
+		c.raw(ctx, conn, nil)
+		return
+	}
 	br := bufio.NewReaderSize(conn, 4096)
 	_ = conn.SetReadDeadline(time.Now().Add(c.sniff))
 	if _, err := br.Peek(1); err == nil && br.Buffered() < 8 {
@@ -65,11 +74,17 @@ func (c *capture) handle(ctx context.Context, conn net.Conn, hl *connListener) {
 	head, _ := br.Peek(br.Buffered())
 	_ = conn.SetReadDeadline(time.Time{})
 	pc := &peekedConn{Conn: conn, r: br}
+	var fw *firstWord
+	if len(head) == 0 { // the client waits: perhaps for the server's greeting
+		fw = &firstWord{c: c}
+	} else {
+		c.heard(false)
+	}
 	if looksLikeHTTP(head) {
 		hl.deliver(pc)
 		return
 	}
-	c.raw(ctx, pc)
+	c.raw(ctx, pc, fw)
 }
 
 // looksLikeHTTP: an HTTP/1.x request line's method, or the HTTP/2 preface.

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
@@ -222,5 +223,58 @@ func TestRemovedInterceptClosesItsConnections(t *testing.T) {
 	c = e.dialRaw("again\n")
 	if got := readN(t, c, len("app:again\n")); got != "app:again\n" {
 		t.Errorf("%q, want the app's echo", got)
+	}
+}
+
+// A port whose app greets its clients is relayed at once once the app has
+// been heard first twice in a row; a client that speaks first resets that.
+func TestServerFirstPortIsNoLongerSniffed(t *testing.T) {
+	e := newEnv(t, true) // the app writes "app:" before it reads
+	e.set()
+	greeted := func() {
+		t.Helper()
+		c := e.dialRaw("") // the client waits for the greeting
+		if got := readN(t, c, len("app:")); got != "app:" {
+			t.Fatalf("greeting %q", got)
+		}
+		c.Close()
+	}
+	greeted()
+	if e.cp.serverFirst.Load() {
+		t.Fatal("one greeting made the port server-first")
+	}
+	c := e.dialRaw("hi\n") // a client that speaks first
+	if got := readN(t, c, len("app:hi\n")); got != "app:hi\n" {
+		t.Fatalf("echo %q", got)
+	}
+	greeted()
+	if e.cp.serverFirst.Load() {
+		t.Fatal("greetings not in a row made the port server-first")
+	}
+	greeted()
+	if !e.cp.serverFirst.Load() {
+		t.Fatal("two greetings in a row did not make the port server-first")
+	}
+	greeted() // relayed at once now, and still answered
+}
+
+// An HTTP port is never taken for a server-first one, however long its
+// clients wait before they send (a preconnected pool).
+func TestHTTPPortStaysSniffed(t *testing.T) {
+	e := newEnv(t, false)
+	e.set()
+	for range 3 {
+		c := e.dialRaw("")
+		time.Sleep(80 * time.Millisecond) // past the sniff
+		if _, err := io.WriteString(c, "GET /orders HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		if got := readN(t, c, len("HTTP/1.1 200")); got != "HTTP/1.1 200" {
+			t.Fatalf("answer %q", got)
+		}
+		c.Close()
+	}
+	if e.cp.serverFirst.Load() {
+		t.Error("an HTTP port was taken for a server-first one")
 	}
 }

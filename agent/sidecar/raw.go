@@ -20,16 +20,20 @@ import (
 const maxReplay = 64 << 10
 
 // raw relays a whole connection: to the laptop when a global intercept
-// holds the port and its laptop answers, else to the app.
-func (c *capture) raw(ctx context.Context, conn net.Conn) {
+// holds the port and its laptop answers, else to the app. fw, when the
+// client said nothing yet, learns whether the server speaks first.
+func (c *capture) raw(ctx context.Context, conn net.Conn, fw *firstWord) {
 	defer conn.Close()
+	if fw != nil {
+		conn = fw.conn(conn, false)
+	}
 	client, _ := netip.ParseAddrPort(conn.RemoteAddr().String())
 	var replay []byte
 	for _, ic := range c.link.intercepts(c.port) {
 		if ic.GetSpec().GetMode() != managerpb.InterceptMode_GLOBAL {
 			continue
 		}
-		ok, buffered := c.toLaptop(ctx, conn, ic, client)
+		ok, buffered := c.toLaptop(ctx, conn, ic, client, fw)
 		if ok {
 			return
 		}
@@ -57,6 +61,9 @@ func (c *capture) raw(ctx context.Context, conn net.Conn) {
 			return
 		}
 	}
+	if fw != nil {
+		app = fw.conn(app, true)
+	}
 	relay.Conns(ctx, conn, app, relay.Options{})
 }
 
@@ -65,7 +72,7 @@ func (c *capture) raw(ctx context.Context, conn net.Conn) {
 // over the port-forward, not two), and what was sent is kept until the
 // laptop's status arrives. On a refusal it returns those bytes, so the
 // connection can go to the app as if nothing had happened.
-func (c *capture) toLaptop(ctx context.Context, conn net.Conn, ic *managerpb.Intercept, client netip.AddrPort) (bool, []byte) {
+func (c *capture) toLaptop(ctx context.Context, conn net.Conn, ic *managerpb.Intercept, client netip.AddrPort, fw *firstWord) (bool, []byte) {
 	name := ic.GetSpec().GetName()
 	st, err := c.link.start(ic, client)
 	if err != nil {
@@ -107,7 +114,11 @@ func (c *capture) toLaptop(ctx context.Context, conn net.Conn, ic *managerpb.Int
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	c.metrics.requests.WithLabelValues(name, "laptop").Inc()
-	_, derr := io.CopyBuffer(relay.CountingWriter{W: conn, C: c.metrics.bytes.WithLabelValues(name, "from_laptop")}, relay.OnlyReader{Reader: st}, down)
+	var fromLaptop io.Reader = st
+	if fw != nil {
+		fromLaptop = fw.conn(st, true)
+	}
+	_, derr := io.CopyBuffer(relay.CountingWriter{W: conn, C: c.metrics.bytes.WithLabelValues(name, "from_laptop")}, relay.OnlyReader{Reader: fromLaptop}, down)
 	if derr != nil {
 		conn.Close()
 		st.Close()
