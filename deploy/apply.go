@@ -111,7 +111,7 @@ func Apply(ctx context.Context, rc *rest.Config, cs kubernetes.Interface, objs [
 		case "Deployment":
 			err = rollout.Wait(ctx, cs, t.obj.GetNamespace(), t.obj.GetName(), opt.Timeout, opt.Progress)
 		case "StatefulSet", "DaemonSet":
-			err = waitSet(ctx, cs, t.obj.GetKind(), t.obj.GetNamespace(), t.obj.GetName(), opt.Timeout, opt.Progress)
+			err = rollout.WaitSet(ctx, cs, t.obj.GetKind(), t.obj.GetNamespace(), t.obj.GetName(), opt.Timeout, opt.Progress)
 		}
 		if err != nil {
 			return results, err

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -36,50 +37,124 @@ func Stuck(reason string) bool {
 // new template that cannot start ends the wait at once with its reason; so
 // does the timeout, with the last reason seen.
 func Wait(ctx context.Context, cs kubernetes.Interface, ns, name string, timeout time.Duration, progress func(string)) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	last := ""
-	for {
+	err := poll(ctx, "deployment", ns, name, timeout, progress, func(ctx context.Context) (step, error) {
 		d, err := cs.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("%w: deployment %s/%s did not roll out within %s", ErrFailed, ns, name, timeout)
-			}
-			return fmt.Errorf("read deployment %s/%s: %w", ns, name, err)
+			return step{}, err
 		}
 		want := int32(1)
 		if d.Spec.Replicas != nil {
 			want = *d.Spec.Replicas
 		}
 		st := d.Status
-		if d.Generation <= st.ObservedGeneration && st.UpdatedReplicas == want && st.Replicas == want && st.AvailableReplicas == want {
-			if settled(ctx, cs, d, want) {
-				// kube-proxy applies endpoint changes up to a second later.
-				select {
-				case <-ctx.Done():
-				case <-time.After(KubeProxySync):
-				}
-				return nil
-			}
+		s := step{
+			done: d.Generation <= st.ObservedGeneration && st.UpdatedReplicas == want && st.Replicas == want &&
+				st.AvailableReplicas == want && settled(ctx, cs, d, want),
+			ready: min(st.UpdatedReplicas, st.AvailableReplicas), want: want, updated: true,
+			starting: d.Generation > st.ObservedGeneration,
 		}
-		msg := fmt.Sprintf("Waiting for deployment %s/%s: %d of %d updated pods ready", ns, name, min(st.UpdatedReplicas, st.AvailableReplicas), want)
-		if d.Generation > st.ObservedGeneration {
-			msg = fmt.Sprintf("Waiting for deployment %s/%s: rollout starting", ns, name)
+		s.trouble = func() (string, bool) {
+			return podsTrouble(ctx, cs, ns, d.Spec.Selector, func(p *corev1.Pod) bool { return sameTemplate(p, d) })
+		}
+		return s, nil
+	})
+	if err != nil {
+		return err
+	}
+	// kube-proxy applies endpoint changes up to a second later.
+	select {
+	case <-ctx.Done():
+	case <-time.After(KubeProxySync):
+	}
+	return nil
+}
+
+// WaitSet waits until a StatefulSet or DaemonSet runs its current template
+// on every pod it should, as Wait does for a Deployment.
+func WaitSet(ctx context.Context, cs kubernetes.Interface, kind, ns, name string, timeout time.Duration, progress func(string)) error {
+	return poll(ctx, strings.ToLower(kind), ns, name, timeout, progress, func(ctx context.Context) (step, error) {
+		var s step
+		var sel *metav1.LabelSelector
+		switch kind {
+		case "StatefulSet":
+			set, err := cs.AppsV1().StatefulSets(ns).Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return s, err
+			}
+			s.want = 1
+			if set.Spec.Replicas != nil {
+				s.want = *set.Spec.Replicas
+			}
+			st := set.Status
+			s.ready, sel = st.ReadyReplicas, set.Spec.Selector
+			s.done = set.Generation <= st.ObservedGeneration && st.UpdatedReplicas == s.want && st.ReadyReplicas == s.want &&
+				(st.UpdateRevision == "" || st.CurrentRevision == st.UpdateRevision)
+		case "DaemonSet":
+			set, err := cs.AppsV1().DaemonSets(ns).Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return s, err
+			}
+			st := set.Status
+			s.ready, s.want, sel = st.NumberAvailable, st.DesiredNumberScheduled, set.Spec.Selector
+			s.done = set.Generation <= st.ObservedGeneration && st.UpdatedNumberScheduled == st.DesiredNumberScheduled &&
+				st.NumberAvailable == st.DesiredNumberScheduled
+		default:
+			return step{done: true}, nil
+		}
+		s.trouble = func() (string, bool) { return podsTrouble(ctx, cs, ns, sel, nil) }
+		return s, nil
+	})
+}
+
+// step is what one look at a rollout saw.
+type step struct {
+	done        bool
+	ready, want int32
+	updated     bool // ready counts pods of the new template
+	starting    bool // the controller has not seen the change yet
+	trouble     func() (string, bool)
+}
+
+// poll is the loop every rollout wait shares: look until done, report
+// progress as it changes, end at once on a pod that will not start, and
+// on the timeout with the last reason seen.
+func poll(ctx context.Context, kind, ns, name string, timeout time.Duration, progress func(string), look func(context.Context) (step, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	last := ""
+	for {
+		s, err := look(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("%w: %s %s/%s did not roll out within %s", ErrFailed, kind, ns, name, timeout)
+			}
+			return fmt.Errorf("read %s %s/%s: %w", kind, ns, name, err)
+		}
+		if s.done {
+			return nil
+		}
+		pods := "pods"
+		if s.updated {
+			pods = "updated pods"
+		}
+		msg := fmt.Sprintf("Waiting for %s %s/%s: %d of %d %s ready", kind, ns, name, s.ready, s.want, pods)
+		if s.starting {
+			msg = fmt.Sprintf("Waiting for %s %s/%s: rollout starting", kind, ns, name)
 		}
 		if msg != last {
 			progress(msg)
 			last = msg
 		}
-		reason, permanent := podTrouble(ctx, cs, d)
+		reason, permanent := s.trouble()
 		if permanent {
-			return fmt.Errorf("%w: deployment %s/%s: %s", ErrFailed, ns, name, reason)
+			return fmt.Errorf("%w: %s %s/%s: %s", ErrFailed, kind, ns, name, reason)
 		}
 		select {
 		case <-ctx.Done():
 			if reason == "" {
 				reason = "its pods did not become ready"
 			}
-			return fmt.Errorf("%w: deployment %s/%s did not roll out within %s: %s", ErrFailed, ns, name, timeout, reason)
+			return fmt.Errorf("%w: %s %s/%s did not roll out within %s: %s", ErrFailed, kind, ns, name, timeout, reason)
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
@@ -136,22 +211,23 @@ func settled(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployment,
 	return true
 }
 
-// podTrouble describes why a pod of d's current template is not ready,
-// and whether that will not fix itself.
-func podTrouble(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployment) (string, bool) {
-	sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
+// podsTrouble describes why a pod of sel (one keep accepts, when given)
+// is not ready, and whether that will not fix itself.
+func podsTrouble(ctx context.Context, cs kubernetes.Interface, ns string, sel *metav1.LabelSelector, keep func(*corev1.Pod) bool) (string, bool) {
+	ls, err := metav1.LabelSelectorAsSelector(sel)
 	if err != nil {
 		return "", false
 	}
-	pods, err := cs.CoreV1().Pods(d.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: ls.String()})
 	if err != nil {
 		return "", false
 	}
-	for _, p := range pods.Items {
-		if p.DeletionTimestamp != nil || !sameTemplate(&p, d) {
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if p.DeletionTimestamp != nil || (keep != nil && !keep(p)) {
 			continue
 		}
-		if r, permanent := PodTrouble(&p); r != "" {
+		if r, permanent := PodTrouble(p); r != "" {
 			return r, permanent
 		}
 	}

@@ -87,7 +87,7 @@ func TestPodTrouble(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			reason, permanent := podTrouble(t.Context(), fake.NewClientset(tt.pod), d)
+			reason, permanent := podsTrouble(t.Context(), fake.NewClientset(tt.pod), d.Namespace, d.Spec.Selector, func(p *corev1.Pod) bool { return sameTemplate(p, d) })
 			if permanent != tt.permanent {
 				t.Errorf("podTrouble() permanent = %v, want %v (reason %q)", permanent, tt.permanent, reason)
 			}
@@ -150,5 +150,32 @@ func TestWaitRolloutTimeout(t *testing.T) {
 	err := Wait(t.Context(), cs, "shop", "web", 300*time.Millisecond, func(string) {})
 	if !errors.Is(err, ErrFailed) || !strings.Contains(err.Error(), "did not roll out within 300ms") {
 		t.Fatalf("WaitRollout = %v, want %v saying it timed out", err, ErrFailed)
+	}
+}
+
+// A StatefulSet's wait ends at once on a pod that will not start, and
+// returns when every replica of the new revision is ready.
+func TestWaitSet(t *testing.T) {
+	two := int32(2)
+	set := &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "db", Generation: 1},
+		Spec:       appsv1.StatefulSetSpec{Replicas: &two, Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}},
+		Status:     appsv1.StatefulSetStatus{ObservedGeneration: 1, UpdatedReplicas: 2, ReadyReplicas: 1},
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "db-1", Labels: map[string]string{"app": "db"}},
+		Status:     corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{{Name: "db", State: waiting("CrashLoopBackOff", "back-off")}}},
+	}
+	var lines []string
+	err := WaitSet(t.Context(), fake.NewClientset(set, pod), "StatefulSet", "shop", "db", time.Minute, func(s string) { lines = append(lines, s) })
+	if !errors.Is(err, ErrFailed) || !strings.Contains(err.Error(), "statefulset shop/db: pod db-1: container db: CrashLoopBackOff") {
+		t.Errorf("WaitSet = %v, want the pod's reason", err)
+	}
+	if len(lines) != 1 || lines[0] != "Waiting for statefulset shop/db: 1 of 2 pods ready" {
+		t.Errorf("progress %q", lines)
+	}
+	set.Status.ReadyReplicas = 2
+	if err := WaitSet(t.Context(), fake.NewClientset(set), "StatefulSet", "shop", "db", time.Minute, func(string) {}); err != nil {
+		t.Errorf("WaitSet of a rolled-out set = %v", err)
 	}
 }
