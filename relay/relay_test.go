@@ -3,33 +3,12 @@ package relay
 import (
 	"context"
 	"io"
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
-)
 
-// pair returns the two ends of a loopback TCP connection.
-func pair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := <-accepted
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c, s
-}
+	"tunnel.dev/tunnel/internal/testnet"
+)
 
 type count struct{ n atomic.Int64 }
 
@@ -39,8 +18,8 @@ func (c *count) Add(f float64) { c.n.Add(int64(f)) }
 // server, whose answer still comes back; bytes are counted each way.
 func TestConnsPassesHalfClosesAndCounts(t *testing.T) {
 	for _, o := range []Options{{}, {BufAB: make([]byte, 7), BufBA: make([]byte, 5)}} {
-		client, a := pair(t)
-		b, server := pair(t)
+		client, a := testnet.Pair(t)
+		b, server := testnet.Pair(t)
 		ab, ba := &count{}, &count{}
 		o.AB, o.BA = ab, ba
 		done := make(chan struct{})
@@ -52,7 +31,7 @@ func TestConnsPassesHalfClosesAndCounts(t *testing.T) {
 			server.Close()
 		}()
 		_, _ = client.Write([]byte("a request in several buffers"))
-		_ = client.(*net.TCPConn).CloseWrite()
+		_ = client.CloseWrite()
 		resp, err := io.ReadAll(client)
 		if err != nil || string(resp) != "got a request in several buffers" {
 			t.Fatalf("answer %q, %v", resp, err)
@@ -70,8 +49,8 @@ func TestConnsPassesHalfClosesAndCounts(t *testing.T) {
 
 // Ending the context aborts a relay whose both ends are idle.
 func TestConnsEndsWithItsContext(t *testing.T) {
-	client, a := pair(t)
-	b, _ := pair(t)
+	client, a := testnet.Pair(t)
+	b, _ := testnet.Pair(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { Conns(ctx, a, b, Options{}); close(done) }()

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -23,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"tunnel.dev/tunnel/internal/testnet"
 	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 )
@@ -270,53 +270,11 @@ func testDNSHandler(w dns.ResponseWriter, q *dns.Msg) {
 func echoTCP(t testing.TB) (netip.AddrPort, *atomic.Int32) {
 	t.Helper()
 	var n atomic.Int32
-	addr := serveTCP(t, func(c *net.TCPConn) {
+	addr := testnet.ServeTCP(t, func(c *net.TCPConn) {
 		n.Add(1)
 		_, _ = io.Copy(c, c)
 	})
 	return addr, &n
-}
-
-// serveTCP runs handle for each connection to a 127.0.0.1 listener and
-// closes the connection after it. When the test ends it closes the listener
-// and every connection still open, and waits for the handlers.
-func serveTCP(t testing.TB, handle func(*net.TCPConn)) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var open []net.Conn
-	var wg sync.WaitGroup
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			open = append(open, c)
-			mu.Unlock()
-			wg.Go(func() {
-				defer c.Close()
-				handle(c.(*net.TCPConn))
-			})
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		mu.Lock()
-		for _, c := range open {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
 // echoUDP echoes datagrams on 127.0.0.1 until the test ends.

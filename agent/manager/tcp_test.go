@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 
+	"tunnel.dev/tunnel/internal/testnet"
 	"tunnel.dev/tunnel/rpc"
 )
 
@@ -40,7 +41,7 @@ func TestTCPLaptopHalfCloseStillGetsAnswer(t *testing.T) {
 	sess := laptop(t, serve(t, m))
 	// The server reads the whole request, then answers and closes: it only
 	// answers once it has seen the laptop's EOF.
-	srv := serveTCP(t, func(c *net.TCPConn) {
+	srv := testnet.ServeTCP(t, func(c *net.TCPConn) {
 		req, _ := io.ReadAll(c)
 		fmt.Fprintf(c, "got %d bytes: %s", len(req), req)
 	})
@@ -69,7 +70,7 @@ func TestTCPClusterHalfCloseStillTakesRequest(t *testing.T) {
 	sess := laptop(t, serve(t, m))
 	// The server greets and shuts down its side at once, then reads on.
 	got := make(chan string, 1)
-	srv := serveTCP(t, func(c *net.TCPConn) {
+	srv := testnet.ServeTCP(t, func(c *net.TCPConn) {
 		_, _ = c.Write([]byte("bye"))
 		_ = c.CloseWrite()
 		b, _ := io.ReadAll(c)
@@ -180,7 +181,7 @@ func TestTCPSessionEndClosesClusterSide(t *testing.T) {
 	m, _ := newTestManager(t, nil)
 	sess := laptop(t, serve(t, m))
 	closed := make(chan struct{})
-	srv := serveTCP(t, func(c *net.TCPConn) {
+	srv := testnet.ServeTCP(t, func(c *net.TCPConn) {
 		_, _ = io.Copy(io.Discard, c) // until the manager lets go
 		close(closed)
 	})

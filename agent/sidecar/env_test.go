@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"tunnel.dev/tunnel/internal/testnet"
 	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 )
@@ -78,7 +79,7 @@ func newEnv(t *testing.T, echoApp bool) *env {
 		modes: map[uint64]func(*yamux.Stream){}}
 	var app netip.AddrPort
 	if echoApp {
-		app = serveTCP(t, func(c net.Conn) { prefixEcho(c, "app:") })
+		app = testnet.ServeTCP(t, func(c *net.TCPConn) { prefixEcho(c, "app:") })
 	} else {
 		app = serveHTTP(t, "app", e.appHits)
 	}
@@ -135,7 +136,7 @@ func newEnv(t *testing.T, echoApp bool) *env {
 			tr.CloseIdleConnections()
 		}
 		e.cp.http.forget(nil)
-		waitGroup(t, &wg, "the fake manager")
+		testnet.Wait(t, &wg, "the fake manager")
 	})
 	return e
 }
@@ -320,60 +321,6 @@ func serveHTTP(t *testing.T, name string, hits chan<- hit) netip.AddrPort {
 		<-done
 	})
 	return ln.Addr().(*net.TCPAddr).AddrPort()
-}
-
-// serveTCP runs handle for each connection to a 127.0.0.1 listener; at the
-// test's end it closes the listener and every connection and waits.
-func serveTCP(t *testing.T, handle func(net.Conn)) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var open []net.Conn
-	var wg sync.WaitGroup
-	accepting := make(chan struct{})
-	go func() {
-		defer close(accepting)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			open = append(open, c)
-			mu.Unlock()
-			wg.Go(func() {
-				defer c.Close()
-				handle(c)
-			})
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-accepting
-		mu.Lock()
-		for _, c := range open {
-			c.Close()
-		}
-		mu.Unlock()
-		waitGroup(t, &wg, "the app")
-	})
-	return ln.Addr().(*net.TCPAddr).AddrPort()
-}
-
-func waitGroup(t *testing.T, wg *sync.WaitGroup, what string) {
-	done := make(chan struct{})
-	go func() {
-		wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Errorf("%s did not stop", what)
-	}
 }
 
 // closed waits until c is closed by the other side (EOF or a reset).
