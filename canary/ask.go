@@ -33,38 +33,18 @@ func (r *Runner) Ask(ctx context.Context, service, action string) (*State, error
 	if err != nil {
 		return nil, err
 	}
-	if driver == nil {
-		err := r.Drive(ctx, service)
-		st, gerr := r.Store.Get(ctx, service)
-		if gerr != nil {
-			return nil, err
-		}
-		return st, err
+	if driver != nil {
+		r.Progress(fmt.Sprintf("Asked %s, who drives the canary, to %s it", driver, action))
 	}
-	r.Progress(fmt.Sprintf("Asked %s, who drives the canary, to %s it", driver, action))
-	for {
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(poll):
-		}
-		st, err := r.Store.Get(ctx, service)
-		if err != nil {
-			return nil, err
-		}
-		if st.Phase.Done() {
-			return st, result(st)
-		}
-		if !st.Driver.Holds(time.Now(), host) {
-			// The driver died before it was done: finish the job here.
-			err := r.Drive(ctx, service)
-			st, gerr := r.Store.Get(ctx, service)
-			if gerr != nil {
-				return nil, err
-			}
-			return st, err
-		}
+	// Drive waits while a live driver holds the lease: that driver carries
+	// the request out and lets go, and this one finds the canary ended; a
+	// driver that dies first leaves the job to this one.
+	err = r.drive(ctx, service, driver != nil)
+	st, gerr := r.Store.Get(ctx, service)
+	if gerr != nil {
+		return nil, err
 	}
+	return st, err
 }
 
 // Describe writes a canary's record for people.

@@ -290,3 +290,18 @@ func TestFreeRefusesSomeoneElsesName(t *testing.T) {
 		t.Errorf("a free name: %v", err)
 	}
 }
+
+// Taking traffic back from a canary that never got any (it did not start)
+// leaves the route untouched: no canary backend, no annotation.
+func TestSetWeightZeroOnARouteWithoutTheCanary(t *testing.T) {
+	ctx := context.Background()
+	dyn := dynfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
+		map[schema.GroupVersionResource]string{httpRouteGVR: "HTTPRouteList", mappingGVR: "MappingList"}, route(rule(ref("shop", 3))))
+	r, _ := OpenRouter(dyn, Backends{Namespace: "ns", Stable: "shop", Canary: "shop-canary"}, "httproute/shop")
+	if err := r.SetWeight(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := backendsOf(t, dyn); got != "shop=3" {
+		t.Errorf("route after SetWeight(0): %s, want it untouched", got)
+	}
+}

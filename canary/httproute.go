@@ -3,6 +3,7 @@ package canary
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -77,6 +78,9 @@ func (r *httpRoute) SetWeight(ctx context.Context, percent int) error {
 		stable := stableRefs(obj.Object, r.b)
 		if len(stable) == 0 {
 			return fmt.Errorf("httproute %s/%s no longer sends traffic to service %s", r.b.Namespace, r.name, r.b.Stable)
+		}
+		if percent == 0 && !hasCanary(obj.Object, r.b) {
+			return errUnchanged
 		}
 		ann := obj.GetAnnotations()
 		var orig []*int64
@@ -179,7 +183,9 @@ func (r *httpRoute) edit(ctx context.Context, fn func(*unstructured.Unstructured
 		if err != nil {
 			return err
 		}
-		if err := fn(obj); err != nil {
+		if err := fn(obj); errors.Is(err, errUnchanged) {
+			return nil
+		} else if err != nil {
 			return err
 		}
 		_, err = r.dyn.Update(ctx, obj, metav1.UpdateOptions{FieldManager: FieldManager})
@@ -191,6 +197,14 @@ func (r *httpRoute) edit(ctx context.Context, fn func(*unstructured.Unstructured
 		}
 		return nil
 	}
+}
+
+// errUnchanged tells edit that there is nothing to write.
+var errUnchanged = errors.New("unchanged")
+
+// hasCanary says whether any rule of the route sends to the canary.
+func hasCanary(route map[string]any, b Backends) bool {
+	return len(stableRefs(route, Backends{Namespace: b.Namespace, Stable: b.Canary})) > 0
 }
 
 func runtimeCopy(m map[string]any) map[string]any {

@@ -75,6 +75,11 @@ func mappingTargets(obj map[string]any, b Backends) bool {
 }
 
 func (m *mapping) SetWeight(ctx context.Context, percent int) error {
+	if percent == 0 {
+		if _, err := m.dyn.Get(ctx, m.CanaryName(), metav1.GetOptions{}); apierrors.IsNotFound(err) {
+			return nil
+		}
+	}
 	stable, err := m.dyn.Get(ctx, m.name, metav1.GetOptions{})
 	if err != nil {
 		return fmt.Errorf("read mapping %s/%s: %w", m.b.Namespace, m.name, err)

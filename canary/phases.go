@@ -162,6 +162,10 @@ func (r *Runner) rollBack(ctx context.Context, st *State, router Router) error {
 	})
 }
 
+// gatewaySync is how long a gateway may take to apply a route change:
+// requests it still sends to the canary must find it there.
+const gatewaySync = 2 * time.Second
+
 // takeOut moves all traffic to stable, waits for the gateway to take the
 // change, then removes the canary's backend, Deployment and Service.
 func (r *Runner) takeOut(ctx context.Context, st *State, router Router) error {
@@ -171,7 +175,7 @@ func (r *Runner) takeOut(ctx context.Context, st *State, router Router) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(rollout.KubeProxySync):
+		case <-time.After(gatewaySync):
 		}
 	}
 	if err := router.Remove(ctx); err != nil {

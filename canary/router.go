@@ -19,7 +19,8 @@ type Router interface {
 	// Ref names what it steers, as KIND/NAME.
 	Ref() string
 	// SetWeight sends percent of the stable Service's traffic to the
-	// canary Service, adding the canary where it is missing.
+	// canary Service, adding the canary where it is missing; 0 on a route
+	// without the canary changes nothing.
 	SetWeight(ctx context.Context, percent int) error
 	// Remove takes the canary out, leaving the route as it was before.
 	Remove(ctx context.Context) error

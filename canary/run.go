@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"k8s.io/client-go/dynamic"
@@ -102,12 +103,8 @@ func (r *Runner) Plan(ctx context.Context, spec Spec) (*State, error) {
 }
 
 func routeKind(ref string) string {
-	for i := range ref {
-		if ref[i] == '/' {
-			return ref[:i]
-		}
-	}
-	return ref
+	kind, _, _ := strings.Cut(ref, "/")
+	return kind
 }
 
 // ErrTakenOver means another CLI took the canary's lease from this one.
@@ -125,8 +122,13 @@ func (e *ErrDriven) Error() string {
 // reason otherwise. When ctx ends, the canary stays where it is, for
 // `resume`.
 func (r *Runner) Drive(ctx context.Context, service string) error {
+	return r.drive(ctx, service, false)
+}
+
+// drive is Drive; quiet says nothing while it waits for another's lease.
+func (r *Runner) drive(ctx context.Context, service string, quiet bool) error {
 	host, _ := os.Hostname()
-	waiting := false
+	waiting := quiet
 	for {
 		err := r.Store.Update(ctx, service, func(st *State) error {
 			if st.Driver.Holds(time.Now(), host) && !st.Driver.same(r.Me) {

@@ -11,12 +11,16 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	dynfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+
+	"tunnel.dev/tunnel/access"
 )
 
 // fakePrometheus answers the Traefik dialect's queries: requests and 5xx
@@ -129,5 +133,33 @@ func TestDriveWaitsForALiveDriver(t *testing.T) {
 	defer cancel()
 	if err := r.Drive(ctx, "echo"); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Drive over a live driver = %v, want it to wait", err)
+	}
+}
+
+// A user who may run Deployments but not steer the route is refused before
+// anything is created, with the permission named.
+func TestPlanNamesAMissingRoutePermission(t *testing.T) {
+	r, _ := runner(t, fakePrometheus(t, 100, 0, 0.01))
+	cs := r.Work.CS.(*fake.Clientset)
+	if _, err := cs.CoreV1().Services("ns").Create(context.Background(), &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "ns"},
+		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": "echo"}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := cs.AppsV1().Deployments("ns").Get(context.Background(), "echo", metav1.GetOptions{})
+	d.Spec.Template.Labels = map[string]string{"app": "echo"}
+	if _, err := cs.AppsV1().Deployments("ns").Update(context.Background(), d, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cs.PrependReactor("create", "selfsubjectaccessreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		rev := a.(k8stesting.CreateAction).GetObject().(*authzv1.SelfSubjectAccessReview)
+		rev.Status.Allowed = rev.Spec.ResourceAttributes.Resource != "httproutes" || rev.Spec.ResourceAttributes.Verb != "update"
+		return true, rev, nil
+	})
+	_, err := r.Plan(context.Background(), Spec{Service: "echo", Image: "echo:v2", Prometheus: "http://127.0.0.1:1"})
+	if !errors.Is(err, access.ErrForbidden) ||
+		!strings.Contains(err.Error(), "you may not update httproutes.gateway.networking.k8s.io in namespace ns, which a canary on httproute/shop needs") {
+		t.Errorf("Plan = %v, want the missing route permission named", err)
 	}
 }
