@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -66,10 +67,34 @@ func dialFrom(ctx context.Context, s *stack.Stack, src, dst netip.AddrPort) (*go
 	return gonet.NewTCPConn(&wq, ep), nil
 }
 
+// redial connects src to dst within reuseWithin, trying again when the
+// stack's end of the previous connection from src resets the SYN.
+func redial(s *stack.Stack, src, dst netip.AddrPort) (*gonet.TCPConn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), reuseWithin)
+	defer cancel()
+	for {
+		conn, err := dialFrom(ctx, s, src, dst)
+		if err == nil || !strings.Contains(err.Error(), (&tcpip.ErrConnectionRefused{}).String()) {
+			return conn, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// reuseWithin is how soon a reused source port must connect: a few SYN
+// retransmissions, far less than gVisor's default minute of TIME-WAIT,
+// in which every SYN was dropped.
+const reuseWithin = 5 * time.Second
+
 // A client that reuses its source port right after a connection the
 // cluster side closed first connects again within seconds, not a minute.
-// (A SYN inside the stack's short TIME-WAIT is still dropped, so one sent
-// at once connects on its retransmission, a second later.) The stack's end of
+// (A SYN that meets the old connection's last moments is dropped, and
+// connects on its retransmission a second later, or is reset, and the
+// client tries again: redial allows for both.) The stack's end of
 // that connection closed first, so it sits in TIME-WAIT; gVisor hands a
 // new SYN for a 4-tuple in TIME-WAIT only to a listening endpoint, never
 // to the forwarder, so with the default minute of TIME-WAIT the SYN (and
@@ -96,9 +121,7 @@ func TestTCPReuseSourcePortAfterServerClose(t *testing.T) {
 			var closed time.Time
 			for i := range 3 {
 				start := time.Now()
-				ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-				conn, err := dialFrom(ctx, h.client.stack, tc.src, tc.dst)
-				cancel()
+				conn, err := redial(h.client.stack, tc.src, tc.dst)
 				if err != nil {
 					if i > 0 && errors.Is(err, context.DeadlineExceeded) {
 						t.Fatalf("connection %d from the reused source port %s, started %v after the last one closed: %v "+
