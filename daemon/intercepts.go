@@ -12,7 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"google.golang.org/protobuf/proto"
 
 	"tunnel.dev/tunnel/relay"
@@ -30,15 +29,49 @@ type intercepts struct {
 
 	buffers sync.Pool // *[]byte copy buffers toward local processes
 
-	mu   sync.Mutex // guards following
-	next uint64
-	byID map[uint64]*localIntercept
+	mu     sync.Mutex // guards following
+	next   uint64
+	byID   map[uint64]*localIntercept
+	direct *direct         // spares straight to the sidecars; nil: none
+	base   context.Context // the session's life, which the spares share
 }
 
 type localIntercept struct {
 	spec *managerpb.InterceptSpec // LaptopId set
 	port uint32                   // the local process's port
 	pb   *managerpb.Intercept     // as the manager last confirmed it
+	stop func()                   // ends its direct path
+}
+
+// useDirect opens spares to the sidecars for every intercept from now on,
+// until ctx ends.
+func (x *intercepts) useDirect(ctx context.Context, d *direct) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.base, x.direct = ctx, d
+}
+
+// startLocked starts li's direct path, ending the one it had.
+func (x *intercepts) startLocked(li *localIntercept) {
+	x.stopLocked(li)
+	if x.direct == nil || x.base == nil || len(li.pb.GetDirectKey()) == 0 {
+		return
+	}
+	ctx, cancel := context.WithCancel(x.base)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		x.direct.run(ctx, li.pb)
+	}()
+	li.stop = func() { cancel(); <-done }
+}
+
+func (x *intercepts) stopLocked(li *localIntercept) {
+	if li.stop != nil {
+		stop := li.stop
+		li.stop = nil
+		go stop() // its relays end by themselves; nothing waits on them here
+	}
 }
 
 func newIntercepts(log *slog.Logger) *intercepts {
@@ -78,10 +111,15 @@ func (x *intercepts) add(ctx context.Context, ctl managerpb.ManagerClient, spec 
 	}
 	x.mu.Lock()
 	if prev != nil {
+		x.stopLocked(prev)
 		delete(x.byID, prev.spec.GetLaptopId())
 	}
-	x.byID[spec.LaptopId] = &localIntercept{spec: spec, port: localPort, pb: ic}
+	li := &localIntercept{spec: spec, port: localPort, pb: ic}
+	x.byID[spec.LaptopId] = li
+	x.startLocked(li)
 	x.mu.Unlock()
+	ic = proto.Clone(ic).(*managerpb.Intercept)
+	ic.DirectKey = nil // the CLI prints what it gets
 	x.log.Info("intercepting", "name", spec.GetName(), "namespace", spec.GetNamespace(), "workload", spec.GetWorkload(),
 		"port", spec.GetPort(), "local_port", localPort, "mode", spec.GetMode().String())
 	return ic, nil
@@ -93,6 +131,7 @@ func (x *intercepts) remove(ctx context.Context, ctl managerpb.ManagerClient, ns
 	x.mu.Lock()
 	for id, li := range x.byID {
 		if li.spec.GetNamespace() == ns && li.spec.GetName() == name {
+			x.stopLocked(li)
 			delete(x.byID, id)
 		}
 	}
@@ -115,7 +154,9 @@ func (x *intercepts) list() []*managerpb.Intercept {
 	defer x.mu.Unlock()
 	out := make([]*managerpb.Intercept, 0, len(x.byID))
 	for _, li := range x.byID {
-		out = append(out, proto.Clone(li.pb).(*managerpb.Intercept))
+		pb := proto.Clone(li.pb).(*managerpb.Intercept)
+		pb.DirectKey = nil
+		out = append(out, pb)
 	}
 	slices.SortFunc(out, func(a, b *managerpb.Intercept) int {
 		return strings.Compare(a.GetSpec().GetName(), b.GetSpec().GetName())
@@ -137,18 +178,21 @@ func (x *intercepts) reregister(ctx context.Context, ctl managerpb.ManagerClient
 		ic, err := ctl.CreateIntercept(ctx, li.spec)
 		x.mu.Lock()
 		if err != nil {
+			x.stopLocked(li)
 			delete(x.byID, li.spec.GetLaptopId())
 			x.log.Warn("intercept lost in the reconnect", "name", li.spec.GetName(), "err", err)
 		} else {
-			li.pb = ic
+			li.pb = ic // a new id and key: the sidecars forgot the old ones
+			x.startLocked(li)
 		}
 		x.mu.Unlock()
 	}
 }
 
 // serve answers one stream the manager opened for an intercepted
-// connection: dial the local process, say how that went, relay.
-func (x *intercepts) serve(ctx context.Context, st *yamux.Stream, h rpc.Header) {
+// connection, or a spare a sidecar took: dial the local process, say how
+// that went, relay.
+func (x *intercepts) serve(ctx context.Context, st net.Conn, h rpc.Header) {
 	defer st.Close()
 	x.mu.Lock()
 	li, ok := x.byID[h.Flow]

@@ -30,7 +30,9 @@ func (f *fakeManager) CreateIntercept(_ context.Context, spec *managerpb.Interce
 		return nil, status.Error(codes.AlreadyExists, "taken")
 	}
 	f.created = append(f.created, spec)
-	return &managerpb.Intercept{Spec: spec, Id: uint64(len(f.created)), User: "dev"}, nil
+	key := make([]byte, rpc.DirectKeyLen)
+	key[0] = byte(len(f.created))
+	return &managerpb.Intercept{Spec: spec, Id: uint64(len(f.created)), User: "dev", DirectKey: key}, nil
 }
 
 func (f *fakeManager) RemoveIntercept(context.Context, *managerpb.RemoveInterceptRequest, ...grpc.CallOption) (*managerpb.RemoveInterceptResponse, error) {

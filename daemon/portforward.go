@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/httpstream"
@@ -18,19 +20,39 @@ import (
 	"k8s.io/client-go/transport/spdy"
 )
 
-// pfConn is one port-forward data stream to a pod's port, through the API
-// server and the kubelet: the pipe the yamux session runs on.
+// pfConn is one port-forward stream pair to a pod's port, through the API
+// server and the kubelet: the pipe the yamux session runs on, or one
+// connection of the direct path.
 type pfConn struct {
-	conn httpstream.Connection
-	data httpstream.Stream
+	conn      httpstream.Connection
+	data      httpstream.Stream
+	errStream httpstream.Stream
+	ownsConn  bool // Close closes the whole port-forward connection
 
 	once sync.Once
 	err  atomic.Pointer[error] // what the error stream said, if anything
 }
 
-// dialPortForward opens a port-forward to pod:port the way kubectl does:
-// WebSocket first, SPDY when the server does not upgrade to it.
+// dialPortForward opens a port-forward connection to pod:port and its
+// first stream pair; closing the stream closes the connection.
 func dialPortForward(ctx context.Context, rc *rest.Config, cs kubernetes.Interface, ns, pod string, port int) (*pfConn, error) {
+	conn, err := dialPortForwardConn(ctx, rc, cs, ns, pod)
+	if err != nil {
+		return nil, err
+	}
+	pf, err := openPortForward(conn, port, 0)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	pf.ownsConn = true
+	return pf, nil
+}
+
+// dialPortForwardConn opens a port-forward connection to a pod the way
+// kubectl does: WebSocket first, SPDY when the server does not upgrade to
+// it. Each connection to a port is a stream pair on it (openPortForward).
+func dialPortForwardConn(ctx context.Context, rc *rest.Config, cs kubernetes.Interface, ns, pod string) (httpstream.Connection, error) {
 	u := cs.CoreV1().RESTClient().Post().Resource("pods").Namespace(ns).Name(pod).SubResource("portforward").URL()
 	transport, upgrader, err := spdy.RoundTripperFor(rc)
 	if err != nil {
@@ -52,13 +74,12 @@ func dialPortForward(ctx context.Context, rc *rest.Config, cs kubernetes.Interfa
 		c, _, err := dialer.Dial(portforward.PortForwardProtocolV1Name)
 		done <- result{c, err}
 	}()
-	var conn httpstream.Connection
 	select {
 	case r := <-done:
 		if r.err != nil {
 			return nil, fmt.Errorf("port-forward to pod %s/%s: %w", ns, pod, r.err)
 		}
-		conn = r.c
+		return r.c, nil
 	case <-ctx.Done():
 		go func() {
 			if r := <-done; r.c != nil {
@@ -67,27 +88,31 @@ func dialPortForward(ctx context.Context, rc *rest.Config, cs kubernetes.Interfa
 		}()
 		return nil, ctx.Err()
 	}
+}
 
+// openPortForward opens stream pair id on conn to the pod's port: the
+// kubelet dials the port for it, in the pod's network namespace.
+func openPortForward(conn httpstream.Connection, port int, id uint64) (*pfConn, error) {
 	headers := http.Header{}
 	headers.Set(corev1.StreamType, corev1.StreamTypeError)
 	headers.Set(corev1.PortHeader, strconv.Itoa(port))
-	headers.Set(corev1.PortForwardRequestIDHeader, "0")
+	headers.Set(corev1.PortForwardRequestIDHeader, strconv.FormatUint(id, 10))
 	errStream, err := conn.CreateStream(headers)
 	if err != nil {
-		conn.Close()
 		return nil, fmt.Errorf("open port-forward error stream: %w", err)
 	}
 	errStream.Close() // we only read it
 	headers.Set(corev1.StreamType, corev1.StreamTypeData)
 	data, err := conn.CreateStream(headers)
 	if err != nil {
-		conn.Close()
+		errStream.Reset()
+		conn.RemoveStreams(errStream)
 		return nil, fmt.Errorf("open port-forward data stream: %w", err)
 	}
-	pf := &pfConn{conn: conn, data: data}
+	pf := &pfConn{conn: conn, data: data, errStream: errStream}
 	go func() {
 		// The kubelet reports a failed dial of the pod's port here; the
-		// data stream then ends, and so does the session on it.
+		// data stream then ends, and so does what runs on it.
 		msg, _ := io.ReadAll(errStream)
 		if len(msg) > 0 {
 			err := errors.New(string(msg))
@@ -108,13 +133,37 @@ func (p *pfConn) Read(b []byte) (int, error) {
 
 func (p *pfConn) Write(b []byte) (int, error) { return p.data.Write(b) }
 
+// CloseWrite ends our writes; the pod's side reads its end. (The kubelet
+// does not pass that on as a half-close: see the sidecar's direct path.)
+func (p *pfConn) CloseWrite() error { return p.data.Close() }
+
+// Close resets the stream pair, which wakes its blocked reads, and ends
+// the connection too when the pair owns it.
 func (p *pfConn) Close() error {
 	p.once.Do(func() {
 		p.data.Reset()
-		p.conn.Close()
+		p.errStream.Reset()
+		if p.ownsConn {
+			p.conn.Close()
+		} else {
+			p.conn.RemoveStreams(p.data, p.errStream)
+		}
 	})
 	return nil
 }
 
 // Closed is closed when the port-forward connection ends.
 func (p *pfConn) Closed() <-chan bool { return p.conn.CloseChan() }
+
+// A pfConn is a net.Conn for the relays: Close wakes its reads, so it
+// needs no deadlines.
+func (p *pfConn) LocalAddr() net.Addr              { return pfAddr{} }
+func (p *pfConn) RemoteAddr() net.Addr             { return pfAddr{} }
+func (p *pfConn) SetDeadline(time.Time) error      { return nil }
+func (p *pfConn) SetReadDeadline(time.Time) error  { return nil }
+func (p *pfConn) SetWriteDeadline(time.Time) error { return nil }
+
+type pfAddr struct{}
+
+func (pfAddr) Network() string { return "port-forward" }
+func (pfAddr) String() string  { return "port-forward" }

@@ -161,6 +161,7 @@ func (s *session) connect(ctx context.Context) (*managerpb.ClusterInfo, error) {
 // run keeps the session up until ctx ends: when the current one dies it
 // reconnects with exponential backoff (100 ms to 5 s, jittered).
 func (s *session) run(ctx context.Context) {
+	s.icpt.useDirect(ctx, newDirect(s.log, s.rc, s.cs, s.icpt.serve))
 	backoff := 100 * time.Millisecond
 	for {
 		s.mu.Lock()

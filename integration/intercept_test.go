@@ -213,6 +213,15 @@ func TestGlobalInterceptLeaveAndUninstall(t *testing.T) {
 	if err != nil || !strings.Contains(got, "pod=laptop-frank") {
 		t.Errorf("a pod's request by name: %v\n%s", err, got)
 	}
+	// Both pods' sidecars come to reach the laptop over the spares it
+	// port-forwards to them, not through the manager.
+	eventually(t, 20*time.Second, "every sidecar uses the direct path", func() (bool, string) {
+		for i := range 10 {
+			fromNode(t, fmt.Sprintf("http://%s/direct-%d", ip, i))
+		}
+		all, direct := sidecarMetrics(t, ns, "app=echo")
+		return direct == 2, all
+	})
 	w := list(t, l, ns)["echo"]
 	if !w.Sidecar || len(w.Intercepts) != 1 || w.Intercepts[0].Mode != "global" || w.Intercepts[0].User != "admin" {
 		t.Errorf("list: %+v", w)
@@ -325,16 +334,7 @@ func TestFallbackNoFallbackAndMirror(t *testing.T) {
 		t.Errorf("with the local server stopped, the app should answer: %s", got)
 	}
 	// The sidecar counts what it did, per intercept.
-	pods, err := h.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "app=echo"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var metrics string
-	for _, p := range pods.Items {
-		if p.DeletionTimestamp == nil && p.Status.PodIP != "" {
-			metrics += fromNode(t, fmt.Sprintf("http://%s:18099/metrics", p.Status.PodIP))
-		}
-	}
+	metrics, _ := sidecarMetrics(t, ns, "app=echo")
 	for _, want := range []string{
 		`tunnel_sidecar_intercepted_requests_total{intercept="echo-http",result="laptop"} 1`,
 		`tunnel_sidecar_fallbacks_total{intercept="echo-http"} 1`,
@@ -568,4 +568,24 @@ func exitStatus(err error) int {
 		return ee.ExitCode()
 	}
 	return -1
+}
+
+// sidecarMetrics scrapes the sidecars of the pods selector picks, and
+// counts those that have reached a laptop over its direct spares.
+func sidecarMetrics(t *testing.T, ns, selector string) (all string, direct int) {
+	t.Helper()
+	pods, err := h.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil && p.Status.PodIP != "" {
+			m := fromNode(t, fmt.Sprintf("http://%s:18099/metrics", p.Status.PodIP))
+			if strings.Contains(m, `tunnel_sidecar_laptop_connections_total{intercept="echo-http",path="direct"}`) {
+				direct++
+			}
+			all += m
+		}
+	}
+	return all, direct
 }

@@ -28,11 +28,12 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"tunnel.dev/tunnel/rollout"
+	"tunnel.dev/tunnel/rpc"
 )
 
 // Names tunnel uses in the workloads it changes.
 const (
-	Container     = "tunnel-agent"              // the sidecar's container
+	Container     = rpc.SidecarContainer        // the sidecar's container
 	FieldManager  = "tunnel-intercept"          // owns the sidecar in the Deployment
 	CapturedAnnot = "tunnel.dev/captured-ports" // on a Service: "PORT/PROTO=ORIGINAL-TARGET,..."
 	WorkloadAnnot = "tunnel.dev/captured-for"   // on a Service: the Deployment its captures serve

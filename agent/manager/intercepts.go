@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 )
 
@@ -116,6 +118,10 @@ func (t *interceptTable) add(owner *session, spec *managerpb.InterceptSpec) (*ma
 	if replace != 0 {
 		delete(t.byID, replace)
 	}
+	key := make([]byte, rpc.DirectKeyLen)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
 	t.next++
 	pb := &managerpb.Intercept{
 		Spec:      proto.Clone(spec).(*managerpb.InterceptSpec),
@@ -124,6 +130,7 @@ func (t *interceptTable) add(owner *session, spec *managerpb.InterceptSpec) (*ma
 		Host:      host,
 		SessionId: owner.id,
 		Created:   time.Now().UTC().Format(time.RFC3339),
+		DirectKey: key,
 	}
 	t.byID[pb.Id] = &interceptEntry{pb: pb, owner: owner}
 	t.changedLocked()
@@ -205,7 +212,8 @@ func (t *interceptTable) dropSession(s *session) int {
 }
 
 // list returns the intercepts in ns (all when ns is empty), sorted by name;
-// the header values of intercepts other users hold are withheld.
+// the header values of intercepts other users hold are withheld, and every
+// direct key: its laptop has it from add.
 func (t *interceptTable) list(caller *session, ns string) []*managerpb.Intercept {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -215,6 +223,7 @@ func (t *interceptTable) list(caller *session, ns string) []*managerpb.Intercept
 			continue
 		}
 		pb := proto.Clone(e.pb).(*managerpb.Intercept)
+		pb.DirectKey = nil
 		if !owns(caller, e) {
 			if pb.Spec.HeaderValue != "" {
 				pb.Spec.HeaderValue = "(hidden)"

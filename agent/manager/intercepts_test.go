@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 )
 
@@ -176,12 +177,15 @@ func TestInterceptRemove(t *testing.T) {
 	}
 }
 
+// The owner's list hides the direct key too: the CLI prints list's answer.
 func TestInterceptListHidesOthersHeaderValues(t *testing.T) {
 	tab := newInterceptTable()
 	ada, bob := who("ada", "lovelace"), who("bob", "babbage")
 	mustAdd(t, tab, bob, personal("zeta", "web", 8080, "X-Dev", "bob-secret"))
 	mustAdd(t, tab, ada, personal("alpha", "web", 8080, "X-Dev", "ada-secret"))
-	mustAdd(t, tab, bob, global("mid", "api", 8080))
+	if mid := mustAdd(t, tab, bob, global("mid", "api", 8080)); len(mid.GetDirectKey()) != rpc.DirectKeyLen {
+		t.Errorf("add gave its laptop a direct key of %d bytes, want %d", len(mid.GetDirectKey()), rpc.DirectKeyLen)
+	}
 	other := global("first", "web", 8080)
 	other.Namespace = "billing"
 	mustAdd(t, tab, bob, other)
@@ -213,6 +217,19 @@ func TestInterceptListHidesOthersHeaderValues(t *testing.T) {
 	ics, _ := tab.workload("shop", "web")
 	if got := values(ics); got != "shop/zeta=bob-secret shop/alpha=ada-secret" {
 		t.Errorf("workload view %s, want both values in id order", got)
+	}
+	for _, ic := range ics {
+		if len(ic.GetDirectKey()) != rpc.DirectKeyLen {
+			t.Errorf("the sidecar's view of %s has a direct key of %d bytes, want %d", ic.GetSpec().GetName(), len(ic.GetDirectKey()), rpc.DirectKeyLen)
+		}
+	}
+	if ics[0].GetDirectKey() == nil || string(ics[0].GetDirectKey()) == string(ics[1].GetDirectKey()) {
+		t.Errorf("two intercepts share a direct key")
+	}
+	for _, ic := range append(tab.list(ada, ""), tab.list(bob, "")...) {
+		if ic.GetDirectKey() != nil {
+			t.Errorf("list shows %s's direct key; only its laptop and the sidecars may have it", ic.GetSpec().GetName())
+		}
 	}
 	tab.list(ada, "")[0].Spec.Name = "changed"
 	if got := values(tab.list(ada, "billing")); got != "billing/first=" {

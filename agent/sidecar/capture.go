@@ -24,6 +24,7 @@ type capture struct {
 	port    uint32         // the app's port number, which intercepts name
 	pod     string
 	link    *link
+	direct  *direct // spares straight to laptops, for HTTP
 	metrics *metrics
 	sniff   time.Duration // how long to wait for a client's first bytes
 	http    *httpMode

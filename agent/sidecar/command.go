@@ -55,6 +55,7 @@ func Command() *cobra.Command {
 	f.StringVar(&podIP, "pod-ip", os.Getenv("POD_IP"), "this pod's address, where the app listens (default $POD_IP)")
 	f.StringArrayVar(&captures, "capture", nil, "LISTEN=APP: listen on LISTEN for traffic meant for the app's port APP (repeatable)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", ":9091", "address for /metrics and /healthz")
+	f.StringVar(&cfg.DirectAddr, "direct-addr", fmt.Sprintf("127.0.0.1:%d", rpc.SidecarDirectPort), "where laptops' port-forwards open spare streams (empty: none)")
 	f.StringVar(&cfg.TokenFile, "token-file", "/var/run/secrets/tunnel.dev/token", "the pod-bound ServiceAccount token (audience "+rpc.SidecarAudience+") shown to the manager")
 	f.DurationVar(&cfg.Sniff, "sniff", 100*time.Millisecond, "how long to wait for a client's first bytes before relaying it as not HTTP")
 	f.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")

@@ -106,8 +106,9 @@ func newEnv(t *testing.T, echoApp bool) *env {
 	wg.Go(func() { _ = laptopSrv.Serve(e.laptopLn) })
 	wg.Go(func() { e.manage(server, &wg) })
 
-	e.cp = &capture{log: log, app: app, port: testPort, link: e.link, metrics: newMetrics(),
-		sniff: 50 * time.Millisecond, pod: "web-1", buffers: &bufferPool{}}
+	m := newMetrics()
+	e.cp = &capture{log: log, app: app, port: testPort, link: e.link, metrics: m,
+		direct: newDirect(log, e.link, m), sniff: 50 * time.Millisecond, pod: "web-1", buffers: &bufferPool{}}
 	e.cp.http = newHTTPMode(log, e.cp, e.cp.metrics)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -171,6 +172,7 @@ func (e *env) manage(sess *yamux.Session, wg *sync.WaitGroup) {
 func (e *env) set(ics ...*managerpb.Intercept) {
 	e.link.table.Store(newTable(ics))
 	e.cp.reap()
+	e.cp.direct.reap()
 }
 
 func (e *env) answer(id uint64, mode func(*yamux.Stream)) {

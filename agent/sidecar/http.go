@@ -36,7 +36,7 @@ type httpMode struct {
 	metrics *metrics
 
 	mu      sync.Mutex // guards following
-	laptops map[uint64]*[2]*http.Transport
+	laptops map[uint64]*laptopPools
 }
 
 type routeKey struct{}
@@ -47,7 +47,7 @@ type route struct {
 }
 
 func newHTTPMode(log *slog.Logger, c *capture, m *metrics) *httpMode {
-	h := &httpMode{log: log, c: c, metrics: m, laptops: map[uint64]*[2]*http.Transport{}}
+	h := &httpMode{log: log, c: c, metrics: m, laptops: map[uint64]*laptopPools{}}
 	dialApp := func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", c.app.String())
 	}
@@ -169,35 +169,74 @@ func (h *httpMode) roundTrip(r *http.Request) (*http.Response, error) {
 	return h.app[proto].RoundTrip(r)
 }
 
-// laptop returns the transports that reach ic's laptop, one pool per
-// intercept so connections to it are reused across requests.
+// laptopPools are the kept-alive connections to one intercept's laptop:
+// over its direct spares, or through the manager. Requests use the direct
+// pool while the laptop keeps spares here, so that once they come the
+// manager's connections are left (and closed when idle) rather than
+// reused for as long as requests keep them alive.
+type laptopPools struct {
+	direct, manager [2]*http.Transport
+	onDirect        bool
+}
+
+// laptop returns the transports that reach ic's laptop now.
 func (h *httpMode) laptop(ic *managerpb.Intercept) *[2]*http.Transport {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if t, ok := h.laptops[ic.GetId()]; ok {
-		return t
-	}
-	t := transports(func(ctx context.Context, _, _ string) (net.Conn, error) {
-		c, err := h.c.link.open(ctx, ic, netip.AddrPort{})
-		if err != nil {
-			return nil, dialError{err}
+	lp, ok := h.laptops[ic.GetId()]
+	if !ok {
+		lp = &laptopPools{
+			direct:  transports(func(ctx context.Context, _, _ string) (net.Conn, error) { return h.dialLaptop(ctx, ic, true) }),
+			manager: transports(func(ctx context.Context, _, _ string) (net.Conn, error) { return h.dialLaptop(ctx, ic, false) }),
 		}
-		name := ic.GetSpec().GetName()
-		return countingConn{Conn: c, out: h.metrics.bytes.WithLabelValues(name, "to_laptop"),
-			in: h.metrics.bytes.WithLabelValues(name, "from_laptop")}, nil
-	})
-	h.laptops[ic.GetId()] = &t
-	return &t
+		h.laptops[ic.GetId()] = lp
+	}
+	if !h.c.direct.up(ic.GetId()) {
+		lp.onDirect = false
+		return &lp.manager
+	}
+	if !lp.onDirect {
+		lp.onDirect = true
+		closeIdle(lp.manager)
+	}
+	return &lp.direct
+}
+
+// dialLaptop opens a connection to ic's laptop: on a spare if direct and
+// one is left, else through the manager.
+func (h *httpMode) dialLaptop(ctx context.Context, ic *managerpb.Intercept, direct bool) (net.Conn, error) {
+	name := ic.GetSpec().GetName()
+	path := "direct"
+	var c net.Conn
+	var err error
+	if direct {
+		c, err = h.c.direct.open(ctx, ic)
+	}
+	if c == nil && err == nil {
+		path = "manager"
+		c, err = h.c.link.open(ctx, ic, netip.AddrPort{})
+	}
+	if err != nil {
+		return nil, dialError{err}
+	}
+	h.metrics.laptopConns.WithLabelValues(name, path).Inc()
+	return countingConn{Conn: c, out: h.metrics.bytes.WithLabelValues(name, "to_laptop"),
+		in: h.metrics.bytes.WithLabelValues(name, "from_laptop")}, nil
+}
+
+func closeIdle(ts [2]*http.Transport) {
+	ts[0].CloseIdleConnections()
+	ts[1].CloseIdleConnections()
 }
 
 // forget drops the pools of intercepts that ended.
 func (h *httpMode) forget(live map[uint64]bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for id, t := range h.laptops {
+	for id, lp := range h.laptops {
 		if !live[id] {
-			t[0].CloseIdleConnections()
-			t[1].CloseIdleConnections()
+			closeIdle(lp.direct)
+			closeIdle(lp.manager)
 			delete(h.laptops, id)
 		}
 	}

@@ -67,6 +67,33 @@ func newTable(ics []*managerpb.Intercept) *table {
 // intercepts returns the intercepts on port now.
 func (l *link) intercepts(port uint32) []*managerpb.Intercept { return l.table.Load().on(port) }
 
+// intercept returns the workload's intercept with the manager's id, or nil.
+func (l *link) intercept(id uint64) *managerpb.Intercept {
+	if t := l.table.Load(); t != nil {
+		for _, ics := range *t {
+			for _, ic := range ics {
+				if ic.GetId() == id {
+					return ic
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// ids returns the manager's ids of the workload's intercepts now.
+func (l *link) ids() map[uint64]bool {
+	live := map[uint64]bool{}
+	if t := l.table.Load(); t != nil {
+		for _, ics := range *t {
+			for _, ic := range ics {
+				live[ic.GetId()] = true
+			}
+		}
+	}
+	return live
+}
+
 // run keeps the session up until ctx ends, reconnecting with backoff.
 func (l *link) run(ctx context.Context) {
 	backoff := 100 * time.Millisecond
@@ -169,21 +196,29 @@ func (l *link) open(ctx context.Context, ic *managerpb.Intercept, client netip.A
 	if err != nil {
 		return nil, err
 	}
-	// A laptop that never answers must not hold the request: after the
-	// deadline (or the request's end) it goes to the app instead.
+	if err := awaitStatus(ctx, st); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+// awaitStatus reads a laptop's answer to a new connection. A laptop that
+// never answers must not hold the request: after ctx's deadline (or
+// laptopAnswer), or its end, the request goes to the app instead.
+func awaitStatus(ctx context.Context, c net.Conn) error {
 	dl, ok := ctx.Deadline()
 	if !ok {
 		dl = time.Now().Add(laptopAnswer)
 	}
-	_ = st.SetReadDeadline(dl)
-	stop := context.AfterFunc(ctx, func() { _ = st.SetReadDeadline(time.Unix(1, 0)) })
+	_ = c.SetReadDeadline(dl)
+	stop := context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
-	if err := rpc.ReadStatus(st); err != nil {
-		st.Close()
-		return nil, err
+	if err := rpc.ReadStatus(c); err != nil {
+		return err
 	}
-	_ = st.SetReadDeadline(time.Time{})
-	return st, nil
+	_ = c.SetReadDeadline(time.Time{})
+	return nil
 }
 
 // start opens a stream for intercept ic and writes its header; the

@@ -11,6 +11,8 @@ type metrics struct {
 	requests  *prometheus.CounterVec // by intercept and result
 	bytes     *prometheus.CounterVec // by intercept and direction
 	fallbacks *prometheus.CounterVec // by intercept
+	// laptopConns counts connections to laptops by intercept and path.
+	laptopConns *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -29,8 +31,12 @@ func newMetrics() *metrics {
 			Namespace: ns, Name: "fallbacks_total",
 			Help: "Requests an intercept should have taken that went to the app because its laptop could not answer.",
 		}, []string{"intercept"}),
+		laptopConns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "laptop_connections_total",
+			Help: "Connections opened to laptops, by path: direct (a spare the laptop port-forwarded to this pod) or manager.",
+		}, []string{"intercept", "path"}),
 	}
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.requests, m.bytes, m.fallbacks)
+		m.requests, m.bytes, m.fallbacks, m.laptopConns)
 	return m
 }

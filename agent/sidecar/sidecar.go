@@ -50,6 +50,7 @@ type Config struct {
 	PodIP       netip.Addr // the app listens here (and, usually, on every address)
 	Captures    []Capture
 	MetricsAddr string        // /metrics and /healthz
+	DirectAddr  string        // where laptops' port-forwards open spares; on loopback
 	TokenFile   string        // the pod-bound token shown to the manager
 	Sniff       time.Duration // wait for a client's first bytes before treating it as not HTTP
 }
@@ -86,6 +87,14 @@ func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 		closeAll()
 		return fmt.Errorf("listen for metrics: %w", err)
 	}
+	// Without the direct port (the app holds it) laptops reach this pod
+	// through the manager only: slower, never broken.
+	var dln net.Listener
+	if cfg.DirectAddr != "" {
+		if dln, err = lc.Listen(ctx, "tcp", cfg.DirectAddr); err != nil {
+			log.Warn("no direct path for laptops: its port is taken", "addr", cfg.DirectAddr, "err", err)
+		}
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -105,9 +114,10 @@ func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 	}
 	caps := make([]*capture, len(cfg.Captures))
 	buffers := &bufferPool{}
+	d := newDirect(log.With("subsystem", "direct"), l, m)
 	for i, c := range cfg.Captures {
 		caps[i] = &capture{
-			log: log.With("subsystem", "capture", "port", c.App), link: l, metrics: m, sniff: cfg.Sniff,
+			log: log.With("subsystem", "capture", "port", c.App), link: l, direct: d, metrics: m, sniff: cfg.Sniff,
 			app: netip.AddrPortFrom(cfg.PodIP, c.App), port: uint32(c.App), pod: cfg.Pod,
 			buffers: buffers,
 		}
@@ -117,9 +127,13 @@ func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 		for _, cp := range caps {
 			cp.reap()
 		}
+		d.reap()
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { l.run(ctx) })
+	if dln != nil {
+		wg.Go(func() { d.serve(ctx, dln) })
+	}
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))

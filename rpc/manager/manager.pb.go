@@ -527,13 +527,18 @@ func (x *InterceptSpec) GetLaptopId() uint64 {
 }
 
 type Intercept struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Spec          *InterceptSpec         `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
-	Id            uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`    // the manager's number; sidecars name it in their streams
-	User          string                 `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"` // the owning session's Kubernetes user
-	Host          string                 `protobuf:"bytes,4,opt,name=host,proto3" json:"host,omitempty"` // the owning laptop's host name
-	SessionId     string                 `protobuf:"bytes,5,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
-	Created       string                 `protobuf:"bytes,6,opt,name=created,proto3" json:"created,omitempty"` // RFC 3339
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Spec      *InterceptSpec         `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	Id        uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`    // the manager's number; sidecars name it in their streams
+	User      string                 `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"` // the owning session's Kubernetes user
+	Host      string                 `protobuf:"bytes,4,opt,name=host,proto3" json:"host,omitempty"` // the owning laptop's host name
+	SessionId string                 `protobuf:"bytes,5,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Created   string                 `protobuf:"bytes,6,opt,name=created,proto3" json:"created,omitempty"` // RFC 3339
+	// The key a laptop shows the workload's sidecars on the streams it opens
+	// straight to them (a port-forward to each pod), so that nobody else who
+	// may port-forward there can take the intercept's traffic. Only the
+	// owning laptop and the sidecars see it.
+	DirectKey     []byte `protobuf:"bytes,7,opt,name=direct_key,json=directKey,proto3" json:"direct_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -608,6 +613,13 @@ func (x *Intercept) GetCreated() string {
 		return x.Created
 	}
 	return ""
+}
+
+func (x *Intercept) GetDirectKey() []byte {
+	if x != nil {
+		return x.DirectKey
+	}
+	return nil
 }
 
 type RemoveInterceptRequest struct {
@@ -944,7 +956,7 @@ const file_manager_manager_proto_rawDesc = "" +
 	"\fheader_value\x18\a \x01(\tR\vheaderValue\x12\x1f\n" +
 	"\vno_fallback\x18\b \x01(\bR\n" +
 	"noFallback\x12\x1b\n" +
-	"\tlaptop_id\x18\t \x01(\x04R\blaptopId\"\xb2\x01\n" +
+	"\tlaptop_id\x18\t \x01(\x04R\blaptopId\"\xd1\x01\n" +
 	"\tIntercept\x124\n" +
 	"\x04spec\x18\x01 \x01(\v2 .tunnel.manager.v1.InterceptSpecR\x04spec\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x12\n" +
@@ -952,7 +964,9 @@ const file_manager_manager_proto_rawDesc = "" +
 	"\x04host\x18\x04 \x01(\tR\x04host\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x05 \x01(\tR\tsessionId\x12\x18\n" +
-	"\acreated\x18\x06 \x01(\tR\acreated\"J\n" +
+	"\acreated\x18\x06 \x01(\tR\acreated\x12\x1d\n" +
+	"\n" +
+	"direct_key\x18\a \x01(\fR\tdirectKey\"J\n" +
 	"\x16RemoveInterceptRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"\x19\n" +

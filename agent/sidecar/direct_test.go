@@ -1,0 +1,202 @@
+package sidecar
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+
+	"tunnel.dev/tunnel/rpc"
+	managerpb "tunnel.dev/tunnel/rpc/manager"
+)
+
+// serveDirect starts the capture's direct listener, as Run does.
+func (e *env) serveDirect() string {
+	e.t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { e.cp.direct.serve(ctx, ln); close(done) }()
+	e.t.Cleanup(func() { cancel(); <-done })
+	return ln.Addr().String()
+}
+
+// spare opens a spare as a laptop's port-forward would and returns it with
+// the sidecar's answer.
+func spare(t *testing.T, addr string, id uint64, key []byte) (net.Conn, rpc.Status) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := rpc.WriteDirectHello(c, rpc.DirectHello{Intercept: id, Key: key}); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var b [1]byte
+	if _, err := c.Read(b[:]); err != nil {
+		return c, rpc.StatusUnreachable
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	return c, rpc.Status(b[0])
+}
+
+// directEnv is a capture with its direct listener and a global intercept
+// g, whose laptop answers through the manager too.
+func directEnv(t *testing.T) (e *env, addr string, g *managerpb.Intercept) {
+	e = newEnv(t, false)
+	addr = e.serveDirect()
+	g = intercept(1, "g", managerpb.InterceptMode_GLOBAL)
+	g.DirectKey = bytes.Repeat([]byte("k"), rpc.DirectKeyLen)
+	e.answer(1, e.serveHTTPMode)
+	e.set(g)
+	return e, addr, g
+}
+
+// serveSpare plays the laptop on a taken spare: it reads the header, says
+// OK and answers one HTTP request with "direct".
+func serveSpare(t *testing.T, c net.Conn, headers chan<- rpc.Header) {
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	h, err := rpc.ReadHeader(c)
+	if err != nil {
+		t.Errorf("the spare's header: %v", err)
+		return
+	}
+	headers <- h
+	if _, err := c.Write([]byte{byte(rpc.StatusOK)}); err != nil {
+		return
+	}
+	req, err := http.ReadRequest(bufio.NewReader(c))
+	if err != nil {
+		t.Errorf("the request on the spare: %v", err)
+		return
+	}
+	resp := &http.Response{StatusCode: 200, ProtoMajor: 1, ProtoMinor: 1, Header: http.Header{},
+		Body: http.NoBody, ContentLength: 6, Request: req}
+	resp.Body = nopBody{strings.NewReader("direct")}
+	_ = resp.Write(c)
+}
+
+type nopBody struct{ *strings.Reader }
+
+func (nopBody) Close() error { return nil }
+
+func TestHTTPTakesALaptopsSpareBeforeTheManager(t *testing.T) {
+	e, addr, g := directEnv(t)
+
+	// Wrong keys, unknown intercepts and strangers' bytes get no spare.
+	if _, st := spare(t, addr, 1, bytes.Repeat([]byte("x"), rpc.DirectKeyLen)); st != rpc.StatusForbidden {
+		t.Errorf("a wrong key was answered %v, want forbidden", st)
+	}
+	if _, st := spare(t, addr, 2, g.DirectKey); st != rpc.StatusForbidden {
+		t.Errorf("another intercept's id was answered %v, want forbidden", st)
+	}
+	c, st := spare(t, addr, 1, g.DirectKey)
+	if st != rpc.StatusOK {
+		t.Fatalf("the laptop's spare was answered %v, want OK", st)
+	}
+	headers := make(chan rpc.Header, 1)
+	go serveSpare(t, c, headers)
+
+	code, body, _ := e.request("POST", "payload")
+	if code != http.StatusOK || body != "direct" {
+		t.Errorf("POST: %d %q, want the spare's 200 direct", code, body)
+	}
+	select {
+	case h := <-headers:
+		if h.Kind != rpc.KindIntercept || h.Flow != g.GetSpec().GetLaptopId() {
+			t.Errorf("the spare's header %+v, want an intercept stream for laptop id %d", h, g.GetSpec().GetLaptopId())
+		}
+	case <-waitLong():
+		t.Fatal("the spare was never taken")
+	}
+	// The spare is used up: the next connection goes through the manager.
+	e.cp.http.forget(nil)
+	if code, body, _ := e.request("GET", ""); code != http.StatusOK || body != "laptop" {
+		t.Errorf("GET without a spare: %d %q, want the manager's laptop", code, body)
+	}
+	next(t, e.laptopHits, "laptop")
+	for path, want := range map[string]float64{"direct": 1, "manager": 1} {
+		var m dto.Metric
+		if err := e.cp.metrics.laptopConns.WithLabelValues("g", path).Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		if got := m.GetCounter().GetValue(); got != want {
+			t.Errorf("laptop connections by %s: %v, want %v", path, got, want)
+		}
+	}
+}
+
+func TestDeadSparesAreSkippedAndEndedInterceptsLoseTheirs(t *testing.T) {
+	e, addr, g := directEnv(t)
+	live, _ := spare(t, addr, 1, g.DirectKey)
+	dead, _ := spare(t, addr, 1, g.DirectKey)
+	dead.Close() // the newest, taken first: it must be passed over
+	time.Sleep(50 * time.Millisecond)
+	headers := make(chan rpc.Header, 1)
+	go serveSpare(t, live, headers)
+	if code, body, _ := e.request("GET", ""); code != http.StatusOK || body != "direct" {
+		t.Errorf("GET: %d %q, want the live spare's answer", code, body)
+	}
+
+	// An intercept that ends closes its spares: the laptop sees them go.
+	other, _ := spare(t, addr, 1, g.DirectKey)
+	e.set()
+	_ = other.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := other.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Errorf("a spare of an ended intercept read %d, %v; want its end", n, err)
+	}
+}
+
+func TestSparesAreBounded(t *testing.T) {
+	_, addr, g := directEnv(t)
+	for i := range maxSpares {
+		if _, st := spare(t, addr, 1, g.DirectKey); st != rpc.StatusOK {
+			t.Fatalf("spare %d answered %v", i, st)
+		}
+	}
+	if _, st := spare(t, addr, 1, g.DirectKey); st != rpc.StatusRefused {
+		t.Errorf("spare %d answered %v, want refused", maxSpares+1, st)
+	}
+}
+
+func (e *env) laptopConns(path string) float64 {
+	var m dto.Metric
+	if err := e.cp.metrics.laptopConns.WithLabelValues("g", path).Write(&m); err != nil {
+		e.t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+// Once spares come, requests leave the manager's kept-alive connection.
+func TestSparesTakeOverFromTheManagersConnections(t *testing.T) {
+	e, addr, g := directEnv(t)
+	for range 2 { // the second request reuses the manager's connection
+		if code, body, _ := e.request("GET", ""); code != http.StatusOK || body != "laptop" {
+			t.Fatalf("GET: %d %q, want the manager's laptop", code, body)
+		}
+		next(t, e.laptopHits, "laptop")
+	}
+	if got := e.laptopConns("manager"); got != 1 {
+		t.Fatalf("%v connections through the manager, want 1 kept alive", got)
+	}
+	c, _ := spare(t, addr, 1, g.DirectKey)
+	headers := make(chan rpc.Header, 1)
+	go serveSpare(t, c, headers)
+	if code, body, _ := e.request("GET", ""); code != http.StatusOK || body != "direct" {
+		t.Errorf("GET with a spare: %d %q, want the spare's answer", code, body)
+	}
+	if got := e.laptopConns("manager"); got != 1 {
+		t.Errorf("%v connections through the manager, want still 1", got)
+	}
+}

@@ -1,0 +1,152 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"tunnel.dev/tunnel/internal/testnet"
+	"tunnel.dev/tunnel/rpc"
+	managerpb "tunnel.dev/tunnel/rpc/manager"
+)
+
+// fakePod stands for a port-forward to one pod: each stream pair is a
+// loopback connection whose far end goes to the fake sidecar.
+type fakePod struct {
+	t       *testing.T
+	sidecar chan<- net.Conn
+	ended   chan bool
+}
+
+func (f *fakePod) open(port int) (net.Conn, error) {
+	if port != rpc.SidecarDirectPort {
+		f.t.Errorf("a stream to port %d, want the sidecar's direct port %d", port, rpc.SidecarDirectPort)
+	}
+	a, b := testnet.Pair(f.t)
+	f.sidecar <- b
+	return a, nil
+}
+func (f *fakePod) done() <-chan bool { return f.ended }
+func (f *fakePod) Close() error      { return nil }
+
+func workloadPod(name string, ready bool) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "dev", Labels: map[string]string{"app": "echo"}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{
+			{Name: "app", Ready: true}, {Name: rpc.SidecarContainer, Ready: ready}}},
+	}
+}
+
+// hello reads a spare's hello as the sidecar does.
+func hello(t *testing.T, c net.Conn) rpc.DirectHello {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	h, err := rpc.ReadDirectHello(c)
+	if err != nil {
+		t.Fatalf("a spare's hello: %v", err)
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	return h
+}
+
+func nextSpare(t *testing.T, spares <-chan net.Conn, what string) net.Conn {
+	t.Helper()
+	select {
+	case c := <-spares:
+		return c
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no spare came: %s", what)
+		return nil
+	}
+}
+
+func TestDirectSparesReachTheLocalProcess(t *testing.T) {
+	local := testnet.ServeTCP(t, func(c *net.TCPConn) { _, _ = io.Copy(c, c) })
+	cs := fake.NewClientset(
+		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "dev"},
+			Spec: appsv1.DeploymentSpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "echo"}}}},
+		workloadPod("echo-1", true), workloadPod("echo-2", false),
+	)
+	x := newIntercepts(slog.New(slog.DiscardHandler))
+	spares := make(chan net.Conn, 100)
+	pods := make(chan string, 10)
+	d := newDirect(slog.New(slog.DiscardHandler), nil, cs, x.serve)
+	d.connect = func(_ context.Context, ns, pod string) (podConn, error) {
+		pods <- ns + "/" + pod
+		return &fakePod{t: t, sidecar: spares, ended: make(chan bool)}, nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	x.useDirect(ctx, d)
+	mgr := &fakeManager{}
+	spec := &managerpb.InterceptSpec{Name: "echo-http", Namespace: "dev", Workload: "echo", Port: 8080, Mode: managerpb.InterceptMode_GLOBAL}
+	ic, err := x.add(ctx, mgr, spec, uint32(local.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ic.GetDirectKey() != nil {
+		t.Error("add passed the direct key on to the CLI")
+	}
+	key := x.byID[ic.GetSpec().GetLaptopId()].pb.GetDirectKey()
+
+	// Only the pod whose sidecar is ready gets spares, d.spares of them,
+	// each with the intercept's id and key.
+	if p := <-pods; p != "dev/echo-1" {
+		t.Errorf("port-forward to %s, want dev/echo-1", p)
+	}
+	var held []net.Conn
+	for i := range d.spares {
+		c := nextSpare(t, spares, "the first ones")
+		if h := hello(t, c); h.Intercept != ic.GetId() || !bytes.Equal(h.Key, key) {
+			t.Errorf("spare %d says intercept %d key %x, want %d %x", i, h.Intercept, h.Key, ic.GetId(), key)
+		}
+		if _, err := c.Write([]byte{byte(rpc.StatusOK)}); err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+
+	// The sidecar takes one: the local process answers on it, and a new
+	// spare replaces it.
+	c := held[0]
+	if err := rpc.WriteHeader(c, rpc.Header{Kind: rpc.KindIntercept, Dst: local, Flow: ic.GetSpec().GetLaptopId()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if err := rpc.ReadStatus(c); err != nil {
+		t.Fatalf("the laptop's answer on a taken spare: %v", err)
+	}
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "hello" {
+		t.Fatalf("the local process echoed %q, %v", got, err)
+	}
+	hello(t, nextSpare(t, spares, "a replacement"))
+
+	// Leaving ends the spares: the sidecar sees them close.
+	if err := x.remove(ctx, mgr, "dev", "echo-http"); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range held[1:] {
+		_ = s.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := s.Read(make([]byte, 1)); n != 0 || err == nil {
+			t.Errorf("spare %d after leave: read %d, %v; want its end", i+1, n, err)
+		}
+	}
+	select {
+	case p := <-pods:
+		t.Errorf("a port-forward to %s, want none to a pod whose sidecar is not ready", p)
+	default:
+	}
+}
