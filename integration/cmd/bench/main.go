@@ -37,6 +37,7 @@ type bench struct {
 	connsN  int
 	results [][]string
 	only    string
+	perf    string // record a system-wide perf profile of the intercept upload here
 }
 
 func main() {
@@ -45,6 +46,7 @@ func main() {
 	flag.IntVar(&b.latN, "requests", 2000, "small HTTP requests per path for the latency figures")
 	flag.IntVar(&b.connsN, "conns", 1000, "concurrent TCP connections through the tunnel")
 	flag.StringVar(&b.only, "only", "", "measure only this part: intercept")
+	flag.StringVar(&b.perf, "perf", "", "record a perf profile (perf record -a -g) of the upload through the intercept into this file")
 	flag.Parse()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
@@ -231,8 +233,13 @@ func (b *bench) interceptFigures(ctx context.Context) (interceptResult, error) {
 	}
 	f := figures(out)
 	r.p50, r.p99 = f["p50_us"], f["p99_us"]
+	stopPerf, err := startPerf(b.perf)
+	if err != nil {
+		return r, err
+	}
 	before := cpuTimes()
 	out, err = b.sh(ctx, b.node, fmt.Sprintf("%s upload %s/upload %d", b.echo, svc, r.size))
+	stopPerf()
 	if err != nil {
 		return r, err
 	}
