@@ -65,11 +65,7 @@ func dialPortForwardConn(ctx context.Context, rc *rest.Config, cs kubernetes.Int
 	}
 	var dialer httpstream.Dialer = spdy.NewDialer(upgrader, &http.Client{Transport: transport}, http.MethodPost, u)
 	if ws, err := portforward.NewSPDYOverWebsocketDialer(u, rc); err == nil {
-		dialer = portforward.NewFallbackDialer(dialer, ws, func(err error) bool {
-			// The SPDY round tripper does not type its refusal.
-			return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err) ||
-				strings.Contains(err.Error(), "unable to upgrade connection")
-		})
+		dialer = portforward.NewFallbackDialer(dialer, ws, spdyRefused)
 	}
 
 	type result struct {
@@ -95,6 +91,13 @@ func dialPortForwardConn(ctx context.Context, rc *rest.Config, cs kubernetes.Int
 		}()
 		return nil, ctx.Err()
 	}
+}
+
+// spdyRefused says whether a SPDY dial failed at the upgrade, which
+// WebSocket may pass. The SPDY round tripper does not type its refusal.
+func spdyRefused(err error) bool {
+	return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err) ||
+		strings.Contains(err.Error(), "unable to upgrade connection")
 }
 
 // openPortForward opens stream pair id on conn to the pod's port: the
