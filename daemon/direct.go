@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/httpstream"
@@ -18,6 +19,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
+	"tunnel.dev/tunnel/access"
 	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 )
@@ -78,6 +80,16 @@ func (p *spdyPod) Close() error      { return p.conn.Close() }
 func (d *direct) run(ctx context.Context, ic *managerpb.Intercept) {
 	spec := ic.GetSpec()
 	log := d.log.With("intercept", spec.GetName(), "namespace", spec.GetNamespace())
+	// Asked first, so that a user without them gets one line here rather
+	// than an informer's endless retries in the log.
+	if err := access.Check(ctx, d.cs, spec.GetNamespace(), "the direct path to the workload's pods needs; its traffic comes through the manager",
+		authzv1.ResourceAttributes{Verb: "list", Resource: "pods"},
+		authzv1.ResourceAttributes{Verb: "watch", Resource: "pods"},
+		authzv1.ResourceAttributes{Verb: "create", Resource: "pods", Subresource: "portforward"},
+	); err != nil {
+		log.Info("no direct path", "err", err)
+		return
+	}
 	dep, err := d.cs.AppsV1().Deployments(spec.GetNamespace()).Get(ctx, spec.GetWorkload(), metav1.GetOptions{})
 	if err != nil {
 		log.Info("no direct path to the workload's pods; its traffic comes through the manager", "err", err)

@@ -3,16 +3,21 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"tunnel.dev/tunnel/internal/testnet"
 	"tunnel.dev/tunnel/rpc"
@@ -76,6 +81,7 @@ func TestDirectSparesReachTheLocalProcess(t *testing.T) {
 			Spec: appsv1.DeploymentSpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "echo"}}}},
 		workloadPod("echo-1", true), workloadPod("echo-2", false),
 	)
+	allow(cs, "list pods", "watch pods", "create pods/portforward")
 	x := newIntercepts(slog.New(slog.DiscardHandler))
 	spares := make(chan net.Conn, 100)
 	pods := make(chan string, 10)
@@ -100,8 +106,13 @@ func TestDirectSparesReachTheLocalProcess(t *testing.T) {
 
 	// Only the pod whose sidecar is ready gets spares, d.spares of them,
 	// each with the intercept's id and key.
-	if p := <-pods; p != "dev/echo-1" {
-		t.Errorf("port-forward to %s, want dev/echo-1", p)
+	select {
+	case p := <-pods:
+		if p != "dev/echo-1" {
+			t.Errorf("port-forward to %s, want dev/echo-1", p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no port-forward to the pod whose sidecar is ready")
 	}
 	var held []net.Conn
 	for i := range d.spares {
@@ -148,5 +159,40 @@ func TestDirectSparesReachTheLocalProcess(t *testing.T) {
 	case p := <-pods:
 		t.Errorf("a port-forward to %s, want none to a pod whose sidecar is not ready", p)
 	default:
+	}
+}
+
+// allow answers the user's access reviews: yes for each "VERB RESOURCE[/SUB]"
+// in may, no for the rest.
+func allow(cs *fake.Clientset, may ...string) {
+	cs.PrependReactor("create", "selfsubjectaccessreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		r := a.(k8stesting.CreateAction).GetObject().(*authzv1.SelfSubjectAccessReview).DeepCopy()
+		ra := r.Spec.ResourceAttributes
+		what := ra.Verb + " " + ra.Resource
+		if ra.Subresource != "" {
+			what += "/" + ra.Subresource
+		}
+		r.Status.Allowed = slices.Contains(may, what)
+		return true, r, nil
+	})
+}
+
+func TestNoDirectPathWithoutPortForward(t *testing.T) {
+	cs := fake.NewClientset(workloadPod("echo-1", true))
+	allow(cs, "list pods", "watch pods")
+	d := newDirect(slog.New(slog.DiscardHandler), nil, cs, nil)
+	d.connect = func(context.Context, string, string) (podConn, error) {
+		t.Error("a port-forward without the permission to make one")
+		return nil, errors.New("forbidden")
+	}
+	done := make(chan struct{})
+	go func() {
+		d.run(context.Background(), &managerpb.Intercept{Spec: &managerpb.InterceptSpec{Namespace: "dev", Workload: "echo"}})
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("run kept going without the permission to port-forward")
 	}
 }

@@ -4,6 +4,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"tunnel.dev/tunnel/integration/lab"
+	"tunnel.dev/tunnel/rpc"
 )
 
 // Two developers, two Kubernetes users (admin and the lab's dev), one
@@ -103,6 +105,10 @@ func TestTwoUsersShareAServiceWithPersonalIntercepts(t *testing.T) {
 	if got := fromNode(t, "http://"+ip+"/still-bob", "x-dev: "+bobValue); !strings.Contains(got, "pod=laptop-bob") {
 		t.Errorf("bob's intercept after alice's attempts: %s", got)
 	}
+	sparesNeedTheKey(t, bob, ns, name)
+	if got := fromNode(t, "http://"+ip+"/alice-after-bobs-spares", "x-dev: alice"); !strings.Contains(got, "pod=laptop-alice") {
+		t.Errorf("alice's intercept after bob's spares: %s", got)
+	}
 
 	bob.must("leave", "bob")
 	deadline := time.Now().Add(5 * time.Second)
@@ -118,5 +124,28 @@ func TestTwoUsersShareAServiceWithPersonalIntercepts(t *testing.T) {
 	}
 	if got := fromNode(t, "http://"+ip+"/alice-stays", "x-dev: alice"); !strings.Contains(got, "pod=laptop-alice") {
 		t.Errorf("alice's intercept after bob left: %s", got)
+	}
+}
+
+// sparesNeedTheKey: l's user may port-forward to the workload's pod, and so
+// reach its sidecar's direct port, but holds no intercept's key: the
+// sidecar takes no spare from them, whatever intercept id they name.
+func sparesNeedTheKey(t *testing.T, l *laptop, ns, workload string) {
+	t.Helper()
+	pods, err := h.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "app=" + workload})
+	if err != nil || len(pods.Items) == 0 {
+		t.Fatalf("the workload's pods: %v", err)
+	}
+	const ids = 40
+	out, err := l.sh(fmt.Sprintf(`kubectl port-forward -n %s pod/%s 28098:%d >/dev/null 2>&1 &
+pf=$!
+trap 'kill $pf' EXIT
+for i in $(seq 1 50); do %[4]s spare 127.0.0.1:28098 1 1 >/dev/null 2>&1 && break; sleep 0.1; done
+%[4]s spare 127.0.0.1:28098 1 %[5]d`, ns, pods.Items[0].Name, rpc.SidecarDirectPort, h.EchoClient(), ids))
+	if err != nil {
+		t.Fatalf("spares through %s's port-forward: %v\n%s", l.opt.User, err, out)
+	}
+	if n := strings.Count(out, fmt.Sprintf("status=%d", rpc.StatusForbidden)); n != ids {
+		t.Errorf("%d of %d spares without the key were refused, want all:\n%s", n, ids, out)
 	}
 }

@@ -89,27 +89,45 @@ func (d *direct) admit(conn net.Conn) {
 		_ = conn.SetWriteDeadline(time.Time{})
 		return err == nil
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	ic := d.link.intercept(h.Intercept)
-	if ic == nil || len(ic.GetDirectKey()) == 0 || subtle.ConstantTimeCompare(ic.GetDirectKey(), h.Key) != 1 {
+	verdict := d.judge(h)
+	if verdict == rpc.StatusForbidden {
 		d.log.Warn("refusing a direct stream: no intercept here has its key", "intercept", h.Intercept)
-		answer(rpc.StatusForbidden)
-		conn.Close()
-		return
 	}
-	list := alive(d.spares[h.Intercept])
-	if d.closed || len(list) >= maxSpares {
-		answer(rpc.StatusRefused)
+	if verdict != rpc.StatusOK {
+		answer(verdict)
 		conn.Close()
-		d.spares[h.Intercept] = list
 		return
 	}
 	if !answer(rpc.StatusOK) {
 		conn.Close()
 		return
 	}
-	d.spares[h.Intercept] = append(list, conn)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	// The intercept may have ended, or others filled its spares, meanwhile:
+	// the laptop then sees the spare close, as if the sidecar had reaped it.
+	if d.closed || d.link.intercept(h.Intercept) == nil || len(d.spares[h.Intercept]) >= maxSpares {
+		conn.Close()
+		return
+	}
+	d.spares[h.Intercept] = append(d.spares[h.Intercept], conn)
+}
+
+// judge says whether a spare with hello h may be kept: its key is its
+// intercept's, and the intercept has room for it.
+func (d *direct) judge(h rpc.DirectHello) rpc.Status {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ic := d.link.intercept(h.Intercept)
+	if ic == nil || len(ic.GetDirectKey()) == 0 || subtle.ConstantTimeCompare(ic.GetDirectKey(), h.Key) != 1 {
+		return rpc.StatusForbidden
+	}
+	list := alive(d.spares[h.Intercept])
+	d.spares[h.Intercept] = list
+	if d.closed || len(list) >= maxSpares {
+		return rpc.StatusRefused
+	}
+	return rpc.StatusOK
 }
 
 // alive keeps the spares whose laptop is still there.

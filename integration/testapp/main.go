@@ -51,6 +51,12 @@ func main() {
 				os.Exit(1)
 			}
 			return
+		case "spare":
+			if err := spare(context.Background(), os.Stdout, os.Args[2:]); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			return
 		case "latency", "download", "upload", "conns", "dns":
 			if err := measure(context.Background(), os.Stdout, os.Args[1], os.Args[2:]); err != nil {
 				fmt.Fprintln(os.Stderr, err)
