@@ -47,7 +47,7 @@ func main() {
 	flag.IntVar(&b.latN, "requests", 2000, "small HTTP requests per path for the latency figures")
 	flag.IntVar(&b.connsN, "conns", 1000, "concurrent TCP connections through the tunnel")
 	flag.StringVar(&b.only, "only", "", "measure only this part: intercept")
-	flag.StringVar(&b.perf, "perf", "", "record a perf profile (perf record -a -g) of the upload through the intercept into this file")
+	flag.StringVar(&b.perf, "perf", "", "record perf profiles (perf record -a -g) of the first uploads: through the intercept into this file, through kubectl port-forward into FILE.port-forward")
 	flag.Parse()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
@@ -260,7 +260,7 @@ func (b *bench) interceptFigures(ctx context.Context) (interceptResult, error) {
 
 // uploadRounds is how many uploads of each path the figures take the
 // median of.
-const uploadRounds = 3
+const uploadRounds = 5
 
 func median(v []float64) float64 {
 	s := slices.Clone(v)
@@ -294,6 +294,14 @@ func (b *bench) interceptUpload(ctx context.Context, svc string, size int64, rou
 // server and kubelet path the other way.
 func (b *bench) portForwardUpload(ctx context.Context, pod string, size int64, round int) (float64, error) {
 	const port = 18081
+	stopPerf := func() {}
+	if round == 1 && b.perf != "" {
+		var err error
+		if stopPerf, err = startPerf(b.perf + ".port-forward"); err != nil {
+			return 0, err
+		}
+	}
+	defer stopPerf()
 	before := cpuTimes()
 	out, err := b.sh(ctx, b.laptop, fmt.Sprintf(`kubectl port-forward -n %s pod/%s %d:%d >/dev/null 2>&1 &
 pf=$!
