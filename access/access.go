@@ -28,6 +28,9 @@ func Denied(ctx context.Context, cs kubernetes.Interface, attrs ...authzv1.Resou
 		}
 		if !rev.Status.Allowed {
 			res := r.Resource
+			if r.Subresource != "" {
+				res += "/" + r.Subresource
+			}
 			if r.Group != "" {
 				res += "." + r.Group
 			}
