@@ -51,7 +51,7 @@ func newHTTPMode(log *slog.Logger, c *capture, m *metrics) *httpMode {
 	dialApp := func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", c.app.String())
 	}
-	h.app = transports(dialApp)
+	h.app = transports(dialApp, keepIdle)
 	h.proxy = &httputil.ReverseProxy{
 		Director: func(r *http.Request) {
 			r.URL.Scheme, r.URL.Host = "http", c.app.String()
@@ -77,8 +77,20 @@ func newHTTPMode(log *slog.Logger, c *capture, m *metrics) *httpMode {
 	return h
 }
 
+// How long a kept-alive connection may idle in a pool. A connection over a
+// spare idles only briefly: when the laptop's server closes it, the kubelet's
+// port-forward passes that on up to a second late (containerd waits that
+// long for the other direction), and a request sent meanwhile is lost, a
+// POST for good. Servers close idle connections after 2 s (gunicorn) or 5 s
+// (Node) at the soonest; a fresh spare costs one round trip for the
+// laptop's answer.
+const (
+	keepIdle       = 90 * time.Second
+	keepIdleDirect = time.Second
+)
+
 // transports returns an HTTP/1.1 and an h2c transport dialing with dial.
-func transports(dial func(ctx context.Context, network, addr string) (net.Conn, error)) [2]*http.Transport {
+func transports(dial func(ctx context.Context, network, addr string) (net.Conn, error), idle time.Duration) [2]*http.Transport {
 	var out [2]*http.Transport
 	for i := range out {
 		var p http.Protocols
@@ -93,7 +105,7 @@ func transports(dial func(ctx context.Context, network, addr string) (net.Conn, 
 			MaxIdleConnsPerHost: 256,
 			WriteBufferSize:     ioBuffer,
 			ReadBufferSize:      ioBuffer,
-			IdleConnTimeout:     90 * time.Second,
+			IdleConnTimeout:     idle,
 			DisableCompression:  true,
 		}
 	}
@@ -186,8 +198,8 @@ func (h *httpMode) laptop(ic *managerpb.Intercept) *[2]*http.Transport {
 	lp, ok := h.laptops[ic.GetId()]
 	if !ok {
 		lp = &laptopPools{
-			direct:  transports(func(ctx context.Context, _, _ string) (net.Conn, error) { return h.dialLaptop(ctx, ic, true) }),
-			manager: transports(func(ctx context.Context, _, _ string) (net.Conn, error) { return h.dialLaptop(ctx, ic, false) }),
+			direct:  transports(func(ctx context.Context, _, _ string) (net.Conn, error) { return h.dialLaptop(ctx, ic, true) }, keepIdleDirect),
+			manager: transports(func(ctx context.Context, _, _ string) (net.Conn, error) { return h.dialLaptop(ctx, ic, false) }, keepIdle),
 		}
 		h.laptops[ic.GetId()] = lp
 	}
