@@ -147,8 +147,9 @@ func (h *httpHandler) bytes(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// serveHTTP serves h on ln until ctx is done, then shuts down gracefully.
-func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler) error {
+// serveHTTP serves h on ln until ctx is done, then shuts down gracefully;
+// idle, when not 0, closes connections kept alive that long without a request.
+func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler, idle time.Duration) error {
 	// HTTP/1.1 and h2c (prior knowledge), as gRPC-style clients speak it.
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
@@ -156,6 +157,7 @@ func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler) error {
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       idle,
 		Protocols:         &protocols,
 	}
 	errc := make(chan error, 1)

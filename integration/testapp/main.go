@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 )
 
 // config holds the listen addresses and the name reported in HTTP bodies.
@@ -151,9 +152,17 @@ func serve(ctx context.Context, pod string, ls listeners, logger *slog.Logger) e
 			next.ServeHTTP(w, r)
 		})
 	}
+	// IDLE_TIMEOUT closes kept-alive connections that idle that long, as
+	// many servers (gunicorn, Node) do.
+	var idle time.Duration
+	if v := os.Getenv("IDLE_TIMEOUT"); v != "" {
+		if idle, err = time.ParseDuration(v); err != nil {
+			return fmt.Errorf("IDLE_TIMEOUT: %w", err)
+		}
+	}
 	tasks := []func() error{
-		func() error { return serveHTTP(ctx, ls.HTTP, h) },
-		func() error { return serveHTTP(ctx, ls.HTTP2, h) },
+		func() error { return serveHTTP(ctx, ls.HTTP, h, idle) },
+		func() error { return serveHTTP(ctx, ls.HTTP2, h, idle) },
 		func() error { return serveTCPEcho(ctx, ls.TCP) },
 		func() error { return serveUDPEcho(ctx, ls.UDP) },
 	}
