@@ -33,6 +33,7 @@ type direct struct {
 
 	mu     sync.Mutex // guards following
 	spares map[uint64][]net.Conn
+	admits map[uint64]int // spares judged and being answered: their room is kept
 	inUse  map[uint64]int // spares taken and not yet closed
 	closed bool
 }
@@ -46,7 +47,7 @@ const (
 )
 
 func newDirect(log *slog.Logger, l *link, m *metrics) *direct {
-	return &direct{log: log, link: l, metrics: m, spares: map[uint64][]net.Conn{}, inUse: map[uint64]int{}}
+	return &direct{log: log, link: l, metrics: m, spares: map[uint64][]net.Conn{}, admits: map[uint64]int{}, inUse: map[uint64]int{}}
 }
 
 // serve accepts spares on ln until ctx ends, then closes those it holds.
@@ -98,15 +99,15 @@ func (d *direct) admit(conn net.Conn) {
 		conn.Close()
 		return
 	}
-	if !answer(rpc.StatusOK) {
-		conn.Close()
-		return
-	}
+	ok := answer(rpc.StatusOK)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	// The intercept may have ended, or others filled its spares, meanwhile:
-	// the laptop then sees the spare close, as if the sidecar had reaped it.
-	if d.closed || d.link.intercept(h.Intercept) == nil || len(d.spares[h.Intercept]) >= maxSpares {
+	if d.admits[h.Intercept]--; d.admits[h.Intercept] <= 0 {
+		delete(d.admits, h.Intercept)
+	}
+	// The intercept may have ended meanwhile: the laptop then sees the
+	// spare close, as if the sidecar had reaped it.
+	if !ok || d.closed || d.link.intercept(h.Intercept) == nil {
 		conn.Close()
 		return
 	}
@@ -114,7 +115,8 @@ func (d *direct) admit(conn net.Conn) {
 }
 
 // judge says whether a spare with hello h may be kept: its key is its
-// intercept's, and the intercept has room for it.
+// intercept's, and the intercept has room for it, which is then kept for
+// it until admit has answered.
 func (d *direct) judge(h rpc.DirectHello) rpc.Status {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -124,9 +126,10 @@ func (d *direct) judge(h rpc.DirectHello) rpc.Status {
 	}
 	list := alive(d.spares[h.Intercept])
 	d.spares[h.Intercept] = list
-	if d.closed || len(list) >= maxSpares {
+	if d.closed || len(list)+d.admits[h.Intercept] >= maxSpares {
 		return rpc.StatusRefused
 	}
+	d.admits[h.Intercept]++
 	return rpc.StatusOK
 }
 

@@ -31,9 +31,10 @@ func (e *env) serveDirect() string {
 }
 
 // spare opens a spare as a laptop's port-forward would and returns it with
-// the sidecar's answer.
-func spare(t *testing.T, addr string, id uint64, key []byte) (net.Conn, rpc.Status) {
+// the sidecar's answer; an accepted one is in the sidecar's pool on return.
+func spare(t *testing.T, e *env, addr string, id uint64, key []byte) (net.Conn, rpc.Status) {
 	t.Helper()
+	before := e.cp.direct.count(id)
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -48,7 +49,21 @@ func spare(t *testing.T, addr string, id uint64, key []byte) (net.Conn, rpc.Stat
 		return c, rpc.StatusUnreachable
 	}
 	_ = c.SetReadDeadline(time.Time{})
+	if rpc.Status(b[0]) == rpc.StatusOK {
+		// The answer goes out just before the spare joins the pool.
+		for deadline := time.Now().Add(5 * time.Second); e.cp.direct.count(id) <= before; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("an accepted spare never joined the pool")
+			}
+		}
+	}
 	return c, rpc.Status(b[0])
+}
+
+func (d *direct) count(id uint64) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.spares[id])
 }
 
 // directEnv is a capture with its direct listener and a global intercept
@@ -95,13 +110,13 @@ func TestHTTPTakesALaptopsSpareBeforeTheManager(t *testing.T) {
 	e, addr, g := directEnv(t)
 
 	// Wrong keys, unknown intercepts and strangers' bytes get no spare.
-	if _, st := spare(t, addr, 1, bytes.Repeat([]byte("x"), rpc.DirectKeyLen)); st != rpc.StatusForbidden {
+	if _, st := spare(t, e, addr, 1, bytes.Repeat([]byte("x"), rpc.DirectKeyLen)); st != rpc.StatusForbidden {
 		t.Errorf("a wrong key was answered %v, want forbidden", st)
 	}
-	if _, st := spare(t, addr, 2, g.DirectKey); st != rpc.StatusForbidden {
+	if _, st := spare(t, e, addr, 2, g.DirectKey); st != rpc.StatusForbidden {
 		t.Errorf("another intercept's id was answered %v, want forbidden", st)
 	}
-	c, st := spare(t, addr, 1, g.DirectKey)
+	c, st := spare(t, e, addr, 1, g.DirectKey)
 	if st != rpc.StatusOK {
 		t.Fatalf("the laptop's spare was answered %v, want OK", st)
 	}
@@ -139,8 +154,8 @@ func TestHTTPTakesALaptopsSpareBeforeTheManager(t *testing.T) {
 
 func TestDeadSparesAreSkippedAndEndedInterceptsLoseTheirs(t *testing.T) {
 	e, addr, g := directEnv(t)
-	live, _ := spare(t, addr, 1, g.DirectKey)
-	dead, _ := spare(t, addr, 1, g.DirectKey)
+	live, _ := spare(t, e, addr, 1, g.DirectKey)
+	dead, _ := spare(t, e, addr, 1, g.DirectKey)
 	dead.Close() // the newest, taken first: it must be passed over
 	time.Sleep(50 * time.Millisecond)
 	headers := make(chan rpc.Header, 1)
@@ -150,7 +165,7 @@ func TestDeadSparesAreSkippedAndEndedInterceptsLoseTheirs(t *testing.T) {
 	}
 
 	// An intercept that ends closes its spares: the laptop sees them go.
-	other, _ := spare(t, addr, 1, g.DirectKey)
+	other, _ := spare(t, e, addr, 1, g.DirectKey)
 	e.set()
 	_ = other.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if n, err := other.Read(make([]byte, 1)); n != 0 || err == nil {
@@ -159,13 +174,13 @@ func TestDeadSparesAreSkippedAndEndedInterceptsLoseTheirs(t *testing.T) {
 }
 
 func TestSparesAreBounded(t *testing.T) {
-	_, addr, g := directEnv(t)
+	e, addr, g := directEnv(t)
 	for i := range maxSpares {
-		if _, st := spare(t, addr, 1, g.DirectKey); st != rpc.StatusOK {
+		if _, st := spare(t, e, addr, 1, g.DirectKey); st != rpc.StatusOK {
 			t.Fatalf("spare %d answered %v", i, st)
 		}
 	}
-	if _, st := spare(t, addr, 1, g.DirectKey); st != rpc.StatusRefused {
+	if _, st := spare(t, e, addr, 1, g.DirectKey); st != rpc.StatusRefused {
 		t.Errorf("spare %d answered %v, want refused", maxSpares+1, st)
 	}
 }
@@ -190,7 +205,7 @@ func TestSparesTakeOverFromTheManagersConnections(t *testing.T) {
 	if got := e.laptopConns("manager"); got != 1 {
 		t.Fatalf("%v connections through the manager, want 1 kept alive", got)
 	}
-	c, _ := spare(t, addr, 1, g.DirectKey)
+	c, _ := spare(t, e, addr, 1, g.DirectKey)
 	headers := make(chan rpc.Header, 1)
 	go serveSpare(t, c, headers)
 	if code, body, _ := e.request("GET", ""); code != http.StatusOK || body != "direct" {
