@@ -27,7 +27,7 @@ type intercepts struct {
 	// dial reaches a local port; tests replace it.
 	dial func(ctx context.Context, port uint32) (net.Conn, error)
 
-	buffers sync.Pool // *[]byte copy buffers toward local processes
+	buffers relay.Buffers // copy buffers between streams and local processes
 
 	mu     sync.Mutex // guards following
 	next   uint64
@@ -75,7 +75,8 @@ func (x *intercepts) stopLocked(li *localIntercept) {
 }
 
 func newIntercepts(log *slog.Logger) *intercepts {
-	return &intercepts{log: log.With("subsystem", "intercepts"), dial: dialLocal, byID: map[uint64]*localIntercept{}}
+	return &intercepts{log: log.With("subsystem", "intercepts"), dial: dialLocal, byID: map[uint64]*localIntercept{},
+		buffers: relay.Buffers{Size: 256 << 10}}
 }
 
 // dialLocal reaches a process on this machine: IPv4 loopback first, then
@@ -214,11 +215,5 @@ func (x *intercepts) serve(ctx context.Context, st net.Conn, h rpc.Header) {
 	if _, err := st.Write([]byte{byte(rpc.StatusOK)}); err != nil {
 		return
 	}
-	buf, _ := x.buffers.Get().(*[]byte)
-	if buf == nil {
-		b := make([]byte, 256<<10)
-		buf = &b
-	}
-	defer x.buffers.Put(buf)
-	relay.Conns(ctx, st, c, relay.Options{BufAB: *buf})
+	relay.Conns(ctx, st, c, relay.Options{Buffers: &x.buffers})
 }

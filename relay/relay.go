@@ -22,6 +22,9 @@ type Options struct {
 	// Large buffers mean fewer, fuller yamux frames, and every frame costs
 	// CPU at each hop of a port-forward.
 	BufAB, BufBA []byte
+	// Buffers, when set, lends the relay the buffers BufAB and BufBA leave
+	// out, for as long as it runs.
+	Buffers *Buffers
 	// AB and BA count the bytes from a to b and from b to a.
 	AB, BA Counter
 }
@@ -47,6 +50,16 @@ func Conns(ctx context.Context, a, b net.Conn, o Options) {
 	}
 	stop := context.AfterFunc(ctx, abort)
 	defer stop()
+	if o.Buffers != nil {
+		if o.BufAB == nil {
+			o.BufAB = o.Buffers.Get()
+			defer o.Buffers.Put(o.BufAB)
+		}
+		if o.BufBA == nil {
+			o.BufBA = o.Buffers.Get()
+			defer o.Buffers.Put(o.BufBA)
+		}
+	}
 	var wg sync.WaitGroup
 	wg.Go(func() { half(b, a, o.BufAB, o.AB, abort) })
 	half(a, b, o.BufBA, o.BA, abort)
@@ -99,3 +112,27 @@ func (cw CountingWriter) Write(p []byte) (int, error) {
 
 // OnlyReader hides a connection's WriteTo, so io.CopyBuffer uses our buffer.
 type OnlyReader struct{ io.Reader }
+
+// Buffers lends copy buffers of Size bytes, reused across connections: a
+// fresh 256 KiB per connection costs more than a short request itself. It
+// is an httputil.BufferPool too.
+type Buffers struct {
+	Size int
+	p    sync.Pool // *[]byte
+}
+
+// Get returns a buffer of b.Size bytes.
+func (b *Buffers) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, b.Size)
+}
+
+// Put takes back a buffer Get returned.
+func (b *Buffers) Put(buf []byte) {
+	if cap(buf) >= b.Size {
+		buf = buf[:b.Size]
+		b.p.Put(&buf)
+	}
+}

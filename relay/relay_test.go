@@ -17,7 +17,7 @@ func (c *count) Add(f float64) { c.n.Add(int64(f)) }
 // client ⇄ [a relay b] ⇄ server: the client's half-close reaches the
 // server, whose answer still comes back; bytes are counted each way.
 func TestConnsPassesHalfClosesAndCounts(t *testing.T) {
-	for _, o := range []Options{{}, {BufAB: make([]byte, 7), BufBA: make([]byte, 5)}} {
+	for _, o := range []Options{{}, {BufAB: make([]byte, 7), BufBA: make([]byte, 5)}, {Buffers: &Buffers{Size: 3}}} {
 		client, a := testnet.Pair(t)
 		b, server := testnet.Pair(t)
 		ab, ba := &count{}, &count{}

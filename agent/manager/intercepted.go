@@ -41,22 +41,9 @@ func (m *Manager) serveIntercepted(ctx context.Context, from *session, st net.Co
 		_ = writeStatus(st, rpc.StatusUnreachable)
 		return
 	}
-	bufA, bufB := m.buffer(), m.buffer()
-	defer m.buffers.Put(bufA)
-	defer m.buffers.Put(bufB)
 	relay.Conns(ctx, st, up, relay.Options{
-		BufAB: *bufA, BufBA: *bufB,
-		AB: m.metrics.bytes.WithLabelValues("intercept", toLaptop),
-		BA: m.metrics.bytes.WithLabelValues("intercept", toCluster),
+		Buffers: &m.buffers,
+		AB:      m.metrics.bytes.WithLabelValues("intercept", toLaptop),
+		BA:      m.metrics.bytes.WithLabelValues("intercept", toCluster),
 	})
-}
-
-// buffer is a frameBody-sized copy buffer, reused across connections: a
-// fresh 256 KiB per connection costs more than a short request itself.
-func (m *Manager) buffer() *[]byte {
-	if b, ok := m.buffers.Get().(*[]byte); ok {
-		return b
-	}
-	b := make([]byte, frameBody)
-	return &b
 }

@@ -13,10 +13,11 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"tunnel.dev/tunnel/relay"
 )
 
 // Config tunes a Manager. Zero fields take the defaults below.
@@ -66,7 +67,7 @@ type Manager struct {
 	dns        forwarder
 	metrics    *metrics
 	intercepts *interceptTable
-	buffers    sync.Pool // *[]byte of frameBody, for intercepted connections
+	buffers    relay.Buffers // of frameBody, for relayed connections
 
 	// Seams for tests (the fuzz test must not reach the network); real
 	// dials by default.
@@ -100,6 +101,7 @@ func New(logger *slog.Logger, cluster ClusterSource, cfg Config) (*Manager, erro
 		cluster:    cluster,
 		dns:        forwarder{resolver: res, timeout: cfg.DNSTimeout},
 		metrics:    newMetrics(),
+		buffers:    relay.Buffers{Size: frameBody},
 		intercepts: newInterceptTable(),
 	}
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout}

@@ -22,13 +22,10 @@ func (m *Manager) serveTCP(ctx context.Context, log *slog.Logger, st net.Conn, h
 		return
 	}
 	defer c.Close()
-	bufUp, bufDown := m.buffer(), m.buffer()
-	defer m.buffers.Put(bufUp)
-	defer m.buffers.Put(bufDown)
 	relay.Conns(ctx, st, c, relay.Options{
-		BufAB: *bufUp, BufBA: *bufDown,
-		AB: m.metrics.bytes.WithLabelValues("tcp", toCluster),
-		BA: m.metrics.bytes.WithLabelValues("tcp", toLaptop),
+		Buffers: &m.buffers,
+		AB:      m.metrics.bytes.WithLabelValues("tcp", toCluster),
+		BA:      m.metrics.bytes.WithLabelValues("tcp", toLaptop),
 	})
 }
 

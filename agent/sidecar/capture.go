@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"tunnel.dev/tunnel/relay"
 )
 
 // capture serves one captured port: the Service sends the connections meant
@@ -28,7 +30,7 @@ type capture struct {
 	metrics *metrics
 	sniff   time.Duration // how long to wait for a client's first bytes
 	http    *httpMode
-	buffers *bufferPool
+	buffers *relay.Buffers
 
 	serverFirstRun atomic.Int32 // connections in a row whose server spoke first
 	serverFirst    atomic.Bool  // this port's server speaks first: no sniffing

@@ -344,18 +344,5 @@ func (c countingConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// bufferPool gives the proxy 256 KiB copy buffers, so bytes to and from a
-// laptop cross the port-forward in fewer, fuller frames.
-type bufferPool struct{ p sync.Pool }
-
-func (b *bufferPool) Get() []byte {
-	if v, ok := b.p.Get().(*[]byte); ok {
-		return *v
-	}
-	return make([]byte, ioBuffer)
-}
-
-func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
-
 // ioBuffer is the size of the sidecar's copy and socket buffers.
 const ioBuffer = 256 << 10

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"tunnel.dev/tunnel/relay"
 )
 
 // Capture maps a port the sidecar listens on to the app's port it stands for.
@@ -113,7 +115,9 @@ func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 		},
 	}
 	caps := make([]*capture, len(cfg.Captures))
-	buffers := &bufferPool{}
+	// The proxy's and the relays' copy buffers: bytes to and from a laptop
+	// cross the port-forward in fewer, fuller frames.
+	buffers := &relay.Buffers{Size: ioBuffer}
 	d := newDirect(log.With("subsystem", "direct"), l, m)
 	for i, c := range cfg.Captures {
 		caps[i] = &capture{
