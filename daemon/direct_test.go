@@ -43,6 +43,11 @@ func (f *fakePod) open(port int) (net.Conn, error) {
 func (f *fakePod) done() <-chan bool { return f.ended }
 func (f *fakePod) Close() error      { return nil }
 
+func echoDeployment() *appsv1.Deployment {
+	return &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "dev"},
+		Spec: appsv1.DeploymentSpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "echo"}}}}
+}
+
 func workloadPod(name string, ready bool) *corev1.Pod {
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "dev", Labels: map[string]string{"app": "echo"}},
@@ -76,11 +81,7 @@ func nextSpare(t *testing.T, spares <-chan net.Conn, what string) net.Conn {
 
 func TestDirectSparesReachTheLocalProcess(t *testing.T) {
 	local := testnet.ServeTCP(t, func(c *net.TCPConn) { _, _ = io.Copy(c, c) })
-	cs := fake.NewClientset(
-		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "dev"},
-			Spec: appsv1.DeploymentSpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "echo"}}}},
-		workloadPod("echo-1", true), workloadPod("echo-2", false),
-	)
+	cs := fake.NewClientset(echoDeployment(), workloadPod("echo-1", true), workloadPod("echo-2", false))
 	allow(cs, "list pods", "watch pods", "create pods/portforward")
 	x := newIntercepts(slog.New(slog.DiscardHandler))
 	spares := make(chan net.Conn, 100)
@@ -178,7 +179,7 @@ func allow(cs *fake.Clientset, may ...string) {
 }
 
 func TestNoDirectPathWithoutPortForward(t *testing.T) {
-	cs := fake.NewClientset(workloadPod("echo-1", true))
+	cs := fake.NewClientset(echoDeployment(), workloadPod("echo-1", true))
 	allow(cs, "list pods", "watch pods")
 	d := newDirect(slog.New(slog.DiscardHandler), nil, cs, nil)
 	d.connect = func(context.Context, string, string) (podConn, error) {

@@ -12,6 +12,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"tunnel.dev/tunnel/internal/testnet"
 	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 )
@@ -213,5 +214,31 @@ func TestSparesTakeOverFromTheManagersConnections(t *testing.T) {
 	}
 	if got := e.laptopConns("manager"); got != 1 {
 		t.Errorf("%v connections through the manager, want still 1", got)
+	}
+}
+
+// open tells an idle spare from one whose laptop went, or that sent bytes
+// it must not have, without reading from it.
+func TestOpenSeesASparesEndWithoutReading(t *testing.T) {
+	idle, _ := testnet.Pair(t)
+	if !open(idle) {
+		t.Error("an idle spare looks gone")
+	}
+	eventually := func(what string, c net.Conn) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); open(c); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("a spare %s still looks open", what)
+			}
+		}
+	}
+	gone, far := testnet.Pair(t)
+	far.Close()
+	eventually("whose far end closed", gone)
+	chatty, far2 := testnet.Pair(t)
+	_, _ = far2.Write([]byte("x"))
+	eventually("that was sent bytes", chatty)
+	if n, err := chatty.Read(make([]byte, 1)); n != 1 || err != nil {
+		t.Errorf("open consumed the byte it peeked at: read %d, %v", n, err)
 	}
 }
