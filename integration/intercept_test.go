@@ -187,15 +187,23 @@ func list(t *testing.T, l *laptop, ns string) map[string]listedWorkload {
 	return m
 }
 
-func TestGlobalInterceptLeaveAndUninstall(t *testing.T) {
+// connectedToEcho installs the manager, deploys the test app as "echo"
+// (replicas pods) in a namespace of its own, and connects laptop name
+// there as admin. It returns the namespace and the Service's address.
+func connectedToEcho(t *testing.T, name string, replicas int32) (ns, ip string, l *laptop) {
+	t.Helper()
 	installManager(t)
-	ns := h.Namespace(t)
-	h.DeployEcho(t, ns, "echo", 2)
-	before := workloadState(t, ns, "echo", "echo")
-	ip := serviceIP(t, ns, "echo")
-
-	l := newLaptop(t, "frank", "admin")
+	ns = h.Namespace(t)
+	h.DeployEcho(t, ns, "echo", replicas)
+	ip = serviceIP(t, ns, "echo")
+	l = newLaptop(t, name, "admin")
 	l.must("connect", "-n", ns)
+	return ns, ip, l
+}
+
+func TestGlobalInterceptLeaveAndUninstall(t *testing.T) {
+	ns, ip, l := connectedToEcho(t, "frank", 2)
+	before := workloadState(t, ns, "echo", "echo")
 	startLocalServer(t, l, "laptop-frank", 7070)
 	out := l.must("intercept", "echo", "--port", "7070:http")
 	if !strings.Contains(out, "echo-http") {
@@ -322,12 +330,7 @@ func TestInterceptNumericUndeclaredPortOfMultiPortService(t *testing.T) {
 // close on up to a second late, so the sidecar lets connections over
 // spares idle for less than that.
 func TestPOSTAfterTheLaptopsServerClosedAnIdleConnection(t *testing.T) {
-	installManager(t)
-	ns := h.Namespace(t)
-	h.DeployEcho(t, ns, "echo", 1)
-	ip := serviceIP(t, ns, "echo")
-	l := newLaptop(t, "gina", "admin")
-	l.must("connect", "-n", ns)
+	ns, ip, l := connectedToEcho(t, "gina", 1)
 	startLocalServer(t, l, "laptop-gina", 7074, "IDLE_TIMEOUT=1500ms")
 	l.must("intercept", "echo", "--port", "7074:http")
 	eventually(t, 20*time.Second, "the sidecar uses the direct path", func() (bool, string) {
@@ -347,12 +350,7 @@ func TestPOSTAfterTheLaptopsServerClosedAnIdleConnection(t *testing.T) {
 }
 
 func TestFallbackNoFallbackAndMirror(t *testing.T) {
-	installManager(t)
-	ns := h.Namespace(t)
-	h.DeployEcho(t, ns, "echo", 1)
-	ip := serviceIP(t, ns, "echo")
-	l := newLaptop(t, "liam", "admin")
-	l.must("connect", "-n", ns)
+	ns, ip, l := connectedToEcho(t, "liam", 1)
 
 	srv := startLocalServer(t, l, "laptop-liam", 7072)
 	l.must("intercept", "echo", "--port", "7072:http")
@@ -399,12 +397,7 @@ func TestFallbackNoFallbackAndMirror(t *testing.T) {
 }
 
 func TestInterceptEndsWhenItsDaemonDies(t *testing.T) {
-	installManager(t)
-	ns := h.Namespace(t)
-	h.DeployEcho(t, ns, "echo", 1)
-	ip := serviceIP(t, ns, "echo")
-	l := newLaptop(t, "mona", "admin")
-	l.must("connect", "-n", ns)
+	ns, ip, l := connectedToEcho(t, "mona", 1)
 	startLocalServer(t, l, "laptop-mona", 7073)
 
 	// quit ends the laptop's intercepts at once.
