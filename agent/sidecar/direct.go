@@ -27,9 +27,8 @@ import (
 // closes both. HTTP's pooled connections never half-close; a connection
 // relayed whole might, so it stays on the manager's path, which carries it.
 type direct struct {
-	log     *slog.Logger
-	link    *link
-	metrics *metrics
+	log  *slog.Logger
+	link *link
 
 	mu     sync.Mutex // guards following
 	spares map[uint64][]net.Conn
@@ -46,8 +45,8 @@ const (
 	helloWait = 5 * time.Second
 )
 
-func newDirect(log *slog.Logger, l *link, m *metrics) *direct {
-	return &direct{log: log, link: l, metrics: m, spares: map[uint64][]net.Conn{}, admits: map[uint64]int{}, inUse: map[uint64]int{}}
+func newDirect(log *slog.Logger, l *link) *direct {
+	return &direct{log: log, link: l, spares: map[uint64][]net.Conn{}, admits: map[uint64]int{}, inUse: map[uint64]int{}}
 }
 
 // serve accepts spares on ln until ctx ends, then closes those it holds.
@@ -58,7 +57,7 @@ func (d *direct) serve(ctx context.Context, ln net.Listener) {
 		defer d.mu.Unlock()
 		d.closed = true
 		for id, list := range d.spares {
-			closeAll(list)
+			closeConns(list)
 			delete(d.spares, id)
 		}
 	})
@@ -235,13 +234,13 @@ func (d *direct) reap() {
 	defer d.mu.Unlock()
 	for id, list := range d.spares {
 		if !live[id] {
-			closeAll(list)
+			closeConns(list)
 			delete(d.spares, id)
 		}
 	}
 }
 
-func closeAll(list []net.Conn) {
+func closeConns(list []net.Conn) {
 	for _, c := range list {
 		c.Close()
 	}

@@ -118,7 +118,7 @@ func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 	// The proxy's and the relays' copy buffers: bytes to and from a laptop
 	// cross the port-forward in fewer, fuller frames.
 	buffers := &relay.Buffers{Size: ioBuffer}
-	d := newDirect(log.With("subsystem", "direct"), l, m)
+	d := newDirect(log.With("subsystem", "direct"), l)
 	for i, c := range cfg.Captures {
 		caps[i] = &capture{
 			log: log.With("subsystem", "capture", "port", c.App), link: l, direct: d, metrics: m, sniff: cfg.Sniff,
