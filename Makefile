@@ -3,14 +3,22 @@
 SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(PATH)
 GO ?= go
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -s -w -X tunnel.dev/tunnel/version.version=$(VERSION)
+# The version every binary and the agent image's tag carry: git describe,
+# with a hash of the changes for a dirty tree (cmd/release). Computed once.
+VERSION ?= $(eval VERSION := $(shell $(GO) run ./cmd/release version))$(VERSION)
+# The registry prefix the agent image is pushed to (make image) and that
+# tunnel install pulls it from by default (make build): HOST[:PORT]/PATH.
+REGISTRY ?=
+LDFLAGS = -s -w -X tunnel.dev/tunnel/version.version=$(VERSION) $(if $(REGISTRY),-X tunnel.dev/tunnel/version.registry=$(REGISTRY))
+# The lab's registry, and how to push to it (bin/lab status says so too).
+LAB_REGISTRY := 10.209.0.1:5000/tunnel
+LAB_PUSH := SSL_CERT_FILE=/var/lib/tunnel-lab/registry/ca-bundle.pem DOCKER_CONFIG=/var/lib/tunnel-lab/registry/docker
 BIN := bin
 LAB := $(BIN)/lab
 # The end-to-end suite brings up a cluster: allow for a cold build of it.
 E2E_TIMEOUT ?= 60m
 
-.PHONY: all build test unit e2e lab-up lab-down lab-status demo bench generate lint clean FORCE
+.PHONY: all build image release ca-certs test unit e2e lab-up lab-down lab-status demo bench generate lint clean FORCE
 
 all: build
 
@@ -22,6 +30,21 @@ $(BIN)/tunnel $(BIN)/tunnel-agent: FORCE
 
 $(LAB): FORCE
 	$(GO) build -o $@ ./integration/cmd/lab
+
+# The agent image (linux/amd64 and arm64, OCI index) built with
+# go-containerregistry, no Docker; with REGISTRY set, pushed with the usual
+# credential chain (~/.docker/config.json, DOCKER_CONFIG, credential
+# helpers) as REGISTRY/tunnel-agent:VERSION. Prints the digest.
+image: ca-certs
+	$(GO) run ./cmd/release image --version '$(VERSION)' $(if $(REGISTRY),--registry '$(REGISTRY)')
+
+# A release in dist/: tunnel for linux, darwin and windows on amd64 and
+# arm64, tunnel-agent for linux, the agent image as an OCI layout, SHA256SUMS.
+release: ca-certs
+	$(GO) run ./cmd/release dist --version '$(VERSION)' --out dist $(if $(REGISTRY),--registry '$(REGISTRY)')
+
+ca-certs:
+	@test -f /etc/ssl/certs/ca-certificates.crt || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates)
 
 # Everything: formatting and vet, unit tests, then the end-to-end suite on
 # the lab cluster.
@@ -42,7 +65,10 @@ lab-down: $(LAB)
 lab-status: $(LAB)
 	$(LAB) status
 
-demo: build lab-up
+# The demo takes a user's path: the agent image pushed to the lab's
+# registry, a CLI built to pull it from there.
+demo: lab-up
+	$(LAB_PUSH) $(MAKE) --no-print-directory build image REGISTRY=$(LAB_REGISTRY)
 	./integration/demo/run.sh
 
 # Go benchmarks, then the lab's table: tunnel against kubectl port-forward and
@@ -68,4 +94,4 @@ lint:
 	GOOS=windows $(GO) build ./...
 
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) dist

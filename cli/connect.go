@@ -18,7 +18,8 @@ func newConnect() *cobra.Command {
 	var (
 		kf                      kubeFlags
 		also, never, dnsInclude []string
-		image, output           string
+		agent                   agentFlags
+		output                  string
 	)
 	cmd := &cobra.Command{
 		Use:   "connect",
@@ -33,7 +34,7 @@ func newConnect() *cobra.Command {
 			if _, err := tun.ParsePrefixes("--never-proxy", never); err != nil {
 				return err
 			}
-			st, err := connect(ctx, cmd, &kf, connectOptions{also: also, never: never, dnsInclude: dnsInclude, image: image, quiet: output == "json"})
+			st, err := connect(ctx, cmd, &kf, connectOptions{also: also, never: never, dnsInclude: dnsInclude, agent: agent, quiet: output == "json"})
 			if err != nil {
 				return err
 			}
@@ -49,14 +50,14 @@ func newConnect() *cobra.Command {
 	f.StringSliceVar(&also, "also-proxy", nil, "also route this CIDR through the cluster (repeatable)")
 	f.StringSliceVar(&never, "never-proxy", nil, "never route this CIDR through the cluster, even if it is the cluster's (repeatable)")
 	f.StringSliceVar(&dnsInclude, "dns-include", nil, "also resolve names ending in this suffix in the cluster (repeatable)")
-	f.StringVar(&image, "manager-image", manifest.DefaultImage, "the manager's image, if connect has to install it")
+	agent.add(f)
 	f.StringVarP(&output, "output", "o", "", "output format: json")
 	return cmd
 }
 
 type connectOptions struct {
 	also, never, dnsInclude []string
-	image                   string
+	agent                   agentFlags
 	quiet                   bool
 }
 
@@ -68,7 +69,7 @@ func connect(ctx context.Context, cmd *cobra.Command, kf *kubeFlags, o connectOp
 	if err != nil {
 		return nil, err
 	}
-	if err := ensureManager(ctx, cmd, kf, o.image, o.quiet); err != nil {
+	if err := ensureManager(ctx, cmd, kf, o.agent, o.quiet); err != nil {
 		return nil, err
 	}
 	c, closeFn, err := daemonClient(ctx)
@@ -91,7 +92,7 @@ func connect(ctx context.Context, cmd *cobra.Command, kf *kubeFlags, o connectOp
 
 // ensureManager installs the manager on first connect when the user may,
 // and otherwise says who must.
-func ensureManager(ctx context.Context, cmd *cobra.Command, kf *kubeFlags, image string, quiet bool) error {
+func ensureManager(ctx context.Context, cmd *cobra.Command, kf *kubeFlags, agent agentFlags, quiet bool) error {
 	_, cs, err := kf.client()
 	if err != nil {
 		return err
@@ -114,20 +115,13 @@ func ensureManager(ctx context.Context, cmd *cobra.Command, kf *kubeFlags, image
 		}
 		return err
 	}
+	opt, err := agent.install()
+	if err != nil {
+		return err
+	}
 	if !quiet {
-		fmt.Fprintln(cmd.ErrOrStderr(), "Installing the tunnel manager in namespace "+manifest.Namespace+"...")
+		fmt.Fprintln(cmd.ErrOrStderr(), "Installing the tunnel manager ("+opt.Image+") in namespace "+manifest.Namespace+"...")
 	}
-	if err := manifest.Install(ctx, cs, manifest.Options{Image: image}); err != nil {
-		return err
-	}
-	if err := manifest.WaitReady(ctx, cs, 2*time.Minute); err != nil {
-		// Installed only to connect: a manager that cannot start goes again.
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
-		defer cancel()
-		if uerr := manifest.Uninstall(uctx, cs); uerr != nil {
-			return fmt.Errorf("%w (and removing it again failed: %v)", err, uerr)
-		}
-		return err
-	}
-	return nil
+	// Installed only to connect: a manager that cannot start goes again.
+	return manifest.Install(ctx, cs, opt, 2*time.Minute)
 }

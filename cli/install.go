@@ -15,27 +15,29 @@ import (
 func newInstall() *cobra.Command {
 	var (
 		kf          kubeFlags
-		opt         manifest.Options
+		agent       agentFlags
 		users, grps []string
+		timeout     time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "install",
 		Short: "Install the tunnel manager in the cluster, and let users or groups connect",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			opt, err := agent.install()
+			if err != nil {
+				return err
+			}
 			_, cs, err := kf.client()
 			if err != nil {
 				return err
 			}
 			opt.AllowUsers, opt.AllowGroups = users, grps
-			fmt.Fprintln(cmd.ErrOrStderr(), "Installing the tunnel manager in namespace "+manifest.Namespace+"...")
-			if err := manifest.Install(cmd.Context(), cs, opt); err != nil {
+			fmt.Fprintln(cmd.ErrOrStderr(), "Installing the tunnel manager ("+opt.Image+") in namespace "+manifest.Namespace+"...")
+			if err := manifest.Install(cmd.Context(), cs, opt, timeout); err != nil {
 				if errors.Is(err, manifest.ErrForbidden) {
 					return fmt.Errorf("you may not install the tunnel manager (%v): ask a cluster admin", err)
 				}
-				return err
-			}
-			if err := manifest.WaitReady(cmd.Context(), cs, 2*time.Minute); err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "The tunnel manager is installed and ready.")
@@ -44,7 +46,8 @@ func newInstall() *cobra.Command {
 	}
 	kf.add(cmd)
 	f := cmd.Flags()
-	f.StringVar(&opt.Image, "manager-image", manifest.DefaultImage, "the manager's image")
+	agent.add(f)
+	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long the manager may take to be ready")
 	f.StringSliceVar(&users, "allow-user", nil, "let this user connect (repeatable)")
 	f.StringSliceVar(&grps, "allow-group", nil, "let this group connect (repeatable)")
 	return cmd

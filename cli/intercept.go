@@ -35,6 +35,7 @@ const autoHeader = "auto"
 
 type interceptFlags struct {
 	kf         kubeFlags
+	agent      agentFlags // if intercept has to install the manager
 	port       string
 	service    string
 	name       string
@@ -74,6 +75,7 @@ func newIntercept() *cobra.Command {
 		},
 	}
 	f.kf.add(cmd)
+	f.agent.add(cmd.Flags())
 	fl := cmd.Flags()
 	fl.StringVar(&f.port, "port", "", "LOCAL[:PORT]: the local port that answers, and the Service port (name or number) to take; default: the Service's only port, answered on the same local port")
 	fl.StringVar(&f.service, "service", "", "the Service whose port to take, when several select the workload")
@@ -118,7 +120,7 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 	}
 	if !st.Connected { // connect first, as `tunnel connect` with the same flags would
 		progress("Connecting to the cluster")
-		if _, err := connect(ctx, cmd, &f.kf, connectOptions{image: manifest.DefaultImage, quiet: f.output == "json"}); err != nil {
+		if _, err := connect(ctx, cmd, &f.kf, connectOptions{agent: f.agent, quiet: f.output == "json"}); err != nil {
 			return err
 		}
 		if st, err = currentStatus(ctx); err != nil {
@@ -151,11 +153,11 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 	if local == 0 {
 		local = uint32(plan.AppPort)
 	}
-	image, err := sidecarImage(ctx, cs)
+	agent, err := sidecarAgent(ctx, cs)
 	if err != nil {
 		return err
 	}
-	fresh, err := inject.Ensure(ctx, cs, plan, image, f.timeout, progress)
+	fresh, err := inject.Ensure(ctx, cs, plan, agent, f.timeout, progress)
 	if err != nil {
 		return err
 	}
@@ -325,18 +327,23 @@ func localUser() string {
 	return "me"
 }
 
-// sidecarImage is the manager's image: the sidecar is the same binary.
-func sidecarImage(ctx context.Context, cs kubernetes.Interface) (string, error) {
+// sidecarAgent is the image the manager runs, by the digest its pods
+// pulled (a moved tag cannot put two versions into one cluster), and the
+// pull secrets it was installed with: the sidecar is the same binary.
+func sidecarAgent(ctx context.Context, cs kubernetes.Interface) (inject.Agent, error) {
 	d, err := cs.AppsV1().Deployments(manifest.Namespace).Get(ctx, manifest.Manager, metav1.GetOptions{})
 	if err != nil {
-		return "", fmt.Errorf("read the tunnel manager's deployment (is it installed? `tunnel install`): %w", err)
+		return inject.Agent{}, fmt.Errorf("read the tunnel manager's deployment (is it installed? `tunnel install`): %w", err)
 	}
-	for _, c := range d.Spec.Template.Spec.Containers {
-		if c.Name == "manager" {
-			return c.Image, nil
-		}
+	pods, err := cs.CoreV1().Pods(manifest.Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=" + manifest.Manager})
+	if err != nil {
+		return inject.Agent{}, fmt.Errorf("read the tunnel manager's pods: %w", err)
 	}
-	return "", errors.New("the tunnel manager's deployment has no manager container")
+	agent, err := manifest.RunningImage(d, pods.Items)
+	if err != nil {
+		return inject.Agent{}, err
+	}
+	return inject.Agent{Image: agent.Image, PullSecrets: agent.PullSecrets}, nil
 }
 
 func listening(port uint32) bool {

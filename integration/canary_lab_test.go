@@ -74,7 +74,7 @@ func (c *canaryLab) apply(manifest string) {
 	}
 }
 
-// image imports the test app as a new release that behaves as env says.
+// image pushes the test app as a new release that behaves as env says.
 func (c *canaryLab) image(tag string, env ...string) string {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -93,8 +93,8 @@ func TestCanaryRollsBackOnErrorsAndLatency(t *testing.T) {
 			t.Errorf("the refused canary left its record (%v)", err)
 		}
 		// An image that cannot start is rolled back before it takes traffic.
-		out, err = c.laptop.run(c.canaryArgs("tunnel.dev/lab/echo:missing")...)
-		if err == nil || !strings.Contains(out, "rolled back: the canary did not start") || !strings.Contains(out, "ErrImageNeverPull") {
+		out, err = c.laptop.run(c.canaryArgs(lab.RegistryHost() + "/lab/echo:missing")...)
+		if err == nil || !strings.Contains(out, "rolled back: the canary did not start") || !pullFailed(out) {
 			t.Errorf("canary of a missing image: %v\n%s", err, out)
 		}
 		c.checkRemoved(lab.EchoImage)

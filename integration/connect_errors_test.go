@@ -17,6 +17,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/ptr"
+
+	"tunnel.dev/tunnel/integration/lab"
 )
 
 // writeKubeconfig writes a variant of the admin kubeconfig for a test.
@@ -215,7 +217,7 @@ func TestConnectRemovesAManagerThatCannotStart(t *testing.T) {
 	t.Cleanup(func() { installManager(t) })
 	l := newLaptop(t, "leo", "admin")
 	before := l.resolvConf()
-	out, err := l.run("connect", "--manager-image", "tunnel.dev/tunnel/agent:no-such-tag")
+	out, err := l.run("connect", "--manager-image", lab.AgentRegistry()+"/tunnel-agent:no-such-tag")
 	if err == nil || !strings.Contains(out, "did not become ready") || !strings.Contains(out, "ErrImage") {
 		t.Fatalf("connect with an image that does not exist: %v\n%s", err, out)
 	}

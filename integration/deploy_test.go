@@ -11,11 +11,13 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"tunnel.dev/tunnel/integration/lab"
 )
 
 // The test app as a folder of templates, the way a team keeps its manifests.
 var webTemplates = map[string]string{
-	"values.yaml": "name: web\nreplicas: 1\nimage: tunnel.dev/lab/echo:dev\ngreeting: hello\n",
+	"values.yaml": "name: web\nreplicas: 1\nimage: 10.209.0.1:5000/lab/echo:latest\ngreeting: hello\n",
 	"deployment.yaml": `apiVersion: apps/v1
 kind: Deployment
 metadata: {name: {{ .name }}}
@@ -29,7 +31,6 @@ spec:
       containers:
       - name: app
         image: {{ .image }}
-        imagePullPolicy: Never
         command: [/echo]
         env: [{name: GREETING, value: "{{ .greeting }}"}]
         ports: [{name: http, containerPort: 8080}]
@@ -47,7 +48,6 @@ spec:
     spec:
       terminationGracePeriodSeconds: 1
       containers:
-      - {name: db, image: "{{ .image }}", imagePullPolicy: Never, command: [/echo]}
 `,
 	"service.yaml": `apiVersion: v1
 kind: Service
@@ -110,8 +110,8 @@ func TestDeployRendersAppliesAndWaits(t *testing.T) {
 	}
 
 	// An image that cannot be had: the deploy fails with the pod's reason.
-	out, err = deploy("--set", "image=tunnel.dev/lab/nosuch:v1", "--timeout", "60s")
-	if err == nil || !strings.Contains(out, "ErrImageNeverPull") {
+	out, err = deploy("--set", "image="+lab.RegistryHost()+"/lab/nosuch:v1", "--timeout", "60s")
+	if err == nil || !pullFailed(out) {
 		t.Errorf("a deploy whose pods cannot start: %v\n%s", err, out)
 	}
 }

@@ -440,7 +440,7 @@ func TestInterceptOfAWorkloadThatCannotStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.Spec.Template.Spec.Containers[0].Image = "tunnel.dev/lab/nosuch:v1"
+	d.Spec.Template.Spec.Containers[0].Image = lab.RegistryHost() + "/lab/nosuch:v1"
 	if _, err := h.Client.AppsV1().Deployments(ns).Update(ctx, d, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -449,7 +449,7 @@ func TestInterceptOfAWorkloadThatCannotStart(t *testing.T) {
 	l := newLaptop(t, "olga", "admin")
 	l.must("connect", "-n", ns)
 	out, err := l.run("intercept", "echo", "--port", "7075:http", "--timeout", "60s")
-	if err == nil || !strings.Contains(out, "ErrImageNeverPull") {
+	if err == nil || !pullFailed(out) {
 		t.Fatalf("intercept of a workload whose pods cannot start: %v\n%s", err, out)
 	}
 	if after := workloadState(t, ns, "echo", "echo"); after != before {
@@ -494,7 +494,7 @@ func deployEnvApp(t *testing.T, ns string) {
 				Spec: corev1.PodSpec{
 					TerminationGracePeriodSeconds: new(int64),
 					Containers: []corev1.Container{{
-						Name: "app", Image: lab.EchoImage, ImagePullPolicy: corev1.PullNever, Command: []string{"/echo"},
+						Name: "app", Image: lab.EchoImage, Command: []string{"/echo"},
 						EnvFrom: []corev1.EnvFromSource{{Prefix: "CFG_", ConfigMapRef: &corev1.ConfigMapEnvSource{
 							LocalObjectReference: corev1.LocalObjectReference{Name: "settings"}}}},
 						Env: []corev1.EnvVar{

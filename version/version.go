@@ -7,8 +7,18 @@ import (
 	"runtime/debug"
 )
 
-// set at link time by the Makefile: -X tunnel.dev/tunnel/version.version=v0.1.0
-var version = ""
+// Set at link time by the Makefile: -X tunnel.dev/tunnel/version.version=v0.1.0
+// and -X tunnel.dev/tunnel/version.registry=registry.example.com/team (make
+// build REGISTRY=...), the registry prefix the agent image is pulled from
+// unless --registry or TUNNEL_REGISTRY say otherwise.
+var (
+	version  = ""
+	registry = ""
+)
+
+// Registry is the agent image's registry prefix this build was made with,
+// or "" when it was made without one.
+func Registry() string { return registry }
 
 // Info is what `tunnel version` and `tunnel-agent version` print.
 type Info struct {
@@ -17,6 +27,9 @@ type Info struct {
 	Go      string `json:"go"`
 	OS      string `json:"os"`
 	Arch    string `json:"arch"`
+	// AgentImage is the agent image this build installs by default, when
+	// it was built with a registry (--registry and TUNNEL_REGISTRY aside).
+	AgentImage string `json:"agentImage,omitempty"`
 }
 
 // Get returns the build's version: the linker's value, else the module
@@ -35,6 +48,9 @@ func Get() Info {
 	}
 	if info.Version == "" {
 		info.Version = "dev"
+	}
+	if registry != "" {
+		info.AgentImage = registry + "/tunnel-agent:" + info.Version
 	}
 	return info
 }

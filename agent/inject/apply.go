@@ -73,7 +73,7 @@ func Captures(d *appsv1.Deployment) map[int32]int32 {
 // before this call, so a caller that cannot go on can take it out again
 // (Remove). On failure what this call changed is undone and the error says
 // why.
-func Ensure(ctx context.Context, cs kubernetes.Interface, p *Plan, image string, timeout time.Duration, progress Progress) (fresh bool, err error) {
+func Ensure(ctx context.Context, cs kubernetes.Interface, p *Plan, agent Agent, timeout time.Duration, progress Progress) (fresh bool, err error) {
 	d := p.Deployment
 	caps := Captures(d)
 	listen, ok := caps[p.AppPort]
@@ -89,7 +89,7 @@ func Ensure(ctx context.Context, cs kubernetes.Interface, p *Plan, image string,
 	} else {
 		progress(fmt.Sprintf("Adding port %d to the sidecar of deployment %s/%s (one rollout)", p.AppPort, d.Namespace, d.Name))
 	}
-	if err := applySidecar(ctx, cs, d, image, caps); err != nil {
+	if err := applySidecar(ctx, cs, d, agent, caps); err != nil {
 		return false, err
 	}
 	err = rollout.Wait(ctx, cs, d.Namespace, d.Name, timeout, progress)
@@ -101,7 +101,7 @@ func Ensure(ctx context.Context, cs kubernetes.Interface, p *Plan, image string,
 		if fresh {
 			_ = removeSidecar(undo, cs, d.Namespace, d.Name)
 		} else {
-			_ = applySidecar(undo, cs, d, image, before)
+			_ = applySidecar(undo, cs, d, agent, before)
 		}
 		return false, err
 	}
@@ -129,7 +129,7 @@ func freePort(d *appsv1.Deployment, caps map[int32]int32) int32 {
 
 // applySidecar server-side applies the sidecar container, with caps, as
 // FieldManager: the only fields of the Deployment that manager owns.
-func applySidecar(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployment, image string, caps map[int32]int32) error {
+func applySidecar(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployment, agent Agent, caps map[int32]int32) error {
 	args := []string{"sidecar", "--workload", d.Name, "--manager", managerAddr,
 		"--metrics-addr", fmt.Sprintf(":%d", MetricsPort)}
 	apps := slices.Sorted(maps.Keys(caps))
@@ -143,7 +143,7 @@ func applySidecar(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deploy
 	}
 	c := corev1.Container{
 		Name:            Container,
-		Image:           image,
+		Image:           agent.Image,
 		ImagePullPolicy: corev1.PullIfNotPresent,
 		Args:            args,
 		Env:             []corev1.EnvVar{fieldEnv("POD_NAME", "metadata.name"), fieldEnv("POD_NAMESPACE", "metadata.namespace"), fieldEnv("POD_IP", "status.podIP")},
@@ -161,17 +161,27 @@ func applySidecar(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deploy
 			Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 		},
 	}
+	podSpec := map[string]any{
+		"containers": []corev1.Container{c},
+		"volumes": []corev1.Volume{{Name: tokenVolume, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+				Audience: rpc.SidecarAudience, ExpirationSeconds: ptr.To(int64(3600)), Path: "token",
+			}}},
+		}}}},
+	}
+	// The secrets the agent image is pulled with join the pod's own; the
+	// ones it had stay when the sidecar goes (shared ownership).
+	if len(agent.PullSecrets) > 0 {
+		var refs []corev1.LocalObjectReference
+		for _, n := range agent.PullSecrets {
+			refs = append(refs, corev1.LocalObjectReference{Name: n})
+		}
+		podSpec["imagePullSecrets"] = refs
+	}
 	obj := map[string]any{
 		"apiVersion": "apps/v1", "kind": "Deployment",
 		"metadata": map[string]any{"name": d.Name, "namespace": d.Namespace},
-		"spec": map[string]any{"template": map[string]any{"spec": map[string]any{
-			"containers": []corev1.Container{c},
-			"volumes": []corev1.Volume{{Name: tokenVolume, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
-				Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
-					Audience: rpc.SidecarAudience, ExpirationSeconds: ptr.To(int64(3600)), Path: "token",
-				}}},
-			}}}},
-		}}},
+		"spec":     map[string]any{"template": map[string]any{"spec": podSpec}},
 	}
 	return apply(ctx, cs, d.Namespace, d.Name, obj)
 }
@@ -365,4 +375,11 @@ func WithSidecar(ctx context.Context, cs kubernetes.Interface, ns string) ([]app
 		return nil, fmt.Errorf("list deployments: %w", err)
 	}
 	return slices.DeleteFunc(list.Items, func(d appsv1.Deployment) bool { return !HasSidecar(&d) }), nil
+}
+
+// Agent is the sidecar's image (the manager's, by digest) and the secrets
+// nodes pull it with, which must exist in the workload's namespace.
+type Agent struct {
+	Image       string
+	PullSecrets []string
 }

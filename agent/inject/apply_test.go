@@ -183,9 +183,10 @@ func TestWithSidecar(t *testing.T) {
 func TestApplyAndRemoveSidecar(t *testing.T) {
 	d := deployment("web", container("app", cport("http", 8080)))
 	d.Spec.Template.Annotations = map[string]string{"team": "shop"}
+	d.Spec.Template.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "team-pull"}}
 	cs := fake.NewClientset(d)
 	caps := map[int32]int32{9090: FirstCapture + 1, 8080: FirstCapture}
-	if err := applySidecar(t.Context(), cs, d, "tunnel:v2", caps); err != nil {
+	if err := applySidecar(t.Context(), cs, d, Agent{Image: "tunnel:v2", PullSecrets: []string{"agent-pull"}}, caps); err != nil {
 		t.Fatalf("applySidecar: %v", err)
 	}
 	got, err := cs.AppsV1().Deployments("shop").Get(t.Context(), "web", metav1.GetOptions{})
@@ -197,6 +198,9 @@ func TestApplyAndRemoveSidecar(t *testing.T) {
 	}
 	if c := Captures(got); !maps.Equal(c, caps) {
 		t.Errorf("Captures after applySidecar = %v, want %v", c, caps)
+	}
+	if s := pullSecretNames(got); !slices.Equal(s, []string{"team-pull", "agent-pull"}) {
+		t.Errorf("pull secrets after applySidecar: %v", s)
 	}
 	if err := removeSidecar(t.Context(), cs, "shop", "web"); err != nil {
 		t.Fatalf("removeSidecar: %v", err)
@@ -211,6 +215,17 @@ func TestApplyAndRemoveSidecar(t *testing.T) {
 	if got.Spec.Template.Annotations["team"] != "shop" {
 		t.Errorf("removeSidecar lost the user's template annotations: %v", got.Spec.Template.Annotations)
 	}
+	if s := pullSecretNames(got); !slices.Equal(s, []string{"team-pull"}) {
+		t.Errorf("pull secrets after removeSidecar: %v, want the workload's own", s)
+	}
+}
+
+func pullSecretNames(d *appsv1.Deployment) []string {
+	var out []string
+	for _, s := range d.Spec.Template.Spec.ImagePullSecrets {
+		out = append(out, s.Name)
+	}
+	return out
 }
 
 func containerNames(d *appsv1.Deployment) []string {

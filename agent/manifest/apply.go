@@ -8,6 +8,7 @@ import (
 	"time"
 
 	authzv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -51,9 +52,15 @@ func CheckAccess(ctx context.Context, cs kubernetes.Interface, verbs ...string) 
 	return nil
 }
 
-// Install creates or updates every object; if one fails, what this call
-// created is deleted again.
-func Install(ctx context.Context, cs kubernetes.Interface, opt Options) (err error) {
+// Install creates or updates every object, then waits up to timeout for
+// the manager to be ready. If a step fails, or the manager of a fresh
+// install never becomes ready, what this call created is deleted again, and
+// only that: a namespace an admin made beforehand (with a pull secret in
+// it) stays.
+func Install(ctx context.Context, cs kubernetes.Interface, opt Options, timeout time.Duration) (err error) {
+	if opt.Image == "" {
+		return ErrNoRegistry
+	}
 	if err := CheckAccess(ctx, cs, "create", "update"); err != nil {
 		return err
 	}
@@ -61,11 +68,40 @@ func Install(ctx context.Context, cs kubernetes.Interface, opt Options) (err err
 	var created []func(context.Context) error
 	defer func() {
 		if err != nil {
+			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+			defer cancel()
 			for i := len(created) - 1; i >= 0; i-- {
-				_ = created[i](context.WithoutCancel(ctx))
+				_ = created[i](uctx)
 			}
+			waitGone(uctx, cs, created)
 		}
 	}()
+	if err := apply(ctx, cs, o, &created); err != nil {
+		return err
+	}
+	return WaitReady(ctx, cs, timeout)
+}
+
+// waitGone waits until the namespace this install created has gone, so an
+// install right after works.
+func waitGone(ctx context.Context, cs kubernetes.Interface, created []func(context.Context) error) {
+	if len(created) == 0 {
+		return
+	}
+	_ = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		ns, err := cs.CoreV1().Namespaces().Get(ctx, Namespace, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return true, nil
+		}
+		if err != nil || ns.Status.Phase == corev1.NamespaceTerminating {
+			return false, nil
+		}
+		_, err = cs.AppsV1().Deployments(Namespace).Get(ctx, Manager, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+}
+
+func apply(ctx context.Context, cs kubernetes.Interface, o Objects, created *[]func(context.Context) error) error {
 	bg := metav1.DeletePropagationBackground
 	del := metav1.DeleteOptions{PropagationPolicy: &bg}
 	step := func(what string, get func() error, create, update func() error, remove func(context.Context) error) error {
@@ -75,7 +111,7 @@ func Install(ctx context.Context, cs kubernetes.Interface, opt Options) (err err
 			if err := create(); err != nil {
 				return fmt.Errorf("create %s: %w", what, err)
 			}
-			created = append(created, remove)
+			*created = append(*created, remove)
 			return nil
 		case err != nil:
 			return fmt.Errorf("read %s: %w", what, err)

@@ -14,18 +14,17 @@ import (
 
 // Names of what is installed.
 const (
-	Namespace  = "tunnel-system"
-	Manager    = "tunnel-manager"
-	ClientRole = "tunnel-client" // what a user needs to connect
-	// DefaultImage is the manager's image unless --manager-image says otherwise.
-	DefaultImage = "tunnel.dev/tunnel/agent:dev"
-	SessionPort  = 8022
-	MetricsPort  = 9090
+	Namespace   = "tunnel-system"
+	Manager     = "tunnel-manager"
+	ClientRole  = "tunnel-client" // what a user needs to connect
+	SessionPort = 8022
+	MetricsPort = 9090
 )
 
 // Options shape an install.
 type Options struct {
-	Image       string
+	Image       string // the agent image (AgentImage): required
+	PullSecrets []string
 	AllowUsers  []string
 	AllowGroups []string
 	Replicas    int32
@@ -63,9 +62,6 @@ type Objects struct {
 
 // Build returns the objects for opt.
 func Build(opt Options) Objects {
-	if opt.Image == "" {
-		opt.Image = DefaultImage
-	}
 	if opt.Replicas == 0 {
 		opt.Replicas = 1
 	}
@@ -104,6 +100,7 @@ func Build(opt Options) Objects {
 					ObjectMeta: metav1.ObjectMeta{Labels: Labels()},
 					Spec: corev1.PodSpec{
 						ServiceAccountName:            Manager,
+						ImagePullSecrets:              pullSecrets(opt.PullSecrets),
 						TerminationGracePeriodSeconds: ptr.To(int64(5)),
 						SecurityContext: &corev1.PodSecurityContext{
 							RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To(int64(65532)),
@@ -179,4 +176,12 @@ func Build(opt Options) Objects {
 		}
 	}
 	return o
+}
+
+func pullSecrets(names []string) []corev1.LocalObjectReference {
+	var refs []corev1.LocalObjectReference
+	for _, n := range names {
+		refs = append(refs, corev1.LocalObjectReference{Name: n})
+	}
+	return refs
 }

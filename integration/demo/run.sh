@@ -30,6 +30,11 @@ $LAB exec --node -- kubectl -n $ns exec deploy/echo -- /echo get "http://echo.$n
 T=$PWD/bin/tunnel
 alice() { $LAB exec --laptop alice -- "$@"; }
 alice $T quit >/dev/null 2>&1 || true
+# A manager an earlier run installed with another image goes, so connect
+# installs this build's.
+want="$($T version -o json | sed -n 's/.*"agentImage": "\(.*\)".*/\1/p')"
+have="$($LAB exec --node -- kubectl -n tunnel-system get deploy tunnel-manager -o jsonpath='{.spec.template.spec.containers[0].image}' 2>/dev/null || true)"
+if [ -n "$have" ] && [ "$have" != "$want" ]; then $LAB exec --node -- $T uninstall >/dev/null; fi
 
 say "Laptop alice cannot reach the cluster without the tunnel (this should fail):"
 if alice curl -sS --max-time 3 "http://$ip/"; then
@@ -38,6 +43,9 @@ fi
 
 say "tunnel connect, in laptop alice (installs the manager on first use):"
 alice $T connect -n $ns
+
+say "The manager runs the agent image pulled from the lab's registry (image, and the digest the node pulled):"
+$LAB exec --node -- kubectl -n tunnel-system get pods -o jsonpath='{range .items[*]}{.spec.containers[0].image}{"\n"}{.status.containerStatuses[0].imageID}{"\n"}{end}'
 
 say "From the laptop, by the Service's name, its short name and a pod's address:"
 alice curl -sS --max-time 5 "http://echo.$ns/from-the-laptop"

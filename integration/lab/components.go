@@ -27,6 +27,12 @@ type templateData struct {
 	CoreDNSImage  string
 	UpstreamZone  string
 	UpstreamHosts string
+	// The lab's registry.
+	RegistryHost     string
+	RegistryPort     int
+	RegistryBackPort int
+	RegistryService  string
+	RegistryIssuer   string
 }
 
 func newTemplateData(p Paths, cfg Config) templateData {
@@ -40,6 +46,8 @@ func newTemplateData(p Paths, cfg Config) templateData {
 		PauseImage:   PauseImage,
 		CoreDNSImage: CoreDNSImage,
 		UpstreamZone: upstreamZone,
+		RegistryHost: RegistryHost(), RegistryPort: registryPort, RegistryBackPort: registryBackPort,
+		RegistryService: registryService, RegistryIssuer: registryIssuer,
 	}
 }
 
@@ -74,6 +82,7 @@ var nodeConfigFiles = map[string]string{
 	"upstream.Corefile": "upstream-dns/Corefile",
 	"upstream.hosts":    "upstream-dns/hosts",
 	"prometheus.yml":    "prometheus/prometheus.yml",
+	"registry.yml":      "registry/config.yml",
 }
 
 // components lists the node's processes in the order they start; down
@@ -86,7 +95,7 @@ func components(p Paths, cfg Config) []component {
 		k := p.kubeconfig(name)
 		return []string{"--kubeconfig=" + k, "--authentication-kubeconfig=" + k, "--authorization-kubeconfig=" + k}
 	}
-	return []component{
+	return append(registryComponents(p), []component{
 		{
 			name: "etcd", bin: etcd, inNode: true,
 			args: []string{
@@ -182,7 +191,7 @@ func components(p Paths, cfg Config) []component {
 			},
 			ready: httpProbe(PrometheusURL() + "/-/ready"),
 		},
-	}
+	}...)
 }
 
 // PrometheusAddr is where the lab's Prometheus listens.

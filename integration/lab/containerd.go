@@ -84,9 +84,9 @@ func killShims(p Paths) {
 	}
 }
 
-// LoadImage imports an image tarball into the lab's containerd, where the
-// kubelet finds it without any registry.
-func LoadImage(ctx context.Context, p Paths, tarball string) error {
+// importImage imports an image tarball into the lab's containerd: the
+// sandbox image only; every other image is pulled from the registry.
+func importImage(ctx context.Context, p Paths, tarball string) error {
 	if _, err := os.Stat(tarball); err != nil {
 		return fmt.Errorf("image tarball: %w", err)
 	}
@@ -99,18 +99,4 @@ func LoadImage(ctx context.Context, p Paths, tarball string) error {
 		return fmt.Errorf("import %s into containerd: %w: %s", tarball, err, strings.TrimSpace(string(out)))
 	}
 	return nil
-}
-
-// haveImage reports whether containerd already holds an image.
-func haveImage(ctx context.Context, p Paths, ref string) bool {
-	out, err := run(ctx, "ctr", "--address", p.containerdSocket(), "-n", "k8s.io", "images", "ls", "-q")
-	if err != nil {
-		return false
-	}
-	for _, l := range strings.Split(out, "\n") {
-		if l == ref {
-			return true
-		}
-	}
-	return false
 }

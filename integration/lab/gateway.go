@@ -24,7 +24,7 @@ import (
 // Gateway API CRDs of the version Traefik's go.mod pins.
 const (
 	TraefikVersion    = "v3.6.12"
-	TraefikImage      = "tunnel.dev/lab/traefik:" + TraefikVersion
+	TraefikImage      = labRegistry + "/lab/traefik:" + TraefikVersion
 	GatewayAPIVersion = "v1.4.0"
 	// GatewayNamespace and GatewayName name the Gateway routes attach to.
 	GatewayNamespace = "lab-gateway"
@@ -40,8 +40,8 @@ func EnsureGateway(ctx context.Context, l *Lab, cs kubernetes.Interface) error {
 	if err != nil {
 		return err
 	}
-	if !haveImage(ctx, p, TraefikImage) {
-		if err := buildAndLoad(ctx, p, ImageSpec{Ref: TraefikImage, Binary: bin, Path: "/traefik"}, p.state("images")); err != nil {
+	if !inRegistry(ctx, p, TraefikImage) {
+		if _, err := PushImage(ctx, p, ImageSpec{Ref: TraefikImage, Binary: bin, Path: "/traefik"}); err != nil {
 			return err
 		}
 	}

@@ -22,6 +22,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
+
+	"tunnel.dev/tunnel/agent/manifest"
 )
 
 // Harness is what an end-to-end test gets: the running lab and an admin
@@ -30,6 +32,9 @@ type Harness struct {
 	*Lab
 	Config Config
 	Client *kubernetes.Clientset
+	// Agent is this tree's agent image, pushed to the lab's registry; the
+	// tunnel CLI installs it by default.
+	Agent Agent
 
 	buildOnce sync.Once
 	tunnel    string
@@ -42,7 +47,7 @@ func (h *Harness) Tunnel(t testing.TB) string {
 	t.Helper()
 	h.buildOnce.Do(func() {
 		h.tunnel = h.Paths.state("bin", "tunnel")
-		h.buildErr = BuildBinary(context.Background(), "./cmd/tunnel", h.tunnel)
+		h.buildErr = BuildTunnel(context.Background(), h.Agent.Stamp, h.tunnel)
 	})
 	if h.buildErr != nil {
 		t.Fatal(h.buildErr)
@@ -74,16 +79,37 @@ func Main(m *testing.M, cfg Config, h **Harness) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	// A manager left running by an earlier run has the image of its day
-	// (the tag never changes); a fresh pod runs the one just imported.
-	err = cs.CoreV1().Pods("tunnel-system").DeleteCollection(ctx, metav1.DeleteOptions{},
-		metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=tunnel-manager"})
-	if err != nil && !apierrors.IsNotFound(err) {
-		fmt.Fprintln(os.Stderr, "restart the tunnel manager:", err)
+	agent, err := PushAgent(ctx, l.Paths)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "push the agent image:", err)
 		return 1
 	}
-	*h = &Harness{Lab: l, Config: cfg.Defaults(), Client: cs}
+	// A manager left by an earlier run of other code goes: the first
+	// connect installs this tree's.
+	if err := removeOtherManager(ctx, cs, agent.Ref); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	*h = &Harness{Lab: l, Config: cfg.Defaults(), Client: cs, Agent: agent}
 	return m.Run()
+}
+
+// removeOtherManager uninstalls a manager that runs another image than ref.
+func removeOtherManager(ctx context.Context, cs kubernetes.Interface, ref string) error {
+	d, err := cs.AppsV1().Deployments(manifest.Namespace).Get(ctx, manifest.Manager, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read the tunnel manager: %w", err)
+	}
+	if len(d.Spec.Template.Spec.Containers) == 1 && d.Spec.Template.Spec.Containers[0].Image == ref {
+		return nil
+	}
+	if err := manifest.Uninstall(ctx, cs); err != nil {
+		return fmt.Errorf("remove an earlier run's tunnel manager: %w", err)
+	}
+	return nil
 }
 
 // Namespace creates a namespace for one test and deletes it afterwards; if
@@ -164,7 +190,7 @@ func DeployEcho(ctx context.Context, l *Lab, cs kubernetes.Interface, ns, name s
 				Spec: corev1.PodSpec{
 					TerminationGracePeriodSeconds: ptr.To(int64(1)),
 					Containers: []corev1.Container{{
-						Name: "echo", Image: EchoImage, ImagePullPolicy: corev1.PullNever,
+						Name: "echo", Image: EchoImage,
 						Command: []string{"/echo"},
 						Env: []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{
 							FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},

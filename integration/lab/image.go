@@ -37,10 +37,10 @@ type ImageSpec struct {
 	Env []string
 }
 
-// BuildImage writes a docker-format tarball of an image made of an empty base
-// plus one layer holding the binary (mode 0755, owned by root, with its parent
-// directories) to dst. dst is replaced atomically, so a concurrent import
-// never sees a partial file.
+// BuildImage writes a docker-format tarball of spec's image to dst, for
+// the one image the lab imports into containerd rather than pulls: the pod
+// sandbox (pause). dst is replaced atomically, so a concurrent import never
+// sees a partial file.
 func BuildImage(spec ImageSpec, dst string) error {
 	ref, err := name.ParseReference(spec.Ref)
 	if err != nil {
@@ -49,38 +49,45 @@ func BuildImage(spec ImageSpec, dst string) error {
 	if _, ok := ref.(name.Tag); !ok {
 		return fmt.Errorf("image ref %q: want a tag, not a digest, so the import is named", spec.Ref)
 	}
+	img, err := buildImage(spec)
+	if err != nil {
+		return err
+	}
+	if err := imageWriteAtomic(ref, img, dst); err != nil {
+		return fmt.Errorf("write image %s to %s: %w", spec.Ref, dst, err)
+	}
+	return nil
+}
+
+// buildImage is an empty base plus one layer holding the binary (mode 0755,
+// owned by root, with its parent directories).
+func buildImage(spec ImageSpec) (v1.Image, error) {
 	if spec.Binary == "" {
-		return fmt.Errorf("image %s: no binary given", spec.Ref)
+		return nil, fmt.Errorf("image %s: no binary given", spec.Ref)
 	}
 	if !path.IsAbs(spec.Path) || path.Clean(spec.Path) != spec.Path || spec.Path == "/" {
-		return fmt.Errorf("image %s: path %q must be a clean absolute file path", spec.Ref, spec.Path)
+		return nil, fmt.Errorf("image %s: path %q must be a clean absolute file path", spec.Ref, spec.Path)
 	}
-
 	layerTar, err := imageLayerTar(spec.Binary, spec.Path)
 	if err != nil {
-		return fmt.Errorf("build layer for image %s: %w", spec.Ref, err)
+		return nil, fmt.Errorf("build layer for image %s: %w", spec.Ref, err)
 	}
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(layerTar)), nil
 	})
 	if err != nil {
-		return fmt.Errorf("make layer for image %s: %w", spec.Ref, err)
+		return nil, fmt.Errorf("make layer for image %s: %w", spec.Ref, err)
 	}
-
 	img, err := imageWithConfig(spec)
 	if err != nil {
-		return fmt.Errorf("configure image %s: %w", spec.Ref, err)
+		return nil, fmt.Errorf("configure image %s: %w", spec.Ref, err)
 	}
 	// Layers are appended after the config is set so their diff IDs land in
 	// the config's rootfs.
 	if img, err = mutate.AppendLayers(img, layer); err != nil {
-		return fmt.Errorf("append layer to image %s: %w", spec.Ref, err)
+		return nil, fmt.Errorf("append layer to image %s: %w", spec.Ref, err)
 	}
-
-	if err := imageWriteAtomic(ref, img, dst); err != nil {
-		return fmt.Errorf("write image %s to %s: %w", spec.Ref, dst, err)
-	}
-	return nil
+	return img, nil
 }
 
 // imageWithConfig returns an empty image whose config carries the platform

@@ -142,7 +142,7 @@ func checkPodDNS(ctx context.Context, cs kubernetes.Interface, domain string) er
 			RestartPolicy:                 corev1.RestartPolicyOnFailure,
 			TerminationGracePeriodSeconds: &zero,
 			Containers: []corev1.Container{{
-				Name: "lookup", Image: EchoImage, ImagePullPolicy: corev1.PullNever,
+				Name: "lookup", Image: EchoImage,
 				Command: []string{"/echo", "lookup", "kubernetes.default.svc." + domain},
 			}},
 		},

@@ -55,6 +55,9 @@ func (l *Lab) Up(ctx context.Context, cfg Config) error {
 	if err := ensurePrometheus(ctx, p, l.progress); err != nil {
 		return err
 	}
+	if err := ensureRegistryPackage(ctx, p, l.progress); err != nil {
+		return err
+	}
 	b := &builder{paths: p, progress: l.progress}
 	if err := b.ensureAll(ctx); err != nil {
 		return err
@@ -88,20 +91,43 @@ func (l *Lab) startNode(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("write kubeconfig for %s: %w", id.user, err)
 		}
 	}
+	if err := prepareRegistry(ctx, p, pk); err != nil {
+		return err
+	}
 	d := newTemplateData(p, cfg)
+	hosts, err := render("registry-hosts.toml", d)
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(p.state("containerd", "certs.d", RegistryHost(), "hosts.toml"), hosts, 0o644); err != nil {
+		return err
+	}
+	comps := components(p, cfg)
 	for tmpl, dst := range nodeConfigFiles {
 		data, err := render(tmpl, d)
 		if err != nil {
 			return err
 		}
+		old, _ := os.ReadFile(p.state(dst))
 		if err := writeFileAtomic(p.state(dst), data, 0o644); err != nil {
 			return err
+		}
+		// Parts read their config once: one that runs with an older config
+		// (a lab brought up by older code) starts again.
+		if reader := configReaders[tmpl]; reader != "" && old != nil && string(old) != string(data) {
+			for _, c := range comps {
+				if c.name == reader {
+					if err := stop(p, c, 15*time.Second); err != nil {
+						return err
+					}
+				}
+			}
 		}
 	}
 	if err := nodeNetwork(ctx, cfg); err != nil {
 		return fmt.Errorf("set up the node's network: %w", err)
 	}
-	for _, c := range components(p, cfg) {
+	for _, c := range comps {
 		if err := start(ctx, p, c); err != nil {
 			return err
 		}
@@ -113,6 +139,10 @@ func (l *Lab) startNode(ctx context.Context, cfg Config) error {
 	}
 	return nil
 }
+
+// configReaders names the part that reads each config file and must start
+// again when it changes; the others are read anew or hot-reloaded.
+var configReaders = map[string]string{"containerd.toml": "containerd", "registry.yml": "registry"}
 
 func (l *Lab) startCluster(ctx context.Context, cfg Config) error {
 	p := l.Paths
@@ -303,7 +333,15 @@ type Status struct {
 	DNSService  string            `json:"dnsService"`
 	Kubeconfigs map[string]string `json:"kubeconfigs"`
 	Laptops     map[string]string `json:"laptops"` // name: address
+	Registry    RegistryStatus    `json:"registry"`
 	Logs        string            `json:"logs"`
+}
+
+// RegistryStatus says how to reach and push to the lab's registry.
+type RegistryStatus struct {
+	Host         string `json:"host"`
+	CA           string `json:"ca"`           // the machine's CAs and the lab CA, which signed its certificate: SSL_CERT_FILE
+	DockerConfig string `json:"dockerConfig"` // DOCKER_CONFIG with the pusher's credentials
 }
 
 // Status reports what runs; it needs no root.
@@ -320,6 +358,7 @@ func (l *Lab) Status() Status {
 		NodeAddress: nodeAddr.String(),
 		Kubeconfigs: map[string]string{"admin": p.AdminKubeconfig(), "dev": p.DevKubeconfig()},
 		Laptops:     map[string]string{},
+		Registry:    RegistryStatus{Host: RegistryHost(), CA: p.RegistryCABundle(), DockerConfig: p.RegistryDockerConfig()},
 		Logs:        p.state("logs"),
 	}
 	if !s.Up {

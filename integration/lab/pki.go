@@ -220,3 +220,26 @@ func (p *pki) writeKubeconfig(path, file, user string) error {
 	}
 	return writeFileAtomic(path, data, 0o644)
 }
+
+// ensureRegistryCerts issues the registry's serving certificate and the
+// token server's signing certificate, once: a lab brought up before the
+// registry existed gets them on its next up.
+func (p *pki) ensureRegistryCerts() error {
+	if _, err := os.Stat(p.path("registry.crt")); err != nil {
+		if err := p.issue("registry", &x509.Certificate{
+			Subject:     pkix.Name{CommonName: "tunnel-lab-registry"},
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+			IPAddresses: []net.IP{nodeAddr.AsSlice(), hostLinkNode.AsSlice(), net.IPv4(127, 0, 0, 1)},
+		}); err != nil {
+			return err
+		}
+	}
+	if _, err := os.Stat(p.path("registry-token.crt")); err != nil {
+		if err := p.issue("registry-token", &x509.Certificate{
+			Subject: pkix.Name{CommonName: "tunnel-lab-registry-token"},
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}

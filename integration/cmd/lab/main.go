@@ -41,7 +41,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(upCmd(), downCmd(), statusCmd(), execCmd(), loadImageCmd())
+	root.AddCommand(upCmd(), downCmd(), statusCmd(), execCmd())
 	return root
 }
 
@@ -116,6 +116,7 @@ func statusCmd() *cobra.Command {
 			fmt.Fprintf(out, "pods: %s  services: %s  domain: %s  DNS: %s\n", s.Config.PodCIDR, s.Config.ServiceCIDR, s.Config.ClusterDomain, s.DNSService)
 			fmt.Fprintf(out, "API server: https://%s:6443\n", s.NodeAddress)
 			fmt.Fprintf(out, "kubeconfig: admin %s, dev %s\n", s.Kubeconfigs["admin"], s.Kubeconfigs["dev"])
+			fmt.Fprintf(out, "registry: https://%s (push with SSL_CERT_FILE=%s DOCKER_CONFIG=%s)\n", s.Registry.Host, s.Registry.CA, s.Registry.DockerConfig)
 			for _, name := range sortedKeys(s.Components) {
 				fmt.Fprintf(out, "  %-24s %s\n", name, s.Components[name])
 			}
@@ -153,17 +154,6 @@ func execCmd() *cobra.Command {
 	f.BoolVar(&node, "node", false, "run in the node's network namespace instead of a laptop's")
 	f.StringVar(&opt.User, "user", "admin", "whose kubeconfig: admin or dev")
 	return cmd
-}
-
-func loadImageCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "load-image TARBALL",
-		Short: "Import an image tarball into the cluster's containerd",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return lab.LoadImage(cmd.Context(), lab.DefaultPaths(), args[0])
-		},
-	}
 }
 
 func sortedKeys(m map[string]string) []string {

@@ -1,0 +1,96 @@
+package manifest
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+
+	"tunnel.dev/tunnel/release"
+	"tunnel.dev/tunnel/version"
+)
+
+// RegistryEnv names the agent image's registry prefix when --registry does not.
+const RegistryEnv = "TUNNEL_REGISTRY"
+
+// ErrNoRegistry means nothing names where the agent image is.
+var ErrNoRegistry = errors.New("this build of tunnel names no registry for the agent image: pass --registry HOST/PATH (where `make image REGISTRY=HOST/PATH` pushed it), set " + RegistryEnv + ", or name the image with --manager-image")
+
+// AgentImage is the image an install runs: image when given (an exact
+// reference), else REGISTRY/tunnel-agent:VERSION, with VERSION this CLI's
+// own and REGISTRY the first of registry, $TUNNEL_REGISTRY and the
+// registry this build was made with.
+func AgentImage(image, registry string) (string, error) {
+	if image != "" {
+		return image, nil
+	}
+	for _, r := range []string{registry, os.Getenv(RegistryEnv), version.Registry()} {
+		if r = strings.TrimSuffix(strings.TrimSpace(r), "/"); r != "" {
+			ref := release.AgentRef(r, version.Get().Version)
+			if _, err := name.NewTag(ref, name.StrictValidation); err != nil {
+				return "", fmt.Errorf("registry %q is not HOST[:PORT][/PATH]: %w", r, err)
+			}
+			return ref, nil
+		}
+	}
+	return "", ErrNoRegistry
+}
+
+// Running is the agent image an installed manager runs.
+type Running struct {
+	Image       string // by digest when a ready pod of the current template shows it
+	Tag         string // as the Deployment names it
+	PullSecrets []string
+}
+
+// RunningImage reads the manager's image from its Deployment, pinned to the
+// digest a ready pod of the Deployment's current image pulled.
+func RunningImage(d *appsv1.Deployment, pods []corev1.Pod) (Running, error) {
+	var r Running
+	for _, c := range d.Spec.Template.Spec.Containers {
+		if c.Name == "manager" {
+			r.Tag = c.Image
+		}
+	}
+	if r.Tag == "" {
+		return r, errors.New("the tunnel manager's deployment has no manager container")
+	}
+	for _, s := range d.Spec.Template.Spec.ImagePullSecrets {
+		r.PullSecrets = append(r.PullSecrets, s.Name)
+	}
+	r.Image = r.Tag
+	ref, err := name.ParseReference(r.Tag)
+	if err != nil {
+		return r, fmt.Errorf("the tunnel manager's image %q: %w", r.Tag, err)
+	}
+	if _, ok := ref.(name.Digest); ok {
+		return r, nil
+	}
+	for _, p := range pods {
+		for _, cs := range p.Status.ContainerStatuses {
+			if cs.Name != "manager" || !cs.Ready || cs.Image == "" {
+				continue
+			}
+			if !sameImage(cs.Image, r.Tag) {
+				continue
+			}
+			if _, digest, ok := strings.Cut(cs.ImageID, "@"); ok && strings.HasPrefix(digest, "sha256:") {
+				r.Image = ref.Context().Digest(digest).String()
+				return r, nil
+			}
+		}
+	}
+	return r, nil
+}
+
+// sameImage compares two image names as the runtime may normalise them
+// (docker.io/library/x:1 is x:1).
+func sameImage(a, b string) bool {
+	ra, err1 := name.ParseReference(a)
+	rb, err2 := name.ParseReference(b)
+	return err1 == nil && err2 == nil && ra.Name() == rb.Name()
+}

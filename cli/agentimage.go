@@ -1,0 +1,28 @@
+package cli
+
+import (
+	"github.com/spf13/pflag"
+
+	"tunnel.dev/tunnel/agent/manifest"
+)
+
+// agentFlags choose the agent image an install runs and how nodes pull it.
+type agentFlags struct {
+	image, registry string
+	pullSecrets     []string
+}
+
+func (a *agentFlags) add(f *pflag.FlagSet) {
+	f.StringVar(&a.image, "manager-image", "", "the agent image, exactly (default REGISTRY/tunnel-agent:VERSION)")
+	f.StringVar(&a.registry, "registry", "", "the registry prefix the agent image is pulled from (default $"+manifest.RegistryEnv+", else the build's)")
+	f.StringSliceVar(&a.pullSecrets, "image-pull-secret", nil, "a Secret nodes pull the agent image with, for the manager and every sidecar (repeatable)")
+}
+
+// install is what an install with these flags puts in the cluster.
+func (a *agentFlags) install() (manifest.Options, error) {
+	image, err := manifest.AgentImage(a.image, a.registry)
+	if err != nil {
+		return manifest.Options{}, err
+	}
+	return manifest.Options{Image: image, PullSecrets: a.pullSecrets}, nil
+}

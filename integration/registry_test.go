@@ -1,0 +1,179 @@
+//go:build e2e
+
+package integration
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"tunnel.dev/tunnel/integration/lab"
+)
+
+// pullFailed says whether a command's output names a failed image pull.
+func pullFailed(out string) bool {
+	return strings.Contains(out, "ErrImagePull") || strings.Contains(out, "ImagePullBackOff")
+}
+
+// imageIDs are the digests the kubelet reports for the named container of
+// the pods matching selector in ns.
+func imageIDs(t *testing.T, ns, selector, container string) (images, digests []string) {
+	t.Helper()
+	pods, err := h.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		for _, c := range p.Spec.Containers {
+			if c.Name == container {
+				images = append(images, c.Image)
+			}
+		}
+		for _, cs := range p.Status.ContainerStatuses {
+			if cs.Name == container {
+				_, d, _ := strings.Cut(cs.ImageID, "@")
+				digests = append(digests, d)
+			}
+		}
+	}
+	return images, digests
+}
+
+// The manager and the sidecars run the agent image pushed to the
+// registry: the kubelet pulled exactly the pushed index, and the sidecar
+// names it by digest.
+func TestAgentIsPulledFromTheRegistryByDigest(t *testing.T) {
+	ns, ip, l := connectedToEcho(t, "paula", 1)
+	images, digests := imageIDs(t, "tunnel-system", "app.kubernetes.io/name=tunnel-manager", "manager")
+	if len(images) == 0 || images[0] != h.Agent.Ref || digests[0] != h.Agent.Digest {
+		t.Fatalf("the manager runs %v pulled as %v, want %s pulled as %s", images, digests, h.Agent.Ref, h.Agent.Digest)
+	}
+	startLocalServer(t, l, "laptop-paula", 7071)
+	l.must("intercept", "echo", "--port", "7071:http")
+	if got := fromNode(t, "http://"+ip+"/by-digest"); !strings.Contains(got, "pod=laptop-paula") {
+		t.Errorf("the intercepted Service answered: %s", got)
+	}
+	want := lab.AgentRegistry() + "/tunnel-agent@" + h.Agent.Digest
+	images, digests = imageIDs(t, ns, "app=echo", "tunnel-agent")
+	if len(images) != 1 || images[0] != want || digests[0] != h.Agent.Digest {
+		t.Errorf("the sidecar runs %v pulled as %v, want %s", images, digests, want)
+	}
+	l.must("leave", "echo-http")
+	l.must("uninstall", "--agent", "echo", "-n", ns)
+	l.must("quit")
+}
+
+// pullSecret creates a kubernetes.io/dockerconfigjson Secret in ns that
+// logs the puller in to the lab's registry.
+func pullSecret(t *testing.T, ns, name string) {
+	t.Helper()
+	pw, err := h.RegistryPassword(lab.RegistryPuller)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := lab.DockerConfig(lab.RegistryPuller, pw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = h.Client.CoreV1().Secrets(ns).Create(context.Background(), &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Type:       corev1.SecretTypeDockerConfigJson,
+		Data:       map[string][]byte{corev1.DockerConfigJsonKey: cfg},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A workload from a private repository starts with a pull secret, and
+// not without one.
+func TestPrivateRepositoryNeedsAPullSecret(t *testing.T) {
+	t.Parallel()
+	ns := h.Namespace(t)
+	pullSecret(t, ns, "lab-pull")
+	ctx := context.Background()
+	deploy := func(name string, secrets ...string) error {
+		var refs []corev1.LocalObjectReference
+		for _, s := range secrets {
+			refs = append(refs, corev1.LocalObjectReference{Name: s})
+		}
+		_, err := h.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: corev1.PodSpec{
+				ImagePullSecrets: refs, TerminationGracePeriodSeconds: new(int64),
+				Containers: []corev1.Container{{Name: "app", Image: lab.PrivateEchoImage, Command: []string{"/echo"}}},
+			},
+		}, metav1.CreateOptions{})
+		return err
+	}
+	if err := deploy("with-secret", "lab-pull"); err != nil {
+		t.Fatal(err)
+	}
+	if err := deploy("without-secret"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 90*time.Second, "the pod with the secret runs, the other cannot pull", func() (bool, string) {
+		with, err1 := h.Client.CoreV1().Pods(ns).Get(ctx, "with-secret", metav1.GetOptions{})
+		without, err2 := h.Client.CoreV1().Pods(ns).Get(ctx, "without-secret", metav1.GetOptions{})
+		if err1 != nil || err2 != nil {
+			return false, "read the pods"
+		}
+		reason := ""
+		for _, cs := range without.Status.ContainerStatuses {
+			if cs.State.Waiting != nil {
+				reason = cs.State.Waiting.Reason
+			}
+		}
+		return with.Status.Phase == corev1.PodRunning && pullFailed(reason), string(with.Status.Phase) + ", " + reason
+	})
+}
+
+// tunnel install from a private repository: with the pull secret the
+// manager runs the pushed image; without it, install fails with the pod's
+// reason and leaves nothing of its own behind.
+func TestInstallFromAPrivateRepository(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	private := lab.RegistryHost() + "/" + lab.PrivatePrefix + "tunnel"
+	agent, err := lab.PushAgentTo(ctx, h.Paths, private, h.Agent.Stamp.Version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if agent.Digest != h.Agent.Digest {
+		t.Errorf("the same tree pushed twice has digests %s and %s", h.Agent.Digest, agent.Digest)
+	}
+	if out, err := h.Run(ctx, node, h.Tunnel(t), "uninstall"); err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		_, _ = h.Run(context.Background(), node, h.Tunnel(t), "uninstall")
+		installManager(t)
+	})
+	// As a platform team would: the namespace and its pull secret first.
+	if _, err := h.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "tunnel-system"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := h.Run(ctx, node, h.Tunnel(t), "install", "--registry", private, "--timeout", "45s")
+	if err == nil || !pullFailed(out) || strings.Count(strings.TrimSpace(out), "\n") > 1 {
+		t.Errorf("install from a private repository without a pull secret: %v\n%s", err, out)
+	}
+	if _, err := h.Client.AppsV1().Deployments("tunnel-system").Get(ctx, "tunnel-manager", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the failed install left its manager: %v", err)
+	}
+	if _, err := h.Client.CoreV1().Namespaces().Get(ctx, "tunnel-system", metav1.GetOptions{}); err != nil {
+		t.Errorf("the failed install took the namespace it did not make: %v", err)
+	}
+	pullSecret(t, "tunnel-system", "lab-pull")
+	if out, err := h.Run(ctx, node, h.Tunnel(t), "install", "--registry", private, "--image-pull-secret", "lab-pull"); err != nil {
+		t.Fatalf("install with the pull secret: %v\n%s", err, out)
+	}
+	images, digests := imageIDs(t, "tunnel-system", "app.kubernetes.io/name=tunnel-manager", "manager")
+	if len(images) != 1 || images[0] != agent.Ref || digests[0] != agent.Digest {
+		t.Errorf("the manager runs %v pulled as %v, want %s pulled as %s", images, digests, agent.Ref, agent.Digest)
+	}
+}

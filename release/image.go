@@ -1,0 +1,185 @@
+// Package release builds what tunnel ships: the agent image as a
+// multi-platform OCI index, the binaries for every platform, and their
+// checksums; and it pushes the image to a registry.
+package release
+
+import (
+	"archive/tar"
+	"bytes"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// AgentPath is where the agent binary sits in its image; the image's
+// entrypoint, so the manifests name only the verb (manager, sidecar).
+const AgentPath = "/tunnel-agent"
+
+// AgentRepository is the agent image's name under a registry prefix:
+// REGISTRY/tunnel-agent:VERSION.
+const AgentRepository = "tunnel-agent"
+
+// NonRoot is the user the agent runs as, as the manifests' securityContext
+// also says: the image must not need root.
+const NonRoot = 65532
+
+// ImageOptions describe the agent image.
+type ImageOptions struct {
+	Version  string // the version both the binary and the image's labels carry
+	Revision string // the source's commit
+	Source   string // where the source lives
+	// Created is the image's creation time; the commit's time, so the same
+	// commit gives the same digest.
+	Created time.Time
+	// Binaries maps a platform ("linux/amd64") to a static tunnel-agent
+	// built for it.
+	Binaries map[string]string
+	// CACerts is the PEM bundle the agent trusts (a cluster's registry or
+	// Prometheus behind TLS); written to /etc/ssl/certs, where Go looks.
+	CACerts []byte
+}
+
+// Labels are the OCI annotations the image's config and index carry.
+func (o ImageOptions) Labels() map[string]string {
+	l := map[string]string{
+		"org.opencontainers.image.title":    "tunnel-agent",
+		"org.opencontainers.image.version":  o.Version,
+		"org.opencontainers.image.revision": o.Revision,
+		"org.opencontainers.image.source":   o.Source,
+		"org.opencontainers.image.created":  o.Created.UTC().Format(time.RFC3339),
+	}
+	for k, v := range l {
+		if v == "" {
+			delete(l, k)
+		}
+	}
+	return l
+}
+
+// AgentImage builds the agent image: one manifest per platform, each a base
+// layer (CA certificates, a passwd naming the non-root user) that all
+// platforms share and a layer with that platform's binary, in an OCI index.
+// Every file has a fixed time and owner, so the same inputs give the same
+// digest.
+func AgentImage(opt ImageOptions) (v1.ImageIndex, error) {
+	if len(opt.Binaries) == 0 {
+		return nil, fmt.Errorf("no agent binaries to put in the image")
+	}
+	if len(opt.CACerts) == 0 {
+		return nil, fmt.Errorf("no CA certificates to put in the image")
+	}
+	mtime := opt.Created.UTC()
+	base, err := layer([]file{
+		{name: "etc/", dir: true},
+		{name: "etc/passwd", data: fmt.Appendf(nil, "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:%d:%d:nonroot:/home/nonroot:/sbin/nologin\n", NonRoot, NonRoot)},
+		{name: "etc/group", data: fmt.Appendf(nil, "root:x:0:\nnonroot:x:%d:\n", NonRoot)},
+		{name: "etc/ssl/", dir: true},
+		{name: "etc/ssl/certs/", dir: true},
+		{name: "etc/ssl/certs/ca-certificates.crt", data: opt.CACerts},
+		{name: "tmp/", dir: true, mode: 0o1777},
+	}, mtime)
+	if err != nil {
+		return nil, fmt.Errorf("build the base layer: %w", err)
+	}
+	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	for _, platform := range slices.Sorted(maps.Keys(opt.Binaries)) {
+		p, err := v1.ParsePlatform(platform)
+		if err != nil || p.OS != "linux" || p.Architecture == "" {
+			return nil, fmt.Errorf("platform %q: want linux/ARCH", platform)
+		}
+		img, err := platformImage(opt, *p, base, opt.Binaries[platform], mtime)
+		if err != nil {
+			return nil, fmt.Errorf("build the %s image: %w", platform, err)
+		}
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{
+			Add:        img,
+			Descriptor: v1.Descriptor{Platform: p},
+		})
+	}
+	ann, ok := mutate.Annotations(idx, opt.Labels()).(v1.ImageIndex)
+	if !ok {
+		return nil, fmt.Errorf("annotate the index: not an index")
+	}
+	return ann, nil
+}
+
+func platformImage(opt ImageOptions, p v1.Platform, base v1.Layer, binary string, mtime time.Time) (v1.Image, error) {
+	data, err := os.ReadFile(binary)
+	if err != nil {
+		return nil, fmt.Errorf("read the agent binary: %w", err)
+	}
+	bin, err := layer([]file{{name: strings.TrimPrefix(AgentPath, "/"), data: data, mode: 0o755}}, mtime)
+	if err != nil {
+		return nil, err
+	}
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+	img, err = mutate.AppendLayers(img, base, bin)
+	if err != nil {
+		return nil, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture, cf.Variant = p.OS, p.Architecture, p.Variant
+	cf.Created = v1.Time{Time: mtime}
+	cf.Config.Entrypoint = []string{AgentPath}
+	cf.Config.User = fmt.Sprintf("%d:%d", NonRoot, NonRoot)
+	cf.Config.WorkingDir = "/"
+	cf.Config.Env = []string{"PATH=/", "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"}
+	cf.Config.Labels = opt.Labels()
+	cf.History = nil
+	return mutate.ConfigFile(img, cf)
+}
+
+type file struct {
+	name string
+	data []byte
+	dir  bool
+	mode int64
+}
+
+// layer is a gzipped OCI layer of files, owned by root, all at mtime.
+func layer(files []file, mtime time.Time) (v1.Layer, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range files {
+		h := &tar.Header{Name: f.name, Mode: f.mode, ModTime: mtime, Uname: "root", Gname: "root"}
+		if f.dir {
+			h.Typeflag = tar.TypeDir
+			if h.Mode == 0 {
+				h.Mode = 0o755
+			}
+		} else {
+			h.Typeflag, h.Size = tar.TypeReg, int64(len(f.data))
+			if h.Mode == 0 {
+				h.Mode = 0o644
+			}
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			return nil, fmt.Errorf("write %s: %w", f.name, err)
+		}
+		if _, err := tw.Write(f.data); err != nil {
+			return nil, fmt.Errorf("write %s: %w", f.name, err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	raw := buf.Bytes()
+	return tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(raw)), nil
+	}, tarball.WithMediaType(types.OCILayer))
+}
