@@ -4,6 +4,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"tunnel.dev/tunnel/agent/manifest"
+	"tunnel.dev/tunnel/version"
 )
 
 // agentFlags choose the agent image an install runs and how nodes pull it.
@@ -24,5 +25,9 @@ func (a *agentFlags) install() (manifest.Options, error) {
 	if err != nil {
 		return manifest.Options{}, err
 	}
-	return manifest.Options{Image: image, PullSecrets: a.pullSecrets}, nil
+	opt := manifest.Options{Image: image, PullSecrets: a.pullSecrets}
+	if a.image == "" {
+		opt.Version = version.Get().Version
+	}
+	return opt, nil
 }

@@ -4,53 +4,184 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/mod/semver"
+	"k8s.io/client-go/kubernetes"
 
 	"tunnel.dev/tunnel/agent/inject"
 	"tunnel.dev/tunnel/agent/manifest"
 )
 
+// installFlags shape `tunnel install`.
+type installFlags struct {
+	kf             kubeFlags
+	agent          agentFlags
+	users, grps    []string
+	timeout        time.Duration
+	upgrade        bool
+	agents, dryRun bool
+	output         string
+}
+
 func newInstall() *cobra.Command {
-	var (
-		kf          kubeFlags
-		agent       agentFlags
-		users, grps []string
-		timeout     time.Duration
-	)
+	var f installFlags
 	cmd := &cobra.Command{
 		Use:   "install",
-		Short: "Install the tunnel manager in the cluster, and let users or groups connect",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			opt, err := agent.install()
-			if err != nil {
-				return err
-			}
-			_, cs, err := kf.client()
-			if err != nil {
-				return err
-			}
-			opt.AllowUsers, opt.AllowGroups = users, grps
-			fmt.Fprintln(cmd.ErrOrStderr(), "Installing the tunnel manager ("+opt.Image+") in namespace "+manifest.Namespace+"...")
-			if err := manifest.Install(cmd.Context(), cs, opt, timeout); err != nil {
-				if errors.Is(err, manifest.ErrForbidden) {
-					return fmt.Errorf("you may not install the tunnel manager (%v): ask a cluster admin", err)
-				}
-				return err
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), "The tunnel manager is installed and ready.")
-			return nil
-		},
+		Short: "Install the tunnel manager in the cluster, let users or groups connect, or upgrade it",
+		Long: "Installs the manager (namespace " + manifest.Namespace + ") with the agent image REGISTRY/tunnel-agent:VERSION,\n" +
+			"VERSION this tunnel's own. On an install that exists, the settings it has (who may connect, registry,\n" +
+			"pull secrets) stay unless flags change them; --upgrade moves the manager to this tunnel's version\n" +
+			"while laptops stay connected, and --agents moves the sidecars too. --dry-run -o yaml prints what\n" +
+			"would be applied, for GitOps.",
+		Example: "  tunnel install --allow-user alice --registry registry.example.com/tools\n" +
+			"  tunnel install --upgrade --agents\n" +
+			"  tunnel install --dry-run -o yaml --image-pull-secret regcred > tunnel.yaml",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return f.run(cmd) },
 	}
-	kf.add(cmd)
-	f := cmd.Flags()
-	agent.add(f)
-	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long the manager may take to be ready")
-	f.StringSliceVar(&users, "allow-user", nil, "let this user connect (repeatable)")
-	f.StringSliceVar(&grps, "allow-group", nil, "let this group connect (repeatable)")
+	f.kf.add(cmd)
+	fl := cmd.Flags()
+	f.agent.add(fl)
+	fl.DurationVar(&f.timeout, "timeout", 2*time.Minute, "how long the manager (and each sidecar's rollout) may take to be ready")
+	fl.StringSliceVar(&f.users, "allow-user", nil, "let this user connect (repeatable)")
+	fl.StringSliceVar(&f.grps, "allow-group", nil, "let this group connect (repeatable)")
+	fl.BoolVar(&f.upgrade, "upgrade", false, "move the installed manager to this tunnel's version, keeping its settings")
+	fl.BoolVar(&f.agents, "agents", false, "also move every sidecar to the manager's image (one rollout each)")
+	fl.BoolVar(&f.dryRun, "dry-run", false, "change nothing: print what would be applied (-o yaml)")
+	fl.StringVarP(&f.output, "output", "o", "", "output format with --dry-run: yaml")
 	return cmd
+}
+
+func (f *installFlags) run(cmd *cobra.Command) error {
+	ctx := cmd.Context()
+	if f.output != "" && f.output != "yaml" {
+		return fmt.Errorf("unknown output format %q: install prints -o yaml", f.output)
+	}
+	if f.output != "" && !f.dryRun {
+		return errors.New("-o yaml goes with --dry-run: an install prints no objects")
+	}
+	var (
+		cs       kubernetes.Interface
+		current  *manifest.Options
+		registry string
+	)
+	// A plain dry run needs no cluster: it prints what these flags install.
+	if !f.dryRun || f.upgrade {
+		_, c, err := f.kf.client()
+		if err != nil {
+			return err
+		}
+		cs = c
+		if current, registry, err = manifest.Current(ctx, cs); err != nil {
+			return err
+		}
+	}
+	if f.upgrade && current == nil {
+		return errors.New("there is no tunnel manager to upgrade in this cluster: run `tunnel install`")
+	}
+	opt, err := f.options(cmd, current, registry)
+	if err != nil {
+		return err
+	}
+	if f.dryRun {
+		out, err := manifest.YAML(opt)
+		if err != nil {
+			return err
+		}
+		_, err = cmd.OutOrStdout().Write(out)
+		return err
+	}
+	if current != nil && current.Image != opt.Image {
+		if !f.upgrade {
+			return fmt.Errorf("the tunnel manager is installed with %s: run `tunnel install --upgrade` to move it to %s, keeping its settings", current.Image, opt.Image)
+		}
+		if older(opt.Version, current.Version) {
+			return fmt.Errorf("the tunnel manager (%s) is newer than this tunnel (%s): upgrade with a tunnel of %s or later", current.Version, opt.Version, current.Version)
+		}
+	}
+	errOut := cmd.ErrOrStderr()
+	if current != nil && current.Image != opt.Image {
+		fmt.Fprintf(errOut, "Moving the tunnel manager from %s to %s...\n", current.Image, opt.Image)
+	} else {
+		fmt.Fprintln(errOut, "Installing the tunnel manager ("+opt.Image+") in namespace "+manifest.Namespace+"...")
+	}
+	if err := manifest.Install(ctx, cs, opt, f.timeout); err != nil {
+		if errors.Is(err, manifest.ErrForbidden) {
+			return fmt.Errorf("you may not install the tunnel manager (%v): ask a cluster admin", err)
+		}
+		return err
+	}
+	fmt.Fprintln(cmd.OutOrStdout(), "The tunnel manager is installed and ready ("+opt.Image+").")
+	if !f.agents {
+		return nil
+	}
+	return upgradeSidecars(ctx, cmd, cs, f.timeout)
+}
+
+// options are the install's settings: flags first, then what the install
+// in the cluster has, then the defaults.
+func (f *installFlags) options(cmd *cobra.Command, current *manifest.Options, registry string) (manifest.Options, error) {
+	a := f.agent
+	if current != nil {
+		if a.registry == "" && a.image == "" && registry != "" {
+			a.registry = registry
+		}
+		if !cmd.Flags().Changed("image-pull-secret") {
+			a.pullSecrets = current.PullSecrets
+		}
+	}
+	opt, err := a.install()
+	if err != nil {
+		return opt, err
+	}
+	opt.AllowUsers, opt.AllowGroups = f.users, f.grps
+	if current != nil {
+		opt.Replicas = current.Replicas
+		// Install adds to who may connect; the printed objects say all.
+		opt.AllowUsers = union(current.AllowUsers, f.users)
+		opt.AllowGroups = union(current.AllowGroups, f.grps)
+	}
+	return opt, nil
+}
+
+// older says whether version a is older than b; development builds are
+// never older (nothing can be said of them).
+func older(a, b string) bool {
+	return semver.IsValid(a) && semver.IsValid(b) && semver.Compare(a, b) < 0
+}
+
+func union(a, b []string) []string {
+	out := slices.Clone(a)
+	for _, s := range b {
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// upgradeSidecars moves every sidecar to the image the manager runs now,
+// by digest, one workload at a time.
+func upgradeSidecars(ctx context.Context, cmd *cobra.Command, cs kubernetes.Interface, timeout time.Duration) error {
+	agent, err := sidecarAgent(ctx, cs)
+	if err != nil {
+		return err
+	}
+	deps, err := inject.WithSidecar(ctx, cs, "")
+	if err != nil {
+		return err
+	}
+	progress := func(s string) { fmt.Fprintln(cmd.ErrOrStderr(), s+"...") }
+	for i := range deps {
+		if err := inject.Upgrade(ctx, cs, &deps[i], agent, timeout, progress); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "Every sidecar runs %s.\n", agent.Image)
+	return nil
 }
 
 func newUninstall() *cobra.Command {

@@ -7,8 +7,6 @@ import (
 	"io"
 
 	"github.com/spf13/cobra"
-
-	"tunnel.dev/tunnel/version"
 )
 
 // New returns the root command writing to out and errOut.
@@ -21,7 +19,7 @@ func New(out, errOut io.Writer) *cobra.Command {
 	}
 	root.SetOut(out)
 	root.SetErr(errOut)
-	root.AddCommand(version.Command("tunnel"), newConnect(), newStatus(), newQuit(),
+	root.AddCommand(newVersion(), newConnect(), newStatus(), newQuit(),
 		newIntercept(), newLeave(), newList(), newDeploy(), newCanary(), newInstall(), newUninstall(), newAsUser())
 	return root
 }

@@ -22,7 +22,7 @@ func TestBinariesPrintTheirBuildVersion(t *testing.T) {
 		if err != nil || !strings.HasPrefix(string(out), name+" "+stamp+" ") {
 			t.Errorf("%s version printed %q (%v), want it to start with %q", name, out, err, name+" "+stamp)
 		}
-		out, err = exec.Command(bin, "version", "-o", "json").CombinedOutput()
+		out, err = exec.Command(bin, "version", "-o", "json").Output()
 		if err != nil || !strings.Contains(string(out), `"version": "`+stamp+`"`) {
 			t.Errorf("%s version -o json printed %q (%v)", name, out, err)
 		}

@@ -22,6 +22,7 @@ import (
 	daemonpb "tunnel.dev/tunnel/rpc/daemon"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 	"tunnel.dev/tunnel/tun"
+	"tunnel.dev/tunnel/version"
 )
 
 // Daemon serves the CLI on a unix socket and owns at most one connection.
@@ -180,7 +181,7 @@ func (d *Daemon) disconnect() error {
 func (d *Daemon) statusLocked() *daemonpb.StatusResponse {
 	c := d.conn
 	if c == nil {
-		return &daemonpb.StatusResponse{Session: "disconnected"}
+		return &daemonpb.StatusResponse{Session: "disconnected", DaemonVersion: version.Get().Version}
 	}
 	c.sess.mu.Lock()
 	state, mgr, user := c.sess.state, c.sess.mgrVer, c.sess.user
@@ -196,7 +197,7 @@ func (d *Daemon) statusLocked() *daemonpb.StatusResponse {
 	dnsState.Queries = c.resolver.Stats().Queries
 	return &daemonpb.StatusResponse{
 		Connected: true, Cluster: c.server, Context: c.context, Namespace: c.req.Namespace,
-		Session: state, ManagerVersion: mgr, RoutedSubnets: routes, Dns: dnsState,
+		Session: state, ManagerVersion: mgr, DaemonVersion: version.Get().Version, RoutedSubnets: routes, Dns: dnsState,
 		Traffic: &daemonpb.Traffic{
 			TcpFlowsActive: st.TCPActive, TcpFlowsTotal: st.TCPTotal,
 			UdpFlowsActive: st.UDPActive, UdpFlowsTotal: st.UDPTotal,
@@ -278,7 +279,10 @@ func (d *Daemon) ListIntercepts(ctx context.Context, req *daemonpb.ListIntercept
 // message stays the one sentence the user reads.
 func toStatus(err error) error {
 	var conflict *tun.ConflictError
+	var skew *SkewError
 	switch {
+	case errors.As(err, &skew):
+		return status.Error(codes.FailedPrecondition, skew.Sentence)
 	case errors.As(err, &conflict):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, ErrNoManager):

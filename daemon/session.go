@@ -17,6 +17,8 @@ import (
 
 	"github.com/hashicorp/yamux"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -32,6 +34,16 @@ const (
 	ManagerLabel = "app.kubernetes.io/name=tunnel-manager"
 	ManagerPort  = 8022
 )
+
+// ErrVersionSkew means this daemon and the manager are of versions that do
+// not go together (version.Compatible); a SkewError says which to upgrade.
+var ErrVersionSkew = errors.New("versions that do not go together")
+
+// SkewError is a refusal for versions; Sentence is what the user reads.
+type SkewError struct{ Sentence string }
+
+func (e *SkewError) Error() string        { return e.Sentence }
+func (e *SkewError) Is(target error) bool { return target == ErrVersionSkew }
 
 // ErrNoManager means no manager pod is ready to take a session.
 var ErrNoManager = errors.New("no tunnel manager is running")
@@ -125,6 +137,20 @@ func (s *session) connect(ctx context.Context) (*managerpb.ClusterInfo, error) {
 	s.proofErr = perr
 	s.mu.Unlock()
 	hello, err := ctl.Hello(hctx, &managerpb.HelloRequest{ClientVersion: version.Get().Version, User: userName(), Host: host, IdentityProof: proof})
+	if st, ok := status.FromError(err); ok && st.Code() == codes.FailedPrecondition {
+		err = &SkewError{Sentence: st.Message()}
+	} else if err == nil {
+		// A manager older than this rule does not check: the daemon does.
+		if verr := version.Compatible(version.Get().Version, hello.GetManagerVersion()); verr != nil {
+			err = &SkewError{Sentence: verr.Error()}
+		}
+	}
+	if errors.Is(err, ErrVersionSkew) {
+		cc.Close()
+		mux.Close()
+		pf.Close()
+		return nil, err
+	}
 	if err != nil {
 		return fail("say hello", err)
 	}

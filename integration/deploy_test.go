@@ -48,6 +48,7 @@ spec:
     spec:
       terminationGracePeriodSeconds: 1
       containers:
+      - {name: db, image: "{{ .image }}", command: [/echo]}
 `,
 	"service.yaml": `apiVersion: v1
 kind: Service

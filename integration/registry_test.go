@@ -4,10 +4,16 @@ package integration
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -133,6 +139,27 @@ func TestPrivateRepositoryNeedsAPullSecret(t *testing.T) {
 	})
 }
 
+// withoutManager uninstalls the manager for a test that installs its own;
+// afterwards the default one is back. With namespace, tunnel-system is
+// made first, as a platform team makes it for a pull secret.
+func withoutManager(t *testing.T, namespace bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if out, err := h.Run(ctx, node, h.Tunnel(t), "uninstall"); err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		_, _ = h.Run(context.Background(), node, h.Tunnel(t), "uninstall")
+		installManager(t)
+	})
+	if namespace {
+		if _, err := h.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "tunnel-system"}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // tunnel install from a private repository: with the pull secret the
 // manager runs the pushed image; without it, install fails with the pod's
 // reason and leaves nothing of its own behind.
@@ -147,17 +174,8 @@ func TestInstallFromAPrivateRepository(t *testing.T) {
 	if agent.Digest != h.Agent.Digest {
 		t.Errorf("the same tree pushed twice has digests %s and %s", h.Agent.Digest, agent.Digest)
 	}
-	if out, err := h.Run(ctx, node, h.Tunnel(t), "uninstall"); err != nil {
-		t.Fatalf("uninstall: %v\n%s", err, out)
-	}
-	t.Cleanup(func() {
-		_, _ = h.Run(context.Background(), node, h.Tunnel(t), "uninstall")
-		installManager(t)
-	})
 	// As a platform team would: the namespace and its pull secret first.
-	if _, err := h.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "tunnel-system"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	withoutManager(t, true)
 	out, err := h.Run(ctx, node, h.Tunnel(t), "install", "--registry", private, "--timeout", "45s")
 	if err == nil || !pullFailed(out) || strings.Count(strings.TrimSpace(out), "\n") > 1 {
 		t.Errorf("install from a private repository without a pull secret: %v\n%s", err, out)
@@ -175,5 +193,85 @@ func TestInstallFromAPrivateRepository(t *testing.T) {
 	images, digests := imageIDs(t, "tunnel-system", "app.kubernetes.io/name=tunnel-manager", "manager")
 	if len(images) != 1 || images[0] != agent.Ref || digests[0] != agent.Digest {
 		t.Errorf("the manager runs %v pulled as %v, want %s pulled as %s", images, digests, agent.Ref, agent.Digest)
+	}
+}
+
+// install --dry-run -o yaml prints the install for GitOps: it changes
+// nothing, and a cluster set up by applying it with kubectl serves connect
+// and intercept as one set up by install does.
+func TestDryRunYAMLAppliedWithKubectl(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	withoutManager(t, false)
+	yaml, err := h.Run(ctx, node, h.Tunnel(t), "install", "--dry-run", "-o", "yaml")
+	if err != nil || !strings.Contains(yaml, "image: "+h.Agent.Ref) {
+		t.Fatalf("install --dry-run -o yaml: %v\n%s", err, yaml)
+	}
+	if _, err := h.Client.CoreV1().Namespaces().Get(ctx, "tunnel-system", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("the dry run changed the cluster: %v", err)
+	}
+	file := filepath.Join(t.TempDir(), "tunnel.yaml")
+	if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := kubectl(ctx, node, "apply", "-f", file); err != nil {
+		t.Fatalf("kubectl apply the dry run's YAML: %v\n%s", err, out)
+	}
+	if err := lab.WaitDeployment(ctx, h.Client, "tunnel-system", "tunnel-manager", 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	ns := h.Namespace(t)
+	h.DeployEcho(t, ns, "echo", 1)
+	l := newLaptop(t, "gitta", "admin")
+	l.must("connect", "-n", ns)
+	if out, err := l.sh("curl -sS --max-time 5 http://echo/gitops"); err != nil || !strings.Contains(out, "pod=echo-") {
+		t.Errorf("a request by name on a cluster set up with kubectl: %v\n%s", err, out)
+	}
+	startLocalServer(t, l, "laptop-gitta", 7073)
+	l.must("intercept", "echo", "--port", "7073:http")
+	if got := fromNode(t, "http://"+serviceIP(t, ns, "echo")+"/gitops"); !strings.Contains(got, "pod=laptop-gitta") {
+		t.Errorf("the intercepted Service answered: %s", got)
+	}
+	l.must("leave", "echo-http")
+	l.must("uninstall", "--agent", "echo", "-n", ns)
+	l.must("quit")
+}
+
+// Pushes need the pusher's password: anonymous, or with the puller's
+// password, the registry refuses them, and the tag stays as it was.
+func TestRegistryRefusesPushesWithoutThePushersPassword(t *testing.T) {
+	t.Parallel()
+	tr, err := lab.RegistryTransport(h.Paths)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := random.Image(1024, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pw, err := h.RegistryPassword(lab.RegistryPuller)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, err := name.NewTag(lab.EchoImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := remote.Head(tag, remote.WithTransport(tr))
+	if err != nil {
+		t.Fatalf("an anonymous pull of a public image: %v", err)
+	}
+	for who, auth := range map[string]authn.Authenticator{
+		"anonymous":  authn.Anonymous,
+		"the puller": &authn.Basic{Username: lab.RegistryPuller, Password: pw},
+		"a guess":    &authn.Basic{Username: lab.RegistryPusher, Password: "guess"},
+	} {
+		if err := remote.Write(tag, img, remote.WithTransport(tr), remote.WithAuth(auth)); err == nil {
+			t.Errorf("%s pushed over %s", who, lab.EchoImage)
+		}
+	}
+	after, err := remote.Head(tag, remote.WithTransport(tr))
+	if err != nil || after.Digest != before.Digest {
+		t.Errorf("the tag moved: %v → %v (%v)", before.Digest, after.Digest, err)
 	}
 }

@@ -78,6 +78,10 @@ func Ensure(ctx context.Context, cs kubernetes.Interface, p *Plan, agent Agent, 
 	caps := Captures(d)
 	listen, ok := caps[p.AppPort]
 	if ok {
+		// A sidecar of an older agent is replaced at its next intercept.
+		if err := Upgrade(ctx, cs, d, agent, timeout, progress); err != nil {
+			return false, err
+		}
 		return false, retarget(ctx, cs, p, listen)
 	}
 	before := maps.Clone(caps)

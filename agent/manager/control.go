@@ -27,6 +27,12 @@ func (c *control) Hello(ctx context.Context, req *managerpb.HelloRequest) (*mana
 	if s == nil { // a control stream always comes with its session
 		return nil, status.Error(codes.Internal, "control call without a session")
 	}
+	// A laptop of a version this manager does not serve hears which side
+	// to upgrade, before anything else.
+	if err := version.Compatible(req.GetClientVersion(), version.Get().Version); err != nil {
+		s.log.Info("hello refused", "session_id", s.id, "client_version", req.GetClientVersion(), "err", err)
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
 	user, why := "", "the laptop sent no proof of who it is"
 	if proof := req.GetIdentityProof(); proof != "" && c.m.identify != nil {
 		ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -111,10 +117,18 @@ func (c *control) WatchIntercepts(req *managerpb.WatchInterceptsRequest, stream 
 			return status.Error(codes.PermissionDenied, err.Error())
 		}
 	}
+	// A sidecar older than the versions rule sends none; the manager serves
+	// it, as it did before (an upgrade replaces it at the next intercept).
+	if v := req.GetSidecarVersion(); v != "" {
+		if err := version.Compatible(v, version.Get().Version); err != nil {
+			s.log.Warn("refusing a sidecar of another version", "namespace", req.GetNamespace(), "workload", req.GetWorkload(), "pod", req.GetPod(), "sidecar_version", v)
+			return status.Error(codes.FailedPrecondition, err.Error())
+		}
+	}
 	s.mu.Lock()
 	s.sidecarOf = req.GetNamespace() + "/" + req.GetWorkload()
 	s.mu.Unlock()
-	s.log.Info("sidecar watching", "namespace", req.GetNamespace(), "workload", req.GetWorkload(), "pod", req.GetPod())
+	s.log.Info("sidecar watching", "namespace", req.GetNamespace(), "workload", req.GetWorkload(), "pod", req.GetPod(), "sidecar_version", req.GetSidecarVersion())
 	var last *managerpb.InterceptSet
 	for {
 		ics, changed := c.m.intercepts.workload(req.GetNamespace(), req.GetWorkload())

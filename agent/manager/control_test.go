@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,7 +24,7 @@ func TestHello(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
-	req := &managerpb.HelloRequest{ClientVersion: "v0.0.1", User: "ada", Host: "lovelace"}
+	req := &managerpb.HelloRequest{ClientVersion: version.Get().Version, User: "ada", Host: "lovelace"}
 	a, err := ctl.Hello(ctx, req)
 	if err != nil {
 		t.Fatal(err)
@@ -150,5 +151,18 @@ func TestGRPCErrorCodes(t *testing.T) {
 		if got := status.Code(grpcError(fmt.Errorf("wrapped: %w", tc.err))); got != tc.want {
 			t.Errorf("grpcError(%v) = %v, want %v", tc.err, got, tc.want)
 		}
+	}
+}
+
+// A laptop of a version the manager does not serve hears, in one sentence,
+// which side to upgrade; its session gets nothing.
+func TestHelloRefusesVersionsThatDoNotGoTogether(t *testing.T) {
+	m, _ := newTestManager(t, nil)
+	ctl := controlClient(t, laptop(t, serve(t, m)))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := ctl.Hello(ctx, &managerpb.HelloRequest{ClientVersion: "some-other-build", User: "ada"})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), "tunnel install --upgrade") {
+		t.Fatalf("hello from another build: %v", err)
 	}
 }

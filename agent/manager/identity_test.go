@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"tunnel.dev/tunnel/version"
 
 	"github.com/hashicorp/yamux"
 	"google.golang.org/grpc/codes"
@@ -143,7 +144,7 @@ func TestInterceptsOverGRPC(t *testing.T) {
 	if _, err := ada.CreateIntercept(ctx, spec); status.Code(err) != codes.Unauthenticated {
 		t.Errorf("CreateIntercept before Hello: %v, want Unauthenticated", err)
 	}
-	hello, err := ada.Hello(ctx, &managerpb.HelloRequest{User: "ada", Host: "lovelace", IdentityProof: "proof-ada"})
+	hello, err := ada.Hello(ctx, &managerpb.HelloRequest{ClientVersion: version.Get().Version, User: "ada", Host: "lovelace", IdentityProof: "proof-ada"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +169,7 @@ func TestInterceptsOverGRPC(t *testing.T) {
 	// A session whose proof fails, or that has none, may not intercept.
 	eve := controlClient(t, laptop(t, addr))
 	for _, proof := range []string{"forged", ""} {
-		h, err := eve.Hello(ctx, &managerpb.HelloRequest{User: "ada", Host: "eve", IdentityProof: proof})
+		h, err := eve.Hello(ctx, &managerpb.HelloRequest{ClientVersion: version.Get().Version, User: "ada", Host: "eve", IdentityProof: proof})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -213,7 +214,7 @@ func TestInterceptedStreamReachesTheLaptop(t *testing.T) {
 
 	adaSess := laptop(t, addr)
 	ada := controlClient(t, adaSess)
-	if _, err := ada.Hello(ctx, &managerpb.HelloRequest{Host: "lovelace", IdentityProof: "proof-ada"}); err != nil {
+	if _, err := ada.Hello(ctx, &managerpb.HelloRequest{ClientVersion: version.Get().Version, Host: "lovelace", IdentityProof: "proof-ada"}); err != nil {
 		t.Fatal(err)
 	}
 	ic, err := ada.CreateIntercept(ctx, &managerpb.InterceptSpec{Name: "a", Namespace: "shop", Workload: "web", Port: 8080,

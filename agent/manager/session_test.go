@@ -9,6 +9,7 @@ import (
 	"os"
 	"testing"
 	"time"
+	"tunnel.dev/tunnel/version"
 
 	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
@@ -95,7 +96,7 @@ func TestSilentStreamDoesNotBlockSession(t *testing.T) {
 	// Meanwhile the session works.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := controlClient(t, sess).Hello(ctx, &managerpb.HelloRequest{User: "t"}); err != nil {
+	if _, err := controlClient(t, sess).Hello(ctx, &managerpb.HelloRequest{ClientVersion: version.Get().Version, User: "t"}); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()

@@ -60,3 +60,37 @@ func TestRunningImagePinsTheDigestAReadyPodPulled(t *testing.T) {
 		t.Errorf("pull secrets %v", r.PullSecrets)
 	}
 }
+
+func TestRegistryOf(t *testing.T) {
+	for image, want := range map[string]string{
+		"10.209.0.1:5000/tunnel/tunnel-agent:v1":                         "10.209.0.1:5000/tunnel",
+		"reg.example/a/b/tunnel-agent@sha256:" + strings.Repeat("1", 64): "reg.example/a/b",
+		"reg.example/tunnel-agent:v1":                                    "reg.example",
+		"reg.example/team/other:v1":                                      "",
+		"not an image":                                                   "",
+	} {
+		if got := RegistryOf(image); got != want {
+			t.Errorf("RegistryOf(%q) = %q, want %q", image, got, want)
+		}
+	}
+}
+
+func TestYAMLIsTheInstall(t *testing.T) {
+	out, err := YAML(Options{Image: "reg.example/tunnel-agent:v1", Version: "v1", PullSecrets: []string{"pull"}, AllowUsers: []string{"dev"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(out)
+	for _, want := range []string{"kind: Namespace", "kind: Deployment", "apiVersion: apps/v1", "image: reg.example/tunnel-agent:v1",
+		"- name: pull", "kind: RoleBinding", "kind: ClusterRoleBinding", "app.kubernetes.io/version: v1"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("the YAML lacks %q:\n%s", want, s)
+		}
+	}
+	if strings.Contains(s, "status:") || strings.Contains(s, "creationTimestamp") {
+		t.Errorf("the YAML carries fields the server sets:\n%s", s)
+	}
+	if n := strings.Count(s, "---\n"); n != 10 {
+		t.Errorf("%d documents, want 10", n)
+	}
+}

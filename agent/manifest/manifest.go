@@ -18,12 +18,16 @@ const (
 	Manager     = "tunnel-manager"
 	ClientRole  = "tunnel-client" // what a user needs to connect
 	SessionPort = 8022
-	MetricsPort = 9090
+	// VersionLabel on the manager's Deployment is its image's version,
+	// when the install knew it (not for an exact --manager-image).
+	VersionLabel = "app.kubernetes.io/version"
+	MetricsPort  = 9090
 )
 
 // Options shape an install.
 type Options struct {
 	Image       string // the agent image (AgentImage): required
+	Version     string // the image's version, when known: VersionLabel
 	PullSecrets []string
 	AllowUsers  []string
 	AllowGroups []string
@@ -92,7 +96,7 @@ func Build(opt Options) Objects {
 			Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: Manager, Namespace: Namespace}},
 		},
 		Deployment: &appsv1.Deployment{
-			ObjectMeta: meta(Manager, Namespace),
+			ObjectMeta: deploymentMeta(opt.Version),
 			Spec: appsv1.DeploymentSpec{
 				Replicas: &opt.Replicas,
 				Selector: &metav1.LabelSelector{MatchLabels: selector},
@@ -184,4 +188,12 @@ func pullSecrets(names []string) []corev1.LocalObjectReference {
 		refs = append(refs, corev1.LocalObjectReference{Name: n})
 	}
 	return refs
+}
+
+func deploymentMeta(version string) metav1.ObjectMeta {
+	m := meta(Manager, Namespace)
+	if version != "" {
+		m.Labels[VersionLabel] = version
+	}
+	return m
 }

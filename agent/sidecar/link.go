@@ -16,6 +16,7 @@ import (
 
 	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
+	"tunnel.dev/tunnel/version"
 )
 
 // errNoLink means the sidecar has no session to the manager right now.
@@ -153,7 +154,7 @@ func (l *link) session(ctx context.Context) error {
 		return err
 	}
 	watch, err := managerpb.NewManagerClient(cc).WatchIntercepts(wctx,
-		&managerpb.WatchInterceptsRequest{Namespace: l.ns, Workload: l.name, Pod: l.pod, Token: token})
+		&managerpb.WatchInterceptsRequest{Namespace: l.ns, Workload: l.name, Pod: l.pod, Token: token, SidecarVersion: version.Get().Version})
 	if err != nil {
 		return fmt.Errorf("watch intercepts: %w", err)
 	}

@@ -30,7 +30,7 @@ func main() {
 // options every verb shares.
 type options struct {
 	version, registry, source, caCerts, workDir string
-	platforms                                  []string
+	platforms                                   []string
 }
 
 func (o *options) add(cmd *cobra.Command) {
@@ -133,13 +133,11 @@ func (o *options) agentImage(ctx context.Context, progress io.Writer) (release.S
 	return src, opt, nil
 }
 
-// cliPlatforms are where the tunnel CLI runs.
-var cliPlatforms = []string{"linux/amd64", "linux/arm64", "darwin/amd64", "darwin/arm64", "windows/amd64", "windows/arm64"}
-
 func newDist() *cobra.Command {
 	var (
-		o   options
-		out string
+		o            options
+		out          string
+		cliPlatforms []string
 	)
 	cmd := &cobra.Command{
 		Use:   "dist",
@@ -195,6 +193,8 @@ func newDist() *cobra.Command {
 	}
 	o.add(cmd)
 	cmd.Flags().StringVar(&out, "out", "dist", "where the release goes")
+	cmd.Flags().StringSliceVar(&cliPlatforms, "cli-platforms",
+		[]string{"linux/amd64", "linux/arm64", "darwin/amd64", "darwin/arm64", "windows/amd64", "windows/arm64"}, "where the tunnel CLI runs")
 	return cmd
 }
 

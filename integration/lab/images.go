@@ -99,7 +99,7 @@ func PushImage(ctx context.Context, p Paths, spec ImageSpec) (string, error) {
 }
 
 func (p Paths) registryOptions(ctx context.Context) ([]remote.Option, error) {
-	t, err := registryTransport(p)
+	t, err := RegistryTransport(p)
 	if err != nil {
 		return nil, err
 	}

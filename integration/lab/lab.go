@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -224,6 +225,7 @@ func (l *Lab) Down(ctx context.Context) ([]string, error) {
 	before, haveBefore := loadBaseline(p)
 	if haveBefore {
 		restoreFolders(p, before)
+		removeCgroups(before)
 	}
 	if err := unmountUnder(p.State); err != nil {
 		errs = append(errs, err)
@@ -286,6 +288,30 @@ func restoreFolders(p Paths, before machineState) {
 	results, _ := filepath.Glob("/var/lib/cni/results/tunnel-lab-*")
 	for _, r := range results {
 		_ = os.Remove(r)
+	}
+}
+
+// removeCgroups takes out the cgroups containerd made for the pods
+// (k8s.io, in every hierarchy) on a machine that had none before the lab:
+// they are empty once the pods are gone, and only rmdir removes them.
+func removeCgroups(before machineState) {
+	for _, c := range before.Cgroups {
+		if strings.HasSuffix(c, "/k8s.io") {
+			return
+		}
+	}
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*/k8s.io")
+	for _, root := range roots {
+		var dirs []string
+		_ = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, path)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- { // children first
+			_ = unix.Rmdir(dirs[i])
+		}
 	}
 }
 

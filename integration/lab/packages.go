@@ -118,11 +118,17 @@ func (p Paths) prometheusBinary() string {
 }
 
 func ensurePrometheus(ctx context.Context, p Paths, pr *progress) error {
-	if _, err := os.Stat(p.prometheusBinary()); err == nil {
+	return ensureUnpacked(ctx, p, pr, "prometheus", "usr/bin/prometheus")
+}
+
+// ensureUnpacked unpacks Debian's package pkg into the cache folder of the
+// same name, with a progress line, unless its marker file is there.
+func ensureUnpacked(ctx context.Context, p Paths, pr *progress, pkg, marker string) error {
+	if _, err := os.Stat(filepath.Join(p.Cache, pkg, marker)); err == nil {
 		return nil
 	}
-	done := pr.step("download Debian's prometheus into " + p.Cache)
-	_, err := unpackedPackages(ctx, p, "prometheus", "usr/bin/prometheus", "prometheus")
+	done := pr.step("download Debian's " + pkg + " into " + p.Cache)
+	_, err := unpackedPackages(ctx, p, pkg, marker, pkg)
 	done(err)
 	return err
 }

@@ -63,13 +63,7 @@ func (p Paths) registryFile(name ...string) string {
 func (p Paths) RegistryDockerConfig() string { return p.registryFile("docker") }
 
 func ensureRegistryPackage(ctx context.Context, p Paths, pr *progress) error {
-	if _, err := os.Stat(p.registryBinary()); err == nil {
-		return nil
-	}
-	done := pr.step("download Debian's docker-registry into " + p.Cache)
-	_, err := unpackedPackages(ctx, p, "docker-registry", "usr/bin/docker-registry", "docker-registry")
-	done(err)
-	return err
+	return ensureUnpacked(ctx, p, pr, "docker-registry", "usr/bin/docker-registry")
 }
 
 // registryUsers are the users' passwords, made once per lab.
@@ -187,8 +181,8 @@ func prepareRegistry(ctx context.Context, p Paths, pk *pki) error {
 // RegistryCABundle is the machine's CA bundle plus the lab CA.
 func (p Paths) RegistryCABundle() string { return p.registryFile("ca-bundle.pem") }
 
-// registryTransport trusts the lab CA, for clients in this process.
-func registryTransport(p Paths) (http.RoundTripper, error) {
+// RegistryTransport trusts the lab CA, for clients in this process.
+func RegistryTransport(p Paths) (http.RoundTripper, error) {
 	ca, err := os.ReadFile(p.pki("ca.crt"))
 	if err != nil {
 		return nil, err

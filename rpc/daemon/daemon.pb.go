@@ -169,6 +169,7 @@ type StatusResponse struct {
 	ConnectedSince string                 `protobuf:"bytes,11,opt,name=connected_since,json=connectedSince,proto3" json:"connected_since,omitempty"` // RFC 3339
 	User           string                 `protobuf:"bytes,12,opt,name=user,proto3" json:"user,omitempty"`                                           // the Kubernetes user the manager knows us by
 	Intercepts     []*manager.Intercept   `protobuf:"bytes,13,rep,name=intercepts,proto3" json:"intercepts,omitempty"`                               // this laptop's
+	DaemonVersion  string                 `protobuf:"bytes,14,opt,name=daemon_version,json=daemonVersion,proto3" json:"daemon_version,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -292,6 +293,13 @@ func (x *StatusResponse) GetIntercepts() []*manager.Intercept {
 		return x.Intercepts
 	}
 	return nil
+}
+
+func (x *StatusResponse) GetDaemonVersion() string {
+	if x != nil {
+		return x.DaemonVersion
+	}
+	return ""
 }
 
 type DNSStatus struct {
@@ -824,7 +832,7 @@ const file_daemon_daemon_proto_rawDesc = "" +
 	"neverProxy\x12\x1f\n" +
 	"\vdns_include\x18\a \x03(\tR\n" +
 	"dnsInclude\"\x0f\n" +
-	"\rStatusRequest\"\xe9\x03\n" +
+	"\rStatusRequest\"\x90\x04\n" +
 	"\x0eStatusResponse\x12\x1c\n" +
 	"\tconnected\x18\x01 \x01(\bR\tconnected\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12\x18\n" +
@@ -843,7 +851,8 @@ const file_daemon_daemon_proto_rawDesc = "" +
 	"\x04user\x18\f \x01(\tR\x04user\x12<\n" +
 	"\n" +
 	"intercepts\x18\r \x03(\v2\x1c.tunnel.manager.v1.InterceptR\n" +
-	"intercepts\"\x8f\x01\n" +
+	"intercepts\x12%\n" +
+	"\x0edaemon_version\x18\x0e \x01(\tR\rdaemonVersion\"\x8f\x01\n" +
 	"\tDNSStatus\x12\x12\n" +
 	"\x04mode\x18\x01 \x01(\tR\x04mode\x12\x1e\n" +
 	"\n" +

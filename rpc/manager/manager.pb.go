@@ -807,9 +807,12 @@ type WatchInterceptsRequest struct {
 	// rpc.SidecarAudience): the manager checks with the API server that it
 	// belongs to a running pod of the workload, and only then sends it
 	// anything or takes its streams.
-	Token         string `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Token string `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`
+	// The sidecar's version: the manager serves sidecars of the versions it
+	// serves laptops of (version.Compatible).
+	SidecarVersion string `protobuf:"bytes,5,opt,name=sidecar_version,json=sidecarVersion,proto3" json:"sidecar_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *WatchInterceptsRequest) Reset() {
@@ -866,6 +869,13 @@ func (x *WatchInterceptsRequest) GetPod() string {
 func (x *WatchInterceptsRequest) GetToken() string {
 	if x != nil {
 		return x.Token
+	}
+	return ""
+}
+
+func (x *WatchInterceptsRequest) GetSidecarVersion() string {
+	if x != nil {
+		return x.SidecarVersion
 	}
 	return ""
 }
@@ -976,12 +986,13 @@ const file_manager_manager_proto_rawDesc = "" +
 	"\x16ListInterceptsResponse\x12<\n" +
 	"\n" +
 	"intercepts\x18\x01 \x03(\v2\x1c.tunnel.manager.v1.InterceptR\n" +
-	"intercepts\"z\n" +
+	"intercepts\"\xa3\x01\n" +
 	"\x16WatchInterceptsRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1a\n" +
 	"\bworkload\x18\x02 \x01(\tR\bworkload\x12\x10\n" +
 	"\x03pod\x18\x03 \x01(\tR\x03pod\x12\x14\n" +
-	"\x05token\x18\x04 \x01(\tR\x05token\"L\n" +
+	"\x05token\x18\x04 \x01(\tR\x05token\x12'\n" +
+	"\x0fsidecar_version\x18\x05 \x01(\tR\x0esidecarVersion\"L\n" +
 	"\fInterceptSet\x12<\n" +
 	"\n" +
 	"intercepts\x18\x01 \x03(\v2\x1c.tunnel.manager.v1.InterceptR\n" +
