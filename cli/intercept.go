@@ -157,6 +157,9 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 	if err != nil {
 		return err
 	}
+	if err := inject.CheckPullSecrets(ctx, cs, ns, agent); err != nil {
+		return err
+	}
 	fresh, err := inject.Ensure(ctx, cs, plan, agent, f.timeout, progress)
 	if err != nil {
 		return err

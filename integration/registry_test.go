@@ -18,6 +18,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"tunnel.dev/tunnel/agent/manifest"
 	"tunnel.dev/tunnel/integration/lab"
 )
 
@@ -150,7 +151,13 @@ func withoutManager(t *testing.T, namespace bool) {
 		t.Fatalf("uninstall: %v\n%s", err, out)
 	}
 	t.Cleanup(func() {
-		_, _ = h.Run(context.Background(), node, h.Tunnel(t), "uninstall")
+		// The manager only: the test's namespaces (sidecars and all) go
+		// on their own.
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		if err := manifest.Uninstall(ctx, h.Client); err != nil {
+			t.Errorf("remove the test's manager: %v", err)
+		}
 		installManager(t)
 	})
 	if namespace {
@@ -194,6 +201,35 @@ func TestInstallFromAPrivateRepository(t *testing.T) {
 	if len(images) != 1 || images[0] != agent.Ref || digests[0] != agent.Digest {
 		t.Errorf("the manager runs %v pulled as %v, want %s pulled as %s", images, digests, agent.Ref, agent.Digest)
 	}
+
+	// The sidecars pull with the secret too: in a namespace that has it
+	// the intercept works; in one that lacks it, one sentence says so
+	// before anything changes.
+	ns := h.Namespace(t)
+	h.DeployEcho(t, ns, "echo", 1)
+	l := newLaptop(t, "priya", "admin")
+	l.must("connect", "-n", ns)
+	before := workloadState(t, ns, "echo", "echo")
+	out, err = l.run("intercept", "echo", "--port", "7074:http")
+	if err == nil || !strings.Contains(out, "namespace "+ns+" has no Secret lab-pull") {
+		t.Errorf("intercept in a namespace without the pull secret: %v\n%s", err, out)
+	}
+	if after := workloadState(t, ns, "echo", "echo"); after != before {
+		t.Errorf("the refused intercept changed the workload:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	pullSecret(t, ns, "lab-pull")
+	startLocalServer(t, l, "laptop-priya", 7074)
+	l.must("intercept", "echo", "--port", "7074:http")
+	if got := fromNode(t, "http://"+serviceIP(t, ns, "echo")+"/private"); !strings.Contains(got, "pod=laptop-priya") {
+		t.Errorf("the intercepted Service answered: %s", got)
+	}
+	images, digests = imageIDs(t, ns, "app=echo", "tunnel-agent")
+	if want := private + "/tunnel-agent@" + agent.Digest; len(images) != 1 || images[0] != want || digests[0] != agent.Digest {
+		t.Errorf("the sidecar runs %v pulled as %v, want %s", images, digests, want)
+	}
+	l.must("leave", "echo-http")
+	l.must("uninstall", "--agent", "echo", "-n", ns)
+	l.must("quit")
 }
 
 // install --dry-run -o yaml prints the install for GitOps: it changes

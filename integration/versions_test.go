@@ -115,6 +115,7 @@ func TestVersionSkewAndUpgrade(t *testing.T) {
 
 	ns := h.Namespace(t)
 	h.DeployEcho(t, ns, "echo", 1)
+	pullSecret(t, ns, "lab-pull") // for the sidecars
 	l := newLaptop(t, "vera", "admin")
 	before := l.resolvConf()
 	for _, c := range []struct{ cli, want string }{

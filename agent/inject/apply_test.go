@@ -260,3 +260,17 @@ func TestWithoutAndOriginalPorts(t *testing.T) {
 		t.Errorf("OriginalPorts = %+v", ports)
 	}
 }
+
+func TestCheckPullSecrets(t *testing.T) {
+	cs := fake.NewClientset(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "pull", Namespace: "shop"}})
+	if err := CheckPullSecrets(t.Context(), cs, "shop", Agent{PullSecrets: []string{"pull"}}); err != nil {
+		t.Errorf("a namespace with the secret: %v", err)
+	}
+	err := CheckPullSecrets(t.Context(), cs, "blog", Agent{PullSecrets: []string{"pull"}})
+	if err == nil || !strings.Contains(err.Error(), "namespace blog has no Secret pull") {
+		t.Errorf("a namespace without it: %v", err)
+	}
+	if err := CheckPullSecrets(t.Context(), cs, "blog", Agent{}); err != nil {
+		t.Errorf("no pull secrets to check: %v", err)
+	}
+}

@@ -74,24 +74,31 @@ func Main(m *testing.M, cfg Config, h **Harness) int {
 		fmt.Fprintln(os.Stderr, "lab up:", err)
 		return 1
 	}
-	cs, err := Client(l.Paths)
+	hn, err := Attach(ctx, l, cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
+	}
+	*h = hn
+	return m.Run()
+}
+
+// Attach returns the harness of a lab that is up with cfg: an admin
+// client, and this tree's agent image pushed to the lab's registry, as the
+// tunnel CLI the harness builds installs it. A manager of other code goes.
+func Attach(ctx context.Context, l *Lab, cfg Config) (*Harness, error) {
+	cs, err := Client(l.Paths)
+	if err != nil {
+		return nil, err
 	}
 	agent, err := PushAgent(ctx, l.Paths)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "push the agent image:", err)
-		return 1
+		return nil, fmt.Errorf("push the agent image: %w", err)
 	}
-	// A manager left by an earlier run of other code goes: the first
-	// connect installs this tree's.
 	if err := removeOtherManager(ctx, cs, agent.Ref); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return nil, err
 	}
-	*h = &Harness{Lab: l, Config: cfg.Defaults(), Client: cs, Agent: agent}
-	return m.Run()
+	return &Harness{Lab: l, Config: cfg.Defaults(), Client: cs, Agent: agent}, nil
 }
 
 // removeOtherManager uninstalls a manager that runs another image than ref.

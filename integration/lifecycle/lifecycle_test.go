@@ -68,12 +68,11 @@ func TestDownUpWithOtherValuesDown(t *testing.T) {
 // Services get addresses from the service CIDR, pods from the pod CIDR, and
 // the test app answers through its ClusterIP.
 func checkOtherValues(ctx context.Context, t *testing.T, l *lab.Lab, cfg lab.Config) {
-	var h *lab.Harness
-	cs, err := lab.Client(l.Paths)
+	h, err := lab.Attach(ctx, l, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h = &lab.Harness{Lab: l, Config: cfg, Client: cs}
+	cs := h.Client
 	ns := h.Namespace(t)
 	h.DeployEcho(t, ns, "echo", 1)
 	svc, err := cs.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
