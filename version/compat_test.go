@@ -12,7 +12,7 @@ func TestCompatible(t *testing.T) {
 	}{
 		{"v1.6.0", "v1.6.0", ""},
 		{"v1.6.0", "v1.6.3", ""},
-		{"v1.5.2", "v1.6.0", ""},           // one minor behind: served
+		{"v1.5.2", "v1.6.0", ""},            // one minor behind: served
 		{"v1.6.0-3-gabcdef0", "v1.6.1", ""}, // a build past a tag is of its minor
 		{"v1.4.0", "v1.6.0", "this tunnel (v1.4.0) is older than the tunnel manager in the cluster (v1.6.0)"},
 		{"v1.7.0", "v1.6.0", "the tunnel manager in the cluster (v1.6.0) is older than this tunnel (v1.7.0): run `tunnel install --upgrade`"},
