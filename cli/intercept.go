@@ -195,6 +195,7 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 		return undo(errors.New(status.Convert(err).Message()))
 	}
 	ic := resp.GetIntercept()
+	awaitIntercept(ctx, plan, ic.GetId(), progress, errOut)
 	if !listening(local) && len(command) == 0 {
 		then := "requests go to the app"
 		if f.noFallback {
@@ -231,36 +232,68 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 }
 
 // awaitSidecar waits until a request to the Service port reaches a
-// sidecar: kube-proxy applies the new targetPort a moment after the API
-// server has it. The request goes through the tunnel, as any would.
+// sidecar (kube-proxy applies a new targetPort a moment after the API
+// server has it), and says so when it does not within 20 s.
 func awaitSidecar(ctx context.Context, plan *inject.Plan, progress func(string), errOut io.Writer) {
+	ok := awaitProbe(ctx, plan, "sidecar", 20*time.Second, func(h http.Header) bool { return h.Get(rpc.SidecarHeader) != "" },
+		func() { progress("Waiting for Service " + plan.Service.Name + " to send its traffic to the sidecar") })
+	if !ok {
+		fmt.Fprintf(errOut, "Warning: Service %s does not reach the sidecar yet; the intercept takes its traffic once it does.\n", plan.Service.Name)
+	}
+}
+
+// awaitIntercept waits until the sidecars that the Service's requests
+// reach have the intercept from the manager (a sidecar just started may
+// not have its link yet), so the next request goes where the intercept
+// says: three answers in a row. A sidecar that does not say is not waited for.
+func awaitIntercept(ctx context.Context, plan *inject.Plan, id uint64, progress func(string), errOut io.Writer) {
+	yes := 0
+	ok := awaitProbe(ctx, plan, strconv.FormatUint(id, 10), 10*time.Second, func(h http.Header) bool {
+		switch h.Get(rpc.ProbeHasHeader) {
+		case "yes":
+			yes++
+		case "no":
+			yes = 0
+		default: // a sidecar from before the header
+			return h.Get(rpc.SidecarHeader) != ""
+		}
+		return yes >= 3
+	}, func() { progress("Waiting for the sidecars to take the intercept") })
+	if !ok {
+		fmt.Fprintln(errOut, "Warning: the sidecars do not have the intercept yet; it takes their traffic once they do.")
+	}
+}
+
+// awaitProbe sends probes with value to the Service port until done says
+// so of an answer's header, or for timeout; wait is called once, when the
+// first answer is not enough.
+func awaitProbe(ctx context.Context, plan *inject.Plan, value string, timeout time.Duration, done func(http.Header) bool, wait func()) bool {
 	ip := plan.Service.Spec.ClusterIP
 	if ip == "" || ip == corev1.ClusterIPNone {
-		return
+		return true
 	}
 	url := "http://" + net.JoinHostPort(ip, strconv.Itoa(int(plan.ServicePort.Port))) + "/"
 	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
-	deadline := time.Now().Add(20 * time.Second)
-	for said := false; time.Now().Before(deadline); {
+	for said, deadline := false, time.Now().Add(timeout); time.Now().Before(deadline); {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		req.Header.Set(rpc.ProbeHeader, "1")
+		req.Header.Set(rpc.ProbeHeader, value)
 		if resp, err := client.Do(req); err == nil {
 			resp.Body.Close()
-			if resp.Header.Get(rpc.SidecarHeader) != "" {
-				return
+			if done(resp.Header) {
+				return true
 			}
 		}
 		if !said {
-			progress("Waiting for Service " + plan.Service.Name + " to send its traffic to the sidecar")
+			wait()
 			said = true
 		}
 		select {
 		case <-ctx.Done():
-			return
-		case <-time.After(200 * time.Millisecond):
+			return false
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	fmt.Fprintf(errOut, "Warning: Service %s does not reach the sidecar yet; the intercept takes its traffic once it does.\n", plan.Service.Name)
+	return false
 }
 
 // currentStatus is the daemon's status, or "disconnected" when none runs.

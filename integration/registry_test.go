@@ -310,4 +310,11 @@ func TestRegistryRefusesPushesWithoutThePushersPassword(t *testing.T) {
 	if err != nil || after.Digest != before.Digest {
 		t.Errorf("the tag moved: %v → %v (%v)", before.Digest, after.Digest, err)
 	}
+	// A laptop reaches the registry as a developer reaches the company's,
+	// over TLS from the lab CA, and is asked for a token.
+	out, err := h.Run(context.Background(), alice, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+		"--max-time", "5", "--cacert", h.Paths.State+"/pki/ca.crt", "https://"+lab.RegistryHost()+"/v2/")
+	if err != nil || out != "401" {
+		t.Errorf("the registry from a laptop: %v %q", err, out)
+	}
 }

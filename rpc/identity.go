@@ -16,6 +16,12 @@ const (
 const (
 	ProbeHeader   = "X-Tunnel-Probe"
 	SidecarHeader = "X-Tunnel-Sidecar"
+	// ProbeHasHeader answers a probe whose value is an intercept's id:
+	// "yes" once the sidecar has that intercept from the manager, else
+	// "no". The CLI waits for it, so the first request after `tunnel
+	// intercept` already goes to the laptop. (Sidecars before it do not
+	// answer it, and the CLI does not wait for them.)
+	ProbeHasHeader = "X-Tunnel-Probe-Has"
 )
 
 // SidecarAudience is the audience of the token a sidecar shows the manager.

@@ -195,6 +195,12 @@ func TestProbeIsAnsweredByTheSidecar(t *testing.T) {
 	}
 	none(t, e.appHits, "app")
 	none(t, e.laptopHits, "laptop")
+	// A probe naming an intercept is told whether the sidecar has it.
+	for id, want := range map[string]string{"1": "yes", "2": "no"} {
+		if _, _, header := e.request("GET", "", rpc.ProbeHeader, id); header.Get(rpc.ProbeHasHeader) != want {
+			t.Errorf("probe for intercept %s: %s %q, want %q", id, rpc.ProbeHasHeader, header.Get(rpc.ProbeHasHeader), want)
+		}
+	}
 }
 
 func TestRemovedInterceptClosesItsConnections(t *testing.T) {

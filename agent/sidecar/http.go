@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -118,8 +119,15 @@ func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { retur
 
 // ServeHTTP picks the request's route, starts its mirrors and proxies it.
 func (h *httpMode) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Header.Get(rpc.ProbeHeader) != "" {
+	if probe := r.Header.Get(rpc.ProbeHeader); probe != "" {
 		w.Header().Set(rpc.SidecarHeader, h.c.pod)
+		if id, err := strconv.ParseUint(probe, 10, 64); err == nil && id > 0 {
+			has := "no"
+			if h.c.link.intercept(id) != nil {
+				has = "yes"
+			}
+			w.Header().Set(rpc.ProbeHasHeader, has)
+		}
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}

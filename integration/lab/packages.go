@@ -23,7 +23,8 @@ var debianPackages = []struct{ pkg, cmd string }{
 	{"util-linux", "nsenter"},
 	{"dnsutils", "dig"},
 	{"curl", "curl"},
-	{"dbus-daemon", "dbus-daemon"}, // a private system bus for a laptop's systemd-resolved
+	{"dbus-daemon", "dbus-daemon"},                // a private system bus for a laptop's systemd-resolved
+	{"ca-certificates", "update-ca-certificates"}, // what the agent image trusts
 }
 
 // ensurePackages installs the Debian packages the machine lacks.

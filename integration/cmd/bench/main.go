@@ -72,12 +72,15 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	cfg, _ := lab.LoadConfig(b.l.Paths)
 	b.domain = cfg.ClusterDomain
-	cs, err := lab.Client(b.l.Paths)
+	// The agent image of this tree in the lab's registry, and a tunnel
+	// that installs it, as the e2e suite has them.
+	h, err := lab.Attach(ctx, b.l, lab.Config{})
 	if err != nil {
 		return err
 	}
+	cs := h.Client
 	b.tunnel = b.l.Paths.State + "/bin/tunnel"
-	if err := lab.BuildBinary(ctx, "./cmd/tunnel", b.tunnel); err != nil {
+	if err := lab.BuildTunnel(ctx, h.Agent.Stamp, b.tunnel); err != nil {
 		return err
 	}
 	b.echo = b.l.Paths.State + "/images/echo"
