@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -13,6 +14,7 @@ import (
 
 	"tunnel.dev/tunnel/agent/inject"
 	"tunnel.dev/tunnel/agent/manifest"
+	"tunnel.dev/tunnel/version"
 )
 
 // installFlags shape `tunnel install`.
@@ -115,10 +117,22 @@ func (f *installFlags) run(cmd *cobra.Command) error {
 		return err
 	}
 	fmt.Fprintln(cmd.OutOrStdout(), "The tunnel manager is installed and ready ("+opt.Image+").")
-	if !f.agents {
-		return nil
+	moved := current != nil && current.Image != opt.Image
+	if !f.agents && moved && current.Version != "" && version.Compatible(current.Version, opt.Version) != nil {
+		// The new manager would not serve the old sidecars: their
+		// intercepts would quietly go to the app. They move too.
+		fmt.Fprintf(errOut, "The new manager does not serve sidecars of %s: moving them too.\n", current.Version)
+		f.agents = true
 	}
-	return upgradeSidecars(ctx, cmd, cs, f.timeout)
+	if f.agents {
+		return upgradeSidecars(ctx, cmd, cs, f.timeout)
+	}
+	if moved {
+		if deps, err := inject.WithSidecar(ctx, cs, ""); err == nil && len(deps) > 0 {
+			fmt.Fprintf(errOut, "%d workloads keep sidecars of the older agent, which work on; `tunnel install --upgrade --agents` moves them now, or each moves at its next intercept.\n", len(deps))
+		}
+	}
+	return nil
 }
 
 // options are the install's settings: flags first, then what the install
@@ -147,10 +161,12 @@ func (f *installFlags) options(cmd *cobra.Command, current *manifest.Options, re
 	return opt, nil
 }
 
-// older says whether version a is older than b; development builds are
-// never older (nothing can be said of them).
+// older says whether version a's release is older than b's: a build past
+// a tag (v1.6.0-3-gabc, as git describe says) counts as that tag's.
+// Development builds are never older (nothing can be said of them).
 func older(a, b string) bool {
-	return semver.IsValid(a) && semver.IsValid(b) && semver.Compare(a, b) < 0
+	release := func(v string) string { r, _, _ := strings.Cut(semver.Canonical(v), "-"); return r }
+	return semver.IsValid(a) && semver.IsValid(b) && semver.Compare(release(a), release(b)) < 0
 }
 
 func union(a, b []string) []string {
@@ -175,10 +191,19 @@ func upgradeSidecars(ctx context.Context, cmd *cobra.Command, cs kubernetes.Inte
 		return err
 	}
 	progress := func(s string) { fmt.Fprintln(cmd.ErrOrStderr(), s+"...") }
+	// One workload that cannot move does not keep the others back.
+	var failed []error
 	for i := range deps {
-		if err := inject.Upgrade(ctx, cs, &deps[i], agent, timeout, progress); err != nil {
-			return err
+		err := inject.CheckPullSecrets(ctx, cs, deps[i].Namespace, agent)
+		if err == nil {
+			err = inject.Upgrade(ctx, cs, &deps[i], agent, timeout, progress)
 		}
+		if err != nil {
+			failed = append(failed, err)
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%d of %d sidecars did not move to %s (the others did): %w", len(failed), len(deps), agent.Image, errors.Join(failed...))
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "Every sidecar runs %s.\n", agent.Image)
 	return nil

@@ -245,22 +245,29 @@ func awaitSidecar(ctx context.Context, plan *inject.Plan, progress func(string),
 // awaitIntercept waits until the sidecars that the Service's requests
 // reach have the intercept from the manager (a sidecar just started may
 // not have its link yet), so the next request goes where the intercept
-// says: three answers in a row. A sidecar that does not say is not waited for.
+// says: a yes from as many pods as the workload has (one, when the
+// Service keeps a client on one pod). A sidecar from before the answer is
+// taken at its word.
 func awaitIntercept(ctx context.Context, plan *inject.Plan, id uint64, progress func(string), errOut io.Writer) {
-	yes := 0
+	want := 1
+	if r := plan.Deployment.Spec.Replicas; r != nil && *r > 1 && plan.Service.Spec.SessionAffinity != corev1.ServiceAffinityClientIP {
+		want = int(*r)
+	}
+	has := map[string]bool{}
 	ok := awaitProbe(ctx, plan, strconv.FormatUint(id, 10), 10*time.Second, func(h http.Header) bool {
-		switch h.Get(rpc.ProbeHasHeader) {
-		case "yes":
-			yes++
-		case "no":
-			yes = 0
-		default: // a sidecar from before the header
-			return h.Get(rpc.SidecarHeader) != ""
+		pod := h.Get(rpc.SidecarHeader)
+		if pod == "" {
+			return false
 		}
-		return yes >= 3
+		if h.Get(rpc.ProbeHasHeader) == "no" {
+			delete(has, pod)
+		} else {
+			has[pod] = true
+		}
+		return len(has) >= want
 	}, func() { progress("Waiting for the sidecars to take the intercept") })
 	if !ok {
-		fmt.Fprintln(errOut, "Warning: the sidecars do not have the intercept yet; it takes their traffic once they do.")
+		fmt.Fprintln(errOut, "Warning: not every sidecar has the intercept yet; it takes their traffic once they do.")
 	}
 }
 

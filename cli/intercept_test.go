@@ -116,3 +116,20 @@ func TestPrintStatusNamesTheUserAndIntercepts(t *testing.T) {
 		t.Errorf("an unverified user is not said:\n%s", b.String())
 	}
 }
+
+func TestOlder(t *testing.T) {
+	for _, tt := range []struct {
+		a, b string
+		want bool
+	}{
+		{"v1.5.0", "v1.6.0", true},
+		{"v1.6.0-3-gabcdef0", "v1.6.0", false}, // past the tag: not older
+		{"v1.6.0", "v1.6.0-3-gabcdef0", false},
+		{"v1.7.0", "v1.6.0", false},
+		{"8b1a0d1", "v1.6.0", false},
+	} {
+		if got := older(tt.a, tt.b); got != tt.want {
+			t.Errorf("older(%s, %s) = %v, want %v", tt.a, tt.b, got, tt.want)
+		}
+	}
+}

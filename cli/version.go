@@ -105,9 +105,12 @@ func readVersions(ctx context.Context, kf *kubeFlags) versions {
 		return v
 	}
 	r, err := manifest.RunningImage(d, pods.Items)
-	if err != nil {
+	if r.Tag == "" {
 		v.Problem = err.Error()
 		return v
+	}
+	if err != nil {
+		v.Problem = err.Error()
 	}
 	v.Agent = &agentVersion{Image: r.Tag}
 	if _, digest, ok := cutDigest(r.Image); ok {
@@ -116,7 +119,7 @@ func readVersions(ctx context.Context, kf *kubeFlags) versions {
 	if v.Manager == "" {
 		v.Manager = d.Labels[manifest.VersionLabel]
 	}
-	if v.Manager != "" {
+	if v.Manager != "" && v.Problem == "" {
 		if err := version.Compatible(v.CLI.Version, v.Manager); err != nil {
 			v.Problem = err.Error()
 		}

@@ -224,6 +224,10 @@ func (s *session) run(ctx context.Context) {
 				return
 			}
 			backoff = min(backoff*2, 5*time.Second)
+			if errors.Is(err, ErrVersionSkew) {
+				// Nothing changes until someone upgrades: ask seldom.
+				backoff = time.Minute
+			}
 		}
 	}
 }

@@ -3,6 +3,7 @@ package release
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -13,7 +14,9 @@ import (
 // AgentRef is the agent image of a version under a registry prefix
 // ("registry.example.com/team"): PREFIX/tunnel-agent:VERSION.
 func AgentRef(registry, version string) string {
-	return registry + "/" + AgentRepository + ":" + version
+	// A tag has no "+": a version the Go toolchain stamps (v1.2.3+dirty)
+	// keeps its other characters.
+	return registry + "/" + AgentRepository + ":" + strings.ReplaceAll(version, "+", "_")
 }
 
 // Push writes the index to ref with the usual credential chain

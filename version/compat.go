@@ -2,6 +2,7 @@ package version
 
 import (
 	"fmt"
+	"strings"
 
 	"golang.org/x/mod/semver"
 )
@@ -19,7 +20,7 @@ func Compatible(client, manager string) error {
 	if client == manager {
 		return nil
 	}
-	if !semver.IsValid(client) || !semver.IsValid(manager) {
+	if !released(client) || !released(manager) {
 		return fmt.Errorf("this tunnel (%s) and the tunnel manager in the cluster (%s) are different builds: run `tunnel install --upgrade` to move the manager to this one, or use the tunnel that matches it", client, manager)
 	}
 	cmp := semver.Compare(semver.MajorMinor(client), semver.MajorMinor(manager))
@@ -39,4 +40,10 @@ func minor(v string) int {
 	var major, minor int
 	_, _ = fmt.Sscanf(semver.MajorMinor(v), "v%d.%d", &major, &minor)
 	return minor
+}
+
+// released says whether v is of a release line: valid semver, and not a
+// Go pseudo-version of an untagged tree (v0.0.0-20260101000000-abcdef).
+func released(v string) bool {
+	return semver.IsValid(v) && !strings.HasPrefix(v, "v0.0.0-")
 }

@@ -21,6 +21,7 @@ func TestCompatible(t *testing.T) {
 		{"8b1a0d1", "8b1a0d1", ""},
 		{"8b1a0d1", "9c2b1e2", "are different builds"},
 		{"8b1a0d1", "v1.6.0", "are different builds"},
+		{"v0.0.0-20260101000000-abcdef012345", "v0.0.0-20260102000000-bcdef0123456", "are different builds"},
 	} {
 		err := Compatible(tt.client, tt.manager)
 		switch {

@@ -31,6 +31,13 @@ func (c *control) Hello(ctx context.Context, req *managerpb.HelloRequest) (*mana
 	// to upgrade, before anything else.
 	if err := version.Compatible(req.GetClientVersion(), version.Get().Version); err != nil {
 		s.log.Info("hello refused", "session_id", s.id, "client_version", req.GetClientVersion(), "err", err)
+		// The proof is read (which deletes it) all the same: a laptop that
+		// retries must not leave a CertificateSigningRequest each time.
+		if proof := req.GetIdentityProof(); proof != "" && c.m.identify != nil {
+			ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_, _ = c.m.identify(ictx, proof)
+			cancel()
+		}
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
 	user, why := "", "the laptop sent no proof of who it is"

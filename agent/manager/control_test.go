@@ -158,11 +158,20 @@ func TestGRPCErrorCodes(t *testing.T) {
 // which side to upgrade; its session gets nothing.
 func TestHelloRefusesVersionsThatDoNotGoTogether(t *testing.T) {
 	m, _ := newTestManager(t, nil)
+	var read []string // proofs the manager read, and so deleted
+	m.identify = func(ctx context.Context, proof string) (string, error) {
+		read = append(read, proof)
+		return fakeIdentify(ctx, proof)
+	}
 	ctl := controlClient(t, laptop(t, serve(t, m)))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err := ctl.Hello(ctx, &managerpb.HelloRequest{ClientVersion: "some-other-build", User: "ada"})
+	_, err := ctl.Hello(ctx, &managerpb.HelloRequest{ClientVersion: "some-other-build", User: "ada", IdentityProof: "proof-ada"})
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), "tunnel install --upgrade") {
 		t.Fatalf("hello from another build: %v", err)
+	}
+	// A refused laptop retries: its proof must not stay behind each time.
+	if len(read) != 1 || read[0] != "proof-ada" {
+		t.Errorf("the refused hello's proof was read %v, want once", read)
 	}
 }

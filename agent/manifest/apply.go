@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -14,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 
 	"tunnel.dev/tunnel/access"
 	"tunnel.dev/tunnel/rollout"
@@ -53,10 +55,11 @@ func CheckAccess(ctx context.Context, cs kubernetes.Interface, verbs ...string) 
 }
 
 // Install creates or updates every object, then waits up to timeout for
-// the manager to be ready. If a step fails, or the manager of a fresh
-// install never becomes ready, what this call created is deleted again, and
-// only that: a namespace an admin made beforehand (with a pull secret in
-// it) stays.
+// the manager to be ready. If a step fails, or the manager never becomes
+// ready, what this call created is deleted again, and only that (a
+// namespace an admin made beforehand, with a pull secret in it, stays),
+// and a Deployment it updated gets its old spec back: a failed upgrade
+// leaves the manager that ran.
 func Install(ctx context.Context, cs kubernetes.Interface, opt Options, timeout time.Duration) (err error) {
 	if opt.Image == "" {
 		return ErrNoRegistry
@@ -65,15 +68,27 @@ func Install(ctx context.Context, cs kubernetes.Interface, opt Options, timeout 
 		return err
 	}
 	o := Build(opt)
+	prev, gerr := cs.AppsV1().Deployments(Namespace).Get(ctx, Manager, metav1.GetOptions{})
+	if gerr != nil {
+		prev = nil
+	}
 	var created []func(context.Context) error
 	defer func() {
-		if err != nil {
-			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
-			defer cancel()
-			for i := len(created) - 1; i >= 0; i-- {
-				_ = created[i](uctx)
+		if err == nil {
+			return
+		}
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
+		if prev != nil {
+			if rerr := restore(uctx, cs, prev); rerr != nil {
+				err = fmt.Errorf("%w (and putting the manager back as it was failed: %v)", err, rerr)
 			}
-			waitGone(uctx, cs, created)
+		}
+		for i := len(created) - 1; i >= 0; i-- {
+			_ = created[i](uctx)
+		}
+		if prev == nil {
+			waitGone(uctx, cs)
 		}
 	}()
 	if err := apply(ctx, cs, o, &created); err != nil {
@@ -82,12 +97,23 @@ func Install(ctx context.Context, cs kubernetes.Interface, opt Options, timeout 
 	return WaitReady(ctx, cs, timeout)
 }
 
-// waitGone waits until the namespace this install created has gone, so an
-// install right after works.
-func waitGone(ctx context.Context, cs kubernetes.Interface, created []func(context.Context) error) {
-	if len(created) == 0 {
-		return
-	}
+// restore gives the manager's Deployment the labels and spec it had.
+func restore(ctx context.Context, cs kubernetes.Interface, prev *appsv1.Deployment) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		d, err := cs.AppsV1().Deployments(Namespace).Get(ctx, Manager, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		d.Labels, d.Spec = prev.Labels, prev.Spec
+		_, err = cs.AppsV1().Deployments(Namespace).Update(ctx, d, metav1.UpdateOptions{})
+		return err
+	})
+}
+
+// waitGone waits until a fresh install's namespace (or, in a namespace
+// made beforehand, its Deployment) has gone, so an install right after
+// works.
+func waitGone(ctx context.Context, cs kubernetes.Interface) {
 	_ = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		ns, err := cs.CoreV1().Namespaces().Get(ctx, Namespace, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {

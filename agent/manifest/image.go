@@ -48,7 +48,8 @@ type Running struct {
 }
 
 // RunningImage reads the manager's image from its Deployment, pinned to the
-// digest a ready pod of the Deployment's current image pulled.
+// digest a ready pod of the Deployment's current image pulled; an error
+// when no ready pod runs it.
 func RunningImage(d *appsv1.Deployment, pods []corev1.Pod) (Running, error) {
 	var r Running
 	for _, c := range d.Spec.Template.Spec.Containers {
@@ -84,7 +85,10 @@ func RunningImage(d *appsv1.Deployment, pods []corev1.Pod) (Running, error) {
 			}
 		}
 	}
-	return r, nil
+	// Without a ready pod of its image the digest is unknown, and the tag
+	// may name an image no node can pull (a failed upgrade): nothing is
+	// added with it.
+	return r, fmt.Errorf("the tunnel manager has no ready pod of its image %s: see `kubectl -n %s get pods`", r.Tag, Namespace)
 }
 
 // sameImage compares two image names as the runtime may normalise them

@@ -49,8 +49,8 @@ func TestRunningImagePinsTheDigestAReadyPodPulled(t *testing.T) {
 		pod("reg.example/t/tunnel-agent:v0", "reg.example/t/tunnel-agent@sha256:0000000000000000000000000000000000000000000000000000000000000000", true),
 		pod("reg.example/t/tunnel-agent:v1", "reg.example/t/tunnel-agent@"+digest, false),
 	})
-	if err != nil || r.Image != "reg.example/t/tunnel-agent:v1" {
-		t.Errorf("without a ready pod of this image: %+v, %v", r, err)
+	if err == nil || r.Tag != "reg.example/t/tunnel-agent:v1" {
+		t.Errorf("without a ready pod of this image: %+v, %v; want an error", r, err)
 	}
 	r, err = RunningImage(d, []corev1.Pod{pod("reg.example/t/tunnel-agent:v1", "reg.example/t/tunnel-agent@"+digest, true)})
 	if err != nil || r.Image != "reg.example/t/tunnel-agent@"+digest || r.Tag != "reg.example/t/tunnel-agent:v1" {

@@ -223,23 +223,50 @@ func (p *pki) writeKubeconfig(path, file, user string) error {
 
 // ensureRegistryCerts issues the registry's serving certificate and the
 // token server's signing certificate, once: a lab brought up before the
-// registry existed gets them on its next up.
-func (p *pki) ensureRegistryCerts() error {
+// registry existed gets them on its next up. changed says the signing one
+// is new, so a front that runs must start again with it.
+func (p *pki) ensureRegistryCerts() (changed bool, err error) {
 	if _, err := os.Stat(p.path("registry.crt")); err != nil {
 		if err := p.issue("registry", &x509.Certificate{
 			Subject:     pkix.Name{CommonName: "tunnel-lab-registry"},
 			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 			IPAddresses: []net.IP{nodeAddr.AsSlice(), hostLinkNode.AsSlice(), net.IPv4(127, 0, 0, 1)},
 		}); err != nil {
-			return err
+			return false, err
 		}
 	}
-	if _, err := os.Stat(p.path("registry-token.crt")); err != nil {
-		if err := p.issue("registry-token", &x509.Certificate{
-			Subject: pkix.Name{CommonName: "tunnel-lab-registry-token"},
-		}); err != nil {
-			return err
-		}
+	// The token signer is its own root, and the registry trusts only it:
+	// a certificate the lab CA signed for anything else (the API server's,
+	// a kubelet's) must not mint push tokens.
+	if selfSigned(p.path("registry-token.crt")) {
+		return false, nil
 	}
-	return nil
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return false, err
+	}
+	tmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: "tunnel-lab-registry-token"},
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+	}
+	der, err := p.sign(tmpl, key.Public(), tmpl, key)
+	if err != nil {
+		return false, err
+	}
+	return true, p.writePair("registry-token", der, key)
+}
+
+// selfSigned says whether the certificate at path is there and its own issuer.
+func selfSigned(path string) bool {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return false
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	return err == nil && c.CheckSignatureFrom(c) == nil
 }

@@ -169,8 +169,16 @@ func prepareRegistry(ctx context.Context, p Paths, pk *pki) error {
 	if _, err := ensureRegistryUsers(p); err != nil {
 		return fmt.Errorf("make the registry's users: %w", err)
 	}
-	if err := pk.ensureRegistryCerts(); err != nil {
+	changed, err := pk.ensureRegistryCerts()
+	if err != nil {
 		return err
+	}
+	if changed {
+		for _, c := range registryComponents(p) {
+			if err := stop(p, c, 10*time.Second); err != nil {
+				return err
+			}
+		}
 	}
 	// The machine's CAs and the lab's: SSL_CERT_FILE for clients on the
 	// host (make image) that must still reach the module proxy.

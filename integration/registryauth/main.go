@@ -76,6 +76,7 @@ type server struct {
 	key             *ecdsa.PrivateKey
 	x5c             []string
 	users           map[string][]byte // user: bcrypt hash
+	dummy           []byte            // a hash no password matches
 	issuer, service string
 	private         string
 	pushers         []string
@@ -87,6 +88,9 @@ func newServer(certFile, keyFile, htpasswd, issuer, service, private string, pus
 		return nil, fmt.Errorf("load the signing pair: %w", err)
 	}
 	s := &server{issuer: issuer, service: service, private: private, pushers: pushers, users: map[string][]byte{}}
+	if s.dummy, err = bcrypt.GenerateFromPassword([]byte(hex.EncodeToString(make([]byte, 16))+"x"), bcrypt.DefaultCost); err != nil {
+		return nil, err
+	}
 	key, ok := pair.PrivateKey.(*ecdsa.PrivateKey)
 	if !ok || key.Curve != elliptic.P256() {
 		return nil, fmt.Errorf("the signing key must be ECDSA P-256 (ES256)")
@@ -119,7 +123,10 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	user := ""
 	if u, pw, ok := r.BasicAuth(); ok {
 		hash, known := s.users[u]
-		if !known || bcrypt.CompareHashAndPassword(hash, []byte(pw)) != nil {
+		if !known {
+			hash = s.dummy // the same work for an unknown user: no timing to tell names by
+		}
+		if bcrypt.CompareHashAndPassword(hash, []byte(pw)) != nil || !known {
 			w.Header().Set("WWW-Authenticate", `Basic realm="tunnel-lab"`)
 			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"wrong user name or password"}]}`, http.StatusUnauthorized)
 			return

@@ -29,7 +29,7 @@ func testServer(t *testing.T) *server {
 		}
 		return h
 	}
-	return &server{key: key, x5c: []string{"cert"}, issuer: "lab", service: "reg", private: "private/",
+	return &server{key: key, x5c: []string{"cert"}, issuer: "lab", service: "reg", private: "private/", dummy: hash("nobody's"),
 		pushers: []string{"pusher"}, users: map[string][]byte{"pusher": hash("push-pw"), "puller": hash("pull-pw")}}
 }
 

@@ -1,0 +1,51 @@
+package manifest
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	authzv1 "k8s.io/api/authorization/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+)
+
+// allowAll answers every access review with yes.
+func allowAll(cs *fake.Clientset) {
+	cs.PrependReactor("create", "selfsubjectaccessreviews", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, &authzv1.SelfSubjectAccessReview{Status: authzv1.SubjectAccessReviewStatus{Allowed: true}}, nil
+	})
+}
+
+// An upgrade whose manager never becomes ready gives the Deployment its
+// old spec back, so the manager that ran keeps running and sidecars keep
+// the image it runs.
+func TestFailedUpgradePutsTheManagerBack(t *testing.T) {
+	cs := fake.NewClientset()
+	allowAll(cs)
+	old := Build(Options{Image: "reg.example/tunnel-agent:v1.1.0", Version: "v1.1.0", PullSecrets: []string{"pull"}})
+	ctx := context.Background()
+	for _, obj := range []runtime.Object{old.Namespace, old.Deployment} {
+		if err := cs.Tracker().Add(obj); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := Install(ctx, cs, Options{Image: "reg.example/tunnel-agent:v1.2.0", Version: "v1.2.0"}, 500*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "did not become ready") {
+		t.Fatalf("an upgrade that never becomes ready: %v", err)
+	}
+	d, err := cs.AppsV1().Deployments(Namespace).Get(ctx, Manager, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img := d.Spec.Template.Spec.Containers[0].Image; img != "reg.example/tunnel-agent:v1.1.0" || d.Labels[VersionLabel] != "v1.1.0" ||
+		len(d.Spec.Template.Spec.ImagePullSecrets) != 1 {
+		t.Errorf("after the failed upgrade the manager runs %s (version %s, secrets %v)", img, d.Labels[VersionLabel], d.Spec.Template.Spec.ImagePullSecrets)
+	}
+	if _, err := cs.CoreV1().Namespaces().Get(ctx, Namespace, metav1.GetOptions{}); err != nil {
+		t.Errorf("the failed upgrade took the namespace: %v", err)
+	}
+}
