@@ -265,9 +265,14 @@ func TestDryRunYAMLAppliedWithKubectl(t *testing.T) {
 	}
 	startLocalServer(t, l, "laptop-gitta", 7073)
 	l.must("intercept", "echo", "--port", "7073:http")
-	if got := fromNode(t, "http://"+serviceIP(t, ns, "echo")+"/gitops"); !strings.Contains(got, "pod=laptop-gitta") {
-		t.Errorf("the intercepted Service answered: %s", got)
-	}
+	// Seen once in several runs: the first request after this intercept,
+	// on a manager kubectl just made, still reached the app (see the
+	// closing note of issue 12); the intercept then takes the traffic.
+	ip := serviceIP(t, ns, "echo")
+	eventually(t, 20*time.Second, "the intercepted Service answers from the laptop", func() (bool, string) {
+		got := fromNode(t, "http://"+ip+"/gitops")
+		return strings.Contains(got, "pod=laptop-gitta"), got
+	})
 	l.must("leave", "echo-http")
 	l.must("uninstall", "--agent", "echo", "-n", ns)
 	l.must("quit")

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -72,11 +73,13 @@ func RunningImage(d *appsv1.Deployment, pods []corev1.Pod) (Running, error) {
 		return r, nil
 	}
 	for _, p := range pods {
+		// The pod's spec names the image as the template did; its status
+		// may name another tag of the same digest.
+		if !slices.ContainsFunc(p.Spec.Containers, func(c corev1.Container) bool { return c.Name == "manager" && sameImage(c.Image, r.Tag) }) {
+			continue
+		}
 		for _, cs := range p.Status.ContainerStatuses {
-			if cs.Name != "manager" || !cs.Ready || cs.Image == "" {
-				continue
-			}
-			if !sameImage(cs.Image, r.Tag) {
+			if cs.Name != "manager" || !cs.Ready {
 				continue
 			}
 			if _, digest, ok := strings.Cut(cs.ImageID, "@"); ok && strings.HasPrefix(digest, "sha256:") {

@@ -40,9 +40,11 @@ func TestRunningImagePinsTheDigestAReadyPodPulled(t *testing.T) {
 	o := Build(Options{Image: "reg.example/t/tunnel-agent:v1", PullSecrets: []string{"pull"}})
 	d := o.Deployment
 	pod := func(image, id string, ready bool) corev1.Pod {
-		return corev1.Pod{Status: corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{
-			{Name: "manager", Image: image, ImageID: id, Ready: ready},
-		}}}
+		// The runtime may name another tag of the same image in the status.
+		return corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "manager", Image: image}}},
+			Status: corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{
+				{Name: "manager", Image: "other.example/any:tag", ImageID: id, Ready: ready},
+			}}}
 	}
 	const digest = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
 	r, err := RunningImage(d, []corev1.Pod{

@@ -3,6 +3,7 @@
 package lab
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -268,5 +269,5 @@ func selfSigned(path string) bool {
 		return false
 	}
 	c, err := x509.ParseCertificate(blk.Bytes)
-	return err == nil && c.CheckSignatureFrom(c) == nil
+	return err == nil && bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignature(c.SignatureAlgorithm, c.RawTBSCertificate, c.Signature) == nil
 }
