@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/signal"
@@ -176,15 +175,15 @@ func parseRate(s string) (float64, error) {
 func newCanaryStatus() *cobra.Command {
 	var (
 		kf     kubeFlags
-		output string
+		output outputFlag
 	)
 	cmd := &cobra.Command{
 		Use:   "status [SERVICE]",
 		Short: "Show a canary (or every canary in the namespace): its step, its driver and its last check",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if output != "" && output != "json" {
-				return fmt.Errorf("unknown output format %q: use -o json", output)
+			if err := output.check(); err != nil {
+				return err
 			}
 			c, err := kf.canaryClients(cmd)
 			if err != nil {
@@ -201,13 +200,11 @@ func newCanaryStatus() *cobra.Command {
 				return err
 			}
 			out := cmd.OutOrStdout()
-			if output == "json" {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
+			if output.json() {
 				if len(args) == 1 {
-					return enc.Encode(states[0])
+					return writeJSON(out, states[0])
 				}
-				return enc.Encode(states)
+				return writeJSON(out, states)
 			}
 			if len(states) == 0 {
 				fmt.Fprintf(out, "No canaries in namespace %s.\n", c.store.Namespace)
@@ -219,7 +216,7 @@ func newCanaryStatus() *cobra.Command {
 		},
 	}
 	kf.add(cmd)
-	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json")
+	output.add(cmd.Flags())
 	return cmd
 }
 

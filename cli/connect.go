@@ -19,7 +19,7 @@ func newConnect() *cobra.Command {
 		kf                      kubeFlags
 		also, never, dnsInclude []string
 		agent                   agentFlags
-		output                  string
+		output                  outputFlag
 	)
 	cmd := &cobra.Command{
 		Use:   "connect",
@@ -28,17 +28,20 @@ func newConnect() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			// Mistakes in flags are told before anything starts.
+			if err := output.check(); err != nil {
+				return err
+			}
 			if _, err := tun.ParsePrefixes("--also-proxy", also); err != nil {
 				return err
 			}
 			if _, err := tun.ParsePrefixes("--never-proxy", never); err != nil {
 				return err
 			}
-			st, err := connect(ctx, cmd, &kf, connectOptions{also: also, never: never, dnsInclude: dnsInclude, agent: agent, quiet: output == "json"})
+			st, err := connect(ctx, cmd, &kf, connectOptions{also: also, never: never, dnsInclude: dnsInclude, agent: agent, quiet: output.json()})
 			if err != nil {
 				return err
 			}
-			if output == "json" {
+			if output.json() {
 				return printJSON(cmd.OutOrStdout(), st)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Connected to %s (context %s, namespace %s).\n", st.Cluster, st.Context, st.Namespace)
@@ -51,7 +54,7 @@ func newConnect() *cobra.Command {
 	f.StringSliceVar(&never, "never-proxy", nil, "never route this CIDR through the cluster, even if it is the cluster's (repeatable)")
 	f.StringSliceVar(&dnsInclude, "dns-include", nil, "also resolve names ending in this suffix in the cluster (repeatable)")
 	agent.add(f)
-	f.StringVarP(&output, "output", "o", "", "output format: json")
+	output.add(f)
 	return cmd
 }
 

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -17,7 +16,7 @@ func newDeploy() *cobra.Command {
 		sets    []string
 		timeout time.Duration
 		dryRun  bool
-		output  string
+		output  outputFlag
 	)
 	cmd := &cobra.Command{
 		Use:   "deploy DIR|FILE",
@@ -31,8 +30,8 @@ func newDeploy() *cobra.Command {
 			"  tunnel deploy ./manifests --set image=shop:1.5 --dry-run",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if output != "" && output != "json" {
-				return fmt.Errorf("unknown output format %q: use -o json", output)
+			if err := output.check(); err != nil {
+				return err
 			}
 			params := map[string]string{}
 			for _, s := range sets {
@@ -58,15 +57,13 @@ func newDeploy() *cobra.Command {
 			results, err := deploy.Apply(cmd.Context(), rc, cs, objs, deploy.Options{
 				Namespace: ns, DryRun: dryRun, Timeout: timeout,
 				Progress: func(s string) {
-					if output != "json" {
+					if !output.json() {
 						fmt.Fprintln(errOut, s+"...")
 					}
 				},
 			})
-			if output == "json" && results != nil {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				if jerr := enc.Encode(map[string]any{"dry_run": dryRun, "objects": results}); jerr != nil {
+			if output.json() && results != nil {
+				if jerr := writeJSON(cmd.OutOrStdout(), map[string]any{"dry_run": dryRun, "objects": results}); jerr != nil {
 					return jerr
 				}
 			} else if err == nil {
@@ -89,6 +86,6 @@ func newDeploy() *cobra.Command {
 	f.StringArrayVar(&sets, "set", nil, "KEY=VALUE: a template parameter (repeatable)")
 	f.DurationVar(&timeout, "timeout", 3*time.Minute, "how long each rollout may take")
 	f.BoolVar(&dryRun, "dry-run", false, "say what would change, and change nothing")
-	f.StringVarP(&output, "output", "o", "", "output format: json")
+	output.add(f)
 	return cmd
 }

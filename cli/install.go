@@ -66,9 +66,8 @@ func (f *installFlags) run(cmd *cobra.Command) error {
 		return errors.New("-o yaml goes with --dry-run: an install prints no objects")
 	}
 	var (
-		cs       kubernetes.Interface
-		current  *manifest.Options
-		registry string
+		cs      kubernetes.Interface
+		current *manifest.Options
 	)
 	// A plain dry run needs no cluster: it prints what these flags install.
 	if !f.dryRun || f.upgrade {
@@ -77,14 +76,14 @@ func (f *installFlags) run(cmd *cobra.Command) error {
 			return err
 		}
 		cs = c
-		if current, registry, err = manifest.Current(ctx, cs); err != nil {
+		if current, err = manifest.Current(ctx, cs); err != nil {
 			return err
 		}
 	}
 	if f.upgrade && current == nil {
 		return errors.New("there is no tunnel manager to upgrade in this cluster: run `tunnel install`")
 	}
-	opt, err := f.options(cmd, current, registry)
+	opt, err := f.options(cmd, current)
 	if err != nil {
 		return err
 	}
@@ -137,11 +136,11 @@ func (f *installFlags) run(cmd *cobra.Command) error {
 
 // options are the install's settings: flags first, then what the install
 // in the cluster has, then the defaults.
-func (f *installFlags) options(cmd *cobra.Command, current *manifest.Options, registry string) (manifest.Options, error) {
+func (f *installFlags) options(cmd *cobra.Command, current *manifest.Options) (manifest.Options, error) {
 	a := f.agent
 	if current != nil {
-		if a.registry == "" && a.image == "" && registry != "" {
-			a.registry = registry
+		if a.registry == "" && a.image == "" {
+			a.registry = manifest.RegistryOf(current.Image) // "" when it is not REGISTRY/tunnel-agent
 		}
 		if !cmd.Flags().Changed("image-pull-secret") {
 			a.pullSecrets = current.PullSecrets

@@ -20,7 +20,6 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"tunnel.dev/tunnel/agent/inject"
@@ -46,7 +45,7 @@ type interceptFlags struct {
 	envSyntax  string
 	envJSON    string
 	timeout    time.Duration
-	output     string
+	output     outputFlag
 }
 
 func newIntercept() *cobra.Command {
@@ -87,7 +86,7 @@ func newIntercept() *cobra.Command {
 	fl.StringVar(&f.envSyntax, "env-syntax", "docker", "syntax of --env-file: docker, sh or json")
 	fl.StringVar(&f.envJSON, "env-json", "", "write the workload's environment to this file as JSON")
 	fl.DurationVar(&f.timeout, "timeout", 2*time.Minute, "how long the sidecar's rollout may take")
-	fl.StringVarP(&f.output, "output", "o", "", "output format: json")
+	f.output.add(fl)
 	return cmd
 }
 
@@ -95,9 +94,12 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 	ctx := cmd.Context()
 	errOut := cmd.ErrOrStderr()
 	progress := func(s string) {
-		if f.output != "json" {
+		if !f.output.json() {
 			fmt.Fprintln(errOut, s+"...")
 		}
+	}
+	if err := f.output.check(); err != nil {
+		return err
 	}
 	if f.header != "" && f.mirror {
 		return errors.New("--http-header and --mirror do not go together: a mirror copies every request")
@@ -120,7 +122,7 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 	}
 	if !st.Connected { // connect first, as `tunnel connect` with the same flags would
 		progress("Connecting to the cluster")
-		if _, err := connect(ctx, cmd, &f.kf, connectOptions{agent: f.agent, quiet: f.output == "json"}); err != nil {
+		if _, err := connect(ctx, cmd, &f.kf, connectOptions{agent: f.agent, quiet: f.output.json()}); err != nil {
 			return err
 		}
 		if st, err = currentStatus(ctx); err != nil {
@@ -209,7 +211,7 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 		_, _ = c.Leave(context.WithoutCancel(ctx), &daemonpb.LeaveRequest{Namespace: ns, Name: spec.Name})
 		return undo(err)
 	}
-	if f.output == "json" {
+	if f.output.json() {
 		if err := printJSON(cmd.OutOrStdout(), ic); err != nil {
 			return err
 		}
@@ -374,19 +376,11 @@ func localUser() string {
 // pulled (a moved tag cannot put two versions into one cluster), and the
 // pull secrets it was installed with: the sidecar is the same binary.
 func sidecarAgent(ctx context.Context, cs kubernetes.Interface) (inject.Agent, error) {
-	d, err := cs.AppsV1().Deployments(manifest.Namespace).Get(ctx, manifest.Manager, metav1.GetOptions{})
-	if err != nil {
-		return inject.Agent{}, fmt.Errorf("read the tunnel manager's deployment (is it installed? `tunnel install`): %w", err)
-	}
-	pods, err := cs.CoreV1().Pods(manifest.Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=" + manifest.Manager})
-	if err != nil {
-		return inject.Agent{}, fmt.Errorf("read the tunnel manager's pods: %w", err)
-	}
-	agent, err := manifest.RunningImage(d, pods.Items)
+	r, err := manifest.ReadRunning(ctx, cs)
 	if err != nil {
 		return inject.Agent{}, err
 	}
-	return inject.Agent{Image: agent.Image, PullSecrets: agent.PullSecrets}, nil
+	return inject.Agent{Image: r.Image, PullSecrets: r.PullSecrets}, nil
 }
 
 func listening(port uint32) bool {

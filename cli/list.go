@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -38,7 +37,7 @@ type listedIntercept struct {
 func newList() *cobra.Command {
 	var (
 		kf     kubeFlags
-		output string
+		output outputFlag
 	)
 	cmd := &cobra.Command{
 		Use:   "list",
@@ -46,8 +45,8 @@ func newList() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			if output != "" && output != "json" {
-				return fmt.Errorf("unknown output format %q: use -o json", output)
+			if err := output.check(); err != nil {
+				return err
 			}
 			var ics []*managerpb.Intercept
 			ns := kf.namespace
@@ -104,10 +103,8 @@ func newList() *cobra.Command {
 				}
 				out = append(out, l)
 			}
-			if output == "json" {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(map[string]any{"namespace": ns, "workloads": append([]listed{}, out...)})
+			if output.json() {
+				return writeJSON(cmd.OutOrStdout(), map[string]any{"namespace": ns, "workloads": append([]listed{}, out...)})
 			}
 			if len(out) == 0 {
 				fmt.Fprintf(cmd.OutOrStdout(), "No deployments in namespace %s.\n", ns)
@@ -137,6 +134,6 @@ func newList() *cobra.Command {
 		},
 	}
 	kf.add(cmd)
-	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json")
+	output.add(cmd.Flags())
 	return cmd
 }

@@ -14,12 +14,15 @@ import (
 )
 
 func newStatus() *cobra.Command {
-	var output string
+	var output outputFlag
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the connection: cluster, namespace, routed subnets, DNS, session health, traffic",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := output.check(); err != nil {
+				return err
+			}
 			st := &daemonpb.StatusResponse{Session: "disconnected"}
 			c, closeFn, err := daemonClient(cmd.Context())
 			switch {
@@ -32,16 +35,14 @@ func newStatus() *cobra.Command {
 					return err
 				}
 			}
-			if output == "json" {
+			if output.json() {
 				return printJSON(cmd.OutOrStdout(), st)
-			} else if output != "" {
-				return fmt.Errorf("unknown output format %q: use -o json", output)
 			}
 			printStatus(cmd.OutOrStdout(), st)
 			return nil
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json")
+	output.add(cmd.Flags())
 	return cmd
 }
 

@@ -2,14 +2,13 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"tunnel.dev/tunnel/agent/manifest"
+	daemonpb "tunnel.dev/tunnel/rpc/daemon"
 	"tunnel.dev/tunnel/version"
 )
 
@@ -35,21 +34,19 @@ type agentVersion struct {
 func newVersion() *cobra.Command {
 	var (
 		kf     kubeFlags
-		output string
+		output outputFlag
 	)
 	cmd := &cobra.Command{
 		Use:   "version",
 		Short: "Print the versions of this tunnel, its daemon, and the cluster's manager and agent image",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "" && output != "json" {
-				return fmt.Errorf("unknown output format %q: use -o json or leave -o out", output)
+			if err := output.check(); err != nil {
+				return err
 			}
 			v := readVersions(cmd.Context(), &kf)
-			if output == "json" {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(v)
+			if output.json() {
+				return writeJSON(cmd.OutOrStdout(), v)
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "tunnel %s\n", v.CLI)
@@ -73,7 +70,7 @@ func newVersion() *cobra.Command {
 		},
 	}
 	kf.add(cmd)
-	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json")
+	output.add(cmd.Flags())
 	return cmd
 }
 
@@ -84,54 +81,42 @@ func readVersions(ctx context.Context, kf *kubeFlags) versions {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if c, closeFn, err := daemonClient(ctx); err == nil {
-		if st, err := c.Status(ctx, nil); err == nil {
+		if st, err := c.Status(ctx, &daemonpb.StatusRequest{}); err == nil {
 			v.Daemon, v.Manager = st.GetDaemonVersion(), st.GetManagerVersion()
 		}
 		closeFn()
 	}
+	if v.Daemon != "" && v.Daemon != v.CLI.Version {
+		v.Problem = fmt.Sprintf("the daemon here runs %s, not this tunnel's %s: `tunnel quit`, then connect again", v.Daemon, v.CLI.Version)
+	}
 	_, cs, err := kf.client()
 	if err != nil {
-		v.Problem = "the cluster: " + err.Error()
-		return v
+		return withProblem(v, "the cluster: "+err.Error())
 	}
-	d, err := cs.AppsV1().Deployments(manifest.Namespace).Get(ctx, manifest.Manager, metav1.GetOptions{})
-	if err != nil {
-		v.Problem = "the tunnel manager: " + err.Error()
-		return v
-	}
-	pods, err := cs.CoreV1().Pods(manifest.Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=" + manifest.Manager})
-	if err != nil {
-		v.Problem = "the tunnel manager's pods: " + err.Error()
-		return v
-	}
-	r, err := manifest.RunningImage(d, pods.Items)
+	r, err := manifest.ReadRunning(ctx, cs)
 	if r.Tag == "" {
-		v.Problem = err.Error()
-		return v
+		return withProblem(v, err.Error())
 	}
 	if err != nil {
-		v.Problem = err.Error()
+		v = withProblem(v, err.Error())
 	}
-	v.Agent = &agentVersion{Image: r.Tag}
-	if _, digest, ok := cutDigest(r.Image); ok {
-		v.Agent.Digest = digest
-	}
+	v.Agent = &agentVersion{Image: r.Tag, Digest: r.Digest}
 	if v.Manager == "" {
-		v.Manager = d.Labels[manifest.VersionLabel]
+		v.Manager = r.Version
 	}
-	if v.Manager != "" && v.Problem == "" {
+	if v.Manager != "" {
 		if err := version.Compatible(v.CLI.Version, v.Manager); err != nil {
-			v.Problem = err.Error()
+			v = withProblem(v, err.Error())
 		}
 	}
 	return v
 }
 
-func cutDigest(ref string) (string, string, bool) {
-	for i := len(ref) - 1; i >= 0; i-- {
-		if ref[i] == '@' {
-			return ref[:i], ref[i+1:], true
-		}
+// withProblem adds a sentence to what v says is wrong.
+func withProblem(v versions, problem string) versions {
+	if v.Problem != "" {
+		problem = v.Problem + "; " + problem
 	}
-	return ref, "", false
+	v.Problem = problem
+	return v
 }

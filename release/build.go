@@ -18,9 +18,13 @@ type Stamp struct {
 	Registry string // the agent image's default registry prefix; may be empty
 }
 
-// LDFlags are the linker flags that stamp s into the version package.
+// LDFlags are the linker flags that stamp s into the version package; an
+// empty Stamp leaves the version to what the go command records.
 func (s Stamp) LDFlags() string {
-	f := "-s -w -X tunnel.dev/tunnel/version.version=" + s.Version
+	f := "-s -w"
+	if s.Version != "" {
+		f += " -X tunnel.dev/tunnel/version.version=" + s.Version
+	}
 	if s.Registry != "" {
 		f += " -X tunnel.dev/tunnel/version.registry=" + s.Registry
 	}

@@ -17,17 +17,16 @@ import (
 	"tunnel.dev/tunnel/release"
 )
 
-// Current reads the settings of the install in the cluster: its image (and
-// the registry prefix it came from, when it is named REGISTRY/tunnel-agent),
+// Current reads the settings of the install in the cluster: its image,
 // pull secrets, replicas and who may connect. It returns nil when nothing
 // is installed.
-func Current(ctx context.Context, cs kubernetes.Interface) (*Options, string, error) {
+func Current(ctx context.Context, cs kubernetes.Interface) (*Options, error) {
 	d, err := cs.AppsV1().Deployments(Namespace).Get(ctx, Manager, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return nil, "", nil
+		return nil, nil
 	}
 	if err != nil {
-		return nil, "", fmt.Errorf("read the tunnel manager: %w", err)
+		return nil, fmt.Errorf("read the tunnel manager: %w", err)
 	}
 	opt := &Options{Version: d.Labels[VersionLabel]}
 	if d.Spec.Replicas != nil {
@@ -43,7 +42,7 @@ func Current(ctx context.Context, cs kubernetes.Interface) (*Options, string, er
 	}
 	rb, err := cs.RbacV1().RoleBindings(Namespace).Get(ctx, ClientRole, metav1.GetOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
-		return nil, "", fmt.Errorf("read who may connect: %w", err)
+		return nil, fmt.Errorf("read who may connect: %w", err)
 	}
 	if err == nil {
 		for _, s := range rb.Subjects {
@@ -55,7 +54,7 @@ func Current(ctx context.Context, cs kubernetes.Interface) (*Options, string, er
 			}
 		}
 	}
-	return opt, RegistryOf(opt.Image), nil
+	return opt, nil
 }
 
 // RegistryOf is the registry prefix of an agent image named

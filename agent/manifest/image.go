@@ -1,6 +1,7 @@
 package manifest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"tunnel.dev/tunnel/release"
 	"tunnel.dev/tunnel/version"
@@ -43,16 +46,32 @@ func AgentImage(image, registry string) (string, error) {
 
 // Running is the agent image an installed manager runs.
 type Running struct {
+	Version     string // the image's version, when the install knew it (VersionLabel)
 	Image       string // by digest when a ready pod of the current template shows it
 	Tag         string // as the Deployment names it
+	Digest      string // the digest that pod pulled, "" when none is ready
 	PullSecrets []string
+}
+
+// ReadRunning reads the installed manager's Deployment and pods, and
+// returns RunningImage of them.
+func ReadRunning(ctx context.Context, cs kubernetes.Interface) (Running, error) {
+	d, err := cs.AppsV1().Deployments(Namespace).Get(ctx, Manager, metav1.GetOptions{})
+	if err != nil {
+		return Running{}, fmt.Errorf("read the tunnel manager's deployment (is it installed? `tunnel install`): %w", err)
+	}
+	pods, err := cs.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=" + Manager})
+	if err != nil {
+		return Running{}, fmt.Errorf("read the tunnel manager's pods: %w", err)
+	}
+	return RunningImage(d, pods.Items)
 }
 
 // RunningImage reads the manager's image from its Deployment, pinned to the
 // digest a ready pod of the Deployment's current image pulled; an error
 // when no ready pod runs it.
 func RunningImage(d *appsv1.Deployment, pods []corev1.Pod) (Running, error) {
-	var r Running
+	r := Running{Version: d.Labels[VersionLabel]}
 	for _, c := range d.Spec.Template.Spec.Containers {
 		if c.Name == "manager" {
 			r.Tag = c.Image
@@ -83,7 +102,7 @@ func RunningImage(d *appsv1.Deployment, pods []corev1.Pod) (Running, error) {
 				continue
 			}
 			if _, digest, ok := strings.Cut(cs.ImageID, "@"); ok && strings.HasPrefix(digest, "sha256:") {
-				r.Image = ref.Context().Digest(digest).String()
+				r.Image, r.Digest = ref.Context().Digest(digest).String(), digest
 				return r, nil
 			}
 		}

@@ -10,9 +10,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 
 	"golang.org/x/mod/modfile"
+
+	"tunnel.dev/tunnel/release"
 )
 
 // The Kubernetes binaries the lab runs, all built from k8s.io/kubernetes.
@@ -216,17 +219,13 @@ func tail(s string, n int) string {
 }
 
 // BuildBinary builds a package of this repository as a static binary, as an
-// image or the host needs it.
+// image or the host needs it: release.Binary, unstamped, for this machine.
 func BuildBinary(ctx context.Context, pkg, out string) error {
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, pkg)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if root, err := moduleRoot(ctx); err == nil {
-		cmd.Dir = root
+	root, err := moduleRoot(ctx)
+	if err != nil {
+		return err
 	}
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build %s: %w\n%s", pkg, err, tail(string(out), 40))
-	}
-	return nil
+	return release.Binary(ctx, root, pkg, "linux", runtime.GOARCH, out, release.Stamp{})
 }
 
 // moduleRoot is the folder of this repository's go.mod, wherever the caller runs.

@@ -3,6 +3,7 @@
 package lab
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -58,5 +59,12 @@ func TestSaveLoadConfig(t *testing.T) {
 	got, err := loadConfig(p)
 	if err != nil || got != want {
 		t.Fatalf("loadConfig = %+v, %v; want %+v", got, err, want)
+	}
+}
+
+// The registry's name in every image is the node's address and port.
+func TestRegistryIsOnTheNode(t *testing.T) {
+	if want := nodeAddr.String() + ":" + strconv.Itoa(registryPort); labRegistry != want {
+		t.Errorf("labRegistry = %s, want %s", labRegistry, want)
 	}
 }

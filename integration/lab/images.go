@@ -11,7 +11,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
-// labRegistry is RegistryHost() as a constant, so image names can be.
+// labRegistry is the registry's host:port, a constant so image names can
+// be; config_test checks it is the node's address and registryPort.
 const labRegistry = "10.209.0.1:5000"
 
 // The lab's images. Every one but the pod sandbox is pushed to the lab's

@@ -41,7 +41,7 @@ const (
 )
 
 // RegistryHost is the registry's host:port, as image names start.
-func RegistryHost() string { return fmt.Sprintf("%s:%d", nodeAddr, registryPort) }
+func RegistryHost() string { return labRegistry }
 
 // AgentRegistry is the registry prefix the lab pushes tunnel's agent image
 // under, as `make image REGISTRY=...` would: RegistryHost()/tunnel.
