@@ -197,7 +197,7 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 		return undo(errors.New(status.Convert(err).Message()))
 	}
 	ic := resp.GetIntercept()
-	awaitIntercept(ctx, plan, ic.GetId(), progress, errOut)
+	awaitIntercept(ctx, plan, resp.GetProbe(), 10*time.Second, progress, errOut)
 	if !listening(local) && len(command) == 0 {
 		then := "requests go to the app"
 		if f.noFallback {
@@ -250,13 +250,16 @@ func awaitSidecar(ctx context.Context, plan *inject.Plan, progress func(string),
 // says: a yes from as many pods as the workload has (one, when the
 // Service keeps a client on one pod). A sidecar from before the answer is
 // taken at its word.
-func awaitIntercept(ctx context.Context, plan *inject.Plan, id uint64, progress func(string), errOut io.Writer) {
+func awaitIntercept(ctx context.Context, plan *inject.Plan, probe string, timeout time.Duration, progress func(string), errOut io.Writer) {
+	if probe == "" { // no direct key, nothing to ask with
+		return
+	}
 	want := 1
 	if r := plan.Deployment.Spec.Replicas; r != nil && *r > 1 && plan.Service.Spec.SessionAffinity != corev1.ServiceAffinityClientIP {
 		want = int(*r)
 	}
 	has := map[string]bool{}
-	ok := awaitProbe(ctx, plan, strconv.FormatUint(id, 10), 10*time.Second, func(h http.Header) bool {
+	ok := awaitProbe(ctx, plan, probe, timeout, func(h http.Header) bool {
 		pod := h.Get(rpc.SidecarHeader)
 		if pod == "" {
 			return false

@@ -149,6 +149,17 @@ func (x *intercepts) removeAll(ctx context.Context, ctl managerpb.ManagerClient)
 	}
 }
 
+// probe is the rpc.ProbeToken of this laptop's intercept laptopID, "" when
+// it has none.
+func (x *intercepts) probe(laptopID uint64) string {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if li := x.byID[laptopID]; li != nil {
+		return rpc.ProbeToken(li.pb.GetDirectKey())
+	}
+	return ""
+}
+
 // list returns this laptop's intercepts as the manager confirmed them.
 func (x *intercepts) list() []*managerpb.Intercept {
 	x.mu.Lock()

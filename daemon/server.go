@@ -249,7 +249,7 @@ func (d *Daemon) Intercept(ctx context.Context, req *daemonpb.InterceptRequest) 
 	if err != nil {
 		return nil, err // the manager's status, its sentence kept
 	}
-	return &daemonpb.InterceptResponse{Intercept: ic}, nil
+	return &daemonpb.InterceptResponse{Intercept: ic, Probe: s.icpt.probe(ic.GetSpec().GetLaptopId())}, nil
 }
 
 func (d *Daemon) Leave(ctx context.Context, req *daemonpb.LeaveRequest) (*daemonpb.LeaveResponse, error) {

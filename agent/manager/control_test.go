@@ -175,3 +175,30 @@ func TestHelloRefusesVersionsThatDoNotGoTogether(t *testing.T) {
 		t.Errorf("the refused hello's proof was read %v, want once", read)
 	}
 }
+
+// A sidecar of a version the manager does not serve is refused and gets
+// nothing; one from before versions were sent is served, as before.
+func TestWatchRefusesSidecarsOfVersionsNotServed(t *testing.T) {
+	m, _ := newTestManager(t, nil)
+	addr := serve(t, m)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	watch := func(v string) error {
+		w, err := controlClient(t, laptop(t, addr)).WatchIntercepts(ctx,
+			&managerpb.WatchInterceptsRequest{Namespace: "shop", Workload: "web", Pod: "web-1", SidecarVersion: v})
+		if err != nil {
+			return err
+		}
+		_, err = w.Recv()
+		return err
+	}
+	if err := watch("some-other-build"); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("a sidecar of another build: %v, want FailedPrecondition", err)
+	}
+	if err := watch(""); err != nil {
+		t.Errorf("a sidecar that sends no version: %v", err)
+	}
+	if err := watch(version.Get().Version); err != nil {
+		t.Errorf("a sidecar of the manager's version: %v", err)
+	}
+}

@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"bytes"
 	"io"
 	"net"
 	"net/http"
@@ -188,17 +189,24 @@ func TestMirrorTheAppAnswersTheLaptopGetsACopy(t *testing.T) {
 func TestProbeIsAnsweredByTheSidecar(t *testing.T) {
 	e := newEnv(t, false)
 	e.answer(1, e.serveHTTPMode)
-	e.set(intercept(1, "g", managerpb.InterceptMode_GLOBAL))
-	code, _, header := e.request("GET", "", rpc.ProbeHeader, "1")
+	g := intercept(1, "g", managerpb.InterceptMode_GLOBAL)
+	g.DirectKey = bytes.Repeat([]byte{7}, rpc.DirectKeyLen)
+	e.set(g)
+	code, _, header := e.request("GET", "", rpc.ProbeHeader, "sidecar")
 	if code != http.StatusNoContent || header.Get(rpc.SidecarHeader) != "web-1" {
 		t.Errorf("probe: %d, %s %q; want 204 naming web-1", code, rpc.SidecarHeader, header.Get(rpc.SidecarHeader))
 	}
 	none(t, e.appHits, "app")
 	none(t, e.laptopHits, "laptop")
-	// A probe naming an intercept is told whether the sidecar has it.
-	for id, want := range map[string]string{"1": "yes", "2": "no"} {
-		if _, _, header := e.request("GET", "", rpc.ProbeHeader, id); header.Get(rpc.ProbeHasHeader) != want {
-			t.Errorf("probe for intercept %s: %s %q, want %q", id, rpc.ProbeHasHeader, header.Get(rpc.ProbeHasHeader), want)
+	// A probe with an intercept's token is told whether the sidecar has
+	// it; any other probe (an id, a guess) learns nothing of intercepts.
+	for probe, want := range map[string]string{
+		rpc.ProbeToken(g.DirectKey):                               "yes",
+		rpc.ProbeToken(bytes.Repeat([]byte{8}, rpc.DirectKeyLen)): "no",
+		"1": "",
+	} {
+		if _, _, header := e.request("GET", "", rpc.ProbeHeader, probe); header.Get(rpc.ProbeHasHeader) != want {
+			t.Errorf("probe %q: %s %q, want %q", probe, rpc.ProbeHasHeader, header.Get(rpc.ProbeHasHeader), want)
 		}
 	}
 }

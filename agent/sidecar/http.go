@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -121,9 +120,9 @@ func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { retur
 func (h *httpMode) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if probe := r.Header.Get(rpc.ProbeHeader); probe != "" {
 		w.Header().Set(rpc.SidecarHeader, h.c.pod)
-		if id, err := strconv.ParseUint(probe, 10, 64); err == nil && id > 0 {
+		if len(probe) == 2*16 { // a ProbeToken
 			has := "no"
-			if h.c.link.intercept(id) != nil {
+			if h.c.link.hasProbe(probe) {
 				has = "yes"
 			}
 			w.Header().Set(rpc.ProbeHasHeader, has)

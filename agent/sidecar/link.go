@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -80,6 +81,21 @@ func (l *link) intercept(id uint64) *managerpb.Intercept {
 		}
 	}
 	return nil
+}
+
+// hasProbe says whether one of the workload's intercepts now has probe as
+// its rpc.ProbeToken.
+func (l *link) hasProbe(probe string) bool {
+	if t := l.table.Load(); t != nil {
+		for _, ics := range *t {
+			for _, ic := range ics {
+				if subtle.ConstantTimeCompare([]byte(rpc.ProbeToken(ic.GetDirectKey())), []byte(probe)) == 1 {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // ids returns the manager's ids of the workload's intercepts now.

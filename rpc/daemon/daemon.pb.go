@@ -595,8 +595,11 @@ func (x *InterceptRequest) GetLocalPort() uint32 {
 }
 
 type InterceptResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Intercept     *manager.Intercept     `protobuf:"bytes,1,opt,name=intercept,proto3" json:"intercept,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Intercept *manager.Intercept     `protobuf:"bytes,1,opt,name=intercept,proto3" json:"intercept,omitempty"`
+	// The intercept's rpc.ProbeToken, with which the CLI asks the sidecars
+	// whether they have it yet (its direct key stays in the daemon).
+	Probe         string `protobuf:"bytes,2,opt,name=probe,proto3" json:"probe,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -636,6 +639,13 @@ func (x *InterceptResponse) GetIntercept() *manager.Intercept {
 		return x.Intercept
 	}
 	return nil
+}
+
+func (x *InterceptResponse) GetProbe() string {
+	if x != nil {
+		return x.Probe
+	}
+	return ""
 }
 
 type LeaveRequest struct {
@@ -876,9 +886,10 @@ const file_daemon_daemon_proto_rawDesc = "" +
 	"\x10InterceptRequest\x124\n" +
 	"\x04spec\x18\x01 \x01(\v2 .tunnel.manager.v1.InterceptSpecR\x04spec\x12\x1d\n" +
 	"\n" +
-	"local_port\x18\x02 \x01(\rR\tlocalPort\"O\n" +
+	"local_port\x18\x02 \x01(\rR\tlocalPort\"e\n" +
 	"\x11InterceptResponse\x12:\n" +
-	"\tintercept\x18\x01 \x01(\v2\x1c.tunnel.manager.v1.InterceptR\tintercept\"@\n" +
+	"\tintercept\x18\x01 \x01(\v2\x1c.tunnel.manager.v1.InterceptR\tintercept\x12\x14\n" +
+	"\x05probe\x18\x02 \x01(\tR\x05probe\"@\n" +
 	"\fLeaveRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"\x0f\n" +
