@@ -103,14 +103,19 @@ func versionsOf(t *testing.T, l *laptop) (manager, digest string) {
 // moves it while a laptop stays connected and keeps its settings; older
 // sidecars keep working until --agents moves them.
 func TestVersionSkewAndUpgrade(t *testing.T) {
-	r := releases(t, "v0.89.0", "v0.90.0", "v0.91.0", "v0.92.0")
+	// Versions of this tree's own: a tag pushed again with other content
+	// would be the node's cached image, not this one (tags do not move).
+	tree := "lab-" + strings.ReplaceAll(h.Agent.Stamp.Version, ".", "-") // one semver identifier
+	v := func(minor int) string { return fmt.Sprintf("v0.%d.0-%s", minor, tree) }
+	v89, v90, v91, v92 := v(89), v(90), v(91), v(92)
+	r := releases(t, v89, v90, v91, v92)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	// Settings an upgrade must keep: a pull secret and a user allowed in.
 	withoutManager(t, true)
 	pullSecret(t, "tunnel-system", "lab-pull")
-	if out, err := h.Run(ctx, node, r["v0.91.0"].cli, "install", "--image-pull-secret", "lab-pull", "--allow-user", "dev"); err != nil {
-		t.Fatalf("install v0.91.0: %v\n%s", err, out)
+	if out, err := h.Run(ctx, node, r[v91].cli, "install", "--image-pull-secret", "lab-pull", "--allow-user", "dev"); err != nil {
+		t.Fatalf("install %s: %v\n%s", v91, err, out)
 	}
 
 	ns := h.Namespace(t)
@@ -119,33 +124,33 @@ func TestVersionSkewAndUpgrade(t *testing.T) {
 	l := newLaptop(t, "vera", "admin")
 	before := l.resolvConf()
 	for _, c := range []struct{ cli, want string }{
-		{"v0.89.0", "this tunnel (v0.89.0) is older than the tunnel manager in the cluster (v0.91.0), which serves v0.91 and the minor version before: install tunnel v0.91.0"},
-		{"v0.92.0", "the tunnel manager in the cluster (v0.91.0) is older than this tunnel (v0.92.0): run `tunnel install --upgrade` to move it to v0.92.0"},
+		{v89, fmt.Sprintf("this tunnel (%s) is older than the tunnel manager in the cluster (%s), which serves v0.91 and the minor version before: install tunnel %s", v89, v91, v91)},
+		{v92, fmt.Sprintf("the tunnel manager in the cluster (%s) is older than this tunnel (%s): run `tunnel install --upgrade` to move it to %s", v91, v92, v92)},
 	} {
 		l.bin = r[c.cli].cli
 		out, err := l.run("connect", "-n", ns)
 		if err == nil || !strings.Contains(out, c.want) || strings.Count(strings.TrimSpace(out), "\n") > 0 {
-			t.Errorf("connect with %s to a v0.91.0 manager: %v\n%s", c.cli, err, out)
+			t.Errorf("connect with %s to a %s manager: %v\n%s", c.cli, v91, err, out)
 		}
 		l.run("quit")
 		if l.resolvConf() != before {
 			t.Errorf("the refused connect with %s left resolv.conf changed", c.cli)
 		}
 	}
-	l.bin = r["v0.90.0"].cli // one minor behind: served
+	l.bin = r[v90].cli // one minor behind: served
 	l.must("connect", "-n", ns)
 	l.must("quit")
 
 	// A laptop of v0.91.0 with an intercept and a curl loop by name; the
 	// admin upgrades the manager to v0.92.0 from the node.
-	l.bin = r["v0.91.0"].cli
+	l.bin = r[v91].cli
 	l.must("connect", "-n", ns)
 	startLocalServer(t, l, "laptop-vera", 7072)
 	l.must("intercept", "echo", "--port", "7072:http")
 	ip := serviceIP(t, ns, "echo")
 	stop := curlLoop(l, fmt.Sprintf("http://echo.%s/loop", ns))
 	time.Sleep(2 * time.Second)
-	if out, err := h.Run(ctx, node, r["v0.92.0"].cli, "install", "--upgrade"); err != nil {
+	if out, err := h.Run(ctx, node, r[v92].cli, "install", "--upgrade"); err != nil {
 		stop()
 		t.Fatalf("install --upgrade: %v\n%s", err, out)
 	}
@@ -155,8 +160,8 @@ func TestVersionSkewAndUpgrade(t *testing.T) {
 	if gap > 15*time.Second || answered == 0 {
 		t.Errorf("the laptop's requests stopped for %s across the upgrade", gap)
 	}
-	if m, d := versionsOf(t, l); m != "v0.92.0" || d != r["v0.92.0"].agent.Digest {
-		t.Errorf("after the upgrade tunnel version says manager %s, digest %s; want v0.92.0, %s", m, d, r["v0.92.0"].agent.Digest)
+	if m, d := versionsOf(t, l); m != v92 || d != r[v92].agent.Digest {
+		t.Errorf("after the upgrade tunnel version says manager %s, digest %s; want %s, %s", m, d, v92, r[v92].agent.Digest)
 	}
 	d, err := h.Client.AppsV1().Deployments("tunnel-system").Get(ctx, "tunnel-manager", metav1.GetOptions{})
 	if err != nil || len(d.Spec.Template.Spec.ImagePullSecrets) != 1 || d.Spec.Template.Spec.ImagePullSecrets[0].Name != "lab-pull" {
@@ -172,14 +177,14 @@ func TestVersionSkewAndUpgrade(t *testing.T) {
 		return err == nil && strings.Contains(out, "pod=laptop-vera"), out
 	})
 	images, _ := imageIDs(t, ns, "app=echo", "tunnel-agent")
-	if want := lab.AgentRegistry() + "/tunnel-agent@" + r["v0.91.0"].agent.Digest; len(images) != 1 || images[0] != want {
+	if want := lab.AgentRegistry() + "/tunnel-agent@" + r[v91].agent.Digest; len(images) != 1 || images[0] != want {
 		t.Errorf("before --agents the sidecar runs %v, want %s", images, want)
 	}
-	if out, err := h.Run(ctx, node, r["v0.92.0"].cli, "install", "--upgrade", "--agents"); err != nil {
+	if out, err := h.Run(ctx, node, r[v92].cli, "install", "--upgrade", "--agents"); err != nil {
 		t.Fatalf("install --upgrade --agents: %v\n%s", err, out)
 	}
 	images, _ = imageIDs(t, ns, "app=echo", "tunnel-agent")
-	if want := lab.AgentRegistry() + "/tunnel-agent@" + r["v0.92.0"].agent.Digest; len(images) != 1 || images[0] != want {
+	if want := lab.AgentRegistry() + "/tunnel-agent@" + r[v92].agent.Digest; len(images) != 1 || images[0] != want {
 		t.Errorf("after --agents the sidecar runs %v, want %s", images, want)
 	}
 	eventually(t, 30*time.Second, "the moved sidecar's intercept answers", func() (bool, string) {
@@ -187,7 +192,7 @@ func TestVersionSkewAndUpgrade(t *testing.T) {
 		return err == nil && strings.Contains(out, "pod=laptop-vera"), out
 	})
 	// A downgrade is refused.
-	if out, err := h.Run(ctx, node, r["v0.91.0"].cli, "install", "--upgrade"); err == nil || !strings.Contains(out, "is newer than this tunnel") {
+	if out, err := h.Run(ctx, node, r[v91].cli, "install", "--upgrade"); err == nil || !strings.Contains(out, "is newer than this tunnel") {
 		t.Errorf("install --upgrade with an older tunnel: %v\n%s", err, out)
 	}
 	l.must("leave", "echo-http")

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 
 	"tunnel.dev/tunnel/release"
@@ -67,11 +68,7 @@ func newImage() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			src, opt, err := o.agentImage(ctx, cmd.ErrOrStderr())
-			if err != nil {
-				return err
-			}
-			idx, err := release.AgentImage(opt)
+			opt, idx, err := o.agentImage(ctx, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -80,7 +77,7 @@ func newImage() *cobra.Command {
 				return err
 			}
 			if layout != "" {
-				if err := release.WriteLayout(idx, src.Version, src.Time, layout); err != nil {
+				if err := release.WriteLayout(idx, opt.Version, opt.Created, layout); err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s\n", layout)
@@ -89,7 +86,7 @@ func newImage() *cobra.Command {
 				_, err := fmt.Fprintln(cmd.OutOrStdout(), d)
 				return err
 			}
-			ref := release.AgentRef(o.registry, src.Version)
+			ref := release.AgentRef(o.registry, opt.Version)
 			fmt.Fprintf(cmd.ErrOrStderr(), "pushing %s...\n", ref)
 			pushed, err := release.Push(ctx, idx, ref)
 			if err != nil {
@@ -104,33 +101,12 @@ func newImage() *cobra.Command {
 	return cmd
 }
 
-// agentImage builds the agent for each platform and says what goes in the image.
-func (o *options) agentImage(ctx context.Context, progress io.Writer) (release.Source, release.ImageOptions, error) {
-	src := release.ReadSource(ctx, ".")
-	if o.version != "" {
-		src.Version = o.version
-	}
-	ca, err := os.ReadFile(o.caCerts)
-	if err != nil {
-		return src, release.ImageOptions{}, fmt.Errorf("read the CA bundle for the image (Debian's ca-certificates package has it): %w", err)
-	}
-	opt := release.ImageOptions{Version: src.Version, Revision: src.Revision, Source: o.source, Created: src.Time, CACerts: ca, Binaries: map[string]string{}}
-	// The agent is the same whatever registry it is pushed to: only the
-	// CLI carries the registry.
-	stamp := release.Stamp{Version: src.Version}
-	for _, p := range o.platforms {
-		goos, goarch, ok := strings.Cut(p, "/")
-		if !ok || goos != "linux" {
-			return src, opt, fmt.Errorf("agent platform %q: want linux/ARCH", p)
-		}
-		out := filepath.Join(o.workDir, "agent-"+goarch, "tunnel-agent")
-		fmt.Fprintf(progress, "building tunnel-agent %s for %s...\n", src.Version, p)
-		if err := release.Binary(ctx, ".", "./cmd/tunnel-agent", goos, goarch, out, stamp); err != nil {
-			return src, opt, err
-		}
-		opt.Binaries[p] = out
-	}
-	return src, opt, nil
+// agentImage builds the agent for each platform, and its image.
+func (o *options) agentImage(ctx context.Context, progress io.Writer) (release.ImageOptions, v1.ImageIndex, error) {
+	return release.BuildAgentImage(ctx, release.AgentBuild{
+		Dir: ".", WorkDir: o.workDir, Version: o.version, Platforms: o.platforms,
+		CACerts: o.caCerts, Source: o.source, Progress: progress,
+	})
 }
 
 func newDist() *cobra.Command {
@@ -148,15 +124,15 @@ func newDist() *cobra.Command {
 			if err := os.MkdirAll(out, 0o755); err != nil {
 				return err
 			}
-			src, opt, err := o.agentImage(ctx, cmd.ErrOrStderr())
+			opt, idx, err := o.agentImage(ctx, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			stamp := release.Stamp{Version: src.Version, Registry: o.registry}
+			stamp := release.Stamp{Version: opt.Version, Registry: o.registry}
 			var files []string
 			for _, p := range cliPlatforms {
 				goos, goarch, _ := strings.Cut(p, "/")
-				name := fmt.Sprintf("tunnel-%s-%s-%s", src.Version, goos, goarch)
+				name := fmt.Sprintf("tunnel-%s-%s-%s", opt.Version, goos, goarch)
 				if goos == "windows" {
 					name += ".exe"
 				}
@@ -168,18 +144,14 @@ func newDist() *cobra.Command {
 			}
 			for p, bin := range opt.Binaries {
 				_, goarch, _ := strings.Cut(p, "/")
-				name := fmt.Sprintf("tunnel-agent-%s-linux-%s", src.Version, goarch)
+				name := fmt.Sprintf("tunnel-agent-%s-linux-%s", opt.Version, goarch)
 				if err := copyFile(bin, filepath.Join(out, name)); err != nil {
 					return err
 				}
 				files = append(files, name)
 			}
-			idx, err := release.AgentImage(opt)
-			if err != nil {
-				return err
-			}
-			layout := fmt.Sprintf("tunnel-agent-%s-oci.tar", src.Version)
-			if err := release.WriteLayout(idx, src.Version, src.Time, filepath.Join(out, layout)); err != nil {
+			layout := fmt.Sprintf("tunnel-agent-%s-oci.tar", opt.Version)
+			if err := release.WriteLayout(idx, opt.Version, opt.Created, filepath.Join(out, layout)); err != nil {
 				return err
 			}
 			files = append(files, layout)
@@ -187,7 +159,7 @@ func newDist() *cobra.Command {
 				return err
 			}
 			d, _ := idx.Digest()
-			fmt.Fprintf(cmd.OutOrStdout(), "release %s in %s (agent image %s)\n", src.Version, out, d)
+			fmt.Fprintf(cmd.OutOrStdout(), "release %s in %s (agent image %s)\n", opt.Version, out, d)
 			return nil
 		},
 	}

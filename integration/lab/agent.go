@@ -4,9 +4,6 @@ package lab
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"path/filepath"
 	"runtime"
 
 	"tunnel.dev/tunnel/release"
@@ -40,25 +37,7 @@ func PushAgentTo(ctx context.Context, p Paths, registry, version string) (Agent,
 	if err != nil {
 		return Agent{}, err
 	}
-	src := release.ReadSource(ctx, root)
-	stamp := release.Stamp{Version: version, Registry: registry}
-	ca, err := os.ReadFile("/etc/ssl/certs/ca-certificates.crt")
-	if err != nil {
-		return Agent{}, fmt.Errorf("read the CA bundle for the agent image: %w", err)
-	}
-	opt := release.ImageOptions{Version: version, Revision: src.Revision, Source: "tunnel.dev/tunnel", Created: src.Time, CACerts: ca, Binaries: map[string]string{}}
-	for _, arch := range []string{"amd64", "arm64"} {
-		out := p.state("images", "agent-"+version, arch, "tunnel-agent")
-		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-			return Agent{}, err
-		}
-		// The agent is the same whatever registry it is pushed to.
-		if err := release.Binary(ctx, root, "./cmd/tunnel-agent", "linux", arch, out, release.Stamp{Version: version}); err != nil {
-			return Agent{}, err
-		}
-		opt.Binaries["linux/"+arch] = out
-	}
-	idx, err := release.AgentImage(opt)
+	_, idx, err := release.BuildAgentImage(ctx, release.AgentBuild{Dir: root, WorkDir: p.state("images"), Version: version})
 	if err != nil {
 		return Agent{}, err
 	}
@@ -71,7 +50,7 @@ func PushAgentTo(ctx context.Context, p Paths, registry, version string) (Agent,
 	if err != nil {
 		return Agent{}, err
 	}
-	return Agent{Stamp: stamp, Ref: ref, Digest: d.DigestStr()}, nil
+	return Agent{Stamp: release.Stamp{Version: version, Registry: registry}, Ref: ref, Digest: d.DigestStr()}, nil
 }
 
 // BuildTunnel builds the tunnel CLI of this tree stamped as s, as `make

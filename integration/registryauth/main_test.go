@@ -108,3 +108,35 @@ func TestTokensGrantOnlyWhatTheCallerMay(t *testing.T) {
 		}
 	}
 }
+
+// FuzzGrant: whatever scope a client sends, an anonymous caller gets no
+// push and nothing of a private repository, a puller no push, and only
+// repository scopes are granted.
+func FuzzGrant(f *testing.F) {
+	for _, s := range []string{"repository:lab/echo:pull", "repository:private/x:pull,push", "registry:catalog:*",
+		"repository:a:b:c:push", "repository::pull", "repository:private/:push,pull,delete", ":::", ""} {
+		f.Add(s)
+	}
+	s := &server{private: "private/", pushers: []string{"pusher"}}
+	f.Fuzz(func(t *testing.T, scope string) {
+		for _, user := range []string{"", "puller", "pusher"} {
+			a, ok := s.grant(user, scope)
+			if !ok {
+				continue
+			}
+			if a.Type != "repository" || len(a.Actions) == 0 {
+				t.Fatalf("grant(%q, %q) = %+v", user, scope, a)
+			}
+			for _, act := range a.Actions {
+				switch {
+				case act != "pull" && act != "push":
+					t.Fatalf("grant(%q, %q) gave %q", user, scope, act)
+				case act == "push" && user != "pusher":
+					t.Fatalf("%q may push by scope %q", user, scope)
+				case user == "" && strings.HasPrefix(a.Name, "private/"):
+					t.Fatalf("anonymous got %q of private %q", act, a.Name)
+				}
+			}
+		}
+	})
+}
