@@ -27,17 +27,36 @@ func Denied(ctx context.Context, cs kubernetes.Interface, attrs ...authzv1.Resou
 			return nil, fmt.Errorf("ask the API server what you may do: %w", err)
 		}
 		if !rev.Status.Allowed {
-			res := r.Resource
-			if r.Subresource != "" {
-				res += "/" + r.Subresource
-			}
-			if r.Group != "" {
-				res += "." + r.Group
-			}
-			denied = append(denied, r.Verb+" "+res)
+			denied = append(denied, Describe(r))
 		}
 	}
 	return denied, nil
+}
+
+// Describe names an attribute as "VERB RESOURCE[/SUB][.GROUP]".
+func Describe(r authzv1.ResourceAttributes) string {
+	res := r.Resource
+	if r.Subresource != "" {
+		res += "/" + r.Subresource
+	}
+	if r.Group != "" {
+		res += "." + r.Group
+	}
+	return r.Verb + " " + res
+}
+
+// InterceptRights are what a user needs in a namespace to intercept a
+// workload there: the rights to add the sidecar and point the Service at it
+// (and so to take the workload's traffic without tunnel). The CLI asks
+// before changing anything; the manager asks again before it records the
+// intercept, since a caller need not use the CLI.
+func InterceptRights() []authzv1.ResourceAttributes {
+	return []authzv1.ResourceAttributes{
+		{Verb: "get", Group: "apps", Resource: "deployments"},
+		{Verb: "patch", Group: "apps", Resource: "deployments"},
+		{Verb: "list", Resource: "services"},
+		{Verb: "update", Resource: "services"},
+	}
 }
 
 // Check returns ErrForbidden in a sentence when the user may not do all of

@@ -58,27 +58,20 @@ func startDaemon(ctx context.Context, errOut io.Writer) (daemonpb.DaemonClient, 
 	}
 	runDir := daemonpb.RunDir()
 	uid, gid := os.Getuid(), os.Getgid()
-	args := []string{self, "daemon", "--uid", strconv.Itoa(uid), "--gid", strconv.Itoa(gid)}
+	logPath := filepath.Join(runDir, "daemon.log")
+	// The daemon opens its own log (0600, as root): nothing here, and no
+	// shell, sees a path or argument as anything but one word.
+	args := []string{self, "daemon", "--uid", strconv.Itoa(uid), "--gid", strconv.Itoa(gid), "--log-file", logPath}
 	var cmd *exec.Cmd
 	if os.Geteuid() == 0 {
-		if err := os.MkdirAll(runDir, 0o755); err != nil {
-			return nil, nil, err
-		}
-		logf, err := os.OpenFile(filepath.Join(runDir, "daemon.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err != nil {
-			return nil, nil, err
-		}
-		defer logf.Close()
 		cmd = exec.Command(args[0], args[1:]...)
-		cmd.Stdout, cmd.Stderr = logf, logf
 		detach(cmd)
 	} else {
 		if _, err := exec.LookPath("sudo"); err != nil {
 			return nil, nil, fmt.Errorf("tunnel needs root for its daemon and there is no sudo: run `sudo %s daemon --uid %d --gid %d` as a service", self, uid, gid)
 		}
 		fmt.Fprintln(errOut, "Starting the tunnel daemon with sudo (it creates a TUN device and changes routes and DNS)...")
-		sh := fmt.Sprintf("mkdir -p %q && exec %q daemon --uid %d --gid %d >>%q 2>&1", runDir, self, uid, gid, filepath.Join(runDir, "daemon.log"))
-		cmd = exec.Command("sudo", "--background", "sh", "-c", sh)
+		cmd = exec.Command("sudo", append([]string{"--background", "--"}, args...)...)
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, errOut, errOut
 	}
 	if err := cmd.Start(); err != nil {
@@ -95,13 +88,13 @@ func startDaemon(ctx context.Context, errOut io.Writer) (daemonpb.DaemonClient, 
 		case err := <-exited:
 			switch {
 			case err != nil && os.Geteuid() == 0: // the daemon itself ended
-				return nil, nil, fmt.Errorf("the tunnel daemon exited: %v (see %s)", err, filepath.Join(runDir, "daemon.log"))
+				return nil, nil, fmt.Errorf("the tunnel daemon exited: %v (see %s)", err, logPath)
 			case err != nil:
 				return nil, nil, fmt.Errorf("tunnel needs root for its daemon and sudo failed (%v): run `sudo %s daemon --uid %d --gid %d` yourself or as a service", err, self, uid, gid)
 			}
 			exited = nil // sudo --background returns once the daemon started
 		case <-deadline:
-			return nil, nil, fmt.Errorf("the tunnel daemon did not start within 15s: see %s", filepath.Join(runDir, "daemon.log"))
+			return nil, nil, fmt.Errorf("the tunnel daemon did not start within 15s: see %s", logPath)
 		case <-ctx.Done():
 			return nil, nil, ctx.Err()
 		case <-time.After(100 * time.Millisecond):

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -14,6 +15,7 @@ import (
 
 	"tunnel.dev/tunnel/agent/inject"
 	"tunnel.dev/tunnel/agent/manifest"
+	"tunnel.dev/tunnel/rpc"
 	"tunnel.dev/tunnel/version"
 )
 
@@ -26,6 +28,8 @@ type installFlags struct {
 	upgrade        bool
 	agents, dryRun bool
 	output         string
+	reach          string
+	alsoReach      []string
 }
 
 func newInstall() *cobra.Command {
@@ -50,6 +54,8 @@ func newInstall() *cobra.Command {
 	fl.DurationVar(&f.timeout, "timeout", 2*time.Minute, "how long the manager (and each sidecar's rollout) may take to be ready")
 	fl.StringSliceVar(&f.users, "allow-user", nil, "let this user connect (repeatable)")
 	fl.StringSliceVar(&f.grps, "allow-group", nil, "let this group connect (repeatable)")
+	fl.StringVar(&f.reach, "reach", rpc.ReachNamespaces, "what a connected user may dial: namespaces (pods and Services where they may create pods/portforward) or cluster (any pod or Service)")
+	fl.StringSliceVar(&f.alsoReach, "also-reach", nil, "a CIDR outside the cluster every connected user may dial, such as a database's subnet (repeatable)")
 	fl.BoolVar(&f.upgrade, "upgrade", false, "move the installed manager to this tunnel's version, keeping its settings")
 	fl.BoolVar(&f.agents, "agents", false, "also move every sidecar to the manager's image (one rollout each)")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "change nothing: print what would be applied (-o yaml)")
@@ -151,7 +157,27 @@ func (f *installFlags) options(cmd *cobra.Command, current *manifest.Options) (m
 		return opt, err
 	}
 	opt.AllowUsers, opt.AllowGroups = f.users, f.grps
+	if _, err := rpc.ParseReach(f.reach); err != nil {
+		return opt, err
+	}
+	for _, c := range f.alsoReach {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return opt, fmt.Errorf("--also-reach %q is not a CIDR such as 10.20.0.0/16", c)
+		}
+		if p.Bits() < 8 {
+			return opt, fmt.Errorf("--also-reach %s is wider than a /8: name the networks the users need", c)
+		}
+		opt.AlsoReach = append(opt.AlsoReach, p.Masked().String())
+	}
+	opt.Reach = f.reach
 	if current != nil {
+		if !cmd.Flags().Changed("reach") && current.Reach != "" {
+			opt.Reach = current.Reach
+		}
+		if !cmd.Flags().Changed("also-reach") {
+			opt.AlsoReach = current.AlsoReach
+		}
 		opt.Replicas = current.Replicas
 		// Install adds to who may connect; the printed objects say all.
 		opt.AllowUsers = union(current.AllowUsers, f.users)

@@ -2,8 +2,10 @@ package cli
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
@@ -75,7 +77,16 @@ func (k *kubeFlags) portable() ([]byte, string, string, error) {
 	if err := clientcmdapi.FlattenConfig(&raw); err != nil {
 		return nil, "", "", fmt.Errorf("inline the kubeconfig's files: %w", err)
 	}
-	for _, ai := range raw.AuthInfos {
+	for name, ai := range raw.AuthInfos {
+		// FlattenConfig leaves a token file a path: read it here, as the
+		// user; the daemon reads no file for anyone.
+		if ai.TokenFile != "" {
+			tok, err := os.ReadFile(ai.TokenFile)
+			if err != nil {
+				return nil, "", "", fmt.Errorf("read the token file of kubeconfig user %s: %w", name, err)
+			}
+			ai.Token, ai.TokenFile = strings.TrimSpace(string(tok)), ""
+		}
 		if ai.Exec != nil && !filepath.IsAbs(ai.Exec.Command) {
 			if p, err := exec.LookPath(ai.Exec.Command); err == nil {
 				ai.Exec.Command = p

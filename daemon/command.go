@@ -27,6 +27,7 @@ func Command() *cobra.Command {
 		uid, gid, group int
 		dnsAddr         string
 		metricsAddr     string
+		logFile         string
 		repair          bool
 		opt             = Options{Device: "tunnel0", ResolvConf: "/etc/resolv.conf"}
 	)
@@ -36,8 +37,17 @@ func Command() *cobra.Command {
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)).With("subsystem", "daemon")
 			opt.RunDir = daemonpb.RunDir()
+			out := cmd.ErrOrStderr()
+			if logFile != "" {
+				f, err := openLog(opt.RunDir, logFile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				out = f
+			}
+			logger := slog.New(slog.NewTextHandler(out, nil)).With("subsystem", "daemon")
 			a, err := netip.ParseAddrPort(dnsAddr)
 			if err != nil {
 				return err
@@ -59,6 +69,7 @@ func Command() *cobra.Command {
 	f.StringVar(&dnsAddr, "dns-addr", defaultDNSAddr, "address of the laptop's resolver, inside the TUN device")
 	f.StringVar(&opt.ResolvConf, "resolv-conf", opt.ResolvConf, "the resolv.conf to point at the resolver")
 	f.StringVar(&metricsAddr, "metrics-addr", defaultMetricsAddr, "where to serve Prometheus metrics (/metrics); empty for none")
+	f.StringVar(&logFile, "log-file", "", "append the log here (0600), and what the process prints, instead of stderr")
 	f.BoolVar(&repair, "repair", false, "only repair what a crashed daemon left, then exit")
 	return cmd
 }

@@ -20,16 +20,18 @@ import (
 
 // proveIdentity creates the CertificateSigningRequest that tells the
 // manager, through the API server, which Kubernetes user this session is
-// (see rpc.IdentitySigner), and returns its name for Hello.
-func proveIdentity(ctx context.Context, cs kubernetes.Interface) (string, error) {
+// (see rpc.IdentitySigner), and returns its name and the request's key,
+// with which Hello signs the session's challenge: whoever else reads the
+// request cannot use it. The key lives only as long as the session's hello.
+func proveIdentity(ctx context.Context, cs kubernetes.Interface) (string, ed25519.PrivateKey, error) {
 	name := rpc.IdentityPrefix + strings.ToLower(rand.Text()[:20])
 	_, key, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	csr := &certv1.CertificateSigningRequest{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app.kubernetes.io/part-of": "tunnel"}},
@@ -41,7 +43,7 @@ func proveIdentity(ctx context.Context, cs kubernetes.Interface) (string, error)
 		},
 	}
 	if _, err := cs.CertificatesV1().CertificateSigningRequests().Create(ctx, csr, metav1.CreateOptions{}); err != nil {
-		return "", fmt.Errorf("create the proof of who you are for the manager: %w", err)
+		return "", nil, fmt.Errorf("create the proof of who you are for the manager: %w", err)
 	}
-	return name, nil
+	return name, key, nil
 }

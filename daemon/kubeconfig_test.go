@@ -3,6 +3,7 @@ package daemon
 import (
 	"os"
 	"slices"
+	"strings"
 	"testing"
 
 	"k8s.io/client-go/tools/clientcmd"
@@ -58,5 +59,34 @@ func TestRestConfigErrors(t *testing.T) {
 	}
 	if _, _, err := restConfig(kubeconfigWithExec(t), "nope", Caller{}); err == nil {
 		t.Error("an unknown context was accepted")
+	}
+}
+
+// Root reads no file a caller names: a kubeconfig with paths is refused
+// before anything is read.
+func TestKubeconfigNamingFilesIsRefused(t *testing.T) {
+	for what, edit := range map[string]func(*clientcmdapi.Config){
+		"tokenFile":             func(c *clientcmdapi.Config) { c.AuthInfos["u"].TokenFile = "/root/.kube/token" },
+		"client-certificate":    func(c *clientcmdapi.Config) { c.AuthInfos["u"].ClientCertificate = "/root/cert.pem" },
+		"client-key":            func(c *clientcmdapi.Config) { c.AuthInfos["u"].ClientKey = "/root/key.pem" },
+		"certificate-authority": func(c *clientcmdapi.Config) { c.Clusters["c"].CertificateAuthority = "/etc/shadow" },
+		"auth-provider": func(c *clientcmdapi.Config) {
+			c.AuthInfos["u"].AuthProvider = &clientcmdapi.AuthProviderConfig{Name: "oidc", Config: map[string]string{"idp-certificate-authority": "/root/ca"}}
+		},
+	} {
+		cfg, err := clientcmd.Load(kubeconfigWithExec(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.AuthInfos["u"].Exec = nil
+		edit(cfg)
+		b, err := clientcmd.Write(*cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _, err = restConfig(b, "", Caller{UID: os.Geteuid(), GID: os.Getegid()})
+		if err == nil || !strings.Contains(err.Error(), what) {
+			t.Errorf("a kubeconfig with %s: %v, want refused naming it", what, err)
+		}
 	}
 }

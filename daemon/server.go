@@ -13,8 +13,10 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	grpcpeer "google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -74,26 +76,11 @@ func Run(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, g
 	}
 	defer metrics.close()
 
-	sock := daemonpb.SocketIn(opt.RunDir)
-	_ = os.Remove(sock) // the lock says no daemon serves it
-	ln, err := net.Listen("unix", sock)
+	ln, err := listenSocket(logger, opt.RunDir, caller, group)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", sock, err)
-	}
-	// Only root and the caller (and the group, if one was named) may talk
-	// to a daemon that changes routes and DNS.
-	mode, gid := os.FileMode(0o600), caller.GID
-	if group >= 0 {
-		mode, gid = 0o660, group
-	}
-	if err := os.Chown(sock, caller.UID, gid); err != nil {
-		ln.Close()
 		return err
 	}
-	if err := os.Chmod(sock, mode); err != nil {
-		ln.Close()
-		return err
-	}
+	sock := ln.Addr().String()
 
 	dnsLatency, observe := newDNSLatency()
 	opt.DNSObserve = observe
@@ -116,6 +103,52 @@ func Run(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, g
 	return err
 }
 
+// listenSocket makes the daemon's socket inside a folder only the caller
+// (and the group, if one was named) may enter, so the socket is never
+// reachable by others, not even between its creation and its chmod; and
+// every connection is checked against the kernel's word of who it is.
+func listenSocket(logger *slog.Logger, runDir string, caller Caller, group int) (net.Listener, error) {
+	sock := daemonpb.SocketIn(runDir)
+	dir := filepath.Dir(sock)
+	dirMode, sockMode, gid := os.FileMode(0o700), os.FileMode(0o600), caller.GID
+	if group >= 0 {
+		dirMode, sockMode, gid = 0o750, 0o660, group
+	}
+	_ = os.RemoveAll(dir) // the lock says no daemon serves it
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("make the socket's folder: %w", err)
+	}
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", sock, err)
+	}
+	for _, step := range []func() error{
+		func() error { return os.Chown(sock, caller.UID, gid) },
+		func() error { return os.Chmod(sock, sockMode) },
+		func() error { return os.Chown(dir, caller.UID, gid) },
+		func() error { return os.Chmod(dir, dirMode) },
+	} {
+		if err := step(); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("give the socket to its user: %w", err)
+		}
+	}
+	return &peerListener{Listener: ln, caller: caller, group: group, log: logger,
+		warn: rate.Sometimes{First: 3, Interval: time.Minute}}, nil
+}
+
+// callerOf is the local user a call came from: the user whose credential
+// plugins a kubeconfig of theirs runs as (with --group, not always the
+// daemon's first user).
+func (d *Daemon) callerOf(ctx context.Context) Caller {
+	if p, ok := grpcpeer.FromContext(ctx); ok {
+		if a, ok := p.Addr.(peerAddr); ok && a.p.Known {
+			return Caller{UID: a.p.UID, GID: a.p.GID}
+		}
+	}
+	return d.caller
+}
+
 // Repair undoes what a daemon that died without quitting left: the TUN
 // device and its routes die with the process, the DNS settings do not.
 func Repair(logger *slog.Logger, opt Options) error {
@@ -128,9 +161,13 @@ func Repair(logger *slog.Logger, opt Options) error {
 func (d *Daemon) Connect(ctx context.Context, req *daemonpb.ConnectRequest) (*daemonpb.StatusResponse, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	caller := d.callerOf(ctx)
 	if d.conn != nil {
-		rc, kctx, err := restConfig(req.Kubeconfig, req.Context, d.caller)
-		if err == nil && rc.Host == d.conn.server && kctx == d.conn.context && req.Namespace == d.conn.req.Namespace {
+		rc, kctx, err := restConfig(req.Kubeconfig, req.Context, caller)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		if rc.Host == d.conn.server && kctx == d.conn.context && req.Namespace == d.conn.req.Namespace {
 			return d.statusLocked(), nil // connected already, to the same place
 		}
 		return nil, status.Errorf(codes.FailedPrecondition,
@@ -139,7 +176,7 @@ func (d *Daemon) Connect(ctx context.Context, req *daemonpb.ConnectRequest) (*da
 	}
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	c, err := open(ctx, d.log, d.opt, d.caller, req)
+	c, err := open(ctx, d.log, d.opt, caller, req)
 	if err != nil {
 		d.log.Warn("connect failed", "err", err)
 		return nil, toStatus(err)

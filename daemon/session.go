@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -129,14 +130,25 @@ func (s *session) connect(ctx context.Context) (*managerpb.ClusterInfo, error) {
 	host, _ := os.Hostname()
 	// Without a proof the session still connects; only intercepts, which
 	// belong to a user, need one. The manager says why it has none.
-	proof, perr := proveIdentity(hctx, s.cs)
+	proof, key, perr := proveIdentity(hctx, s.cs)
 	if perr != nil {
 		s.log.Warn("no proof of identity for the manager", "err", perr)
 	}
 	s.mu.Lock()
 	s.proofErr = perr
 	s.mu.Unlock()
-	hello, err := ctl.Hello(hctx, &managerpb.HelloRequest{ClientVersion: version.Get().Version, User: userName(), Host: host, IdentityProof: proof})
+	req := &managerpb.HelloRequest{ClientVersion: version.Get().Version, User: userName(), Host: host, IdentityProof: proof}
+	if key != nil {
+		// The proof is bound to this session: signed over the manager's
+		// nonce for it. (A manager before challenges has none to give.)
+		ch, cerr := ctl.Challenge(hctx, &managerpb.ChallengeRequest{})
+		if cerr == nil {
+			req.IdentitySignature = ed25519.Sign(key, rpc.ProofMessage(ch.GetNonce(), proof))
+		} else if status.Code(cerr) != codes.Unimplemented {
+			return fail("ask for the session's challenge", cerr)
+		}
+	}
+	hello, err := ctl.Hello(hctx, req)
 	if st, ok := status.FromError(err); ok && st.Code() == codes.FailedPrecondition {
 		err = &SkewError{Sentence: st.Message()}
 	} else if err == nil {

@@ -14,6 +14,15 @@ const (
 	IdentityPrefix = "tunnel-session-"             // its name, which is also its common name
 )
 
+// ProofMessage is what a laptop signs with its proof's key to bind the proof
+// to one session: the manager's nonce for that session and the proof's
+// name. Anyone may read the request (whoever may list CSRs), but only the
+// laptop that made it holds the key.
+func ProofMessage(nonce []byte, proof string) []byte {
+	msg := append([]byte("tunnel.dev/session-proof\x00"), nonce...)
+	return append(msg, proof...)
+}
+
 // A request carrying ProbeHeader is answered by the sidecar itself, with
 // SidecarHeader naming its pod: how the CLI sees that a Service's traffic
 // has reached the sidecar (kube-proxy applies a new targetPort a moment

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -40,11 +39,7 @@ type Progress func(string)
 // workload and its Services, before anything is changed.
 func CheckAccess(ctx context.Context, cs kubernetes.Interface, ns string) error {
 	return access.Check(ctx, cs, ns, "intercepting there needs (the sidecar is added with your own permissions)",
-		authzv1.ResourceAttributes{Verb: "get", Group: "apps", Resource: "deployments"},
-		authzv1.ResourceAttributes{Verb: "patch", Group: "apps", Resource: "deployments"},
-		authzv1.ResourceAttributes{Verb: "list", Resource: "services"},
-		authzv1.ResourceAttributes{Verb: "update", Resource: "services"},
-	)
+		access.InterceptRights()...)
 }
 
 // Captures reads the sidecar's captures from a Deployment: app port →

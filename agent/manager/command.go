@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -46,6 +48,10 @@ func Command() *cobra.Command {
 	f.DurationVar(&cfg.HeaderTimeout, "header-timeout", d.HeaderTimeout, "a stream must send its header within this")
 	f.DurationVar(&cfg.KeepAlive, "keepalive", d.KeepAlive, "session keepalive interval: how fast a vanished laptop is noticed")
 	f.DurationVar(&cfg.DNSTimeout, "dns-timeout", d.DNSTimeout, "timeout of one DNS exchange with one nameserver")
+	f.StringVar(&cfg.Reach, "reach", d.Reach, "what a laptop may dial: namespaces (pods and Services of namespaces where its user may create pods/portforward) or cluster")
+	f.Var(prefixList{&cfg.AlsoReach}, "also-reach", "a CIDR outside the cluster every verified user may dial (repeatable)")
+	f.IntVar(&cfg.MaxStreams, "max-streams", d.MaxStreams, "streams one session may have open at once")
+	f.IntVar(&cfg.MaxStreamsTotal, "max-streams-total", d.MaxStreamsTotal, "streams all sessions may have open at once")
 	f.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	return cmd
 }
@@ -90,6 +96,8 @@ func serveCluster(ctx context.Context, logger *slog.Logger, client kubernetes.In
 	}
 	m.identify = csrIdentifier(client)
 	m.verifySidecar = podVerifier(client)
+	m.useAuthorizer(sarAuthorizer(client))
+	m.reach.self = ownAddrs()
 
 	hs := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	metricsDone := make(chan error, 1)
@@ -108,3 +116,30 @@ func serveCluster(ctx context.Context, logger *slog.Logger, client kubernetes.In
 	}
 	return serveErr
 }
+
+// prefixList is a repeatable CIDR flag.
+type prefixList struct{ ps *[]netip.Prefix }
+
+func (l prefixList) String() string {
+	if l.ps == nil {
+		return ""
+	}
+	var out []string
+	for _, p := range *l.ps {
+		out = append(out, p.String())
+	}
+	return strings.Join(out, ",")
+}
+
+func (l prefixList) Set(s string) error {
+	for _, one := range strings.Split(s, ",") {
+		p, err := netip.ParsePrefix(strings.TrimSpace(one))
+		if err != nil {
+			return fmt.Errorf("not a CIDR: %q", one)
+		}
+		*l.ps = append(*l.ps, p.Masked())
+	}
+	return nil
+}
+
+func (l prefixList) Type() string { return "CIDR" }

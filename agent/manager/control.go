@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"tunnel.dev/tunnel/access"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 	"tunnel.dev/tunnel/version"
 )
@@ -20,43 +22,62 @@ type control struct {
 	m *Manager
 }
 
+// Challenge gives the session the nonce its Hello must sign, once.
+func (c *control) Challenge(ctx context.Context, _ *managerpb.ChallengeRequest) (*managerpb.ChallengeResponse, error) {
+	s := sessionOf(ctx)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.nonce != nil {
+		return nil, status.Error(codes.FailedPrecondition, "the session has its challenge already")
+	}
+	s.nonce = make([]byte, 32)
+	_, _ = rand.Read(s.nonce)
+	return &managerpb.ChallengeResponse{Nonce: s.nonce}, nil
+}
+
 // Hello names the manager's version and gives the laptop a session id for
-// both sides' logs.
+// both sides' logs; it verifies the session's user, once.
 func (c *control) Hello(ctx context.Context, req *managerpb.HelloRequest) (*managerpb.HelloResponse, error) {
 	s := sessionOf(ctx)
-	if s == nil { // a control stream always comes with its session
-		return nil, status.Error(codes.Internal, "control call without a session")
+	s.mu.Lock()
+	said := s.host != "" || s.ident.User != "" || s.why != ""
+	nonce := s.nonce
+	s.mu.Unlock()
+	if said {
+		return nil, status.Error(codes.FailedPrecondition, "the session has said hello already")
 	}
+	claim := proofClaim{Name: req.GetIdentityProof(), Nonce: nonce, Signature: req.GetIdentitySignature()}
 	// A laptop of a version this manager does not serve hears which side
 	// to upgrade, before anything else.
 	if err := version.Compatible(req.GetClientVersion(), version.Get().Version); err != nil {
 		s.log.Info("hello refused", "session_id", s.id, "client_version", req.GetClientVersion(), "err", err)
 		// The proof is read (which deletes it) all the same: a laptop that
 		// retries must not leave a CertificateSigningRequest each time.
-		if proof := req.GetIdentityProof(); proof != "" && c.m.identify != nil {
+		if claim.Name != "" && c.m.identify != nil {
 			ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			_, _ = c.m.identify(ictx, proof)
+			_, _ = c.m.identify(ictx, claim)
 			cancel()
 		}
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
-	user, why := "", "the laptop sent no proof of who it is"
-	if proof := req.GetIdentityProof(); proof != "" && c.m.identify != nil {
+	var id Identity
+	why := "the laptop sent no proof of who it is"
+	if claim.Name != "" && c.m.identify != nil {
 		ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		u, err := c.m.identify(ictx, proof)
+		got, err := c.m.identify(ictx, claim)
 		cancel()
 		if err != nil {
 			why = err.Error()
 		} else {
-			user, why = u, ""
+			id, why = got, ""
 		}
 	}
 	s.mu.Lock()
-	s.user, s.host, s.why = user, req.GetHost(), why
+	s.ident, s.host, s.why = id, req.GetHost(), why
 	s.mu.Unlock()
-	s.log.Info("hello", "session_id", s.id, "user", user, "claimed_user", req.GetUser(), "host", req.GetHost(),
+	s.log.Info("hello", "session_id", s.id, "user", id.User, "groups", id.Groups, "claimed_user", req.GetUser(), "host", req.GetHost(),
 		"client_version", req.GetClientVersion(), "unverified_because", why)
-	return &managerpb.HelloResponse{ManagerVersion: version.Get().Version, SessionId: s.id, User: user, IdentityError: why}, nil
+	return &managerpb.HelloResponse{ManagerVersion: version.Get().Version, SessionId: s.id, User: id.User, IdentityError: why}, nil
 }
 
 // sessionOf finds the session a control call came on.
@@ -72,8 +93,18 @@ func sessionOf(ctx context.Context) *session {
 // CreateIntercept records an intercept for the calling session.
 func (c *control) CreateIntercept(ctx context.Context, spec *managerpb.InterceptSpec) (*managerpb.Intercept, error) {
 	s := sessionOf(ctx)
-	if s == nil {
-		return nil, status.Error(codes.Internal, "control call without a session")
+	// The manager decides by the caller's own RBAC: a caller need not use
+	// the CLI, which asked too. A mirror sees every request, so it needs
+	// what a global intercept needs.
+	if id := s.identity(); id.User != "" {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := c.m.checkRights(actx, id, spec.GetNamespace(), "an intercept there needs", access.InterceptRights())
+		cancel()
+		if err != nil {
+			s.log.Info("intercept refused", "name", spec.GetName(), "namespace", spec.GetNamespace(), "user", id.User, "err", err)
+			c.m.metrics.refused.WithLabelValues(sessionKind(s), "rights").Inc()
+			return nil, grpcError(err)
+		}
 	}
 	ic, err := c.m.intercepts.add(s, spec)
 	if err != nil {
@@ -86,10 +117,9 @@ func (c *control) CreateIntercept(ctx context.Context, spec *managerpb.Intercept
 
 // RemoveIntercept ends one of the caller's intercepts.
 func (c *control) RemoveIntercept(ctx context.Context, req *managerpb.RemoveInterceptRequest) (*managerpb.RemoveInterceptResponse, error) {
+	// Giving traffic back needs no rights beyond owning the intercept: a
+	// user whose rights were taken away must still be able to leave.
 	s := sessionOf(ctx)
-	if s == nil {
-		return nil, status.Error(codes.Internal, "control call without a session")
-	}
 	if err := c.m.intercepts.remove(s, req.GetNamespace(), req.GetName()); err != nil {
 		return nil, grpcError(err)
 	}
@@ -106,15 +136,7 @@ func (c *control) ListIntercepts(ctx context.Context, req *managerpb.ListInterce
 // and after every change, until the sidecar goes.
 func (c *control) WatchIntercepts(req *managerpb.WatchInterceptsRequest, stream managerpb.Manager_WatchInterceptsServer) error {
 	ctx := stream.Context()
-	s := sessionOf(ctx)
-	if s == nil {
-		return status.Error(codes.Internal, "control call without a session")
-	}
-	// Only the workload's own sidecars watch: the set holds every user's
-	// header values, and a watcher's streams reach the laptops.
-	if !s.fromPod && !c.m.cfg.AllowLoopback {
-		return status.Error(codes.PermissionDenied, "only a sidecar may watch a workload's intercepts")
-	}
+	s := sessionOf(ctx) // a pod's session or, in tests, a loopback one (gate)
 	if c.m.verifySidecar != nil {
 		vctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := c.m.verifySidecar(vctx, req.GetToken(), req.GetNamespace(), req.GetWorkload())
@@ -213,6 +235,8 @@ func grpcError(err error) error {
 	case errors.Is(err, errInterceptNotFound):
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, errInterceptNotYours):
+		return status.Error(codes.PermissionDenied, err.Error())
+	case errors.Is(err, errInterceptForbidden):
 		return status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, errInterceptNotVerified):
 		return status.Error(codes.Unauthenticated, err.Error())

@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -16,44 +17,79 @@ import (
 	"tunnel.dev/tunnel/rpc"
 )
 
+// Identity is a session's verified Kubernetes user, as the API server
+// recorded it: what a SubjectAccessReview for the user needs.
+type Identity struct {
+	User   string
+	UID    string
+	Groups []string
+	Extra  map[string][]string
+}
+
+// proofClaim is what a laptop's Hello shows: the name of its proof, the
+// nonce the manager gave the session, and the laptop's signature over both
+// by the key of the proof's request.
+type proofClaim struct {
+	Name      string
+	Nonce     []byte
+	Signature []byte
+}
+
 // identifier turns a session's proof of identity into its Kubernetes user.
-type identifier func(ctx context.Context, proof string) (string, error)
+type identifier func(ctx context.Context, claim proofClaim) (Identity, error)
 
 // csrIdentifier reads a proof (a CertificateSigningRequest, rpc.IdentitySigner)
-// and returns the user the API server recorded as its requester. The proof
-// is deleted once read, so it serves one session only.
+// and returns the user the API server recorded as its requester, once the
+// claim's signature shows the caller holds the request's key: the request
+// is readable by whoever may list CSRs, the key only by the laptop that
+// made it. The proof is deleted once read, so it serves one session only.
 func csrIdentifier(cs kubernetes.Interface) identifier {
-	return func(ctx context.Context, proof string) (string, error) {
+	return func(ctx context.Context, claim proofClaim) (Identity, error) {
+		proof := claim.Name
 		if !strings.HasPrefix(proof, rpc.IdentityPrefix) {
-			return "", fmt.Errorf("proof %q is not a tunnel session proof", proof)
+			return Identity{}, fmt.Errorf("proof %q is not a tunnel session proof", proof)
 		}
 		csrs := cs.CertificatesV1().CertificateSigningRequests()
 		csr, err := csrs.Get(ctx, proof, metav1.GetOptions{})
 		if err != nil {
-			return "", fmt.Errorf("read proof %s: %w", proof, err)
+			return Identity{}, fmt.Errorf("read proof %s: %w", proof, err)
 		}
 		defer func() { _ = csrs.Delete(context.WithoutCancel(ctx), proof, metav1.DeleteOptions{}) }()
 		if csr.Spec.SignerName != rpc.IdentitySigner {
-			return "", fmt.Errorf("proof %s has signer %q", proof, csr.Spec.SignerName)
+			return Identity{}, fmt.Errorf("proof %s has signer %q", proof, csr.Spec.SignerName)
 		}
 		if age := time.Since(csr.CreationTimestamp.Time); age > 2*time.Minute {
-			return "", fmt.Errorf("proof %s is %s old", proof, age.Round(time.Second))
+			return Identity{}, fmt.Errorf("proof %s is %s old", proof, age.Round(time.Second))
 		}
 		block, _ := pem.Decode(csr.Spec.Request)
 		if block == nil {
-			return "", fmt.Errorf("proof %s holds no PEM request", proof)
+			return Identity{}, fmt.Errorf("proof %s holds no PEM request", proof)
 		}
 		req, err := x509.ParseCertificateRequest(block.Bytes)
 		if err != nil {
-			return "", fmt.Errorf("proof %s: %w", proof, err)
+			return Identity{}, fmt.Errorf("proof %s: %w", proof, err)
 		}
 		if req.Subject.CommonName != proof {
-			return "", fmt.Errorf("proof %s names %q", proof, req.Subject.CommonName)
+			return Identity{}, fmt.Errorf("proof %s names %q", proof, req.Subject.CommonName)
+		}
+		pub, ok := req.PublicKey.(ed25519.PublicKey)
+		if !ok {
+			return Identity{}, fmt.Errorf("proof %s has a %T key, not Ed25519", proof, req.PublicKey)
+		}
+		if len(claim.Nonce) == 0 || !ed25519.Verify(pub, rpc.ProofMessage(claim.Nonce, proof), claim.Signature) {
+			return Identity{}, fmt.Errorf("the session did not sign its challenge with the key of proof %s", proof)
 		}
 		if csr.Spec.Username == "" {
-			return "", errors.New("the API server recorded no requester")
+			return Identity{}, errors.New("the API server recorded no requester")
 		}
-		return csr.Spec.Username, nil
+		id := Identity{User: csr.Spec.Username, UID: csr.Spec.UID, Groups: csr.Spec.Groups}
+		if len(csr.Spec.Extra) > 0 {
+			id.Extra = map[string][]string{}
+			for k, v := range csr.Spec.Extra {
+				id.Extra[k] = v
+			}
+		}
+		return id, nil
 	}
 }
 

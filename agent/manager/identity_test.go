@@ -32,6 +32,12 @@ import (
 // daemon/identity.go), with what the API server would add: the requester
 // and the creation time. cn is the request's common name.
 func proofCSR(t *testing.T, name, cn string) *certv1.CertificateSigningRequest {
+	csr, _ := proofCSRKey(t, name, cn)
+	return csr
+}
+
+// proofCSRKey is proofCSR with the key that only its laptop holds.
+func proofCSRKey(t *testing.T, name, cn string) (*certv1.CertificateSigningRequest, ed25519.PrivateKey) {
 	t.Helper()
 	_, key, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -48,52 +54,76 @@ func proofCSR(t *testing.T, name, cn string) *certv1.CertificateSigningRequest {
 			SignerName: rpc.IdentitySigner,
 			Usages:     []certv1.KeyUsage{certv1.UsageClientAuth},
 			Username:   "dev",
+			Groups:     []string{"devs", "system:authenticated"},
+			UID:        "uid-dev",
 		},
-	}
+	}, key
 }
 
 func TestCSRIdentifier(t *testing.T) {
 	const name = rpc.IdentityPrefix + "abc123"
+	nonce := []byte("the session's nonce")
 	for _, tc := range []struct {
 		desc   string
 		proof  string
 		mod    func(*certv1.CertificateSigningRequest) // nil: no CSR in the cluster
 		errSay string                                  // "" means it must succeed
+		sign   func(key ed25519.PrivateKey) []byte     // nil: the laptop's own signature
 	}{
-		{"valid", name, func(*certv1.CertificateSigningRequest) {}, ""},
-		{"wrong signer", name, func(c *certv1.CertificateSigningRequest) { c.Spec.SignerName = "kubernetes.io/kube-apiserver-client" }, "signer"},
+		{"valid", name, func(*certv1.CertificateSigningRequest) {}, "", nil},
+		// Someone who may list CSRs reads the proof's name and races the
+		// laptop's Hello: without the key the proof is worth nothing.
+		{"no signature", name, func(*certv1.CertificateSigningRequest) {}, "did not sign", func(ed25519.PrivateKey) []byte { return nil }},
+		{"signed by another key", name, func(*certv1.CertificateSigningRequest) {}, "did not sign", func(ed25519.PrivateKey) []byte {
+			_, other, _ := ed25519.GenerateKey(rand.Reader)
+			return ed25519.Sign(other, rpc.ProofMessage(nonce, name))
+		}},
+		{"signed over another session's nonce", name, func(*certv1.CertificateSigningRequest) {}, "did not sign", func(k ed25519.PrivateKey) []byte {
+			return ed25519.Sign(k, rpc.ProofMessage([]byte("another nonce"), name))
+		}},
+		{"wrong signer", name, func(c *certv1.CertificateSigningRequest) { c.Spec.SignerName = "kubernetes.io/kube-apiserver-client" }, "signer", nil},
 		{"common name mismatch", name, func(c *certv1.CertificateSigningRequest) {
 			c.Spec.Request = proofCSR(t, name, rpc.IdentityPrefix+"other").Spec.Request
-		}, "names"},
-		{"no PEM", name, func(c *certv1.CertificateSigningRequest) { c.Spec.Request = []byte("not pem") }, "no PEM"},
+		}, "names", nil},
+		{"no PEM", name, func(c *certv1.CertificateSigningRequest) { c.Spec.Request = []byte("not pem") }, "no PEM", nil},
 		{"bad request", name, func(c *certv1.CertificateSigningRequest) {
 			c.Spec.Request = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: []byte{1, 2, 3}})
-		}, name},
+		}, name, nil},
 		{"stale", name, func(c *certv1.CertificateSigningRequest) {
 			c.CreationTimestamp = metav1.NewTime(time.Now().Add(-5 * time.Minute))
-		}, "old"},
-		{"no requester", name, func(c *certv1.CertificateSigningRequest) { c.Spec.Username = "" }, "no requester"},
-		{"missing", name, nil, "read proof"},
+		}, "old", nil},
+		{"no requester", name, func(c *certv1.CertificateSigningRequest) { c.Spec.Username = "" }, "no requester", nil},
+		{"missing", name, nil, "read proof", nil},
 		{"not a proof name", "kubelet-serving-abc", func(c *certv1.CertificateSigningRequest) {
 			c.Name = "kubelet-serving-abc"
 			c.Spec.Request = proofCSR(t, name, "kubelet-serving-abc").Spec.Request
-		}, "not a tunnel session proof"},
+		}, "not a tunnel session proof", nil},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			cs := fake.NewClientset()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
+			var key ed25519.PrivateKey
 			if tc.mod != nil {
-				csr := proofCSR(t, name, name)
+				var csr *certv1.CertificateSigningRequest
+				csr, key = proofCSRKey(t, name, name)
 				tc.mod(csr)
 				if _, err := cs.CertificatesV1().CertificateSigningRequests().Create(ctx, csr, metav1.CreateOptions{}); err != nil {
 					t.Fatal(err)
 				}
 			}
-			user, err := csrIdentifier(cs)(ctx, tc.proof)
+			var sig []byte
 			switch {
-			case tc.errSay == "" && (err != nil || user != "dev"):
-				t.Fatalf("identify = %q, %v; want dev", user, err)
+			case tc.sign != nil:
+				sig = tc.sign(key)
+			case key != nil:
+				sig = ed25519.Sign(key, rpc.ProofMessage(nonce, tc.proof))
+			}
+			id, err := csrIdentifier(cs)(ctx, proofClaim{Name: tc.proof, Nonce: nonce, Signature: sig})
+			user := id.User
+			switch {
+			case tc.errSay == "" && (err != nil || user != "dev" || id.UID != "uid-dev" || len(id.Groups) != 2):
+				t.Fatalf("identify = %+v, %v; want dev with its uid and groups", id, err)
 			case tc.errSay != "" && err == nil:
 				t.Fatalf("identify = %q, want an error", user)
 			case tc.errSay != "" && !strings.Contains(err.Error(), tc.errSay):
@@ -113,11 +143,11 @@ func TestCSRIdentifier(t *testing.T) {
 }
 
 // fakeIdentify knows one proof: ada's.
-func fakeIdentify(_ context.Context, proof string) (string, error) {
-	if proof == "proof-ada" {
-		return "ada", nil
+func fakeIdentify(_ context.Context, c proofClaim) (Identity, error) {
+	if c.Name == "proof-ada" {
+		return Identity{User: "ada", Groups: []string{"system:authenticated"}}, nil
 	}
-	return "", fmt.Errorf("proof %q is unknown", proof)
+	return Identity{}, fmt.Errorf("proof %q is unknown", c.Name)
 }
 
 func TestInterceptsOverGRPC(t *testing.T) {
@@ -167,8 +197,8 @@ func TestInterceptsOverGRPC(t *testing.T) {
 	}
 
 	// A session whose proof fails, or that has none, may not intercept.
-	eve := controlClient(t, laptop(t, addr))
 	for _, proof := range []string{"forged", ""} {
+		eve := controlClient(t, laptop(t, addr))
 		h, err := eve.Hello(ctx, &managerpb.HelloRequest{ClientVersion: version.Get().Version, User: "ada", Host: "eve", IdentityProof: proof})
 		if err != nil {
 			t.Fatal(err)
@@ -186,7 +216,7 @@ func TestInterceptsOverGRPC(t *testing.T) {
 			t.Errorf("RemoveIntercept of ada's: %v, want PermissionDenied", err)
 		}
 	}
-	list, err := eve.ListIntercepts(ctx, &managerpb.ListInterceptsRequest{Namespace: "shop"})
+	list, err := controlClient(t, laptop(t, addr)).ListIntercepts(ctx, &managerpb.ListInterceptsRequest{Namespace: "shop"})
 	if err != nil {
 		t.Fatal(err)
 	}

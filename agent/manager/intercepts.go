@@ -23,6 +23,7 @@ var (
 	errInterceptNotYours    = errors.New("intercept belongs to another user")
 	errInterceptInvalid     = errors.New("invalid intercept")
 	errInterceptNotVerified = errors.New("unverified user")
+	errInterceptForbidden   = errors.New("forbidden")
 )
 
 // interceptTable holds every session's intercepts. A sidecar watches the

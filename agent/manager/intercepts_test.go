@@ -17,7 +17,7 @@ import (
 
 // who makes a session as Hello leaves it: user "" is an unverified one.
 func who(user, host string) *session {
-	return &session{id: rand.Text()[:12], user: user, host: host}
+	return &session{id: rand.Text()[:12], ident: Identity{User: user}, host: host}
 }
 
 func global(name, workload string, port uint32) *managerpb.InterceptSpec {
@@ -34,7 +34,7 @@ func mustAdd(t *testing.T, tab *interceptTable, s *session, spec *managerpb.Inte
 	t.Helper()
 	ic, err := tab.add(s, spec)
 	if err != nil {
-		t.Fatalf("add %s for %s: %v", spec.GetName(), s.user, err)
+		t.Fatalf("add %s for %s: %v", spec.GetName(), s.ident.User, err)
 	}
 	return ic
 }

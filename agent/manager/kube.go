@@ -49,6 +49,8 @@ type KubeSource struct {
 	pods      cache.Store
 	spaces    cache.Store
 	cidrs     cache.Store // nil when the ServiceCIDR API is absent
+	services  cache.Store
+	apiSlices cache.Store // the EndpointSlices of default/kubernetes: the API server
 	dirty     chan struct{}
 	cancel    context.CancelFunc
 	done      chan struct{}
@@ -56,6 +58,7 @@ type KubeSource struct {
 
 	mu       sync.Mutex // guards following
 	cur      Cluster
+	book     map[netip.Addr]AddrOwner
 	fromPods bool // pod subnets were guessed from pod IPs
 	updated  bool // update has run once
 }
@@ -71,7 +74,9 @@ func NewKubeSource(ctx context.Context, logger *slog.Logger, client kubernetes.I
 	// Host-network pods carry node IPs, not pod IPs: the API server drops them.
 	podsOnly := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(slim),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.hostNetwork=false" }))
-	k.factories = []informers.SharedInformerFactory{all, podsOnly}
+	apiServer := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(metav1.NamespaceDefault),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = "kubernetes.io/service-name=kubernetes" }))
+	k.factories = []informers.SharedInformerFactory{all, podsOnly, apiServer}
 
 	handler := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { k.markDirty() },
@@ -92,6 +97,8 @@ func NewKubeSource(ctx context.Context, logger *slog.Logger, client kubernetes.I
 	k.nodes = watch(all.Core().V1().Nodes().Informer())
 	k.spaces = watch(all.Core().V1().Namespaces().Informer())
 	k.pods = watch(podsOnly.Core().V1().Pods().Informer())
+	k.services = watch(all.Core().V1().Services().Informer())
+	k.apiSlices = watch(apiServer.Discovery().V1().EndpointSlices().Informer())
 	switch served, err := serviceCIDRsServed(client); {
 	case served:
 		k.cidrs = watch(all.Networking().V1().ServiceCIDRs().Informer())
@@ -114,7 +121,7 @@ func NewKubeSource(ctx context.Context, logger *slog.Logger, client kubernetes.I
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("watch the cluster: %w", err)
 		}
-		return nil, fmt.Errorf("list nodes, namespaces, pods and servicecidrs: no answer within %s (check that the manager's ServiceAccount may list and watch them)", kubeSyncTimeout)
+		return nil, fmt.Errorf("list nodes, namespaces, pods, services, endpointslices and servicecidrs: no answer within %s (check that the manager's ServiceAccount may list and watch them)", kubeSyncTimeout)
 	}
 	k.update()
 	go k.run(ctx)
@@ -197,9 +204,10 @@ func (k *KubeSource) update() {
 	var fromPods bool
 	c.PodSubnets, fromPods = k.podSubnets()
 
+	book := k.addressBook()
 	k.mu.Lock()
 	prev, prevFromPods, first := k.cur, k.fromPods, !k.updated
-	k.cur, k.fromPods, k.updated = c, fromPods, true
+	k.cur, k.fromPods, k.updated, k.book = c, fromPods, true, book
 	k.mu.Unlock()
 	if !first && prev.Equal(c) {
 		return
@@ -291,7 +299,10 @@ func slim(obj any) (any, error) {
 			Status:     corev1.PodStatus{PodIPs: o.Status.PodIPs},
 		}, nil
 	case *corev1.Node:
-		return &corev1.Node{ObjectMeta: meta(o.ObjectMeta), Spec: corev1.NodeSpec{PodCIDRs: o.Spec.PodCIDRs}}, nil
+		return &corev1.Node{ObjectMeta: meta(o.ObjectMeta), Spec: corev1.NodeSpec{PodCIDRs: o.Spec.PodCIDRs},
+			Status: corev1.NodeStatus{Addresses: o.Status.Addresses}}, nil
+	case *corev1.Service:
+		return &corev1.Service{ObjectMeta: meta(o.ObjectMeta), Spec: corev1.ServiceSpec{ClusterIPs: o.Spec.ClusterIPs}}, nil
 	case *corev1.Namespace:
 		return &corev1.Namespace{ObjectMeta: meta(o.ObjectMeta)}, nil
 	}

@@ -13,7 +13,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync"
 	"time"
+	"tunnel.dev/tunnel/rpc"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -30,6 +32,17 @@ type Config struct {
 	HeaderTimeout  time.Duration // a stream must send its header within this, default 10 s
 	KeepAlive      time.Duration // yamux keepalive interval: how fast a dead laptop is noticed, default 5 s
 	DNSTimeout     time.Duration // per nameserver and transport, default 2 s
+
+	// Reach is the rule for what a laptop may dial: ReachNamespaces
+	// (default) or ReachCluster. AlsoReach adds networks outside the
+	// cluster every verified user may dial (a database's subnet).
+	Reach     string
+	AlsoReach []netip.Prefix
+	// MaxStreams caps the streams one session has open at once, and
+	// MaxStreamsTotal those of all sessions: past either, new streams are
+	// refused and the other sessions go on. Defaults 1024 and 16384.
+	MaxStreams      int
+	MaxStreamsTotal int
 
 	// AllowLoopback lets streams reach 127.0.0.0/8 and ::1. For tests
 	// only: in a pod it opens the manager's own ports to every laptop.
@@ -55,6 +68,13 @@ func (c Config) withDefaults() Config {
 	setDur(&c.HeaderTimeout, 10*time.Second)
 	setDur(&c.KeepAlive, 5*time.Second)
 	setDur(&c.DNSTimeout, 2*time.Second)
+	set(&c.Reach, rpc.ReachNamespaces)
+	if c.MaxStreams <= 0 {
+		c.MaxStreams = 1024
+	}
+	if c.MaxStreamsTotal <= 0 {
+		c.MaxStreamsTotal = 16384
+	}
 	return c
 }
 
@@ -77,6 +97,16 @@ type Manager struct {
 	identify identifier
 	// verifySidecar checks a sidecar's token; nil checks none (tests).
 	verifySidecar sidecarVerifier
+	// authorize asks the API server what a verified user may; nil lets
+	// every user do everything (tests).
+	authorize authorizer
+	// isPod tells a session from a pod (a sidecar or nothing) from a
+	// laptop's, which comes through a port-forward, from loopback.
+	isPod func(net.Addr) bool
+
+	reach       reach
+	peerLimit   peerLimiter
+	streamSlots streamSlots
 }
 
 // New returns a Manager that routes and resolves what cluster tells and
@@ -86,6 +116,9 @@ func New(logger *slog.Logger, cluster ClusterSource, cfg Config) (*Manager, erro
 		return nil, errors.New("manager: a logger and a cluster source are required")
 	}
 	cfg = cfg.withDefaults()
+	if _, err := rpc.ParseReach(cfg.Reach); err != nil {
+		return nil, err
+	}
 	logger = logger.With("subsystem", "manager")
 	res, err := readResolvConf(cfg.ResolvConf)
 	if err != nil {
@@ -96,13 +129,21 @@ func New(logger *slog.Logger, cluster ClusterSource, cfg Config) (*Manager, erro
 	}
 	logger.Info("forwarding DNS", "nameservers", res.servers, "cluster_domain", res.domain)
 	m := &Manager{
-		logger:     logger,
-		cfg:        cfg,
-		cluster:    cluster,
-		dns:        forwarder{resolver: res, timeout: cfg.DNSTimeout},
-		metrics:    newMetrics(),
-		buffers:    relay.Buffers{Size: frameBody},
-		intercepts: newInterceptTable(),
+		logger:      logger,
+		cfg:         cfg,
+		cluster:     cluster,
+		dns:         forwarder{resolver: res, timeout: cfg.DNSTimeout},
+		metrics:     newMetrics(),
+		buffers:     relay.Buffers{Size: frameBody},
+		intercepts:  newInterceptTable(),
+		isPod:       func(a net.Addr) bool { return !isLoopback(a) },
+		peerLimit:   peerLimiter{every: 2, burst: 10, max: 4096},
+		streamSlots: streamSlots{perSession: cfg.MaxStreams, total: cfg.MaxStreamsTotal},
+	}
+	m.reach = reach{mode: cfg.Reach, also: cfg.AlsoReach, allowLoopback: cfg.AllowLoopback,
+		access: &accessCache{ttl: 10 * time.Second, max: 4096}, now: time.Now}
+	if book, ok := cluster.(AddressBook); ok {
+		m.reach.book = book
 	}
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout}
 	m.dialTCP = func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
@@ -112,6 +153,40 @@ func New(logger *slog.Logger, cluster ClusterSource, cfg Config) (*Manager, erro
 		return dialer.DialContext(ctx, "udp", dst.String())
 	}
 	return m, nil
+}
+
+// useAuthorizer makes a decide what verified users may, for intercepts and
+// for reach.
+func (m *Manager) useAuthorizer(a authorizer) {
+	m.authorize = a
+	m.reach.authorize = a
+}
+
+// streamSlots counts open streams per session and in all.
+type streamSlots struct {
+	perSession, total int
+
+	mu   sync.Mutex
+	open int
+}
+
+// take reserves a slot for one of s's streams, or says there is none.
+func (t *streamSlots) take(s *session) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s.open >= t.perSession || t.open >= t.total {
+		return false
+	}
+	s.open++
+	t.open++
+	return true
+}
+
+func (t *streamSlots) give(s *session) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s.open--
+	t.open--
 }
 
 // Handler serves /metrics (the manager's own registry) and /healthz.

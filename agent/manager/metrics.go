@@ -18,6 +18,7 @@ type metrics struct {
 	dnsQueries     *prometheus.CounterVec // by result
 	dnsLatency     prometheus.Histogram
 	udpFlowsActive prometheus.Gauge
+	refused        *prometheus.CounterVec // by session kind and reason
 }
 
 // Directions of the bytes counter, seen from the laptop.
@@ -63,12 +64,16 @@ func newMetrics() *metrics {
 			Namespace: ns, Name: "udp_flows_active",
 			Help: "UDP flows relayed now.",
 		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "refused_total",
+			Help: "Calls and streams refused, by session kind (laptop, pod) and reason (method, rate, reach, limit, rights).",
+		}, []string{"session", "reason"}),
 	}
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.sessionsActive, m.sessionsTotal, m.streams, m.bytes, m.dialErrors,
-		m.dnsQueries, m.dnsLatency, m.udpFlowsActive,
+		m.dnsQueries, m.dnsLatency, m.udpFlowsActive, m.refused,
 	)
 	return m
 }

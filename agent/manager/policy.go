@@ -29,7 +29,11 @@ func forbidden(dst netip.Addr, allowLoopback bool) bool {
 		return true
 	case a == netip.AddrFrom4([4]byte{100, 100, 100, 200}): // Alibaba Cloud metadata
 		return true
+	case a == netip.AddrFrom4([4]byte{168, 63, 129, 16}): // Azure's wire server and DNS
+		return true
 	case a == netip.MustParseAddr("fd00:ec2::254"): // AWS metadata over IPv6
+		return true
+	case a == netip.MustParseAddr("fd20:ce::254"): // GCE metadata over IPv6
 		return true
 	case a.IsLoopback():
 		return !allowLoopback
@@ -58,13 +62,15 @@ func writeStatus(w io.Writer, s rpc.Status) error {
 	return nil
 }
 
-// dialStream applies the destination policy and dials; a nil conn comes
-// with the Status to answer.
-func (m *Manager) dialStream(ctx context.Context, log *slog.Logger, kind string, h rpc.Header,
+// dialStream is the way of every stream into the cluster (TCP, UDP): the
+// reach decision for the session's verified user and the destination, then
+// the dial. A nil conn comes with the Status to answer.
+func (m *Manager) dialStream(ctx context.Context, s *session, log *slog.Logger, kind string, h rpc.Header,
 	dial func(context.Context, netip.AddrPort) (net.Conn, error)) (net.Conn, rpc.Status) {
-	if forbidden(h.Dst.Addr(), m.cfg.AllowLoopback) {
+	if err := m.reach.decide(ctx, s, h.Dst.Addr()); err != nil {
 		m.metrics.dialErrors.WithLabelValues(kind, statusLabel(rpc.StatusForbidden)).Inc()
-		log.Debug("refusing destination")
+		m.metrics.refused.WithLabelValues(sessionKind(s), "reach").Inc()
+		log.Debug("refusing destination", "err", err)
 		return nil, rpc.StatusForbidden
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.DialTimeout)

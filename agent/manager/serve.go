@@ -18,7 +18,7 @@ func (m *Manager) Serve(ctx context.Context, ln net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(m.unaryGate), grpc.ChainStreamInterceptor(m.streamGate))
 	managerpb.RegisterManagerServer(gs, &control{m: m})
 	controlLn := newStreamListener(ln.Addr())
 

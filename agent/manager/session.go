@@ -37,7 +37,13 @@ func (m *Manager) serveSession(ctx context.Context, conn net.Conn, control *stre
 	log.Info("session opened")
 
 	s := &session{m: m, log: log, control: control, mux: sess, id: rand.Text()[:12],
-		fromPod: !isLoopback(conn.RemoteAddr()), badLog: rate.Sometimes{First: 3, Interval: time.Minute}}
+		fromPod: m.isPod(conn.RemoteAddr()), badLog: rate.Sometimes{First: 3, Interval: time.Minute}}
+	// Laptops all come from the port-forward's loopback: each is its own
+	// peer. A pod is its address, however many sessions it opens.
+	s.peer = "session " + s.id
+	if s.fromPod {
+		s.peer = hostOf(conn.RemoteAddr())
+	}
 	defer func() {
 		if n := m.intercepts.dropSession(s); n > 0 {
 			log.Info("session ended: its intercepts end too", "intercepts", n)
@@ -51,7 +57,17 @@ func (m *Manager) serveSession(ctx context.Context, conn net.Conn, control *stre
 			break
 		}
 		streams++
-		wg.Go(func() { s.serveStream(ctx, st) })
+		if !m.streamSlots.take(s) {
+			// Past its share a session gets refusals; the others go on.
+			m.metrics.refused.WithLabelValues(sessionKind(s), "limit").Inc()
+			s.badLog.Do(func() { s.log.Warn("refusing streams past the session's limit", "limit", m.cfg.MaxStreams) })
+			st.Close()
+			continue
+		}
+		wg.Go(func() {
+			defer m.streamSlots.give(s)
+			s.serveStream(ctx, st)
+		})
 	}
 	cancel() // ends the streams' dials and relays
 	sess.Close()
@@ -86,12 +102,15 @@ type session struct {
 	mux     *yamux.Session
 	id      string
 	fromPod bool
+	peer    string         // whom the rate limits count against
 	badLog  rate.Sometimes // bad headers are logged a few times, then counted only
+	open    int            // streams open now; guarded by the Manager's streamSlots
 
-	mu   sync.Mutex // guards following
-	user string     // set by Hello, verified by the API server; "" when not
-	host string
-	why  string // why user is empty
+	mu    sync.Mutex // guards following
+	ident Identity   // set by Hello, verified by the API server; zero when not
+	host  string
+	why   string // why ident is empty
+	nonce []byte // Challenge's, once; Hello's proof must be signed over it
 	// sidecarOf is the namespace/workload a sidecar session watches: its
 	// intercept streams may name only that workload's intercepts.
 	sidecarOf string
@@ -100,7 +119,15 @@ type session struct {
 func (s *session) who() (user, host string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.user, s.host
+	return s.ident.User, s.host
+}
+
+// identity is the session's verified user; its User is "" when Hello did
+// not verify one.
+func (s *session) identity() Identity {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ident
 }
 
 // sessionAddr is the peer address gRPC sees on a control stream: it is how
@@ -124,6 +151,13 @@ func isLoopback(a net.Addr) bool {
 	return false
 }
 
+func hostOf(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	return a.String()
+}
+
 // serveStream reads a stream's header, within HeaderTimeout so a silent
 // stream never holds anything, and hands the stream to its kind's handler.
 // A bad header closes that stream only.
@@ -143,9 +177,9 @@ func (s *session) serveStream(ctx context.Context, st net.Conn) {
 	case rpc.KindControl:
 		s.control.deliver(ctx, sessionConn{st, s})
 	case rpc.KindTCP:
-		m.serveTCP(ctx, s.log, st, h)
+		m.serveTCP(ctx, s, st, h)
 	case rpc.KindUDP:
-		m.serveUDP(ctx, s.log, st, h)
+		m.serveUDP(ctx, s, st, h)
 	case rpc.KindIntercept:
 		if !s.fromPod && !m.cfg.AllowLoopback {
 			// Only sidecars send intercepted connections; a laptop that

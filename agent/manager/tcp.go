@@ -2,7 +2,6 @@ package manager
 
 import (
 	"context"
-	"log/slog"
 	"net"
 
 	"tunnel.dev/tunnel/relay"
@@ -11,10 +10,10 @@ import (
 
 // serveTCP dials h.Dst for a TCP stream, answers the header with the dial's
 // Status, and relays bytes until both directions have ended.
-func (m *Manager) serveTCP(ctx context.Context, log *slog.Logger, st net.Conn, h rpc.Header) {
+func (m *Manager) serveTCP(ctx context.Context, s *session, st net.Conn, h rpc.Header) {
 	defer st.Close()
-	log = log.With("flow", h.Flow, "dst", h.Dst.String())
-	c, status := m.dialStream(ctx, log, "tcp", h, m.dialTCP)
+	log := s.log.With("flow", h.Flow, "dst", h.Dst.String())
+	c, status := m.dialStream(ctx, s, log, "tcp", h, m.dialTCP)
 	if err := writeStatus(st, status); err != nil || status != rpc.StatusOK {
 		if c != nil {
 			c.Close()

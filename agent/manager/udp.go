@@ -3,7 +3,6 @@ package manager
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -17,10 +16,10 @@ import (
 // socket of their own, and what h.Dst sends back is framed onto st. The flow
 // ends when the laptop closes st, when either side fails, or after
 // UDPIdleTimeout without a datagram either way.
-func (m *Manager) serveUDP(ctx context.Context, log *slog.Logger, st net.Conn, h rpc.Header) {
+func (m *Manager) serveUDP(ctx context.Context, s *session, st net.Conn, h rpc.Header) {
 	defer st.Close()
-	log = log.With("flow", h.Flow, "dst", h.Dst.String())
-	c, status := m.dialStream(ctx, log, "udp", h, m.dialUDP)
+	log := s.log.With("flow", h.Flow, "dst", h.Dst.String())
+	c, status := m.dialStream(ctx, s, log, "udp", h, m.dialUDP)
 	if err := writeStatus(st, status); err != nil || status != rpc.StatusOK {
 		if c != nil {
 			c.Close()

@@ -35,6 +35,7 @@ func Current(ctx context.Context, cs kubernetes.Interface) (*Options, error) {
 	for _, c := range d.Spec.Template.Spec.Containers {
 		if c.Name == "manager" {
 			opt.Image = c.Image
+			opt.Reach, opt.AlsoReach = reachArgs(c.Args)
 		}
 	}
 	for _, s := range d.Spec.Template.Spec.ImagePullSecrets {
@@ -55,6 +56,19 @@ func Current(ctx context.Context, cs kubernetes.Interface) (*Options, error) {
 		}
 	}
 	return opt, nil
+}
+
+// reachArgs reads the reach settings back from the manager's arguments.
+func reachArgs(args []string) (reach string, also []string) {
+	for i := 0; i+1 < len(args); i++ {
+		switch args[i] {
+		case "--reach":
+			reach = args[i+1]
+		case "--also-reach":
+			also = append(also, args[i+1])
+		}
+	}
+	return reach, also
 }
 
 // RegistryOf is the registry prefix of an agent image named

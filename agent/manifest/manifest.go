@@ -33,6 +33,11 @@ type Options struct {
 	AllowGroups []string
 	Replicas    int32
 	PullPolicy  corev1.PullPolicy
+	// Reach is the manager's rule for what laptops may dial ("" means its
+	// default, namespaces); AlsoReach are CIDRs outside the cluster every
+	// verified user may dial.
+	Reach     string
+	AlsoReach []string
 }
 
 // Labels mark every object tunnel installs, so uninstall finds them all.
@@ -81,8 +86,15 @@ func Build(opt Options) Objects {
 		ClusterRole: &rbacv1.ClusterRole{
 			ObjectMeta: meta(Manager, ""),
 			Rules: []rbacv1.PolicyRule{
-				{APIGroups: []string{""}, Resources: []string{"nodes", "namespaces", "pods"}, Verbs: []string{"get", "list", "watch"}},
+				// Pods and Services also tell the namespace of an address a
+				// laptop dials; nodes' addresses and the API server's
+				// endpoints are never dialed.
+				{APIGroups: []string{""}, Resources: []string{"nodes", "namespaces", "pods", "services"}, Verbs: []string{"get", "list", "watch"}},
 				{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"servicecidrs"}, Verbs: []string{"get", "list", "watch"}},
+				{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"get", "list", "watch"}},
+				// Asks what a session's user may: intercepts, and which
+				// namespaces' addresses the session reaches.
+				{APIGroups: []string{"authorization.k8s.io"}, Resources: []string{"subjectaccessreviews"}, Verbs: []string{"create"}},
 				// Reads a session's proof of identity, then deletes it.
 				{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"certificatesigningrequests"}, Verbs: []string{"get", "delete"}},
 				// Checks that a sidecar is one of its workload's pods.
@@ -114,7 +126,7 @@ func Build(opt Options) Objects {
 							Name:            "manager",
 							Image:           opt.Image,
 							ImagePullPolicy: opt.PullPolicy,
-							Args:            []string{"manager"},
+							Args:            managerArgs(opt),
 							Ports: []corev1.ContainerPort{
 								{Name: "session", ContainerPort: SessionPort},
 								{Name: "metrics", ContainerPort: MetricsPort},
@@ -180,6 +192,17 @@ func Build(opt Options) Objects {
 		}
 	}
 	return o
+}
+
+func managerArgs(opt Options) []string {
+	args := []string{"manager"}
+	if opt.Reach != "" {
+		args = append(args, "--reach", opt.Reach)
+	}
+	for _, c := range opt.AlsoReach {
+		args = append(args, "--also-reach", c)
+	}
+	return args
 }
 
 func pullSecrets(names []string) []corev1.LocalObjectReference {

@@ -46,6 +46,12 @@ func main() {
 				os.Exit(1)
 			}
 			return
+		case "manager":
+			if err := managerClient(context.Background(), os.Stdout, os.Args[2:]); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			return
 		case "load":
 			if err := load(context.Background(), os.Stdout, os.Args[2:]); err != nil {
 				fmt.Fprintln(os.Stderr, err)

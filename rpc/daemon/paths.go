@@ -29,8 +29,9 @@ func RunDir() string {
 // SocketPath is the gRPC socket of this namespace's daemon.
 func SocketPath() string { return SocketIn(RunDir()) }
 
-// SocketIn is the daemon's gRPC socket in a run folder.
-func SocketIn(runDir string) string { return filepath.Join(runDir, "daemon.sock") }
+// SocketIn is the daemon's gRPC socket in a run folder: inside a folder of
+// its own, which only the daemon's user (and group) may enter.
+func SocketIn(runDir string) string { return filepath.Join(runDir, "socket", "daemon.sock") }
 
 // ResolvBackup is where the daemon keeps the resolv.conf it replaced: while
 // it exists, a daemon changed DNS and has not restored it (yet).

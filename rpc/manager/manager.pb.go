@@ -86,8 +86,11 @@ type HelloRequest struct {
 	// name): the manager takes the session's user from the requester the
 	// API server recorded in it, then deletes it.
 	IdentityProof string `protobuf:"bytes,4,opt,name=identity_proof,json=identityProof,proto3" json:"identity_proof,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// An Ed25519 signature by the proof's key over rpc.ProofMessage(nonce of
+	// Challenge, identity_proof). Without it the session is not verified.
+	IdentitySignature []byte `protobuf:"bytes,5,opt,name=identity_signature,json=identitySignature,proto3" json:"identity_signature,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *HelloRequest) Reset() {
@@ -148,6 +151,93 @@ func (x *HelloRequest) GetIdentityProof() string {
 	return ""
 }
 
+func (x *HelloRequest) GetIdentitySignature() []byte {
+	if x != nil {
+		return x.IdentitySignature
+	}
+	return nil
+}
+
+type ChallengeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChallengeRequest) Reset() {
+	*x = ChallengeRequest{}
+	mi := &file_manager_manager_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChallengeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChallengeRequest) ProtoMessage() {}
+
+func (x *ChallengeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_manager_manager_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChallengeRequest.ProtoReflect.Descriptor instead.
+func (*ChallengeRequest) Descriptor() ([]byte, []int) {
+	return file_manager_manager_proto_rawDescGZIP(), []int{1}
+}
+
+type ChallengeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nonce         []byte                 `protobuf:"bytes,1,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChallengeResponse) Reset() {
+	*x = ChallengeResponse{}
+	mi := &file_manager_manager_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChallengeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChallengeResponse) ProtoMessage() {}
+
+func (x *ChallengeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_manager_manager_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChallengeResponse.ProtoReflect.Descriptor instead.
+func (*ChallengeResponse) Descriptor() ([]byte, []int) {
+	return file_manager_manager_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ChallengeResponse) GetNonce() []byte {
+	if x != nil {
+		return x.Nonce
+	}
+	return nil
+}
+
 type HelloResponse struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	ManagerVersion string                 `protobuf:"bytes,1,opt,name=manager_version,json=managerVersion,proto3" json:"manager_version,omitempty"`
@@ -160,7 +250,7 @@ type HelloResponse struct {
 
 func (x *HelloResponse) Reset() {
 	*x = HelloResponse{}
-	mi := &file_manager_manager_proto_msgTypes[1]
+	mi := &file_manager_manager_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -172,7 +262,7 @@ func (x *HelloResponse) String() string {
 func (*HelloResponse) ProtoMessage() {}
 
 func (x *HelloResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_manager_manager_proto_msgTypes[1]
+	mi := &file_manager_manager_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -185,7 +275,7 @@ func (x *HelloResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HelloResponse.ProtoReflect.Descriptor instead.
 func (*HelloResponse) Descriptor() ([]byte, []int) {
-	return file_manager_manager_proto_rawDescGZIP(), []int{1}
+	return file_manager_manager_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *HelloResponse) GetManagerVersion() string {
@@ -224,7 +314,7 @@ type WatchClusterRequest struct {
 
 func (x *WatchClusterRequest) Reset() {
 	*x = WatchClusterRequest{}
-	mi := &file_manager_manager_proto_msgTypes[2]
+	mi := &file_manager_manager_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -236,7 +326,7 @@ func (x *WatchClusterRequest) String() string {
 func (*WatchClusterRequest) ProtoMessage() {}
 
 func (x *WatchClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_manager_manager_proto_msgTypes[2]
+	mi := &file_manager_manager_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -249,7 +339,7 @@ func (x *WatchClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchClusterRequest.ProtoReflect.Descriptor instead.
 func (*WatchClusterRequest) Descriptor() ([]byte, []int) {
-	return file_manager_manager_proto_rawDescGZIP(), []int{2}
+	return file_manager_manager_proto_rawDescGZIP(), []int{4}
 }
 
 type ClusterInfo struct {
@@ -265,7 +355,7 @@ type ClusterInfo struct {
 
 func (x *ClusterInfo) Reset() {
 	*x = ClusterInfo{}
-	mi := &file_manager_manager_proto_msgTypes[3]
+	mi := &file_manager_manager_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -277,7 +367,7 @@ func (x *ClusterInfo) String() string {
 func (*ClusterInfo) ProtoMessage() {}
 
 func (x *ClusterInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_manager_manager_proto_msgTypes[3]
+	mi := &file_manager_manager_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -290,7 +380,7 @@ func (x *ClusterInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterInfo.ProtoReflect.Descriptor instead.
 func (*ClusterInfo) Descriptor() ([]byte, []int) {
-	return file_manager_manager_proto_rawDescGZIP(), []int{3}
+	return file_manager_manager_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ClusterInfo) GetClusterDomain() string {
@@ -337,7 +427,7 @@ type ResolveRequest struct {
 
 func (x *ResolveRequest) Reset() {
 	*x = ResolveRequest{}
-	mi := &file_manager_manager_proto_msgTypes[4]
+	mi := &file_manager_manager_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -349,7 +439,7 @@ func (x *ResolveRequest) String() string {
 func (*ResolveRequest) ProtoMessage() {}
 
 func (x *ResolveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_manager_manager_proto_msgTypes[4]
+	mi := &file_manager_manager_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -362,7 +452,7 @@ func (x *ResolveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveRequest.ProtoReflect.Descriptor instead.
 func (*ResolveRequest) Descriptor() ([]byte, []int) {
-	return file_manager_manager_proto_rawDescGZIP(), []int{4}
+	return file_manager_manager_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ResolveRequest) GetQuery() []byte {
@@ -381,7 +471,7 @@ type ResolveResponse struct {
 
 func (x *ResolveResponse) Reset() {
 	*x = ResolveResponse{}
-	mi := &file_manager_manager_proto_msgTypes[5]
+	mi := &file_manager_manager_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -393,7 +483,7 @@ func (x *ResolveResponse) String() string {
 func (*ResolveResponse) ProtoMessage() {}
 
 func (x *ResolveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_manager_manager_proto_msgTypes[5]
+	mi := &file_manager_manager_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -406,7 +496,7 @@ func (x *ResolveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveResponse.ProtoReflect.Descriptor instead.
 func (*ResolveResponse) Descriptor() ([]byte, []int) {
-	return file_manager_manager_proto_rawDescGZIP(), []int{5}
+	return file_manager_manager_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ResolveResponse) GetAnswer() []byte {
@@ -435,7 +525,7 @@ type InterceptSpec struct {
 
 func (x *InterceptSpec) Reset() {
 	*x = InterceptSpec{}
-	mi := &file_manager_manager_proto_msgTypes[6]
+	mi := &file_manager_manager_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -447,7 +537,7 @@ func (x *InterceptSpec) String() string {
 func (*InterceptSpec) ProtoMessage() {}
 
 func (x *InterceptSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_manager_manager_proto_msgTypes[6]
+	mi := &file_manager_manager_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -460,7 +550,7 @@ func (x *InterceptSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InterceptSpec.ProtoReflect.Descriptor instead.
 func (*InterceptSpec) Descriptor() ([]byte, []int) {
-	return file_manager_manager_proto_rawDescGZIP(), []int{6}
+	return file_manager_manager_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *InterceptSpec) GetName() string {
@@ -545,7 +635,7 @@ type Intercept struct {
 
 func (x *Intercept) Reset() {
 	*x = Intercept{}
-	mi := &file_manager_manager_proto_msgTypes[7]
+	mi := &file_manager_manager_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -557,7 +647,7 @@ func (x *Intercept) String() string {
 func (*Intercept) ProtoMessage() {}
 
 func (x *Intercept) ProtoReflect() protoreflect.Message {
-	mi := &file_manager_manager_proto_msgTypes[7]
+	mi := &file_manager_manager_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -570,7 +660,7 @@ func (x *Intercept) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Intercept.ProtoReflect.Descriptor instead.
 func (*Intercept) Descriptor() ([]byte, []int) {
-	return file_manager_manager_proto_rawDescGZIP(), []int{7}
+	return file_manager_manager_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Intercept) GetSpec() *InterceptSpec {
@@ -632,7 +722,7 @@ type RemoveInterceptRequest struct {
 
 func (x *RemoveInterceptRequest) Reset() {
 	*x = RemoveInterceptRequest{}
-	mi := &file_manager_manager_proto_msgTypes[8]
+	mi := &file_manager_manager_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -644,7 +734,7 @@ func (x *RemoveInterceptRequest) String() string {
 func (*RemoveInterceptRequest) ProtoMessage() {}
 
 func (x *RemoveInterceptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_manager_manager_proto_msgTypes[8]
+	mi := &file_manager_manager_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -657,7 +747,7 @@ func (x *RemoveInterceptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveInterceptRequest.ProtoReflect.Descriptor instead.
 func (*RemoveInterceptRequest) Descriptor() ([]byte, []int) {
-	return file_manager_manager_proto_rawDescGZIP(), []int{8}
+	return file_manager_manager_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RemoveInterceptRequest) GetNamespace() string {
@@ -682,7 +772,7 @@ type RemoveInterceptResponse struct {
 
 func (x *RemoveInterceptResponse) Reset() {
 	*x = RemoveInterceptResponse{}
-	mi := &file_manager_manager_proto_msgTypes[9]
+	mi := &file_manager_manager_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -694,7 +784,7 @@ func (x *RemoveInterceptResponse) String() string {
 func (*RemoveInterceptResponse) ProtoMessage() {}
 
 func (x *RemoveInterceptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_manager_manager_proto_msgTypes[9]
+	mi := &file_manager_manager_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -707,7 +797,7 @@ func (x *RemoveInterceptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveInterceptResponse.ProtoReflect.Descriptor instead.
 func (*RemoveInterceptResponse) Descriptor() ([]byte, []int) {
-	return file_manager_manager_proto_rawDescGZIP(), []int{9}
+	return file_manager_manager_proto_rawDescGZIP(), []int{11}
 }
 
 type ListInterceptsRequest struct {
@@ -719,7 +809,7 @@ type ListInterceptsRequest struct {
 
 func (x *ListInterceptsRequest) Reset() {
 	*x = ListInterceptsRequest{}
-	mi := &file_manager_manager_proto_msgTypes[10]
+	mi := &file_manager_manager_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -731,7 +821,7 @@ func (x *ListInterceptsRequest) String() string {
 func (*ListInterceptsRequest) ProtoMessage() {}
 
 func (x *ListInterceptsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_manager_manager_proto_msgTypes[10]
+	mi := &file_manager_manager_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -744,7 +834,7 @@ func (x *ListInterceptsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInterceptsRequest.ProtoReflect.Descriptor instead.
 func (*ListInterceptsRequest) Descriptor() ([]byte, []int) {
-	return file_manager_manager_proto_rawDescGZIP(), []int{10}
+	return file_manager_manager_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListInterceptsRequest) GetNamespace() string {
@@ -763,7 +853,7 @@ type ListInterceptsResponse struct {
 
 func (x *ListInterceptsResponse) Reset() {
 	*x = ListInterceptsResponse{}
-	mi := &file_manager_manager_proto_msgTypes[11]
+	mi := &file_manager_manager_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -775,7 +865,7 @@ func (x *ListInterceptsResponse) String() string {
 func (*ListInterceptsResponse) ProtoMessage() {}
 
 func (x *ListInterceptsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_manager_manager_proto_msgTypes[11]
+	mi := &file_manager_manager_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -788,7 +878,7 @@ func (x *ListInterceptsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInterceptsResponse.ProtoReflect.Descriptor instead.
 func (*ListInterceptsResponse) Descriptor() ([]byte, []int) {
-	return file_manager_manager_proto_rawDescGZIP(), []int{11}
+	return file_manager_manager_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListInterceptsResponse) GetIntercepts() []*Intercept {
@@ -817,7 +907,7 @@ type WatchInterceptsRequest struct {
 
 func (x *WatchInterceptsRequest) Reset() {
 	*x = WatchInterceptsRequest{}
-	mi := &file_manager_manager_proto_msgTypes[12]
+	mi := &file_manager_manager_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -829,7 +919,7 @@ func (x *WatchInterceptsRequest) String() string {
 func (*WatchInterceptsRequest) ProtoMessage() {}
 
 func (x *WatchInterceptsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_manager_manager_proto_msgTypes[12]
+	mi := &file_manager_manager_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -842,7 +932,7 @@ func (x *WatchInterceptsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchInterceptsRequest.ProtoReflect.Descriptor instead.
 func (*WatchInterceptsRequest) Descriptor() ([]byte, []int) {
-	return file_manager_manager_proto_rawDescGZIP(), []int{12}
+	return file_manager_manager_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WatchInterceptsRequest) GetNamespace() string {
@@ -889,7 +979,7 @@ type InterceptSet struct {
 
 func (x *InterceptSet) Reset() {
 	*x = InterceptSet{}
-	mi := &file_manager_manager_proto_msgTypes[13]
+	mi := &file_manager_manager_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -901,7 +991,7 @@ func (x *InterceptSet) String() string {
 func (*InterceptSet) ProtoMessage() {}
 
 func (x *InterceptSet) ProtoReflect() protoreflect.Message {
-	mi := &file_manager_manager_proto_msgTypes[13]
+	mi := &file_manager_manager_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -914,7 +1004,7 @@ func (x *InterceptSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InterceptSet.ProtoReflect.Descriptor instead.
 func (*InterceptSet) Descriptor() ([]byte, []int) {
-	return file_manager_manager_proto_rawDescGZIP(), []int{13}
+	return file_manager_manager_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *InterceptSet) GetIntercepts() []*Intercept {
@@ -928,12 +1018,16 @@ var File_manager_manager_proto protoreflect.FileDescriptor
 
 const file_manager_manager_proto_rawDesc = "" +
 	"\n" +
-	"\x15manager/manager.proto\x12\x11tunnel.manager.v1\"\x84\x01\n" +
+	"\x15manager/manager.proto\x12\x11tunnel.manager.v1\"\xb3\x01\n" +
 	"\fHelloRequest\x12%\n" +
 	"\x0eclient_version\x18\x01 \x01(\tR\rclientVersion\x12\x12\n" +
 	"\x04user\x18\x02 \x01(\tR\x04user\x12\x12\n" +
 	"\x04host\x18\x03 \x01(\tR\x04host\x12%\n" +
-	"\x0eidentity_proof\x18\x04 \x01(\tR\ridentityProof\"\x92\x01\n" +
+	"\x0eidentity_proof\x18\x04 \x01(\tR\ridentityProof\x12-\n" +
+	"\x12identity_signature\x18\x05 \x01(\fR\x11identitySignature\"\x12\n" +
+	"\x10ChallengeRequest\")\n" +
+	"\x11ChallengeResponse\x12\x14\n" +
+	"\x05nonce\x18\x01 \x01(\fR\x05nonce\"\x92\x01\n" +
 	"\rHelloResponse\x12'\n" +
 	"\x0fmanager_version\x18\x01 \x01(\tR\x0emanagerVersion\x12\x1d\n" +
 	"\n" +
@@ -1003,8 +1097,9 @@ const file_manager_manager_proto_rawDesc = "" +
 	"\x06GLOBAL\x10\x01\x12\f\n" +
 	"\bPERSONAL\x10\x02\x12\n" +
 	"\n" +
-	"\x06MIRROR\x10\x032\x86\x05\n" +
-	"\aManager\x12J\n" +
+	"\x06MIRROR\x10\x032\xde\x05\n" +
+	"\aManager\x12V\n" +
+	"\tChallenge\x12#.tunnel.manager.v1.ChallengeRequest\x1a$.tunnel.manager.v1.ChallengeResponse\x12J\n" +
 	"\x05Hello\x12\x1f.tunnel.manager.v1.HelloRequest\x1a .tunnel.manager.v1.HelloResponse\x12X\n" +
 	"\fWatchCluster\x12&.tunnel.manager.v1.WatchClusterRequest\x1a\x1e.tunnel.manager.v1.ClusterInfo0\x01\x12P\n" +
 	"\aResolve\x12!.tunnel.manager.v1.ResolveRequest\x1a\".tunnel.manager.v1.ResolveResponse\x12Q\n" +
@@ -1026,45 +1121,49 @@ func file_manager_manager_proto_rawDescGZIP() []byte {
 }
 
 var file_manager_manager_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_manager_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_manager_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_manager_manager_proto_goTypes = []any{
 	(InterceptMode)(0),              // 0: tunnel.manager.v1.InterceptMode
 	(*HelloRequest)(nil),            // 1: tunnel.manager.v1.HelloRequest
-	(*HelloResponse)(nil),           // 2: tunnel.manager.v1.HelloResponse
-	(*WatchClusterRequest)(nil),     // 3: tunnel.manager.v1.WatchClusterRequest
-	(*ClusterInfo)(nil),             // 4: tunnel.manager.v1.ClusterInfo
-	(*ResolveRequest)(nil),          // 5: tunnel.manager.v1.ResolveRequest
-	(*ResolveResponse)(nil),         // 6: tunnel.manager.v1.ResolveResponse
-	(*InterceptSpec)(nil),           // 7: tunnel.manager.v1.InterceptSpec
-	(*Intercept)(nil),               // 8: tunnel.manager.v1.Intercept
-	(*RemoveInterceptRequest)(nil),  // 9: tunnel.manager.v1.RemoveInterceptRequest
-	(*RemoveInterceptResponse)(nil), // 10: tunnel.manager.v1.RemoveInterceptResponse
-	(*ListInterceptsRequest)(nil),   // 11: tunnel.manager.v1.ListInterceptsRequest
-	(*ListInterceptsResponse)(nil),  // 12: tunnel.manager.v1.ListInterceptsResponse
-	(*WatchInterceptsRequest)(nil),  // 13: tunnel.manager.v1.WatchInterceptsRequest
-	(*InterceptSet)(nil),            // 14: tunnel.manager.v1.InterceptSet
+	(*ChallengeRequest)(nil),        // 2: tunnel.manager.v1.ChallengeRequest
+	(*ChallengeResponse)(nil),       // 3: tunnel.manager.v1.ChallengeResponse
+	(*HelloResponse)(nil),           // 4: tunnel.manager.v1.HelloResponse
+	(*WatchClusterRequest)(nil),     // 5: tunnel.manager.v1.WatchClusterRequest
+	(*ClusterInfo)(nil),             // 6: tunnel.manager.v1.ClusterInfo
+	(*ResolveRequest)(nil),          // 7: tunnel.manager.v1.ResolveRequest
+	(*ResolveResponse)(nil),         // 8: tunnel.manager.v1.ResolveResponse
+	(*InterceptSpec)(nil),           // 9: tunnel.manager.v1.InterceptSpec
+	(*Intercept)(nil),               // 10: tunnel.manager.v1.Intercept
+	(*RemoveInterceptRequest)(nil),  // 11: tunnel.manager.v1.RemoveInterceptRequest
+	(*RemoveInterceptResponse)(nil), // 12: tunnel.manager.v1.RemoveInterceptResponse
+	(*ListInterceptsRequest)(nil),   // 13: tunnel.manager.v1.ListInterceptsRequest
+	(*ListInterceptsResponse)(nil),  // 14: tunnel.manager.v1.ListInterceptsResponse
+	(*WatchInterceptsRequest)(nil),  // 15: tunnel.manager.v1.WatchInterceptsRequest
+	(*InterceptSet)(nil),            // 16: tunnel.manager.v1.InterceptSet
 }
 var file_manager_manager_proto_depIdxs = []int32{
 	0,  // 0: tunnel.manager.v1.InterceptSpec.mode:type_name -> tunnel.manager.v1.InterceptMode
-	7,  // 1: tunnel.manager.v1.Intercept.spec:type_name -> tunnel.manager.v1.InterceptSpec
-	8,  // 2: tunnel.manager.v1.ListInterceptsResponse.intercepts:type_name -> tunnel.manager.v1.Intercept
-	8,  // 3: tunnel.manager.v1.InterceptSet.intercepts:type_name -> tunnel.manager.v1.Intercept
-	1,  // 4: tunnel.manager.v1.Manager.Hello:input_type -> tunnel.manager.v1.HelloRequest
-	3,  // 5: tunnel.manager.v1.Manager.WatchCluster:input_type -> tunnel.manager.v1.WatchClusterRequest
-	5,  // 6: tunnel.manager.v1.Manager.Resolve:input_type -> tunnel.manager.v1.ResolveRequest
-	7,  // 7: tunnel.manager.v1.Manager.CreateIntercept:input_type -> tunnel.manager.v1.InterceptSpec
-	9,  // 8: tunnel.manager.v1.Manager.RemoveIntercept:input_type -> tunnel.manager.v1.RemoveInterceptRequest
-	11, // 9: tunnel.manager.v1.Manager.ListIntercepts:input_type -> tunnel.manager.v1.ListInterceptsRequest
-	13, // 10: tunnel.manager.v1.Manager.WatchIntercepts:input_type -> tunnel.manager.v1.WatchInterceptsRequest
-	2,  // 11: tunnel.manager.v1.Manager.Hello:output_type -> tunnel.manager.v1.HelloResponse
-	4,  // 12: tunnel.manager.v1.Manager.WatchCluster:output_type -> tunnel.manager.v1.ClusterInfo
-	6,  // 13: tunnel.manager.v1.Manager.Resolve:output_type -> tunnel.manager.v1.ResolveResponse
-	8,  // 14: tunnel.manager.v1.Manager.CreateIntercept:output_type -> tunnel.manager.v1.Intercept
-	10, // 15: tunnel.manager.v1.Manager.RemoveIntercept:output_type -> tunnel.manager.v1.RemoveInterceptResponse
-	12, // 16: tunnel.manager.v1.Manager.ListIntercepts:output_type -> tunnel.manager.v1.ListInterceptsResponse
-	14, // 17: tunnel.manager.v1.Manager.WatchIntercepts:output_type -> tunnel.manager.v1.InterceptSet
-	11, // [11:18] is the sub-list for method output_type
-	4,  // [4:11] is the sub-list for method input_type
+	9,  // 1: tunnel.manager.v1.Intercept.spec:type_name -> tunnel.manager.v1.InterceptSpec
+	10, // 2: tunnel.manager.v1.ListInterceptsResponse.intercepts:type_name -> tunnel.manager.v1.Intercept
+	10, // 3: tunnel.manager.v1.InterceptSet.intercepts:type_name -> tunnel.manager.v1.Intercept
+	2,  // 4: tunnel.manager.v1.Manager.Challenge:input_type -> tunnel.manager.v1.ChallengeRequest
+	1,  // 5: tunnel.manager.v1.Manager.Hello:input_type -> tunnel.manager.v1.HelloRequest
+	5,  // 6: tunnel.manager.v1.Manager.WatchCluster:input_type -> tunnel.manager.v1.WatchClusterRequest
+	7,  // 7: tunnel.manager.v1.Manager.Resolve:input_type -> tunnel.manager.v1.ResolveRequest
+	9,  // 8: tunnel.manager.v1.Manager.CreateIntercept:input_type -> tunnel.manager.v1.InterceptSpec
+	11, // 9: tunnel.manager.v1.Manager.RemoveIntercept:input_type -> tunnel.manager.v1.RemoveInterceptRequest
+	13, // 10: tunnel.manager.v1.Manager.ListIntercepts:input_type -> tunnel.manager.v1.ListInterceptsRequest
+	15, // 11: tunnel.manager.v1.Manager.WatchIntercepts:input_type -> tunnel.manager.v1.WatchInterceptsRequest
+	3,  // 12: tunnel.manager.v1.Manager.Challenge:output_type -> tunnel.manager.v1.ChallengeResponse
+	4,  // 13: tunnel.manager.v1.Manager.Hello:output_type -> tunnel.manager.v1.HelloResponse
+	6,  // 14: tunnel.manager.v1.Manager.WatchCluster:output_type -> tunnel.manager.v1.ClusterInfo
+	8,  // 15: tunnel.manager.v1.Manager.Resolve:output_type -> tunnel.manager.v1.ResolveResponse
+	10, // 16: tunnel.manager.v1.Manager.CreateIntercept:output_type -> tunnel.manager.v1.Intercept
+	12, // 17: tunnel.manager.v1.Manager.RemoveIntercept:output_type -> tunnel.manager.v1.RemoveInterceptResponse
+	14, // 18: tunnel.manager.v1.Manager.ListIntercepts:output_type -> tunnel.manager.v1.ListInterceptsResponse
+	16, // 19: tunnel.manager.v1.Manager.WatchIntercepts:output_type -> tunnel.manager.v1.InterceptSet
+	12, // [12:20] is the sub-list for method output_type
+	4,  // [4:12] is the sub-list for method input_type
 	4,  // [4:4] is the sub-list for extension type_name
 	4,  // [4:4] is the sub-list for extension extendee
 	0,  // [0:4] is the sub-list for field type_name
@@ -1081,7 +1180,7 @@ func file_manager_manager_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_manager_manager_proto_rawDesc), len(file_manager_manager_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

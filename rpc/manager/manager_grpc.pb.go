@@ -22,6 +22,7 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
+	Manager_Challenge_FullMethodName       = "/tunnel.manager.v1.Manager/Challenge"
 	Manager_Hello_FullMethodName           = "/tunnel.manager.v1.Manager/Hello"
 	Manager_WatchCluster_FullMethodName    = "/tunnel.manager.v1.Manager/WatchCluster"
 	Manager_Resolve_FullMethodName         = "/tunnel.manager.v1.Manager/Resolve"
@@ -35,6 +36,10 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type ManagerClient interface {
+	// Challenge gives the session a nonce, once: Hello's identity proof must
+	// carry a signature over it by the key of the proof's request, so a proof
+	// that someone else can read serves no other session.
+	Challenge(ctx context.Context, in *ChallengeRequest, opts ...grpc.CallOption) (*ChallengeResponse, error)
 	// Hello opens a session: who connects, and which manager answers.
 	Hello(ctx context.Context, in *HelloRequest, opts ...grpc.CallOption) (*HelloResponse, error)
 	// WatchCluster sends what the laptop must route and resolve, at once and
@@ -64,6 +69,16 @@ type managerClient struct {
 
 func NewManagerClient(cc grpc.ClientConnInterface) ManagerClient {
 	return &managerClient{cc}
+}
+
+func (c *managerClient) Challenge(ctx context.Context, in *ChallengeRequest, opts ...grpc.CallOption) (*ChallengeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ChallengeResponse)
+	err := c.cc.Invoke(ctx, Manager_Challenge_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (c *managerClient) Hello(ctx context.Context, in *HelloRequest, opts ...grpc.CallOption) (*HelloResponse, error) {
@@ -158,6 +173,10 @@ type Manager_WatchInterceptsClient = grpc.ServerStreamingClient[InterceptSet]
 // All implementations must embed UnimplementedManagerServer
 // for forward compatibility.
 type ManagerServer interface {
+	// Challenge gives the session a nonce, once: Hello's identity proof must
+	// carry a signature over it by the key of the proof's request, so a proof
+	// that someone else can read serves no other session.
+	Challenge(context.Context, *ChallengeRequest) (*ChallengeResponse, error)
 	// Hello opens a session: who connects, and which manager answers.
 	Hello(context.Context, *HelloRequest) (*HelloResponse, error)
 	// WatchCluster sends what the laptop must route and resolve, at once and
@@ -189,6 +208,9 @@ type ManagerServer interface {
 // pointer dereference when methods are called.
 type UnimplementedManagerServer struct{}
 
+func (UnimplementedManagerServer) Challenge(context.Context, *ChallengeRequest) (*ChallengeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Challenge not implemented")
+}
 func (UnimplementedManagerServer) Hello(context.Context, *HelloRequest) (*HelloResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Hello not implemented")
 }
@@ -229,6 +251,24 @@ func RegisterManagerServer(s grpc.ServiceRegistrar, srv ManagerServer) {
 		t.testEmbeddedByValue()
 	}
 	s.RegisterService(&Manager_ServiceDesc, srv)
+}
+
+func _Manager_Challenge_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ChallengeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ManagerServer).Challenge(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Manager_Challenge_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ManagerServer).Challenge(ctx, req.(*ChallengeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
 }
 
 func _Manager_Hello_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -350,6 +390,10 @@ var Manager_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "tunnel.manager.v1.Manager",
 	HandlerType: (*ManagerServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Challenge",
+			Handler:    _Manager_Challenge_Handler,
+		},
 		{
 			MethodName: "Hello",
 			Handler:    _Manager_Hello_Handler,

@@ -1,0 +1,98 @@
+package manager
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	authzv1 "k8s.io/api/authorization/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"tunnel.dev/tunnel/access"
+)
+
+// authorizer asks whether a verified user may do attrs: the manager decides
+// by the caller's own RBAC, never by what the CLI checked.
+type authorizer func(ctx context.Context, id Identity, attrs authzv1.ResourceAttributes) (bool, error)
+
+// sarAuthorizer asks the API server with a SubjectAccessReview.
+func sarAuthorizer(cs kubernetes.Interface) authorizer {
+	return func(ctx context.Context, id Identity, attrs authzv1.ResourceAttributes) (bool, error) {
+		spec := authzv1.SubjectAccessReviewSpec{User: id.User, UID: id.UID, Groups: id.Groups, ResourceAttributes: &attrs}
+		if len(id.Extra) > 0 {
+			spec.Extra = map[string]authzv1.ExtraValue{}
+			for k, v := range id.Extra {
+				spec.Extra[k] = v
+			}
+		}
+		rev, err := cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authzv1.SubjectAccessReview{Spec: spec}, metav1.CreateOptions{})
+		if err != nil {
+			return false, fmt.Errorf("ask the API server what %s may do: %w", id.User, err)
+		}
+		return rev.Status.Allowed, nil
+	}
+}
+
+// checkRights returns errInterceptForbidden in one sentence naming what id
+// may not do of attrs in namespace ns.
+func (m *Manager) checkRights(ctx context.Context, id Identity, ns, why string, attrs []authzv1.ResourceAttributes) error {
+	if m.authorize == nil {
+		return nil
+	}
+	var denied []string
+	for _, a := range attrs {
+		a.Namespace = ns
+		ok, err := m.authorize(ctx, id, a)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			denied = append(denied, access.Describe(a))
+		}
+	}
+	if len(denied) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s may not %s in namespace %s, which %s", errInterceptForbidden, id.User, strings.Join(denied, ", "), ns, why)
+}
+
+// accessCache remembers SubjectAccessReview answers for a short time, so a
+// session's dials do not each ask the API server; an answer expires within
+// ttl, which is how fast a change of RBAC reaches open sessions.
+type accessCache struct {
+	ttl  time.Duration
+	max  int // entries; past it the cache starts over
+	mu   sync.Mutex
+	seen map[accessKey]accessAnswer
+}
+
+type accessKey struct{ user, ns string }
+
+type accessAnswer struct {
+	ok  bool
+	err error
+	at  time.Time
+}
+
+// allowed answers from the cache or with ask.
+func (c *accessCache) allowed(key accessKey, now time.Time, ask func() (bool, error)) (bool, error) {
+	c.mu.Lock()
+	if a, ok := c.seen[key]; ok && now.Sub(a.at) < c.ttl {
+		c.mu.Unlock()
+		return a.ok, a.err
+	}
+	c.mu.Unlock()
+	ok, err := ask()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.seen == nil || len(c.seen) >= c.max {
+		c.seen = map[accessKey]accessAnswer{}
+	}
+	if err == nil { // a failed review is asked again next time
+		c.seen[key] = accessAnswer{ok: ok, at: now}
+	}
+	return ok, err
+}

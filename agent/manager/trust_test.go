@@ -1,0 +1,242 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	authzv1 "k8s.io/api/authorization/v1"
+
+	"tunnel.dev/tunnel/access"
+	"tunnel.dev/tunnel/rpc"
+	managerpb "tunnel.dev/tunnel/rpc/manager"
+	"tunnel.dev/tunnel/version"
+)
+
+// A session from a pod is a sidecar or nothing: no streams into the
+// cluster, no cluster watch, no DNS, no intercept list, no hello.
+func TestPodSessionIsASidecarOrNothing(t *testing.T) {
+	m, _ := newTestManager(t, func(c *Config) { c.AllowLoopback = false })
+	m.isPod = func(net.Addr) bool { return true }
+	echo, _ := echoTCP(t)
+	addr := serve(t, m)
+	pod := laptop(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	for _, kind := range []rpc.Kind{rpc.KindTCP, rpc.KindUDP} {
+		if _, err := dialStream(t, pod, kind, echo); !errors.Is(err, rpc.StatusForbidden) {
+			t.Errorf("a pod's %s stream: %v, want forbidden", kind, err)
+		}
+	}
+	ctl := controlClient(t, pod)
+	calls := map[string]func() error{
+		"Challenge": func() error { _, err := ctl.Challenge(ctx, &managerpb.ChallengeRequest{}); return err },
+		"Hello": func() error {
+			_, err := ctl.Hello(ctx, &managerpb.HelloRequest{ClientVersion: version.Get().Version})
+			return err
+		},
+		"Resolve": func() error { _, err := ctl.Resolve(ctx, &managerpb.ResolveRequest{}); return err },
+		"WatchCluster": func() error {
+			w, err := ctl.WatchCluster(ctx, &managerpb.WatchClusterRequest{})
+			if err == nil {
+				_, err = w.Recv()
+			}
+			return err
+		},
+		"ListIntercepts": func() error { _, err := ctl.ListIntercepts(ctx, &managerpb.ListInterceptsRequest{}); return err },
+		"CreateIntercept": func() error {
+			_, err := ctl.CreateIntercept(ctx, &managerpb.InterceptSpec{Name: "x", Namespace: "shop", Workload: "web", Port: 8080})
+			return err
+		},
+	}
+	for name, call := range calls {
+		if err := call(); status.Code(err) != codes.PermissionDenied {
+			t.Errorf("%s from a pod: %v, want PermissionDenied", name, err)
+		}
+	}
+	// What it may do, it may do at a bounded rate.
+	watch := func() error {
+		w, err := ctl.WatchIntercepts(ctx, &managerpb.WatchInterceptsRequest{Namespace: "shop", Workload: "web", Pod: "web-1"})
+		if err == nil {
+			_, err = w.Recv()
+		}
+		return err
+	}
+	if err := watch(); err != nil {
+		t.Fatalf("a sidecar's watch: %v", err)
+	}
+	limited := false
+	for range 50 {
+		if err := watch(); status.Code(err) == codes.ResourceExhausted {
+			limited = true
+			break
+		}
+	}
+	if !limited {
+		t.Error("50 watches in a row from one pod were all served: want a rate limit")
+	}
+}
+
+// A laptop may not watch a workload's intercepts (every user's header
+// values) nor send intercepted connections (another laptop's ports).
+func TestLaptopSessionIsNoSidecar(t *testing.T) {
+	m, _ := newTestManager(t, func(c *Config) { c.AllowLoopback = false })
+	addr := serve(t, m)
+	lap := laptop(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	w, err := controlClient(t, lap).WatchIntercepts(ctx, &managerpb.WatchInterceptsRequest{Namespace: "shop", Workload: "web"})
+	if err == nil {
+		_, err = w.Recv()
+	}
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("a laptop's watch: %v, want PermissionDenied", err)
+	}
+	st := openStream(t, lap, rpc.Header{Kind: rpc.KindIntercept, Dst: netip.MustParseAddrPort("10.0.0.1:80"), Flow: 1})
+	if err := rpc.ReadStatus(st); !errors.Is(err, rpc.StatusForbidden) {
+		t.Errorf("a laptop's intercept stream: %v, want forbidden", err)
+	}
+}
+
+// fakeBook knows the addresses of a small cluster.
+type fakeBook map[netip.Addr]AddrOwner
+
+func (b fakeBook) Owner(a netip.Addr) (AddrOwner, bool) { o, ok := b[a]; return o, ok }
+
+// rbac allows user the verbs listed as "ns/verb resource[/sub][.group]".
+type rbac map[string][]string
+
+func (r rbac) authorize(_ context.Context, id Identity, a authzv1.ResourceAttributes) (bool, error) {
+	want := a.Namespace + "/" + access.Describe(a)
+	for _, g := range r[id.User] {
+		if g == want {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func TestReachDecides(t *testing.T) {
+	book := fakeBook{
+		netip.MustParseAddr("10.244.0.5"): {Kind: AddrPod, Namespace: "dev"},
+		netip.MustParseAddr("10.96.0.50"): {Kind: AddrService, Namespace: "dev"},
+		netip.MustParseAddr("10.244.0.9"): {Kind: AddrPod, Namespace: "kube-system"},
+		netip.MustParseAddr("10.96.0.1"):  {Kind: AddrAPIServer, Namespace: "default"},
+		netip.MustParseAddr("10.209.0.1"): {Kind: AddrAPIServer},
+		netip.MustParseAddr("10.209.0.2"): {Kind: AddrNode},
+	}
+	calls := 0
+	authz := func(ctx context.Context, id Identity, a authzv1.ResourceAttributes) (bool, error) {
+		calls++
+		return rbac{"dev": {"dev/create pods/portforward"}}.authorize(ctx, id, a)
+	}
+	now := time.Unix(1000, 0)
+	newReach := func(mode string) *reach {
+		return &reach{mode: mode, book: book, authorize: authz, also: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")},
+			self: []netip.Addr{netip.MustParseAddr("10.244.0.77")}, access: &accessCache{ttl: 10 * time.Second, max: 100},
+			now: func() time.Time { return now }}
+	}
+	dev := &session{ident: Identity{User: "dev"}}
+	nobody := &session{}
+	pod := &session{fromPod: true, ident: Identity{User: "dev"}}
+	for _, tc := range []struct {
+		mode, dst string
+		s         *session
+		ok        bool
+		say       string
+	}{
+		{rpc.ReachNamespaces, "10.244.0.5", dev, true, ""},
+		{rpc.ReachNamespaces, "10.96.0.50", dev, true, ""},
+		{rpc.ReachNamespaces, "::ffff:10.244.0.5", dev, true, ""},
+		{rpc.ReachNamespaces, "10.244.0.9", dev, false, "may not create pods/portforward"},
+		{rpc.ReachNamespaces, "10.96.0.1", dev, false, "API server"},
+		{rpc.ReachNamespaces, "10.209.0.1", dev, false, "API server"},
+		{rpc.ReachNamespaces, "10.209.0.2", dev, false, "node"},
+		{rpc.ReachNamespaces, "10.244.0.77", dev, false, "manager's own pod"},
+		{rpc.ReachNamespaces, "169.254.169.254", dev, false, "metadata"},
+		{rpc.ReachNamespaces, "168.63.129.16", dev, false, "metadata"},
+		{rpc.ReachNamespaces, "fd20:ce::254", dev, false, "metadata"},
+		{rpc.ReachNamespaces, "127.0.0.1", dev, false, "loopback"},
+		{rpc.ReachNamespaces, "203.0.113.9", dev, false, "--also-reach"},
+		{rpc.ReachNamespaces, "192.0.2.10", dev, true, ""},
+		{rpc.ReachNamespaces, "10.244.0.5", nobody, false, "not verified"},
+		{rpc.ReachNamespaces, "10.244.0.5", pod, false, "pod"},
+		{rpc.ReachCluster, "10.244.0.9", dev, true, ""},
+		{rpc.ReachCluster, "10.209.0.2", dev, false, "node"},
+		{rpc.ReachCluster, "203.0.113.9", dev, false, "--also-reach"},
+	} {
+		err := newReach(tc.mode).decide(context.Background(), tc.s, netip.MustParseAddr(tc.dst))
+		if tc.ok != (err == nil) || (err != nil && (!errors.Is(err, errReach) || !strings.Contains(err.Error(), tc.say))) {
+			t.Errorf("%s: %s dials %s: %v, want ok=%v saying %q", tc.mode, tc.s.ident.User, tc.dst, err, tc.ok, tc.say)
+		}
+	}
+
+	// Answers are cached per user and namespace for the TTL, then asked again.
+	r := newReach(rpc.ReachNamespaces)
+	calls = 0
+	for range 3 {
+		_ = r.decide(context.Background(), dev, netip.MustParseAddr("10.244.0.5"))
+	}
+	if calls != 1 {
+		t.Errorf("3 dials asked the API server %d times, want once", calls)
+	}
+	now = now.Add(11 * time.Second)
+	_ = r.decide(context.Background(), dev, netip.MustParseAddr("10.244.0.5"))
+	if calls != 2 {
+		t.Errorf("after the TTL the API server was asked %d times in all, want 2", calls)
+	}
+}
+
+// The manager asks the API server whether the caller may intercept, whatever
+// the CLI did: a mirror needs what a global intercept needs.
+func TestCreateInterceptNeedsTheCallersRights(t *testing.T) {
+	m, _ := newTestManager(t, nil)
+	m.identify = fakeIdentify
+	m.useAuthorizer(rbac{"ada": {"shop/get deployments.apps", "shop/patch deployments.apps", "shop/list services", "shop/update services"}}.authorize)
+	addr := serve(t, m)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ada := controlClient(t, laptop(t, addr))
+	if _, err := ada.Hello(ctx, &managerpb.HelloRequest{ClientVersion: version.Get().Version, IdentityProof: "proof-ada"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []managerpb.InterceptMode{managerpb.InterceptMode_MIRROR, managerpb.InterceptMode_GLOBAL} {
+		_, err := ada.CreateIntercept(ctx, &managerpb.InterceptSpec{Name: "m-" + mode.String(), Namespace: "payments", Workload: "api", Port: 8080, Mode: mode})
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "patch deployments.apps") || !strings.Contains(err.Error(), "namespace payments") {
+			t.Errorf("%s intercept where ada has no rights: %v, want PermissionDenied naming the verb", mode, err)
+		}
+	}
+	if _, err := ada.CreateIntercept(ctx, &managerpb.InterceptSpec{Name: "ok", Namespace: "shop", Workload: "web", Port: 8080, Mode: managerpb.InterceptMode_MIRROR}); err != nil {
+		t.Errorf("a mirror where ada has the rights: %v", err)
+	}
+	list, err := ada.ListIntercepts(ctx, &managerpb.ListInterceptsRequest{})
+	if err != nil || len(list.GetIntercepts()) != 1 {
+		t.Errorf("intercepts after refusals: %v %v, want only the allowed one", list.GetIntercepts(), err)
+	}
+}
+
+// One session past its stream limit gets refusals; another goes on.
+func TestStreamLimitPerSession(t *testing.T) {
+	m, _ := newTestManager(t, func(c *Config) { c.MaxStreams = 4 })
+	srv, _ := echoTCP(t)
+	addr := serve(t, m)
+	greedy := laptop(t, addr)
+	for i := range 4 {
+		if _, err := dialStream(t, greedy, rpc.KindTCP, srv); err != nil {
+			t.Fatalf("stream %d within the limit: %v", i, err)
+		}
+	}
+	if _, err := dialStream(t, greedy, rpc.KindTCP, srv); err == nil {
+		t.Error("a fifth stream past a limit of 4 was served")
+	}
+	if _, err := dialStream(t, laptop(t, addr), rpc.KindTCP, srv); err != nil {
+		t.Errorf("another session while the first is at its limit: %v", err)
+	}
+}
