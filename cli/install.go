@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/mod/semver"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/client-go/kubernetes"
 
 	"tunnel.dev/tunnel/agent/inject"
@@ -30,6 +31,9 @@ type installFlags struct {
 	output         string
 	reach          string
 	alsoReach      []string
+	allowHeaders   []string
+	managerMemory  string
+	sidecarMemory  string
 }
 
 func newInstall() *cobra.Command {
@@ -56,6 +60,9 @@ func newInstall() *cobra.Command {
 	fl.StringSliceVar(&f.grps, "allow-group", nil, "let this group connect (repeatable)")
 	fl.StringVar(&f.reach, "reach", rpc.ReachNamespaces, "what a connected user may dial: namespaces (pods and Services where they may create pods/portforward) or cluster (any pod or Service)")
 	fl.StringSliceVar(&f.alsoReach, "also-reach", nil, "a CIDR outside the cluster every connected user may dial, such as a database's subnet (repeatable)")
+	fl.StringSliceVar(&f.allowHeaders, "allow-header", nil, "a header name personal intercepts may match on, besides x-tunnel-*; a trailing * makes a prefix, e.g. baggage (repeatable)")
+	fl.StringVar(&f.managerMemory, "manager-memory", manifest.DefaultManagerMemory, "the manager's memory limit (its stream caps keep it within)")
+	fl.StringVar(&f.sidecarMemory, "sidecar-memory", manifest.DefaultSidecarMemory, "each sidecar's memory limit, set at its next injection")
 	fl.BoolVar(&f.upgrade, "upgrade", false, "move the installed manager to this tunnel's version, keeping its settings")
 	fl.BoolVar(&f.agents, "agents", false, "also move every sidecar to the manager's image (one rollout each)")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "change nothing: print what would be applied (-o yaml)")
@@ -171,12 +178,40 @@ func (f *installFlags) options(cmd *cobra.Command, current *manifest.Options) (m
 		opt.AlsoReach = append(opt.AlsoReach, p.Masked().String())
 	}
 	opt.Reach = f.reach
+	for _, h := range f.allowHeaders {
+		name := strings.TrimSuffix(h, "*")
+		if name == "" || strings.ContainsAny(name, " :\t=*") {
+			return opt, fmt.Errorf("--allow-header %q: want a header name such as baggage, or a prefix such as x-team-*", h)
+		}
+		switch strings.ToLower(name) {
+		case "cookie", "authorization", "user-agent", "host", "accept", "content-type":
+			return opt, fmt.Errorf("--allow-header %s: every client sends it, so an intercept on it would take teammates' traffic", h)
+		}
+	}
+	for flag, q := range map[string]string{"--manager-memory": f.managerMemory, "--sidecar-memory": f.sidecarMemory} {
+		if v, err := resource.ParseQuantity(q); err != nil || v.Cmp(resource.MustParse("64Mi")) < 0 {
+			return opt, fmt.Errorf("%s %q: want a memory size of 64Mi or more, such as 512Mi or 2Gi", flag, q)
+		}
+	}
+	opt.ManagerMemory, opt.SidecarMemory = f.managerMemory, f.sidecarMemory
+	if len(f.allowHeaders) > 0 {
+		opt.AllowHeaders = append([]string{"x-tunnel-*"}, f.allowHeaders...)
+	}
 	if current != nil {
 		if !cmd.Flags().Changed("reach") && current.Reach != "" {
 			opt.Reach = current.Reach
 		}
 		if !cmd.Flags().Changed("also-reach") {
 			opt.AlsoReach = current.AlsoReach
+		}
+		if !cmd.Flags().Changed("allow-header") {
+			opt.AllowHeaders = current.AllowHeaders
+		}
+		if !cmd.Flags().Changed("manager-memory") && current.ManagerMemory != "" {
+			opt.ManagerMemory = current.ManagerMemory
+		}
+		if !cmd.Flags().Changed("sidecar-memory") && current.SidecarMemory != "" {
+			opt.SidecarMemory = current.SidecarMemory
 		}
 		opt.Replicas = current.Replicas
 		// Install adds to who may connect; the printed objects say all.

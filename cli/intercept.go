@@ -44,6 +44,7 @@ type interceptFlags struct {
 	envFile    string
 	envSyntax  string
 	envJSON    string
+	envAll     bool
 	timeout    time.Duration
 	output     outputFlag
 }
@@ -58,7 +59,7 @@ func newIntercept() *cobra.Command {
 			"`tunnel uninstall --agent WORKLOAD` takes it out again. With -- COMMAND the command runs with\n" +
 			"the pod's environment and the intercept ends when it exits, with its exit code.",
 		Example: "  tunnel intercept echo --port 8080:http\n" +
-			"  tunnel intercept echo --port 8080 --http-header x-dev=alice -- ./myserver\n" +
+			"  tunnel intercept echo --port 8080 --http-header x-tunnel-dev=alice -- ./myserver\n" +
 			"  tunnel intercept echo --port 8080 --mirror --env-file echo.env",
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -85,6 +86,7 @@ func newIntercept() *cobra.Command {
 	fl.StringVar(&f.envFile, "env-file", "", "write the workload's environment to this file")
 	fl.StringVar(&f.envSyntax, "env-syntax", "docker", "syntax of --env-file: docker, sh or json")
 	fl.StringVar(&f.envJSON, "env-json", "", "write the workload's environment to this file as JSON")
+	fl.BoolVar(&f.envAll, "env-all", false, "keep variables of the workload that change how this machine runs programs (PATH, LD_PRELOAD, BASH_ENV, NODE_OPTIONS, ...)")
 	fl.DurationVar(&f.timeout, "timeout", 2*time.Minute, "how long the sidecar's rollout may take")
 	f.output.add(fl)
 	return cmd
@@ -206,7 +208,7 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 		fmt.Fprintf(errOut, "Warning: nothing listens on localhost:%d yet; until something does, %s.\n", local, then)
 	}
 
-	env, err := writeEnv(ctx, cs, plan, f)
+	env, err := writeEnv(ctx, cs, plan, f, errOut)
 	if err != nil {
 		_, _ = c.Leave(context.WithoutCancel(ctx), &daemonpb.LeaveRequest{Namespace: ns, Name: spec.Name})
 		return undo(err)
@@ -217,6 +219,10 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 		}
 	} else {
 		fmt.Fprintln(cmd.OutOrStdout(), describeIntercept(ic, local))
+		if ic.GetSpec().GetMode() == managerpb.InterceptMode_GLOBAL {
+			fmt.Fprintf(errOut, "Note: every client of %s/%s now reaches your localhost:%d, from outside the cluster too if the Service is exposed; --http-header takes only your own requests.\n",
+				ns, plan.Service.Name, local)
+		}
 	}
 	if len(command) == 0 {
 		return nil
@@ -383,7 +389,7 @@ func sidecarAgent(ctx context.Context, cs kubernetes.Interface) (inject.Agent, e
 	if err != nil {
 		return inject.Agent{}, err
 	}
-	return inject.Agent{Image: r.Image, PullSecrets: r.PullSecrets}, nil
+	return inject.Agent{Image: r.Image, PullSecrets: r.PullSecrets, Memory: r.SidecarMemory}, nil
 }
 
 func listening(port uint32) bool {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
+	"net/url"
 	"slices"
 	"sync"
 	"time"
@@ -53,7 +55,8 @@ type connection struct {
 
 	also, never []netip.Prefix
 
-	mu     sync.Mutex // guards following
+	mu     sync.Mutex     // guards following
+	pinned []netip.Prefix // never routed into the device: the API server's and the upstream resolvers' addresses
 	routes []netip.Prefix
 	up     bool                   // open finished: changes apply at once
 	latest *managerpb.ClusterInfo // a change that came while opening
@@ -78,6 +81,7 @@ func open(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, 
 		return nil, err
 	}
 	c.server, c.context = rc.Host, kctx
+	c.pin(apiServerAddrs(ctx, rc.Host)...)
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, err
@@ -134,14 +138,73 @@ func open(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, 
 
 // routeSet is what goes into the device for the cluster: its subnets and
 // --also-proxy, less --never-proxy (setRoutes adds the resolver's address).
+//
+// What the manager sends is checked every time, not only at connect: a
+// prefix wider than /8 (/32 for IPv6) is refused, and the API server's and
+// the upstream resolvers' addresses are never routed, so a manager cannot
+// take the laptop's traffic to the Internet, or cut its own session.
 func (c *connection) routeSet(info *managerpb.ClusterInfo) []netip.Prefix {
 	var include []netip.Prefix
 	for _, s := range slices.Concat(info.ServiceSubnets, info.PodSubnets) {
-		if p, err := netip.ParsePrefix(s); err == nil {
-			include = append(include, p)
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			continue
+		}
+		if tooWide(p) {
+			c.log.Warn("refusing a cluster subnet wider than /8 (/32 for IPv6)", "subnet", p)
+			continue
+		}
+		include = append(include, p)
+	}
+	c.mu.Lock()
+	exclude := slices.Concat(c.never, c.pinned)
+	c.mu.Unlock()
+	return tun.RouteSet(append(include, c.also...), exclude)
+}
+
+// tooWide says whether a cluster's subnet is too wide to be one.
+func tooWide(p netip.Prefix) bool {
+	if p.Addr().Is4() {
+		return p.Bits() < 8
+	}
+	return p.Bits() < 32
+}
+
+// pin keeps addrs out of the device's routes from now on.
+func (c *connection) pin(addrs ...netip.Addr) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, a := range addrs {
+		p := netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
+		if !slices.Contains(c.pinned, p) {
+			c.pinned = append(c.pinned, p)
 		}
 	}
-	return tun.RouteSet(append(include, c.also...), c.never)
+}
+
+// apiServerAddrs resolves the API server's host, before any route or DNS
+// setting of ours exists.
+func apiServerAddrs(ctx context.Context, server string) []netip.Addr {
+	u, err := url.Parse(server)
+	if err != nil || u.Hostname() == "" {
+		return nil
+	}
+	if a, err := netip.ParseAddr(u.Hostname()); err == nil {
+		return []netip.Addr{a}
+	}
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupNetIP(lctx, "ip", u.Hostname())
+	if err != nil {
+		return nil
+	}
+	return addrs
+}
+
+func (c *connection) routesNow() []netip.Prefix {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.routes
 }
 
 func (c *connection) setRoutes(routes []netip.Prefix) error {
@@ -188,7 +251,13 @@ func (c *connection) clusterChanged(info *managerpb.ClusterInfo) {
 func (c *connection) splitConfig(info *managerpb.ClusterInfo) dns.OSConfig {
 	d, ns := info.ClusterDomain, c.req.Namespace
 	match := []string{d}
-	match = append(match, info.Namespaces...)
+	for _, n := range info.Namespaces {
+		// A namespace named like a top-level domain would route every
+		// public name under it to us: <svc>.<ns> is not offered for it.
+		if !dns.IsPublicLabel(n) {
+			match = append(match, n)
+		}
+	}
 	match = append(match, c.req.DnsInclude...)
 	for _, p := range c.routeSet(info) {
 		match = append(match, dns.ReverseZone(p))
@@ -214,7 +283,17 @@ func (c *connection) startDNS(ctx context.Context, opt Options, info *managerpb.
 	if err != nil {
 		return err
 	}
-	upstreams := base.Upstreams() // none under split DNS: other names never come to us
+	// Under split DNS only the routing domains come to us; the upstreams
+	// answer those names the cluster lacks (wiki.corp, namespace corp).
+	upstreams := base.Upstreams()
+	for _, u := range upstreams {
+		c.pin(u.Addr())
+	}
+	if routes := c.routeSet(info); !slices.Equal(routes, c.routesNow()) {
+		if err := c.setRoutes(routes); err != nil {
+			return err
+		}
+	}
 	ns := c.req.Namespace
 	c.resolver = dns.NewResolver(c.log, exchanger{c.sess}, dns.Config{
 		ClusterDomain: info.ClusterDomain, Namespace: ns, Include: c.req.DnsInclude, Upstreams: upstreams,

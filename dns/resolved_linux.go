@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 
@@ -61,9 +62,39 @@ func ResolvedOnBus() bool {
 // SupportsSplitDNS is true: routing domains send only the cluster's names to us.
 func (r *Resolved) SupportsSplitDNS() bool { return true }
 
-// GetBaseConfig has nothing for our resolver to forward to: names outside
-// the routing domains never reach it.
-func (r *Resolved) GetBaseConfig() (OSConfig, error) { return OSConfig{}, nil }
+// GetBaseConfig names the servers resolved asks for everything else (its
+// global ones and other links'), not ours: names outside the routing
+// domains never reach our resolver, but a name under a namespace's domain
+// that the cluster does not know ("jira.corp" with a namespace corp) must
+// still be answered as without tunnel.
+func (r *Resolved) GetBaseConfig() (OSConfig, error) {
+	own := int32(-1)
+	if ifc, err := net.InterfaceByName(r.device); err == nil {
+		own = int32(ifc.Index)
+	}
+	v, err := r.conn.Object(resolvedName, resolvedPath).GetProperty("org.freedesktop.resolve1.Manager.DNS")
+	if err != nil {
+		r.log.Warn("systemd-resolved's DNS servers are unknown: names the cluster lacks under a namespace's domain fail", "err", err)
+		return OSConfig{}, nil
+	}
+	var servers []struct {
+		Link    int32
+		Family  int32
+		Address []byte
+	}
+	if err := dbus.Store([]any{v.Value()}, &servers); err != nil {
+		return OSConfig{}, fmt.Errorf("read systemd-resolved's DNS servers: %w", err)
+	}
+	var cfg OSConfig
+	for _, s := range servers {
+		a, ok := netip.AddrFromSlice(s.Address)
+		if !ok || s.Link == own || a.IsLoopback() {
+			continue
+		}
+		cfg.Nameservers = append(cfg.Nameservers, a.Unmap())
+	}
+	return cfg, nil
+}
 
 // dnsAddress and linkDomain are the D-Bus structs of SetLinkDNS and
 // SetLinkDomains: a(iay) and a(sb).

@@ -122,7 +122,10 @@ func NewResolver(logger *slog.Logger, cluster Exchanger, cfg Config) *Resolver {
 func (r *Resolver) SetNamespaces(ns []string) {
 	m := make(map[string]bool, len(ns))
 	for _, n := range ns {
-		m[strings.ToLower(n)] = true
+		// A namespace "com" must not make github.com a Service's name.
+		if !IsPublicLabel(n) {
+			m[strings.ToLower(n)] = true
+		}
 	}
 	r.mu.Lock()
 	r.namespaces = m

@@ -18,13 +18,13 @@ var clusterRecords = []string{
 	"echo.demo.svc.cluster.local. 30 IN A 10.96.1.2",
 	"echo.demo.svc.cluster.local. 30 IN AAAA fd00::1:2",
 	"_http._tcp.echo.demo.svc.cluster.local. 30 IN SRV 0 100 80 echo.demo.svc.cluster.local.",
-	"web.shop.svc.cluster.local. 15 IN A 10.96.7.7",
-	"web-0.nginx.shop.svc.cluster.local. 15 IN A 10.244.0.9",
+	"web.orders.svc.cluster.local. 15 IN A 10.96.7.7",
+	"web-0.nginx.orders.svc.cluster.local. 15 IN A 10.244.0.9",
 	"ext.demo.svc.cluster.local. 20 IN CNAME api.example.com.",
 	"2.1.96.10.in-addr.arpa. 30 IN PTR echo.demo.svc.cluster.local.",
 	"2.0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa. 30 IN PTR echo.demo.svc.cluster.local.",
 	"db.corp.internal. 40 IN A 10.50.0.1",
-	"10-244-0-9.shop.pod.cluster.local. 30 IN A 10.244.0.9",
+	"10-244-0-9.orders.pod.cluster.local. 30 IN A 10.244.0.9",
 }
 
 var upstreamRecords = []string{
@@ -48,7 +48,7 @@ func newTestSetup(t *testing.T) (*served, *fakeCluster, *fakeUpstream) {
 		Include:       []string{".corp.internal"},
 		Upstreams:     []netip.AddrPort{up.addr},
 	})
-	s.SetNamespaces([]string{"demo", "shop", "Dev"})
+	s.SetNamespaces([]string{"demo", "orders", "Billing", "dev"})
 	s.SetClusterSubnets([]netip.Prefix{netip.MustParsePrefix("10.96.0.0/12"), netip.MustParsePrefix("fd00::/64")})
 	return s, cluster, up
 }
@@ -83,19 +83,19 @@ func TestRouting(t *testing.T) {
 			wantCluster: []string{"echo.demo.svc.cluster.local. AAAA"},
 		},
 		{
-			name: "svc.ns.svc expands", qname: "web.shop.svc.", qtype: mdns.TypeA,
-			wantAnswer:  []string{"web.shop.svc. 15 IN A 10.96.7.7"},
-			wantCluster: []string{"web.shop.svc.cluster.local. A"},
+			name: "svc.ns.svc expands", qname: "web.orders.svc.", qtype: mdns.TypeA,
+			wantAnswer:  []string{"web.orders.svc. 15 IN A 10.96.7.7"},
+			wantCluster: []string{"web.orders.svc.cluster.local. A"},
 		},
 		{
-			name: "headless pod name under a namespace", qname: "web-0.nginx.shop.", qtype: mdns.TypeA,
-			wantAnswer:  []string{"web-0.nginx.shop. 15 IN A 10.244.0.9"},
-			wantCluster: []string{"web-0.nginx.shop.svc.cluster.local. A"},
+			name: "headless pod name under a namespace", qname: "web-0.nginx.orders.", qtype: mdns.TypeA,
+			wantAnswer:  []string{"web-0.nginx.orders. 15 IN A 10.244.0.9"},
+			wantCluster: []string{"web-0.nginx.orders.svc.cluster.local. A"},
 		},
 		{
-			name: "pod name", qname: "10-244-0-9.shop.pod.", qtype: mdns.TypeA,
-			wantAnswer:  []string{"10-244-0-9.shop.pod. 30 IN A 10.244.0.9"},
-			wantCluster: []string{"10-244-0-9.shop.pod.cluster.local. A"},
+			name: "pod name", qname: "10-244-0-9.orders.pod.", qtype: mdns.TypeA,
+			wantAnswer:  []string{"10-244-0-9.orders.pod. 30 IN A 10.244.0.9"},
+			wantCluster: []string{"10-244-0-9.orders.pod.cluster.local. A"},
 		},
 		{
 			name: "SRV form keeps its target's cluster name", qname: "_http._tcp.echo.demo.", qtype: mdns.TypeSRV,
@@ -119,10 +119,11 @@ func TestRouting(t *testing.T) {
 			wantUp:      []string{"udp nothere. A"},
 		},
 		{
-			name: "namespace that is also a TLD falls back upstream", qname: "google.dev.", qtype: mdns.TypeA,
-			wantAnswer:  []string{"google.dev. 120 IN A 192.0.2.8"},
-			wantCluster: []string{"google.dev.svc.cluster.local. A"},
-			wantUp:      []string{"udp google.dev. A"},
+			// A namespace named like a top-level domain never takes the
+			// world's names: the cluster is not even asked.
+			name: "namespace that is also a TLD is the world's", qname: "google.dev.", qtype: mdns.TypeA,
+			wantAnswer: []string{"google.dev. 120 IN A 192.0.2.8"},
+			wantUp:     []string{"udp google.dev. A"},
 		},
 		{
 			name: "unknown namespace goes upstream unchanged", qname: "echo.nowhere.", qtype: mdns.TypeA,
@@ -170,9 +171,9 @@ func TestRouting(t *testing.T) {
 			wantCluster: []string{"echo.demo.svc.cluster.local. A"},
 		},
 		{
-			name: "namespace names are matched without regard to case", qname: "web.DEV.", qtype: mdns.TypeA,
-			wantCluster: []string{"web.dev.svc.cluster.local. A"},
-			wantUp:      []string{"udp web.dev. A"},
+			name: "namespace names are matched without regard to case", qname: "web.BILLING.", qtype: mdns.TypeA,
+			wantCluster: []string{"web.billing.svc.cluster.local. A"},
+			wantUp:      []string{"udp web.billing. A"},
 			wantRcode:   mdns.RcodeNameError,
 		},
 		{
@@ -181,8 +182,8 @@ func TestRouting(t *testing.T) {
 			wantRcode:   mdns.RcodeNameError,
 		},
 		{
-			name: "NODATA for an expanded name does not fall back", qname: "web.shop.", qtype: mdns.TypeAAAA,
-			wantCluster: []string{"web.shop.svc.cluster.local. AAAA"},
+			name: "NODATA for an expanded name does not fall back", qname: "web.orders.", qtype: mdns.TypeAAAA,
+			wantCluster: []string{"web.orders.svc.cluster.local. AAAA"},
 		},
 	}
 	for _, tt := range tests {

@@ -43,6 +43,7 @@ func (r *Resolver) isClusterName(name string) bool {
 //	<a>                   → <a>.<Namespace>.svc.<domain>
 //	_<p>._<proto>.<a>     → _<p>._<proto>.<a>.<Namespace>.svc.<domain>
 //	<a>.<ns>              → <a>.<ns>.svc.<domain>, when ns is a namespace
+//	                        and not a top-level domain (IsPublicLabel)
 //	_<p>._<proto>.<a>.<ns> and <host>.<a>.<ns> likewise
 //	<...>.svc, <...>.pod  → <...>.svc.<domain>, <...>.pod.<domain>
 //
@@ -73,6 +74,8 @@ func (r *Resolver) expand(name string) (string, bool) {
 	return long, true
 }
 
+// isNamespace says whether label is a namespace that names expand into;
+// SetNamespaces leaves out those named like top-level domains.
 func (r *Resolver) isNamespace(label string) bool {
 	r.mu.RLock()
 	defer r.mu.RUnlock()

@@ -8,22 +8,27 @@ import (
 
 func TestExpand(t *testing.T) {
 	r := NewResolver(nil, nil, Config{Namespace: "Demo"})
-	r.SetNamespaces([]string{"demo", "shop"})
+	// shop and com are top-level domains: <svc>.shop stays the world's.
+	r.SetNamespaces([]string{"demo", "payments", "shop", "com"})
 	long := strings.Repeat("a", 63)
 	tests := []struct {
 		name, want string // want "" means no expansion
 	}{
 		{"echo.", "echo.demo.svc.cluster.local."},
 		{"echo.demo.", "echo.demo.svc.cluster.local."},
-		{"echo.shop.", "echo.shop.svc.cluster.local."},
+		{"echo.payments.", "echo.payments.svc.cluster.local."},
+		{"echo.shop.", ""},
+		{"github.com.", ""},
+		{"www.github.com.", ""},
+		{"_https._tcp.github.com.", ""},
 		{"echo.nowhere.", ""},
 		{"echo.shop.svc.", "echo.shop.svc.cluster.local."},
 		{"echo.anything.svc.", "echo.anything.svc.cluster.local."},
 		{"10-1-2-3.shop.pod.", "10-1-2-3.shop.pod.cluster.local."},
 		{"_http._tcp.echo.", "_http._tcp.echo.demo.svc.cluster.local."},
-		{"_http._tcp.echo.shop.", "_http._tcp.echo.shop.svc.cluster.local."},
+		{"_http._tcp.echo.payments.", "_http._tcp.echo.payments.svc.cluster.local."},
 		{"_http._tcp.echo.shop.svc.", "_http._tcp.echo.shop.svc.cluster.local."},
-		{"web-0.nginx.shop.", "web-0.nginx.shop.svc.cluster.local."},
+		{"web-0.nginx.payments.", "web-0.nginx.payments.svc.cluster.local."},
 		{"a.b.c.d.shop.", ""}, // five labels: a name of its own
 		{"www.example.com.", ""},
 		{"a.b.c.", ""},
@@ -43,13 +48,13 @@ func TestExpand(t *testing.T) {
 
 func TestExpandWithoutNamespace(t *testing.T) {
 	r := NewResolver(nil, nil, Config{ClusterDomain: "corp.example."})
-	r.SetNamespaces([]string{"shop"})
+	r.SetNamespaces([]string{"orders"})
 	for name, want := range map[string]string{
-		"echo.":             "",
-		"_http._tcp.echo.":  "",
-		"echo.shop.":        "echo.shop.svc.corp.example.",
-		"echo.shop.svc.":    "echo.shop.svc.corp.example.",
-		"echo.shop.example": "",
+		"echo.":               "",
+		"_http._tcp.echo.":    "",
+		"echo.orders.":        "echo.orders.svc.corp.example.",
+		"echo.orders.svc.":    "echo.orders.svc.corp.example.",
+		"echo.orders.example": "",
 	} {
 		if got, _ := r.expand(name); got != want {
 			t.Errorf("expand(%q) = %q, want %q", name, got, want)
@@ -110,6 +115,18 @@ func TestReverseAddr(t *testing.T) {
 		got, ok := reverseAddr(tt.name)
 		if ok != (tt.want != "") || (ok && got != netip.MustParseAddr(tt.want)) {
 			t.Errorf("reverseAddr(%q) = %v, %v; want %q", tt.name, got, ok, tt.want)
+		}
+	}
+}
+
+func TestIsPublicLabel(t *testing.T) {
+	for label, want := range map[string]bool{
+		"com": true, "dev": true, "shop": true, "io": true, "DEV.": true,
+		"corp": false, "internal": false, "e2e-abc": false, "kube-system": false,
+		"": false, "github.com": false, "co.uk": false,
+	} {
+		if got := IsPublicLabel(label); got != want {
+			t.Errorf("IsPublicLabel(%q) = %v, want %v", label, got, want)
 		}
 	}
 }

@@ -44,20 +44,20 @@ func TestTwoUsersShareAServiceWithPersonalIntercepts(t *testing.T) {
 		t.Errorf("dev intercepting in default: %v\n%s", err, out)
 	}
 
-	alice.must("intercept", name, "--port", "7080:http", "--http-header", "x-dev=alice", "--name", "alice")
-	out = bob.must("intercept", name, "--port", "7080:http", "--http-header", "x-dev", "--name", "bob")
-	// bob's value was made up and printed: "requests with X-Dev: <value>".
-	_, after, ok := strings.Cut(out, "X-Dev: ")
+	alice.must("intercept", name, "--port", "7080:http", "--http-header", "x-tunnel-dev=alice", "--name", "alice")
+	out = bob.must("intercept", name, "--port", "7080:http", "--http-header", "x-tunnel-dev", "--name", "bob")
+	// bob's value was made up and printed: "requests with X-Tunnel-Dev: <value>".
+	_, after, ok := strings.Cut(out, "X-Tunnel-Dev: ")
 	bobValue, _, _ := strings.Cut(after, " ")
 	if !ok || bobValue == "" {
 		t.Fatalf("a made-up header value is printed:\n%s", out)
 	}
 
 	for header, want := range map[string]string{
-		"x-dev: alice":            "pod=laptop-alice",
-		"x-dev: " + bobValue:      "pod=laptop-bob",
-		"x-dev: carol":            "pod=" + name + "-",
-		"x-something-else: alice": "pod=" + name + "-",
+		"x-tunnel-dev: alice":       "pod=laptop-alice",
+		"x-tunnel-dev: " + bobValue: "pod=laptop-bob",
+		"x-tunnel-dev: carol":       "pod=" + name + "-",
+		"x-something-else: alice":   "pod=" + name + "-",
 	} {
 		for i := range 3 {
 			if got := fromNode(t, "http://"+ip+"/personal", header); !strings.Contains(got, want) {
@@ -72,7 +72,7 @@ func TestTwoUsersShareAServiceWithPersonalIntercepts(t *testing.T) {
 	// stays HTTP/2 all the way to the laptop.
 	ctx2, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	for header, want := range map[string]string{"x-dev: alice": "pod=laptop-alice", "x-dev: nobody": "pod=" + name + "-"} {
+	for header, want := range map[string]string{"x-tunnel-dev: alice": "pod=laptop-alice", "x-tunnel-dev: nobody": "pod=" + name + "-"} {
 		got, err := h.Run(ctx2, node, "curl", "-sS", "--max-time", "10", "--http2-prior-knowledge", "-H", header, "http://"+ip+"/h2c")
 		if err != nil || !strings.Contains(got, want) {
 			t.Errorf("h2c request with %q: %v: %s, want %s", header, err, got, want)
@@ -102,18 +102,18 @@ func TestTwoUsersShareAServiceWithPersonalIntercepts(t *testing.T) {
 	if out, err := alice.run("intercept", name, "--port", "7080:http", "--name", "everything"); err == nil || !strings.Contains(out, "has an intercept by dev on") {
 		t.Errorf("a global intercept over bob's: %v\n%s", err, out)
 	}
-	if got := fromNode(t, "http://"+ip+"/still-bob", "x-dev: "+bobValue); !strings.Contains(got, "pod=laptop-bob") {
+	if got := fromNode(t, "http://"+ip+"/still-bob", "x-tunnel-dev: "+bobValue); !strings.Contains(got, "pod=laptop-bob") {
 		t.Errorf("bob's intercept after alice's attempts: %s", got)
 	}
 	sparesNeedTheKey(t, bob, ns, name)
-	if got := fromNode(t, "http://"+ip+"/alice-after-bobs-spares", "x-dev: alice"); !strings.Contains(got, "pod=laptop-alice") {
+	if got := fromNode(t, "http://"+ip+"/alice-after-bobs-spares", "x-tunnel-dev: alice"); !strings.Contains(got, "pod=laptop-alice") {
 		t.Errorf("alice's intercept after bob's spares: %s", got)
 	}
 
 	bob.must("leave", "bob")
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		got := fromNode(t, "http://"+ip+"/bob-left", "x-dev: "+bobValue)
+		got := fromNode(t, "http://"+ip+"/bob-left", "x-tunnel-dev: "+bobValue)
 		if strings.Contains(got, "pod="+name+"-") {
 			break
 		}
@@ -122,7 +122,7 @@ func TestTwoUsersShareAServiceWithPersonalIntercepts(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if got := fromNode(t, "http://"+ip+"/alice-stays", "x-dev: alice"); !strings.Contains(got, "pod=laptop-alice") {
+	if got := fromNode(t, "http://"+ip+"/alice-stays", "x-tunnel-dev: alice"); !strings.Contains(got, "pod=laptop-alice") {
 		t.Errorf("alice's intercept after bob left: %s", got)
 	}
 }

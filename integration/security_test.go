@@ -16,8 +16,11 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/utils/ptr"
 
 	"tunnel.dev/tunnel/integration/lab"
 	daemonpb "tunnel.dev/tunnel/rpc/daemon"
@@ -61,7 +64,9 @@ func TestAPodCannotUseTheManager(t *testing.T) {
 	h.DeployEcho(t, attacker, "echo", 1)
 	h.DeployEcho(t, victim, "echo", 1)
 	target := podIP(t, victim, "app=echo") + ":8080"
-	manager := "tunnel-manager.tunnel-system:8022"
+	// By address: the name may still answer with the address of a Service
+	// an earlier test deleted, for as long as CoreDNS caches it.
+	manager := serviceIP(t, "tunnel-system", "tunnel-manager") + ":8022"
 
 	// The pod reaches the target itself: what it is refused below is the
 	// manager's doing, not the network's.
@@ -184,7 +189,7 @@ func TestDaemonAPICannotInterceptWithoutRights(t *testing.T) {
 	admin := newLaptop(t, "victimadm", "admin")
 	admin.must("connect", "-n", victim)
 	startLocalServer(t, admin, "laptop-admin", 7081)
-	admin.must("intercept", "echo", "--port", "7081:http", "--http-header", "x-dev=admin", "--name", "admins")
+	admin.must("intercept", "echo", "--port", "7081:http", "--http-header", "x-tunnel-dev=admin", "--name", "admins")
 
 	dev := newLaptop(t, "spy", "dev")
 	dev.must("connect", "-n", "dev")
@@ -202,7 +207,7 @@ func TestDaemonAPICannotInterceptWithoutRights(t *testing.T) {
 	for i := range 5 {
 		fromNode(t, fmt.Sprintf("http://%s/secret-%d", ip, i), "Authorization: Bearer s3cret")
 	}
-	if got := fromNode(t, "http://"+ip+"/admins", "x-dev: admin"); !strings.Contains(got, "pod=laptop-admin") {
+	if got := fromNode(t, "http://"+ip+"/admins", "x-tunnel-dev: admin"); !strings.Contains(got, "pod=laptop-admin") {
 		t.Errorf("the admin's own intercept after dev's attempts: %s", got)
 	}
 	time.Sleep(time.Second) // a mirror is sent after the answer
@@ -268,5 +273,94 @@ func TestAnotherLocalUserCannotDriveTheDaemon(t *testing.T) {
 	out, err = l.sh(nobody + h.Tunnel(t) + " quit")
 	if st := l.must("status"); !strings.Contains(st, "Session:    connected") {
 		t.Errorf("another user's quit through an open socket took effect (%v: %s):\n%s", err, out, st)
+	}
+}
+
+// deploySink runs a pod that accepts connections on 9100 and never reads
+// them, and returns its address.
+func deploySink(t *testing.T, ns string) string {
+	t.Helper()
+	ctx := context.Background()
+	labels := map[string]string{"app": "sink"}
+	d := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "sink", Namespace: ns},
+		Spec: appsv1.DeploymentSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					TerminationGracePeriodSeconds: ptr.To(int64(1)),
+					Containers:                    []corev1.Container{{Name: "sink", Image: lab.EchoImage, Command: []string{"/echo", "hold", ":9100"}}},
+				},
+			},
+		},
+	}
+	if _, err := h.Client.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var ip string
+	eventually(t, time.Minute, "the sink runs", func() (bool, string) {
+		pods, err := h.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=sink"})
+		if err != nil || len(pods.Items) == 0 {
+			return false, fmt.Sprint(err)
+		}
+		p := pods.Items[0]
+		ip = p.Status.PodIP
+		return p.Status.Phase == corev1.PodRunning && ip != "", string(p.Status.Phase)
+	})
+	return ip
+}
+
+// One laptop opens 2,000 connections at once through the tunnel to a pod
+// that never reads, and pushes 256 KiB on each: the manager serves its
+// share (MaxStreams), refuses the rest, stays within its memory limit, and
+// another laptop's requests go on as before.
+func TestOneLaptopCannotExhaustTheManager(t *testing.T) {
+	installManager(t)
+	ns := h.Namespace(t)
+	h.DeployEcho(t, ns, "echo", 1)
+	sink := deploySink(t, ns)
+	greedy, other := newLaptop(t, "greedy", "admin"), newLaptop(t, "modest", "admin")
+	greedy.must("connect", "-n", ns)
+	other.must("connect", "-n", ns)
+	refusedBefore := managerMetric(t, `tunnel_manager_refused_total{reason="limit",session="laptop"}`)
+
+	done := make(chan string, 1)
+	go func() {
+		out, err := greedy.sh(fmt.Sprintf("ulimit -n 8192; %s flood %s:9100 2000 262144 25s", h.EchoClient(), sink))
+		done <- fmt.Sprintf("%s %v", strings.TrimSpace(out), err)
+	}()
+	time.Sleep(10 * time.Second) // the flood is open and holding
+	for i := range 5 {
+		if out, err := other.sh(fmt.Sprintf("curl -sS --max-time 5 http://echo/during-%d", i)); err != nil || !strings.Contains(out, "path=/during") {
+			t.Errorf("another laptop during the flood: %v\n%s", err, out)
+		}
+	}
+	rss := managerMetric(t, "process_resident_memory_bytes")
+	flood := <-done
+	t.Logf("flood: %s; the manager's RSS while it held: %s bytes", flood, rss)
+	var opened, refused, sent int64
+	if _, err := fmt.Sscanf(flood, "opened %d refused %d sent %d", &opened, &refused, &sent); err != nil {
+		t.Fatalf("the flood's report %q: %v", flood, err)
+	}
+	if opened > 512 || refused < 2000-512 {
+		t.Errorf("the manager served %d of 2000 streams of one session, refused %d: want at most its cap of 512", opened, refused)
+	}
+	if refusedAfter := managerMetric(t, `tunnel_manager_refused_total{reason="limit",session="laptop"}`); refusedAfter == refusedBefore {
+		t.Errorf("the manager counted no refusal for the limit (%s before, %s after)", refusedBefore, refusedAfter)
+	}
+	var rssBytes float64
+	if _, err := fmt.Sscanf(rss, "%g", &rssBytes); err != nil || rssBytes <= 0 || rssBytes > 1<<30 {
+		t.Errorf("the manager's RSS during the flood: %q, want within its 1 GiB limit", rss)
+	}
+	pods, err := h.Client.CoreV1().Pods("tunnel-system").List(context.Background(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=tunnel-manager"})
+	if err != nil || len(pods.Items) != 1 || pods.Items[0].Status.ContainerStatuses[0].RestartCount != 0 {
+		t.Errorf("the manager after the flood: %v %+v", err, pods)
+	}
+	// The flood's connections stay half-closed (the sink neither answers
+	// nor closes) until the manager's half-closed bound, 2 minutes: the
+	// flooding laptop waits that long; nobody else waits at all.
+	if out, err := other.sh("curl -sS --max-time 5 http://echo/after"); err != nil || !strings.Contains(out, "path=/after") {
+		t.Errorf("another laptop after the flood: %v\n%s", err, out)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -23,10 +24,19 @@ type Options struct {
 	// CPU at each hop of a port-forward.
 	BufAB, BufBA []byte
 	// Buffers, when set, lends the relay the buffers BufAB and BufBA leave
-	// out, for as long as it runs.
+	// out, only while data flows: a direction waits for bytes with a small
+	// buffer of its own, takes a large one while its reads fill the small
+	// one, and gives it back at the first short read. An idle connection
+	// (most of a laptop's) pins a few KiB, not two large buffers.
 	Buffers *Buffers
 	// AB and BA count the bytes from a to b and from b to a.
 	AB, BA Counter
+	// HalfClosedIdle, when set, bounds how long the other direction may
+	// stay silent once one has ended: a server that never answers nor
+	// closes a half-closed connection would otherwise hold it (and its
+	// stream, buffers and slot) for ever. yamux has no reset, so a client
+	// that went away looks the same as one that only half-closed.
+	HalfClosedIdle time.Duration
 }
 
 // Conns copies a ⇄ b until both directions end, then closes both:
@@ -50,32 +60,58 @@ func Conns(ctx context.Context, a, b net.Conn, o Options) {
 	}
 	stop := context.AfterFunc(ctx, abort)
 	defer stop()
-	if o.Buffers != nil {
-		if o.BufAB == nil {
-			o.BufAB = o.Buffers.Get()
-			defer o.Buffers.Put(o.BufAB)
-		}
-		if o.BufBA == nil {
-			o.BufBA = o.Buffers.Get()
-			defer o.Buffers.Put(o.BufBA)
-		}
+	// Sources are wrapped only for the half-closed bound: a plain TCP
+	// source lets io.Copy splice.
+	srcA, srcB := net.Conn(a), net.Conn(b)
+	startA, startB := func() {}, func() {}
+	if o.HalfClosedIdle > 0 {
+		ra := idleReader{Conn: a, idle: o.HalfClosedIdle, on: new(atomic.Bool)}
+		rb := idleReader{Conn: b, idle: o.HalfClosedIdle, on: new(atomic.Bool)}
+		srcA, srcB, startA, startB = ra, rb, ra.start, rb.start
 	}
 	var wg sync.WaitGroup
-	wg.Go(func() { half(b, a, o.BufAB, o.AB, abort) })
-	half(a, b, o.BufBA, o.BA, abort)
+	wg.Go(func() {
+		half(b, srcA, o.BufAB, o.Buffers, o.AB, abort)
+		startB()
+	})
+	half(a, srcB, o.BufBA, o.Buffers, o.BA, abort)
+	startA()
 	wg.Wait()
 	a.Close()
 	b.Close()
 }
 
+// idleReader is a relay's source that, once started, must deliver bytes
+// at least every idle or its reads fail.
+type idleReader struct {
+	net.Conn
+	idle time.Duration
+	on   *atomic.Bool
+}
+
+func (r idleReader) start() {
+	r.on.Store(true)
+	_ = r.SetReadDeadline(time.Now().Add(r.idle))
+}
+
+func (r idleReader) Read(p []byte) (int, error) {
+	n, err := r.Conn.Read(p)
+	if n > 0 && r.on.Load() {
+		_ = r.SetReadDeadline(time.Now().Add(r.idle))
+	}
+	return n, err
+}
+
 // half copies src to dst, then half-closes dst; an error aborts both.
-func half(dst, src net.Conn, buf []byte, n Counter, abort func()) {
+func half(dst, src net.Conn, buf []byte, pool *Buffers, n Counter, abort func()) {
 	var err error
 	w := io.Writer(dst)
 	if n != nil {
 		w = CountingWriter{W: dst, C: n}
 	}
-	if buf != nil {
+	if buf == nil && pool != nil {
+		err = copyLending(w, src, pool)
+	} else if buf != nil {
 		// Neither src's WriteTo nor dst's ReadFrom may bypass the buffer.
 		_, err = io.CopyBuffer(struct{ io.Writer }{w}, OnlyReader{src}, buf)
 	} else {
@@ -86,6 +122,48 @@ func half(dst, src net.Conn, buf []byte, n Counter, abort func()) {
 		return
 	}
 	CloseWrite(dst)
+}
+
+// smallBuf is what a direction of a relay waits for bytes with.
+const smallBuf = 16 << 10
+
+// copyLending copies src to w until EOF, with a large buffer from pool only
+// while reads fill a small one.
+func copyLending(w io.Writer, src io.Reader, pool *Buffers) error {
+	small := make([]byte, min(smallBuf, pool.Size))
+	var big []byte
+	defer func() {
+		if big != nil {
+			pool.Put(big)
+		}
+	}()
+	for {
+		buf := small
+		if big != nil {
+			buf = big
+		}
+		nr, rerr := src.Read(buf)
+		if nr > 0 {
+			nw, werr := w.Write(buf[:nr])
+			if werr != nil {
+				return werr
+			}
+			if nw != nr {
+				return io.ErrShortWrite
+			}
+		}
+		switch {
+		case rerr == io.EOF:
+			return nil
+		case rerr != nil:
+			return rerr
+		case big == nil && nr == len(small) && pool.Size > len(small):
+			big = pool.Get() // bulk: fuller frames from here on
+		case big != nil && nr < len(small):
+			pool.Put(big) // a trickle, or the end of a burst
+			big = nil
+		}
+	}
 }
 
 // CloseWrite ends c's writes: CloseWrite where c has one, else Close.
@@ -119,10 +197,15 @@ type OnlyReader struct{ io.Reader }
 type Buffers struct {
 	Size int
 	p    sync.Pool // *[]byte
+	lent atomic.Int64
 }
+
+// Lent says how many buffers are out now.
+func (b *Buffers) Lent() int64 { return b.lent.Load() }
 
 // Get returns a buffer of b.Size bytes.
 func (b *Buffers) Get() []byte {
+	b.lent.Add(1)
 	if v, ok := b.p.Get().(*[]byte); ok {
 		return *v
 	}
@@ -131,6 +214,7 @@ func (b *Buffers) Get() []byte {
 
 // Put takes back a buffer Get returned.
 func (b *Buffers) Put(buf []byte) {
+	b.lent.Add(-1)
 	if cap(buf) >= b.Size {
 		buf = buf[:b.Size]
 		b.p.Put(&buf)

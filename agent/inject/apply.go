@@ -1,6 +1,7 @@
 package inject
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"tunnel.dev/tunnel/access"
+	"tunnel.dev/tunnel/agent/manifest"
 	"tunnel.dev/tunnel/rollout"
 	"tunnel.dev/tunnel/rpc"
 )
@@ -145,8 +147,10 @@ func applySidecar(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deploy
 		Image:           agent.Image,
 		ImagePullPolicy: corev1.PullIfNotPresent,
 		Args:            args,
-		Env:             []corev1.EnvVar{fieldEnv("POD_NAME", "metadata.name"), fieldEnv("POD_NAMESPACE", "metadata.namespace"), fieldEnv("POD_IP", "status.podIP")},
-		Ports:           ports,
+		Env: []corev1.EnvVar{fieldEnv("POD_NAME", "metadata.name"), fieldEnv("POD_NAMESPACE", "metadata.namespace"), fieldEnv("POD_IP", "status.podIP"),
+			manifest.MemLimitEnv(Container)},
+		Resources: manifest.Resources("10m", "32Mi", cmp.Or(agent.Memory, manifest.DefaultSidecarMemory)),
+		Ports:     ports,
 		// The pod-bound token that shows the manager this is one of the
 		// workload's pods.
 		VolumeMounts: []corev1.VolumeMount{{Name: tokenVolume, MountPath: "/var/run/secrets/tunnel.dev", ReadOnly: true}},
@@ -381,4 +385,5 @@ func WithSidecar(ctx context.Context, cs kubernetes.Interface, ns string) ([]app
 type Agent struct {
 	Image       string
 	PullSecrets []string
+	Memory      string // the sidecar's memory limit; "" for manifest.DefaultSidecarMemory
 }

@@ -50,7 +50,9 @@ func Command() *cobra.Command {
 	f.DurationVar(&cfg.DNSTimeout, "dns-timeout", d.DNSTimeout, "timeout of one DNS exchange with one nameserver")
 	f.StringVar(&cfg.Reach, "reach", d.Reach, "what a laptop may dial: namespaces (pods and Services of namespaces where its user may create pods/portforward) or cluster")
 	f.Var(prefixList{&cfg.AlsoReach}, "also-reach", "a CIDR outside the cluster every verified user may dial (repeatable)")
+	f.StringSliceVar(&cfg.InterceptHeaders, "allow-header", DefaultInterceptHeaders, "a header name personal intercepts may match on; a trailing * makes it a prefix (repeatable)")
 	f.IntVar(&cfg.MaxStreams, "max-streams", d.MaxStreams, "streams one session may have open at once")
+	f.IntVar(&cfg.MaxDials, "max-dials", d.MaxDials, "dials one session may have in flight; more wait their turn")
 	f.IntVar(&cfg.MaxStreamsTotal, "max-streams-total", d.MaxStreamsTotal, "streams all sessions may have open at once")
 	f.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	return cmd

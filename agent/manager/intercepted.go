@@ -43,7 +43,9 @@ func (m *Manager) serveIntercepted(ctx context.Context, from *session, st net.Co
 	}
 	relay.Conns(ctx, st, up, relay.Options{
 		Buffers: &m.buffers,
-		AB:      m.metrics.bytes.WithLabelValues("intercept", toLaptop),
-		BA:      m.metrics.bytes.WithLabelValues("intercept", toCluster),
+		// A connection one side has ended may not hold its slot for ever.
+		HalfClosedIdle: halfClosedIdle,
+		AB:             m.metrics.bytes.WithLabelValues("intercept", toLaptop),
+		BA:             m.metrics.bytes.WithLabelValues("intercept", toCluster),
 	})
 }

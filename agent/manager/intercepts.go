@@ -30,6 +30,8 @@ var (
 // part on its workload; an intercept lives as long as the session that made
 // it, so a laptop that vanishes gives its traffic back to the app.
 type interceptTable struct {
+	headers []string // what personal intercepts may match on
+
 	mu      sync.Mutex // guards following
 	next    uint64
 	byID    map[uint64]*interceptEntry
@@ -41,12 +43,37 @@ type interceptEntry struct {
 	owner *session
 }
 
-func newInterceptTable() *interceptTable {
-	return &interceptTable{byID: map[uint64]*interceptEntry{}, changed: make(chan struct{})}
+func newInterceptTable(headers []string) *interceptTable {
+	if len(headers) == 0 {
+		headers = DefaultInterceptHeaders
+	}
+	return &interceptTable{headers: headers, byID: map[uint64]*interceptEntry{}, changed: make(chan struct{})}
+}
+
+// DefaultInterceptHeaders are the header names personal intercepts may
+// match on unless the install names others: a prefix of tunnel's own, which
+// no client sends by chance, so a personal intercept can never take a
+// teammate's traffic the way one on User-Agent or Cookie would.
+var DefaultInterceptHeaders = []string{"x-tunnel-*"}
+
+// headerAllowed says whether name matches one of allowed: exact names, or
+// prefixes ending in "*", without regard to case.
+func headerAllowed(name string, allowed []string) bool {
+	name = strings.ToLower(name)
+	for _, a := range allowed {
+		a = strings.ToLower(a)
+		if p, ok := strings.CutSuffix(a, "*"); ok && strings.HasPrefix(name, p) && len(name) > len(p) {
+			return true
+		}
+		if a == name {
+			return true
+		}
+	}
+	return false
 }
 
 // validate checks a spec's own fields and canonicalizes its header name.
-func validate(spec *managerpb.InterceptSpec) error {
+func validate(spec *managerpb.InterceptSpec, allowedHeaders []string) error {
 	switch {
 	case spec.GetName() == "" || spec.GetNamespace() == "" || spec.GetWorkload() == "":
 		return fmt.Errorf("%w: name, namespace and workload are required", errInterceptInvalid)
@@ -58,6 +85,10 @@ func validate(spec *managerpb.InterceptSpec) error {
 	case managerpb.InterceptMode_PERSONAL:
 		if spec.GetHeaderName() == "" || spec.GetHeaderValue() == "" {
 			return fmt.Errorf("%w: a personal intercept needs a header name and value", errInterceptInvalid)
+		}
+		if !headerAllowed(spec.GetHeaderName(), allowedHeaders) {
+			return fmt.Errorf("%w: personal intercepts here match on %s, not %s (an admin allows more with tunnel install --allow-header NAME)",
+				errInterceptInvalid, strings.Join(allowedHeaders, ", "), spec.GetHeaderName())
 		}
 		spec.HeaderName = http.CanonicalHeaderKey(spec.GetHeaderName())
 	default:
@@ -71,7 +102,7 @@ func validate(spec *managerpb.InterceptSpec) error {
 // reconnect); anything that would take traffic another intercept holds is
 // refused with a sentence naming the holder.
 func (t *interceptTable) add(owner *session, spec *managerpb.InterceptSpec) (*managerpb.Intercept, error) {
-	if err := validate(spec); err != nil {
+	if err := validate(spec, t.headers); err != nil {
 		return nil, err
 	}
 	user, host := owner.who()
@@ -150,7 +181,13 @@ func clash(spec *managerpb.InterceptSpec, e *interceptEntry) error {
 		return fmt.Errorf("%w: %s has an intercept by %s (%q), so a global intercept would take their traffic; use a personal one (--http-header)",
 			errInterceptConflict, where, holder(e), o.GetName())
 	case spec.GetMode() == managerpb.InterceptMode_PERSONAL && o.GetMode() == managerpb.InterceptMode_PERSONAL &&
-		o.GetHeaderName() == spec.GetHeaderName() && o.GetHeaderValue() == spec.GetHeaderValue():
+		o.GetHeaderName() != spec.GetHeaderName():
+		// A request may carry both headers: which laptop gets it would
+		// depend on the order the sidecar checks them.
+		return fmt.Errorf("%w: %s is intercepted by %s on header %s (intercept %q); use that header, with a value of your own",
+			errInterceptConflict, where, holder(e), o.GetHeaderName(), o.GetName())
+	case spec.GetMode() == managerpb.InterceptMode_PERSONAL && o.GetMode() == managerpb.InterceptMode_PERSONAL &&
+		o.GetHeaderValue() == spec.GetHeaderValue():
 		return fmt.Errorf("%w: %s already sends requests with %s: %s to %s (intercept %q); choose another header value",
 			errInterceptConflict, where, spec.GetHeaderName(), spec.GetHeaderValue(), holder(e), o.GetName())
 	}

@@ -54,7 +54,7 @@ func refused(t *testing.T, what string, err, want error, says ...string) {
 }
 
 func TestInterceptGlobalTakesThePort(t *testing.T) {
-	tab := newInterceptTable()
+	tab := newInterceptTable(testHeaders)
 	ada, bob := who("ada", "lovelace"), who("bob", "babbage")
 
 	ic := mustAdd(t, tab, ada, global("a", "web", 8080))
@@ -82,7 +82,7 @@ func TestInterceptGlobalTakesThePort(t *testing.T) {
 }
 
 func TestInterceptPersonalsShareThePort(t *testing.T) {
-	tab := newInterceptTable()
+	tab := newInterceptTable(testHeaders)
 	ada, bob, carol := who("ada", "lovelace"), who("bob", "babbage"), who("carol", "")
 
 	ic := mustAdd(t, tab, ada, personal("a", "web", 8080, "x-dev", "ada"))
@@ -93,7 +93,8 @@ func TestInterceptPersonalsShareThePort(t *testing.T) {
 	refused(t, "a global over a personal", err, errInterceptConflict, "ada on lovelace", `"a"`, "personal")
 
 	mustAdd(t, tab, bob, personal("b", "web", 8080, "X-Dev", "bob"))
-	mustAdd(t, tab, bob, personal("b2", "web", 8080, "X-Other", "ada")) // same value, other header
+	_, err = tab.add(bob, personal("b2", "web", 8080, "X-Tunnel-Other", "ada"))
+	refused(t, "another header on a port with personals", err, errInterceptConflict, "on header X-Dev")
 	_, err = tab.add(carol, personal("c", "web", 8080, "X-DEV", "ada"))
 	refused(t, "the same header and value", err, errInterceptConflict, "X-Dev: ada", "ada on lovelace")
 
@@ -110,7 +111,7 @@ func TestInterceptPersonalsShareThePort(t *testing.T) {
 }
 
 func TestInterceptSameNameReplacesOrConflicts(t *testing.T) {
-	tab := newInterceptTable()
+	tab := newInterceptTable(testHeaders)
 	ada, bob := who("ada", "lovelace"), who("bob", "babbage")
 
 	first := mustAdd(t, tab, ada, global("a", "web", 8080))
@@ -136,7 +137,7 @@ func TestInterceptSameNameReplacesOrConflicts(t *testing.T) {
 }
 
 func TestInterceptNeedsAVerifiedUser(t *testing.T) {
-	tab := newInterceptTable()
+	tab := newInterceptTable(testHeaders)
 	s := who("", "lovelace")
 	s.why = "proof tunnel-session-x is 5m0s old"
 	_, err := tab.add(s, global("a", "web", 8080))
@@ -152,7 +153,7 @@ func TestInterceptNeedsAVerifiedUser(t *testing.T) {
 }
 
 func TestInterceptRemove(t *testing.T) {
-	tab := newInterceptTable()
+	tab := newInterceptTable(testHeaders)
 	ada, bob := who("ada", "lovelace"), who("bob", "babbage")
 	mustAdd(t, tab, ada, global("a", "web", 8080))
 	mustAdd(t, tab, ada, global("b", "web", 8081))
@@ -179,7 +180,7 @@ func TestInterceptRemove(t *testing.T) {
 
 // The owner's list hides the direct key too: the CLI prints list's answer.
 func TestInterceptListHidesOthersHeaderValues(t *testing.T) {
-	tab := newInterceptTable()
+	tab := newInterceptTable(testHeaders)
 	ada, bob := who("ada", "lovelace"), who("bob", "babbage")
 	mustAdd(t, tab, bob, personal("zeta", "web", 8080, "X-Dev", "bob-secret"))
 	mustAdd(t, tab, ada, personal("alpha", "web", 8080, "X-Dev", "ada-secret"))
@@ -238,7 +239,7 @@ func TestInterceptListHidesOthersHeaderValues(t *testing.T) {
 }
 
 func TestInterceptDropSession(t *testing.T) {
-	tab := newInterceptTable()
+	tab := newInterceptTable(testHeaders)
 	ada, bob := who("ada", "lovelace"), who("bob", "babbage")
 	a1 := mustAdd(t, tab, ada, global("a1", "web", 8080))
 	mustAdd(t, tab, ada, personal("a2", "web", 9090, "X-Dev", "ada"))
@@ -294,21 +295,21 @@ func TestInterceptValidate(t *testing.T) {
 	} {
 		s := ok()
 		mod(s)
-		if err := validate(s); !errors.Is(err, errInterceptInvalid) {
+		if err := validate(s, testHeaders); !errors.Is(err, errInterceptInvalid) {
 			t.Errorf("%s: validate = %v, want errInterceptInvalid", name, err)
 		}
-		if _, err := newInterceptTable().add(who("ada", "lovelace"), s); !errors.Is(err, errInterceptInvalid) {
+		if _, err := newInterceptTable(testHeaders).add(who("ada", "lovelace"), s); !errors.Is(err, errInterceptInvalid) {
 			t.Errorf("%s: add = %v, want errInterceptInvalid", name, err)
 		}
 	}
 	s := ok()
-	if err := validate(s); err != nil || s.GetHeaderName() != "X-Dev" {
+	if err := validate(s, testHeaders); err != nil || s.GetHeaderName() != "X-Dev" {
 		t.Errorf("validate(valid) = %v, header %q; want nil, X-Dev", err, s.GetHeaderName())
 	}
 	for _, mode := range []managerpb.InterceptMode{managerpb.InterceptMode_GLOBAL, managerpb.InterceptMode_MIRROR} {
 		s := global("a", "web", 65535)
 		s.Mode = mode
-		if err := validate(s); err != nil {
+		if err := validate(s, testHeaders); err != nil {
 			t.Errorf("validate(%v) = %v", mode, err)
 		}
 	}
@@ -343,4 +344,31 @@ func waitClosed(t *testing.T, ch <-chan struct{}, what string) {
 	case <-time.After(5 * time.Second):
 		t.Fatalf("timed out waiting for %s", what)
 	}
+}
+
+func TestHeaderAllowed(t *testing.T) {
+	allowed := []string{"x-tunnel-*", "Baggage"}
+	for name, want := range map[string]bool{
+		"X-Tunnel-Dev": true, "x-tunnel-intercept": true, "baggage": true,
+		"x-tunnel-": false, "User-Agent": false, "Cookie": false, "Authorization": false, "x-tunnelx": false,
+	} {
+		if got := headerAllowed(name, allowed); got != want {
+			t.Errorf("headerAllowed(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
+
+// A personal intercept cannot match on a header outside the allowed set
+// (User-Agent would take most of a teammate's traffic), and two on one
+// port must share their header name.
+func TestPersonalInterceptHeaders(t *testing.T) {
+	tab := newInterceptTable(nil) // the default: x-tunnel-*
+	ada, bob := who("ada", "lovelace"), who("bob", "babbage")
+	_, err := tab.add(bob, personal("b", "web", 8080, "User-Agent", "curl/8.5.0"))
+	refused(t, "a header outside the allowed set", err, errInterceptInvalid, "x-tunnel-*", "User-Agent", "--allow-header")
+	mustAdd(t, tab, ada, personal("a", "web", 8080, "x-tunnel-dev", "ada"))
+	_, err = tab.add(bob, personal("b", "web", 8080, "x-tunnel-user", "bob"))
+	refused(t, "another header on the same port", err, errInterceptConflict, "X-Tunnel-Dev", "ada on lovelace")
+	mustAdd(t, tab, bob, personal("b", "web", 8080, "x-tunnel-dev", "bob"))
+	mustAdd(t, tab, bob, personal("c", "web", 9090, "x-tunnel-user", "bob"))
 }

@@ -79,6 +79,9 @@ func testCluster() Cluster {
 // newTestManager returns a Manager with loopback allowed (unless cfg says
 // otherwise through mod), a StaticSource and a DNS server of its own. Every
 // dial it makes is checked to stay on loopback.
+// testHeaders are what the tests' personal intercepts may match on.
+var testHeaders = []string{"x-dev", "x-tunnel-*"}
+
 func newTestManager(t testing.TB, mod func(*Config)) (*Manager, *StaticSource) {
 	t.Helper()
 	cfg := Config{
@@ -87,6 +90,8 @@ func newTestManager(t testing.TB, mod func(*Config)) (*Manager, *StaticSource) {
 		UDPIdleTimeout: 5 * time.Second,
 		HeaderTimeout:  5 * time.Second,
 		DNSTimeout:     time.Second,
+		// The tests' personal intercepts match on X-Dev.
+		InterceptHeaders: testHeaders,
 	}
 	if mod != nil {
 		mod(&cfg)

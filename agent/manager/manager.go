@@ -38,11 +38,19 @@ type Config struct {
 	// cluster every verified user may dial (a database's subnet).
 	Reach     string
 	AlsoReach []netip.Prefix
+	// InterceptHeaders are the header names (or prefixes, ending in "*")
+	// personal intercepts may match on; default DefaultInterceptHeaders.
+	InterceptHeaders []string
 	// MaxStreams caps the streams one session has open at once, and
 	// MaxStreamsTotal those of all sessions: past either, new streams are
-	// refused and the other sessions go on. Defaults 1024 and 16384.
+	// refused and the other sessions go on. With a stream's window of
+	// 256 KiB they bound what sessions can make the manager hold: 128 MiB
+	// per session and 1 GiB in all by default (512 and 4096 streams).
 	MaxStreams      int
 	MaxStreamsTotal int
+	// MaxDials caps one session's dials in flight; more wait their turn
+	// within DialTimeout. Default 64.
+	MaxDials int
 
 	// AllowLoopback lets streams reach 127.0.0.0/8 and ::1. For tests
 	// only: in a pod it opens the manager's own ports to every laptop.
@@ -70,10 +78,13 @@ func (c Config) withDefaults() Config {
 	setDur(&c.DNSTimeout, 2*time.Second)
 	set(&c.Reach, rpc.ReachNamespaces)
 	if c.MaxStreams <= 0 {
-		c.MaxStreams = 1024
+		c.MaxStreams = 512
 	}
 	if c.MaxStreamsTotal <= 0 {
-		c.MaxStreamsTotal = 16384
+		c.MaxStreamsTotal = 4096
+	}
+	if c.MaxDials <= 0 {
+		c.MaxDials = 64
 	}
 	return c
 }
@@ -135,7 +146,7 @@ func New(logger *slog.Logger, cluster ClusterSource, cfg Config) (*Manager, erro
 		dns:         forwarder{resolver: res, timeout: cfg.DNSTimeout},
 		metrics:     newMetrics(),
 		buffers:     relay.Buffers{Size: frameBody},
-		intercepts:  newInterceptTable(),
+		intercepts:  newInterceptTable(cfg.InterceptHeaders),
 		isPod:       func(a net.Addr) bool { return !isLoopback(a) },
 		peerLimit:   peerLimiter{every: 2, burst: 10, max: 4096},
 		streamSlots: streamSlots{perSession: cfg.MaxStreams, total: cfg.MaxStreamsTotal},

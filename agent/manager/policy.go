@@ -75,6 +75,13 @@ func (m *Manager) dialStream(ctx context.Context, s *session, log *slog.Logger, 
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.DialTimeout)
 	defer cancel()
+	select { // a turn among the session's dials in flight
+	case s.dials <- struct{}{}:
+		defer func() { <-s.dials }()
+	case <-ctx.Done():
+		m.metrics.refused.WithLabelValues(sessionKind(s), "limit").Inc()
+		return nil, rpc.StatusUnreachable
+	}
 	c, err := dial(ctx, h.Dst)
 	if err != nil {
 		s := dialStatus(err)

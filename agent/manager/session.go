@@ -37,7 +37,8 @@ func (m *Manager) serveSession(ctx context.Context, conn net.Conn, control *stre
 	log.Info("session opened")
 
 	s := &session{m: m, log: log, control: control, mux: sess, id: rand.Text()[:12],
-		fromPod: m.isPod(conn.RemoteAddr()), badLog: rate.Sometimes{First: 3, Interval: time.Minute}}
+		fromPod: m.isPod(conn.RemoteAddr()), badLog: rate.Sometimes{First: 3, Interval: time.Minute},
+		dials: make(chan struct{}, m.cfg.MaxDials)}
 	// Laptops all come from the port-forward's loopback: each is its own
 	// peer. A pod is its address, however many sessions it opens.
 	s.peer = "session " + s.id
@@ -76,21 +77,27 @@ func (m *Manager) serveSession(ctx context.Context, conn net.Conn, control *stre
 }
 
 // yamuxConfig: keepalives notice a vanished laptop within about three
-// intervals (a ping unanswered for two intervals ends the session); large
-// windows keep an upload from stalling on the tunnel's round trips (the
-// laptop uses the same); a stream closed on one side only is dropped after a
-// minute, as on the laptop.
+// intervals (a ping unanswered for two intervals ends the session); a
+// stream closed on one side only is dropped after a minute, as on the
+// laptop. A stream's receive window is what its sender may make the manager
+// hold for it (before its dial succeeds, or while its destination does not
+// read): it stays at yamux's initial 256 KiB here (the laptop's own window,
+// for downloads, is larger), so a session's memory is bounded by its
+// streams, MaxStreams × 256 KiB.
 func (m *Manager) yamuxConfig(log *slog.Logger) *yamux.Config {
 	cfg := yamux.DefaultConfig()
 	cfg.EnableKeepAlive = true
 	cfg.KeepAliveInterval = m.cfg.KeepAlive
 	cfg.ConnectionWriteTimeout = 2 * m.cfg.KeepAlive
-	cfg.MaxStreamWindowSize = 16 << 20
+	cfg.MaxStreamWindowSize = streamWindow
 	cfg.StreamCloseTimeout = time.Minute
 	cfg.LogOutput = nil
 	cfg.Logger = slog.NewLogLogger(log.With("subsystem", "yamux").Handler(), slog.LevelWarn)
 	return cfg
 }
+
+// streamWindow is the manager's receive window per stream, yamux's least.
+const streamWindow = 256 << 10
 
 // session is the state the streams of one session share. A laptop's
 // session arrives through a port-forward (from loopback); a sidecar's comes
@@ -105,6 +112,7 @@ type session struct {
 	peer    string         // whom the rate limits count against
 	badLog  rate.Sometimes // bad headers are logged a few times, then counted only
 	open    int            // streams open now; guarded by the Manager's streamSlots
+	dials   chan struct{}  // one per dial in flight, MaxDials at most
 
 	mu    sync.Mutex // guards following
 	ident Identity   // set by Hello, verified by the API server; zero when not

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -28,14 +29,17 @@ func Current(ctx context.Context, cs kubernetes.Interface) (*Options, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read the tunnel manager: %w", err)
 	}
-	opt := &Options{Version: d.Labels[VersionLabel]}
+	opt := &Options{Version: d.Labels[VersionLabel], SidecarMemory: d.Annotations[SidecarMemoryAnnotation]}
 	if d.Spec.Replicas != nil {
 		opt.Replicas = *d.Spec.Replicas
 	}
 	for _, c := range d.Spec.Template.Spec.Containers {
 		if c.Name == "manager" {
 			opt.Image = c.Image
-			opt.Reach, opt.AlsoReach = reachArgs(c.Args)
+			opt.Reach, opt.AlsoReach, opt.AllowHeaders = managerSettings(c.Args)
+			if q, ok := c.Resources.Limits[corev1.ResourceMemory]; ok {
+				opt.ManagerMemory = q.String()
+			}
 		}
 	}
 	for _, s := range d.Spec.Template.Spec.ImagePullSecrets {
@@ -58,17 +62,19 @@ func Current(ctx context.Context, cs kubernetes.Interface) (*Options, error) {
 	return opt, nil
 }
 
-// reachArgs reads the reach settings back from the manager's arguments.
-func reachArgs(args []string) (reach string, also []string) {
+// managerSettings reads the settings back from the manager's arguments.
+func managerSettings(args []string) (reach string, also, headers []string) {
 	for i := 0; i+1 < len(args); i++ {
 		switch args[i] {
 		case "--reach":
 			reach = args[i+1]
 		case "--also-reach":
 			also = append(also, args[i+1])
+		case "--allow-header":
+			headers = append(headers, args[i+1])
 		}
 	}
-	return reach, also
+	return reach, also, headers
 }
 
 // RegistryOf is the registry prefix of an agent image named

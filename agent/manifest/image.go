@@ -51,6 +51,9 @@ type Running struct {
 	Tag         string // as the Deployment names it
 	Digest      string // the digest that pod pulled, "" when none is ready
 	PullSecrets []string
+	// SidecarMemory is the sidecars' memory limit the install chose
+	// ("" before installs said).
+	SidecarMemory string
 }
 
 // ReadRunning reads the installed manager's Deployment and pods, and
@@ -71,7 +74,7 @@ func ReadRunning(ctx context.Context, cs kubernetes.Interface) (Running, error) 
 // digest a ready pod of the Deployment's current image pulled; an error
 // when no ready pod runs it.
 func RunningImage(d *appsv1.Deployment, pods []corev1.Pod) (Running, error) {
-	r := Running{Version: d.Labels[VersionLabel]}
+	r := Running{Version: d.Labels[VersionLabel], SidecarMemory: d.Annotations[SidecarMemoryAnnotation]}
 	for _, c := range d.Spec.Template.Spec.Containers {
 		if c.Name == "manager" {
 			r.Tag = c.Image

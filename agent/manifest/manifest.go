@@ -7,6 +7,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
@@ -38,6 +39,38 @@ type Options struct {
 	// verified user may dial.
 	Reach     string
 	AlsoReach []string
+	// ManagerMemory and SidecarMemory are the containers' memory limits
+	// ("" for DefaultManagerMemory, DefaultSidecarMemory): the manager's
+	// stream caps keep it well within its own.
+	ManagerMemory string
+	SidecarMemory string
+	// AllowHeaders are the header names (a trailing * for a prefix)
+	// personal intercepts may match on; none means the manager's default.
+	AllowHeaders []string
+}
+
+// Memory limits by default, and the annotation on the manager's Deployment
+// that tells intercepts the sidecar's.
+const (
+	DefaultManagerMemory    = "1Gi"
+	DefaultSidecarMemory    = "256Mi"
+	SidecarMemoryAnnotation = "tunnel.dev/sidecar-memory"
+)
+
+// Resources are a tunnel container's: a small request (tunnel idles most
+// of the time) and a memory limit, with GOMEMLIMIT set from it so the Go
+// runtime collects before the kernel kills.
+func Resources(cpu, memory, limit string) corev1.ResourceRequirements {
+	return corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse(cpu), corev1.ResourceMemory: resource.MustParse(memory)},
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse(limit)},
+	}
+}
+
+// MemLimitEnv is GOMEMLIMIT from the container's own memory limit.
+func MemLimitEnv(container string) corev1.EnvVar {
+	return corev1.EnvVar{Name: "GOMEMLIMIT", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{
+		ContainerName: container, Resource: "limits.memory"}}}
 }
 
 // Labels mark every object tunnel installs, so uninstall finds them all.
@@ -77,6 +110,12 @@ func Build(opt Options) Objects {
 	if opt.PullPolicy == "" {
 		opt.PullPolicy = corev1.PullIfNotPresent
 	}
+	if opt.ManagerMemory == "" {
+		opt.ManagerMemory = DefaultManagerMemory
+	}
+	if opt.SidecarMemory == "" {
+		opt.SidecarMemory = DefaultSidecarMemory
+	}
 	selector := map[string]string{"app.kubernetes.io/name": Manager}
 	o := Objects{
 		Namespace:      &corev1.Namespace{ObjectMeta: meta(Namespace, "")},
@@ -108,7 +147,7 @@ func Build(opt Options) Objects {
 			Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: Manager, Namespace: Namespace}},
 		},
 		Deployment: &appsv1.Deployment{
-			ObjectMeta: deploymentMeta(opt.Version),
+			ObjectMeta: deploymentMeta(opt),
 			Spec: appsv1.DeploymentSpec{
 				Replicas: &opt.Replicas,
 				Selector: &metav1.LabelSelector{MatchLabels: selector},
@@ -127,6 +166,8 @@ func Build(opt Options) Objects {
 							Image:           opt.Image,
 							ImagePullPolicy: opt.PullPolicy,
 							Args:            managerArgs(opt),
+							Env:             []corev1.EnvVar{MemLimitEnv("manager")},
+							Resources:       Resources("50m", "64Mi", opt.ManagerMemory),
 							Ports: []corev1.ContainerPort{
 								{Name: "session", ContainerPort: SessionPort},
 								{Name: "metrics", ContainerPort: MetricsPort},
@@ -202,6 +243,9 @@ func managerArgs(opt Options) []string {
 	for _, c := range opt.AlsoReach {
 		args = append(args, "--also-reach", c)
 	}
+	for _, h := range opt.AllowHeaders {
+		args = append(args, "--allow-header", h)
+	}
 	return args
 }
 
@@ -213,8 +257,10 @@ func pullSecrets(names []string) []corev1.LocalObjectReference {
 	return refs
 }
 
-func deploymentMeta(version string) metav1.ObjectMeta {
+func deploymentMeta(opt Options) metav1.ObjectMeta {
+	version := opt.Version
 	m := meta(Manager, Namespace)
+	m.Annotations = map[string]string{SidecarMemoryAnnotation: opt.SidecarMemory}
 	if version != "" {
 		m.Labels[VersionLabel] = version
 	}

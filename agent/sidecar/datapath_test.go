@@ -58,6 +58,24 @@ func TestGlobalInterceptTheLaptopAnswers(t *testing.T) {
 	none(t, e.appHits, "app")
 }
 
+// The laptop hears who the client is, whatever the client claims; the app
+// gets the request as a proxy passes it on (the client's list, then the
+// client).
+func TestInterceptedRequestsNameTheirClient(t *testing.T) {
+	e := newEnv(t, false)
+	e.answer(1, e.serveHTTPMode)
+	e.set(intercept(1, "g", managerpb.InterceptMode_GLOBAL))
+	e.request("GET", "", "X-Forwarded-For", "127.0.0.1, 10.0.0.1")
+	if h := next(t, e.laptopHits, "laptop"); h.xff != "127.0.0.1" {
+		t.Errorf("the laptop got X-Forwarded-For %q, want the client's address alone", h.xff)
+	}
+	e.set()
+	e.request("GET", "", "X-Forwarded-For", "203.0.113.7")
+	if h := next(t, e.appHits, "app"); h.xff != "203.0.113.7, 127.0.0.1" {
+		t.Errorf("the app got X-Forwarded-For %q, want what the client sent, then the client", h.xff)
+	}
+}
+
 func TestGlobalInterceptRefusedFallsBackToTheApp(t *testing.T) {
 	e := newEnv(t, false)
 	e.answer(1, e.refuseMode(0))
@@ -180,7 +198,7 @@ func TestMirrorTheAppAnswersTheLaptopGetsACopy(t *testing.T) {
 	if h := next(t, e.appHits, "app"); h.body != "payload" {
 		t.Errorf("the app got %+v", h)
 	}
-	want := hit{"POST", "/orders", "ada", "payload"}
+	want := hit{"POST", "/orders", "ada", "payload", "127.0.0.1"}
 	if h := next(t, e.laptopHits, "laptop"); h != want {
 		t.Errorf("the mirror got %+v, want %+v", h, want)
 	}
@@ -290,5 +308,25 @@ func TestHTTPPortStaysSniffed(t *testing.T) {
 	}
 	if e.cp.serverFirst.Load() {
 		t.Error("an HTTP port was taken for a server-first one")
+	}
+}
+
+// Mirrors in flight are bounded in number and bytes; past a bound a copy
+// is dropped, and room comes back as copies finish.
+func TestMirrorsAreBounded(t *testing.T) {
+	h := &httpMode{}
+	if !h.takeMirrors(maxMirrors, 0) {
+		t.Fatal("no room for the first mirrors")
+	}
+	if h.takeMirrors(1, 0) {
+		t.Error("a mirror past maxMirrors was taken")
+	}
+	h.giveMirror(0)
+	if !h.takeMirrors(1, 0) {
+		t.Error("no room after one finished")
+	}
+	h = &httpMode{}
+	if h.takeMirrors(17, maxMirrorBody) {
+		t.Error("17 MiB of mirrored bodies were taken, past maxMirrorBytes")
 	}
 }

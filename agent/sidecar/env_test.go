@@ -29,7 +29,7 @@ import (
 const testPort = 8080 // the app port the intercepts name
 
 // hit is one request an HTTP server (the app or the laptop) received.
-type hit struct{ method, path, dev, body string }
+type hit struct{ method, path, dev, body, xff string }
 
 type env struct {
 	t          *testing.T
@@ -301,7 +301,7 @@ func none(t *testing.T, ch <-chan hit, who string) {
 func recorder(name string, hits chan<- hit) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
-		hits <- hit{r.Method, r.URL.Path, r.Header.Get("X-Dev"), string(b)}
+		hits <- hit{r.Method, r.URL.Path, r.Header.Get("X-Dev"), string(b), r.Header.Get("X-Forwarded-For")}
 		_, _ = io.WriteString(w, name)
 	})
 }

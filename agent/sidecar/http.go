@@ -21,8 +21,23 @@ import (
 )
 
 // maxMirrorBody bounds the request body a mirror copies: a larger request
-// still reaches the app, unmirrored.
-const maxMirrorBody = 1 << 20
+// still reaches the app, unmirrored. maxMirrorBytes bounds what all mirrors
+// in flight hold, and maxMirrors their number: past either, a copy is
+// dropped (and counted), never the request.
+const (
+	maxMirrorBody  = 1 << 20
+	maxMirrorBytes = 16 << 20
+	maxMirrors     = 64
+)
+
+// Bounds on what one client can hold of the sidecar: its request's headers
+// must come within headerTimeout and fit in maxHeaderBytes, and a kept-alive
+// connection that idles for idleTimeout is closed.
+const (
+	headerTimeout  = 10 * time.Second
+	maxHeaderBytes = 64 << 10
+	idleTimeout    = 2 * time.Minute
+)
 
 // httpMode serves the HTTP connections of one captured port request by
 // request: each goes to the laptop of the intercept that takes it (global,
@@ -37,6 +52,8 @@ type httpMode struct {
 
 	mu      sync.Mutex // guards following
 	laptops map[uint64]*laptopPools
+	// mirrorsOut and mirrorBytes are the copies in flight and their bodies.
+	mirrorsOut, mirrorBytes int
 }
 
 type routeKey struct{}
@@ -71,7 +88,9 @@ func newHTTPMode(log *slog.Logger, c *capture, m *metrics) *httpMode {
 	h.server = &http.Server{
 		Handler:           h,
 		Protocols:         &protocols,
-		ReadHeaderTimeout: time.Minute,
+		ReadHeaderTimeout: headerTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	return h
@@ -170,7 +189,10 @@ func (h *httpMode) roundTrip(r *http.Request) (*http.Response, error) {
 		body = &guardedBody{rc: r.Body}
 		r.Body = body
 	}
+	header := r.Header
+	r.Header = forLaptop(r)
 	resp, err := h.laptop(rt.ic)[proto].RoundTrip(r)
+	r.Header = header // a fallback goes to the app as the request came
 	if err == nil {
 		h.metrics.requests.WithLabelValues(name, "laptop").Inc()
 		return resp, nil
@@ -284,8 +306,15 @@ func (h *httpMode) mirror(r *http.Request, mirrors []*managerpb.Intercept) {
 		}
 		body = b
 	}
+	if !h.takeMirrors(len(mirrors), len(body)) {
+		for _, ic := range mirrors {
+			h.metrics.requests.WithLabelValues(ic.GetSpec().GetName(), "mirror_dropped").Inc()
+		}
+		return
+	}
 	for _, ic := range mirrors {
 		out := r.Clone(context.WithoutCancel(r.Context()))
+		out.Header = forLaptop(r)
 		out.RequestURI = ""
 		out.URL.Scheme, out.URL.Host = "http", h.c.app.String()
 		out.Body = io.NopCloser(bytes.NewReader(body))
@@ -297,6 +326,7 @@ func (h *httpMode) mirror(r *http.Request, mirrors []*managerpb.Intercept) {
 		t := h.laptop(ic)[proto]
 		name := ic.GetSpec().GetName()
 		go func() {
+			defer h.giveMirror(len(body))
 			ctx, cancel := context.WithTimeout(out.Context(), 30*time.Second)
 			defer cancel()
 			resp, err := t.RoundTrip(out.WithContext(ctx))
@@ -309,6 +339,41 @@ func (h *httpMode) mirror(r *http.Request, mirrors []*managerpb.Intercept) {
 			h.metrics.requests.WithLabelValues(name, "mirrored").Inc()
 		}()
 	}
+}
+
+// takeMirrors reserves room for n copies of a body of size bytes.
+func (h *httpMode) takeMirrors(n, size int) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.mirrorsOut+n > maxMirrors || h.mirrorBytes+n*size > maxMirrorBytes {
+		return false
+	}
+	h.mirrorsOut += n
+	h.mirrorBytes += n * size
+	return true
+}
+
+func (h *httpMode) giveMirror(size int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.mirrorsOut--
+	h.mirrorBytes -= size
+}
+
+// forLaptop is r's header as a laptop gets it: X-Forwarded-For names the
+// client the sidecar saw, whatever the client sent, so the developer's
+// framework never takes the Internet for localhost.
+func forLaptop(r *http.Request) http.Header {
+	out := r.Header.Clone()
+	if out == nil {
+		out = http.Header{}
+	}
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		out.Set("X-Forwarded-For", host)
+	} else {
+		out.Del("X-Forwarded-For")
+	}
+	return out
 }
 
 // dialError marks a failure to reach the laptop's process: nothing of the

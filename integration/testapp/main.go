@@ -46,6 +46,16 @@ func main() {
 				os.Exit(1)
 			}
 			return
+		case "hold", "flood":
+			f := hold
+			if os.Args[1] == "flood" {
+				f = flood
+			}
+			if err := f(context.Background(), os.Stdout, os.Args[2:]); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			return
 		case "manager":
 			if err := managerClient(context.Background(), os.Stdout, os.Args[2:]); err != nil {
 				fmt.Fprintln(os.Stderr, err)

@@ -1,0 +1,21 @@
+package dns
+
+import (
+	"strings"
+
+	"golang.org/x/net/publicsuffix"
+)
+
+// IsPublicLabel reports whether a single label is a top-level domain of the
+// public suffix list's ICANN section (com, dev, io, shop): a namespace of
+// that name must never make the laptop answer public names (github.com,
+// go.dev) from the cluster, nor take them from the machine's resolvers.
+// Unlisted labels (the list's default rule) are not public.
+func IsPublicLabel(label string) bool {
+	label = strings.ToLower(strings.TrimSuffix(label, "."))
+	if label == "" || strings.Contains(label, ".") {
+		return false
+	}
+	suffix, icann := publicsuffix.PublicSuffix("x." + label)
+	return icann && suffix == label
+}
