@@ -237,7 +237,7 @@ func TestCanaryPodsAreNotTheStableServices(t *testing.T) {
 func TestStoreKeepsOneLiveCanaryAndEveryRequest(t *testing.T) {
 	ctx := context.Background()
 	s := Store{CS: fake.NewClientset(), Namespace: "ns"}
-	st := &State{Spec: Spec{Service: "shop", Steps: []int{10, 100}}, Phase: Progressing}
+	st := &State{Spec: Spec{Service: "shop", Steps: []int{10, 100}}, Canary: "shop-canary", Phase: Progressing}
 	if err := s.Create(ctx, st); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/api"
 	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/labels"
 )
 
 // Sample is what the gateway saw of one backend Service over a window.
@@ -49,7 +50,7 @@ var Dialects = map[string]Dialect{
 		Errors:   `sum(increase(traefik_service_requests_total{%s,code=~"5.."}[%s]))`,
 		P99:      `histogram_quantile(0.99, sum by (le) (rate(traefik_service_request_duration_seconds_bucket{%s}[%s])))`,
 		Selector: func(ns, svc string, port int32) string {
-			return fmt.Sprintf(`service=~"%s-%s-[a-z0-9]+-%d@kubernetesgateway"`, regexp.QuoteMeta(ns), regexp.QuoteMeta(svc), port)
+			return matcher("service", fmt.Sprintf(`%s-%s-[a-z0-9]+-%d@kubernetesgateway`, regexp.QuoteMeta(ns), regexp.QuoteMeta(svc), port))
 		},
 	},
 	// Emissary roots Envoy's cluster stats at the Mapping's service with
@@ -63,12 +64,23 @@ var Dialects = map[string]Dialect{
 		P99:      `histogram_quantile(0.99, sum by (le) (rate(envoy_cluster_upstream_rq_time_bucket{%s}[%s]))) / 1000`,
 		Selector: func(ns, svc string, port int32) string {
 			n, s := nonWord.ReplaceAllString(ns, "_"), nonWord.ReplaceAllString(svc, "_")
-			return fmt.Sprintf(`envoy_cluster_name=~"(cluster_)?%s(_%s(_svc(_cluster_local)?)?)?(_%d)?(_%s)?"`, s, n, port, n)
+			return matcher("envoy_cluster_name", fmt.Sprintf(`(cluster_)?%s(_%s(_svc(_cluster_local)?)?)?(_%d)?(_%s)?`, s, n, port, n))
 		},
 	},
 }
 
 var nonWord = regexp.MustCompile(`[^A-Za-z0-9]`)
+
+// matcher is name=~"re" as PromQL writes it: the Prometheus library quotes
+// the value, whatever it holds (the names come from the cluster and from
+// the canary's ConfigMap, which others may edit).
+func matcher(name, re string) string {
+	m, err := labels.NewMatcher(labels.MatchRegexp, name, re)
+	if err != nil { // a regexp that does not compile selects nothing
+		m = labels.MustNewMatcher(labels.MatchEqual, name, re)
+	}
+	return m.String()
+}
 
 // Prometheus answers the canary's questions.
 type Prometheus struct {

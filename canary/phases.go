@@ -107,6 +107,12 @@ func endRecord(s *State, now time.Time, verdict string) {
 // carries its share, then moves all traffic back to stable and removes
 // the canary.
 func (r *Runner) promote(ctx context.Context, st *State, router Router) error {
+	if gone, err := r.Work.Trust(ctx, st); err != nil || gone {
+		if err == nil {
+			err = fmt.Errorf("%w: the canary deployment %s is gone, so the image to promote cannot be checked", errUntrusted, st.Canary)
+		}
+		return err
+	}
 	r.Progress(fmt.Sprintf("Promoting: deployment %s gets image %s", st.Stable, st.Spec.Image))
 	if err := r.Work.SetImage(ctx, st.Stable, st.Spec.Container, st.Spec.Image); err != nil {
 		return err
@@ -137,8 +143,12 @@ func (r *Runner) promote(ctx context.Context, st *State, router Router) error {
 // promotion have begun) and removes the canary.
 func (r *Runner) rollBack(ctx context.Context, st *State, router Router) error {
 	r.Progress(fmt.Sprintf("Rolling back: %s", st.Reason))
+	gone, terr := r.Work.Trust(ctx, st)
+	if terr != nil {
+		return terr
+	}
 	dep, err := r.Work.CS.AppsV1().Deployments(st.Namespace).Get(ctx, st.Stable, metav1.GetOptions{})
-	if err == nil {
+	if err == nil && !gone { // the stable image is checked only while the canary's Deployment says it
 		if ci, cerr := Container(dep, st.Spec.Container); cerr == nil && dep.Spec.Template.Spec.Containers[ci].Image != st.StableImage {
 			r.Progress(fmt.Sprintf("Deployment %s goes back to image %s", st.Stable, st.StableImage))
 			if err := r.Work.SetImage(ctx, st.Stable, st.Spec.Container, st.StableImage); err != nil {
@@ -181,5 +191,5 @@ func (r *Runner) takeOut(ctx context.Context, st *State, router Router) error {
 	if err := router.Remove(ctx); err != nil {
 		return err
 	}
-	return r.Work.Delete(ctx, st.Canary)
+	return r.Work.Delete(ctx, st.Canary, st.Spec.Service)
 }

@@ -266,6 +266,11 @@ func (r *Runner) step(ctx context.Context, st *State, first bool) (time.Duration
 	case Starting:
 		return 0, r.start(ctx, st, router)
 	case Progressing:
+		// The record steers the route and names the Prometheus that
+		// judges: it must still be the one this canary started with.
+		if _, err := r.Work.Trust(ctx, st); err != nil {
+			return 0, err
+		}
 		if first {
 			// A driver that died between moving traffic and writing it down
 			// left the route at another weight: the record is the truth.
@@ -288,7 +293,7 @@ func (r *Runner) start(ctx context.Context, st *State, router Router) error {
 		var ci int
 		if ci, err = Container(dep, st.Spec.Container); err == nil {
 			r.Progress(fmt.Sprintf("Creating deployment %s with image %s", st.Canary, st.Spec.Image))
-			err = r.Work.Create(ctx, svc, dep, st.Canary, st.Spec.Image, ci)
+			err = r.Work.Create(ctx, svc, dep, st.Canary, st.Spec.Image, ci, witness(st))
 		}
 	}
 	if err == nil {

@@ -203,11 +203,40 @@ func decode(cm *corev1.ConfigMap) (*State, error) {
 	if err := json.Unmarshal([]byte(cm.Data[stateKey]), &st); err != nil {
 		return nil, fmt.Errorf("configmap %s/%s does not hold a canary: %w", cm.Namespace, cm.Name, err)
 	}
+	if err := st.Check(); err != nil {
+		return nil, fmt.Errorf("configmap %s/%s does not hold a canary tunnel wrote: %w", cm.Namespace, cm.Name, err)
+	}
 	return &st, nil
+}
+
+// Check refuses a record no canary of tunnel's could have written: anyone
+// who may edit ConfigMaps in the namespace can edit it, and a driver acts
+// on it (deletes the canary, re-images the stable Deployment).
+func (s *State) Check() error {
+	if want := s.Spec.Service + "-canary"; s.Canary != want {
+		return fmt.Errorf("its canary is %q, not %q", s.Canary, want)
+	}
+	if len(s.Spec.Steps) == 0 {
+		return errors.New("it has no steps")
+	}
+	prev := 0
+	for _, w := range s.Spec.Steps {
+		if w <= prev || w > 100 {
+			return fmt.Errorf("its steps %v are not ascending percentages", s.Spec.Steps)
+		}
+		prev = w
+	}
+	if s.Step < 0 || s.Step >= len(s.Spec.Steps) {
+		return fmt.Errorf("its step %d is not one of its %d", s.Step, len(s.Spec.Steps))
+	}
+	return nil
 }
 
 // Create records a new canary; one that is still running is not replaced.
 func (s Store) Create(ctx context.Context, st *State) error {
+	if err := st.Check(); err != nil {
+		return fmt.Errorf("canary of %s: %w", st.Spec.Service, err)
+	}
 	data, err := json.Marshal(st)
 	if err != nil {
 		return err

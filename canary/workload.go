@@ -3,6 +3,7 @@ package canary
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"strings"
@@ -110,9 +111,50 @@ func canaryLabels(svc *corev1.Service, d *appsv1.Deployment, name string) (pod, 
 	return pod, sel
 }
 
+// The canary's Deployment carries what its record must say, so a driver
+// checks the record (a ConfigMap others may edit) against it before it
+// deletes or re-images anything.
+const (
+	annImage       = "tunnel.dev/canary-image"
+	annPrometheus  = "tunnel.dev/canary-prometheus"
+	annStable      = "tunnel.dev/canary-stable"
+	annStableImage = "tunnel.dev/canary-stable-image"
+)
+
+// witness is what the canary's Deployment records of st.
+func witness(st *State) map[string]string {
+	return map[string]string{annImage: st.Spec.Image, annPrometheus: st.Spec.Prometheus, annStable: st.Stable, annStableImage: st.StableImage}
+}
+
+// errUntrusted says a canary's record does not match its Deployment.
+var errUntrusted = errors.New("the canary's record does not match what it started")
+
+// Trust checks st against the canary's Deployment: it is tunnel's canary of
+// st's Service, and its image, stable Deployment, stable image and
+// Prometheus are st's. gone says the Deployment is not there (any more).
+func (w Workloads) Trust(ctx context.Context, st *State) (gone bool, err error) {
+	d, err := w.CS.AppsV1().Deployments(w.Namespace).Get(ctx, st.Canary, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read the canary deployment %s: %w", st.Canary, err)
+	}
+	if d.Labels[Label] != st.Spec.Service {
+		return false, fmt.Errorf("%w: deployment %s is not tunnel's canary of %s", errUntrusted, d.Name, st.Spec.Service)
+	}
+	for k, v := range witness(st) {
+		if d.Annotations[k] != v {
+			return false, fmt.Errorf("%w: the record says %s %q, the canary was started with %q (someone edited configmap %s)",
+				errUntrusted, strings.TrimPrefix(k, "tunnel.dev/canary-"), v, d.Annotations[k], configMapName(st.Spec.Service))
+		}
+	}
+	return false, nil
+}
+
 // Create applies the canary Deployment (the stable one's spec with the new
 // image) and its Service (the stable one's ports); again is harmless.
-func (w Workloads) Create(ctx context.Context, svc *corev1.Service, d *appsv1.Deployment, name, image string, container int) error {
+func (w Workloads) Create(ctx context.Context, svc *corev1.Service, d *appsv1.Deployment, name, image string, container int, note map[string]string) error {
 	podLabels, sel := canaryLabels(svc, d, name)
 	// An intercepted workload's sidecar and captures stay with it.
 	tmpl := inject.Without(&d.Spec.Template)
@@ -121,7 +163,7 @@ func (w Workloads) Create(ctx context.Context, svc *corev1.Service, d *appsv1.De
 	owned := map[string]string{Label: svc.Name}
 	dep := &appsv1.Deployment{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: w.Namespace, Labels: owned},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: w.Namespace, Labels: owned, Annotations: note},
 		Spec: appsv1.DeploymentSpec{
 			Replicas: d.Spec.Replicas,
 			Selector: &metav1.LabelSelector{MatchLabels: sel},
@@ -161,10 +203,21 @@ func (w Workloads) apply(ctx context.Context, resource string, obj any) error {
 	return nil
 }
 
-// Delete removes the canary's Deployment and Service; gone already is fine.
-func (w Workloads) Delete(ctx context.Context, name string) error {
+// Delete removes the canary's Deployment and Service of service; gone
+// already is fine, and what is not tunnel's canary of service is not
+// touched.
+func (w Workloads) Delete(ctx context.Context, name, service string) error {
 	bg := metav1.DeletePropagationBackground
 	opts := metav1.DeleteOptions{PropagationPolicy: &bg}
+	if name != service+"-canary" {
+		return fmt.Errorf("%w: %s is not the canary of %s", errUntrusted, name, service)
+	}
+	if d, err := w.CS.AppsV1().Deployments(w.Namespace).Get(ctx, name, metav1.GetOptions{}); err == nil && d.Labels[Label] != service {
+		return fmt.Errorf("%w: deployment %s is not tunnel's canary of %s: left alone", errUntrusted, name, service)
+	}
+	if s, err := w.CS.CoreV1().Services(w.Namespace).Get(ctx, name, metav1.GetOptions{}); err == nil && s.Labels[Label] != service {
+		return fmt.Errorf("%w: service %s is not tunnel's canary of %s: left alone", errUntrusted, name, service)
+	}
 	if err := w.CS.AppsV1().Deployments(w.Namespace).Delete(ctx, name, opts); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete the canary deployment %s: %w", name, err)
 	}

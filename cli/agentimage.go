@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"fmt"
 	"github.com/spf13/pflag"
 
 	"tunnel.dev/tunnel/agent/manifest"
@@ -26,6 +27,11 @@ func (a *agentFlags) install() (manifest.Options, error) {
 		return manifest.Options{}, err
 	}
 	opt := manifest.Options{Image: image, PullSecrets: a.pullSecrets}
+	// The manager's own key for its sidecar port; an install that has one
+	// keeps it (installFlags.options), or every sidecar would need a new pin.
+	if opt.TLSCert, opt.TLSKey, err = manifest.NewTLS(); err != nil {
+		return manifest.Options{}, fmt.Errorf("make the manager's key: %w", err)
+	}
 	if a.image == "" {
 		opt.Version = version.Get().Version
 	}

@@ -16,6 +16,7 @@ func newDeploy() *cobra.Command {
 		sets    []string
 		timeout time.Duration
 		dryRun  bool
+		force   bool
 		output  outputFlag
 	)
 	cmd := &cobra.Command{
@@ -55,7 +56,7 @@ func newDeploy() *cobra.Command {
 			}
 			errOut := cmd.ErrOrStderr()
 			results, err := deploy.Apply(cmd.Context(), rc, cs, objs, deploy.Options{
-				Namespace: ns, DryRun: dryRun, Timeout: timeout,
+				Namespace: ns, DryRun: dryRun, Timeout: timeout, ForceConflicts: force,
 				Progress: func(s string) {
 					if !output.json() {
 						fmt.Fprintln(errOut, s+"...")
@@ -86,6 +87,7 @@ func newDeploy() *cobra.Command {
 	f.StringArrayVar(&sets, "set", nil, "KEY=VALUE: a template parameter (repeatable)")
 	f.DurationVar(&timeout, "timeout", 3*time.Minute, "how long each rollout may take")
 	f.BoolVar(&dryRun, "dry-run", false, "say what would change, and change nothing")
+	f.BoolVar(&force, "force-conflicts", false, "take fields another manager (kubectl, a controller) owns, instead of stopping")
 	output.add(f)
 	return cmd
 }

@@ -207,6 +207,9 @@ func (f *installFlags) options(cmd *cobra.Command, current *manifest.Options) (m
 		if !cmd.Flags().Changed("allow-header") {
 			opt.AllowHeaders = current.AllowHeaders
 		}
+		if len(current.TLSCert) > 0 && len(current.TLSKey) > 0 {
+			opt.TLSCert, opt.TLSKey = current.TLSCert, current.TLSKey
+		}
 		if !cmd.Flags().Changed("manager-memory") && current.ManagerMemory != "" {
 			opt.ManagerMemory = current.ManagerMemory
 		}

@@ -389,7 +389,7 @@ func sidecarAgent(ctx context.Context, cs kubernetes.Interface) (inject.Agent, e
 	if err != nil {
 		return inject.Agent{}, err
 	}
-	return inject.Agent{Image: r.Image, PullSecrets: r.PullSecrets, Memory: r.SidecarMemory}, nil
+	return inject.Agent{Image: r.Image, PullSecrets: r.PullSecrets, Memory: r.SidecarMemory, ManagerKey: r.ManagerKey}, nil
 }
 
 func listening(port uint32) bool {

@@ -10,9 +10,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/httpstream"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -119,6 +121,7 @@ func (d *direct) run(ctx context.Context, ic *managerpb.Intercept) {
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 
+	owned := ownedBy(ctx, d.cs, dep)
 	links := map[string]func(){} // by pod name
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -134,7 +137,7 @@ func (d *direct) run(ctx context.Context, ic *managerpb.Intercept) {
 		seen := map[string]bool{}
 		for _, obj := range pods.GetStore().List() {
 			p, ok := obj.(*corev1.Pod)
-			if !ok || !serving(p) {
+			if !ok || !serving(p) || !owned(p) {
 				continue
 			}
 			seen[p.Name] = true
@@ -150,6 +153,32 @@ func (d *direct) run(ctx context.Context, ic *managerpb.Intercept) {
 				delete(links, name)
 			}
 		}
+	}
+}
+
+// ownedBy returns a test of whether a pod is the Deployment's: its
+// controller is a ReplicaSet whose controller is the Deployment, by UID.
+// Labels alone say nothing: anyone who may create pods can copy them, and
+// a look-alike pod must not get spares (it could not use them, but it
+// would keep the laptop's port-forwards busy).
+func ownedBy(ctx context.Context, cs kubernetes.Interface, dep *appsv1.Deployment) func(*corev1.Pod) bool {
+	sets := map[types.UID]bool{} // ReplicaSets checked, by UID
+	return func(p *corev1.Pod) bool {
+		ref := metav1.GetControllerOf(p)
+		if ref == nil || ref.Kind != "ReplicaSet" {
+			return false
+		}
+		if ok, seen := sets[ref.UID]; seen {
+			return ok
+		}
+		rs, err := cs.AppsV1().ReplicaSets(p.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+		if err != nil {
+			return false // asked again at the next change
+		}
+		owner := metav1.GetControllerOf(rs)
+		ok := rs.UID == ref.UID && owner != nil && owner.UID == dep.UID
+		sets[ref.UID] = ok
+		return ok
 	}
 }
 
@@ -176,7 +205,7 @@ func (d *direct) pod(ctx context.Context, log *slog.Logger, ic *managerpb.Interc
 		start := time.Now()
 		pc, err := d.connect(ctx, ic.GetSpec().GetNamespace(), name)
 		if err == nil {
-			err = d.fill(ctx, log, pc, ic)
+			err = d.fill(ctx, log, pc, ic, name)
 			pc.Close()
 		}
 		if ctx.Err() != nil {
@@ -196,12 +225,12 @@ func (d *direct) pod(ctx context.Context, log *slog.Logger, ic *managerpb.Interc
 }
 
 // fill keeps d.spares spares open on pc until pc or ctx ends.
-func (d *direct) fill(ctx context.Context, log *slog.Logger, pc podConn, ic *managerpb.Intercept) error {
+func (d *direct) fill(ctx context.Context, log *slog.Logger, pc podConn, ic *managerpb.Intercept, pod string) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, d.spares)
 	var up sync.Once
 	for range d.spares {
-		wg.Go(func() { errs <- d.spare(ctx, pc, ic, func() { up.Do(func() { log.Info("direct path up") }) }) })
+		wg.Go(func() { errs <- d.spare(ctx, pc, ic, pod, func() { up.Do(func() { log.Info("direct path up") }) }) })
 	}
 	wg.Wait()
 	return <-errs
@@ -211,7 +240,7 @@ func (d *direct) fill(ctx context.Context, log *slog.Logger, pc podConn, ic *man
 // sidecar takes it for a connection, which is served while the next spare
 // is opened. It ends with pc, with ctx, or when the sidecar will not take
 // spares from this laptop.
-func (d *direct) spare(ctx context.Context, pc podConn, ic *managerpb.Intercept, accepted func()) error {
+func (d *direct) spare(ctx context.Context, pc podConn, ic *managerpb.Intercept, pod string, accepted func()) error {
 	pause := 100 * time.Millisecond
 	for {
 		select {
@@ -225,7 +254,7 @@ func (d *direct) spare(ctx context.Context, pc podConn, ic *managerpb.Intercept,
 		if err != nil {
 			return err
 		}
-		h, err := offer(ctx, c, ic, accepted)
+		h, err := offer(ctx, c, ic, pod, accepted)
 		if err == nil {
 			go d.serve(ctx, c, h)
 			pause = 100 * time.Millisecond
@@ -235,6 +264,9 @@ func (d *direct) spare(ctx context.Context, pc podConn, ic *managerpb.Intercept,
 		var status rpc.Status
 		if errors.As(err, &status) && status == rpc.StatusForbidden {
 			return fmt.Errorf("the sidecar refused this laptop's key: %w", err)
+		}
+		if errors.Is(err, rpc.ErrDirectImpostor) {
+			return err // nothing was given away: the key never crosses
 		}
 		// Closed by the sidecar (the intercept changed, it holds enough
 		// spares, it restarted) or by the kubelet: open another soon.
@@ -247,17 +279,14 @@ func (d *direct) spare(ctx context.Context, pc podConn, ic *managerpb.Intercept,
 	}
 }
 
-// offer says hello on c and waits for the sidecar to take it: the header
-// of the connection it carries.
-func offer(ctx context.Context, c net.Conn, ic *managerpb.Intercept, accepted func()) (rpc.Header, error) {
+// offer runs the handshake on c with pod's sidecar and waits for it to
+// take the spare: the header of the connection it carries.
+func offer(ctx context.Context, c net.Conn, ic *managerpb.Intercept, pod string, accepted func()) (rpc.Header, error) {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
-	if err := rpc.WriteDirectHello(c, rpc.DirectHello{Intercept: ic.GetId(), Key: ic.GetDirectKey()}); err != nil {
-		return rpc.Header{}, err
-	}
-	// A pfConn has no deadlines: a hello left unanswered is closed.
+	// A pfConn has no deadlines: a handshake left unanswered is closed.
 	late := time.AfterFunc(10*time.Second, func() { c.Close() })
-	err := rpc.ReadStatus(c)
+	err := rpc.OfferDirect(c, ic.GetDirectKey(), pod, ic.GetId())
 	late.Stop()
 	if err != nil {
 		return rpc.Header{}, err

@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/utils/ptr"
 
 	"tunnel.dev/tunnel/internal/testnet"
 	"tunnel.dev/tunnel/rpc"
@@ -44,25 +45,36 @@ func (f *fakePod) done() <-chan bool { return f.ended }
 func (f *fakePod) Close() error      { return nil }
 
 func echoDeployment() *appsv1.Deployment {
-	return &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "dev"},
+	return &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "dev", UID: "uid-echo"},
 		Spec: appsv1.DeploymentSpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "echo"}}}}
+}
+
+// echoReplicaSet is the Deployment's ReplicaSet, which its pods name.
+func echoReplicaSet() *appsv1.ReplicaSet {
+	return &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Name: "echo-abc", Namespace: "dev", UID: "uid-rs",
+		OwnerReferences: []metav1.OwnerReference{{Kind: "Deployment", Name: "echo", UID: "uid-echo", Controller: ptr.To(true)}}}}
 }
 
 func workloadPod(name string, ready bool) *corev1.Pod {
 	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "dev", Labels: map[string]string{"app": "echo"}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "dev", Labels: map[string]string{"app": "echo"},
+			OwnerReferences: []metav1.OwnerReference{{Kind: "ReplicaSet", Name: "echo-abc", UID: "uid-rs", Controller: ptr.To(true)}}},
 		Status: corev1.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{
 			{Name: "app", Ready: true}, {Name: rpc.SidecarContainer, Ready: ready}}},
 	}
 }
 
-// hello reads a spare's hello as the sidecar does.
-func hello(t *testing.T, c net.Conn) rpc.DirectHello {
+// hello runs a spare's handshake as pod's sidecar does, holding key, and
+// returns the laptop's hello; the sidecar's last answer is the caller's.
+func hello(t *testing.T, c net.Conn, key []byte, pod string) rpc.DirectHello {
 	t.Helper()
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	h, err := rpc.ReadDirectHello(c)
 	if err != nil {
 		t.Fatalf("a spare's hello: %v", err)
+	}
+	if err := rpc.AnswerDirect(c, key, pod, h); err != nil {
+		t.Fatalf("the laptop's proof: %v", err)
 	}
 	_ = c.SetReadDeadline(time.Time{})
 	return h
@@ -81,7 +93,10 @@ func nextSpare(t *testing.T, spares <-chan net.Conn, what string) net.Conn {
 
 func TestDirectSparesReachTheLocalProcess(t *testing.T) {
 	local := testnet.ServeTCP(t, func(c *net.TCPConn) { _, _ = io.Copy(c, c) })
-	cs := fake.NewClientset(echoDeployment(), workloadPod("echo-1", true), workloadPod("echo-2", false))
+	// A look-alike: the workload's labels, a ready sidecar, no owner.
+	impostor := workloadPod("echo-fake", true)
+	impostor.OwnerReferences = nil
+	cs := fake.NewClientset(echoDeployment(), echoReplicaSet(), workloadPod("echo-1", true), workloadPod("echo-2", false), impostor)
 	allow(cs, "list pods", "watch pods", "create pods/portforward")
 	x := newIntercepts(slog.New(slog.DiscardHandler))
 	spares := make(chan net.Conn, 100)
@@ -105,8 +120,8 @@ func TestDirectSparesReachTheLocalProcess(t *testing.T) {
 	}
 	key := x.byID[ic.GetSpec().GetLaptopId()].pb.GetDirectKey()
 
-	// Only the pod whose sidecar is ready gets spares, d.spares of them,
-	// each with the intercept's id and key.
+	// Only the workload's pod whose sidecar is ready gets spares, d.spares
+	// of them, each for the intercept's id, proving its key for that pod.
 	select {
 	case p := <-pods:
 		if p != "dev/echo-1" {
@@ -118,8 +133,8 @@ func TestDirectSparesReachTheLocalProcess(t *testing.T) {
 	var held []net.Conn
 	for i := range d.spares {
 		c := nextSpare(t, spares, "the first ones")
-		if h := hello(t, c); h.Intercept != ic.GetId() || !bytes.Equal(h.Key, key) {
-			t.Errorf("spare %d says intercept %d key %x, want %d %x", i, h.Intercept, h.Key, ic.GetId(), key)
+		if h := hello(t, c, key, "echo-1"); h.Intercept != ic.GetId() || bytes.Contains(h.Nonce, key) {
+			t.Errorf("spare %d says intercept %d nonce %x, want %d and never the key", i, h.Intercept, h.Nonce, ic.GetId())
 		}
 		if _, err := c.Write([]byte{byte(rpc.StatusOK)}); err != nil {
 			t.Fatal(err)
@@ -144,7 +159,7 @@ func TestDirectSparesReachTheLocalProcess(t *testing.T) {
 	if _, err := io.ReadFull(c, got); err != nil || string(got) != "hello" {
 		t.Fatalf("the local process echoed %q, %v", got, err)
 	}
-	hello(t, nextSpare(t, spares, "a replacement"))
+	hello(t, nextSpare(t, spares, "a replacement"), key, "echo-1")
 
 	// Leaving ends the spares: the sidecar sees them close.
 	if err := x.remove(ctx, mgr, "dev", "echo-http"); err != nil {
@@ -179,7 +194,7 @@ func allow(cs *fake.Clientset, may ...string) {
 }
 
 func TestNoDirectPathWithoutPortForward(t *testing.T) {
-	cs := fake.NewClientset(echoDeployment(), workloadPod("echo-1", true))
+	cs := fake.NewClientset(echoDeployment(), echoReplicaSet(), workloadPod("echo-1", true))
 	allow(cs, "list pods", "watch pods")
 	d := newDirect(slog.New(slog.DiscardHandler), nil, cs, nil)
 	d.connect = func(context.Context, string, string) (podConn, error) {

@@ -27,10 +27,14 @@ const FieldManager = "tunnel-deploy"
 
 // Options shape an apply.
 type Options struct {
-	Namespace string        // for objects that name none
-	DryRun    bool          // say what would change, change nothing
-	Timeout   time.Duration // per rollout
-	Progress  func(string)
+	Namespace string // for objects that name none
+	DryRun    bool   // say what would change, change nothing
+	// ForceConflicts takes fields other managers (kubectl, a controller,
+	// a teammate's deploy) own; without it such a conflict is an error
+	// naming them, before anything is applied.
+	ForceConflicts bool
+	Timeout        time.Duration // per rollout
+	Progress       func(string)
 }
 
 // Result is what happened, or would happen, to one object.
@@ -77,7 +81,10 @@ func Apply(ctx context.Context, rc *rest.Config, cs kubernetes.Interface, objs [
 
 	var results []Result
 	for _, t := range targets {
-		dry, err := t.res.Apply(ctx, t.obj.GetName(), t.obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: true, DryRun: []string{metav1.DryRunAll}})
+		dry, err := t.res.Apply(ctx, t.obj.GetName(), t.obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: opt.ForceConflicts, DryRun: []string{metav1.DryRunAll}})
+		if apierrors.IsConflict(err) {
+			return nil, fmt.Errorf("%w: %s: %v; --force-conflicts takes those fields", ErrBadInput, t.id, refusal(err))
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s: %v", ErrBadInput, t.id, refusal(err))
 		}
@@ -100,7 +107,7 @@ func Apply(ctx context.Context, rc *rest.Config, cs kubernetes.Interface, objs [
 		return results, nil
 	}
 	for _, t := range targets {
-		if _, err := t.res.Apply(ctx, t.obj.GetName(), t.obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: true}); err != nil {
+		if _, err := t.res.Apply(ctx, t.obj.GetName(), t.obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: opt.ForceConflicts}); err != nil {
 			return results, fmt.Errorf("apply %s: %v", t.id, refusal(err))
 		}
 		opt.Progress(fmt.Sprintf("Applied %s", t.id))

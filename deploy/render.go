@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"text/template"
 	"text/template/parse"
@@ -51,7 +52,7 @@ func Render(path string, set map[string]string) ([]*unstructured.Unstructured, e
 		if err != nil {
 			return nil, err
 		}
-		t, err := template.New(filepath.Base(f)).Option("missingkey=error").Parse(string(b))
+		t, err := template.New(filepath.Base(f)).Option("missingkey=error").Funcs(funcs).Parse(string(b))
 		if err != nil {
 			return nil, fmt.Errorf("%w: template %v", ErrBadInput, err)
 		}
@@ -72,6 +73,50 @@ func Render(path string, set map[string]string) ([]*unstructured.Unstructured, e
 			return nil, fmt.Errorf("%w: parameter %q has no value: give it with --set %s=VALUE or in %s", ErrBadInput, k, k, ValuesFile)
 		}
 	}
+	structure := func(k string) error {
+		return fmt.Errorf("%w: the value of %s would change the manifests' structure (a newline, a document separator, a list or a map); quote it in the template: {{ .%s | quote }}",
+			ErrBadInput, k, k)
+	}
+	objs, err := execute(tmpls, params)
+	if err != nil {
+		// When a plain word in a --set value's place parses, that value
+		// is what broke the manifests.
+		for _, k := range slices.Sorted(maps.Keys(set)) {
+			plain := maps.Clone(params)
+			plain[k] = "tunnelvalue"
+			if _, perr := execute(tmpls, plain); perr == nil {
+				return nil, structure(k)
+			}
+		}
+		return nil, err
+	}
+	if len(objs) == 0 {
+		return nil, fmt.Errorf("%w: %s holds no objects", ErrBadInput, path)
+	}
+	// A value may fill in a scalar, never add structure: a newline and
+	// "kind: Secret", a document separator, a list. Each --set value is
+	// tried against a plain word in its place; the objects must keep their
+	// shape.
+	want := shapes(objs)
+	for _, k := range slices.Sorted(maps.Keys(set)) {
+		plain := maps.Clone(params)
+		plain[k] = "tunnelvalue"
+		alt, err := execute(tmpls, plain)
+		if err != nil || shapes(alt) != want {
+			return nil, structure(k)
+		}
+	}
+	return objs, nil
+}
+
+// funcs are the templates' functions: quote makes any value one YAML
+// string (double-quoted, escaped as JSON, which YAML reads the same).
+var funcs = template.FuncMap{
+	"quote": func(v any) string { return strconv.Quote(fmt.Sprint(v)) },
+}
+
+// execute renders every template with params and decodes the objects.
+func execute(tmpls []*template.Template, params map[string]any) ([]*unstructured.Unstructured, error) {
 	var objs []*unstructured.Unstructured
 	for _, t := range tmpls {
 		var out bytes.Buffer
@@ -84,10 +129,33 @@ func Render(path string, set map[string]string) ([]*unstructured.Unstructured, e
 		}
 		objs = append(objs, docs...)
 	}
-	if len(objs) == 0 {
-		return nil, fmt.Errorf("%w: %s holds no objects", ErrBadInput, path)
-	}
 	return objs, nil
+}
+
+// shapes describes objs without their scalars' values: every path with
+// the kind of what is there (a map, a list of n, a scalar).
+func shapes(objs []*unstructured.Unstructured) string {
+	var b strings.Builder
+	var walk func(path string, v any)
+	walk = func(path string, v any) {
+		switch t := v.(type) {
+		case map[string]any:
+			for _, k := range slices.Sorted(maps.Keys(t)) {
+				walk(path+"."+k, t[k])
+			}
+		case []any:
+			fmt.Fprintf(&b, "%s[%d]\n", path, len(t))
+			for i, e := range t {
+				walk(fmt.Sprintf("%s[%d]", path, i), e)
+			}
+		default:
+			b.WriteString(path + "\n")
+		}
+	}
+	for i, o := range objs {
+		walk(fmt.Sprintf("#%d", i), o.Object)
+	}
+	return b.String()
 }
 
 // sources lists the templates at path and reads the folder's defaults.

@@ -102,3 +102,39 @@ func TestDiffNamesChangedLeaves(t *testing.T) {
 		t.Errorf("an object against itself: %q", d)
 	}
 }
+
+// A --set value fills in a scalar and nothing more: one that would add a
+// field, an object or a list is refused, unless the template quotes it.
+func TestRenderRefusesValuesThatChangeTheStructure(t *testing.T) {
+	const tmpl = `apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data:
+  greeting: {{ .greeting }}
+  motto: {{ .motto | quote }}
+`
+	dir := writeFiles(t, map[string]string{"cm.yaml": tmpl, ValuesFile: "greeting: hi\nmotto: go\n"})
+	for _, v := range []string{
+		"hi\n  extra: injected",
+		"hi\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: stolen}",
+		"[a, b]",
+		"{a: b}",
+	} {
+		if _, err := Render(dir, map[string]string{"greeting": v}); !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), "quote it in the template") {
+			t.Errorf("greeting %q: %v, want refused", v, err)
+		}
+	}
+	for _, v := range []string{"plain words", "hi: there\n---\nkind: Secret", "[a, b]", `"quoted"`} {
+		objs, err := Render(dir, map[string]string{"motto": v})
+		if err != nil {
+			t.Errorf("a quoted motto %q: %v", v, err)
+			continue
+		}
+		if got := objs[0].Object["data"].(map[string]any)["motto"]; got != v || len(objs) != 1 {
+			t.Errorf("a quoted motto %q became %q in %d objects", v, got, len(objs))
+		}
+	}
+	if _, err := Render(dir, map[string]string{"greeting": "hello there"}); err != nil {
+		t.Errorf("a plain value: %v", err)
+	}
+}

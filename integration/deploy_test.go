@@ -110,6 +110,24 @@ func TestDeployRendersAppliesAndWaits(t *testing.T) {
 			err, d.Generation, after.Generation, *after.Spec.Replicas)
 	}
 
+	// A value that would add structure to the manifests is refused.
+	out, err = deploy("--set", "greeting=hi\n        securityContext: {privileged: true}")
+	if err == nil || !strings.Contains(out, "would change the manifests' structure") {
+		t.Errorf("a value with a newline: %v\n%s", err, out)
+	}
+	// A field someone else set with kubectl is theirs: a deploy stops and
+	// names the conflict, unless --force-conflicts.
+	if out, err := kubectl(ctx, node, "scale", "-n", ns, "deployment/web", "--replicas=1"); err != nil {
+		t.Fatalf("kubectl scale: %v\n%s", err, out)
+	}
+	out, err = deploy("--set", "replicas=2", "--set", "greeting=hi")
+	if err == nil || !strings.Contains(out, "conflict") || !strings.Contains(out, "--force-conflicts") {
+		t.Errorf("a deploy over kubectl's replicas: %v\n%s", err, out)
+	}
+	if out, err := deploy("--set", "replicas=2", "--set", "greeting=hi", "--force-conflicts"); err != nil {
+		t.Errorf("the same deploy with --force-conflicts: %v\n%s", err, out)
+	}
+
 	// An image that cannot be had: the deploy fails with the pod's reason.
 	out, err = deploy("--set", "image="+lab.RegistryHost()+"/lab/nosuch:v1", "--timeout", "60s")
 	if err == nil || !pullFailed(out) {

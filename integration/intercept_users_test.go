@@ -140,8 +140,8 @@ func sparesNeedTheKey(t *testing.T, l *laptop, ns, workload string) {
 	out, err := l.sh(fmt.Sprintf(`kubectl port-forward -n %s pod/%s 28098:%d >/dev/null 2>&1 &
 pf=$!
 trap 'kill $pf' EXIT
-for i in $(seq 1 50); do %[4]s spare 127.0.0.1:28098 1 1 >/dev/null 2>&1 && break; sleep 0.1; done
-%[4]s spare 127.0.0.1:28098 1 %[5]d`, ns, pods.Items[0].Name, rpc.SidecarDirectPort, h.EchoClient(), ids))
+for i in $(seq 1 50); do %[4]s spare 127.0.0.1:28098 1 1 %[2]s >/dev/null 2>&1 && break; sleep 0.1; done
+%[4]s spare 127.0.0.1:28098 1 %[5]d %[2]s`, ns, pods.Items[0].Name, rpc.SidecarDirectPort, h.EchoClient(), ids))
 	if err != nil {
 		t.Fatalf("spares through %s's port-forward: %v\n%s", l.opt.User, err, out)
 	}

@@ -66,7 +66,8 @@ func TestAPodCannotUseTheManager(t *testing.T) {
 	target := podIP(t, victim, "app=echo") + ":8080"
 	// By address: the name may still answer with the address of a Service
 	// an earlier test deleted, for as long as CoreDNS caches it.
-	manager := serviceIP(t, "tunnel-system", "tunnel-manager") + ":8022"
+	managerIP := serviceIP(t, "tunnel-system", "tunnel-manager")
+	manager := managerIP + ":8023" // the sidecars' port, TLS
 
 	// The pod reaches the target itself: what it is refused below is the
 	// manager's doing, not the network's.
@@ -75,6 +76,12 @@ func TestAPodCannotUseTheManager(t *testing.T) {
 	}
 	if out := fromPod(t, attacker, "manager", manager, "tcp", target); out != "status: the manager refuses that destination" {
 		t.Errorf("a TCP stream from a pod through the manager: %q, want refused", out)
+	}
+	// The laptops' port listens on the manager pod's loopback, for
+	// port-forwards: from the network it is not there at all.
+	managerPod := podIP(t, "tunnel-system", "app.kubernetes.io/name=tunnel-manager")
+	if out := fromPod(t, attacker, "manager", managerPod+":8022", "tcp", target); !strings.HasPrefix(out, "dial:") {
+		t.Errorf("the laptops' port from a pod: %q, want no connection", out)
 	}
 	for _, verb := range []string{"watch-cluster", "list"} {
 		if out := fromPod(t, attacker, "manager", manager, verb); !strings.HasPrefix(out, "grpc: PermissionDenied") {

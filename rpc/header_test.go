@@ -114,3 +114,28 @@ func FuzzReadHeader(f *testing.F) {
 		}
 	})
 }
+
+// FuzzReadDatagram: any framing gives a datagram that fits the buffer or an
+// error, never a panic or a read past the frame.
+func FuzzReadDatagram(f *testing.F) {
+	var good bytes.Buffer
+	_ = WriteDatagram(&good, []byte("ping"))
+	f.Add(good.Bytes(), 8)
+	f.Add([]byte{0xff, 0xff, 1, 2}, 16)
+	f.Add([]byte{0}, 4)
+	f.Add([]byte{}, 0)
+	f.Fuzz(func(t *testing.T, b []byte, size int) {
+		if size < 0 || size > MaxDatagram {
+			return
+		}
+		buf := make([]byte, size)
+		r := bytes.NewReader(b)
+		n, err := ReadDatagram(r, buf)
+		if err != nil {
+			return
+		}
+		if n > size || len(b)-r.Len() != 2+n {
+			t.Errorf("read %d bytes of a %d-byte buffer, consumed %d of %x", n, size, len(b)-r.Len(), b)
+		}
+	})
+}

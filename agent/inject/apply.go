@@ -29,7 +29,7 @@ import (
 )
 
 // tokenVolume holds the sidecar's token for the manager.
-const tokenVolume = "tunnel-agent-token"
+const tokenVolume = rpc.SidecarTokenVolume
 
 // ErrForbidden means the user's own permissions do not allow the change.
 var ErrForbidden = access.ErrForbidden
@@ -133,6 +133,10 @@ func freePort(d *appsv1.Deployment, caps map[int32]int32) int32 {
 func applySidecar(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployment, agent Agent, caps map[int32]int32) error {
 	args := []string{"sidecar", "--workload", d.Name, "--manager", managerAddr,
 		"--metrics-addr", fmt.Sprintf(":%d", MetricsPort)}
+	if agent.ManagerKey != "" {
+		args = []string{"sidecar", "--workload", d.Name, "--manager", managerTLSAddr, "--manager-key", agent.ManagerKey,
+			"--metrics-addr", fmt.Sprintf(":%d", MetricsPort)}
+	}
 	apps := slices.Sorted(maps.Keys(caps))
 	ports := []corev1.ContainerPort{{Name: "tunnel-metrics", ContainerPort: MetricsPort}}
 	for _, a := range apps {
@@ -386,4 +390,5 @@ type Agent struct {
 	Image       string
 	PullSecrets []string
 	Memory      string // the sidecar's memory limit; "" for manifest.DefaultSidecarMemory
+	ManagerKey  string // the pin of the manager's key (manifest.KeyPinAnnotation); "" for none
 }

@@ -40,6 +40,8 @@ const (
 	MetricsPort   = 18099                       // the sidecar's /metrics and /healthz, unless taken
 	FirstCapture  = 18100                       // capture listeners count up from here
 	managerAddr   = "tunnel-manager.tunnel-system:8022"
+	// managerTLSAddr is the manager's sidecar port, with its key.
+	managerTLSAddr = "tunnel-manager.tunnel-system:8023"
 )
 
 // Sentinel errors a CLI turns into its sentence.

@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,6 +25,7 @@ import (
 func Command() *cobra.Command {
 	var cfg Config
 	var logLevel slog.Level
+	var sidecarListen, tlsCert, tlsKey string
 	cmd := &cobra.Command{
 		Use:   "manager",
 		Short: "Serve laptop sessions inside the cluster",
@@ -35,12 +37,15 @@ func Command() *cobra.Command {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
 			logger := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: logLevel}))
-			return run(ctx, logger, cfg)
+			return run(ctx, logger, cfg, sidecarListen, tlsCert, tlsKey)
 		},
 	}
 	d := Config{}.withDefaults()
 	f := cmd.Flags()
 	f.StringVar(&cfg.Listen, "listen", d.Listen, "TCP address for laptop sessions")
+	f.StringVar(&sidecarListen, "sidecar-listen", "", "TCP address for sidecar sessions, over TLS (--tls-cert, --tls-key); empty: sidecars come to --listen")
+	f.StringVar(&tlsCert, "tls-cert", "", "the certificate sidecars pin, PEM")
+	f.StringVar(&tlsKey, "tls-key", "", "its key, PEM")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", d.MetricsAddr, "TCP address for /metrics and /healthz")
 	f.StringVar(&cfg.ResolvConf, "resolv-conf", d.ResolvConf, "resolv.conf naming the cluster's nameservers and search path")
 	f.DurationVar(&cfg.DialTimeout, "dial-timeout", d.DialTimeout, "timeout of a TCP dial into the cluster")
@@ -59,7 +64,7 @@ func Command() *cobra.Command {
 }
 
 // run serves until ctx ends, in the pod it runs in.
-func run(ctx context.Context, logger *slog.Logger, cfg Config) error {
+func run(ctx context.Context, logger *slog.Logger, cfg Config, sidecarListen, tlsCert, tlsKey string) error {
 	rc, err := rest.InClusterConfig()
 	if err != nil {
 		return fmt.Errorf("load the in-cluster Kubernetes configuration (the manager runs in a pod): %w", err)
@@ -74,18 +79,38 @@ func run(ctx context.Context, logger *slog.Logger, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("listen for sessions: %w", err)
 	}
+	lns := []net.Listener{sessions}
+	if sidecarListen != "" {
+		cert, err := tls.LoadX509KeyPair(tlsCert, tlsKey)
+		if err != nil {
+			sessions.Close()
+			return fmt.Errorf("load the manager's key for sidecars: %w", err)
+		}
+		sl, err := tls.Listen("tcp", sidecarListen, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13})
+		if err != nil {
+			sessions.Close()
+			return fmt.Errorf("listen for sidecars: %w", err)
+		}
+		lns = append(lns, sl)
+	}
 	metrics, err := net.Listen("tcp", cfg.MetricsAddr)
 	if err != nil {
-		sessions.Close()
+		for _, ln := range lns {
+			ln.Close()
+		}
 		return fmt.Errorf("listen for metrics: %w", err)
 	}
-	return serveCluster(ctx, logger, client, cfg, sessions, metrics)
+	return serveCluster(ctx, logger, client, cfg, lns, metrics)
 }
 
 // serveCluster watches the cluster and serves sessions and metrics on the
 // two listeners until ctx ends; it closes both.
-func serveCluster(ctx context.Context, logger *slog.Logger, client kubernetes.Interface, cfg Config, sessions, metrics net.Listener) error {
-	defer sessions.Close()
+func serveCluster(ctx context.Context, logger *slog.Logger, client kubernetes.Interface, cfg Config, sessions []net.Listener, metrics net.Listener) error {
+	defer func() {
+		for _, ln := range sessions {
+			ln.Close()
+		}
+	}()
 	defer metrics.Close()
 	src, err := NewKubeSource(ctx, logger, client)
 	if err != nil {
@@ -106,7 +131,21 @@ func serveCluster(ctx context.Context, logger *slog.Logger, client kubernetes.In
 	go func() { metricsDone <- hs.Serve(metrics) }()
 	logger.Info("serving metrics", "addr", metrics.Addr().String())
 
-	serveErr := m.Serve(ctx, sessions)
+	// Each listener serves until ctx ends; the first to fail ends all.
+	sctx, stop := context.WithCancel(ctx)
+	errs := make(chan error, len(sessions))
+	for _, ln := range sessions {
+		go func() {
+			err := m.Serve(sctx, ln)
+			stop()
+			errs <- err
+		}()
+	}
+	var serveErr error
+	for range sessions {
+		serveErr = errors.Join(serveErr, <-errs)
+	}
+	stop()
 
 	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()

@@ -137,9 +137,11 @@ func (c *control) ListIntercepts(ctx context.Context, req *managerpb.ListInterce
 func (c *control) WatchIntercepts(req *managerpb.WatchInterceptsRequest, stream managerpb.Manager_WatchInterceptsServer) error {
 	ctx := stream.Context()
 	s := sessionOf(ctx) // a pod's session or, in tests, a loopback one (gate)
+	var recheck func(context.Context) error
 	if c.m.verifySidecar != nil {
 		vctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := c.m.verifySidecar(vctx, req.GetToken(), req.GetNamespace(), req.GetWorkload())
+		var err error
+		recheck, err = c.m.verifySidecar(vctx, req.GetToken(), req.GetNamespace(), req.GetWorkload())
 		cancel()
 		if err != nil {
 			s.log.Warn("refusing a sidecar", "namespace", req.GetNamespace(), "workload", req.GetWorkload(), "pod", req.GetPod(), "err", err)
@@ -154,10 +156,22 @@ func (c *control) WatchIntercepts(req *managerpb.WatchInterceptsRequest, stream 
 			return status.Error(codes.FailedPrecondition, err.Error())
 		}
 	}
+	watches := req.GetNamespace() + "/" + req.GetWorkload()
 	s.mu.Lock()
-	s.sidecarOf = req.GetNamespace() + "/" + req.GetWorkload()
+	s.sidecarOf = watches
 	s.mu.Unlock()
+	defer func() { // its streams reach the laptops only while it watches
+		s.mu.Lock()
+		if s.sidecarOf == watches {
+			s.sidecarOf = ""
+		}
+		s.mu.Unlock()
+	}()
 	s.log.Info("sidecar watching", "namespace", req.GetNamespace(), "workload", req.GetWorkload(), "pod", req.GetPod(), "sidecar_version", req.GetSidecarVersion())
+	// The pod is checked again while it watches: it may be deleted, or its
+	// workload replaced, and its session must not outlive that.
+	tick := time.NewTicker(c.m.cfg.SidecarRecheck)
+	defer tick.Stop()
 	var last *managerpb.InterceptSet
 	for {
 		ics, changed := c.m.intercepts.workload(req.GetNamespace(), req.GetWorkload())
@@ -172,6 +186,17 @@ func (c *control) WatchIntercepts(req *managerpb.WatchInterceptsRequest, stream 
 		case <-ctx.Done():
 			return nil
 		case <-changed:
+		case <-tick.C:
+			if recheck == nil {
+				continue
+			}
+			vctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := recheck(vctx)
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				s.log.Warn("a watching sidecar no longer checks out", "namespace", req.GetNamespace(), "workload", req.GetWorkload(), "pod", req.GetPod(), "err", err)
+				return status.Error(codes.PermissionDenied, err.Error())
+			}
 		}
 	}
 }

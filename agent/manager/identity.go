@@ -7,11 +7,15 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	"tunnel.dev/tunnel/rpc"
@@ -94,52 +98,132 @@ func csrIdentifier(cs kubernetes.Interface) identifier {
 }
 
 // sidecarVerifier checks that a token belongs to a running pod of
-// namespace/workload that carries the sidecar.
-type sidecarVerifier func(ctx context.Context, token, namespace, workload string) error
+// namespace/workload that carries tunnel's sidecar; it returns a check to
+// repeat while the sidecar's session lives (the pod may go, or change
+// hands).
+type sidecarVerifier func(ctx context.Context, token, namespace, workload string) (recheck func(context.Context) error, err error)
 
 // podVerifier asks the API server whose token a sidecar shows (a
-// pod-bound ServiceAccount token for rpc.SidecarAudience) and follows the
-// pod's owners up to the Deployment: a pod that merely claims a workload
-// reaches none of its laptops.
+// pod-bound ServiceAccount token for rpc.SidecarAudience), then checks the
+// pod itself (podOfWorkload): a pod that merely claims a workload reaches
+// none of its laptops.
 func podVerifier(cs kubernetes.Interface) sidecarVerifier {
-	return func(ctx context.Context, token, namespace, workload string) error {
+	return func(ctx context.Context, token, namespace, workload string) (func(context.Context) error, error) {
 		if token == "" {
-			return errors.New("the sidecar showed no token")
+			return nil, errors.New("the sidecar showed no token")
 		}
 		tr, err := cs.AuthenticationV1().TokenReviews().Create(ctx, &authnv1.TokenReview{
 			Spec: authnv1.TokenReviewSpec{Token: token, Audiences: []string{rpc.SidecarAudience}},
 		}, metav1.CreateOptions{})
 		if err != nil {
-			return fmt.Errorf("review the sidecar's token: %w", err)
+			return nil, fmt.Errorf("review the sidecar's token: %w", err)
 		}
 		if !tr.Status.Authenticated {
-			return fmt.Errorf("the sidecar's token is not accepted: %s", tr.Status.Error)
+			return nil, fmt.Errorf("the sidecar's token is not accepted: %s", tr.Status.Error)
 		}
 		if !strings.HasPrefix(tr.Status.User.Username, "system:serviceaccount:"+namespace+":") {
-			return fmt.Errorf("the sidecar's token is %s's, not a service account of namespace %s", tr.Status.User.Username, namespace)
+			return nil, fmt.Errorf("the sidecar's token is %s's, not a service account of namespace %s", tr.Status.User.Username, namespace)
 		}
 		names := tr.Status.User.Extra["authentication.kubernetes.io/pod-name"]
 		if len(names) != 1 {
-			return errors.New("the sidecar's token is not bound to a pod")
+			return nil, errors.New("the sidecar's token is not bound to a pod")
 		}
-		pod, err := cs.CoreV1().Pods(namespace).Get(ctx, names[0], metav1.GetOptions{})
-		if err != nil {
-			return fmt.Errorf("read the sidecar's pod: %w", err)
+		var uid types.UID
+		if uids := tr.Status.User.Extra["authentication.kubernetes.io/pod-uid"]; len(uids) == 1 {
+			uid = types.UID(uids[0])
 		}
-		if uids := tr.Status.User.Extra["authentication.kubernetes.io/pod-uid"]; len(uids) == 1 && uids[0] != string(pod.UID) {
-			return fmt.Errorf("the sidecar's token is bound to an earlier pod named %s", pod.Name)
+		check := func(ctx context.Context) error { return podOfWorkload(ctx, cs, namespace, names[0], uid, workload) }
+		if err := check(ctx); err != nil {
+			return nil, err
 		}
-		rs := metav1.GetControllerOf(pod)
-		if rs == nil || rs.Kind != "ReplicaSet" {
-			return fmt.Errorf("pod %s is not run by a ReplicaSet", pod.Name)
-		}
-		set, err := cs.AppsV1().ReplicaSets(namespace).Get(ctx, rs.Name, metav1.GetOptions{})
-		if err != nil {
-			return fmt.Errorf("read the ReplicaSet of pod %s: %w", pod.Name, err)
-		}
-		if d := metav1.GetControllerOf(set); d == nil || d.Kind != "Deployment" || d.Name != workload {
-			return fmt.Errorf("pod %s does not belong to deployment %s", pod.Name, workload)
-		}
-		return nil
+		return check, nil
 	}
+}
+
+// podOfWorkload checks that pod (of that UID, when known) is one of the
+// Deployment's, beyond its ownerReferences, which anyone who may create
+// pods can write: its controller is a ReplicaSet of that UID whose
+// pod-template-hash the pod carries, the ReplicaSet's controller is the
+// Deployment, by UID; and its sidecar is the container tunnel injected, as
+// the ReplicaSet's template has it, the only one that mounts the token.
+func podOfWorkload(ctx context.Context, cs kubernetes.Interface, namespace, name string, uid types.UID, workload string) error {
+	pod, err := cs.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("read the sidecar's pod: %w", err)
+	}
+	if uid != "" && uid != pod.UID {
+		return fmt.Errorf("the sidecar's token is bound to an earlier pod named %s", pod.Name)
+	}
+	if pod.DeletionTimestamp != nil {
+		return fmt.Errorf("pod %s is being deleted", pod.Name)
+	}
+	ref := metav1.GetControllerOf(pod)
+	if ref == nil || ref.Kind != "ReplicaSet" {
+		return fmt.Errorf("pod %s is not run by a ReplicaSet", pod.Name)
+	}
+	set, err := cs.AppsV1().ReplicaSets(namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("read the ReplicaSet of pod %s: %w", pod.Name, err)
+	}
+	hash := set.Labels[appsv1.DefaultDeploymentUniqueLabelKey]
+	if set.UID != ref.UID || hash == "" || pod.Labels[appsv1.DefaultDeploymentUniqueLabelKey] != hash {
+		return fmt.Errorf("pod %s was not made by ReplicaSet %s", pod.Name, set.Name)
+	}
+	dref := metav1.GetControllerOf(set)
+	if dref == nil || dref.Kind != "Deployment" || dref.Name != workload {
+		return fmt.Errorf("pod %s does not belong to deployment %s", pod.Name, workload)
+	}
+	dep, err := cs.AppsV1().Deployments(namespace).Get(ctx, workload, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("read deployment %s: %w", workload, err)
+	}
+	if dep.UID != dref.UID {
+		return fmt.Errorf("pod %s belongs to an earlier deployment named %s", pod.Name, workload)
+	}
+	return sameSidecar(pod, set)
+}
+
+// sameSidecar checks that the pod's sidecar is the ReplicaSet template's,
+// and that no other container of the pod mounts the sidecar's token.
+func sameSidecar(pod *corev1.Pod, set *appsv1.ReplicaSet) error {
+	var want *corev1.Container
+	for i, c := range set.Spec.Template.Spec.Containers {
+		if c.Name == rpc.SidecarContainer {
+			want = &set.Spec.Template.Spec.Containers[i]
+		}
+	}
+	if want == nil {
+		return fmt.Errorf("deployment of pod %s has no tunnel sidecar", pod.Name)
+	}
+	found := false
+	for _, c := range pod.Spec.Containers {
+		if c.Name == rpc.SidecarContainer {
+			found = c.Image == want.Image && slices.Equal(c.Args, want.Args)
+			continue
+		}
+		if mountsToken(c) {
+			return fmt.Errorf("container %s of pod %s mounts the sidecar's token", c.Name, pod.Name)
+		}
+	}
+	for _, c := range append(slices.Clone(pod.Spec.InitContainers), ephemeral(pod)...) {
+		if mountsToken(c) {
+			return fmt.Errorf("container %s of pod %s mounts the sidecar's token", c.Name, pod.Name)
+		}
+	}
+	if !found {
+		return fmt.Errorf("pod %s does not run the sidecar its deployment injects", pod.Name)
+	}
+	return nil
+}
+
+func mountsToken(c corev1.Container) bool {
+	return slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == rpc.SidecarTokenVolume })
+}
+
+func ephemeral(pod *corev1.Pod) []corev1.Container {
+	var out []corev1.Container
+	for _, e := range pod.Spec.EphemeralContainers {
+		out = append(out, corev1.Container(e.EphemeralContainerCommon))
+	}
+	return out
 }

@@ -125,7 +125,10 @@ func (t *interceptTable) add(owner *session, spec *managerpb.InterceptSpec) (*ma
 			continue
 		}
 		if o.GetName() == spec.GetName() {
-			if e.owner != owner {
+			// A laptop whose new session comes before the manager has
+			// dropped its old one (a Wi-Fi switch) takes its intercept
+			// over: the same verified user, from the same host.
+			if e.owner != owner && (e.pb.GetUser() != user || e.pb.GetHost() != host || host == "") {
 				return nil, fmt.Errorf("%w: an intercept named %q already exists in namespace %s, held by %s; choose another --name",
 					errInterceptConflict, spec.GetName(), spec.GetNamespace(), holder(e))
 			}

@@ -131,9 +131,10 @@ func TestInterceptSameNameReplacesOrConflicts(t *testing.T) {
 
 	_, err := tab.add(bob, global("a", "api", 9090))
 	refused(t, "another session's name", err, errInterceptConflict, `named "a"`, "ada on lovelace", "--name")
-	// The same user on another session is refused too: only the session replaces.
-	_, err = tab.add(who("ada", "lovelace"), global("a", "web", 8081))
-	refused(t, "the same name from another session of the same user", err, errInterceptConflict)
+	// The same user from another laptop is refused too; from the same
+	// laptop it is a reconnect (TestReconnectTakesOverTheStaleIntercept).
+	_, err = tab.add(who("ada", "babbage"), global("a", "web", 8081))
+	refused(t, "the same name from another laptop of the same user", err, errInterceptConflict)
 }
 
 func TestInterceptNeedsAVerifiedUser(t *testing.T) {
@@ -371,4 +372,27 @@ func TestPersonalInterceptHeaders(t *testing.T) {
 	refused(t, "another header on the same port", err, errInterceptConflict, "X-Tunnel-Dev", "ada on lovelace")
 	mustAdd(t, tab, bob, personal("b", "web", 8080, "x-tunnel-dev", "bob"))
 	mustAdd(t, tab, bob, personal("c", "web", 9090, "x-tunnel-user", "bob"))
+}
+
+// A laptop that reconnects before the manager dropped its old session
+// keeps its intercepts: the same user from the same host takes them over;
+// anyone else is still refused.
+func TestReconnectTakesOverTheStaleIntercept(t *testing.T) {
+	tab := newInterceptTable(testHeaders)
+	old, fresh := who("ada", "lovelace"), who("ada", "lovelace")
+	other := who("ada", "another-laptop")
+	stale := mustAdd(t, tab, old, personal("a", "web", 8080, "x-dev", "ada"))
+	if _, err := tab.add(other, personal("a", "web", 8080, "x-dev", "ada")); !errors.Is(err, errInterceptConflict) {
+		t.Errorf("the same user from another host: %v, want a conflict", err)
+	}
+	again := mustAdd(t, tab, fresh, personal("a", "web", 8080, "x-dev", "ada"))
+	if again.GetId() == stale.GetId() || len(tab.list(fresh, "shop")) != 1 {
+		t.Errorf("after the takeover: %v", tab.list(fresh, "shop"))
+	}
+	if n := tab.dropSession(old); n != 0 {
+		t.Errorf("the old session's end took %d intercepts with it, want none: they are the new session's", n)
+	}
+	if ics, _ := tab.workload("shop", "web"); len(ics) != 1 {
+		t.Errorf("the sidecar sees %d intercepts, want the one", len(ics))
+	}
 }

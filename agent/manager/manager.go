@@ -48,6 +48,9 @@ type Config struct {
 	// per session and 1 GiB in all by default (512 and 4096 streams).
 	MaxStreams      int
 	MaxStreamsTotal int
+	// SidecarRecheck is how often a watching sidecar's pod is checked
+	// again; default 1 minute.
+	SidecarRecheck time.Duration
 	// MaxDials caps one session's dials in flight; more wait their turn
 	// within DialTimeout. Default 64.
 	MaxDials int
@@ -76,6 +79,7 @@ func (c Config) withDefaults() Config {
 	setDur(&c.HeaderTimeout, 10*time.Second)
 	setDur(&c.KeepAlive, 5*time.Second)
 	setDur(&c.DNSTimeout, 2*time.Second)
+	setDur(&c.SidecarRecheck, time.Minute)
 	set(&c.Reach, rpc.ReachNamespaces)
 	if c.MaxStreams <= 0 {
 		c.MaxStreams = 512

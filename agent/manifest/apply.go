@@ -36,6 +36,7 @@ func CheckAccess(ctx context.Context, cs kubernetes.Interface, verbs ...string) 
 			{Group: "rbac.authorization.k8s.io", Resource: "clusterrolebindings"},
 			{Namespace: Namespace, Group: "apps", Resource: "deployments"},
 			{Namespace: Namespace, Resource: "services"},
+			{Namespace: Namespace, Resource: "secrets"},
 			{Namespace: Namespace, Resource: "serviceaccounts"},
 			{Namespace: Namespace, Group: "rbac.authorization.k8s.io", Resource: "roles"},
 			{Namespace: Namespace, Group: "rbac.authorization.k8s.io", Resource: "rolebindings"},
@@ -176,6 +177,23 @@ func apply(ctx context.Context, cs kubernetes.Interface, o Objects, created *[]f
 			func() error { _, err := rbac.ClusterRoleBindings().Create(ctx, o.ClusterRoleBinding, c); return err },
 			func() error { _, err := rbac.ClusterRoleBindings().Update(ctx, o.ClusterRoleBinding, u); return err },
 			func(ctx context.Context) error { return rbac.ClusterRoleBindings().Delete(ctx, Manager, del) }},
+		{"the manager's key",
+			func() error {
+				if o.TLS == nil {
+					return nil // nothing to do: no step below runs
+				}
+				_, err := core.Secrets(Namespace).Get(ctx, TLSSecret, g)
+				return err
+			},
+			func() error { _, err := core.Secrets(Namespace).Create(ctx, o.TLS, c); return err },
+			func() error {
+				if o.TLS == nil {
+					return nil
+				}
+				_, err := core.Secrets(Namespace).Update(ctx, o.TLS, u)
+				return err
+			},
+			func(ctx context.Context) error { return core.Secrets(Namespace).Delete(ctx, TLSSecret, del) }},
 		{"deployment",
 			func() error { _, err := apps.Deployments(Namespace).Get(ctx, Manager, g); return err },
 			func() error { _, err := apps.Deployments(Namespace).Create(ctx, o.Deployment, c); return err },
@@ -184,7 +202,17 @@ func apply(ctx context.Context, cs kubernetes.Interface, o Objects, created *[]f
 		{"service",
 			func() error { _, err := core.Services(Namespace).Get(ctx, Manager, g); return err },
 			func() error { _, err := core.Services(Namespace).Create(ctx, o.Service, c); return err },
-			func() error { return nil },
+			func() error { // its ports; its address stays
+				return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+					svc, err := core.Services(Namespace).Get(ctx, Manager, g)
+					if err != nil {
+						return err
+					}
+					svc.Spec.Ports, svc.Spec.Selector = o.Service.Spec.Ports, o.Service.Spec.Selector
+					_, err = core.Services(Namespace).Update(ctx, svc, u)
+					return err
+				})
+			},
 			func(ctx context.Context) error { return core.Services(Namespace).Delete(ctx, Manager, del) }},
 		{"client cluster role",
 			func() error { _, err := rbac.ClusterRoles().Get(ctx, ClientRole, g); return err },

@@ -49,3 +49,36 @@ func TestFailedUpgradePutsTheManagerBack(t *testing.T) {
 		t.Errorf("the failed upgrade took the namespace: %v", err)
 	}
 }
+
+// With its key, the manager listens for laptops on its loopback only
+// (port-forwards arrive there), serves sidecars over TLS, and its
+// Deployment names the key's pin for the sidecars intercepts add.
+func TestBuildWithTheManagersKey(t *testing.T) {
+	cert, key, err := NewTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := Build(Options{Image: "agent:v1", TLSCert: cert, TLSKey: key})
+	pin, err := KeyPin(cert)
+	if err != nil || !strings.HasPrefix(pin, "sha256:") {
+		t.Fatalf("pin %q %v", pin, err)
+	}
+	if got := o.Deployment.Annotations[KeyPinAnnotation]; got != pin {
+		t.Errorf("the Deployment's pin %q, want %q", got, pin)
+	}
+	args := strings.Join(o.Deployment.Spec.Template.Spec.Containers[0].Args, " ")
+	if !strings.Contains(args, "--listen 127.0.0.1:8022") || !strings.Contains(args, "--sidecar-listen :8023") {
+		t.Errorf("the manager's args: %s", args)
+	}
+	for _, p := range o.Service.Spec.Ports {
+		if p.Port == SessionPort {
+			t.Errorf("the Service exposes the laptops' port %d", p.Port)
+		}
+	}
+	if o.TLS == nil || string(o.TLS.Data["tls.key"]) != string(key) {
+		t.Error("no Secret with the manager's key")
+	}
+	if _, _, err := NewTLS(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -45,6 +45,13 @@ func Current(ctx context.Context, cs kubernetes.Interface) (*Options, error) {
 	for _, s := range d.Spec.Template.Spec.ImagePullSecrets {
 		opt.PullSecrets = append(opt.PullSecrets, s.Name)
 	}
+	sec, err := cs.CoreV1().Secrets(Namespace).Get(ctx, TLSSecret, metav1.GetOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("read the manager's key: %w", err)
+	}
+	if err == nil {
+		opt.TLSCert, opt.TLSKey = sec.Data[corev1.TLSCertKey], sec.Data[corev1.TLSPrivateKeyKey]
+	}
 	rb, err := cs.RbacV1().RoleBindings(Namespace).Get(ctx, ClientRole, metav1.GetOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return nil, fmt.Errorf("read who may connect: %w", err)
@@ -100,8 +107,11 @@ func RegistryOf(image string) string {
 // order install creates them, as one stream of documents.
 func YAML(opt Options) ([]byte, error) {
 	o := Build(opt)
-	objs := []runtime.Object{o.Namespace, o.ServiceAccount, o.ClusterRole, o.ClusterRoleBinding,
-		o.Deployment, o.Service, o.ClientClusterRole, o.ClientRole}
+	objs := []runtime.Object{o.Namespace, o.ServiceAccount, o.ClusterRole, o.ClusterRoleBinding}
+	if o.TLS != nil {
+		objs = append(objs, o.TLS)
+	}
+	objs = append(objs, o.Deployment, o.Service, o.ClientClusterRole, o.ClientRole)
 	if o.ClientClusterRoleBinding != nil {
 		objs = append(objs, o.ClientClusterRoleBinding)
 	}

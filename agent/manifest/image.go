@@ -54,6 +54,8 @@ type Running struct {
 	// SidecarMemory is the sidecars' memory limit the install chose
 	// ("" before installs said).
 	SidecarMemory string
+	// ManagerKey is the pin of the manager's TLS key for sidecars.
+	ManagerKey string
 }
 
 // ReadRunning reads the installed manager's Deployment and pods, and
@@ -74,7 +76,8 @@ func ReadRunning(ctx context.Context, cs kubernetes.Interface) (Running, error) 
 // digest a ready pod of the Deployment's current image pulled; an error
 // when no ready pod runs it.
 func RunningImage(d *appsv1.Deployment, pods []corev1.Pod) (Running, error) {
-	r := Running{Version: d.Labels[VersionLabel], SidecarMemory: d.Annotations[SidecarMemoryAnnotation]}
+	r := Running{Version: d.Labels[VersionLabel], SidecarMemory: d.Annotations[SidecarMemoryAnnotation],
+		ManagerKey: d.Annotations[KeyPinAnnotation]}
 	for _, c := range d.Spec.Template.Spec.Containers {
 		if c.Name == "manager" {
 			r.Tag = c.Image

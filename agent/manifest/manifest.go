@@ -4,6 +4,8 @@
 package manifest
 
 import (
+	"fmt"
+
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -11,6 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+
+	"tunnel.dev/tunnel/rpc"
 )
 
 // Names of what is installed.
@@ -44,6 +48,9 @@ type Options struct {
 	// stream caps keep it well within its own.
 	ManagerMemory string
 	SidecarMemory string
+	// TLSCert and TLSKey are the manager's certificate and key for its
+	// sidecar port (NewTLS), kept across installs.
+	TLSCert, TLSKey []byte
 	// AllowHeaders are the header names (a trailing * for a prefix)
 	// personal intercepts may match on; none means the manager's default.
 	AllowHeaders []string
@@ -100,6 +107,8 @@ type Objects struct {
 	// CertificateSigningRequest, whose requester the API server records.
 	ClientClusterRole        *rbacv1.ClusterRole
 	ClientClusterRoleBinding *rbacv1.ClusterRoleBinding // nil when nobody is allowed
+	// TLS holds the manager's key for its sidecar port; nil without one.
+	TLS *corev1.Secret
 }
 
 // Build returns the objects for opt.
@@ -138,7 +147,7 @@ func Build(opt Options) Objects {
 				{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"certificatesigningrequests"}, Verbs: []string{"get", "delete"}},
 				// Checks that a sidecar is one of its workload's pods.
 				{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
-				{APIGroups: []string{"apps"}, Resources: []string{"replicasets"}, Verbs: []string{"get"}},
+				{APIGroups: []string{"apps"}, Resources: []string{"replicasets", "deployments"}, Verbs: []string{"get"}},
 			},
 		},
 		ClusterRoleBinding: &rbacv1.ClusterRoleBinding{
@@ -158,7 +167,7 @@ func Build(opt Options) Objects {
 						ImagePullSecrets:              pullSecrets(opt.PullSecrets),
 						TerminationGracePeriodSeconds: ptr.To(int64(5)),
 						SecurityContext: &corev1.PodSecurityContext{
-							RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To(int64(65532)),
+							RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To(int64(65532)), FSGroup: ptr.To(int64(65532)),
 							SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 						},
 						Containers: []corev1.Container{{
@@ -232,11 +241,45 @@ func Build(opt Options) Objects {
 			Subjects:   subjects,
 		}
 	}
+	if len(opt.TLSCert) > 0 {
+		addTLS(&o, opt)
+	}
 	return o
+}
+
+// addTLS gives the manager its key for the sidecar port: a Secret,
+// mounted, its pin on the Deployment for intercepts to inject, and the
+// Service's sidecar port in place of the loopback-only one.
+func addTLS(o *Objects, opt Options) {
+	o.TLS = &corev1.Secret{ObjectMeta: meta(TLSSecret, Namespace), Type: corev1.SecretTypeTLS,
+		Data: map[string][]byte{corev1.TLSCertKey: opt.TLSCert, corev1.TLSPrivateKeyKey: opt.TLSKey}}
+	if pin, err := KeyPin(opt.TLSCert); err == nil {
+		o.Deployment.Annotations[KeyPinAnnotation] = pin
+	}
+	spec := &o.Deployment.Spec.Template.Spec
+	spec.Volumes = append(spec.Volumes, corev1.Volume{Name: "tls", VolumeSource: corev1.VolumeSource{
+		Secret: &corev1.SecretVolumeSource{SecretName: TLSSecret, DefaultMode: ptr.To(int32(0o440))}}})
+	c := &spec.Containers[0]
+	c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "tls", MountPath: tlsDir, ReadOnly: true})
+	c.Ports = []corev1.ContainerPort{
+		{Name: "sidecars", ContainerPort: rpc.SidecarSessionPort},
+		{Name: "metrics", ContainerPort: MetricsPort},
+	}
+	o.Service.Spec.Ports = []corev1.ServicePort{
+		{Name: "sidecars", Port: rpc.SidecarSessionPort, TargetPort: intstr.FromString("sidecars")},
+		{Name: "metrics", Port: MetricsPort, TargetPort: intstr.FromString("metrics")},
+	}
 }
 
 func managerArgs(opt Options) []string {
 	args := []string{"manager"}
+	if len(opt.TLSCert) > 0 {
+		// Laptops come through port-forwards, which the kubelet opens on
+		// the pod's loopback: nothing on the network reaches that port.
+		args = append(args, "--listen", fmt.Sprintf("127.0.0.1:%d", SessionPort),
+			"--sidecar-listen", fmt.Sprintf(":%d", rpc.SidecarSessionPort),
+			"--tls-cert", tlsDir+"/tls.crt", "--tls-key", tlsDir+"/tls.key")
+	}
 	if opt.Reach != "" {
 		args = append(args, "--reach", opt.Reach)
 	}

@@ -218,3 +218,17 @@ func TestReplayReaderAbortFailsLaterReads(t *testing.T) {
 		t.Errorf("taken %q, want what was read before abort", got)
 	}
 }
+
+// FuzzLooksLikeHTTP: a client's first bytes, whatever they are, get an
+// answer and no panic; what an HTTP client sends is HTTP.
+func FuzzLooksLikeHTTP(f *testing.F) {
+	for _, s := range []string{"GET / HTTP/1.1\r\n", "PRI * HTTP/2.0\r\n", "\x16\x03\x01", "POST", "", "\x00\xff"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got := looksLikeHTTP(b)
+		if len(b) > 0 && strings.HasPrefix("GET / HTTP/1.1\r\n", string(b)) && !got && len(b) >= 4 {
+			t.Errorf("looksLikeHTTP(%q) = false for the start of a GET", b)
+		}
+	})
+}

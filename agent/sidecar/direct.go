@@ -2,7 +2,6 @@ package sidecar
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"log/slog"
 	"net"
@@ -29,6 +28,7 @@ import (
 type direct struct {
 	log  *slog.Logger
 	link *link
+	pod  string // this pod's name, which binds the handshake's proofs
 
 	mu     sync.Mutex // guards following
 	spares map[uint64][]net.Conn
@@ -45,8 +45,8 @@ const (
 	helloWait = 5 * time.Second
 )
 
-func newDirect(log *slog.Logger, l *link) *direct {
-	return &direct{log: log, link: l, spares: map[uint64][]net.Conn{}, admits: map[uint64]int{}, inUse: map[uint64]int{}}
+func newDirect(log *slog.Logger, l *link, pod string) *direct {
+	return &direct{log: log, link: l, pod: pod, spares: map[uint64][]net.Conn{}, admits: map[uint64]int{}, inUse: map[uint64]int{}}
 }
 
 // serve accepts spares on ln until ctx ends, then closes those it holds.
@@ -70,40 +70,43 @@ func (d *direct) serve(ctx context.Context, ln net.Listener) {
 	}
 }
 
-// admit reads a new stream's hello and keeps it as a spare when its key
-// is the intercept's. Anyone in the pod, or anyone else who may
-// port-forward to it, can connect: the key is what only the intercept's
-// laptop knows.
+// admit runs a new stream's handshake and keeps it as a spare when the
+// laptop proves it holds the intercept's key. Anyone in the pod, or anyone
+// else who may port-forward to it, can connect: the key is what only the
+// intercept's laptop knows, and it never crosses the stream.
 func (d *direct) admit(conn net.Conn) {
-	_ = conn.SetReadDeadline(time.Now().Add(helloWait))
+	_ = conn.SetDeadline(time.Now().Add(helloWait))
 	h, err := rpc.ReadDirectHello(conn)
-	_ = conn.SetReadDeadline(time.Time{})
 	if err != nil {
 		d.log.Debug("direct stream without a hello", "err", err)
 		conn.Close()
 		return
 	}
 	answer := func(s rpc.Status) bool {
-		_ = conn.SetWriteDeadline(time.Now().Add(helloWait))
 		_, err := conn.Write([]byte{byte(s)})
-		_ = conn.SetWriteDeadline(time.Time{})
 		return err == nil
 	}
-	verdict := d.judge(h)
-	if verdict == rpc.StatusForbidden {
-		d.log.Warn("refusing a direct stream: no intercept here has its key", "intercept", h.Intercept)
-	}
+	key, verdict := d.judge(h)
 	if verdict != rpc.StatusOK {
 		answer(verdict)
 		conn.Close()
 		return
 	}
-	ok := answer(rpc.StatusOK)
+	release := func() {
+		if d.admits[h.Intercept]--; d.admits[h.Intercept] <= 0 {
+			delete(d.admits, h.Intercept)
+		}
+	}
+	err = rpc.AnswerDirect(conn, key, d.pod, h)
+	if errors.Is(err, rpc.ErrDirectImpostor) {
+		d.log.Warn("refusing a direct stream: its laptop could not prove the intercept's key", "intercept", h.Intercept)
+		answer(rpc.StatusForbidden)
+	}
+	ok := err == nil && answer(rpc.StatusOK)
+	_ = conn.SetDeadline(time.Time{})
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.admits[h.Intercept]--; d.admits[h.Intercept] <= 0 {
-		delete(d.admits, h.Intercept)
-	}
+	release()
 	// The intercept may have ended meanwhile: the laptop then sees the
 	// spare close, as if the sidecar had reaped it.
 	if !ok || d.closed || d.link.intercept(h.Intercept) == nil {
@@ -113,23 +116,23 @@ func (d *direct) admit(conn net.Conn) {
 	d.spares[h.Intercept] = append(d.spares[h.Intercept], conn)
 }
 
-// judge says whether a spare with hello h may be kept: its key is its
-// intercept's, and the intercept has room for it, which is then kept for
-// it until admit has answered.
-func (d *direct) judge(h rpc.DirectHello) rpc.Status {
+// judge says whether a spare for intercept h may be offered: this sidecar
+// holds the intercept, with a key, and it has room for one more spare,
+// which is then kept for it until admit is done. It returns the key.
+func (d *direct) judge(h rpc.DirectHello) ([]byte, rpc.Status) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	ic := d.link.intercept(h.Intercept)
-	if ic == nil || len(ic.GetDirectKey()) == 0 || subtle.ConstantTimeCompare(ic.GetDirectKey(), h.Key) != 1 {
-		return rpc.StatusForbidden
+	if ic == nil || len(ic.GetDirectKey()) == 0 {
+		return nil, rpc.StatusForbidden
 	}
 	list := alive(d.spares[h.Intercept])
 	d.spares[h.Intercept] = list
 	if d.closed || len(list)+d.admits[h.Intercept] >= maxSpares {
-		return rpc.StatusRefused
+		return nil, rpc.StatusRefused
 	}
 	d.admits[h.Intercept]++
-	return rpc.StatusOK
+	return ic.GetDirectKey(), rpc.StatusOK
 }
 
 // alive keeps the spares whose laptop is still there.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -35,19 +36,44 @@ func (e *env) serveDirect() string {
 // the sidecar's answer; an accepted one is in the sidecar's pool on return.
 func spare(t *testing.T, e *env, addr string, id uint64, key []byte) (net.Conn, rpc.Status) {
 	t.Helper()
+	return spareFor(t, e, addr, id, key, "web-1")
+}
+
+// spareFor is spare with the laptop's proof made for pod.
+func spareFor(t *testing.T, e *env, addr string, id uint64, key []byte, pod string) (net.Conn, rpc.Status) {
+	t.Helper()
 	before := e.cp.direct.count(id)
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	if err := rpc.WriteDirectHello(c, rpc.DirectHello{Intercept: id, Key: key}); err != nil {
+	// The laptop's side, proving key whatever the sidecar proves: what a
+	// stranger with a key of their own would do.
+	nl := bytes.Repeat([]byte("n"), rpc.DirectNonceLen)
+	if err := rpc.WriteDirectHello(c, rpc.DirectHello{Intercept: id, Nonce: nl}); err != nil {
 		t.Fatal(err)
 	}
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	var b [1]byte
 	if _, err := c.Read(b[:]); err != nil {
 		return c, rpc.StatusUnreachable
+	}
+	if rpc.Status(b[0]) == rpc.StatusOK {
+		var rest [rpc.DirectNonceLen + rpc.DirectProofLen]byte
+		if _, err := io.ReadFull(c, rest[:]); err != nil {
+			t.Fatalf("the sidecar's proof: %v", err)
+		}
+		ns, proof := rest[:rpc.DirectNonceLen], rest[rpc.DirectNonceLen:]
+		if !rpc.CheckDirectProof(proof, e.cp.direct.link.intercept(id).GetDirectKey(), rpc.DirectSidecar, "web-1", id, nl, ns) {
+			t.Error("the sidecar's proof does not show the intercept's key for its pod")
+		}
+		if _, err := c.Write(rpc.DirectProof(key, rpc.DirectLaptop, pod, id, nl, ns)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Read(b[:]); err != nil {
+			return c, rpc.StatusUnreachable
+		}
 	}
 	_ = c.SetReadDeadline(time.Time{})
 	if rpc.Status(b[0]) == rpc.StatusOK {
@@ -110,9 +136,14 @@ func (nopBody) Close() error { return nil }
 func TestHTTPTakesALaptopsSpareBeforeTheManager(t *testing.T) {
 	e, addr, g := directEnv(t)
 
-	// Wrong keys, unknown intercepts and strangers' bytes get no spare.
+	// Wrong keys, unknown intercepts and strangers' bytes get no spare; a
+	// proof made for another pod neither (a look-alike relaying the
+	// handshake).
 	if _, st := spare(t, e, addr, 1, bytes.Repeat([]byte("x"), rpc.DirectKeyLen)); st != rpc.StatusForbidden {
 		t.Errorf("a wrong key was answered %v, want forbidden", st)
+	}
+	if _, st := spareFor(t, e, addr, 1, g.DirectKey, "web-2"); st != rpc.StatusForbidden {
+		t.Errorf("a proof for another pod was answered %v, want forbidden", st)
 	}
 	if _, st := spare(t, e, addr, 2, g.DirectKey); st != rpc.StatusForbidden {
 		t.Errorf("another intercept's id was answered %v, want forbidden", st)

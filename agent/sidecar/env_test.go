@@ -109,7 +109,7 @@ func newEnv(t *testing.T, echoApp bool) *env {
 
 	m := newMetrics()
 	e.cp = &capture{log: log, app: app, port: testPort, link: e.link, metrics: m,
-		direct: newDirect(log, e.link), sniff: 50 * time.Millisecond, pod: "web-1", buffers: &relay.Buffers{Size: ioBuffer}}
+		direct: newDirect(log, e.link, "web-1"), sniff: 50 * time.Millisecond, pod: "web-1", buffers: &relay.Buffers{Size: ioBuffer}}
 	e.cp.http = newHTTPMode(log, e.cp, e.cp.metrics)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

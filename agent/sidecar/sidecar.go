@@ -7,6 +7,8 @@ package sidecar
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"tunnel.dev/tunnel/relay"
+	"tunnel.dev/tunnel/rpc"
 )
 
 // Capture maps a port the sidecar listens on to the app's port it stands for.
@@ -45,7 +48,11 @@ func (c Capture) String() string { return fmt.Sprintf("%d=%d", c.Listen, c.App) 
 
 // Config is what the sidecar is told by the pod template.
 type Config struct {
-	Manager     string // the manager's session address, host:port
+	Manager string // the manager's session address, host:port
+	// ManagerKey is the pin (rpc.KeyPin) of the manager's key: the session
+	// is TLS and the manager must show that key. Empty: plain TCP, for a
+	// manager installed before it had one.
+	ManagerKey  string
 	Namespace   string
 	Workload    string
 	Pod         string
@@ -55,6 +62,37 @@ type Config struct {
 	DirectAddr  string        // where laptops' port-forwards open spares; on loopback
 	TokenFile   string        // the pod-bound token shown to the manager
 	Sniff       time.Duration // wait for a client's first bytes before treating it as not HTTP
+}
+
+// dialManager dials the manager: over TLS when pin names its key, which
+// is then the only one accepted (its certificate is self-signed, and
+// nothing else about it is checked).
+func dialManager(pin string) func(ctx context.Context, addr string) (net.Conn, error) {
+	if pin == "" {
+		return func(ctx context.Context, addr string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		}
+	}
+	cfg := &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		InsecureSkipVerify: true, // replaced by the pin check below
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if len(raw) == 0 {
+				return errors.New("the manager showed no certificate")
+			}
+			cert, err := x509.ParseCertificate(raw[0])
+			if err != nil {
+				return fmt.Errorf("the manager's certificate: %w", err)
+			}
+			if got := rpc.KeyPin(cert); got != pin {
+				return fmt.Errorf("the server at the manager's address shows key %s, not the manager's %s", got, pin)
+			}
+			return nil
+		},
+	}
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		return (&tls.Dialer{Config: cfg}).DialContext(ctx, "tcp", addr)
+	}
 }
 
 // readyGrace is how long a sidecar waits for the manager before it says
@@ -103,9 +141,7 @@ func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 	m := newMetrics()
 	l := &link{
 		log: log.With("subsystem", "link"), addr: cfg.Manager, ns: cfg.Namespace, name: cfg.Workload, pod: cfg.Pod,
-		dial: func(ctx context.Context, addr string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-		},
+		dial: dialManager(cfg.ManagerKey),
 		token: func() (string, error) {
 			b, err := os.ReadFile(cfg.TokenFile)
 			if err != nil {
@@ -118,7 +154,7 @@ func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 	// The proxy's and the relays' copy buffers: bytes to and from a laptop
 	// cross the port-forward in fewer, fuller frames.
 	buffers := &relay.Buffers{Size: ioBuffer}
-	d := newDirect(log.With("subsystem", "direct"), l)
+	d := newDirect(log.With("subsystem", "direct"), l, cfg.Pod)
 	for i, c := range cfg.Captures {
 		caps[i] = &capture{
 			log: log.With("subsystem", "capture", "port", c.App), link: l, direct: d, metrics: m, sniff: cfg.Sniff,

@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -31,9 +33,17 @@ func managerClient(ctx context.Context, out io.Writer, args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", args[0])
+	// The sidecars' port is TLS; an attacker checks no key.
+	var conn net.Conn
+	var err error
+	if strings.HasSuffix(args[0], fmt.Sprintf(":%d", rpc.SidecarSessionPort)) {
+		conn, err = (&tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true}}).DialContext(ctx, "tcp", args[0])
+	} else {
+		conn, err = (&net.Dialer{}).DialContext(ctx, "tcp", args[0])
+	}
 	if err != nil {
-		return fmt.Errorf("dial the manager: %w", err)
+		fmt.Fprintln(out, "dial:", err)
+		return nil
 	}
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = io.Discard
