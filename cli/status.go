@@ -60,12 +60,12 @@ func printStatus(w io.Writer, st *daemonpb.StatusResponse) {
 			d.Nameserver, d.Mode, strings.Join(d.Search, " "), strings.Join(d.Upstreams, ", "), d.Queries)
 	}
 	if t := st.Traffic; t != nil {
-		fmt.Fprintf(w, "Traffic:    TCP %d open (%d in all), UDP %d open (%d in all), %d B sent, %d B received, %d failed dials\n",
-			t.TcpFlowsActive, t.TcpFlowsTotal, t.UdpFlowsActive, t.UdpFlowsTotal, t.BytesSent, t.BytesReceived, t.DialErrors)
+		fmt.Fprintf(w, "Traffic:    TCP %d open (%d in all), UDP %d open (%d in all), %d B sent, %d B received, %d failed dials (%d refused: beyond what you may reach)\n",
+			t.TcpFlowsActive, t.TcpFlowsTotal, t.UdpFlowsActive, t.UdpFlowsTotal, t.BytesSent, t.BytesReceived, t.DialErrors, t.DialsRefused)
 	}
 	user := st.User
 	if user == "" {
-		user = "not verified (intercepts need a verified user)"
+		user = "not verified: the manager lets an unverified session reach nothing and intercept nothing"
 	}
 	fmt.Fprintf(w, "User:       %s\n", user)
 	for i, ic := range st.Intercepts {

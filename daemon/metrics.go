@@ -76,6 +76,7 @@ type collector struct {
 	connected, sessionUp, reconnects    *prometheus.Desc
 	flowsActive, flowsTotal, bytes      *prometheus.Desc // by proto; by direction
 	dialErrors, droppedDials            *prometheus.Desc
+	dialsRefused                        *prometheus.Desc
 	dnsQueries, dnsFailures, dnsLookups *prometheus.Desc // lookups by via
 }
 
@@ -100,6 +101,8 @@ func newCollector(read func() metricsSnapshot) *collector {
 			"Payload bytes forwarded, by direction, since connect.", "direction"),
 		dialErrors: desc("dial_errors_total",
 			"Flows whose dial through the tunnel failed, since connect."),
+		dialsRefused: desc("dials_refused_total",
+			"Of the failed dials, those the manager refused: beyond what the user may reach, since connect."),
 		droppedDials: desc("dropped_dials_total",
 			"New flows dropped because too many dials were in flight, since connect."),
 		dnsQueries: desc("dns_queries_total",
@@ -114,7 +117,7 @@ func newCollector(read func() metricsSnapshot) *collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.connected, c.sessionUp, c.reconnects, c.flowsActive, c.flowsTotal, c.bytes,
-		c.dialErrors, c.droppedDials, c.dnsQueries, c.dnsFailures, c.dnsLookups,
+		c.dialErrors, c.dialsRefused, c.droppedDials, c.dnsQueries, c.dnsFailures, c.dnsLookups,
 	} {
 		ch <- d
 	}
@@ -140,6 +143,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.bytes, t.BytesSent, toCluster)
 	counter(c.bytes, t.BytesReceived, toLaptop)
 	counter(c.dialErrors, t.DialErrors)
+	counter(c.dialsRefused, t.DialsRefused)
 	counter(c.droppedDials, t.DroppedDials)
 
 	q := s.dns

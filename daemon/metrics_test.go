@@ -25,7 +25,7 @@ import (
 var daemonSeries = []string{
 	"tunnel_daemon_connected", "tunnel_daemon_session_up", "tunnel_daemon_session_reconnects_total",
 	"tunnel_daemon_flows_active", "tunnel_daemon_flows_total", "tunnel_daemon_bytes_total",
-	"tunnel_daemon_dial_errors_total", "tunnel_daemon_dropped_dials_total",
+	"tunnel_daemon_dial_errors_total", "tunnel_daemon_dials_refused_total", "tunnel_daemon_dropped_dials_total",
 	"tunnel_daemon_dns_queries_total", "tunnel_daemon_dns_failures_total", "tunnel_daemon_dns_lookups_total",
 }
 
@@ -36,7 +36,7 @@ func TestCollectorSeries(t *testing.T) {
 		connected: true, sessionUp: true, reconnects: 3,
 		traffic: netstack.Stats{
 			TCPActive: 2, TCPTotal: 10, UDPActive: 1, UDPTotal: 4,
-			BytesSent: 1500, BytesReceived: 9000, DialErrors: 5, DroppedDials: 6,
+			BytesSent: 1500, BytesReceived: 9000, DialErrors: 5, DialsRefused: 2, DroppedDials: 6,
 		},
 		dns: dns.ResolverStats{Queries: 20, ClusterQueries: 7, UpstreamQueries: 8, CacheHits: 9, Failures: 1},
 	}
@@ -55,6 +55,7 @@ func TestCollectorSeries(t *testing.T) {
 		`tunnel_daemon_bytes_total{direction="to_cluster"}`: "1500",
 		`tunnel_daemon_bytes_total{direction="to_laptop"}`:  "9000",
 		"tunnel_daemon_dial_errors_total":                   "5",
+		"tunnel_daemon_dials_refused_total":                 "2",
 		"tunnel_daemon_dropped_dials_total":                 "6",
 		"tunnel_daemon_dns_queries_total":                   "20",
 		"tunnel_daemon_dns_failures_total":                  "1",

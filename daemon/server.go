@@ -99,7 +99,7 @@ func Run(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, g
 	logger.Info("daemon serving", "socket", sock, "uid", caller.UID)
 	err = srv.Serve(ln)
 	d.disconnect()
-	os.Remove(sock)
+	os.RemoveAll(filepath.Dir(sock)) // the socket and its folder: nobody serves them now
 	return err
 }
 
@@ -238,7 +238,7 @@ func (d *Daemon) statusLocked() *daemonpb.StatusResponse {
 		Traffic: &daemonpb.Traffic{
 			TcpFlowsActive: st.TCPActive, TcpFlowsTotal: st.TCPTotal,
 			UdpFlowsActive: st.UDPActive, UdpFlowsTotal: st.UDPTotal,
-			BytesSent: st.BytesSent, BytesReceived: st.BytesReceived, DialErrors: st.DialErrors,
+			BytesSent: st.BytesSent, BytesReceived: st.BytesReceived, DialErrors: st.DialErrors, DialsRefused: st.DialsRefused,
 		},
 		Reconnects:     c.sess.reconnects.Load(),
 		ConnectedSince: c.since.UTC().Format(time.RFC3339),

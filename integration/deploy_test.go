@@ -110,14 +110,15 @@ func TestDeployRendersAppliesAndWaits(t *testing.T) {
 			err, d.Generation, after.Generation, *after.Spec.Replicas)
 	}
 
-	// A value that would add structure to the manifests is refused.
-	out, err = deploy("--set", "greeting=hi\n        securityContext: {privileged: true}")
+	// A value that would add structure to the manifests is refused (the
+	// template writes replicas bare; greeting is quoted, and stays a string).
+	out, err = deploy("--set", "replicas=2\n  paused: true", "--set", "greeting=hi")
 	if err == nil || !strings.Contains(out, "would change the manifests' structure") {
 		t.Errorf("a value with a newline: %v\n%s", err, out)
 	}
 	// A field someone else set with kubectl is theirs: a deploy stops and
 	// names the conflict, unless --force-conflicts.
-	if out, err := kubectl(ctx, node, "scale", "-n", ns, "deployment/web", "--replicas=1"); err != nil {
+	if out, err := kubectl(ctx, node, "scale", "-n", ns, "deployment/web", "--replicas=3"); err != nil {
 		t.Fatalf("kubectl scale: %v\n%s", err, out)
 	}
 	out, err = deploy("--set", "replicas=2", "--set", "greeting=hi")

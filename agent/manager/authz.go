@@ -69,7 +69,7 @@ type accessCache struct {
 	seen map[accessKey]accessAnswer
 }
 
-type accessKey struct{ user, ns string }
+type accessKey struct{ user, ns, verb string }
 
 type accessAnswer struct {
 	ok  bool

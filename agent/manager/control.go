@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	authzv1 "k8s.io/api/authorization/v1"
 
 	"tunnel.dev/tunnel/access"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
@@ -127,9 +128,36 @@ func (c *control) RemoveIntercept(ctx context.Context, req *managerpb.RemoveInte
 	return &managerpb.RemoveInterceptResponse{}, nil
 }
 
-// ListIntercepts lists intercepts; others' header values are withheld.
+// ListIntercepts lists intercepts; others' header values are withheld,
+// and others' intercepts are shown only in namespaces where the caller may
+// list pods (who intercepts what is the namespace's business).
 func (c *control) ListIntercepts(ctx context.Context, req *managerpb.ListInterceptsRequest) (*managerpb.ListInterceptsResponse, error) {
-	return &managerpb.ListInterceptsResponse{Intercepts: c.m.intercepts.list(sessionOf(ctx), req.GetNamespace())}, nil
+	s := sessionOf(ctx)
+	all := c.m.intercepts.list(s, req.GetNamespace())
+	id := s.identity()
+	if c.m.authorize == nil {
+		return &managerpb.ListInterceptsResponse{Intercepts: all}, nil
+	}
+	var out []*managerpb.Intercept
+	for _, ic := range all {
+		if id.User != "" && ic.GetUser() == id.User {
+			out = append(out, ic)
+			continue
+		}
+		if id.User == "" {
+			continue
+		}
+		ns := ic.GetSpec().GetNamespace()
+		ok, err := c.m.reach.access.allowed(accessKey{user: identityKey(id), ns: ns, verb: "list pods"}, time.Now(), func() (bool, error) {
+			actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			return c.m.authorize(actx, id, authzv1.ResourceAttributes{Namespace: ns, Verb: "list", Resource: "pods"})
+		})
+		if err == nil && ok {
+			out = append(out, ic)
+		}
+	}
+	return &managerpb.ListInterceptsResponse{Intercepts: out}, nil
 }
 
 // WatchIntercepts sends a sidecar the intercepts on its workload, at once

@@ -109,7 +109,7 @@ func (r *reach) decide(ctx context.Context, s *session, dst netip.Addr) error {
 	if r.mode == rpc.ReachCluster || r.authorize == nil {
 		return nil
 	}
-	ok, err := r.access.allowed(accessKey{user: identityKey(id), ns: owner.Namespace}, r.now(), func() (bool, error) {
+	ok, err := r.access.allowed(accessKey{user: identityKey(id), ns: owner.Namespace, verb: "create pods/portforward"}, r.now(), func() (bool, error) {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		return r.authorize(actx, id, authzv1.ResourceAttributes{

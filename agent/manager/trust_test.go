@@ -240,3 +240,44 @@ func TestStreamLimitPerSession(t *testing.T) {
 		t.Errorf("another session while the first is at its limit: %v", err)
 	}
 }
+
+// Who intercepts what in a namespace is shown to those who may list its
+// pods; one's own intercepts always.
+func TestListInterceptsShowsOthersWhereTheCallerMayListPods(t *testing.T) {
+	m, _ := newTestManager(t, nil)
+	ids := map[string]Identity{"proof-ada": {User: "ada"}, "proof-bob": {User: "bob"}}
+	m.identify = func(_ context.Context, c proofClaim) (Identity, error) { return ids[c.Name], nil }
+	rights := []string{"shop/get deployments.apps", "shop/patch deployments.apps", "shop/list services", "shop/update services",
+		"payments/get deployments.apps", "payments/patch deployments.apps", "payments/list services", "payments/update services"}
+	m.useAuthorizer(rbac{"bob": rights, "ada": append([]string{"shop/list pods"}, rights[:4]...)}.authorize)
+	addr := serve(t, m)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	hello := func(proof string) managerpb.ManagerClient {
+		c := controlClient(t, laptop(t, addr))
+		if _, err := c.Hello(ctx, &managerpb.HelloRequest{ClientVersion: version.Get().Version, IdentityProof: proof, Host: proof}); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	ada, bob := hello("proof-ada"), hello("proof-bob")
+	for _, ns := range []string{"shop", "payments"} {
+		if _, err := bob.CreateIntercept(ctx, &managerpb.InterceptSpec{Name: "b", Namespace: ns, Workload: "web", Port: 8080, Mode: managerpb.InterceptMode_MIRROR}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := ada.CreateIntercept(ctx, &managerpb.InterceptSpec{Name: "a", Namespace: "shop", Workload: "api", Port: 8080, Mode: managerpb.InterceptMode_MIRROR}); err != nil {
+		t.Fatal(err)
+	}
+	list, err := ada.ListIntercepts(ctx, &managerpb.ListInterceptsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, ic := range list.GetIntercepts() {
+		got = append(got, ic.GetSpec().GetNamespace()+"/"+ic.GetSpec().GetName())
+	}
+	if strings.Join(got, " ") != "shop/a shop/b" {
+		t.Errorf("ada sees %v, want her own and bob's in shop, where she may list pods", got)
+	}
+}

@@ -34,6 +34,8 @@ func CheckAccess(ctx context.Context, cs kubernetes.Interface, verbs ...string) 
 			{Resource: "namespaces"},
 			{Group: "rbac.authorization.k8s.io", Resource: "clusterroles"},
 			{Group: "rbac.authorization.k8s.io", Resource: "clusterrolebindings"},
+			{Group: "admissionregistration.k8s.io", Resource: "validatingadmissionpolicies"},
+			{Group: "admissionregistration.k8s.io", Resource: "validatingadmissionpolicybindings"},
 			{Namespace: Namespace, Group: "apps", Resource: "deployments"},
 			{Namespace: Namespace, Resource: "services"},
 			{Namespace: Namespace, Resource: "secrets"},
@@ -95,7 +97,69 @@ func Install(ctx context.Context, cs kubernetes.Interface, opt Options, timeout 
 	if err := apply(ctx, cs, o, &created); err != nil {
 		return err
 	}
+	if err := applyPolicy(ctx, cs, o, &created); err != nil {
+		return err
+	}
 	return WaitReady(ctx, cs, timeout)
+}
+
+// applyPolicy creates or updates the CSR policy and its binding; a cluster
+// that does not serve ValidatingAdmissionPolicy (before 1.30) gets none.
+func applyPolicy(ctx context.Context, cs kubernetes.Interface, o Objects, created *[]func(context.Context) error) error {
+	adm := cs.AdmissionregistrationV1()
+	served, err := policiesServed(cs)
+	if err != nil || !served {
+		return err
+	}
+	if cur, err := adm.ValidatingAdmissionPolicies().Get(ctx, CSRPolicy, metav1.GetOptions{}); err == nil {
+		o.CSRPolicy.ResourceVersion = cur.ResourceVersion
+		if _, err := adm.ValidatingAdmissionPolicies().Update(ctx, o.CSRPolicy, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("update the CSR policy: %w", err)
+		}
+	} else if apierrors.IsNotFound(err) {
+		if _, err := adm.ValidatingAdmissionPolicies().Create(ctx, o.CSRPolicy, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create the CSR policy: %w", err)
+		}
+		*created = append(*created, func(ctx context.Context) error {
+			return adm.ValidatingAdmissionPolicies().Delete(ctx, CSRPolicy, metav1.DeleteOptions{})
+		})
+	} else {
+		return fmt.Errorf("read the CSR policy: %w", err)
+	}
+	if cur, err := adm.ValidatingAdmissionPolicyBindings().Get(ctx, CSRPolicy, metav1.GetOptions{}); err == nil {
+		o.CSRPolicyBinding.ResourceVersion = cur.ResourceVersion
+		if _, err := adm.ValidatingAdmissionPolicyBindings().Update(ctx, o.CSRPolicyBinding, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("update the CSR policy's binding: %w", err)
+		}
+	} else if apierrors.IsNotFound(err) {
+		if _, err := adm.ValidatingAdmissionPolicyBindings().Create(ctx, o.CSRPolicyBinding, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create the CSR policy's binding: %w", err)
+		}
+		*created = append(*created, func(ctx context.Context) error {
+			return adm.ValidatingAdmissionPolicyBindings().Delete(ctx, CSRPolicy, metav1.DeleteOptions{})
+		})
+	} else {
+		return fmt.Errorf("read the CSR policy's binding: %w", err)
+	}
+	return nil
+}
+
+// policiesServed asks discovery whether admissionregistration.k8s.io/v1
+// serves ValidatingAdmissionPolicies.
+func policiesServed(cs kubernetes.Interface) (bool, error) {
+	list, err := cs.Discovery().ServerResourcesForGroupVersion("admissionregistration.k8s.io/v1")
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("discover admissionregistration.k8s.io/v1: %w", err)
+	}
+	for _, r := range list.APIResources {
+		if r.Name == "validatingadmissionpolicies" {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // restore gives the manager's Deployment the labels and spec it had.
@@ -358,6 +422,8 @@ func Uninstall(ctx context.Context, cs kubernetes.Interface) error {
 	ignore(cs.RbacV1().ClusterRoles().Delete(ctx, Manager, metav1.DeleteOptions{}))
 	ignore(cs.RbacV1().ClusterRoleBindings().Delete(ctx, ClientRole, metav1.DeleteOptions{}))
 	ignore(cs.RbacV1().ClusterRoles().Delete(ctx, ClientRole, metav1.DeleteOptions{}))
+	ignore(cs.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Delete(ctx, CSRPolicy, metav1.DeleteOptions{}))
+	ignore(cs.AdmissionregistrationV1().ValidatingAdmissionPolicies().Delete(ctx, CSRPolicy, metav1.DeleteOptions{}))
 	ignore(cs.CoreV1().Namespaces().Delete(ctx, Namespace, metav1.DeleteOptions{}))
 	if err := errors.Join(errs...); err != nil {
 		return err

@@ -92,7 +92,9 @@ func TestYAMLIsTheInstall(t *testing.T) {
 	if strings.Contains(s, "status:") || strings.Contains(s, "creationTimestamp") {
 		t.Errorf("the YAML carries fields the server sets:\n%s", s)
 	}
-	if n := strings.Count(s, "---\n"); n != 10 {
-		t.Errorf("%d documents, want 10", n)
+	// The ten objects of an install without its key, and the CSR policy
+	// and its binding.
+	if n := strings.Count(s, "---\n"); n != 12 || !strings.Contains(s, "kind: ValidatingAdmissionPolicy\n") {
+		t.Errorf("%d documents, want 12 with the CSR policy", n)
 	}
 }

@@ -6,6 +6,7 @@ package manifest
 import (
 	"fmt"
 
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -109,6 +110,9 @@ type Objects struct {
 	ClientClusterRoleBinding *rbacv1.ClusterRoleBinding // nil when nobody is allowed
 	// TLS holds the manager's key for its sidecar port; nil without one.
 	TLS *corev1.Secret
+	// CSRPolicy and CSRPolicyBinding hold the manager to tunnel's CSRs.
+	CSRPolicy        *admissionv1.ValidatingAdmissionPolicy
+	CSRPolicyBinding *admissionv1.ValidatingAdmissionPolicyBinding
 }
 
 // Build returns the objects for opt.
@@ -244,6 +248,7 @@ func Build(opt Options) Objects {
 	if len(opt.TLSCert) > 0 {
 		addTLS(&o, opt)
 	}
+	o.CSRPolicy, o.CSRPolicyBinding = csrPolicy()
 	return o
 }
 

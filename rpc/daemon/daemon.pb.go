@@ -387,8 +387,11 @@ type Traffic struct {
 	BytesSent      uint64                 `protobuf:"varint,5,opt,name=bytes_sent,json=bytesSent,proto3" json:"bytes_sent,omitempty"`
 	BytesReceived  uint64                 `protobuf:"varint,6,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
 	DialErrors     uint64                 `protobuf:"varint,7,opt,name=dial_errors,json=dialErrors,proto3" json:"dial_errors,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Of dial_errors, those the manager refused: destinations the user's
+	// access does not reach (tunnel install --reach), metadata, nodes.
+	DialsRefused  uint64 `protobuf:"varint,8,opt,name=dials_refused,json=dialsRefused,proto3" json:"dials_refused,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Traffic) Reset() {
@@ -466,6 +469,13 @@ func (x *Traffic) GetBytesReceived() uint64 {
 func (x *Traffic) GetDialErrors() uint64 {
 	if x != nil {
 		return x.DialErrors
+	}
+	return 0
+}
+
+func (x *Traffic) GetDialsRefused() uint64 {
+	if x != nil {
+		return x.DialsRefused
 	}
 	return 0
 }
@@ -870,7 +880,7 @@ const file_daemon_daemon_proto_rawDesc = "" +
 	"nameserver\x12\x16\n" +
 	"\x06search\x18\x03 \x03(\tR\x06search\x12\x1c\n" +
 	"\tupstreams\x18\x04 \x03(\tR\tupstreams\x12\x18\n" +
-	"\aqueries\x18\x05 \x01(\x04R\aqueries\"\x94\x02\n" +
+	"\aqueries\x18\x05 \x01(\x04R\aqueries\"\xb9\x02\n" +
 	"\aTraffic\x12(\n" +
 	"\x10tcp_flows_active\x18\x01 \x01(\x04R\x0etcpFlowsActive\x12&\n" +
 	"\x0ftcp_flows_total\x18\x02 \x01(\x04R\rtcpFlowsTotal\x12(\n" +
@@ -880,7 +890,8 @@ const file_daemon_daemon_proto_rawDesc = "" +
 	"bytes_sent\x18\x05 \x01(\x04R\tbytesSent\x12%\n" +
 	"\x0ebytes_received\x18\x06 \x01(\x04R\rbytesReceived\x12\x1f\n" +
 	"\vdial_errors\x18\a \x01(\x04R\n" +
-	"dialErrors\"\r\n" +
+	"dialErrors\x12#\n" +
+	"\rdials_refused\x18\b \x01(\x04R\fdialsRefused\"\r\n" +
 	"\vQuitRequest\"\x0e\n" +
 	"\fQuitResponse\"g\n" +
 	"\x10InterceptRequest\x124\n" +

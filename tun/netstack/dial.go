@@ -16,6 +16,9 @@ func (s *Stack) dialFailed(kind rpc.Kind, src, dst netip.AddrPort, err error) {
 	s.stats.dialErrors.Add(1)
 	var status rpc.Status
 	if errors.As(err, &status) {
+		if status == rpc.StatusForbidden {
+			s.stats.dialsRefused.Add(1)
+		}
 		// The cluster answered: the destination's problem, not ours.
 		if s.limiter.allow("dial " + kind.String() + " " + dst.String()) {
 			s.log.Info("dial refused", "kind", kind, "src", src, "dst", dst, "reason", status.Error())

@@ -7,6 +7,7 @@ type Stats struct {
 	TCPActive, TCPTotal, UDPActive, UDPTotal uint64 // flows whose dial succeeded
 	BytesSent, BytesReceived                 uint64 // payload to and from the cluster
 	DialErrors                               uint64
+	DialsRefused                             uint64 // of DialErrors, refused by the manager's reach rule
 	DroppedDials                             uint64 // SYNs and new UDP flows dropped over MaxInflightDials
 }
 
@@ -14,6 +15,7 @@ type counters struct {
 	tcpActive, tcpTotal, udpActive, udpTotal atomic.Uint64
 	sent, received                           atomic.Uint64
 	dialErrors, droppedDials                 atomic.Uint64
+	dialsRefused                             atomic.Uint64
 }
 
 // Stats returns the stack's counters.
@@ -27,6 +29,7 @@ func (s *Stack) Stats() Stats {
 		BytesSent:     c.sent.Load(),
 		BytesReceived: c.received.Load(),
 		DialErrors:    c.dialErrors.Load(),
+		DialsRefused:  c.dialsRefused.Load(),
 		DroppedDials:  c.droppedDials.Load() + s.ipstack.Stats().TCP.ForwardMaxInFlightDrop.Value(),
 	}
 }
