@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strconv"
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -119,11 +120,15 @@ const (
 	annPrometheus  = "tunnel.dev/canary-prometheus"
 	annStable      = "tunnel.dev/canary-stable"
 	annStableImage = "tunnel.dev/canary-stable-image"
+	annContainer   = "tunnel.dev/canary-container"
+	annRoute       = "tunnel.dev/canary-route"
+	annPort        = "tunnel.dev/canary-port"
 )
 
 // witness is what the canary's Deployment records of st.
 func witness(st *State) map[string]string {
-	return map[string]string{annImage: st.Spec.Image, annPrometheus: st.Spec.Prometheus, annStable: st.Stable, annStableImage: st.StableImage}
+	return map[string]string{annImage: st.Spec.Image, annPrometheus: st.Spec.Prometheus, annStable: st.Stable, annStableImage: st.StableImage,
+		annContainer: st.Spec.Container, annRoute: st.Route, annPort: strconv.Itoa(int(st.Port))}
 }
 
 // errUntrusted says a canary's record does not match its Deployment.

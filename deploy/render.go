@@ -252,7 +252,7 @@ func decode(file string, r io.Reader) ([]*unstructured.Unstructured, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s, document %d: %v", ErrBadInput, file, i, err)
 		}
-		js, err := yaml.YAMLToJSON(doc)
+		js, err := yaml.YAMLToJSONStrict(doc) // a key twice is an error, never the last one winning
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s, document %d: %v", ErrBadInput, file, i, err)
 		}

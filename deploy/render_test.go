@@ -119,6 +119,7 @@ data:
 		"hi\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: stolen}",
 		"[a, b]",
 		"{a: b}",
+		"hi\n  motto: evil", // a key the template sets after it: YAML would keep the last
 	} {
 		if _, err := Render(dir, map[string]string{"greeting": v}); !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), "quote it in the template") {
 			t.Errorf("greeting %q: %v, want refused", v, err)

@@ -87,6 +87,12 @@ func NewResolver(logger *slog.Logger, cluster Exchanger, cfg Config) *Resolver {
 	if domain == "." {
 		domain = defaultClusterDomain
 	}
+	if IsPublicSuffix(domain) {
+		// The manager says what the cluster's domain is; "com" would send
+		// every .com name to the cluster.
+		logger.Warn("ignoring a cluster domain that is a public suffix", "domain", domain)
+		domain = defaultClusterDomain
+	}
 	var include []string
 	for _, s := range cfg.Include {
 		if s := fqdnLower(strings.TrimLeft(s, ".")); s != "." {

@@ -122,11 +122,23 @@ func TestReverseAddr(t *testing.T) {
 func TestIsPublicLabel(t *testing.T) {
 	for label, want := range map[string]bool{
 		"com": true, "dev": true, "shop": true, "io": true, "DEV.": true,
-		"corp": false, "internal": false, "e2e-abc": false, "kube-system": false,
+		"corp": false, "internal": false, "e2e-abc": false, "kube-system": false, "ck": true, "np": true, "jm": true,
 		"": false, "github.com": false, "co.uk": false,
 	} {
 		if got := IsPublicLabel(label); got != want {
 			t.Errorf("IsPublicLabel(%q) = %v, want %v", label, got, want)
 		}
+	}
+}
+
+// A cluster domain that is a public suffix is not taken: every name under
+// it would go to the cluster.
+func TestPublicClusterDomainIsRefused(t *testing.T) {
+	r := NewResolver(nil, nil, Config{ClusterDomain: "com"})
+	if r.isClusterName("github.com.") {
+		t.Error("github.com went to the cluster with cluster domain com")
+	}
+	if !IsPublicSuffix("co.uk") || IsPublicSuffix("cluster.local") || IsPublicSuffix("example.com") {
+		t.Error("IsPublicSuffix is wrong about co.uk, cluster.local or example.com")
 	}
 }

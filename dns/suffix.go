@@ -17,5 +17,18 @@ func IsPublicLabel(label string) bool {
 		return false
 	}
 	suffix, icann := publicsuffix.PublicSuffix("x." + label)
-	return icann && suffix == label
+	// "*.ck" makes every name under ck a suffix of its own: ck is public too.
+	return icann && (suffix == label || strings.HasSuffix(suffix, "."+label))
+}
+
+// IsPublicSuffix reports whether name (fully qualified or not) is itself a
+// public suffix of the ICANN section, such as com or co.uk: no cluster
+// domain may be one, or every name under it would go to the cluster.
+func IsPublicSuffix(name string) bool {
+	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	if name == "" {
+		return false
+	}
+	suffix, icann := publicsuffix.PublicSuffix(name)
+	return icann && suffix == name
 }

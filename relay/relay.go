@@ -158,7 +158,7 @@ func copyLending(w io.Writer, src io.Reader, pool *Buffers) error {
 		case rerr != nil:
 			return rerr
 		case big == nil && nr == len(small) && pool.Size > len(small):
-			big = pool.Get() // bulk: fuller frames from here on
+			big = pool.tryGet() // bulk: fuller frames from here on, when there are buffers to lend
 		case big != nil && nr < len(small):
 			pool.Put(big) // a trickle, or the end of a burst
 			big = nil
@@ -196,8 +196,20 @@ type OnlyReader struct{ io.Reader }
 // is an httputil.BufferPool too.
 type Buffers struct {
 	Size int
+	// Max bounds the buffers a relay borrows at once (0: no bound); past
+	// it, relays copy with their small buffers, slower but never more
+	// memory.
+	Max  int64
 	p    sync.Pool // *[]byte
 	lent atomic.Int64
+}
+
+// tryGet is Get within Max: nil when Max buffers are out.
+func (b *Buffers) tryGet() []byte {
+	if b.Max > 0 && b.lent.Load() >= b.Max {
+		return nil
+	}
+	return b.Get()
 }
 
 // Lent says how many buffers are out now.

@@ -30,18 +30,39 @@ func (k *KubeSource) addressBook() map[netip.Addr]AddrOwner {
 			book[a.Unmap()] = o
 		}
 	}
+	// claim gives a pod's address its namespace; two namespaces claiming
+	// one address (a finished pod's, reused) make it nobody's.
+	claim := func(s string, o AddrOwner) {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return
+		}
+		a = a.Unmap()
+		if prev, ok := book[a]; ok && prev != o {
+			book[a] = AddrOwner{Kind: AddrAmbiguous}
+			return
+		}
+		book[a] = o
+	}
 	for _, obj := range k.pods.List() {
-		if p, ok := obj.(*corev1.Pod); ok && !p.Spec.HostNetwork {
-			for _, ip := range p.Status.PodIPs {
-				add(ip.IP, AddrOwner{Kind: AddrPod, Namespace: p.Namespace})
-			}
+		p, ok := obj.(*corev1.Pod)
+		if !ok || p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue // a finished pod's address is free for the next
+		}
+		for _, ip := range p.Status.PodIPs {
+			claim(ip.IP, AddrOwner{Kind: AddrPod, Namespace: p.Namespace})
 		}
 	}
 	for _, obj := range k.services.List() {
 		if s, ok := obj.(*corev1.Service); ok {
 			kind := AddrService
-			if s.Namespace == metav1.NamespaceDefault && s.Name == "kubernetes" {
+			switch {
+			case s.Namespace == metav1.NamespaceDefault && s.Name == "kubernetes":
 				kind = AddrAPIServer
+			case len(s.Spec.Selector) == 0:
+				// Its endpoints are whatever someone with rights in its
+				// namespace writes: a kubelet, another namespace's pod.
+				kind = AddrUnselected
 			}
 			for _, ip := range s.Spec.ClusterIPs {
 				add(ip, AddrOwner{Kind: kind, Namespace: s.Namespace})

@@ -183,38 +183,51 @@ func podOfWorkload(ctx context.Context, cs kubernetes.Interface, namespace, name
 	return sameSidecar(pod, set)
 }
 
-// sameSidecar checks that the pod's sidecar is the ReplicaSet template's,
-// and that no other container of the pod mounts the sidecar's token.
+// sameSidecar checks that the pod runs what the ReplicaSet's template
+// says: each of the template's containers with its image, command and
+// args (admission may add containers, such as a mesh's proxy, but none of
+// them may mount the sidecar's token), no other volume with a token for
+// the manager, and the template's choice of a shared process namespace
+// (which would let another container read the sidecar's token).
 func sameSidecar(pod *corev1.Pod, set *appsv1.ReplicaSet) error {
-	var want *corev1.Container
-	for i, c := range set.Spec.Template.Spec.Containers {
-		if c.Name == rpc.SidecarContainer {
-			want = &set.Spec.Template.Spec.Containers[i]
-		}
-	}
-	if want == nil {
+	tmpl := set.Spec.Template.Spec
+	if !slices.ContainsFunc(tmpl.Containers, func(c corev1.Container) bool { return c.Name == rpc.SidecarContainer }) {
 		return fmt.Errorf("deployment of pod %s has no tunnel sidecar", pod.Name)
 	}
-	found := false
-	for _, c := range pod.Spec.Containers {
-		if c.Name == rpc.SidecarContainer {
-			found = c.Image == want.Image && slices.Equal(c.Args, want.Args)
-			continue
+	for _, want := range tmpl.Containers {
+		i := slices.IndexFunc(pod.Spec.Containers, func(c corev1.Container) bool { return c.Name == want.Name })
+		if i < 0 {
+			return fmt.Errorf("pod %s lacks container %s of its template", pod.Name, want.Name)
 		}
-		if mountsToken(c) {
+		got := pod.Spec.Containers[i]
+		if got.Image != want.Image || !slices.Equal(got.Command, want.Command) || !slices.Equal(got.Args, want.Args) {
+			if want.Name == rpc.SidecarContainer {
+				return fmt.Errorf("pod %s does not run the sidecar its deployment injects", pod.Name)
+			}
+			return fmt.Errorf("container %s of pod %s is not its template's", want.Name, pod.Name)
+		}
+	}
+	for _, c := range slices.Concat(pod.Spec.Containers, pod.Spec.InitContainers, ephemeral(pod)) {
+		if c.Name != rpc.SidecarContainer && mountsToken(c) {
 			return fmt.Errorf("container %s of pod %s mounts the sidecar's token", c.Name, pod.Name)
 		}
 	}
-	for _, c := range append(slices.Clone(pod.Spec.InitContainers), ephemeral(pod)...) {
-		if mountsToken(c) {
-			return fmt.Errorf("container %s of pod %s mounts the sidecar's token", c.Name, pod.Name)
+	for _, v := range pod.Spec.Volumes {
+		if v.Name != rpc.SidecarTokenVolume && v.Projected != nil {
+			for _, src := range v.Projected.Sources {
+				if t := src.ServiceAccountToken; t != nil && t.Audience == rpc.SidecarAudience {
+					return fmt.Errorf("volume %s of pod %s holds a token for the manager", v.Name, pod.Name)
+				}
+			}
 		}
 	}
-	if !found {
-		return fmt.Errorf("pod %s does not run the sidecar its deployment injects", pod.Name)
+	if ptrTrue(pod.Spec.ShareProcessNamespace) != ptrTrue(tmpl.ShareProcessNamespace) {
+		return fmt.Errorf("pod %s shares its process namespace, unlike its template", pod.Name)
 	}
 	return nil
 }
+
+func ptrTrue(b *bool) bool { return b != nil && *b }
 
 func mountsToken(c corev1.Container) bool {
 	return slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == rpc.SidecarTokenVolume })

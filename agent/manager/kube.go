@@ -296,13 +296,13 @@ func slim(obj any) (any, error) {
 		return &corev1.Pod{
 			ObjectMeta: meta(o.ObjectMeta),
 			Spec:       corev1.PodSpec{HostNetwork: o.Spec.HostNetwork},
-			Status:     corev1.PodStatus{PodIPs: o.Status.PodIPs},
+			Status:     corev1.PodStatus{PodIPs: o.Status.PodIPs, Phase: o.Status.Phase},
 		}, nil
 	case *corev1.Node:
 		return &corev1.Node{ObjectMeta: meta(o.ObjectMeta), Spec: corev1.NodeSpec{PodCIDRs: o.Spec.PodCIDRs},
 			Status: corev1.NodeStatus{Addresses: o.Status.Addresses}}, nil
 	case *corev1.Service:
-		return &corev1.Service{ObjectMeta: meta(o.ObjectMeta), Spec: corev1.ServiceSpec{ClusterIPs: o.Spec.ClusterIPs}}, nil
+		return &corev1.Service{ObjectMeta: meta(o.ObjectMeta), Spec: corev1.ServiceSpec{ClusterIPs: o.Spec.ClusterIPs, Selector: o.Spec.Selector}}, nil
 	case *corev1.Namespace:
 		return &corev1.Namespace{ObjectMeta: meta(o.ObjectMeta)}, nil
 	}

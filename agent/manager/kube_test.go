@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -234,5 +235,40 @@ func TestKubeSourceWhenDiscoveryFails(t *testing.T) {
 	k := startKube(t, cs)
 	if c := k.Current(); len(c.ServiceSubnets) != 0 || !slices.Equal(c.PodSubnets, prefixes("10.244.0.0/24")) {
 		t.Errorf("cluster %+v, want pod subnets only", c)
+	}
+}
+
+// The address book gives pod and Service addresses their namespaces, and
+// marks what no laptop dials or what nobody owns for sure.
+func TestKubeSourceAddressBook(t *testing.T) {
+	done := pod("jobs", "finished", false, "10.244.0.8")
+	done.Status.Phase = corev1.PodSucceeded
+	n := node("n1", "10.244.0.0/24")
+	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "10.209.0.1"}}
+	cs := fakeCluster(true, n, namespace("shop"),
+		pod("shop", "orders", false, "10.244.0.5"),
+		pod("shop", "again", false, "10.244.0.8"), // reused: the finished pod's address
+		pod("shop", "twin", false, "10.244.0.9"), pod("evil", "twin", false, "10.244.0.9"),
+		done,
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web"},
+			Spec: corev1.ServiceSpec{ClusterIPs: []string{"10.96.0.10"}, Selector: map[string]string{"app": "web"}}},
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "db"},
+			Spec: corev1.ServiceSpec{ClusterIPs: []string{"10.96.0.11"}}},
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "kubernetes"},
+			Spec: corev1.ServiceSpec{ClusterIPs: []string{"10.96.0.1"}}},
+	)
+	k := startKube(t, cs)
+	for addr, want := range map[string]AddrOwner{
+		"10.244.0.5": {Kind: AddrPod, Namespace: "shop"},
+		"10.244.0.8": {Kind: AddrPod, Namespace: "shop"},
+		"10.244.0.9": {Kind: AddrAmbiguous},
+		"10.96.0.10": {Kind: AddrService, Namespace: "shop"},
+		"10.96.0.11": {Kind: AddrUnselected, Namespace: "shop"},
+		"10.96.0.1":  {Kind: AddrAPIServer, Namespace: "default"},
+		"10.209.0.1": {Kind: AddrNode},
+	} {
+		if got, ok := k.Owner(netip.MustParseAddr(addr)); !ok || got != want {
+			t.Errorf("Owner(%s) = %+v, %v; want %+v", addr, got, ok, want)
+		}
 	}
 }

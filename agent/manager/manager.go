@@ -121,6 +121,7 @@ type Manager struct {
 
 	reach       reach
 	peerLimit   peerLimiter
+	podSessions peerCount
 	streamSlots streamSlots
 }
 
@@ -144,12 +145,13 @@ func New(logger *slog.Logger, cluster ClusterSource, cfg Config) (*Manager, erro
 	}
 	logger.Info("forwarding DNS", "nameservers", res.servers, "cluster_domain", res.domain)
 	m := &Manager{
-		logger:      logger,
-		cfg:         cfg,
-		cluster:     cluster,
-		dns:         forwarder{resolver: res, timeout: cfg.DNSTimeout},
-		metrics:     newMetrics(),
-		buffers:     relay.Buffers{Size: frameBody},
+		logger:  logger,
+		cfg:     cfg,
+		cluster: cluster,
+		dns:     forwarder{resolver: res, timeout: cfg.DNSTimeout},
+		metrics: newMetrics(),
+		// Large buffers go to flows that move data, 512 at once (128 MiB).
+		buffers:     relay.Buffers{Size: frameBody, Max: 512},
 		intercepts:  newInterceptTable(cfg.InterceptHeaders),
 		isPod:       func(a net.Addr) bool { return !isLoopback(a) },
 		peerLimit:   peerLimiter{every: 2, burst: 10, max: 4096},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -23,6 +24,11 @@ const (
 	AddrService
 	AddrNode      // a node's own address: its kubelet, its host-network pods
 	AddrAPIServer // the API server's Service address or endpoints
+	// AddrUnselected is a Service without a selector: its endpoints can
+	// name any address, so its own says nothing of where a dial goes.
+	AddrUnselected
+	// AddrAmbiguous is claimed by pods of two namespaces at once.
+	AddrAmbiguous
 )
 
 func (k AddrKind) String() string {
@@ -35,6 +41,10 @@ func (k AddrKind) String() string {
 		return "node"
 	case AddrAPIServer:
 		return "API server"
+	case AddrUnselected:
+		return "Service without a selector"
+	case AddrAmbiguous:
+		return "address two namespaces claim"
 	}
 	return "unknown"
 }
@@ -106,6 +116,9 @@ func (r *reach) decide(ctx context.Context, s *session, dst netip.Addr) error {
 	if !known {
 		return refuse("not a pod or Service address (an admin adds other networks with tunnel install --also-reach)")
 	}
+	if owner.Kind == AddrUnselected || owner.Kind == AddrAmbiguous {
+		return refuse("a %s is not dialed (an admin allows its address with tunnel install --also-reach)", owner.Kind)
+	}
 	if r.mode == rpc.ReachCluster || r.authorize == nil {
 		return nil
 	}
@@ -128,7 +141,11 @@ func (r *reach) decide(ctx context.Context, s *session, dst netip.Addr) error {
 func identityKey(id Identity) string {
 	g := slices.Clone(id.Groups)
 	slices.Sort(g)
-	return id.User + "\x00" + id.UID + "\x00" + strings.Join(g, "\x00")
+	key := id.User + "\x00" + id.UID + "\x00" + strings.Join(g, "\x00")
+	for _, k := range slices.Sorted(maps.Keys(id.Extra)) { // scopes narrow what a user may
+		key += "\x00" + k + "=" + strings.Join(id.Extra[k], ",")
+	}
+	return key
 }
 
 // ownAddrs lists the addresses of the manager pod's interfaces: none of

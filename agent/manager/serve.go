@@ -18,7 +18,8 @@ func (m *Manager) Serve(ctx context.Context, ln net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(m.unaryGate), grpc.ChainStreamInterceptor(m.streamGate))
+	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(m.unaryGate), grpc.ChainStreamInterceptor(m.streamGate),
+		grpc.MaxConcurrentStreams(256)) // calls at once per control stream; DNS lookups come in bursts
 	managerpb.RegisterManagerServer(gs, &control{m: m})
 	controlLn := newStreamListener(ln.Addr())
 

@@ -44,6 +44,15 @@ func (m *Manager) serveSession(ctx context.Context, conn net.Conn, control *stre
 	s.peer = "session " + s.id
 	if s.fromPod {
 		s.peer = hostOf(conn.RemoteAddr())
+		// A sidecar needs one session; a pod gets a few, not the
+		// manager's every stream slot.
+		if !m.podSessions.take(s.peer) {
+			m.metrics.refused.WithLabelValues("pod", "limit").Inc()
+			log.Warn("refusing a session: its pod has enough", "limit", maxPodSessions)
+			sess.Close()
+			return
+		}
+		defer m.podSessions.give(s.peer)
 	}
 	defer func() {
 		if n := m.intercepts.dropSession(s); n > 0 {
@@ -65,10 +74,9 @@ func (m *Manager) serveSession(ctx context.Context, conn net.Conn, control *stre
 			st.Close()
 			continue
 		}
-		wg.Go(func() {
-			defer m.streamSlots.give(s)
-			s.serveStream(ctx, st)
-		})
+		var once sync.Once
+		release := func() { once.Do(func() { m.streamSlots.give(s) }) }
+		wg.Go(func() { s.serveStream(ctx, st, release) })
 	}
 	cancel() // ends the streams' dials and relays
 	sess.Close()
@@ -119,6 +127,8 @@ type session struct {
 	host  string
 	why   string // why ident is empty
 	nonce []byte // Challenge's, once; Hello's proof must be signed over it
+	// controls counts the session's open control streams.
+	controls int
 	// sidecarOf is the namespace/workload a sidecar session watches: its
 	// intercept streams may name only that workload's intercepts.
 	sidecarOf string
@@ -145,12 +155,71 @@ type sessionAddr struct{ s *session }
 func (a sessionAddr) Network() string { return "tunnel-session" }
 func (a sessionAddr) String() string  { return a.s.id }
 
-type sessionConn struct {
+// controlConn is a control stream as gRPC sees it: its peer address names
+// the session, and closing it gives its slots back.
+type controlConn struct {
 	net.Conn
-	s *session
+	s       *session
+	once    sync.Once
+	release func()
 }
 
-func (c sessionConn) RemoteAddr() net.Addr { return sessionAddr{c.s} }
+func (c *controlConn) RemoteAddr() net.Addr { return sessionAddr{c.s} }
+
+func (c *controlConn) Close() error {
+	c.once.Do(c.release)
+	return c.Conn.Close()
+}
+
+// maxPodSessions bounds the sessions one pod address may hold at once.
+const maxPodSessions = 4
+
+// peerCount counts sessions per peer.
+type peerCount struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (p *peerCount) take(peer string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n == nil {
+		p.n = map[string]int{}
+	}
+	if p.n[peer] >= maxPodSessions {
+		return false
+	}
+	p.n[peer]++
+	return true
+}
+
+func (p *peerCount) give(peer string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n[peer]--; p.n[peer] <= 0 {
+		delete(p.n, peer)
+	}
+}
+
+// maxControls bounds a session's control streams (gRPC connections): a
+// laptop uses one, a sidecar one, a reconnecting client briefly two.
+const maxControls = 4
+
+func (s *session) takeControl() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.controls >= maxControls {
+		return false
+	}
+	s.controls++
+	return true
+}
+
+func (s *session) giveControl() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.controls--
+}
 
 func isLoopback(a net.Addr) bool {
 	if ta, ok := a.(*net.TCPAddr); ok {
@@ -169,8 +238,17 @@ func hostOf(a net.Addr) string {
 // serveStream reads a stream's header, within HeaderTimeout so a silent
 // stream never holds anything, and hands the stream to its kind's handler.
 // A bad header closes that stream only.
-func (s *session) serveStream(ctx context.Context, st net.Conn) {
+//
+// release gives the stream's slot back; a control stream keeps it until
+// gRPC closes the connection, and a session has at most maxControls.
+func (s *session) serveStream(ctx context.Context, st net.Conn, release func()) {
 	m := s.m
+	held := false
+	defer func() {
+		if !held {
+			release()
+		}
+	}()
 	_ = st.SetReadDeadline(time.Now().Add(m.cfg.HeaderTimeout))
 	h, err := rpc.ReadHeader(st)
 	if err != nil {
@@ -183,7 +261,14 @@ func (s *session) serveStream(ctx context.Context, st net.Conn) {
 	m.metrics.streams.WithLabelValues(h.Kind.String()).Inc()
 	switch h.Kind {
 	case rpc.KindControl:
-		s.control.deliver(ctx, sessionConn{st, s})
+		if !s.takeControl() {
+			m.metrics.refused.WithLabelValues(sessionKind(s), "limit").Inc()
+			s.badLog.Do(func() { s.log.Warn("refusing control streams past the session's limit", "limit", maxControls) })
+			st.Close()
+			return
+		}
+		held = true
+		s.control.deliver(ctx, &controlConn{Conn: st, s: s, release: func() { s.giveControl(); release() }})
 	case rpc.KindTCP:
 		m.serveTCP(ctx, s, st, h)
 	case rpc.KindUDP:

@@ -38,6 +38,12 @@ func verifyCluster(t *testing.T, reviews map[string]authnv1.TokenReviewStatus) *
 	otherImage.Image = "evil:latest"
 	thief := app
 	thief.VolumeMounts = sidecar.VolumeMounts
+	mesh := pod("meshed", "uid-m", hash, app, sidecar, corev1.Container{Name: "istio-proxy", Image: "proxy:1"})
+	sharing := pod("sharing", "uid-s", hash, app, sidecar)
+	sharing.Spec.ShareProcessNamespace = ptr.To(true)
+	second := pod("second-token", "uid-2", hash, app, sidecar)
+	second.Spec.Volumes = []corev1.Volume{{Name: "mine", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+		Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: rpc.SidecarAudience}}}}}}}
 	loose := pod("loose", "uid-l", hash, app, sidecar)
 	loose.OwnerReferences = nil
 	cs := fake.NewClientset(
@@ -51,6 +57,7 @@ func verifyCluster(t *testing.T, reviews map[string]authnv1.TokenReviewStatus) *
 		pod("forged", "uid-f", map[string]string{"app": "web"}, app, sidecar),
 		pod("other-image", "uid-o", hash, app, otherImage),
 		pod("thief", "uid-t", hash, thief, sidecar),
+		mesh, sharing, second,
 	)
 	cs.PrependReactor("create", "tokenreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		tr := a.(k8stesting.CreateAction).GetObject().(*authnv1.TokenReview).DeepCopy()
@@ -80,6 +87,9 @@ func TestPodVerifier(t *testing.T) {
 		"forged":    podToken("shop", "forged", "uid-f"),
 		"image":     podToken("shop", "other-image", "uid-o"),
 		"thief":     podToken("shop", "thief", "uid-t"),
+		"meshed":    podToken("shop", "meshed", "uid-m"),
+		"sharing":   podToken("shop", "sharing", "uid-s"),
+		"second":    podToken("shop", "second-token", "uid-2"),
 		"old":       podToken("shop", "web-1-a", "uid-before"),
 		"elsewhere": podToken("other", "web-1-a", "uid-a"),
 		"bad":       {Authenticated: false, Error: "token expired"},
@@ -94,6 +104,10 @@ func TestPodVerifier(t *testing.T) {
 	if err := recheck(ctx); err != nil {
 		t.Errorf("the pod checked again: %v", err)
 	}
+	// A container admission added (a mesh's proxy) is no reason to refuse.
+	if _, err := verify(ctx, "meshed", "shop", "web"); err != nil {
+		t.Errorf("a pod with a mesh proxy: %v", err)
+	}
 	for _, tc := range []struct{ token, ns, workload, want string }{
 		{"good", "shop", "cart", "does not belong to deployment cart"},
 		{"loose", "shop", "web", "not run by a ReplicaSet"},
@@ -105,6 +119,8 @@ func TestPodVerifier(t *testing.T) {
 		{"forged", "shop", "web", "was not made by ReplicaSet web-1"},
 		{"image", "shop", "web", "does not run the sidecar its deployment injects"},
 		{"thief", "shop", "web", "container app of pod thief mounts the sidecar's token"},
+		{"sharing", "shop", "web", "shares its process namespace"},
+		{"second", "shop", "web", "holds a token for the manager"},
 	} {
 		_, err := verify(ctx, tc.token, tc.ns, tc.workload)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

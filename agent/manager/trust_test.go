@@ -131,6 +131,8 @@ func TestReachDecides(t *testing.T) {
 		netip.MustParseAddr("10.96.0.1"):  {Kind: AddrAPIServer, Namespace: "default"},
 		netip.MustParseAddr("10.209.0.1"): {Kind: AddrAPIServer},
 		netip.MustParseAddr("10.209.0.2"): {Kind: AddrNode},
+		netip.MustParseAddr("10.96.0.60"): {Kind: AddrUnselected, Namespace: "dev"},
+		netip.MustParseAddr("10.244.0.6"): {Kind: AddrAmbiguous},
 	}
 	calls := 0
 	authz := func(ctx context.Context, id Identity, a authzv1.ResourceAttributes) (bool, error) {
@@ -168,6 +170,9 @@ func TestReachDecides(t *testing.T) {
 		{rpc.ReachNamespaces, "192.0.2.10", dev, true, ""},
 		{rpc.ReachNamespaces, "10.244.0.5", nobody, false, "not verified"},
 		{rpc.ReachNamespaces, "10.244.0.5", pod, false, "pod"},
+		{rpc.ReachNamespaces, "10.96.0.60", dev, false, "without a selector"},
+		{rpc.ReachCluster, "10.96.0.60", dev, false, "without a selector"},
+		{rpc.ReachNamespaces, "10.244.0.6", dev, false, "two namespaces"},
 		{rpc.ReachCluster, "10.244.0.9", dev, true, ""},
 		{rpc.ReachCluster, "10.209.0.2", dev, false, "node"},
 		{rpc.ReachCluster, "203.0.113.9", dev, false, "--also-reach"},
@@ -280,4 +285,35 @@ func TestListInterceptsShowsOthersWhereTheCallerMayListPods(t *testing.T) {
 	if strings.Join(got, " ") != "shop/a shop/b" {
 		t.Errorf("ada sees %v, want her own and bob's in shop, where she may list pods", got)
 	}
+}
+
+// Control streams count against the caps for as long as they are open,
+// and a session has only a few.
+func TestControlStreamsAreBounded(t *testing.T) {
+	m, _ := newTestManager(t, nil)
+	addr := serve(t, m)
+	sess := laptop(t, addr)
+	var held []net.Conn
+	for range maxControls {
+		st := openStream(t, sess, rpc.Header{Kind: rpc.KindControl})
+		held = append(held, st)
+	}
+	eventually(t, "the control streams hold their slots", func() bool {
+		m.streamSlots.mu.Lock()
+		defer m.streamSlots.mu.Unlock()
+		return m.streamSlots.open == maxControls
+	})
+	extra := openStream(t, sess, rpc.Header{Kind: rpc.KindControl})
+	_ = extra.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := extra.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Errorf("a control stream past the session's %d: read %d, %v; want it closed", maxControls, n, err)
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	eventually(t, "closed control streams give their slots back", func() bool {
+		m.streamSlots.mu.Lock()
+		defer m.streamSlots.mu.Unlock()
+		return m.streamSlots.open == 0
+	})
 }

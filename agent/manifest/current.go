@@ -144,7 +144,12 @@ func YAML(opt Options) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(append(out, "---\n"...), b...)
+		out = append(out, "---\n"...)
+		if obj == runtime.Object(o.TLS) {
+			out = append(out, "# The manager's TLS key, made for this output: keep it out of Git (seal it), or let\n"+
+				"# `tunnel install` make it in the cluster. Whoever holds it can pose as the manager to sidecars.\n"...)
+		}
+		out = append(out, b...)
 	}
 	return out, nil
 }
