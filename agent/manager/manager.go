@@ -179,23 +179,28 @@ func (m *Manager) useAuthorizer(a authorizer) {
 	m.reach.authorize = a
 }
 
-// streamSlots counts open streams per session and in all.
+// streamSlots counts open streams per session and in all. Sessions from
+// pods share a quarter of all: however many pods open streams, laptops
+// keep the rest.
 type streamSlots struct {
 	perSession, total int
 
-	mu   sync.Mutex
-	open int
+	mu            sync.Mutex
+	open, podOpen int
 }
 
 // take reserves a slot for one of s's streams, or says there is none.
 func (t *streamSlots) take(s *session) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if s.open >= t.perSession || t.open >= t.total {
+	if s.open >= t.perSession || t.open >= t.total || (s.fromPod && t.podOpen >= t.total/4) {
 		return false
 	}
 	s.open++
 	t.open++
+	if s.fromPod {
+		t.podOpen++
+	}
 	return true
 }
 
@@ -204,6 +209,9 @@ func (t *streamSlots) give(s *session) {
 	defer t.mu.Unlock()
 	s.open--
 	t.open--
+	if s.fromPod {
+		t.podOpen--
+	}
 }
 
 // Handler serves /metrics (the manager's own registry) and /healthz.

@@ -317,3 +317,26 @@ func TestControlStreamsAreBounded(t *testing.T) {
 		return m.streamSlots.open == 0
 	})
 }
+
+// Pods together get a quarter of the manager's stream slots; laptops keep
+// the rest.
+func TestPodsShareAQuarterOfTheStreams(t *testing.T) {
+	slots := streamSlots{perSession: 100, total: 8}
+	pods := []*session{{fromPod: true}, {fromPod: true}}
+	if !slots.take(pods[0]) || !slots.take(pods[1]) {
+		t.Fatal("the first two pod streams were refused")
+	}
+	if slots.take(pods[0]) {
+		t.Error("a third pod stream was taken past a quarter of 8")
+	}
+	lap := &session{}
+	for i := range 6 {
+		if !slots.take(lap) {
+			t.Fatalf("laptop stream %d refused while pods hold their quarter", i)
+		}
+	}
+	slots.give(pods[1])
+	if !slots.take(pods[0]) {
+		t.Error("a pod stream refused after another gave its slot back")
+	}
+}
