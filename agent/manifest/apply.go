@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -97,51 +98,7 @@ func Install(ctx context.Context, cs kubernetes.Interface, opt Options, timeout 
 	if err := apply(ctx, cs, o, &created); err != nil {
 		return err
 	}
-	if err := applyPolicy(ctx, cs, o, &created); err != nil {
-		return err
-	}
 	return WaitReady(ctx, cs, timeout)
-}
-
-// applyPolicy creates or updates the CSR policy and its binding; a cluster
-// that does not serve ValidatingAdmissionPolicy (before 1.30) gets none.
-func applyPolicy(ctx context.Context, cs kubernetes.Interface, o Objects, created *[]func(context.Context) error) error {
-	adm := cs.AdmissionregistrationV1()
-	served, err := policiesServed(cs)
-	if err != nil || !served {
-		return err
-	}
-	if cur, err := adm.ValidatingAdmissionPolicies().Get(ctx, CSRPolicy, metav1.GetOptions{}); err == nil {
-		o.CSRPolicy.ResourceVersion = cur.ResourceVersion
-		if _, err := adm.ValidatingAdmissionPolicies().Update(ctx, o.CSRPolicy, metav1.UpdateOptions{}); err != nil {
-			return fmt.Errorf("update the CSR policy: %w", err)
-		}
-	} else if apierrors.IsNotFound(err) {
-		if _, err := adm.ValidatingAdmissionPolicies().Create(ctx, o.CSRPolicy, metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("create the CSR policy: %w", err)
-		}
-		*created = append(*created, func(ctx context.Context) error {
-			return adm.ValidatingAdmissionPolicies().Delete(ctx, CSRPolicy, metav1.DeleteOptions{})
-		})
-	} else {
-		return fmt.Errorf("read the CSR policy: %w", err)
-	}
-	if cur, err := adm.ValidatingAdmissionPolicyBindings().Get(ctx, CSRPolicy, metav1.GetOptions{}); err == nil {
-		o.CSRPolicyBinding.ResourceVersion = cur.ResourceVersion
-		if _, err := adm.ValidatingAdmissionPolicyBindings().Update(ctx, o.CSRPolicyBinding, metav1.UpdateOptions{}); err != nil {
-			return fmt.Errorf("update the CSR policy's binding: %w", err)
-		}
-	} else if apierrors.IsNotFound(err) {
-		if _, err := adm.ValidatingAdmissionPolicyBindings().Create(ctx, o.CSRPolicyBinding, metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("create the CSR policy's binding: %w", err)
-		}
-		*created = append(*created, func(ctx context.Context) error {
-			return adm.ValidatingAdmissionPolicyBindings().Delete(ctx, CSRPolicy, metav1.DeleteOptions{})
-		})
-	} else {
-		return fmt.Errorf("read the CSR policy's binding: %w", err)
-	}
-	return nil
 }
 
 // policiesServed asks discovery whether admissionregistration.k8s.io/v1
@@ -221,11 +178,12 @@ func apply(ctx context.Context, cs kubernetes.Interface, o Objects, created *[]f
 		func(ctx context.Context) error { return core.Namespaces().Delete(ctx, Namespace, del) }); err != nil {
 		return err
 	}
-	for _, s := range []struct {
+	type stepSpec struct {
 		what                string
 		get, create, update func() error
 		remove              func(context.Context) error
-	}{
+	}
+	steps := []stepSpec{
 		{"service account",
 			func() error { _, err := core.ServiceAccounts(Namespace).Get(ctx, Manager, g); return err },
 			func() error { _, err := core.ServiceAccounts(Namespace).Create(ctx, o.ServiceAccount, c); return err },
@@ -241,23 +199,6 @@ func apply(ctx context.Context, cs kubernetes.Interface, o Objects, created *[]f
 			func() error { _, err := rbac.ClusterRoleBindings().Create(ctx, o.ClusterRoleBinding, c); return err },
 			func() error { _, err := rbac.ClusterRoleBindings().Update(ctx, o.ClusterRoleBinding, u); return err },
 			func(ctx context.Context) error { return rbac.ClusterRoleBindings().Delete(ctx, Manager, del) }},
-		{"the manager's key",
-			func() error {
-				if o.TLS == nil {
-					return nil // nothing to do: no step below runs
-				}
-				_, err := core.Secrets(Namespace).Get(ctx, TLSSecret, g)
-				return err
-			},
-			func() error { _, err := core.Secrets(Namespace).Create(ctx, o.TLS, c); return err },
-			func() error {
-				if o.TLS == nil {
-					return nil
-				}
-				_, err := core.Secrets(Namespace).Update(ctx, o.TLS, u)
-				return err
-			},
-			func(ctx context.Context) error { return core.Secrets(Namespace).Delete(ctx, TLSSecret, del) }},
 		{"deployment",
 			func() error { _, err := apps.Deployments(Namespace).Get(ctx, Manager, g); return err },
 			func() error { _, err := apps.Deployments(Namespace).Create(ctx, o.Deployment, c); return err },
@@ -288,7 +229,44 @@ func apply(ctx context.Context, cs kubernetes.Interface, o Objects, created *[]f
 			func() error { _, err := rbac.Roles(Namespace).Create(ctx, o.ClientRole, c); return err },
 			func() error { _, err := rbac.Roles(Namespace).Update(ctx, o.ClientRole, u); return err },
 			func(ctx context.Context) error { return rbac.Roles(Namespace).Delete(ctx, ClientRole, del) }},
-	} {
+	}
+	if o.TLS != nil { // before the Deployment that mounts it
+		i := slices.IndexFunc(steps, func(s stepSpec) bool { return s.what == "deployment" })
+		steps = slices.Insert(steps, i, stepSpec{"the manager's key",
+			func() error { _, err := core.Secrets(Namespace).Get(ctx, TLSSecret, g); return err },
+			func() error { _, err := core.Secrets(Namespace).Create(ctx, o.TLS, c); return err },
+			func() error { _, err := core.Secrets(Namespace).Update(ctx, o.TLS, u); return err },
+			func(ctx context.Context) error { return core.Secrets(Namespace).Delete(ctx, TLSSecret, del) }})
+	}
+	// A cluster that does not serve ValidatingAdmissionPolicy (before
+	// 1.30) gets no CSR policy.
+	served, err := policiesServed(cs)
+	if err != nil {
+		return err
+	}
+	if served {
+		adm := cs.AdmissionregistrationV1()
+		steps = append(steps,
+			stepSpec{"the CSR policy",
+				func() error { _, err := adm.ValidatingAdmissionPolicies().Get(ctx, CSRPolicy, g); return err },
+				func() error { _, err := adm.ValidatingAdmissionPolicies().Create(ctx, o.CSRPolicy, c); return err },
+				func() error { _, err := adm.ValidatingAdmissionPolicies().Update(ctx, o.CSRPolicy, u); return err },
+				func(ctx context.Context) error { return adm.ValidatingAdmissionPolicies().Delete(ctx, CSRPolicy, del) }},
+			stepSpec{"the CSR policy's binding",
+				func() error { _, err := adm.ValidatingAdmissionPolicyBindings().Get(ctx, CSRPolicy, g); return err },
+				func() error {
+					_, err := adm.ValidatingAdmissionPolicyBindings().Create(ctx, o.CSRPolicyBinding, c)
+					return err
+				},
+				func() error {
+					_, err := adm.ValidatingAdmissionPolicyBindings().Update(ctx, o.CSRPolicyBinding, u)
+					return err
+				},
+				func(ctx context.Context) error {
+					return adm.ValidatingAdmissionPolicyBindings().Delete(ctx, CSRPolicy, del)
+				}})
+	}
+	for _, s := range steps {
 		if err := step(s.what, s.get, s.create, s.update, s.remove); err != nil {
 			return err
 		}
