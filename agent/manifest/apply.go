@@ -250,7 +250,15 @@ func apply(ctx context.Context, cs kubernetes.Interface, o Objects, created *[]f
 			stepSpec{"the CSR policy",
 				func() error { _, err := adm.ValidatingAdmissionPolicies().Get(ctx, CSRPolicy, g); return err },
 				func() error { _, err := adm.ValidatingAdmissionPolicies().Create(ctx, o.CSRPolicy, c); return err },
-				func() error { _, err := adm.ValidatingAdmissionPolicies().Update(ctx, o.CSRPolicy, u); return err },
+				func() error { // admission objects are updated at their resourceVersion only
+					cur, err := adm.ValidatingAdmissionPolicies().Get(ctx, CSRPolicy, g)
+					if err != nil {
+						return err
+					}
+					o.CSRPolicy.ResourceVersion = cur.ResourceVersion
+					_, err = adm.ValidatingAdmissionPolicies().Update(ctx, o.CSRPolicy, u)
+					return err
+				},
 				func(ctx context.Context) error { return adm.ValidatingAdmissionPolicies().Delete(ctx, CSRPolicy, del) }},
 			stepSpec{"the CSR policy's binding",
 				func() error { _, err := adm.ValidatingAdmissionPolicyBindings().Get(ctx, CSRPolicy, g); return err },
@@ -259,7 +267,12 @@ func apply(ctx context.Context, cs kubernetes.Interface, o Objects, created *[]f
 					return err
 				},
 				func() error {
-					_, err := adm.ValidatingAdmissionPolicyBindings().Update(ctx, o.CSRPolicyBinding, u)
+					cur, err := adm.ValidatingAdmissionPolicyBindings().Get(ctx, CSRPolicy, g)
+					if err != nil {
+						return err
+					}
+					o.CSRPolicyBinding.ResourceVersion = cur.ResourceVersion
+					_, err = adm.ValidatingAdmissionPolicyBindings().Update(ctx, o.CSRPolicyBinding, u)
 					return err
 				},
 				func(ctx context.Context) error {
