@@ -4,12 +4,7 @@ package integration
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"net/netip"
 	"os"
@@ -23,14 +18,12 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	appsv1 "k8s.io/api/apps/v1"
-	certv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/ptr"
 
 	"tunnel.dev/tunnel/integration/lab"
-	"tunnel.dev/tunnel/rpc"
 	daemonpb "tunnel.dev/tunnel/rpc/daemon"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 )
@@ -386,45 +379,5 @@ func TestOneLaptopCannotExhaustTheManager(t *testing.T) {
 	// flooding laptop waits that long; nobody else waits at all.
 	if out, err := other.sh("curl -sS --max-time 5 http://echo/after"); err != nil || !strings.Contains(out, "path=/after") {
 		t.Errorf("another laptop after the flood: %v\n%s", err, out)
-	}
-}
-
-// The manager may read and delete CertificateSigningRequests, which RBAC
-// cannot narrow to tunnel's: an admission policy holds it to tunnel's own.
-// Tried as the manager's ServiceAccount (kubectl --as): another signer's
-// request stays, a tunnel proof goes.
-func TestTheManagerDeletesOnlyTunnelsCSRs(t *testing.T) {
-	installManager(t)
-	ctx := context.Background()
-	as := "--as=system:serviceaccount:tunnel-system:tunnel-manager"
-	mk := func(name, signer string) {
-		t.Helper()
-		_, key, _ := ed25519.GenerateKey(rand.Reader)
-		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		csr := &certv1.CertificateSigningRequest{ObjectMeta: metav1.ObjectMeta{Name: name},
-			Spec: certv1.CertificateSigningRequestSpec{Request: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}),
-				SignerName: signer, Usages: []certv1.KeyUsage{certv1.UsageClientAuth}}}
-		if _, err := h.Client.CertificatesV1().CertificateSigningRequests().Create(ctx, csr, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_ = h.Client.CertificatesV1().CertificateSigningRequests().Delete(context.Background(), name, metav1.DeleteOptions{})
-		})
-	}
-	other := "someone-elses-" + strings.ToLower(t.Name()[len(t.Name())-4:])
-	mk(other, "kubernetes.io/kube-apiserver-client")
-	mk(rpc.IdentityPrefix+"policytest", rpc.IdentitySigner)
-	out, err := kubectl(ctx, node, "delete", "csr", other, as)
-	if err == nil || !strings.Contains(out, "may only delete tunnel's session proofs") {
-		t.Errorf("the manager deleting another signer's request: %v\n%s", err, out)
-	}
-	if _, err := h.Client.CertificatesV1().CertificateSigningRequests().Get(ctx, other, metav1.GetOptions{}); err != nil {
-		t.Errorf("another signer's request after the manager's attempt: %v", err)
-	}
-	if out, err := kubectl(ctx, node, "delete", "csr", rpc.IdentityPrefix+"policytest", as); err != nil {
-		t.Errorf("the manager deleting a tunnel proof: %v\n%s", err, out)
 	}
 }

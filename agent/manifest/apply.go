@@ -238,6 +238,14 @@ func apply(ctx context.Context, cs kubernetes.Interface, o Objects, created *[]f
 			func() error { _, err := core.Secrets(Namespace).Update(ctx, o.TLS, u); return err },
 			func(ctx context.Context) error { return core.Secrets(Namespace).Delete(ctx, TLSSecret, del) }})
 	}
+	if o.NetworkPolicy != nil {
+		np := cs.NetworkingV1().NetworkPolicies(Namespace)
+		steps = append(steps, stepSpec{"the manager's network policy",
+			func() error { _, err := np.Get(ctx, Manager, g); return err },
+			func() error { _, err := np.Create(ctx, o.NetworkPolicy, c); return err },
+			func() error { _, err := np.Update(ctx, o.NetworkPolicy, u); return err },
+			func(ctx context.Context) error { return np.Delete(ctx, Manager, del) }})
+	}
 	// A cluster that does not serve ValidatingAdmissionPolicy (before
 	// 1.30) gets no CSR policy.
 	served, err := policiesServed(cs)

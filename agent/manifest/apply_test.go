@@ -2,6 +2,7 @@ package manifest
 
 import (
 	"context"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+
+	"tunnel.dev/tunnel/rpc"
 )
 
 // allowAll answers every access review with yes.
@@ -77,6 +80,23 @@ func TestBuildWithTheManagersKey(t *testing.T) {
 	}
 	if o.TLS == nil || string(o.TLS.Data["tls.key"]) != string(key) {
 		t.Error("no Secret with the manager's key")
+	}
+	// The policy admits exactly the container's sidecar and metrics ports,
+	// by names the container has, to the manager's pods.
+	np := o.NetworkPolicy
+	if np == nil || len(np.Spec.Ingress) != 1 || !reflect.DeepEqual(np.Spec.PodSelector.MatchLabels, o.Deployment.Spec.Selector.MatchLabels) {
+		t.Fatalf("the network policy: %+v", np)
+	}
+	named := map[string]int32{}
+	for _, p := range o.Deployment.Spec.Template.Spec.Containers[0].Ports {
+		named[p.Name] = p.ContainerPort
+	}
+	var admitted []int32
+	for _, p := range np.Spec.Ingress[0].Ports {
+		admitted = append(admitted, named[p.Port.StrVal])
+	}
+	if want := []int32{rpc.SidecarSessionPort, MetricsPort}; !reflect.DeepEqual(admitted, want) {
+		t.Errorf("the network policy admits ports %v, want %v", admitted, want)
 	}
 	if _, _, err := NewTLS(); err != nil {
 		t.Fatal(err)

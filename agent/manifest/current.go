@@ -111,7 +111,11 @@ func YAML(opt Options) ([]byte, error) {
 	if o.TLS != nil {
 		objs = append(objs, o.TLS)
 	}
-	objs = append(objs, o.Deployment, o.Service, o.ClientClusterRole, o.ClientRole, o.CSRPolicy, o.CSRPolicyBinding)
+	objs = append(objs, o.Deployment, o.Service)
+	if o.NetworkPolicy != nil {
+		objs = append(objs, o.NetworkPolicy)
+	}
+	objs = append(objs, o.ClientClusterRole, o.ClientRole, o.CSRPolicy, o.CSRPolicyBinding)
 	if o.ClientClusterRoleBinding != nil {
 		objs = append(objs, o.ClientClusterRoleBinding)
 	}

@@ -9,6 +9,7 @@ import (
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -102,8 +103,12 @@ type Objects struct {
 	ClusterRoleBinding *rbacv1.ClusterRoleBinding
 	Deployment         *appsv1.Deployment
 	Service            *corev1.Service
-	ClientRole         *rbacv1.Role
-	ClientRoleBinding  *rbacv1.RoleBinding // nil when nobody is allowed
+	// NetworkPolicy admits to the manager's pod only the sidecars' port and
+	// metrics; laptops come through port-forwards, which arrive on the
+	// pod's loopback and no policy sees. Nil without the manager's key.
+	NetworkPolicy     *networkingv1.NetworkPolicy
+	ClientRole        *rbacv1.Role
+	ClientRoleBinding *rbacv1.RoleBinding // nil when nobody is allowed
 	// A connecting user proves who they are to the manager with a
 	// CertificateSigningRequest, whose requester the API server records.
 	ClientClusterRole        *rbacv1.ClusterRole
@@ -231,6 +236,8 @@ func Build(opt Options) Objects {
 		ObjectMeta: meta(ClientRole, ""),
 		Rules: []rbacv1.PolicyRule{
 			{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"certificatesigningrequests"}, Verbs: []string{"create"}},
+			// Marks the holder as one the CSR policy keeps to tunnel's signer.
+			{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"signers"}, ResourceNames: []string{rpc.IdentitySigner}, Verbs: []string{SignerVerb}},
 		},
 	}
 	if len(subjects) > 0 {
@@ -274,6 +281,17 @@ func addTLS(o *Objects, opt Options) {
 		{Name: "sidecars", Port: rpc.SidecarSessionPort, TargetPort: intstr.FromString("sidecars")},
 		{Name: "metrics", Port: MetricsPort, TargetPort: intstr.FromString("metrics")},
 	}
+	anyPod := []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{}}}
+	tcp := corev1.ProtocolTCP
+	o.NetworkPolicy = &networkingv1.NetworkPolicy{ObjectMeta: meta(Manager, Namespace),
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: *o.Deployment.Spec.Selector,
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{From: anyPod, Ports: []networkingv1.NetworkPolicyPort{
+				{Protocol: &tcp, Port: ptr.To(intstr.FromString("sidecars"))},
+				{Protocol: &tcp, Port: ptr.To(intstr.FromString("metrics"))},
+			}}},
+		}}
 }
 
 func managerArgs(opt Options) []string {
