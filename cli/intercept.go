@@ -192,7 +192,7 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 		spec.Mode, spec.HeaderName, spec.HeaderValue = managerpb.InterceptMode_PERSONAL, headerName, headerValue
 	}
 	if spec.Name == "" {
-		spec.Name = defaultName(workload, plan.ServicePort.Name, plan.AppPort, spec.Mode)
+		spec.Name = defaultName(workload, plan.ServicePort.Name, plan.AppPort, spec)
 	}
 	resp, err := c.Intercept(ctx, &daemonpb.InterceptRequest{Spec: spec, LocalPort: local})
 	if err != nil {
@@ -362,16 +362,36 @@ func parseHeader(s string) (string, string, error) {
 	return n, v, nil
 }
 
-func defaultName(workload, portName string, appPort int32, mode managerpb.InterceptMode) string {
+// defaultName names an intercept WORKLOAD-PORT; a personal one adds its
+// header's value and a mirror this laptop's user and host, so that two
+// laptops sharing one Kubernetes credential (a team's kubeconfig) get names
+// of their own.
+func defaultName(workload, portName string, appPort int32, spec *managerpb.InterceptSpec) string {
 	p := portName
 	if p == "" {
 		p = strconv.Itoa(int(appPort))
 	}
 	name := workload + "-" + p
-	if mode != managerpb.InterceptMode_GLOBAL {
-		name += "-" + localUser()
+	switch spec.GetMode() {
+	case managerpb.InterceptMode_PERSONAL:
+		name += "-" + spec.GetHeaderValue()
+	case managerpb.InterceptMode_MIRROR:
+		host, _ := os.Hostname()
+		name += "-" + localUser() + "-" + host
 	}
-	return name
+	return nameLabel(name)
+}
+
+// nameLabel makes s a name the manager takes: lowercase letters, digits
+// and dashes, at most 63 characters.
+func nameLabel(s string) string {
+	b := []byte(strings.ToLower(s))
+	for i, c := range b {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			b[i] = '-'
+		}
+	}
+	return strings.Trim(string(b[:min(len(b), 63)]), "-")
 }
 
 func localUser() string {

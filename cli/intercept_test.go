@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -58,14 +59,27 @@ func TestParseHeader(t *testing.T) {
 }
 
 func TestDefaultName(t *testing.T) {
-	if got := defaultName("echo", "http", 8080, managerpb.InterceptMode_GLOBAL); got != "echo-http" {
+	global := &managerpb.InterceptSpec{Mode: managerpb.InterceptMode_GLOBAL}
+	if got := defaultName("echo", "http", 8080, global); got != "echo-http" {
 		t.Errorf("global, named port: %q", got)
 	}
-	if got := defaultName("echo", "", 8080, managerpb.InterceptMode_GLOBAL); got != "echo-8080" {
+	if got := defaultName("echo", "", 8080, global); got != "echo-8080" {
 		t.Errorf("global, unnamed port: %q", got)
 	}
-	if got := defaultName("echo", "http", 8080, managerpb.InterceptMode_PERSONAL); !strings.HasPrefix(got, "echo-http-") {
-		t.Errorf("personal: %q, want the user appended", got)
+	// Two laptops with one credential: their header values differ, and so
+	// do their names.
+	for value, want := range map[string]string{"alice": "echo-http-alice", "Bob_2": "echo-http-bob-2", "x.y/z": "echo-http-x-y-z"} {
+		personal := &managerpb.InterceptSpec{Mode: managerpb.InterceptMode_PERSONAL, HeaderName: "X-Tunnel-Dev", HeaderValue: value}
+		if got := defaultName("echo", "http", 8080, personal); got != want {
+			t.Errorf("personal with %q: %q, want %q", value, got, want)
+		}
+	}
+	host, _ := os.Hostname()
+	if got := defaultName("echo", "http", 8080, &managerpb.InterceptSpec{Mode: managerpb.InterceptMode_MIRROR}); got != nameLabel("echo-http-"+localUser()+"-"+host) {
+		t.Errorf("mirror: %q, want the user and host appended", got)
+	}
+	if got := nameLabel(strings.Repeat("a", 70) + "-"); len(got) != 63 {
+		t.Errorf("a long name: %d characters", len(got))
 	}
 }
 

@@ -26,10 +26,14 @@ func newQuit() *cobra.Command {
 					fmt.Fprintln(cmd.OutOrStdout(), "Not connected.")
 					return nil
 				}
-				if err := repair(); err != nil {
+				done, err := repair()
+				if err != nil {
 					return err
 				}
-				fmt.Fprintln(cmd.OutOrStdout(), "Not connected; restored the DNS settings a crashed daemon left.")
+				if done == "" {
+					done = "Nothing was left to repair.\n"
+				}
+				fmt.Fprint(cmd.OutOrStdout(), "Not connected. "+done)
 				return nil
 			}
 			if err != nil {
@@ -45,19 +49,21 @@ func newQuit() *cobra.Command {
 	}
 }
 
-// repair runs `tunnel daemon --repair`, as root.
-func repair() error {
+// repair runs `tunnel daemon --repair`, as root, and returns what it says
+// it repaired.
+func repair() (string, error) {
 	self, err := os.Executable()
 	if err != nil {
-		return err
+		return "", err
 	}
 	cmd := exec.Command(self, "daemon", "--repair")
 	if os.Geteuid() != 0 {
 		cmd = exec.Command("sudo", self, "daemon", "--repair")
 	}
 	cmd.Stdin, cmd.Stderr = os.Stdin, os.Stderr
-	if out, err := cmd.Output(); err != nil {
-		return fmt.Errorf("repair what a crashed daemon left: %v %s", err, out)
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("repair what a crashed daemon left: %v %s", err, out)
 	}
-	return nil
+	return string(out), nil
 }

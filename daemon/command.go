@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -53,8 +54,12 @@ func Command() *cobra.Command {
 				return err
 			}
 			opt.DNSAddr = a
-			if repair {
-				return Repair(logger, opt)
+			if repair { // for `tunnel quit`: what it did, in sentences on stdout
+				done, err := Repair(slog.New(slog.DiscardHandler), opt)
+				for _, s := range done {
+					fmt.Fprintln(cmd.OutOrStdout(), s)
+				}
+				return err
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()

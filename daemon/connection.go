@@ -15,6 +15,7 @@ import (
 	mdns "github.com/miekg/dns"
 	wgtun "golang.zx2c4.com/wireguard/tun"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/connrotation"
 
 	"tunnel.dev/tunnel/dns"
 	daemonpb "tunnel.dev/tunnel/rpc/daemon"
@@ -82,6 +83,12 @@ func open(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, 
 	}
 	c.server, c.context = rc.Host, kctx
 	c.pin(apiServerAddrs(ctx, rc.Host)...)
+	// The API server's connections are ours to close: after the laptop's
+	// network changes, one bound to the old address would hold every
+	// request (the pod list of a reconnect among them) until HTTP/2's
+	// health check gives up, 45 s later.
+	conns := connrotation.NewDialer((&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext)
+	rc.Dial = conns.DialContext
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, err
@@ -89,6 +96,7 @@ func open(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c.cancel = cancel
 	c.sess = newSession(logger, rc, cs, req.ManagerNamespace, c.clusterChanged)
+	c.sess.pathDied = conns.CloseAll
 	info, err := c.sess.connect(ctx)
 	if err != nil {
 		return nil, err

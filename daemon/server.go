@@ -67,7 +67,7 @@ func Run(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, g
 	// The lock file names the daemon, for people and tests that look.
 	_ = lock.Truncate(0)
 	_, _ = fmt.Fprintf(lock, "%d\n", os.Getpid())
-	if err := Repair(logger, opt); err != nil {
+	if _, err := Repair(logger, opt); err != nil {
 		return err
 	}
 	metrics, err := listenMetrics(logger, metricsAddr)
@@ -150,12 +150,17 @@ func (d *Daemon) callerOf(ctx context.Context) Caller {
 }
 
 // Repair undoes what a daemon that died without quitting left: the TUN
-// device and its routes die with the process, the DNS settings do not.
-func Repair(logger *slog.Logger, opt Options) error {
-	if err := dns.RepairDirect(logger, dns.OSFS{}, opt.ResolvConf, daemonpb.ResolvBackup(opt.RunDir)); err != nil {
-		return fmt.Errorf("repair DNS settings a crashed daemon left: %w", err)
+// device and its routes die with the process, the DNS settings do not. It
+// returns what it repaired, in sentences for the user.
+func Repair(logger *slog.Logger, opt Options) ([]string, error) {
+	repaired, err := dns.RepairDirect(logger, dns.OSFS{}, opt.ResolvConf, daemonpb.ResolvBackup(opt.RunDir))
+	if err != nil {
+		return nil, fmt.Errorf("repair DNS settings a crashed daemon left: %w", err)
 	}
-	return nil
+	if !repaired {
+		return nil, nil
+	}
+	return []string{fmt.Sprintf("Restored %s as it was before tunnel connected: a daemon that stopped without quitting had left the cluster's resolver in it.", opt.ResolvConf)}, nil
 }
 
 func (d *Daemon) Connect(ctx context.Context, req *daemonpb.ConnectRequest) (*daemonpb.StatusResponse, error) {

@@ -73,12 +73,16 @@ type session struct {
 	user     string        // as the manager knows us
 	proofErr error         // why we could not prove who we are to the manager, if we could not
 	changed  chan struct{} // closed and replaced when cur changes
+
+	netChanged chan struct{} // the laptop's addresses or routes changed
+	pathDied   func()        // the way to the API server went: drop its connections
 }
 
 func newSession(logger *slog.Logger, rc *rest.Config, cs kubernetes.Interface, ns string, onCluster func(*managerpb.ClusterInfo)) *session {
 	return &session{
 		log: logger.With("subsystem", "session"), rc: rc, cs: cs, ns: ns, onCluster: onCluster,
 		state: "connecting", changed: make(chan struct{}), icpt: newIntercepts(logger),
+		netChanged: make(chan struct{}, 1),
 	}
 }
 
@@ -87,7 +91,7 @@ func newSession(logger *slog.Logger, rc *rest.Config, cs kubernetes.Interface, n
 func yamuxConfig() *yamux.Config {
 	c := yamux.DefaultConfig()
 	c.EnableKeepAlive = true
-	c.KeepAliveInterval = 3 * time.Second
+	c.KeepAliveInterval = keepAliveInterval // watchSilence listens for the answers
 	c.ConnectionWriteTimeout = 10 * time.Second
 	c.MaxStreamWindowSize = 16 << 20
 	c.StreamCloseTimeout = time.Minute
@@ -107,7 +111,8 @@ func (s *session) connect(ctx context.Context) (*managerpb.ClusterInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	mux, err := yamux.Client(rpc.CoalesceWrites(pf), yamuxConfig())
+	heard := newHeardConn(pf)
+	mux, err := yamux.Client(rpc.CoalesceWrites(heard), yamuxConfig())
 	if err != nil {
 		pf.Close()
 		return nil, fmt.Errorf("start yamux: %w", err)
@@ -176,6 +181,7 @@ func (s *session) connect(ctx context.Context) (*managerpb.ClusterInfo, error) {
 	}
 
 	go s.accept(context.WithoutCancel(ctx), mux)
+	go watchSilence(context.WithoutCancel(ctx), s.log, mux, heard, silenceLimit, s.netChanged, s.pathDied)
 	s.mu.Lock()
 	s.cur, s.ctl, s.grpc, s.pf, s.mgrVer, s.user, s.state = mux, ctl, cc, pf, hello.ManagerVersion, hello.GetUser(), "connected"
 	close(s.changed)
@@ -197,9 +203,22 @@ func (s *session) connect(ctx context.Context) (*managerpb.ClusterInfo, error) {
 }
 
 // run keeps the session up until ctx ends: when the current one dies it
-// reconnects with exponential backoff (100 ms to 5 s, jittered).
+// reconnects with exponential backoff (100 ms to 2 s, jittered): a
+// reconnect is a pod list and a port-forward, cheap enough to try every
+// other second, and a user waits for the first one that works.
 func (s *session) run(ctx context.Context) {
 	s.icpt.useDirect(ctx, newDirect(s.log, s.rc, s.cs, s.icpt.serve))
+	go func() {
+		err := watchAddresses(ctx, func() {
+			select {
+			case s.netChanged <- struct{}{}:
+			default: // one look is pending already
+			}
+		})
+		if err != nil {
+			s.log.Warn("cannot watch this machine's addresses; a network change is noticed by silence alone", "err", err)
+		}
+	}()
 	backoff := 100 * time.Millisecond
 	for {
 		s.mu.Lock()
@@ -235,7 +254,7 @@ func (s *session) run(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			}
-			backoff = min(backoff*2, 5*time.Second)
+			backoff = min(backoff*2, 2*time.Second)
 			if errors.Is(err, ErrVersionSkew) {
 				// Nothing changes until someone upgrades: ask seldom.
 				backoff = time.Minute

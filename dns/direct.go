@@ -138,14 +138,14 @@ func (d *Direct) Repair() (bool, error) {
 
 // RepairDirect is Repair for the daemon's start, before it has a Direct:
 // it restores the resolv.conf at path from backupPath if a crashed run left
-// ours in place. It fails with ErrBackupMissing when it cannot.
-func RepairDirect(logger *slog.Logger, fsys FS, path, backupPath string) error {
+// ours in place, and says whether it did. It fails with ErrBackupMissing
+// when it cannot.
+func RepairDirect(logger *slog.Logger, fsys FS, path, backupPath string) (bool, error) {
 	d, err := NewDirect(logger, fsys, path, backupPath)
 	if err != nil {
-		return err
+		return false, err
 	}
-	_, err = d.Repair()
-	return err
+	return d.Repair()
 }
 
 // restoreLocked puts the original back if the file is ours, and removes the

@@ -223,17 +223,17 @@ func TestRepairDirect(t *testing.T) {
 	if err := d.SetDNS(ourConfig); err != nil {
 		t.Fatal(err)
 	}
-	if err := RepairDirect(testLogger(t), OSFS{}, m.path, m.backup); err != nil {
-		t.Fatal(err)
+	if repaired, err := RepairDirect(testLogger(t), OSFS{}, m.path, m.backup); err != nil || !repaired {
+		t.Fatalf("repair: %v %v", repaired, err)
 	}
 	if got := stateOf(t, m.path).data; got != nmResolvConf {
 		t.Errorf("repaired:\n%s", got)
 	}
 	os.WriteFile(m.path, formatResolvConf(ourConfig, m.backup, nil), 0o644)
-	if err := RepairDirect(testLogger(t), OSFS{}, m.path, m.backup); !errors.Is(err, ErrBackupMissing) {
+	if _, err := RepairDirect(testLogger(t), OSFS{}, m.path, m.backup); !errors.Is(err, ErrBackupMissing) {
 		t.Errorf("without a backup: %v, want ErrBackupMissing", err)
 	}
-	if err := RepairDirect(nil, nil, m.path, m.path); err == nil {
+	if _, err := RepairDirect(nil, nil, m.path, m.path); err == nil {
 		t.Error("RepairDirect with one path for both succeeded")
 	}
 }

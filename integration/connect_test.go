@@ -180,7 +180,11 @@ func TestKillNineThenRepair(t *testing.T) {
 		if out, err := l.sh("ip -o link show tunnel0"); err == nil {
 			t.Errorf("the TUN device outlived its daemon: %s", out)
 		}
-		l.must(next)
+		out := l.must(next)
+		// What quit repaired is said in sentences, not log lines.
+		if next == "quit" && (!strings.Contains(out, "Not connected. Restored /etc/resolv.conf as it was before tunnel connected") || strings.Contains(out, "level=")) {
+			t.Errorf("quit after kill -9 says:\n%s", out)
+		}
 		if next == "connect" {
 			if out, err := l.sh("dig +short kubernetes.default.svc." + h.Config.ClusterDomain); err != nil || strings.TrimSpace(out) == "" {
 				t.Errorf("after repair and connect, cluster DNS: %v\n%s", err, out)

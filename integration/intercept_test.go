@@ -394,6 +394,20 @@ func TestFallbackNoFallbackAndMirror(t *testing.T) {
 	eventually(t, 10*time.Second, "the laptop gets a copy", func() (bool, string) {
 		return strings.Contains(srv.requests(), "path=/mirrored"), srv.requests()
 	})
+	// leave --all ends every intercept of ours, each said in a line.
+	l.must("intercept", "echo", "--port", "7072:http", "--http-header", "x-tunnel-who=liam")
+	out = l.must("leave", "--all")
+	for _, want := range []string{"Intercept echo-http-liam in namespace " + ns + " ended.", "Intercept echo-http-root-"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("leave --all says:\n%s\nwant %q", out, want)
+		}
+	}
+	if got := list(t, l, ns); len(got["echo"].Intercepts) != 0 {
+		t.Errorf("after leave --all: %+v", got)
+	}
+	if out := l.must("leave", "--all"); !strings.Contains(out, "You hold no intercepts.") {
+		t.Errorf("leave --all with none: %s", out)
+	}
 }
 
 func TestInterceptEndsWhenItsDaemonDies(t *testing.T) {

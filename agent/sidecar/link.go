@@ -133,7 +133,7 @@ func (l *link) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
-		backoff = min(backoff*2, 5*time.Second)
+		backoff = min(backoff*2, 2*time.Second) // a user waits on the first try that works
 	}
 }
 

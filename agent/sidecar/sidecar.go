@@ -68,9 +68,14 @@ type Config struct {
 // is then the only one accepted (its certificate is self-signed, and
 // nothing else about it is checked).
 func dialManager(pin string) func(ctx context.Context, addr string) (net.Conn, error) {
+	// A connect inside the cluster takes milliseconds; one that does not
+	// went to an endpoint that is gone (a manager pod just replaced, its
+	// address not yet out of kube-proxy's rules). Give up soon and try
+	// again, rather than sit out the whole session timeout.
+	nd := &net.Dialer{Timeout: 2 * time.Second}
 	if pin == "" {
 		return func(ctx context.Context, addr string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+			return nd.DialContext(ctx, "tcp", addr)
 		}
 	}
 	cfg := &tls.Config{
@@ -91,7 +96,7 @@ func dialManager(pin string) func(ctx context.Context, addr string) (net.Conn, e
 		},
 	}
 	return func(ctx context.Context, addr string) (net.Conn, error) {
-		return (&tls.Dialer{Config: cfg}).DialContext(ctx, "tcp", addr)
+		return (&tls.Dialer{NetDialer: nd, Config: cfg}).DialContext(ctx, "tcp", addr)
 	}
 }
 

@@ -71,7 +71,8 @@ func laptopIndex(p Paths, name string) (int, error) {
 			}
 		}
 	}
-	for i := 0; i < 1<<14; i++ {
+	for i := 0; i < 1<<13; i++ { // the upper half is the laptops' roaming links
+
 		if !used[i] {
 			return i, writeFileAtomic(p.laptopIndexFile(name), []byte(strconv.Itoa(i)+"\n"), 0o644)
 		}

@@ -63,7 +63,11 @@ func processRuns(pid int, bin string) bool {
 // it outlives `lab up`), unless it already runs, and waits until it is ready.
 func start(ctx context.Context, p Paths, c component) error {
 	if _, ok := running(p, c); ok {
-		return waitReady(ctx, p, c, func() bool { _, ok := running(p, c); return ok })
+		err := waitReady(ctx, p, c, func() bool { _, ok := running(p, c); return ok })
+		if _, still := running(p, c); err == nil || still {
+			return err
+		}
+		// It was on its way out (stopped by hand just before): start anew.
 	}
 	if err := os.MkdirAll(filepath.Dir(p.LogFile(c.name)), 0o755); err != nil {
 		return err

@@ -4,7 +4,9 @@ package lab
 
 import (
 	"context"
+	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -61,5 +63,44 @@ func TestRunningIgnoresARecycledPid(t *testing.T) {
 	}
 	if _, ok := running(p, c); ok {
 		t.Fatal("a pid running another binary counted as the component")
+	}
+}
+
+// `lab up` right after a part was told to stop (an API server shutting
+// down): the old process still runs but will not get ready; once it exits,
+// start runs a new one instead of failing.
+func TestStartReplacesAPartOnItsWayOut(t *testing.T) {
+	sh, _ := exec.LookPath("sh")
+	p := Paths{State: t.TempDir()}
+	marker := p.state("ready")
+	// Ready once a process of ours has written the marker; the first one is
+	// on its way out and never writes it.
+	c := component{name: "leaving", bin: sh, args: []string{"-c", "sleep 0.5; touch " + marker + "; while :; do sleep 0.2; done"},
+		ready: func(context.Context) error {
+			if _, err := os.Stat(marker); err != nil {
+				return err
+			}
+			return nil
+		}}
+	old := exec.Command(sh, "-c", "sleep 1")
+	if err := old.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go old.Wait()
+	if err := writeFileAtomic(p.pidFile(c.name), []byte(strconv.Itoa(old.Process.Pid)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := running(p, c); !ok {
+		t.Fatal("the leaving process does not count as running")
+	}
+	if err := start(context.Background(), p, c); err != nil {
+		t.Fatalf("start after the old process left: %v", err)
+	}
+	pid, ok := running(p, c)
+	if !ok || pid == old.Process.Pid {
+		t.Fatalf("running %d %v, want a new process", pid, ok)
+	}
+	if err := stop(p, c, 2*time.Second); err != nil {
+		t.Fatal(err)
 	}
 }

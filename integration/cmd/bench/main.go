@@ -38,6 +38,8 @@ type bench struct {
 	connsN  int
 	results [][]string
 	only    string
+	laptops string // N,N,...: rows of laptops on one manager
+	laptopN int    // requests per laptop in those rows
 	perf    string // record a system-wide perf profile of the intercept upload here
 }
 
@@ -46,7 +48,9 @@ func main() {
 	flag.Int64Var(&b.size, "bytes", 1<<30, "size of the bulk download")
 	flag.IntVar(&b.latN, "requests", 2000, "small HTTP requests per path for the latency figures")
 	flag.IntVar(&b.connsN, "conns", 1000, "concurrent TCP connections through the tunnel")
-	flag.StringVar(&b.only, "only", "", "measure only this part: intercept")
+	flag.StringVar(&b.only, "only", "", "measure only this part: intercept or laptops")
+	flag.StringVar(&b.laptops, "laptops", "1,10,50", "how many laptops on one manager, per row of that table")
+	flag.IntVar(&b.laptopN, "laptop-requests", 300, "requests each of those laptops makes")
 	flag.StringVar(&b.perf, "perf", "", "record perf profiles (perf record -a -g) of the first uploads: through the intercept into this file, through kubectl port-forward into FILE.port-forward")
 	flag.Parse()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
@@ -109,6 +113,9 @@ func (b *bench) run(ctx context.Context) error {
 	_, _ = b.l.Run(ctx, b.laptop, b.tunnel, "quit")
 	defer b.l.Run(context.WithoutCancel(ctx), b.laptop, b.tunnel, "quit")
 
+	if b.only == "laptops" {
+		return b.laptopRows(ctx)
+	}
 	if b.only == "intercept" {
 		if _, err := b.l.Run(ctx, b.laptop, b.tunnel, "connect", "-n", b.ns); err != nil {
 			return err
@@ -180,6 +187,26 @@ func (b *bench) run(ctx context.Context) error {
 	printTable(rows)
 	fmt.Println()
 	printIntercept(b.latN, dP50, dP99, ic)
+	fmt.Println()
+	return b.laptopRows(ctx)
+}
+
+// laptopRows measures and prints the many-laptops table.
+func (b *bench) laptopRows(ctx context.Context) error {
+	var rows []laptopsResult
+	for _, f := range strings.Split(b.laptops, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return fmt.Errorf("-laptops %q: want counts such as 1,10,50", b.laptops)
+		}
+		fmt.Fprintf(os.Stderr, "==> %d laptops on one manager\n", n)
+		r, err := b.manyLaptops(ctx, n, b.laptopN)
+		if err != nil {
+			return err
+		}
+		rows = append(rows, r)
+	}
+	printLaptops(rows, b.laptopN)
 	return nil
 }
 

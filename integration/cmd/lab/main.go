@@ -13,7 +13,9 @@ import (
 	"os/exec"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -41,7 +43,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(upCmd(), downCmd(), statusCmd(), execCmd())
+	root.AddCommand(upCmd(), downCmd(), statusCmd(), execCmd(), faultCmd())
 	return root
 }
 
@@ -153,6 +155,42 @@ func execCmd() *cobra.Command {
 	f.StringVar(&opt.Laptop, "laptop", "alice", "the laptop to run in")
 	f.BoolVar(&node, "node", false, "run in the node's network namespace instead of a laptop's")
 	f.StringVar(&opt.User, "user", "admin", "whose kubeconfig: admin or dev")
+	return cmd
+}
+
+func faultCmd() *cobra.Command {
+	var opt lab.FaultOptions
+	cmd := &cobra.Command{
+		Use: "fault KIND [--laptop NAME] [--for DURATION] [--pod NAMESPACE/POD]",
+		Short: "Cause a fault a user's cluster or laptop lives through, and return once it is over: " +
+			strings.Join(lab.Faults, ", "),
+		Long: `Cause one fault, as the chaos tests do, and return once it is over:
+  apiserver       the API server stopped and started again (an upgrade)
+  kubelet         containerd and the kubelet restarted on the node
+  coredns         CoreDNS's pods deleted at once; returns when the new ones are ready
+  manager         the tunnel manager's pod deleted (gracefully); returns when its replacement is ready
+  manager-force   the same, at once (--grace-period=0 --force)
+  partition       the laptop cut off from everything but its loopback --for DURATION (default 30s)
+  sleep           the laptop's tunnel daemon stopped (SIGSTOP) --for DURATION (default 60s), then SIGCONT
+  readdress       the laptop moved to its other address (a Wi-Fi change); again moves it back
+  sidecar         the tunnel-agent container of --pod NAMESPACE/POD killed; returns when it runs again`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if opt.For == 0 {
+				opt.For = map[string]time.Duration{"partition": 30 * time.Second, "sleep": time.Minute}[args[0]]
+			}
+			start := time.Now()
+			if err := lab.New(lab.DefaultPaths(), cmd.ErrOrStderr()).Fault(cmd.Context(), args[0], opt); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "fault %s over after %s\n", args[0], time.Since(start).Round(100*time.Millisecond))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&opt.Laptop, "laptop", "alice", "the laptop (partition, sleep, readdress)")
+	f.DurationVar(&opt.For, "for", 0, "how long (partition: 30s, sleep: 60s)")
+	f.StringVar(&opt.Pod, "pod", "", "NAMESPACE/POD whose sidecar to kill")
 	return cmd
 }
 

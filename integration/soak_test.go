@@ -1,0 +1,142 @@
+//go:build e2e && soak
+
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"tunnel.dev/tunnel/agent/inject"
+	"tunnel.dev/tunnel/integration/lab"
+)
+
+// TestSoak holds one laptop connected for SOAK (default 30m) with steady
+// traffic both ways and two intercepts, and makes it reconnect every few
+// minutes (a cut, then a new address, in turn). Every minute it reads the
+// goroutines, open fds and RSS of the daemon, the manager and a sidecar
+// from their own metrics; it fails when any of them grew by more than 10%
+// from minute five (when caches and pools have filled) to the end. Run by
+// `make soak`, not by `make test`.
+func TestSoak(t *testing.T) {
+	total := 30 * time.Minute
+	if s := os.Getenv("SOAK"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d < 7*time.Minute {
+			t.Fatalf("SOAK=%q: want a duration of at least 7m", s)
+		}
+		total = d
+	}
+	const every = 4 * time.Minute // a reconnect fault
+	c := newChaosLab(t, "soak")
+	ls := c.loads()
+	ctx := context.Background()
+	pods, err := h.Client.CoreV1().Pods(c.ns).List(ctx, metav1.ListOptions{LabelSelector: "app=api"})
+	if err != nil || len(pods.Items) == 0 {
+		t.Fatalf("the api pods: %v", err)
+	}
+	sidecar := pods.Items[0].Status.PodIP
+
+	var minutes []reading
+	start := time.Now()
+	nextFault, faults := start.Add(every), 0
+	for i := 0; time.Since(start) < total; i++ {
+		r := reading{}
+		for who, get := range map[string]func() (string, error){
+			"daemon":  func() (string, error) { return c.l.sh("curl -sf --max-time 5 http://127.0.0.1:9095/metrics") },
+			"manager": func() (string, error) { return managerMetrics(ctx) },
+			"sidecar": func() (string, error) {
+				return h.Run(ctx, node, "curl", "-sf", "--max-time", "5", fmt.Sprintf("http://%s:%d/metrics", sidecar, inject.MetricsPort))
+			},
+		} {
+			out, err := get()
+			if err != nil {
+				t.Fatalf("minute %d: the %s's metrics: %v\n%s", i, who, err, out)
+			}
+			for _, m := range []string{"go_goroutines", "process_open_fds", "process_resident_memory_bytes"} {
+				r[who+" "+m] = metricValue(out, m)
+			}
+		}
+		minutes = append(minutes, r)
+		t.Logf("SOAK minute %d: %s", i, formatReading(r))
+		if time.Now().After(nextFault) {
+			kind := []string{"partition", "readdress"}[faults%2]
+			opt := lab.FaultOptions{Laptop: "soak", For: 10 * time.Second}
+			if err := h.Lab.Fault(ctx, kind, opt); err != nil {
+				t.Fatalf("fault %s: %v", kind, err)
+			}
+			t.Logf("SOAK fault %d: %s", faults, kind)
+			faults++
+			nextFault = time.Now().Add(every)
+		}
+		time.Sleep(time.Until(start.Add(time.Duration(i+1) * time.Minute)))
+	}
+	if faults/2%2 == 1 { // an odd number of moves: back home
+		if _, err := h.Lab.Readdress(ctx, "soak"); err != nil {
+			t.Errorf("move the laptop back: %v", err)
+		}
+	}
+	for _, ld := range ls {
+		ld.stop()
+		s := ld.samples()
+		failed := 0
+		for _, x := range s {
+			if !x.ok {
+				failed++
+			}
+		}
+		t.Logf("SOAK %s: %d requests, %d failed (during the %d faults)", ld.name, len(s), failed, faults)
+	}
+	base, end := minutes[5], minutes[len(minutes)-1]
+	var keys []string
+	for k := range base {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		grew := (end[k] - base[k]) / base[k]
+		t.Logf("SOAK %-45s minute 5: %12.0f  end: %12.0f  (%+.1f%%)", k, base[k], end[k], 100*grew)
+		if grew > 0.10 {
+			t.Errorf("%s grew by %.1f%% from minute 5 to the end of the soak", k, 100*grew)
+		}
+	}
+}
+
+// managerMetrics reads the manager pod's metrics from the node.
+func managerMetrics(ctx context.Context) (string, error) {
+	pods, err := h.Client.CoreV1().Pods("tunnel-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=tunnel-manager"})
+	if err != nil || len(pods.Items) == 0 {
+		return "", fmt.Errorf("the manager's pod: %v", err)
+	}
+	return h.Run(ctx, node, "curl", "-sf", "--max-time", "5", "http://"+pods.Items[0].Status.PodIP+":9090/metrics")
+}
+
+// metricValue is the value of an unlabelled metric in Prometheus' text format.
+func metricValue(text, name string) float64 {
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f
+		}
+	}
+	return 0
+}
+
+// reading is one minute's figures: "daemon go_goroutines" → value.
+type reading map[string]float64
+
+func formatReading(r reading) string {
+	var parts []string
+	for _, who := range []string{"daemon", "manager", "sidecar"} {
+		parts = append(parts, fmt.Sprintf("%s %.0f goroutines %.0f fds %.1f MB", who,
+			r[who+" go_goroutines"], r[who+" process_open_fds"], r[who+" process_resident_memory_bytes"]/1e6))
+	}
+	return strings.Join(parts, "; ")
+}
