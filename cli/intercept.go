@@ -362,24 +362,36 @@ func parseHeader(s string) (string, string, error) {
 	return n, v, nil
 }
 
-// defaultName names an intercept WORKLOAD-PORT; a personal one adds its
-// header's value and a mirror this laptop's user and host, so that two
-// laptops sharing one Kubernetes credential (a team's kubeconfig) get names
-// of their own.
+// defaultName names an intercept WORKLOAD-PORT; a personal one adds this
+// laptop's user and host, a mirror those and "mirror", so that two laptops
+// sharing one Kubernetes credential (a team's kubeconfig) get names of
+// their own. Not the header's value: others see names, and the manager
+// withholds values from them.
 func defaultName(workload, portName string, appPort int32, spec *managerpb.InterceptSpec) string {
 	p := portName
 	if p == "" {
 		p = strconv.Itoa(int(appPort))
 	}
-	name := workload + "-" + p
-	switch spec.GetMode() {
-	case managerpb.InterceptMode_PERSONAL:
-		name += "-" + spec.GetHeaderValue()
-	case managerpb.InterceptMode_MIRROR:
+	base, suffix := workload+"-"+p, ""
+	if spec.GetMode() != managerpb.InterceptMode_GLOBAL {
 		host, _ := os.Hostname()
-		name += "-" + localUser() + "-" + host
+		host, _, _ = strings.Cut(host, ".")
+		suffix = "-" + localUser() + "-" + host
+		if spec.GetMode() == managerpb.InterceptMode_MIRROR {
+			suffix += "-mirror"
+		}
 	}
-	return nameLabel(name)
+	// Too long for a name: the workload's part gives way, not what tells
+	// laptops apart.
+	suffix = nameLabel(suffix)
+	base = nameLabel(base)
+	if len(base)+len(suffix)+1 > 63 {
+		base = strings.TrimRight(base[:max(63-len(suffix)-1, 1)], "-")
+	}
+	if suffix == "" {
+		return base
+	}
+	return base + "-" + suffix
 }
 
 // nameLabel makes s a name the manager takes: lowercase letters, digits

@@ -66,20 +66,25 @@ func TestDefaultName(t *testing.T) {
 	if got := defaultName("echo", "", 8080, global); got != "echo-8080" {
 		t.Errorf("global, unnamed port: %q", got)
 	}
-	// Two laptops with one credential: their header values differ, and so
-	// do their names.
-	for value, want := range map[string]string{"alice": "echo-http-alice", "Bob_2": "echo-http-bob-2", "x.y/z": "echo-http-x-y-z"} {
-		personal := &managerpb.InterceptSpec{Mode: managerpb.InterceptMode_PERSONAL, HeaderName: "X-Tunnel-Dev", HeaderValue: value}
-		if got := defaultName("echo", "http", 8080, personal); got != want {
-			t.Errorf("personal with %q: %q, want %q", value, got, want)
-		}
-	}
+	// Two laptops with one credential: their hosts differ, and so do their
+	// names; the header's value, which others must not see, is not in it.
 	host, _ := os.Hostname()
-	if got := defaultName("echo", "http", 8080, &managerpb.InterceptSpec{Mode: managerpb.InterceptMode_MIRROR}); got != nameLabel("echo-http-"+localUser()+"-"+host) {
+	host, _, _ = strings.Cut(host, ".")
+	laptop := nameLabel(localUser() + "-" + host)
+	personal := &managerpb.InterceptSpec{Mode: managerpb.InterceptMode_PERSONAL, HeaderName: "X-Tunnel-Dev", HeaderValue: "s3cret"}
+	if got := defaultName("echo", "http", 8080, personal); got != "echo-http-"+laptop || strings.Contains(got, "s3cret") {
+		t.Errorf("personal: %q, want echo-http-%s", got, laptop)
+	}
+	if got := defaultName("echo", "http", 8080, &managerpb.InterceptSpec{Mode: managerpb.InterceptMode_MIRROR}); got != "echo-http-"+laptop+"-mirror" {
 		t.Errorf("mirror: %q, want the user and host appended", got)
 	}
+	// A long workload name gives way to the laptop's part.
+	long := defaultName(strings.Repeat("w", 70), "http", 8080, personal)
+	if len(long) > 63 || !strings.HasSuffix(long, "-"+laptop) {
+		t.Errorf("a long name: %q (%d characters)", long, len(long))
+	}
 	if got := nameLabel(strings.Repeat("a", 70) + "-"); len(got) != 63 {
-		t.Errorf("a long name: %d characters", len(got))
+		t.Errorf("a long label: %d characters", len(got))
 	}
 }
 

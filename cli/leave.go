@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 
 	"github.com/spf13/cobra"
@@ -61,14 +62,17 @@ func newLeave() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&ns, "namespace", "n", "", "the intercept's namespace (default: found among yours, else the connected one)")
-	cmd.Flags().BoolVar(&all, "all", false, "end every intercept your Kubernetes user holds, from this laptop or another")
+	cmd.Flags().BoolVar(&all, "all", false, "end every intercept your Kubernetes user holds from this machine (this session's, and any a crashed one left)")
 	return cmd
 }
 
 // leaveAll ends this laptop's intercepts and every other one the manager
-// lists under our Kubernetes user (a session of ours that crashed, a
-// second laptop), each said in a line.
+// lists under our Kubernetes user from this host (a session of ours that
+// crashed), each said in a line. Not other hosts': a team that shares one
+// kubeconfig is one user to the manager, and a teammate's laptop would
+// only register its intercept again.
 func leaveAll(ctx context.Context, c daemonpb.DaemonClient, st *daemonpb.StatusResponse, out io.Writer) error {
+	host, _ := os.Hostname()
 	type key struct{ ns, name string }
 	var mine []key
 	add := func(ic *managerpb.Intercept) {
@@ -86,7 +90,7 @@ func leaveAll(ctx context.Context, c daemonpb.DaemonClient, st *daemonpb.StatusR
 			return errors.New(status.Convert(err).Message())
 		}
 		for _, ic := range resp.GetIntercepts() {
-			if ic.GetUser() == st.User {
+			if ic.GetUser() == st.User && ic.GetHost() == host {
 				add(ic)
 			}
 		}

@@ -8,9 +8,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// watchAddresses calls changed whenever an address is added to or removed
-// from any interface of this machine (rtnetlink's address groups), until
-// ctx ends: a Wi-Fi change or a VPN shows up there first.
+// watchAddresses calls changed whenever an address is removed from any
+// interface of this machine (rtnetlink's address groups), until ctx ends:
+// a Wi-Fi change shows up there first. Added addresses (a DHCP renewal, an
+// IPv6 lifetime refreshed by each router advertisement) break nothing.
 func watchAddresses(ctx context.Context, changed func()) error {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 	if err != nil {
@@ -44,7 +45,7 @@ func watchAddresses(ctx context.Context, changed func()) error {
 			continue
 		}
 		for _, m := range msgs {
-			if m.Header.Type == unix.RTM_NEWADDR || m.Header.Type == unix.RTM_DELADDR {
+			if m.Header.Type == unix.RTM_DELADDR {
 				changed()
 				break
 			}

@@ -74,7 +74,7 @@ type session struct {
 	proofErr error         // why we could not prove who we are to the manager, if we could not
 	changed  chan struct{} // closed and replaced when cur changes
 
-	netChanged chan struct{} // the laptop's addresses or routes changed
+	netChanged chan struct{} // an address of the laptop went away
 	pathDied   func()        // the way to the API server went: drop its connections
 }
 

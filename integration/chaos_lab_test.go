@@ -73,21 +73,21 @@ type load struct {
 }
 
 type sample struct {
-	at time.Time
-	ok bool
+	at, done time.Time // the request's start and end
+	ok       bool
 }
 
-// curlLoop runs in opt's namespace a shell loop of curl (2 s each at most)
-// that prints the start of each request in nanoseconds and ok or fail:
-// ok when the answer holds want.
+// startLoad runs in opt's namespace a shell loop of curl (2 s each at
+// most) that prints the start and end of each request in nanoseconds and
+// ok or fail: ok when the answer holds want.
 func startLoad(t *testing.T, name string, opt lab.ExecOptions, url, want string, headers ...string) *load {
 	t.Helper()
 	hs := ""
 	for _, hd := range headers {
 		hs += fmt.Sprintf(" -H '%s'", hd)
 	}
-	script := fmt.Sprintf(`while :; do t=$(date +%%s%%N); out=$(curl -s --max-time 2%s '%s' 2>&1); `+
-		`case "$out" in *'%s'*) echo "$t ok";; *) echo "$t fail";; esac; sleep 0.05; done`, hs, url, want)
+	script := fmt.Sprintf(`while :; do t=$(date +%%s%%N); out=$(curl -s --max-time 2%s '%s' 2>&1); e=$(date +%%s%%N); `+
+		`case "$out" in *'%s'*) echo "$t $e ok";; *) echo "$t $e fail";; esac; sleep 0.05; done`, hs, url, want)
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd, err := lab.Command(ctx, h.Lab.Paths, opt, "sh", "-c", script)
 	if err != nil {
@@ -107,13 +107,17 @@ func startLoad(t *testing.T, name string, opt lab.ExecOptions, url, want string,
 		defer close(ld.done)
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
-			ns, verdict, _ := strings.Cut(sc.Text(), " ")
-			n, err := strconv.ParseInt(ns, 10, 64)
-			if err != nil {
+			f := strings.Fields(sc.Text())
+			if len(f) != 3 {
+				continue
+			}
+			at, err1 := strconv.ParseInt(f[0], 10, 64)
+			done, err2 := strconv.ParseInt(f[1], 10, 64)
+			if err1 != nil || err2 != nil {
 				continue
 			}
 			ld.mu.Lock()
-			ld.log = append(ld.log, sample{time.Unix(0, n), verdict == "ok"})
+			ld.log = append(ld.log, sample{time.Unix(0, at), time.Unix(0, done), f[2] == "ok"})
 			ld.mu.Unlock()
 		}
 		_ = cmd.Wait()
@@ -135,30 +139,42 @@ func (ld *load) samples() []sample {
 }
 
 // recovery is how long after end the load took to succeed for good: from
-// end to the start of the first request after which none failed. ok is
-// false when nothing succeeded after end at all.
+// end to the answer of the first request, of those that started after end,
+// after which none failed. (A request that waited for the session to come
+// back counts when its answer came.) ok is false when nothing succeeded
+// after end at all.
 func recovery(s []sample, end time.Time) (d time.Duration, failed int, ok bool) {
-	var firstGood time.Time
-	for _, x := range s {
+	var firstGood *sample
+	for i, x := range s {
 		if x.at.Before(end) {
 			continue
 		}
 		if !x.ok {
 			failed++
-			firstGood = time.Time{}
+			firstGood = nil
 			continue
 		}
-		if firstGood.IsZero() {
-			firstGood = x.at
+		if firstGood == nil {
+			firstGood = &s[i]
 		}
 	}
-	if firstGood.IsZero() {
+	if firstGood == nil {
 		return 0, failed, false
 	}
-	if failed == 0 {
-		return 0, 0, true
+	return max(firstGood.done.Sub(end), 0), failed, true
+}
+
+// failedBetween counts the requests that started in [from, to) and failed.
+func failedBetween(s []sample, from, to time.Time) (failed, all int) {
+	for _, x := range s {
+		if !x.at.Before(from) && x.at.Before(to) {
+			all++
+			if !x.ok {
+				failed++
+			}
+		}
 	}
-	return firstGood.Sub(end), failed, true
+	return failed, all
 }
 
 // loads starts the three clients and waits until each has succeeded.
@@ -203,7 +219,9 @@ func (c *chaosLab) fault(what string, cause func() error) {
 			c.t.Errorf("%s: %s came back after %s, past the %s bound", what, ld.name, d.Round(100*time.Millisecond), recoveryBound)
 		}
 		worst = max(worst, d)
-		c.t.Logf("%s: %s back after %s (%d requests failed after the fault ended)", what, ld.name, d.Round(100*time.Millisecond), failed)
+		during, all := failedBetween(ld.samples(), start, end)
+		c.t.Logf("%s: %s back after %s (%d requests failed after the fault ended; %d of %d during it)",
+			what, ld.name, d.Round(100*time.Millisecond), failed, during, all)
 	}
 	if c.t.Failed() || os.Getenv("CHAOS_LOGS") != "" {
 		out, _ := c.l.sh(`tail -n 40 /run/tunnel/netns-$(readlink /proc/self/ns/net | tr -dc 0-9)/daemon.log`)
@@ -318,9 +336,9 @@ func TestChaosKubeletRestart(t *testing.T) {
 
 func TestChaosLaptopReaddressed(t *testing.T) {
 	c := newChaosLab(t, "chaosroam")
-	t.Cleanup(func() { _, _ = h.Lab.Readdress(context.Background(), "chaosroam") }) // back home
+	t.Cleanup(func() { _, _ = h.Lab.MoveLaptop(context.Background(), "chaosroam", false) }) // back home
 	c.fault("the laptop's address changed", func() error {
-		_, err := h.Lab.Readdress(context.Background(), "chaosroam")
+		_, err := h.Lab.MoveLaptop(context.Background(), "chaosroam", true)
 		return err
 	})
 }
@@ -328,4 +346,30 @@ func TestChaosLaptopReaddressed(t *testing.T) {
 func TestChaosCoreDNSRecreated(t *testing.T) {
 	c := newChaosLab(t, "chaosdns")
 	c.fault("CoreDNS recreated", func() error { return h.Lab.Fault(context.Background(), "coredns", lab.FaultOptions{}) })
+}
+
+// The arithmetic behind every figure of the matrix.
+func TestRecoveryArithmetic(t *testing.T) {
+	end := time.Unix(100, 0)
+	at := func(s float64, took float64, ok bool) sample {
+		a := end.Add(time.Duration(s * float64(time.Second)))
+		return sample{a, a.Add(time.Duration(took * float64(time.Second))), ok}
+	}
+	for _, tc := range []struct {
+		name   string
+		s      []sample
+		want   time.Duration
+		failed int
+		ok     bool
+	}{
+		{"a failure during the fault is not counted", []sample{at(-1, 0.1, false), at(0.1, 0.01, true)}, 110 * time.Millisecond, 0, true},
+		{"a request that waited for the session counts at its answer", []sample{at(0.1, 2.9, true), at(3.1, 0.01, true)}, 3 * time.Second, 0, true},
+		{"a late failure moves recovery past it", []sample{at(0.5, 0.01, true), at(1, 2, false), at(3.2, 0.3, true), at(3.6, 0.01, true)}, 3500 * time.Millisecond, 1, true},
+		{"nothing after the fault succeeded", []sample{at(0.5, 2, false)}, 0, 1, false},
+	} {
+		d, failed, ok := recovery(tc.s, end)
+		if d != tc.want || failed != tc.failed || ok != tc.ok {
+			t.Errorf("%s: %s %d %v, want %s %d %v", tc.name, d, failed, ok, tc.want, tc.failed, tc.ok)
+		}
+	}
 }

@@ -68,20 +68,25 @@ func TestSoak(t *testing.T) {
 		t.Logf("SOAK minute %d: %s", i, formatReading(r))
 		if time.Now().After(nextFault) {
 			kind := []string{"partition", "readdress"}[faults%2]
-			opt := lab.FaultOptions{Laptop: "soak", For: 10 * time.Second}
-			if err := h.Lab.Fault(ctx, kind, opt); err != nil {
+			if err := h.Lab.Fault(ctx, kind, lab.FaultOptions{Laptop: "soak", For: 10 * time.Second}); err != nil {
 				t.Fatalf("fault %s: %v", kind, err)
 			}
-			t.Logf("SOAK fault %d: %s", faults, kind)
+			end := time.Now()
+			time.Sleep(recoveryBound + 5*time.Second)
+			for _, ld := range ls {
+				d, failed, ok := recovery(ld.samples(), end)
+				if !ok || d > recoveryBound {
+					t.Errorf("fault %d (%s): %s came back after %s (%v), %d failed after it", faults, kind, ld.name, d, ok, failed)
+				}
+				t.Logf("SOAK fault %d (%s): %s back after %s", faults, kind, ld.name, d.Round(100*time.Millisecond))
+			}
 			faults++
 			nextFault = time.Now().Add(every)
 		}
 		time.Sleep(time.Until(start.Add(time.Duration(i+1) * time.Minute)))
 	}
-	if faults/2%2 == 1 { // an odd number of moves: back home
-		if _, err := h.Lab.Readdress(ctx, "soak"); err != nil {
-			t.Errorf("move the laptop back: %v", err)
-		}
+	if _, err := h.Lab.MoveLaptop(ctx, "soak", false); err != nil {
+		t.Errorf("move the laptop back home: %v", err)
 	}
 	for _, ld := range ls {
 		ld.stop()
@@ -93,6 +98,9 @@ func TestSoak(t *testing.T) {
 			}
 		}
 		t.Logf("SOAK %s: %d requests, %d failed (during the %d faults)", ld.name, len(s), failed, faults)
+		if len(s) < 10 || slices.ContainsFunc(s[len(s)-10:], func(x sample) bool { return !x.ok }) {
+			t.Errorf("%s: the last requests of the soak failed", ld.name)
+		}
 	}
 	base, end := minutes[5], minutes[len(minutes)-1]
 	var keys []string
@@ -101,6 +109,10 @@ func TestSoak(t *testing.T) {
 	}
 	slices.Sort(keys)
 	for _, k := range keys {
+		if base[k] <= 0 || end[k] <= 0 {
+			t.Errorf("%s: no figure (minute 5: %v, end: %v)", k, base[k], end[k])
+			continue
+		}
 		grew := (end[k] - base[k]) / base[k]
 		t.Logf("SOAK %-45s minute 5: %12.0f  end: %12.0f  (%+.1f%%)", k, base[k], end[k], 100*grew)
 		if grew > 0.10 {

@@ -96,7 +96,18 @@ func dialManager(pin string) func(ctx context.Context, addr string) (net.Conn, e
 		},
 	}
 	return func(ctx context.Context, addr string) (net.Conn, error) {
-		return (&tls.Dialer{NetDialer: nd, Config: cfg}).DialContext(ctx, "tcp", addr)
+		// Only the connect is held to 2 s: many sidecars at once may keep
+		// a new manager busy with handshakes for longer.
+		c, err := nd.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		tc := tls.Client(c, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return tc, nil
 	}
 }
 

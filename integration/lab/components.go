@@ -154,7 +154,7 @@ func components(p Paths, cfg Config) []component {
 		{
 			name: "containerd", bin: "/usr/bin/containerd", inNode: true,
 			args:  []string{"--config=" + p.state("containerd", "config.toml")},
-			ready: probe("ctr", "--address="+p.containerdSocket(), "version"),
+			ready: criReady(p),
 		},
 		{
 			name: "kubelet", bin: p.kube("kubelet"), inNode: true,

@@ -100,3 +100,21 @@ func importImage(ctx context.Context, p Paths, tarball string) error {
 	}
 	return nil
 }
+
+// criReady is containerd's readiness as the kubelet sees it: its CRI
+// answers Status. (containerd serves `ctr` before its CRI has loaded its
+// containers; a kubelet started then exits with "server is not
+// initialized yet", which a restart on a node full of pods shows.)
+func criReady(p Paths) func(context.Context) error {
+	return func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		conn, err := grpc.NewClient("unix://"+p.containerdSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		_, err = cri.NewRuntimeServiceClient(conn).Status(ctx, &cri.StatusRequest{})
+		return err
+	}
+}

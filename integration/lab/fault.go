@@ -340,14 +340,24 @@ func (l *Lab) Readdress(ctx context.Context, name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	home, roam := lp, roaming(lp)
 	out, err := run(ctx, "ip", "-n", lp.Netns, "-4", "-o", "addr", "show", "dev", "eth0")
 	if err != nil {
 		return "", err
 	}
-	to := roam
-	if strings.Contains(out, " "+roam.Addr.String()+"/") {
-		to = home
+	return l.MoveLaptop(ctx, name, !strings.Contains(out, " "+roaming(lp).Addr.String()+"/"))
+}
+
+// MoveLaptop puts a laptop on its roaming address, or back on its home
+// one, whichever address it has now (a move an interrupted run left half
+// done included). It returns the address.
+func (l *Lab) MoveLaptop(ctx context.Context, name string, roam bool) (string, error) {
+	lp, err := ensureLaptop(ctx, l.Paths, name)
+	if err != nil {
+		return "", err
+	}
+	to := lp
+	if roam {
+		to = roaming(lp)
 	}
 	nodeSide := "lap-" + lp.Name
 	steps := [][]string{
