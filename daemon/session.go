@@ -46,6 +46,10 @@ type SkewError struct{ Sentence string }
 func (e *SkewError) Error() string        { return e.Sentence }
 func (e *SkewError) Is(target error) bool { return target == ErrVersionSkew }
 
+// maxUnverifiedTries bounds how often a reconnect that comes back
+// unverified is tried again: about half a minute of backoff.
+const maxUnverifiedTries = 15
+
 // ErrNoManager means no manager pod is ready to take a session.
 var ErrNoManager = errors.New("no tunnel manager is running")
 
@@ -75,7 +79,10 @@ type session struct {
 	changed  chan struct{} // closed and replaced when cur changes
 
 	netChanged chan struct{} // an address of the laptop went away
-	pathDied   func()        // the way to the API server went: drop its connections
+
+	wasVerified     bool   // a session of ours was verified: later ones must be too
+	unverifiedTries int    // reconnects in a row that came back unverified
+	pathDied        func() // the way to the API server went: drop its connections
 }
 
 func newSession(logger *slog.Logger, rc *rest.Config, cs kubernetes.Interface, ns string, onCluster func(*managerpb.ClusterInfo)) *session {
@@ -171,6 +178,23 @@ func (s *session) connect(ctx context.Context) (*managerpb.ClusterInfo, error) {
 	if err != nil {
 		return fail("say hello", err)
 	}
+	// A session that was verified before is verified again, or tried again:
+	// a manager that cannot read the proof now (the API server just
+	// restarted) would leave it without intercepts, which belong to a user.
+	// After many tries it goes on unverified, and says why in status.
+	s.mu.Lock()
+	insist := s.wasVerified && hello.GetUser() == "" && s.unverifiedTries < maxUnverifiedTries
+	if insist {
+		s.unverifiedTries++
+	}
+	s.mu.Unlock()
+	if insist {
+		why := hello.GetIdentityError()
+		if perr != nil {
+			why = perr.Error()
+		}
+		return fail("prove who we are", errors.New(why))
+	}
 	watch, err := ctl.WatchCluster(context.WithoutCancel(ctx), &managerpb.WatchClusterRequest{})
 	if err != nil {
 		return fail("watch the cluster", err)
@@ -184,6 +208,9 @@ func (s *session) connect(ctx context.Context) (*managerpb.ClusterInfo, error) {
 	go watchSilence(context.WithoutCancel(ctx), s.log, mux, heard, silenceLimit, s.netChanged, s.pathDied)
 	s.mu.Lock()
 	s.cur, s.ctl, s.grpc, s.pf, s.mgrVer, s.user, s.state = mux, ctl, cc, pf, hello.ManagerVersion, hello.GetUser(), "connected"
+	if hello.GetUser() != "" {
+		s.wasVerified, s.unverifiedTries = true, 0
+	}
 	close(s.changed)
 	s.changed = make(chan struct{})
 	s.mu.Unlock()

@@ -28,7 +28,11 @@ func sarAuthorizer(cs kubernetes.Interface) authorizer {
 				spec.Extra[k] = v
 			}
 		}
-		rev, err := cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authzv1.SubjectAccessReview{Spec: spec}, metav1.CreateOptions{})
+		var rev *authzv1.SubjectAccessReview
+		err := retryTransient(ctx, 3*time.Second, func() (err error) {
+			rev, err = cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authzv1.SubjectAccessReview{Spec: spec}, metav1.CreateOptions{})
+			return err
+		})
 		if err != nil {
 			return false, fmt.Errorf("ask the API server what %s may do: %w", id.User, err)
 		}
@@ -61,38 +65,44 @@ func (m *Manager) checkRights(ctx context.Context, id Identity, ns, why string, 
 
 // accessCache remembers SubjectAccessReview answers for a short time, so a
 // session's dials do not each ask the API server; an answer expires within
-// ttl, which is how fast a change of RBAC reaches open sessions.
+// ttl, which is how fast a change of RBAC reaches open sessions. While the
+// API server cannot answer (it restarts for an upgrade), the last answer
+// holds for up to stale: nobody can change RBAC then either.
 type accessCache struct {
-	ttl  time.Duration
-	max  int // entries; past it the cache starts over
-	mu   sync.Mutex
-	seen map[accessKey]accessAnswer
+	ttl   time.Duration
+	stale time.Duration
+	max   int // entries; past it the cache starts over
+	mu    sync.Mutex
+	seen  map[accessKey]accessAnswer
 }
 
 type accessKey struct{ user, ns, verb string }
 
 type accessAnswer struct {
-	ok  bool
-	err error
-	at  time.Time
+	ok bool
+	at time.Time
 }
 
 // allowed answers from the cache or with ask.
 func (c *accessCache) allowed(key accessKey, now time.Time, ask func() (bool, error)) (bool, error) {
 	c.mu.Lock()
-	if a, ok := c.seen[key]; ok && now.Sub(a.at) < c.ttl {
-		c.mu.Unlock()
-		return a.ok, a.err
-	}
+	last, known := c.seen[key]
 	c.mu.Unlock()
+	if known && now.Sub(last.at) < c.ttl {
+		return last.ok, nil
+	}
 	ok, err := ask()
+	if err != nil {
+		if known && now.Sub(last.at) < c.stale {
+			return last.ok, nil
+		}
+		return false, err // a failed review is asked again next time
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.seen == nil || len(c.seen) >= c.max {
 		c.seen = map[accessKey]accessAnswer{}
 	}
-	if err == nil { // a failed review is asked again next time
-		c.seen[key] = accessAnswer{ok: ok, at: now}
-	}
-	return ok, err
+	c.seen[key] = accessAnswer{ok: ok, at: now}
+	return ok, nil
 }

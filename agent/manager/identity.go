@@ -13,7 +13,9 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	authnv1 "k8s.io/api/authentication/v1"
+	certv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -54,7 +56,11 @@ func csrIdentifier(cs kubernetes.Interface) identifier {
 			return Identity{}, fmt.Errorf("proof %q is not a tunnel session proof", proof)
 		}
 		csrs := cs.CertificatesV1().CertificateSigningRequests()
-		csr, err := csrs.Get(ctx, proof, metav1.GetOptions{})
+		var csr *certv1.CertificateSigningRequest
+		err := retryTransient(ctx, 6*time.Second, func() (err error) {
+			csr, err = csrs.Get(ctx, proof, metav1.GetOptions{})
+			return err
+		})
 		if err != nil {
 			return Identity{}, fmt.Errorf("read proof %s: %w", proof, err)
 		}
@@ -95,6 +101,38 @@ func csrIdentifier(cs kubernetes.Interface) identifier {
 		}
 		return id, nil
 	}
+}
+
+// retryTransient calls f until it succeeds, fails for good (the API server
+// answered no), or within has passed: right after the API server restarts,
+// the kubernetes Service has no endpoint for a few seconds, and a laptop
+// reconnecting then must not end up unverified, its intercepts lost.
+func retryTransient(ctx context.Context, within time.Duration, f func() error) error {
+	ctx, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	wait := 100 * time.Millisecond
+	for {
+		err := f()
+		if err == nil || !transient(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
+	}
+}
+
+// transient says whether the API server might say otherwise if asked again.
+func transient(err error) bool {
+	switch {
+	case apierrors.IsNotFound(err), apierrors.IsForbidden(err), apierrors.IsUnauthorized(err),
+		apierrors.IsBadRequest(err), apierrors.IsInvalid(err), apierrors.IsAlreadyExists(err), apierrors.IsConflict(err):
+		return false
+	}
+	return true
 }
 
 // sidecarVerifier checks that a token belongs to a running pod of

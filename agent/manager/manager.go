@@ -158,7 +158,7 @@ func New(logger *slog.Logger, cluster ClusterSource, cfg Config) (*Manager, erro
 		streamSlots: streamSlots{perSession: cfg.MaxStreams, total: cfg.MaxStreamsTotal},
 	}
 	m.reach = reach{mode: cfg.Reach, also: cfg.AlsoReach, allowLoopback: cfg.AllowLoopback,
-		access: &accessCache{ttl: 10 * time.Second, max: 4096}, now: time.Now}
+		access: &accessCache{ttl: 10 * time.Second, stale: 10 * time.Minute, max: 4096}, now: time.Now}
 	if book, ok := cluster.(AddressBook); ok {
 		m.reach.book = book
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"syscall"
 	"testing"
+	"time"
 
 	"tunnel.dev/tunnel/rpc"
 )
@@ -83,5 +84,28 @@ func TestStatusLabels(t *testing.T) {
 			t.Errorf("label %q used twice", l)
 		}
 		seen[l] = true
+	}
+}
+
+// While the API server cannot answer, the last answer holds for a while
+// (nobody can change RBAC then either); past that, and for a new
+// question, the error stands.
+func TestAccessCacheKeepsAnswersThroughAnOutage(t *testing.T) {
+	c := &accessCache{ttl: 10 * time.Second, stale: 10 * time.Minute, max: 10}
+	key := accessKey{user: "dev", ns: "shop", verb: "create"}
+	t0 := time.Unix(1000, 0)
+	yes := func() (bool, error) { return true, nil }
+	down := func() (bool, error) { return false, errors.New("connect: connection refused") }
+	if ok, err := c.allowed(key, t0, yes); !ok || err != nil {
+		t.Fatalf("first answer: %v %v", ok, err)
+	}
+	if ok, err := c.allowed(key, t0.Add(time.Minute), down); !ok || err != nil {
+		t.Errorf("during an outage: %v %v, want the last answer", ok, err)
+	}
+	if ok, err := c.allowed(key, t0.Add(11*time.Minute), down); ok || err == nil {
+		t.Errorf("an answer older than the stale bound: %v %v", ok, err)
+	}
+	if ok, err := c.allowed(accessKey{user: "dev", ns: "other", verb: "create"}, t0.Add(time.Minute), down); ok || err == nil {
+		t.Errorf("a question never answered: %v %v", ok, err)
 	}
 }
