@@ -66,6 +66,13 @@ func (b *bench) manyLaptops(ctx context.Context, n, requests int) (laptopsResult
 		_, err := b.l.Run(context.WithoutCancel(ctx), lab.ExecOptions{Laptop: name}, b.tunnel, "quit")
 		return err
 	}
+	// The lab hands out laptops' addresses one process at a time: make
+	// them in turn, then use them at once.
+	for _, name := range names {
+		if _, err := b.sh(ctx, lab.ExecOptions{Laptop: name}, "true"); err != nil {
+			return r, err
+		}
+	}
 	_ = all(quit)
 	defer all(quit)
 	rss0, err := managerRSS()
@@ -89,7 +96,7 @@ func (b *bench) manyLaptops(ctx context.Context, n, requests int) (laptopsResult
 	var mu sync.Mutex
 	var p50s []float64
 	err = each(n, func(name string) error { // the loops all run at once
-		out, err := b.sh(ctx, lab.ExecOptions{Laptop: name}, fmt.Sprintf("%s latency http://echo.%s:%d/ %d", b.echo, b.ns, lab.EchoHTTPPort, requests))
+		out, err := b.sh(ctx, lab.ExecOptions{Laptop: name}, fmt.Sprintf("%s latency http://echo.%s/ %d", b.echo, b.ns, requests))
 		if err != nil {
 			return err
 		}
