@@ -273,7 +273,7 @@ func (l *Lab) sleepDaemon(ctx context.Context, name string, d time.Duration) err
 	if err != nil {
 		return err
 	}
-	pids, err := processesIn(lp.Netns, func(argv []string) bool {
+	pids, err := processesIn(ctx, lp.Netns, func(argv []string) bool {
 		return len(argv) > 1 && strings.HasPrefix(filepath.Base(argv[0]), "tunnel") && argv[1] == "daemon"
 	})
 	if err != nil {
@@ -300,36 +300,26 @@ func (l *Lab) sleepDaemon(ctx context.Context, name string, d time.Duration) err
 	}
 }
 
-// processesIn lists the processes in network namespace netns whose
-// command line match accepts.
-func processesIn(netns string, match func(argv []string) bool) ([]int, error) {
-	want, err := os.Stat("/run/netns/" + netns)
+// processesIn lists the processes in network namespace netns (as `ip
+// netns pids` names them, which removeLaptop also uses) whose command line
+// match accepts.
+func processesIn(ctx context.Context, netns string, match func(argv []string) bool) ([]int, error) {
+	out, err := run(ctx, "ip", "netns", "pids", netns)
 	if err != nil {
 		return nil, err
 	}
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil, err
-	}
-	var out []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
+	var pids []int
+	for _, f := range strings.Fields(out) {
+		pid, err := strconv.Atoi(f)
 		if err != nil {
-			continue
-		}
-		ns, err := os.Stat(fmt.Sprintf("/proc/%d/ns/net", pid))
-		if err != nil || !os.SameFile(ns, want) {
 			continue
 		}
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err != nil {
-			continue
-		}
-		if match(strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")) {
-			out = append(out, pid)
+		if err == nil && match(strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")) {
+			pids = append(pids, pid)
 		}
 	}
-	return out, nil
+	return pids, nil
 }
 
 // Readdress moves a laptop to its other address, as joining another Wi-Fi
