@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -20,6 +21,8 @@ func newConnect() *cobra.Command {
 		also, never, dnsInclude []string
 		agent                   agentFlags
 		output                  outputFlag
+		wireguard               bool
+		wgEndpoint              string
 	)
 	cmd := &cobra.Command{
 		Use:   "connect",
@@ -37,7 +40,13 @@ func newConnect() *cobra.Command {
 			if _, err := tun.ParsePrefixes("--never-proxy", never); err != nil {
 				return err
 			}
-			st, err := connect(ctx, cmd, &kf, connectOptions{also: also, never: never, dnsInclude: dnsInclude, agent: agent, quiet: output.json()})
+			if wgEndpoint != "" {
+				if _, port, err := net.SplitHostPort(wgEndpoint); err != nil || port == "" {
+					return fmt.Errorf("--wireguard-endpoint %q: want HOST:PORT, the manager's WireGuard address as this laptop reaches it", wgEndpoint)
+				}
+			}
+			st, err := connect(ctx, cmd, &kf, connectOptions{also: also, never: never, dnsInclude: dnsInclude, agent: agent, quiet: output.json(),
+				noWireGuard: !wireguard, wgEndpoint: wgEndpoint})
 			if err != nil {
 				return err
 			}
@@ -53,6 +62,8 @@ func newConnect() *cobra.Command {
 	f.StringSliceVar(&also, "also-proxy", nil, "also route this CIDR through the cluster (repeatable)")
 	f.StringSliceVar(&never, "never-proxy", nil, "never route this CIDR through the cluster, even if it is the cluster's (repeatable)")
 	f.StringSliceVar(&dnsInclude, "dns-include", nil, "also resolve names ending in this suffix in the cluster (repeatable)")
+	f.BoolVar(&wireguard, "wireguard", true, "carry new connections over WireGuard (UDP to the manager, off the API server) while it answers; false: always the port-forward")
+	f.StringVar(&wgEndpoint, "wireguard-endpoint", "", "HOST:PORT where this laptop reaches the manager's WireGuard port, when a VPN or firewall decides it (default: the addresses the manager names)")
 	agent.add(f)
 	output.add(f)
 	return cmd
@@ -62,6 +73,8 @@ type connectOptions struct {
 	also, never, dnsInclude []string
 	agent                   agentFlags
 	quiet                   bool
+	noWireGuard             bool
+	wgEndpoint              string
 }
 
 // connect joins this machine to the cluster kf names, starting the daemon
@@ -86,6 +99,7 @@ func connect(ctx context.Context, cmd *cobra.Command, kf *kubeFlags, o connectOp
 	st, err := c.Connect(ctx, &daemonpb.ConnectRequest{
 		Kubeconfig: kubeconfig, Context: kctx, Namespace: ns, ManagerNamespace: manifest.Namespace,
 		AlsoProxy: o.also, NeverProxy: o.never, DnsInclude: o.dnsInclude,
+		NoWireguard: o.noWireGuard, WireguardEndpoint: o.wgEndpoint,
 	})
 	if err != nil {
 		return nil, errors.New(status.Convert(err).Message())

@@ -34,6 +34,7 @@ type installFlags struct {
 	allowHeaders   []string
 	managerMemory  string
 	sidecarMemory  string
+	wireguard      string
 }
 
 func newInstall() *cobra.Command {
@@ -63,6 +64,7 @@ func newInstall() *cobra.Command {
 	fl.StringSliceVar(&f.allowHeaders, "allow-header", nil, "a header name personal intercepts may match on, besides x-tunnel-*; a trailing * makes a prefix, e.g. baggage (repeatable)")
 	fl.StringVar(&f.managerMemory, "manager-memory", manifest.DefaultManagerMemory, "the manager's memory limit (its stream caps keep it within)")
 	fl.StringVar(&f.sidecarMemory, "sidecar-memory", manifest.DefaultSidecarMemory, "each sidecar's memory limit, set at its next injection")
+	fl.StringVar(&f.wireguard, "wireguard", manifest.WireGuardNodePort, "how laptops reach the manager's WireGuard path, the data path that does not cross the API server: nodeport (a node's address), loadbalancer (the cluster's load balancer) or off (every byte takes the port-forward)")
 	fl.BoolVar(&f.upgrade, "upgrade", false, "move the installed manager to this tunnel's version, keeping its settings")
 	fl.BoolVar(&f.agents, "agents", false, "also move every sidecar to the manager's image (one rollout each)")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "change nothing: print what would be applied (-o yaml)")
@@ -194,6 +196,9 @@ func (f *installFlags) options(cmd *cobra.Command, current *manifest.Options) (m
 		}
 	}
 	opt.ManagerMemory, opt.SidecarMemory = f.managerMemory, f.sidecarMemory
+	if opt.WireGuard, err = manifest.ParseWireGuard(f.wireguard); err != nil {
+		return opt, err
+	}
 	if len(f.allowHeaders) > 0 {
 		opt.AllowHeaders = append([]string{"x-tunnel-*"}, f.allowHeaders...)
 	}
@@ -215,6 +220,9 @@ func (f *installFlags) options(cmd *cobra.Command, current *manifest.Options) (m
 		}
 		if !cmd.Flags().Changed("sidecar-memory") && current.SidecarMemory != "" {
 			opt.SidecarMemory = current.SidecarMemory
+		}
+		if !cmd.Flags().Changed("wireguard") && current.WireGuard != "" {
+			opt.WireGuard = current.WireGuard
 		}
 		opt.Replicas = current.Replicas
 		// Install adds to who may connect; the printed objects say all.

@@ -54,6 +54,19 @@ func printStatus(w io.Writer, st *daemonpb.StatusResponse) {
 	fmt.Fprintf(w, "Cluster:    %s (context %s)\n", st.Cluster, st.Context)
 	fmt.Fprintf(w, "Namespace:  %s\n", st.Namespace)
 	fmt.Fprintf(w, "Session:    %s, manager %s, %d reconnects, since %s\n", st.Session, st.ManagerVersion, st.Reconnects, st.ConnectedSince)
+	if p := st.Path; p != nil {
+		line := p.Carrier
+		if p.Carrier == "wireguard" {
+			line += fmt.Sprintf(" via %s, %d connections on it", p.Endpoint, p.WireguardFlows)
+		}
+		if p.Why != "" {
+			line += ": " + p.Why
+		}
+		if p.Since != "" {
+			line += ", since " + p.Since
+		}
+		fmt.Fprintf(w, "Path:       %s\n", line)
+	}
 	fmt.Fprintf(w, "Routes:     %s\n", strings.Join(st.RoutedSubnets, ", "))
 	if d := st.Dns; d != nil {
 		fmt.Fprintf(w, "DNS:        %s via %s, search %s; other names to %s; %d queries\n",

@@ -22,6 +22,7 @@ import (
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 	"tunnel.dev/tunnel/tun"
 	"tunnel.dev/tunnel/tun/netstack"
+	"tunnel.dev/tunnel/wgpath"
 )
 
 // Options are the daemon's settings for every connection.
@@ -47,6 +48,8 @@ type connection struct {
 
 	sess     *session
 	dev      tun.Device
+	split    *wgpath.Split // the device as the stack sees it, less the WireGuard path's flows
+	wgPath   *wireGuardPath
 	router   *tun.Router
 	stack    *netstack.Stack
 	resolver *dns.Resolver
@@ -61,6 +64,7 @@ type connection struct {
 	routes []netip.Prefix
 	up     bool                   // open finished: changes apply at once
 	latest *managerpb.ClusterInfo // a change that came while opening
+	info   *managerpb.ClusterInfo // the cluster's shape as last told
 }
 
 // open brings a connection up, or leaves nothing behind and says why.
@@ -76,6 +80,11 @@ func open(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, 
 	}
 	if c.never, err = tun.ParsePrefixes("--never-proxy", req.NeverProxy); err != nil {
 		return nil, err
+	}
+	if ep := req.WireguardEndpoint; ep != "" {
+		if _, port, err := net.SplitHostPort(ep); err != nil || port == "" {
+			return nil, fmt.Errorf("--wireguard-endpoint %q: want HOST:PORT, the manager's WireGuard address as this laptop reaches it", ep)
+		}
 	}
 	rc, kctx, err := restConfig(req.Kubeconfig, req.Context, caller)
 	if err != nil {
@@ -97,6 +106,8 @@ func open(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, 
 	c.cancel = cancel
 	c.sess = newSession(logger, rc, cs, req.ManagerNamespace, c.clusterChanged)
 	c.sess.pathDied = conns.CloseAll
+	c.wgPath = &wireGuardPath{log: logger, off: req.NoWireguard, endpoint: req.WireguardEndpoint, keepOut: c.keepOut}
+	c.sess.onSession = c.wgPath.run
 	info, err := c.sess.connect(ctx)
 	if err != nil {
 		return nil, err
@@ -120,7 +131,9 @@ func open(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, 
 	if c.router, err = tun.NewRouter(logger, opt.Device); err != nil {
 		return nil, err
 	}
-	if c.stack, err = netstack.New(logger, c.dev, c.sess, netstack.Config{MTU: tun.DefaultMTU}); err != nil {
+	c.split = wgpath.NewSplit(logger, c.dev, func(a netip.Addr) bool { return a == c.dnsAddr })
+	c.wgPath.split = c.split
+	if c.stack, err = netstack.New(logger, c.split.Stack(), c.sess, netstack.Config{MTU: tun.DefaultMTU}); err != nil {
 		return nil, err
 	}
 	if err := c.setRoutes(routes); err != nil {
@@ -131,6 +144,7 @@ func open(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, 
 	}
 	c.mu.Lock()
 	c.up = true
+	c.info = info
 	latest := c.latest
 	c.mu.Unlock()
 	if latest != nil {
@@ -209,6 +223,30 @@ func apiServerAddrs(ctx context.Context, server string) []netip.Addr {
 	return addrs
 }
 
+// traffic counts the connections and bytes of both paths: the WireGuard
+// path's never reach the stack.
+func (c *connection) traffic() netstack.Stats {
+	st := c.stack.Stats()
+	wg := c.split.Stats()
+	st.TCPActive, st.TCPTotal = st.TCPActive+wg.TCPActive, st.TCPTotal+wg.TCPTotal
+	st.UDPActive, st.UDPTotal = st.UDPActive+wg.UDPActive, st.UDPTotal+wg.UDPTotal
+	st.BytesSent, st.BytesReceived = st.BytesSent+wg.BytesSent, st.BytesReceived+wg.BytesRecvd
+	return st
+}
+
+// keepOut keeps addrs out of the device's routes from now on, and applies
+// that at once: the WireGuard path's endpoints, whose packets must leave
+// by the laptop's own network.
+func (c *connection) keepOut(addrs ...netip.Addr) {
+	c.pin(addrs...)
+	c.mu.Lock()
+	info := c.info
+	c.mu.Unlock()
+	if info != nil {
+		c.clusterChanged(info)
+	}
+}
+
 func (c *connection) routesNow() []netip.Prefix {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -236,6 +274,7 @@ func (c *connection) clusterChanged(info *managerpb.ClusterInfo) {
 		c.mu.Unlock()
 		return
 	}
+	c.info = info
 	same := slices.Equal(routes, c.routes)
 	c.mu.Unlock()
 	if !same {

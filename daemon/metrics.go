@@ -15,6 +15,7 @@ import (
 
 	"tunnel.dev/tunnel/dns"
 	"tunnel.dev/tunnel/tun/netstack"
+	"tunnel.dev/tunnel/wgpath"
 )
 
 // The daemon's metrics read, when scraped, the counters the connection
@@ -26,9 +27,11 @@ import (
 
 // metricsSnapshot is what one scrape reads from the daemon.
 type metricsSnapshot struct {
-	connected  bool // a connection exists, as `tunnel status` says
-	sessionUp  bool // and its session to the manager is live
-	traffic    netstack.Stats
+	connected  bool           // a connection exists, as `tunnel status` says
+	sessionUp  bool           // and its session to the manager is live
+	traffic    netstack.Stats // both paths'
+	wg         wgpath.Stats   // the WireGuard path's share
+	wgUp       bool           // new connections take WireGuard
 	dns        dns.ResolverStats
 	reconnects uint64
 }
@@ -54,8 +57,11 @@ func (c *connection) metricsSnapshot() metricsSnapshot {
 		c.sess.mu.Unlock()
 		s.reconnects = c.sess.reconnects.Load()
 	}
-	if c.stack != nil {
-		s.traffic = c.stack.Stats()
+	if c.stack != nil && c.split != nil {
+		s.traffic, s.wg = c.traffic(), c.split.Stats()
+	}
+	if c.wgPath != nil {
+		s.wgUp = c.wgPath.status().Carrier == "wireguard"
 	}
 	if c.resolver != nil {
 		s.dns = c.resolver.Stats()
@@ -78,6 +84,7 @@ type collector struct {
 	dialErrors, droppedDials            *prometheus.Desc
 	dialsRefused                        *prometheus.Desc
 	dnsQueries, dnsFailures, dnsLookups *prometheus.Desc // lookups by via
+	wgUp, wgFlows                       *prometheus.Desc // flows by proto
 }
 
 func newCollector(read func() metricsSnapshot) *collector {
@@ -111,6 +118,10 @@ func newCollector(read func() metricsSnapshot) *collector {
 			"DNS queries the resolver answered with SERVFAIL, since connect."),
 		dnsLookups: desc("dns_lookups_total",
 			"Lookups made to answer DNS queries (one per name tried), by where the answer came from: cluster, upstream or cache, since connect.", "via"),
+		wgUp: desc("wireguard_up",
+			"1 while new connections take the WireGuard path (UDP to the manager), 0 while they take the port-forward."),
+		wgFlows: desc("wireguard_flows_total",
+			"Of flows_total, those the WireGuard path carried, by protocol, since connect.", "proto"),
 	}
 }
 
@@ -118,6 +129,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.connected, c.sessionUp, c.reconnects, c.flowsActive, c.flowsTotal, c.bytes,
 		c.dialErrors, c.dialsRefused, c.droppedDials, c.dnsQueries, c.dnsFailures, c.dnsLookups,
+		c.wgUp, c.wgFlows,
 	} {
 		ch <- d
 	}
@@ -145,6 +157,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.dialErrors, t.DialErrors)
 	counter(c.dialsRefused, t.DialsRefused)
 	counter(c.droppedDials, t.DroppedDials)
+
+	gauge(c.wgUp, boolFloat(s.wgUp))
+	counter(c.wgFlows, s.wg.TCPTotal, "tcp")
+	counter(c.wgFlows, s.wg.UDPTotal, "udp")
 
 	q := s.dns
 	counter(c.dnsQueries, q.Queries)

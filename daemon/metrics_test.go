@@ -20,6 +20,7 @@ import (
 
 	"tunnel.dev/tunnel/dns"
 	"tunnel.dev/tunnel/tun/netstack"
+	"tunnel.dev/tunnel/wgpath"
 )
 
 var daemonSeries = []string{
@@ -27,6 +28,7 @@ var daemonSeries = []string{
 	"tunnel_daemon_flows_active", "tunnel_daemon_flows_total", "tunnel_daemon_bytes_total",
 	"tunnel_daemon_dial_errors_total", "tunnel_daemon_dials_refused_total", "tunnel_daemon_dropped_dials_total",
 	"tunnel_daemon_dns_queries_total", "tunnel_daemon_dns_failures_total", "tunnel_daemon_dns_lookups_total",
+	"tunnel_daemon_wireguard_up", "tunnel_daemon_wireguard_flows_total",
 }
 
 // The collector maps each counter of a snapshot to its series and labels,
@@ -38,7 +40,9 @@ func TestCollectorSeries(t *testing.T) {
 			TCPActive: 2, TCPTotal: 10, UDPActive: 1, UDPTotal: 4,
 			BytesSent: 1500, BytesReceived: 9000, DialErrors: 5, DialsRefused: 2, DroppedDials: 6,
 		},
-		dns: dns.ResolverStats{Queries: 20, ClusterQueries: 7, UpstreamQueries: 8, CacheHits: 9, Failures: 1},
+		dns:  dns.ResolverStats{Queries: 20, ClusterQueries: 7, UpstreamQueries: 8, CacheHits: 9, Failures: 1},
+		wg:   wgpath.Stats{TCPTotal: 6, UDPTotal: 1},
+		wgUp: true,
 	}
 	reg := prometheus.NewPedanticRegistry() // also checks Collect against Describe
 	reg.MustRegister(newCollector(func() metricsSnapshot { return snap }))
@@ -62,6 +66,9 @@ func TestCollectorSeries(t *testing.T) {
 		`tunnel_daemon_dns_lookups_total{via="cluster"}`:    "7",
 		`tunnel_daemon_dns_lookups_total{via="upstream"}`:   "8",
 		`tunnel_daemon_dns_lookups_total{via="cache"}`:      "9",
+		"tunnel_daemon_wireguard_up":                        "1",
+		`tunnel_daemon_wireguard_flows_total{proto="tcp"}`:  "6",
+		`tunnel_daemon_wireguard_flows_total{proto="udp"}`:  "1",
 	}
 	if got := samples(body); !maps.Equal(got, want) {
 		t.Errorf("scrape:\n%s\nwant samples %v", body, want)

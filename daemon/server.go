@@ -234,7 +234,7 @@ func (d *Daemon) statusLocked() *daemonpb.StatusResponse {
 		routes = append(routes, r.String())
 	}
 	c.mu.Unlock()
-	st := c.stack.Stats()
+	st := c.traffic()
 	dnsState := proto.Clone(c.dnsState).(*daemonpb.DNSStatus)
 	dnsState.Queries = c.resolver.Stats().Queries
 	return &daemonpb.StatusResponse{
@@ -249,6 +249,7 @@ func (d *Daemon) statusLocked() *daemonpb.StatusResponse {
 		ConnectedSince: c.since.UTC().Format(time.RFC3339),
 		User:           user,
 		Intercepts:     c.sess.icpt.list(),
+		Path:           c.wgPath.status(),
 	}
 }
 

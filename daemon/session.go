@@ -83,6 +83,9 @@ type session struct {
 	wasVerified     bool   // a session of ours was verified: later ones must be too
 	unverifiedTries int    // reconnects in a row that came back unverified
 	pathDied        func() // the way to the API server went: drop its connections
+	// onSession runs for each live session (the first and every
+	// reconnect) until its context ends with the session.
+	onSession func(context.Context, managerpb.ManagerClient)
 }
 
 func newSession(logger *slog.Logger, rc *rest.Config, cs kubernetes.Interface, ns string, onCluster func(*managerpb.ClusterInfo)) *session {
@@ -249,12 +252,21 @@ func (s *session) run(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	for {
 		s.mu.Lock()
-		mux := s.cur
+		mux, ctl := s.cur, s.ctl
 		s.mu.Unlock()
 		if mux != nil {
+			// What runs for the session ends before the next one starts.
+			sctx, cancel := context.WithCancel(ctx)
+			var running sync.WaitGroup
+			if s.onSession != nil {
+				running.Go(func() { s.onSession(sctx, ctl) })
+			}
+			endSession := func() { cancel(); running.Wait() }
 			select {
 			case <-mux.CloseChan():
+				endSession()
 			case <-ctx.Done():
+				endSession()
 				s.close()
 				return
 			}
@@ -333,7 +345,7 @@ func (s *session) current(ctx context.Context) (*yamux.Session, managerpb.Manage
 
 // DialStream opens a stream for one TCP connection or UDP flow and waits for
 // the manager's answer: the netstack's only view of the tunnel.
-func (s *session) DialStream(ctx context.Context, kind rpc.Kind, dst netip.AddrPort) (net.Conn, error) {
+func (s *session) DialStream(ctx context.Context, kind rpc.Kind, src, dst netip.AddrPort) (net.Conn, error) {
 	mux, _, err := s.current(ctx)
 	if err != nil {
 		return nil, err

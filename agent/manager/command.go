@@ -26,6 +26,7 @@ func Command() *cobra.Command {
 	var cfg Config
 	var logLevel slog.Level
 	var sidecarListen, tlsCert, tlsKey string
+	var wg wgFlags
 	cmd := &cobra.Command{
 		Use:   "manager",
 		Short: "Serve laptop sessions inside the cluster",
@@ -37,7 +38,7 @@ func Command() *cobra.Command {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
 			logger := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: logLevel}))
-			return run(ctx, logger, cfg, sidecarListen, tlsCert, tlsKey)
+			return run(ctx, logger, cfg, sidecarListen, tlsCert, tlsKey, wg)
 		},
 	}
 	d := Config{}.withDefaults()
@@ -59,12 +60,23 @@ func Command() *cobra.Command {
 	f.IntVar(&cfg.MaxStreams, "max-streams", d.MaxStreams, "streams one session may have open at once")
 	f.IntVar(&cfg.MaxDials, "max-dials", d.MaxDials, "dials one session may have in flight; more wait their turn")
 	f.IntVar(&cfg.MaxStreamsTotal, "max-streams-total", d.MaxStreamsTotal, "streams all sessions may have open at once")
+	f.IntVar(&wg.port, "wireguard-port", 0, "UDP port of the WireGuard path laptops' traffic takes instead of the port-forward; 0 for none")
+	f.StringVar(&wg.service, "wireguard-service", "", "NAMESPACE/NAME of the Service that exposes --wireguard-port to laptops")
 	f.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	return cmd
 }
 
 // run serves until ctx ends, in the pod it runs in.
-func run(ctx context.Context, logger *slog.Logger, cfg Config, sidecarListen, tlsCert, tlsKey string) error {
+// wgFlags are the WireGuard path's: its port and the Service exposing it.
+type wgFlags struct {
+	port    int
+	service string
+}
+
+func run(ctx context.Context, logger *slog.Logger, cfg Config, sidecarListen, tlsCert, tlsKey string, wg wgFlags) error {
+	if wg.port != 0 && !strings.Contains(wg.service, "/") {
+		return fmt.Errorf("--wireguard-port needs --wireguard-service NAMESPACE/NAME, the Service laptops reach it by")
+	}
 	rc, err := rest.InClusterConfig()
 	if err != nil {
 		return fmt.Errorf("load the in-cluster Kubernetes configuration (the manager runs in a pod): %w", err)
@@ -100,12 +112,12 @@ func run(ctx context.Context, logger *slog.Logger, cfg Config, sidecarListen, tl
 		}
 		return fmt.Errorf("listen for metrics: %w", err)
 	}
-	return serveCluster(ctx, logger, client, cfg, lns, metrics)
+	return serveCluster(ctx, logger, client, cfg, lns, metrics, wg)
 }
 
 // serveCluster watches the cluster and serves sessions and metrics on the
 // two listeners until ctx ends; it closes both.
-func serveCluster(ctx context.Context, logger *slog.Logger, client kubernetes.Interface, cfg Config, sessions []net.Listener, metrics net.Listener) error {
+func serveCluster(ctx context.Context, logger *slog.Logger, client kubernetes.Interface, cfg Config, sessions []net.Listener, metrics net.Listener, wg wgFlags) error {
 	defer func() {
 		for _, ln := range sessions {
 			ln.Close()
@@ -125,6 +137,13 @@ func serveCluster(ctx context.Context, logger *slog.Logger, client kubernetes.In
 	m.verifySidecar = podVerifier(client)
 	m.useAuthorizer(sarAuthorizer(client))
 	m.reach.self = ownAddrs()
+	if wg.port != 0 {
+		ns, name, _ := strings.Cut(wg.service, "/")
+		if err := m.useWireGuard(wg.port, serviceEndpoints(client, ns, name)); err != nil {
+			return err
+		}
+		defer m.closeWireGuard()
+	}
 
 	hs := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	metricsDone := make(chan error, 1)

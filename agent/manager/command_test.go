@@ -79,7 +79,9 @@ func TestServeCluster(t *testing.T) {
 	cs := fakeCluster(true, node("n1", "10.244.0.0/24"), namespace("default"), serviceCIDR("kubernetes", "10.96.0.0/12"))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- serveCluster(ctx, testLogger(t), cs, cfg, []net.Listener{sessions}, metrics) }()
+	go func() {
+		done <- serveCluster(ctx, testLogger(t), cs, cfg, []net.Listener{sessions}, metrics, wgFlags{})
+	}()
 
 	hc := &http.Client{Timeout: 5 * time.Second}
 	var resp *http.Response

@@ -91,6 +91,11 @@ func sessionOf(ctx context.Context) *session {
 	return nil
 }
 
+// WireGuard admits the calling session to the WireGuard path.
+func (c *control) WireGuard(ctx context.Context, req *managerpb.WireGuardRequest) (*managerpb.WireGuardOffer, error) {
+	return c.m.admitWireGuard(ctx, sessionOf(ctx), req.GetPublicKey())
+}
+
 // CreateIntercept records an intercept for the calling session.
 func (c *control) CreateIntercept(ctx context.Context, spec *managerpb.InterceptSpec) (*managerpb.Intercept, error) {
 	s := sessionOf(ctx)

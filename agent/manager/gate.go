@@ -34,6 +34,7 @@ var laptopMethods = map[string]bool{
 	managerpb.Manager_CreateIntercept_FullMethodName: true,
 	managerpb.Manager_RemoveIntercept_FullMethodName: true,
 	managerpb.Manager_ListIntercepts_FullMethodName:  true,
+	managerpb.Manager_WireGuard_FullMethodName:       true,
 }
 
 // Calls that cost the API server work (a review of a proof or a token) are
@@ -42,6 +43,7 @@ var laptopMethods = map[string]bool{
 var limitedMethods = map[string]bool{
 	managerpb.Manager_Hello_FullMethodName:           true,
 	managerpb.Manager_WatchIntercepts_FullMethodName: true,
+	managerpb.Manager_WireGuard_FullMethodName:       true,
 }
 
 // gate refuses a call the calling session's kind may not make.

@@ -36,7 +36,7 @@ func (m *Manager) serveSession(ctx context.Context, conn net.Conn, control *stre
 	defer m.metrics.sessionsActive.Dec()
 	log.Info("session opened")
 
-	s := &session{m: m, log: log, control: control, mux: sess, id: rand.Text()[:12],
+	s := &session{ctx: ctx, m: m, log: log, control: control, mux: sess, id: rand.Text()[:12],
 		fromPod: m.isPod(conn.RemoteAddr()), badLog: rate.Sometimes{First: 3, Interval: time.Minute},
 		dials: make(chan struct{}, m.cfg.MaxDials)}
 	// Laptops all come from the port-forward's loopback: each is its own
@@ -54,6 +54,7 @@ func (m *Manager) serveSession(ctx context.Context, conn net.Conn, control *stre
 		}
 		defer m.podSessions.give(s.peer)
 	}
+	defer m.dropWireGuard(s)
 	defer func() {
 		if n := m.intercepts.dropSession(s); n > 0 {
 			log.Info("session ended: its intercepts end too", "intercepts", n)
@@ -111,6 +112,7 @@ const streamWindow = 256 << 10
 // session arrives through a port-forward (from loopback); a sidecar's comes
 // from its pod over the cluster network.
 type session struct {
+	ctx     context.Context // ends with the session
 	m       *Manager
 	log     *slog.Logger
 	control *streamListener

@@ -149,6 +149,14 @@ func waitGone(ctx context.Context, cs kubernetes.Interface) {
 	})
 }
 
+// stepSpec is one object of an install: how to read, create, update and
+// (to undo a failed install) remove it.
+type stepSpec struct {
+	what                string
+	get, create, update func() error
+	remove              func(context.Context) error
+}
+
 func apply(ctx context.Context, cs kubernetes.Interface, o Objects, created *[]func(context.Context) error) error {
 	bg := metav1.DeletePropagationBackground
 	del := metav1.DeleteOptions{PropagationPolicy: &bg}
@@ -177,11 +185,6 @@ func apply(ctx context.Context, cs kubernetes.Interface, o Objects, created *[]f
 		func() error { return nil },
 		func(ctx context.Context) error { return core.Namespaces().Delete(ctx, Namespace, del) }); err != nil {
 		return err
-	}
-	type stepSpec struct {
-		what                string
-		get, create, update func() error
-		remove              func(context.Context) error
 	}
 	steps := []stepSpec{
 		{"service account",
@@ -238,6 +241,7 @@ func apply(ctx context.Context, cs kubernetes.Interface, o Objects, created *[]f
 			func() error { _, err := core.Secrets(Namespace).Update(ctx, o.TLS, u); return err },
 			func(ctx context.Context) error { return core.Secrets(Namespace).Delete(ctx, TLSSecret, del) }})
 	}
+	steps = append(steps, wireGuardStep(ctx, cs, o))
 	if o.NetworkPolicy != nil {
 		np := cs.NetworkingV1().NetworkPolicies(Namespace)
 		steps = append(steps, stepSpec{"the manager's network policy",
@@ -316,6 +320,56 @@ func apply(ctx context.Context, cs kubernetes.Interface, o Objects, created *[]f
 
 // mergeSubjects adds the newly allowed users and groups to those allowed
 // before: a second install with --allow-user adds, it does not replace.
+// wireGuardStep makes the WireGuard path's Service what o says: created,
+// updated in place (its node port and address kept), remade when its type
+// changes, or deleted when the path is off.
+func wireGuardStep(ctx context.Context, cs kubernetes.Interface, o Objects) stepSpec {
+	svcs := cs.CoreV1().Services(Namespace)
+	g := metav1.GetOptions{}
+	get := func() error { _, err := svcs.Get(ctx, WireGuardService, g); return err }
+	remove := func(ctx context.Context) error { return svcs.Delete(ctx, WireGuardService, metav1.DeleteOptions{}) }
+	want := o.WireGuardService
+	if want == nil {
+		none := func() error { return nil }
+		return stepSpec{"the WireGuard service", get, none,
+			func() error { return ignoreNotFound(remove(ctx)) }, func(context.Context) error { return nil }}
+	}
+	create := func() error { _, err := svcs.Create(ctx, want, metav1.CreateOptions{}); return err }
+	update := func() error {
+		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			svc, err := svcs.Get(ctx, WireGuardService, g)
+			if err != nil {
+				return err
+			}
+			if svc.Spec.Type != want.Spec.Type {
+				if err := remove(ctx); ignoreNotFound(err) != nil {
+					return err
+				}
+				return create()
+			}
+			ports := slices.Clone(want.Spec.Ports)
+			for i := range ports {
+				for _, p := range svc.Spec.Ports {
+					if p.Name == ports[i].Name {
+						ports[i].NodePort = p.NodePort
+					}
+				}
+			}
+			svc.Spec.Ports, svc.Spec.Selector = ports, want.Spec.Selector
+			_, err = svcs.Update(ctx, svc, metav1.UpdateOptions{})
+			return err
+		})
+	}
+	return stepSpec{"the WireGuard service", get, create, update, remove}
+}
+
+func ignoreNotFound(err error) error {
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
 func mergeSubjects(ctx context.Context, cs kubernetes.Interface, o Objects) error {
 	rb, err := cs.RbacV1().RoleBindings(Namespace).Get(ctx, ClientRole, metav1.GetOptions{})
 	if err != nil {

@@ -3,11 +3,13 @@ package manifest
 import (
 	"context"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	authzv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
@@ -81,10 +83,11 @@ func TestBuildWithTheManagersKey(t *testing.T) {
 	if o.TLS == nil || string(o.TLS.Data["tls.key"]) != string(key) {
 		t.Error("no Secret with the manager's key")
 	}
-	// The policy admits exactly the container's sidecar and metrics ports,
-	// by names the container has, to the manager's pods.
+	// The policy admits exactly the container's sidecar and metrics ports
+	// from pods, and its WireGuard port from anywhere, by names the
+	// container has, to the manager's pods.
 	np := o.NetworkPolicy
-	if np == nil || len(np.Spec.Ingress) != 1 || !reflect.DeepEqual(np.Spec.PodSelector.MatchLabels, o.Deployment.Spec.Selector.MatchLabels) {
+	if np == nil || len(np.Spec.Ingress) != 2 || !reflect.DeepEqual(np.Spec.PodSelector.MatchLabels, o.Deployment.Spec.Selector.MatchLabels) {
 		t.Fatalf("the network policy: %+v", np)
 	}
 	named := map[string]int32{}
@@ -98,7 +101,46 @@ func TestBuildWithTheManagersKey(t *testing.T) {
 	if want := []int32{rpc.SidecarSessionPort, MetricsPort}; !reflect.DeepEqual(admitted, want) {
 		t.Errorf("the network policy admits ports %v, want %v", admitted, want)
 	}
+	wg := np.Spec.Ingress[1]
+	if len(wg.From) != 0 || len(wg.Ports) != 1 || named[wg.Ports[0].Port.StrVal] != WireGuardPort || *wg.Ports[0].Protocol != corev1.ProtocolUDP {
+		t.Errorf("the network policy's WireGuard rule: %+v", wg)
+	}
 	if _, _, err := NewTLS(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestBuildWireGuard: the WireGuard path's Service is of the kind asked
+// for and targets the container's UDP port; off, there is no Service, no
+// port and no argument, and the choice is kept on the Deployment.
+func TestBuildWireGuard(t *testing.T) {
+	for _, tc := range []struct {
+		opt  string
+		want corev1.ServiceType
+	}{{"", corev1.ServiceTypeNodePort}, {WireGuardNodePort, corev1.ServiceTypeNodePort}, {WireGuardLoadBalancer, corev1.ServiceTypeLoadBalancer}, {WireGuardOff, ""}} {
+		o := Build(Options{Image: "agent:v1", WireGuard: tc.opt})
+		c := o.Deployment.Spec.Template.Spec.Containers[0]
+		args := strings.Join(c.Args, " ")
+		hasPort := slices.ContainsFunc(c.Ports, func(p corev1.ContainerPort) bool {
+			return p.Name == "wireguard" && p.ContainerPort == WireGuardPort && p.Protocol == corev1.ProtocolUDP
+		})
+		if tc.want == "" {
+			if o.WireGuardService != nil || hasPort || strings.Contains(args, "--wireguard") {
+				t.Errorf("--wireguard off: service %v, port %v, args %s", o.WireGuardService, hasPort, args)
+			}
+		} else {
+			svc := o.WireGuardService
+			if svc == nil || svc.Spec.Type != tc.want || !hasPort || svc.Spec.Ports[0].TargetPort.StrVal != "wireguard" ||
+				!strings.Contains(args, "--wireguard-port 51820 --wireguard-service tunnel-system/tunnel-manager-wireguard") {
+				t.Errorf("--wireguard %q: service %+v, port %v, args %s", tc.opt, svc, hasPort, args)
+			}
+		}
+		want, _ := ParseWireGuard(tc.opt)
+		if got := o.Deployment.Annotations[WireGuardAnnotation]; got != want {
+			t.Errorf("--wireguard %q: annotation %q", tc.opt, got)
+		}
+	}
+	if _, err := ParseWireGuard("udp"); err == nil {
+		t.Error("--wireguard udp parsed")
 	}
 }

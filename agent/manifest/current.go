@@ -29,7 +29,8 @@ func Current(ctx context.Context, cs kubernetes.Interface) (*Options, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read the tunnel manager: %w", err)
 	}
-	opt := &Options{Version: d.Labels[VersionLabel], SidecarMemory: d.Annotations[SidecarMemoryAnnotation]}
+	opt := &Options{Version: d.Labels[VersionLabel], SidecarMemory: d.Annotations[SidecarMemoryAnnotation],
+		WireGuard: d.Annotations[WireGuardAnnotation]}
 	if d.Spec.Replicas != nil {
 		opt.Replicas = *d.Spec.Replicas
 	}
@@ -112,6 +113,9 @@ func YAML(opt Options) ([]byte, error) {
 		objs = append(objs, o.TLS)
 	}
 	objs = append(objs, o.Deployment, o.Service)
+	if o.WireGuardService != nil {
+		objs = append(objs, o.WireGuardService)
+	}
 	if o.NetworkPolicy != nil {
 		objs = append(objs, o.NetworkPolicy)
 	}

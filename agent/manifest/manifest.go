@@ -29,7 +29,29 @@ const (
 	// when the install knew it (not for an exact --manager-image).
 	VersionLabel = "app.kubernetes.io/version"
 	MetricsPort  = 9090
+	// WireGuardPort is the manager's UDP port for laptops' WireGuard
+	// path, exposed by the WireGuardService.
+	WireGuardPort    = 51820
+	WireGuardService = "tunnel-manager-wireguard"
 )
+
+// How the WireGuard path is exposed (Options.WireGuard).
+const (
+	WireGuardNodePort     = "nodeport"     // a NodePort Service: laptops that reach a node's address
+	WireGuardLoadBalancer = "loadbalancer" // a LoadBalancer Service: the cluster's load balancer
+	WireGuardOff          = "off"          // no WireGuard path: every byte takes the port-forward
+)
+
+// ParseWireGuard checks an install's --wireguard value.
+func ParseWireGuard(s string) (string, error) {
+	switch s {
+	case "", WireGuardNodePort:
+		return WireGuardNodePort, nil
+	case WireGuardLoadBalancer, WireGuardOff:
+		return s, nil
+	}
+	return "", fmt.Errorf("--wireguard %q: want %s, %s or %s", s, WireGuardNodePort, WireGuardLoadBalancer, WireGuardOff)
+}
 
 // Options shape an install.
 type Options struct {
@@ -56,6 +78,9 @@ type Options struct {
 	// AllowHeaders are the header names (a trailing * for a prefix)
 	// personal intercepts may match on; none means the manager's default.
 	AllowHeaders []string
+	// WireGuard is how laptops reach the manager's WireGuard port:
+	// WireGuardNodePort ("" too), WireGuardLoadBalancer or WireGuardOff.
+	WireGuard string
 }
 
 // Memory limits by default, and the annotation on the manager's Deployment
@@ -64,6 +89,9 @@ const (
 	DefaultManagerMemory    = "1Gi"
 	DefaultSidecarMemory    = "256Mi"
 	SidecarMemoryAnnotation = "tunnel.dev/sidecar-memory"
+	// WireGuardAnnotation on the manager's Deployment keeps the install's
+	// --wireguard, so an upgrade keeps it too.
+	WireGuardAnnotation = "tunnel.dev/wireguard"
 )
 
 // Resources are a tunnel container's: a small request (tunnel idles most
@@ -103,9 +131,10 @@ type Objects struct {
 	ClusterRoleBinding *rbacv1.ClusterRoleBinding
 	Deployment         *appsv1.Deployment
 	Service            *corev1.Service
-	// NetworkPolicy admits to the manager's pod only the sidecars' port and
-	// metrics; laptops come through port-forwards, which arrive on the
-	// pod's loopback and no policy sees. Nil without the manager's key.
+	// NetworkPolicy admits to the manager's pod only the sidecars' port,
+	// metrics, and from anywhere the WireGuard port; laptops' sessions come
+	// through port-forwards, which arrive on the pod's loopback and no
+	// policy sees. Nil without the manager's key.
 	NetworkPolicy     *networkingv1.NetworkPolicy
 	ClientRole        *rbacv1.Role
 	ClientRoleBinding *rbacv1.RoleBinding // nil when nobody is allowed
@@ -115,6 +144,9 @@ type Objects struct {
 	ClientClusterRoleBinding *rbacv1.ClusterRoleBinding // nil when nobody is allowed
 	// TLS holds the manager's key for its sidecar port; nil without one.
 	TLS *corev1.Secret
+	// WireGuardService exposes the manager's UDP port to laptops; nil when
+	// the WireGuard path is off.
+	WireGuardService *corev1.Service
 	// CSRPolicy and CSRPolicyBinding hold the manager to tunnel's CSRs.
 	CSRPolicy        *admissionv1.ValidatingAdmissionPolicy
 	CSRPolicyBinding *admissionv1.ValidatingAdmissionPolicyBinding
@@ -255,6 +287,9 @@ func Build(opt Options) Objects {
 	if len(opt.TLSCert) > 0 {
 		addTLS(&o, opt)
 	}
+	if wg, _ := ParseWireGuard(opt.WireGuard); wg != WireGuardOff {
+		addWireGuard(&o, wg)
+	}
 	o.CSRPolicy, o.CSRPolicyBinding = csrPolicy()
 	return o
 }
@@ -294,6 +329,35 @@ func addTLS(o *Objects, opt Options) {
 		}}
 }
 
+// addWireGuard opens the manager's UDP port for laptops' WireGuard path
+// and exposes it with a Service of the kind asked for. WireGuard answers
+// nothing to a key the manager did not admit for a live session.
+func addWireGuard(o *Objects, kind string) {
+	c := &o.Deployment.Spec.Template.Spec.Containers[0]
+	c.Ports = append(c.Ports, corev1.ContainerPort{Name: "wireguard", ContainerPort: WireGuardPort, Protocol: corev1.ProtocolUDP})
+	c.Args = append(c.Args, "--wireguard-port", fmt.Sprint(WireGuardPort),
+		"--wireguard-service", Namespace+"/"+WireGuardService)
+	typ := corev1.ServiceTypeNodePort
+	if kind == WireGuardLoadBalancer {
+		typ = corev1.ServiceTypeLoadBalancer
+	}
+	o.WireGuardService = &corev1.Service{
+		ObjectMeta: meta(WireGuardService, Namespace),
+		Spec: corev1.ServiceSpec{
+			Type:     typ,
+			Selector: o.Deployment.Spec.Selector.MatchLabels,
+			Ports: []corev1.ServicePort{{Name: "wireguard", Protocol: corev1.ProtocolUDP,
+				Port: WireGuardPort, TargetPort: intstr.FromString("wireguard")}},
+		},
+	}
+	if o.NetworkPolicy != nil {
+		// Laptops come from outside the cluster: from any source.
+		udp := corev1.ProtocolUDP
+		o.NetworkPolicy.Spec.Ingress = append(o.NetworkPolicy.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{
+			Ports: []networkingv1.NetworkPolicyPort{{Protocol: &udp, Port: ptr.To(intstr.FromString("wireguard"))}}})
+	}
+}
+
 func managerArgs(opt Options) []string {
 	args := []string{"manager"}
 	if len(opt.TLSCert) > 0 {
@@ -326,7 +390,8 @@ func pullSecrets(names []string) []corev1.LocalObjectReference {
 func deploymentMeta(opt Options) metav1.ObjectMeta {
 	version := opt.Version
 	m := meta(Manager, Namespace)
-	m.Annotations = map[string]string{SidecarMemoryAnnotation: opt.SidecarMemory}
+	wg, _ := ParseWireGuard(opt.WireGuard)
+	m.Annotations = map[string]string{SidecarMemoryAnnotation: opt.SidecarMemory, WireGuardAnnotation: wg}
 	if version != "" {
 		m.Labels[VersionLabel] = version
 	}

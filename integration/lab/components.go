@@ -178,6 +178,13 @@ func components(p Paths, cfg Config) []component {
 			ready: probe("dig", "+time=1", "+tries=1", "@"+nodeAddr.String(), "upstream."+upstreamZone),
 		},
 		{
+			// The lab's load balancer: Services of type LoadBalancer get an
+			// address laptops reach (integration/loadbalancer).
+			name: "loadbalancer", bin: p.state("bin", "loadbalancer"), inNode: true,
+			args:  []string{"-kubeconfig=" + p.AdminKubeconfig(), "-range=" + LBRange.String(), "-health=127.0.0.1:10290"},
+			ready: httpProbe("http://127.0.0.1:10290/healthz"),
+		},
+		{
 			// Debian's Prometheus, scraping the gateway for canary analysis;
 			// laptops reach it on the node's address, as they reach the API.
 			// Its web console files are not needed: the API is.

@@ -36,6 +36,9 @@ var (
 	hostLinkNode = netip.MustParseAddr("10.208.0.2")      // node side of the host link
 	nodeAddr     = netip.MustParseAddr("10.209.0.1")      // the node's address: API server, upstream DNS
 	laptopRange  = netip.MustParsePrefix("10.210.0.0/16") // one /30 per laptop
+	// LBRange is where the lab's load balancer hands out Services'
+	// addresses; the node answers for them, as MetalLB's L2 mode makes one.
+	LBRange = netip.MustParsePrefix("10.211.0.0/24")
 )
 
 // Names of what the lab creates on the machine.
@@ -49,6 +52,12 @@ const (
 	routeProto     = "211"      // marks the host routes the lab adds, so down finds them
 	laptopTable    = "210"      // node routing table for what laptops send: prohibit all
 	laptopRulePref = "100"
+	// exposedMark marks what a laptop sends to a NodePort or a load
+	// balancer's address, before kube-proxy's DNAT; exposedRulePref routes
+	// it by the main table, ahead of the laptops' prohibit rule.
+	exposedMark     = "0x200000/0x200000"
+	exposedRulePref = "99"
+	nodePortRange   = "30000:32767"
 )
 
 // Config is what `lab up` takes. The zero value is completed by Defaults.

@@ -25,12 +25,12 @@ import (
 // caller measures recovery from its return.
 
 // Faults names what Fault causes, for the CLI's help.
-var Faults = []string{"apiserver", "kubelet", "coredns", "manager", "manager-force", "partition", "sleep", "readdress", "sidecar"}
+var Faults = []string{"apiserver", "kubelet", "coredns", "manager", "manager-force", "partition", "udp", "sleep", "readdress", "sidecar"}
 
 // FaultOptions say where a fault strikes and for how long.
 type FaultOptions struct {
-	Laptop string        // partition, sleep, readdress
-	For    time.Duration // partition, sleep
+	Laptop string        // partition, udp, sleep, readdress
+	For    time.Duration // partition, udp, sleep
 	Pod    string        // sidecar: NAMESPACE/POD
 }
 
@@ -64,6 +64,15 @@ func (l *Lab) Fault(ctx context.Context, kind string, opt FaultOptions) error {
 			return err
 		}
 		return l.partition(ctx, opt.Laptop, opt.For)
+	case "udp":
+		if err := needLaptop(); err != nil {
+			return err
+		}
+		if err := l.DropUDP(ctx, opt.Laptop, true); err != nil {
+			return err
+		}
+		defer l.DropUDP(context.WithoutCancel(ctx), opt.Laptop, false)
+		return sleepCtx(ctx, opt.For)
 	case "sleep":
 		if err := needLaptop(); err != nil {
 			return err
@@ -266,6 +275,50 @@ func (l *Lab) partition(ctx context.Context, name string, d time.Duration) error
 	}
 }
 
+// udpChain is the iptables chain DropUDP adds in a laptop.
+const udpChain = "TLAB-NOUDP"
+
+// DropUDP makes a laptop's network drop the UDP it sends, but for DNS (as
+// a firewall that lets only TCP and DNS through does), or lets it through
+// again.
+func (l *Lab) DropUDP(ctx context.Context, name string, on bool) error {
+	lp, err := ensureLaptop(ctx, l.Paths, name)
+	if err != nil {
+		return err
+	}
+	ipt := func(args ...string) error {
+		_, err := run(ctx, "ip", append([]string{"netns", "exec", lp.Netns, "iptables", "-w"}, args...)...)
+		return err
+	}
+	_ = ipt("-D", "OUTPUT", "-j", udpChain)
+	_ = ipt("-F", udpChain)
+	_ = ipt("-X", udpChain)
+	if !on {
+		return nil
+	}
+	for _, s := range [][]string{
+		{"-N", udpChain},
+		{"-A", udpChain, "-o", "lo", "-j", "RETURN"},
+		{"-A", udpChain, "-p", "udp", "--dport", "53", "-j", "RETURN"},
+		{"-A", udpChain, "-p", "udp", "-j", "DROP"},
+		{"-I", "OUTPUT", "-j", udpChain},
+	} {
+		if err := ipt(s...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	select {
+	case <-time.After(d):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // sleepDaemon stops the tunnel daemon that runs in a laptop (SIGSTOP, as a
 // laptop's lid does to every process) for d, then lets it go on.
 func (l *Lab) sleepDaemon(ctx context.Context, name string, d time.Duration) error {
@@ -372,4 +425,35 @@ func roaming(l Laptop) Laptop {
 	addr[2] |= 0x80
 	l.Gw, l.Addr = netip.AddrFrom4(gw), netip.AddrFrom4(addr)
 	return l
+}
+
+// LaptopProcesses lists the processes of a laptop whose command line
+// match accepts.
+func (l *Lab) LaptopProcesses(ctx context.Context, name string, match func(argv []string) bool) ([]int, error) {
+	lp, err := ensureLaptop(ctx, l.Paths, name)
+	if err != nil {
+		return nil, err
+	}
+	return processesIn(ctx, lp.Netns, match)
+}
+
+// PodProcesses lists the processes of the pod with address podIP (in the
+// pod's network namespace, which the CNI made) whose command line match
+// accepts.
+func (l *Lab) PodProcesses(ctx context.Context, podIP string, match func(argv []string) bool) ([]int, error) {
+	out, err := run(ctx, "ip", "netns", "list")
+	if err != nil {
+		return nil, err
+	}
+	for _, line := range strings.Split(out, "\n") {
+		ns, _, _ := strings.Cut(strings.TrimSpace(line), " ")
+		if !strings.HasPrefix(ns, "cni-") {
+			continue
+		}
+		addrs, err := run(ctx, "ip", "-n", ns, "-4", "-o", "addr", "show")
+		if err == nil && strings.Contains(addrs, " "+podIP+"/") {
+			return processesIn(ctx, ns, match)
+		}
+	}
+	return nil, fmt.Errorf("no network namespace has the pod address %s", podIP)
 }

@@ -100,6 +100,9 @@ func nodeNetwork(ctx context.Context, cfg Config) error {
 			return err
 		}
 	}
+	if err := exposeServices(ctx); err != nil {
+		return err
+	}
 	// A wrong route on the host fails here instead of leaving the machine.
 	for _, r := range []string{labRange.String(), cfg.PodCIDR, cfg.ServiceCIDR} {
 		if _, err := run(ctx, "ip", "route", "replace", "prohibit", r, "proto", routeProto); err != nil {
@@ -110,6 +113,38 @@ func nodeNetwork(ctx context.Context, cfg Config) error {
 	// traffic passes iptables, so kube-proxy's DNAT is undone on the reply.
 	for _, s := range []string{"net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1"} {
 		if _, err := run(ctx, "ip", "netns", "exec", nodeNetns, "sysctl", "-qw", s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// exposeServices lets laptops reach what a cluster exposes to its users'
+// networks, and only that: NodePorts on the node's address and the load
+// balancer's addresses. Their packets are marked before kube-proxy's DNAT
+// (mangle comes first) and then routed by the main table, to the pod,
+// where the laptops' rule would prohibit them.
+func exposeServices(ctx context.Context) error {
+	rules := [][]string{}
+	for _, proto := range []string{"tcp", "udp"} {
+		rules = append(rules,
+			[]string{"-s", laptopRange.String(), "-d", nodeAddr.String() + "/32", "-p", proto, "--dport", nodePortRange},
+			[]string{"-s", laptopRange.String(), "-d", LBRange.String(), "-p", proto})
+	}
+	for _, r := range rules {
+		spec := append(append([]string{"PREROUTING"}, r...), "-j", "MARK", "--set-xmark", exposedMark)
+		ipt := func(op string) error {
+			_, err := run(ctx, "ip", append([]string{"netns", "exec", nodeNetns, "iptables", "-w", "-t", "mangle", op}, spec...)...)
+			return err
+		}
+		if ipt("-C") != nil {
+			if err := ipt("-A"); err != nil {
+				return err
+			}
+		}
+	}
+	if out, _ := run(ctx, "ip", "-n", nodeNetns, "rule", "show", "pref", exposedRulePref); out == "" {
+		if _, err := run(ctx, "ip", "-n", nodeNetns, "rule", "add", "fwmark", exposedMark, "lookup", "main", "pref", exposedRulePref); err != nil {
 			return err
 		}
 	}

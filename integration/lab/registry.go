@@ -166,6 +166,7 @@ func prepareRegistry(ctx context.Context, p Paths, pk *pki) error {
 	if err := BuildBinary(ctx, "./integration/registryauth", p.state("bin", "registryauth")); err != nil {
 		return err
 	}
+
 	if _, err := ensureRegistryUsers(p); err != nil {
 		return fmt.Errorf("make the registry's users: %w", err)
 	}

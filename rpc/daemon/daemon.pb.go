@@ -35,8 +35,12 @@ type ConnectRequest struct {
 	AlsoProxy        []string `protobuf:"bytes,5,rep,name=also_proxy,json=alsoProxy,proto3" json:"also_proxy,omitempty"`
 	NeverProxy       []string `protobuf:"bytes,6,rep,name=never_proxy,json=neverProxy,proto3" json:"never_proxy,omitempty"`
 	DnsInclude       []string `protobuf:"bytes,7,rep,name=dns_include,json=dnsInclude,proto3" json:"dns_include,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The WireGuard path: off, or the manager's UDP address when a VPN or
+	// firewall decides it (host:port), instead of the ones the manager names.
+	NoWireguard       bool   `protobuf:"varint,8,opt,name=no_wireguard,json=noWireguard,proto3" json:"no_wireguard,omitempty"`
+	WireguardEndpoint string `protobuf:"bytes,9,opt,name=wireguard_endpoint,json=wireguardEndpoint,proto3" json:"wireguard_endpoint,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ConnectRequest) Reset() {
@@ -118,6 +122,20 @@ func (x *ConnectRequest) GetDnsInclude() []string {
 	return nil
 }
 
+func (x *ConnectRequest) GetNoWireguard() bool {
+	if x != nil {
+		return x.NoWireguard
+	}
+	return false
+}
+
+func (x *ConnectRequest) GetWireguardEndpoint() string {
+	if x != nil {
+		return x.WireguardEndpoint
+	}
+	return ""
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -170,6 +188,7 @@ type StatusResponse struct {
 	User           string                 `protobuf:"bytes,12,opt,name=user,proto3" json:"user,omitempty"`                                           // the Kubernetes user the manager knows us by
 	Intercepts     []*manager.Intercept   `protobuf:"bytes,13,rep,name=intercepts,proto3" json:"intercepts,omitempty"`                               // this laptop's
 	DaemonVersion  string                 `protobuf:"bytes,14,opt,name=daemon_version,json=daemonVersion,proto3" json:"daemon_version,omitempty"`
+	Path           *DataPath              `protobuf:"bytes,15,opt,name=path,proto3" json:"path,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -302,6 +321,92 @@ func (x *StatusResponse) GetDaemonVersion() string {
 	return ""
 }
 
+func (x *StatusResponse) GetPath() *DataPath {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+// DataPath says which way the laptop's new connections take: "wireguard"
+// (UDP to the manager, off the API server) or "port-forward" (streams
+// over the session's port-forward), and why.
+type DataPath struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Carrier        string                 `protobuf:"bytes,1,opt,name=carrier,proto3" json:"carrier,omitempty"`                                      // "wireguard" or "port-forward"
+	Why            string                 `protobuf:"bytes,2,opt,name=why,proto3" json:"why,omitempty"`                                              // one sentence
+	Endpoint       string                 `protobuf:"bytes,3,opt,name=endpoint,proto3" json:"endpoint,omitempty"`                                    // the manager's UDP address, when WireGuard was tried
+	Since          string                 `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`                                          // RFC 3339: when it last changed
+	WireguardFlows uint64                 `protobuf:"varint,5,opt,name=wireguard_flows,json=wireguardFlows,proto3" json:"wireguard_flows,omitempty"` // connections on the WireGuard path now
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DataPath) Reset() {
+	*x = DataPath{}
+	mi := &file_daemon_daemon_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DataPath) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DataPath) ProtoMessage() {}
+
+func (x *DataPath) ProtoReflect() protoreflect.Message {
+	mi := &file_daemon_daemon_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DataPath.ProtoReflect.Descriptor instead.
+func (*DataPath) Descriptor() ([]byte, []int) {
+	return file_daemon_daemon_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *DataPath) GetCarrier() string {
+	if x != nil {
+		return x.Carrier
+	}
+	return ""
+}
+
+func (x *DataPath) GetWhy() string {
+	if x != nil {
+		return x.Why
+	}
+	return ""
+}
+
+func (x *DataPath) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *DataPath) GetSince() string {
+	if x != nil {
+		return x.Since
+	}
+	return ""
+}
+
+func (x *DataPath) GetWireguardFlows() uint64 {
+	if x != nil {
+		return x.WireguardFlows
+	}
+	return 0
+}
+
 type DNSStatus struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Mode          string                 `protobuf:"bytes,1,opt,name=mode,proto3" json:"mode,omitempty"`             // "resolv.conf" or "systemd-resolved"
@@ -315,7 +420,7 @@ type DNSStatus struct {
 
 func (x *DNSStatus) Reset() {
 	*x = DNSStatus{}
-	mi := &file_daemon_daemon_proto_msgTypes[3]
+	mi := &file_daemon_daemon_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -327,7 +432,7 @@ func (x *DNSStatus) String() string {
 func (*DNSStatus) ProtoMessage() {}
 
 func (x *DNSStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_daemon_daemon_proto_msgTypes[3]
+	mi := &file_daemon_daemon_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -340,7 +445,7 @@ func (x *DNSStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DNSStatus.ProtoReflect.Descriptor instead.
 func (*DNSStatus) Descriptor() ([]byte, []int) {
-	return file_daemon_daemon_proto_rawDescGZIP(), []int{3}
+	return file_daemon_daemon_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *DNSStatus) GetMode() string {
@@ -396,7 +501,7 @@ type Traffic struct {
 
 func (x *Traffic) Reset() {
 	*x = Traffic{}
-	mi := &file_daemon_daemon_proto_msgTypes[4]
+	mi := &file_daemon_daemon_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -408,7 +513,7 @@ func (x *Traffic) String() string {
 func (*Traffic) ProtoMessage() {}
 
 func (x *Traffic) ProtoReflect() protoreflect.Message {
-	mi := &file_daemon_daemon_proto_msgTypes[4]
+	mi := &file_daemon_daemon_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -421,7 +526,7 @@ func (x *Traffic) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Traffic.ProtoReflect.Descriptor instead.
 func (*Traffic) Descriptor() ([]byte, []int) {
-	return file_daemon_daemon_proto_rawDescGZIP(), []int{4}
+	return file_daemon_daemon_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Traffic) GetTcpFlowsActive() uint64 {
@@ -488,7 +593,7 @@ type QuitRequest struct {
 
 func (x *QuitRequest) Reset() {
 	*x = QuitRequest{}
-	mi := &file_daemon_daemon_proto_msgTypes[5]
+	mi := &file_daemon_daemon_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -500,7 +605,7 @@ func (x *QuitRequest) String() string {
 func (*QuitRequest) ProtoMessage() {}
 
 func (x *QuitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_daemon_daemon_proto_msgTypes[5]
+	mi := &file_daemon_daemon_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -513,7 +618,7 @@ func (x *QuitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuitRequest.ProtoReflect.Descriptor instead.
 func (*QuitRequest) Descriptor() ([]byte, []int) {
-	return file_daemon_daemon_proto_rawDescGZIP(), []int{5}
+	return file_daemon_daemon_proto_rawDescGZIP(), []int{6}
 }
 
 type QuitResponse struct {
@@ -524,7 +629,7 @@ type QuitResponse struct {
 
 func (x *QuitResponse) Reset() {
 	*x = QuitResponse{}
-	mi := &file_daemon_daemon_proto_msgTypes[6]
+	mi := &file_daemon_daemon_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -536,7 +641,7 @@ func (x *QuitResponse) String() string {
 func (*QuitResponse) ProtoMessage() {}
 
 func (x *QuitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_daemon_daemon_proto_msgTypes[6]
+	mi := &file_daemon_daemon_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -549,7 +654,7 @@ func (x *QuitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuitResponse.ProtoReflect.Descriptor instead.
 func (*QuitResponse) Descriptor() ([]byte, []int) {
-	return file_daemon_daemon_proto_rawDescGZIP(), []int{6}
+	return file_daemon_daemon_proto_rawDescGZIP(), []int{7}
 }
 
 type InterceptRequest struct {
@@ -562,7 +667,7 @@ type InterceptRequest struct {
 
 func (x *InterceptRequest) Reset() {
 	*x = InterceptRequest{}
-	mi := &file_daemon_daemon_proto_msgTypes[7]
+	mi := &file_daemon_daemon_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -574,7 +679,7 @@ func (x *InterceptRequest) String() string {
 func (*InterceptRequest) ProtoMessage() {}
 
 func (x *InterceptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_daemon_daemon_proto_msgTypes[7]
+	mi := &file_daemon_daemon_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -587,7 +692,7 @@ func (x *InterceptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InterceptRequest.ProtoReflect.Descriptor instead.
 func (*InterceptRequest) Descriptor() ([]byte, []int) {
-	return file_daemon_daemon_proto_rawDescGZIP(), []int{7}
+	return file_daemon_daemon_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *InterceptRequest) GetSpec() *manager.InterceptSpec {
@@ -616,7 +721,7 @@ type InterceptResponse struct {
 
 func (x *InterceptResponse) Reset() {
 	*x = InterceptResponse{}
-	mi := &file_daemon_daemon_proto_msgTypes[8]
+	mi := &file_daemon_daemon_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -628,7 +733,7 @@ func (x *InterceptResponse) String() string {
 func (*InterceptResponse) ProtoMessage() {}
 
 func (x *InterceptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_daemon_daemon_proto_msgTypes[8]
+	mi := &file_daemon_daemon_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -641,7 +746,7 @@ func (x *InterceptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InterceptResponse.ProtoReflect.Descriptor instead.
 func (*InterceptResponse) Descriptor() ([]byte, []int) {
-	return file_daemon_daemon_proto_rawDescGZIP(), []int{8}
+	return file_daemon_daemon_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *InterceptResponse) GetIntercept() *manager.Intercept {
@@ -668,7 +773,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_daemon_daemon_proto_msgTypes[9]
+	mi := &file_daemon_daemon_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -680,7 +785,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_daemon_daemon_proto_msgTypes[9]
+	mi := &file_daemon_daemon_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -693,7 +798,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_daemon_daemon_proto_rawDescGZIP(), []int{9}
+	return file_daemon_daemon_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LeaveRequest) GetNamespace() string {
@@ -718,7 +823,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_daemon_daemon_proto_msgTypes[10]
+	mi := &file_daemon_daemon_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -730,7 +835,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_daemon_daemon_proto_msgTypes[10]
+	mi := &file_daemon_daemon_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -743,7 +848,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_daemon_daemon_proto_rawDescGZIP(), []int{10}
+	return file_daemon_daemon_proto_rawDescGZIP(), []int{11}
 }
 
 type ListInterceptsRequest struct {
@@ -755,7 +860,7 @@ type ListInterceptsRequest struct {
 
 func (x *ListInterceptsRequest) Reset() {
 	*x = ListInterceptsRequest{}
-	mi := &file_daemon_daemon_proto_msgTypes[11]
+	mi := &file_daemon_daemon_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -767,7 +872,7 @@ func (x *ListInterceptsRequest) String() string {
 func (*ListInterceptsRequest) ProtoMessage() {}
 
 func (x *ListInterceptsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_daemon_daemon_proto_msgTypes[11]
+	mi := &file_daemon_daemon_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -780,7 +885,7 @@ func (x *ListInterceptsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInterceptsRequest.ProtoReflect.Descriptor instead.
 func (*ListInterceptsRequest) Descriptor() ([]byte, []int) {
-	return file_daemon_daemon_proto_rawDescGZIP(), []int{11}
+	return file_daemon_daemon_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListInterceptsRequest) GetNamespace() string {
@@ -799,7 +904,7 @@ type ListInterceptsResponse struct {
 
 func (x *ListInterceptsResponse) Reset() {
 	*x = ListInterceptsResponse{}
-	mi := &file_daemon_daemon_proto_msgTypes[12]
+	mi := &file_daemon_daemon_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -811,7 +916,7 @@ func (x *ListInterceptsResponse) String() string {
 func (*ListInterceptsResponse) ProtoMessage() {}
 
 func (x *ListInterceptsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_daemon_daemon_proto_msgTypes[12]
+	mi := &file_daemon_daemon_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -824,7 +929,7 @@ func (x *ListInterceptsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListInterceptsResponse.ProtoReflect.Descriptor instead.
 func (*ListInterceptsResponse) Descriptor() ([]byte, []int) {
-	return file_daemon_daemon_proto_rawDescGZIP(), []int{12}
+	return file_daemon_daemon_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListInterceptsResponse) GetIntercepts() []*manager.Intercept {
@@ -838,7 +943,7 @@ var File_daemon_daemon_proto protoreflect.FileDescriptor
 
 const file_daemon_daemon_proto_rawDesc = "" +
 	"\n" +
-	"\x13daemon/daemon.proto\x12\x10tunnel.daemon.v1\x1a\x15manager/manager.proto\"\xf6\x01\n" +
+	"\x13daemon/daemon.proto\x12\x10tunnel.daemon.v1\x1a\x15manager/manager.proto\"\xc8\x02\n" +
 	"\x0eConnectRequest\x12\x1e\n" +
 	"\n" +
 	"kubeconfig\x18\x01 \x01(\fR\n" +
@@ -851,8 +956,10 @@ const file_daemon_daemon_proto_rawDesc = "" +
 	"\vnever_proxy\x18\x06 \x03(\tR\n" +
 	"neverProxy\x12\x1f\n" +
 	"\vdns_include\x18\a \x03(\tR\n" +
-	"dnsInclude\"\x0f\n" +
-	"\rStatusRequest\"\x90\x04\n" +
+	"dnsInclude\x12!\n" +
+	"\fno_wireguard\x18\b \x01(\bR\vnoWireguard\x12-\n" +
+	"\x12wireguard_endpoint\x18\t \x01(\tR\x11wireguardEndpoint\"\x0f\n" +
+	"\rStatusRequest\"\xc0\x04\n" +
 	"\x0eStatusResponse\x12\x1c\n" +
 	"\tconnected\x18\x01 \x01(\bR\tconnected\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12\x18\n" +
@@ -872,7 +979,14 @@ const file_daemon_daemon_proto_rawDesc = "" +
 	"\n" +
 	"intercepts\x18\r \x03(\v2\x1c.tunnel.manager.v1.InterceptR\n" +
 	"intercepts\x12%\n" +
-	"\x0edaemon_version\x18\x0e \x01(\tR\rdaemonVersion\"\x8f\x01\n" +
+	"\x0edaemon_version\x18\x0e \x01(\tR\rdaemonVersion\x12.\n" +
+	"\x04path\x18\x0f \x01(\v2\x1a.tunnel.daemon.v1.DataPathR\x04path\"\x91\x01\n" +
+	"\bDataPath\x12\x18\n" +
+	"\acarrier\x18\x01 \x01(\tR\acarrier\x12\x10\n" +
+	"\x03why\x18\x02 \x01(\tR\x03why\x12\x1a\n" +
+	"\bendpoint\x18\x03 \x01(\tR\bendpoint\x12\x14\n" +
+	"\x05since\x18\x04 \x01(\tR\x05since\x12'\n" +
+	"\x0fwireguard_flows\x18\x05 \x01(\x04R\x0ewireguardFlows\"\x8f\x01\n" +
 	"\tDNSStatus\x12\x12\n" +
 	"\x04mode\x18\x01 \x01(\tR\x04mode\x12\x1e\n" +
 	"\n" +
@@ -931,48 +1045,50 @@ func file_daemon_daemon_proto_rawDescGZIP() []byte {
 	return file_daemon_daemon_proto_rawDescData
 }
 
-var file_daemon_daemon_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_daemon_daemon_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_daemon_daemon_proto_goTypes = []any{
 	(*ConnectRequest)(nil),         // 0: tunnel.daemon.v1.ConnectRequest
 	(*StatusRequest)(nil),          // 1: tunnel.daemon.v1.StatusRequest
 	(*StatusResponse)(nil),         // 2: tunnel.daemon.v1.StatusResponse
-	(*DNSStatus)(nil),              // 3: tunnel.daemon.v1.DNSStatus
-	(*Traffic)(nil),                // 4: tunnel.daemon.v1.Traffic
-	(*QuitRequest)(nil),            // 5: tunnel.daemon.v1.QuitRequest
-	(*QuitResponse)(nil),           // 6: tunnel.daemon.v1.QuitResponse
-	(*InterceptRequest)(nil),       // 7: tunnel.daemon.v1.InterceptRequest
-	(*InterceptResponse)(nil),      // 8: tunnel.daemon.v1.InterceptResponse
-	(*LeaveRequest)(nil),           // 9: tunnel.daemon.v1.LeaveRequest
-	(*LeaveResponse)(nil),          // 10: tunnel.daemon.v1.LeaveResponse
-	(*ListInterceptsRequest)(nil),  // 11: tunnel.daemon.v1.ListInterceptsRequest
-	(*ListInterceptsResponse)(nil), // 12: tunnel.daemon.v1.ListInterceptsResponse
-	(*manager.Intercept)(nil),      // 13: tunnel.manager.v1.Intercept
-	(*manager.InterceptSpec)(nil),  // 14: tunnel.manager.v1.InterceptSpec
+	(*DataPath)(nil),               // 3: tunnel.daemon.v1.DataPath
+	(*DNSStatus)(nil),              // 4: tunnel.daemon.v1.DNSStatus
+	(*Traffic)(nil),                // 5: tunnel.daemon.v1.Traffic
+	(*QuitRequest)(nil),            // 6: tunnel.daemon.v1.QuitRequest
+	(*QuitResponse)(nil),           // 7: tunnel.daemon.v1.QuitResponse
+	(*InterceptRequest)(nil),       // 8: tunnel.daemon.v1.InterceptRequest
+	(*InterceptResponse)(nil),      // 9: tunnel.daemon.v1.InterceptResponse
+	(*LeaveRequest)(nil),           // 10: tunnel.daemon.v1.LeaveRequest
+	(*LeaveResponse)(nil),          // 11: tunnel.daemon.v1.LeaveResponse
+	(*ListInterceptsRequest)(nil),  // 12: tunnel.daemon.v1.ListInterceptsRequest
+	(*ListInterceptsResponse)(nil), // 13: tunnel.daemon.v1.ListInterceptsResponse
+	(*manager.Intercept)(nil),      // 14: tunnel.manager.v1.Intercept
+	(*manager.InterceptSpec)(nil),  // 15: tunnel.manager.v1.InterceptSpec
 }
 var file_daemon_daemon_proto_depIdxs = []int32{
-	3,  // 0: tunnel.daemon.v1.StatusResponse.dns:type_name -> tunnel.daemon.v1.DNSStatus
-	4,  // 1: tunnel.daemon.v1.StatusResponse.traffic:type_name -> tunnel.daemon.v1.Traffic
-	13, // 2: tunnel.daemon.v1.StatusResponse.intercepts:type_name -> tunnel.manager.v1.Intercept
-	14, // 3: tunnel.daemon.v1.InterceptRequest.spec:type_name -> tunnel.manager.v1.InterceptSpec
-	13, // 4: tunnel.daemon.v1.InterceptResponse.intercept:type_name -> tunnel.manager.v1.Intercept
-	13, // 5: tunnel.daemon.v1.ListInterceptsResponse.intercepts:type_name -> tunnel.manager.v1.Intercept
-	0,  // 6: tunnel.daemon.v1.Daemon.Connect:input_type -> tunnel.daemon.v1.ConnectRequest
-	1,  // 7: tunnel.daemon.v1.Daemon.Status:input_type -> tunnel.daemon.v1.StatusRequest
-	5,  // 8: tunnel.daemon.v1.Daemon.Quit:input_type -> tunnel.daemon.v1.QuitRequest
-	7,  // 9: tunnel.daemon.v1.Daemon.Intercept:input_type -> tunnel.daemon.v1.InterceptRequest
-	9,  // 10: tunnel.daemon.v1.Daemon.Leave:input_type -> tunnel.daemon.v1.LeaveRequest
-	11, // 11: tunnel.daemon.v1.Daemon.ListIntercepts:input_type -> tunnel.daemon.v1.ListInterceptsRequest
-	2,  // 12: tunnel.daemon.v1.Daemon.Connect:output_type -> tunnel.daemon.v1.StatusResponse
-	2,  // 13: tunnel.daemon.v1.Daemon.Status:output_type -> tunnel.daemon.v1.StatusResponse
-	6,  // 14: tunnel.daemon.v1.Daemon.Quit:output_type -> tunnel.daemon.v1.QuitResponse
-	8,  // 15: tunnel.daemon.v1.Daemon.Intercept:output_type -> tunnel.daemon.v1.InterceptResponse
-	10, // 16: tunnel.daemon.v1.Daemon.Leave:output_type -> tunnel.daemon.v1.LeaveResponse
-	12, // 17: tunnel.daemon.v1.Daemon.ListIntercepts:output_type -> tunnel.daemon.v1.ListInterceptsResponse
-	12, // [12:18] is the sub-list for method output_type
-	6,  // [6:12] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	4,  // 0: tunnel.daemon.v1.StatusResponse.dns:type_name -> tunnel.daemon.v1.DNSStatus
+	5,  // 1: tunnel.daemon.v1.StatusResponse.traffic:type_name -> tunnel.daemon.v1.Traffic
+	14, // 2: tunnel.daemon.v1.StatusResponse.intercepts:type_name -> tunnel.manager.v1.Intercept
+	3,  // 3: tunnel.daemon.v1.StatusResponse.path:type_name -> tunnel.daemon.v1.DataPath
+	15, // 4: tunnel.daemon.v1.InterceptRequest.spec:type_name -> tunnel.manager.v1.InterceptSpec
+	14, // 5: tunnel.daemon.v1.InterceptResponse.intercept:type_name -> tunnel.manager.v1.Intercept
+	14, // 6: tunnel.daemon.v1.ListInterceptsResponse.intercepts:type_name -> tunnel.manager.v1.Intercept
+	0,  // 7: tunnel.daemon.v1.Daemon.Connect:input_type -> tunnel.daemon.v1.ConnectRequest
+	1,  // 8: tunnel.daemon.v1.Daemon.Status:input_type -> tunnel.daemon.v1.StatusRequest
+	6,  // 9: tunnel.daemon.v1.Daemon.Quit:input_type -> tunnel.daemon.v1.QuitRequest
+	8,  // 10: tunnel.daemon.v1.Daemon.Intercept:input_type -> tunnel.daemon.v1.InterceptRequest
+	10, // 11: tunnel.daemon.v1.Daemon.Leave:input_type -> tunnel.daemon.v1.LeaveRequest
+	12, // 12: tunnel.daemon.v1.Daemon.ListIntercepts:input_type -> tunnel.daemon.v1.ListInterceptsRequest
+	2,  // 13: tunnel.daemon.v1.Daemon.Connect:output_type -> tunnel.daemon.v1.StatusResponse
+	2,  // 14: tunnel.daemon.v1.Daemon.Status:output_type -> tunnel.daemon.v1.StatusResponse
+	7,  // 15: tunnel.daemon.v1.Daemon.Quit:output_type -> tunnel.daemon.v1.QuitResponse
+	9,  // 16: tunnel.daemon.v1.Daemon.Intercept:output_type -> tunnel.daemon.v1.InterceptResponse
+	11, // 17: tunnel.daemon.v1.Daemon.Leave:output_type -> tunnel.daemon.v1.LeaveResponse
+	13, // 18: tunnel.daemon.v1.Daemon.ListIntercepts:output_type -> tunnel.daemon.v1.ListInterceptsResponse
+	13, // [13:19] is the sub-list for method output_type
+	7,  // [7:13] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_daemon_daemon_proto_init() }
@@ -986,7 +1102,7 @@ func file_daemon_daemon_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_daemon_daemon_proto_rawDesc), len(file_daemon_daemon_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1014,6 +1014,126 @@ func (x *InterceptSet) GetIntercepts() []*Intercept {
 	return nil
 }
 
+type WireGuardRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PublicKey     []byte                 `protobuf:"bytes,1,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"` // Curve25519, made for this session only
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WireGuardRequest) Reset() {
+	*x = WireGuardRequest{}
+	mi := &file_manager_manager_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WireGuardRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WireGuardRequest) ProtoMessage() {}
+
+func (x *WireGuardRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_manager_manager_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WireGuardRequest.ProtoReflect.Descriptor instead.
+func (*WireGuardRequest) Descriptor() ([]byte, []int) {
+	return file_manager_manager_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *WireGuardRequest) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+type WireGuardOffer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PublicKey     []byte                 `protobuf:"bytes,1,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`             // the manager's
+	Endpoints     []string               `protobuf:"bytes,2,rep,name=endpoints,proto3" json:"endpoints,omitempty"`                              // host:port of its UDP port, best first
+	Address       string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`                                  // the session's IPv4 source inside the tunnel
+	Address6      string                 `protobuf:"bytes,4,opt,name=address6,proto3" json:"address6,omitempty"`                                // and IPv6
+	ServerAddress string                 `protobuf:"bytes,5,opt,name=server_address,json=serverAddress,proto3" json:"server_address,omitempty"` // the manager's, which answers probes
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WireGuardOffer) Reset() {
+	*x = WireGuardOffer{}
+	mi := &file_manager_manager_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WireGuardOffer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WireGuardOffer) ProtoMessage() {}
+
+func (x *WireGuardOffer) ProtoReflect() protoreflect.Message {
+	mi := &file_manager_manager_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WireGuardOffer.ProtoReflect.Descriptor instead.
+func (*WireGuardOffer) Descriptor() ([]byte, []int) {
+	return file_manager_manager_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *WireGuardOffer) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *WireGuardOffer) GetEndpoints() []string {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+func (x *WireGuardOffer) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *WireGuardOffer) GetAddress6() string {
+	if x != nil {
+		return x.Address6
+	}
+	return ""
+}
+
+func (x *WireGuardOffer) GetServerAddress() string {
+	if x != nil {
+		return x.ServerAddress
+	}
+	return ""
+}
+
 var File_manager_manager_proto protoreflect.FileDescriptor
 
 const file_manager_manager_proto_rawDesc = "" +
@@ -1090,14 +1210,24 @@ const file_manager_manager_proto_rawDesc = "" +
 	"\fInterceptSet\x12<\n" +
 	"\n" +
 	"intercepts\x18\x01 \x03(\v2\x1c.tunnel.manager.v1.InterceptR\n" +
-	"intercepts*U\n" +
+	"intercepts\"1\n" +
+	"\x10WireGuardRequest\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x01 \x01(\fR\tpublicKey\"\xaa\x01\n" +
+	"\x0eWireGuardOffer\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x01 \x01(\fR\tpublicKey\x12\x1c\n" +
+	"\tendpoints\x18\x02 \x03(\tR\tendpoints\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x1a\n" +
+	"\baddress6\x18\x04 \x01(\tR\baddress6\x12%\n" +
+	"\x0eserver_address\x18\x05 \x01(\tR\rserverAddress*U\n" +
 	"\rInterceptMode\x12\x1e\n" +
 	"\x1aINTERCEPT_MODE_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
 	"\x06GLOBAL\x10\x01\x12\f\n" +
 	"\bPERSONAL\x10\x02\x12\n" +
 	"\n" +
-	"\x06MIRROR\x10\x032\xde\x05\n" +
+	"\x06MIRROR\x10\x032\xb3\x06\n" +
 	"\aManager\x12V\n" +
 	"\tChallenge\x12#.tunnel.manager.v1.ChallengeRequest\x1a$.tunnel.manager.v1.ChallengeResponse\x12J\n" +
 	"\x05Hello\x12\x1f.tunnel.manager.v1.HelloRequest\x1a .tunnel.manager.v1.HelloResponse\x12X\n" +
@@ -1105,7 +1235,8 @@ const file_manager_manager_proto_rawDesc = "" +
 	"\aResolve\x12!.tunnel.manager.v1.ResolveRequest\x1a\".tunnel.manager.v1.ResolveResponse\x12Q\n" +
 	"\x0fCreateIntercept\x12 .tunnel.manager.v1.InterceptSpec\x1a\x1c.tunnel.manager.v1.Intercept\x12h\n" +
 	"\x0fRemoveIntercept\x12).tunnel.manager.v1.RemoveInterceptRequest\x1a*.tunnel.manager.v1.RemoveInterceptResponse\x12e\n" +
-	"\x0eListIntercepts\x12(.tunnel.manager.v1.ListInterceptsRequest\x1a).tunnel.manager.v1.ListInterceptsResponse\x12_\n" +
+	"\x0eListIntercepts\x12(.tunnel.manager.v1.ListInterceptsRequest\x1a).tunnel.manager.v1.ListInterceptsResponse\x12S\n" +
+	"\tWireGuard\x12#.tunnel.manager.v1.WireGuardRequest\x1a!.tunnel.manager.v1.WireGuardOffer\x12_\n" +
 	"\x0fWatchIntercepts\x12).tunnel.manager.v1.WatchInterceptsRequest\x1a\x1f.tunnel.manager.v1.InterceptSet0\x01B\x1fZ\x1dtunnel.dev/tunnel/rpc/managerb\x06proto3"
 
 var (
@@ -1121,7 +1252,7 @@ func file_manager_manager_proto_rawDescGZIP() []byte {
 }
 
 var file_manager_manager_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_manager_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_manager_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_manager_manager_proto_goTypes = []any{
 	(InterceptMode)(0),              // 0: tunnel.manager.v1.InterceptMode
 	(*HelloRequest)(nil),            // 1: tunnel.manager.v1.HelloRequest
@@ -1140,6 +1271,8 @@ var file_manager_manager_proto_goTypes = []any{
 	(*ListInterceptsResponse)(nil),  // 14: tunnel.manager.v1.ListInterceptsResponse
 	(*WatchInterceptsRequest)(nil),  // 15: tunnel.manager.v1.WatchInterceptsRequest
 	(*InterceptSet)(nil),            // 16: tunnel.manager.v1.InterceptSet
+	(*WireGuardRequest)(nil),        // 17: tunnel.manager.v1.WireGuardRequest
+	(*WireGuardOffer)(nil),          // 18: tunnel.manager.v1.WireGuardOffer
 }
 var file_manager_manager_proto_depIdxs = []int32{
 	0,  // 0: tunnel.manager.v1.InterceptSpec.mode:type_name -> tunnel.manager.v1.InterceptMode
@@ -1153,17 +1286,19 @@ var file_manager_manager_proto_depIdxs = []int32{
 	9,  // 8: tunnel.manager.v1.Manager.CreateIntercept:input_type -> tunnel.manager.v1.InterceptSpec
 	11, // 9: tunnel.manager.v1.Manager.RemoveIntercept:input_type -> tunnel.manager.v1.RemoveInterceptRequest
 	13, // 10: tunnel.manager.v1.Manager.ListIntercepts:input_type -> tunnel.manager.v1.ListInterceptsRequest
-	15, // 11: tunnel.manager.v1.Manager.WatchIntercepts:input_type -> tunnel.manager.v1.WatchInterceptsRequest
-	3,  // 12: tunnel.manager.v1.Manager.Challenge:output_type -> tunnel.manager.v1.ChallengeResponse
-	4,  // 13: tunnel.manager.v1.Manager.Hello:output_type -> tunnel.manager.v1.HelloResponse
-	6,  // 14: tunnel.manager.v1.Manager.WatchCluster:output_type -> tunnel.manager.v1.ClusterInfo
-	8,  // 15: tunnel.manager.v1.Manager.Resolve:output_type -> tunnel.manager.v1.ResolveResponse
-	10, // 16: tunnel.manager.v1.Manager.CreateIntercept:output_type -> tunnel.manager.v1.Intercept
-	12, // 17: tunnel.manager.v1.Manager.RemoveIntercept:output_type -> tunnel.manager.v1.RemoveInterceptResponse
-	14, // 18: tunnel.manager.v1.Manager.ListIntercepts:output_type -> tunnel.manager.v1.ListInterceptsResponse
-	16, // 19: tunnel.manager.v1.Manager.WatchIntercepts:output_type -> tunnel.manager.v1.InterceptSet
-	12, // [12:20] is the sub-list for method output_type
-	4,  // [4:12] is the sub-list for method input_type
+	17, // 11: tunnel.manager.v1.Manager.WireGuard:input_type -> tunnel.manager.v1.WireGuardRequest
+	15, // 12: tunnel.manager.v1.Manager.WatchIntercepts:input_type -> tunnel.manager.v1.WatchInterceptsRequest
+	3,  // 13: tunnel.manager.v1.Manager.Challenge:output_type -> tunnel.manager.v1.ChallengeResponse
+	4,  // 14: tunnel.manager.v1.Manager.Hello:output_type -> tunnel.manager.v1.HelloResponse
+	6,  // 15: tunnel.manager.v1.Manager.WatchCluster:output_type -> tunnel.manager.v1.ClusterInfo
+	8,  // 16: tunnel.manager.v1.Manager.Resolve:output_type -> tunnel.manager.v1.ResolveResponse
+	10, // 17: tunnel.manager.v1.Manager.CreateIntercept:output_type -> tunnel.manager.v1.Intercept
+	12, // 18: tunnel.manager.v1.Manager.RemoveIntercept:output_type -> tunnel.manager.v1.RemoveInterceptResponse
+	14, // 19: tunnel.manager.v1.Manager.ListIntercepts:output_type -> tunnel.manager.v1.ListInterceptsResponse
+	18, // 20: tunnel.manager.v1.Manager.WireGuard:output_type -> tunnel.manager.v1.WireGuardOffer
+	16, // 21: tunnel.manager.v1.Manager.WatchIntercepts:output_type -> tunnel.manager.v1.InterceptSet
+	13, // [13:22] is the sub-list for method output_type
+	4,  // [4:13] is the sub-list for method input_type
 	4,  // [4:4] is the sub-list for extension type_name
 	4,  // [4:4] is the sub-list for extension extendee
 	0,  // [0:4] is the sub-list for field type_name
@@ -1180,7 +1315,7 @@ func file_manager_manager_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_manager_manager_proto_rawDesc), len(file_manager_manager_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,7 @@ const (
 	Manager_CreateIntercept_FullMethodName = "/tunnel.manager.v1.Manager/CreateIntercept"
 	Manager_RemoveIntercept_FullMethodName = "/tunnel.manager.v1.Manager/RemoveIntercept"
 	Manager_ListIntercepts_FullMethodName  = "/tunnel.manager.v1.Manager/ListIntercepts"
+	Manager_WireGuard_FullMethodName       = "/tunnel.manager.v1.Manager/WireGuard"
 	Manager_WatchIntercepts_FullMethodName = "/tunnel.manager.v1.Manager/WatchIntercepts"
 )
 
@@ -58,6 +59,14 @@ type ManagerClient interface {
 	// ListIntercepts lists the intercepts in a namespace (other users' header
 	// values withheld).
 	ListIntercepts(ctx context.Context, in *ListInterceptsRequest, opts ...grpc.CallOption) (*ListInterceptsResponse, error)
+	// WireGuard admits the calling laptop's session to the manager's
+	// WireGuard path, a data path that does not cross the API server, for
+	// the session's lifetime: the laptop's key for this session in; the
+	// manager's key, where its UDP port is reached and the session's
+	// addresses inside the tunnel out. A verified laptop session only; a
+	// second call replaces the first key. FAILED_PRECONDITION when the
+	// manager offers no such path.
+	WireGuard(ctx context.Context, in *WireGuardRequest, opts ...grpc.CallOption) (*WireGuardOffer, error)
 	// WatchIntercepts is a sidecar's: the intercepts on its workload, at once
 	// and again on every change.
 	WatchIntercepts(ctx context.Context, in *WatchInterceptsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[InterceptSet], error)
@@ -150,6 +159,16 @@ func (c *managerClient) ListIntercepts(ctx context.Context, in *ListInterceptsRe
 	return out, nil
 }
 
+func (c *managerClient) WireGuard(ctx context.Context, in *WireGuardRequest, opts ...grpc.CallOption) (*WireGuardOffer, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WireGuardOffer)
+	err := c.cc.Invoke(ctx, Manager_WireGuard_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *managerClient) WatchIntercepts(ctx context.Context, in *WatchInterceptsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[InterceptSet], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &Manager_ServiceDesc.Streams[1], Manager_WatchIntercepts_FullMethodName, cOpts...)
@@ -195,6 +214,14 @@ type ManagerServer interface {
 	// ListIntercepts lists the intercepts in a namespace (other users' header
 	// values withheld).
 	ListIntercepts(context.Context, *ListInterceptsRequest) (*ListInterceptsResponse, error)
+	// WireGuard admits the calling laptop's session to the manager's
+	// WireGuard path, a data path that does not cross the API server, for
+	// the session's lifetime: the laptop's key for this session in; the
+	// manager's key, where its UDP port is reached and the session's
+	// addresses inside the tunnel out. A verified laptop session only; a
+	// second call replaces the first key. FAILED_PRECONDITION when the
+	// manager offers no such path.
+	WireGuard(context.Context, *WireGuardRequest) (*WireGuardOffer, error)
 	// WatchIntercepts is a sidecar's: the intercepts on its workload, at once
 	// and again on every change.
 	WatchIntercepts(*WatchInterceptsRequest, grpc.ServerStreamingServer[InterceptSet]) error
@@ -228,6 +255,9 @@ func (UnimplementedManagerServer) RemoveIntercept(context.Context, *RemoveInterc
 }
 func (UnimplementedManagerServer) ListIntercepts(context.Context, *ListInterceptsRequest) (*ListInterceptsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListIntercepts not implemented")
+}
+func (UnimplementedManagerServer) WireGuard(context.Context, *WireGuardRequest) (*WireGuardOffer, error) {
+	return nil, status.Error(codes.Unimplemented, "method WireGuard not implemented")
 }
 func (UnimplementedManagerServer) WatchIntercepts(*WatchInterceptsRequest, grpc.ServerStreamingServer[InterceptSet]) error {
 	return status.Error(codes.Unimplemented, "method WatchIntercepts not implemented")
@@ -372,6 +402,24 @@ func _Manager_ListIntercepts_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Manager_WireGuard_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WireGuardRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ManagerServer).WireGuard(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Manager_WireGuard_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ManagerServer).WireGuard(ctx, req.(*WireGuardRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Manager_WatchIntercepts_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchInterceptsRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -413,6 +461,10 @@ var Manager_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListIntercepts",
 			Handler:    _Manager_ListIntercepts_Handler,
+		},
+		{
+			MethodName: "WireGuard",
+			Handler:    _Manager_WireGuard_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

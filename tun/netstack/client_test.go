@@ -32,7 +32,7 @@ type client struct {
 
 func newClient(t testing.TB, dev *chanDevice) *client {
 	t.Helper()
-	s, err := newIPStack() // tuned as the Stack is, so it is no bottleneck
+	s, err := newIPStack(mustDefaults()) // tuned as the Stack is, so it is no bottleneck
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,4 +124,13 @@ func (c *client) dialUDP(t testing.TB, dst netip.AddrPort) *gonet.UDPConn {
 		t.Fatalf("client: dial UDP %s: %v", dst, err)
 	}
 	return conn
+}
+
+// mustDefaults is the Config every field of which has its default.
+func mustDefaults() Config {
+	c, err := Config{}.withDefaults(0)
+	if err != nil {
+		panic(err)
+	}
+	return c
 }

@@ -31,7 +31,7 @@ type fakeDialer struct {
 	relays sync.WaitGroup
 }
 
-func (d *fakeDialer) DialStream(ctx context.Context, kind rpc.Kind, dst netip.AddrPort) (net.Conn, error) {
+func (d *fakeDialer) DialStream(ctx context.Context, kind rpc.Kind, src, dst netip.AddrPort) (net.Conn, error) {
 	d.mu.Lock()
 	d.dials = append(d.dials, dst)
 	d.inflight++

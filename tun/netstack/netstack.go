@@ -31,7 +31,9 @@ import (
 )
 
 // Dialer opens a stream to dst in the cluster for one TCP connection
-// (kind rpc.KindTCP) or UDP flow (rpc.KindUDP). It returns only once the
+// (kind rpc.KindTCP) or UDP flow (rpc.KindUDP) from src, the application's
+// address (the manager's WireGuard path knows a session by it). It returns
+// only once the
 // far side has dialed the destination; an error means it could not (a
 // rpc.Status error when the manager said so). For UDP, the returned conn
 // carries datagrams framed with rpc.WriteDatagram / rpc.ReadDatagram.
@@ -41,7 +43,7 @@ import (
 // stack cannot pass on the application's half-close, and keeps the stream
 // open until the cluster side finishes.
 type Dialer interface {
-	DialStream(ctx context.Context, kind rpc.Kind, dst netip.AddrPort) (net.Conn, error)
+	DialStream(ctx context.Context, kind rpc.Kind, src, dst netip.AddrPort) (net.Conn, error)
 }
 
 // Config tunes a Stack; zero fields take their defaults.
@@ -50,6 +52,12 @@ type Config struct {
 	MaxInflightDials int           // TCP handshakes (and new UDP flows) waiting on a dial at once; default 1024
 	UDPIdleTimeout   time.Duration // a UDP flow without traffic is closed after this; default 60s
 	DialTimeout      time.Duration // default 10s
+	// MaxReceiveBuffer and MaxSendBuffer cap each TCP connection's
+	// buffers, so many connections stay within a memory budget (the
+	// manager's); defaults 8 MiB, generous enough for one connection to
+	// fill the device.
+	MaxReceiveBuffer int
+	MaxSendBuffer    int
 }
 
 const (
@@ -84,6 +92,12 @@ func (c Config) withDefaults(devMTU int) (Config, error) {
 	}
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = defaultDialTimeout
+	}
+	if c.MaxReceiveBuffer <= 0 {
+		c.MaxReceiveBuffer = tcpRXBufMax
+	}
+	if c.MaxSendBuffer <= 0 {
+		c.MaxSendBuffer = tcpTXBufMax
 	}
 	return c, nil
 }
@@ -133,7 +147,7 @@ func New(logger *slog.Logger, dev tun.Device, dialer Dialer, cfg Config) (*Stack
 	if cfg, err = cfg.withDefaults(devMTU); err != nil {
 		return nil, fmt.Errorf("configure netstack: %w", err)
 	}
-	ipstack, err := newIPStack()
+	ipstack, err := newIPStack(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("configure netstack: %w", err)
 	}
@@ -182,7 +196,7 @@ func (s *Stack) attach() error {
 		{Destination: header.IPv4EmptySubnet, NIC: nicID},
 		{Destination: header.IPv6EmptySubnet, NIC: nicID},
 	})
-	tcpFwd := tcp.NewForwarder(s.ipstack, tcpRXBufDefault, s.cfg.MaxInflightDials, s.forwardTCP)
+	tcpFwd := tcp.NewForwarder(s.ipstack, min(tcpRXBufDefault, s.cfg.MaxReceiveBuffer), s.cfg.MaxInflightDials, s.forwardTCP)
 	s.ipstack.SetTransportProtocolHandler(tcp.ProtocolNumber, tcpFwd.HandlePacket)
 	udpFwd := udp.NewForwarder(s.ipstack, s.forwardUDP)
 	s.ipstack.SetTransportProtocolHandler(udp.ProtocolNumber, udpFwd.HandlePacket)
@@ -200,7 +214,7 @@ const (
 
 // newIPStack makes a gVisor stack for IPv4 and IPv6 tuned for bulk
 // throughput.
-func newIPStack() (*stack.Stack, error) {
+func newIPStack(cfg Config) (*stack.Stack, error) {
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
@@ -213,8 +227,10 @@ func newIPStack() (*stack.Stack, error) {
 	// gVisor version (gvisor#11632).
 	cc := tcpip.CongestionControlOption("reno")
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
-	rx := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcpRXBufDefault, Max: tcpRXBufMax}
-	tx := tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcpTXBufDefault, Max: tcpTXBufMax}
+	rx := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize,
+		Default: min(tcpRXBufDefault, cfg.MaxReceiveBuffer), Max: max(cfg.MaxReceiveBuffer, tcp.MinBufferSize)}
+	tx := tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize,
+		Default: min(tcpTXBufDefault, cfg.MaxSendBuffer), Max: max(cfg.MaxSendBuffer, tcp.MinBufferSize)}
 	// No TIME-WAIT: a SYN that reuses a 4-tuple still in TIME-WAIT is
 	// handed over only to a listening endpoint, and here a forwarder takes
 	// new connections, so gVisor dropped it: a client making thousands of

@@ -12,7 +12,8 @@ import (
 )
 
 func TestConfigDefaults(t *testing.T) {
-	defaults := Config{MTU: 1500, MaxInflightDials: 1024, UDPIdleTimeout: time.Minute, DialTimeout: 10 * time.Second}
+	const buf = 8 << 20
+	defaults := Config{MTU: 1500, MaxInflightDials: 1024, UDPIdleTimeout: time.Minute, DialTimeout: 10 * time.Second, MaxReceiveBuffer: buf, MaxSendBuffer: buf}
 	for _, tc := range []struct {
 		name    string
 		cfg     Config
@@ -21,10 +22,11 @@ func TestConfigDefaults(t *testing.T) {
 		wantErr bool
 	}{
 		{name: "zero", want: defaults},
-		{name: "device MTU", devMTU: 1420, want: Config{MTU: 1420, MaxInflightDials: 1024, UDPIdleTimeout: time.Minute, DialTimeout: 10 * time.Second}},
-		{name: "config wins", cfg: Config{MTU: 9000}, devMTU: 1420, want: Config{MTU: 9000, MaxInflightDials: 1024, UDPIdleTimeout: time.Minute, DialTimeout: 10 * time.Second}},
-		{name: "all set", cfg: Config{MTU: 1280, MaxInflightDials: 3, UDPIdleTimeout: time.Second, DialTimeout: 2 * time.Second}, want: Config{MTU: 1280, MaxInflightDials: 3, UDPIdleTimeout: time.Second, DialTimeout: 2 * time.Second}},
-		{name: "negative means default", cfg: Config{MaxInflightDials: -1, UDPIdleTimeout: -1, DialTimeout: -1}, want: defaults},
+		{name: "device MTU", devMTU: 1420, want: Config{MTU: 1420, MaxInflightDials: 1024, UDPIdleTimeout: time.Minute, DialTimeout: 10 * time.Second, MaxReceiveBuffer: buf, MaxSendBuffer: buf}},
+		{name: "config wins", cfg: Config{MTU: 9000}, devMTU: 1420, want: Config{MTU: 9000, MaxInflightDials: 1024, UDPIdleTimeout: time.Minute, DialTimeout: 10 * time.Second, MaxReceiveBuffer: buf, MaxSendBuffer: buf}},
+		{name: "all set", cfg: Config{MTU: 1280, MaxInflightDials: 3, UDPIdleTimeout: time.Second, DialTimeout: 2 * time.Second, MaxReceiveBuffer: 1 << 20, MaxSendBuffer: 4 << 20},
+			want: Config{MTU: 1280, MaxInflightDials: 3, UDPIdleTimeout: time.Second, DialTimeout: 2 * time.Second, MaxReceiveBuffer: 1 << 20, MaxSendBuffer: 4 << 20}},
+		{name: "negative means default", cfg: Config{MaxInflightDials: -1, UDPIdleTimeout: -1, DialTimeout: -1, MaxReceiveBuffer: -1, MaxSendBuffer: -1}, want: defaults},
 		{name: "MTU too small for IPv6", cfg: Config{MTU: 576}, wantErr: true},
 		{name: "MTU too large", cfg: Config{MTU: 70000}, wantErr: true},
 	} {

@@ -32,7 +32,7 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 	src := addrPort(id.RemoteAddress, id.RemotePort)
 	dst := addrPort(id.LocalAddress, id.LocalPort)
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
-	stream, err := s.dialer.DialStream(ctx, rpc.KindTCP, dst)
+	stream, err := s.dialer.DialStream(ctx, rpc.KindTCP, src, dst)
 	cancel()
 	if err == nil && s.ctx.Err() != nil {
 		stream.Close()

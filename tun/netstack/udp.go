@@ -119,7 +119,7 @@ func (s *Stack) runUDP(f *udpFlow) {
 	defer f.close()
 
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
-	stream, err := s.dialer.DialStream(ctx, rpc.KindUDP, f.dst)
+	stream, err := s.dialer.DialStream(ctx, rpc.KindUDP, f.src, f.dst)
 	cancel()
 	<-s.udpSem
 	if err != nil {

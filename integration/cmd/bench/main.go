@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -132,7 +133,20 @@ func (b *bench) run(ctx context.Context) error {
 		printIntercept(b.latN, f["p50_us"], f["p99_us"], ic)
 		return nil
 	}
-	fmt.Fprintln(os.Stderr, "==> connect to first curl by name")
+	fmt.Fprintln(os.Stderr, "==> connect to first curl by name, with UDP and without")
+	if err := b.l.DropUDP(ctx, b.laptop.Laptop, true); err != nil {
+		return err
+	}
+	noUDPMS, err := b.connectTime(ctx)
+	b.l.DropUDP(context.WithoutCancel(ctx), b.laptop.Laptop, false)
+	if err != nil {
+		return err
+	}
+	noUDPPath, err := b.waitPath(ctx, "port-forward", 0)
+	if err != nil {
+		return err
+	}
+	_, _ = b.l.Run(ctx, b.laptop, b.tunnel, "quit")
 	connectMS, err := b.connectTime(ctx)
 	if err != nil {
 		return err
@@ -141,8 +155,12 @@ func (b *bench) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	wgUp, err := b.waitPath(ctx, "wireguard", 5*time.Second)
+	if err != nil {
+		return err
+	}
 	direct := fmt.Sprintf("http://%s:%d", b.podIP, lab.EchoHTTPPort)
-	fmt.Fprintln(os.Stderr, "==> bulk download and request latency: direct, port-forward, tunnel")
+	fmt.Fprintln(os.Stderr, "==> bulk download and request latency: direct, port-forward, tunnel over WireGuard")
 	dDown, dP50, dP99, err := b.httpFigures(ctx, b.node, direct)
 	if err != nil {
 		return err
@@ -151,7 +169,7 @@ func (b *bench) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	tDown, tP50, tP99, err := b.httpFigures(ctx, b.laptop, direct)
+	wDown, wP50, wP99, err := b.httpFigures(ctx, b.laptop, direct)
 	if err != nil {
 		return err
 	}
@@ -161,6 +179,20 @@ func (b *bench) run(ctx context.Context) error {
 		return err
 	}
 	ok, busy, err := b.concurrent(ctx)
+	if err != nil {
+		return err
+	}
+
+	fmt.Fprintln(os.Stderr, "==> the same over the tunnel's port-forward path (connect --wireguard=false)")
+	_, _ = b.l.Run(ctx, b.laptop, b.tunnel, "quit")
+	if _, err := b.l.Run(ctx, b.laptop, b.tunnel, "connect", "-n", b.ns, "--wireguard=false"); err != nil {
+		return err
+	}
+	tDown, tP50, tP99, err := b.httpFigures(ctx, b.laptop, direct)
+	if err != nil {
+		return err
+	}
+	okPF, _, err := b.concurrent(ctx)
 	if err != nil {
 		return err
 	}
@@ -175,14 +207,15 @@ func (b *bench) run(ctx context.Context) error {
 	ms := func(us float64) string { return fmt.Sprintf("%.2f ms", us/1000) }
 	ratio := func(a, b float64) string { return fmt.Sprintf("%.2fx", a/b) }
 	rows := [][]string{
-		{"measure", "direct (node to pod)", "kubectl port-forward", "tunnel", "tunnel / port-forward"},
-		{fmt.Sprintf("bulk TCP download (%d MiB)", b.size>>20), gbps(dDown), gbps(pDown), gbps(tDown), ratio(tDown, pDown)},
-		{fmt.Sprintf("HTTP request p50 (%d, new connection each)", b.latN), ms(dP50), ms(pP50), ms(tP50), ratio(tP50, pP50)},
-		{fmt.Sprintf("HTTP request p99 (%d)", b.latN), ms(dP99), ms(pP99), ms(tP99), ratio(tP99, pP99)},
-		{fmt.Sprintf("%d concurrent TCP connections", b.connsN), "", "", fmt.Sprintf("%d ok", ok), ""},
-		{"connect to first curl by name (manager installed)", "", "", fmt.Sprintf("%d ms", connectMS), ""},
-		{"DNS lookup p50, cached / cold", "", "", ms(cached) + " / " + ms(cold), ""},
-		{fmt.Sprintf("daemon RSS, idle / %d connections open", b.connsN), "", "", fmt.Sprintf("%d MB / %d MB", idle>>10, busy>>10), ""},
+		{"measure", "direct (node to pod)", "kubectl port-forward", "tunnel, WireGuard", "tunnel, port-forward", "WireGuard / direct", "WireGuard / port-forward"},
+		{fmt.Sprintf("bulk TCP download (%d MiB)", b.size>>20), gbps(dDown), gbps(pDown), gbps(wDown), gbps(tDown), ratio(wDown, dDown), ratio(wDown, pDown)},
+		{fmt.Sprintf("HTTP request p50 (%d, new connection each)", b.latN), ms(dP50), ms(pP50), ms(wP50), ms(tP50), ratio(wP50, dP50), ratio(wP50, pP50)},
+		{fmt.Sprintf("HTTP request p99 (%d)", b.latN), ms(dP99), ms(pP99), ms(wP99), ms(tP99), ratio(wP99, dP99), ratio(wP99, pP99)},
+		{fmt.Sprintf("%d concurrent TCP connections", b.connsN), "", "", fmt.Sprintf("%d ok", ok), fmt.Sprintf("%d ok", okPF), "", ""},
+		{"connect to first curl by name (manager installed)", "", "", fmt.Sprintf("%d ms (WireGuard up %d ms later)", connectMS, wgUp.Milliseconds()),
+			fmt.Sprintf("%d ms with UDP dropped (decided %d ms later)", noUDPMS, noUDPPath.Milliseconds()), "", ""},
+		{"DNS lookup p50, cached / cold", "", "", ms(cached) + " / " + ms(cold), "", "", ""},
+		{fmt.Sprintf("daemon RSS, idle / %d connections open", b.connsN), "", "", fmt.Sprintf("%d MB / %d MB", idle>>10, busy>>10), "", "", ""},
 	}
 	printTable(rows)
 	fmt.Println()
@@ -362,6 +395,33 @@ echo $(( ($(date +%%s%%N) - start) / 1000000 ))`, b.tunnel, b.ns, b.ns))
 		return 0, err
 	}
 	return strconv.ParseInt(strings.TrimSpace(lastLine(out)), 10, 64)
+}
+
+// waitPath waits for the laptop's path to be carrier ("wireguard" or
+// "port-forward" for a decision: port-forward with a reason), for at most
+// within (or 10 s), and says how long that took.
+func (b *bench) waitPath(ctx context.Context, carrier string, within time.Duration) (time.Duration, error) {
+	if within == 0 {
+		within = 10 * time.Second
+	}
+	start := time.Now()
+	for time.Since(start) < within {
+		out, err := b.l.Run(ctx, b.laptop, b.tunnel, "status", "-o", "json")
+		if err != nil {
+			return 0, err
+		}
+		var st struct {
+			Path struct{ Carrier, Why string } `json:"path"`
+		}
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			return 0, fmt.Errorf("status -o json: %w", err)
+		}
+		if st.Path.Carrier == carrier && (carrier == "wireguard" || strings.Contains(st.Path.Why, "no answer")) {
+			return time.Since(start), nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return 0, fmt.Errorf("the path did not become %s within %s", carrier, within)
 }
 
 var figure = regexp.MustCompile(`(\w+)=([0-9.]+)`)

@@ -171,13 +171,14 @@ func faultCmd() *cobra.Command {
   manager         the tunnel manager's pod deleted (gracefully); returns when its replacement is ready
   manager-force   the same, at once (--grace-period=0 --force)
   partition       the laptop cut off from everything but its loopback --for DURATION (default 30s)
+  udp             the UDP the laptop sends dropped, but DNS (a firewall that lets only TCP through) --for DURATION (default 30s)
   sleep           the laptop's tunnel daemon stopped (SIGSTOP) --for DURATION (default 60s), then SIGCONT
   readdress       the laptop moved to its other address (a Wi-Fi change); again moves it back
   sidecar         the tunnel-agent container of --pod NAMESPACE/POD killed; returns when it runs again`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if opt.For == 0 {
-				opt.For = map[string]time.Duration{"partition": 30 * time.Second, "sleep": time.Minute}[args[0]]
+				opt.For = map[string]time.Duration{"partition": 30 * time.Second, "udp": 30 * time.Second, "sleep": time.Minute}[args[0]]
 			}
 			start := time.Now()
 			if err := lab.New(lab.DefaultPaths(), cmd.ErrOrStderr()).Fault(cmd.Context(), args[0], opt); err != nil {
@@ -188,8 +189,8 @@ func faultCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&opt.Laptop, "laptop", "alice", "the laptop (partition, sleep, readdress)")
-	f.DurationVar(&opt.For, "for", 0, "how long (partition: 30s, sleep: 60s)")
+	f.StringVar(&opt.Laptop, "laptop", "alice", "the laptop (partition, udp, sleep, readdress)")
+	f.DurationVar(&opt.For, "for", 0, "how long (partition and udp: 30s, sleep: 60s)")
 	f.StringVar(&opt.Pod, "pod", "", "NAMESPACE/POD whose sidecar to kill")
 	return cmd
 }

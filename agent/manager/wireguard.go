@@ -1,0 +1,247 @@
+package manager
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"tunnel.dev/tunnel/rpc"
+	managerpb "tunnel.dev/tunnel/rpc/manager"
+	"tunnel.dev/tunnel/wgpath"
+)
+
+// wireGuard is the manager's side of laptops' WireGuard path: the device,
+// where laptops reach it, and which session each tunnel address is.
+type wireGuard struct {
+	srv       *wgpath.Server
+	endpoints func(context.Context) ([]string, error)
+
+	mu     sync.Mutex // guards following
+	byAddr map[netip.Addr]*session
+	keys   map[*session]wgpath.Key
+}
+
+// useWireGuard starts the WireGuard path on UDP port; endpoints says where
+// laptops reach it. Close stops it.
+func (m *Manager) useWireGuard(port int, endpoints func(context.Context) ([]string, error)) error {
+	srv, err := wgpath.NewServer(m.logger, port, wgDialer{m})
+	if err != nil {
+		return err
+	}
+	m.wg = &wireGuard{srv: srv, endpoints: endpoints, byAddr: map[netip.Addr]*session{}, keys: map[*session]wgpath.Key{}}
+	m.logger.Info("serving the WireGuard path", "port", srv.Port())
+	return nil
+}
+
+// admitWireGuard gives a verified laptop session its place on the
+// WireGuard path for as long as the session lives.
+func (m *Manager) admitWireGuard(ctx context.Context, s *session, pub []byte) (*managerpb.WireGuardOffer, error) {
+	if m.wg == nil {
+		return nil, status.Error(codes.FailedPrecondition, "this manager offers no WireGuard path (tunnel install --wireguard nodeport or loadbalancer turns it on)")
+	}
+	if s.fromPod {
+		return nil, status.Error(codes.PermissionDenied, "a session from a pod has no WireGuard path")
+	}
+	if s.identity().User == "" {
+		return nil, status.Error(codes.PermissionDenied, "the session's user is not verified: no WireGuard path")
+	}
+	key, err := wgpath.ParseKey(pub)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	eps, err := m.wg.endpoints(ctx)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "find where laptops reach the WireGuard port: %v", err)
+	}
+	if len(eps) == 0 {
+		return nil, status.Error(codes.FailedPrecondition, "the WireGuard service has no address yet (a load balancer still allocating, or no node with an address)")
+	}
+	m.dropWireGuard(s) // a second call replaces the first key
+	a4, a6, err := m.wg.srv.Add(key)
+	if err != nil {
+		return nil, status.Error(codes.ResourceExhausted, err.Error())
+	}
+	m.wg.mu.Lock()
+	m.wg.byAddr[a4], m.wg.byAddr[a6], m.wg.keys[s] = s, s, key
+	m.wg.mu.Unlock()
+	if s.ctx.Err() != nil { // the session ended meanwhile: its drop may have run first
+		m.dropWireGuard(s)
+		return nil, status.Error(codes.Canceled, "the session ended")
+	}
+	s.log.Info("admitted to the WireGuard path", "address", a4)
+	pk := m.wg.srv.PublicKey()
+	offer := &managerpb.WireGuardOffer{PublicKey: pk[:],
+		Address: a4.String(), Address6: a6.String(), ServerAddress: wgpath.Server4.String()}
+	offer.Endpoints = eps
+	return offer, nil
+}
+
+// dropWireGuard removes s's key: from now on its packets get no answer.
+// The flows it opened end with the session's context.
+func (m *Manager) dropWireGuard(s *session) {
+	if m.wg == nil {
+		return
+	}
+	m.wg.mu.Lock()
+	key, ok := m.wg.keys[s]
+	delete(m.wg.keys, s)
+	for a, o := range m.wg.byAddr {
+		if o == s {
+			delete(m.wg.byAddr, a)
+		}
+	}
+	m.wg.mu.Unlock()
+	if ok {
+		m.wg.srv.Remove(key)
+	}
+}
+
+func (m *Manager) closeWireGuard() {
+	if m.wg != nil {
+		m.wg.srv.Close()
+	}
+}
+
+// wgDialer dials for the WireGuard path's userspace stack: the connection's
+// source address names the session, and from there it is the
+// port-forward path's way, the same reach decision and dial, counted
+// against the same stream slots.
+type wgDialer struct{ m *Manager }
+
+func (d wgDialer) DialStream(ctx context.Context, kind rpc.Kind, src, dst netip.AddrPort) (net.Conn, error) {
+	m := d.m
+	m.wg.mu.Lock()
+	s := m.wg.byAddr[src.Addr()]
+	m.wg.mu.Unlock()
+	if s == nil {
+		return nil, rpc.StatusForbidden // a session that ended; its peer is going
+	}
+	if !m.streamSlots.take(s) {
+		m.metrics.refused.WithLabelValues(sessionKind(s), "limit").Inc()
+		return nil, rpc.StatusUnreachable
+	}
+	release := sync.OnceFunc(func() { m.streamSlots.give(s) })
+	h := rpc.Header{Kind: kind, Dst: dst}
+	m.metrics.streams.WithLabelValues(kind.String()).Inc()
+	switch kind {
+	case rpc.KindTCP:
+		log := s.log.With("dst", dst.String(), "path", "wireguard")
+		c, st := m.dialStream(ctx, s, log, "tcp", h, m.dialTCP)
+		if st != rpc.StatusOK {
+			release()
+			return nil, st
+		}
+		return endWithSession(s, c, release), nil
+	case rpc.KindUDP:
+		// The stack wants datagrams framed as on a stream: the stream
+		// path's own relay serves one end of a pipe.
+		mine, theirs := net.Pipe()
+		go func() {
+			defer release()
+			m.serveUDP(s.ctx, s, theirs, h)
+		}()
+		if err := rpc.ReadStatus(mine); err != nil {
+			mine.Close()
+			return nil, err
+		}
+		return mine, nil
+	}
+	release()
+	return nil, fmt.Errorf("the WireGuard path carries TCP and UDP, not %s", kind)
+}
+
+// endWithSession closes c when s ends, and gives back its slot once.
+func endWithSession(s *session, c net.Conn, release func()) net.Conn {
+	stop := context.AfterFunc(s.ctx, func() { c.Close() })
+	return &sessionConn{Conn: c, done: func() { stop(); release() }}
+}
+
+type sessionConn struct {
+	net.Conn
+	once sync.Once
+	done func()
+}
+
+func (c *sessionConn) Close() error {
+	c.once.Do(c.done)
+	return c.Conn.Close()
+}
+
+// CloseWrite passes the application's half-close on to the destination.
+func (c *sessionConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// serviceEndpoints says where laptops reach the WireGuard port, from its
+// Service: a load balancer's addresses, or for a NodePort the nodes'
+// external addresses, then their internal ones (a laptop on the nodes'
+// network or VPN), a few of each. Read from the API server's cache.
+func serviceEndpoints(client kubernetes.Interface, ns, name string) func(context.Context) ([]string, error) {
+	return func(ctx context.Context) ([]string, error) {
+		svc, err := client.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{ResourceVersion: "0"})
+		if err != nil {
+			return nil, err
+		}
+		if len(svc.Spec.Ports) == 0 {
+			return nil, fmt.Errorf("service %s/%s has no port", ns, name)
+		}
+		port := svc.Spec.Ports[0]
+		var out []string
+		if svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+			for _, in := range svc.Status.LoadBalancer.Ingress {
+				host := in.IP
+				if host == "" {
+					host = in.Hostname
+				}
+				if host != "" {
+					out = append(out, net.JoinHostPort(host, strconv.Itoa(int(port.Port))))
+				}
+			}
+			return out, nil
+		}
+		if port.NodePort == 0 {
+			return nil, fmt.Errorf("service %s/%s has no node port", ns, name)
+		}
+		nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{ResourceVersion: "0", Limit: 50})
+		if err != nil {
+			return nil, err
+		}
+		for _, kind := range []corev1.NodeAddressType{corev1.NodeExternalIP, corev1.NodeInternalIP} {
+			n := 0
+			for _, node := range nodes.Items {
+				if !nodeReady(&node) {
+					continue
+				}
+				for _, a := range node.Status.Addresses {
+					if a.Type == kind && n < 2 {
+						out = append(out, net.JoinHostPort(a.Address, strconv.Itoa(int(port.NodePort))))
+						n++
+					}
+				}
+			}
+		}
+		return out, nil
+	}
+}
+
+func nodeReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}

@@ -1,0 +1,136 @@
+package manager
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	wgnet "golang.zx2c4.com/wireguard/tun/netstack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"tunnel.dev/tunnel/rpc"
+	managerpb "tunnel.dev/tunnel/rpc/manager"
+	"tunnel.dev/tunnel/tun/netstack"
+	"tunnel.dev/tunnel/version"
+	"tunnel.dev/tunnel/wgpath"
+)
+
+// noStreams is the laptop's port-forward path in these tests: it must not
+// be used.
+type noStreams struct{ t testing.TB }
+
+func (n noStreams) DialStream(context.Context, rpc.Kind, netip.AddrPort, netip.AddrPort) (net.Conn, error) {
+	n.t.Error("a connection took the port-forward path")
+	return nil, rpc.StatusRefused
+}
+
+// TestWireGuardPath: a verified laptop session gets the WireGuard path, and
+// a connection over it reaches the cluster through the same decision and
+// dial as a stream; an unverified session gets none; when the session
+// ends, its key gets no answer and its connection is closed.
+func TestWireGuardPath(t *testing.T) {
+	m, _ := newTestManager(t, nil)
+	m.identify = fakeIdentify
+	var port int
+	if err := m.useWireGuard(0, func(context.Context) ([]string, error) {
+		return []string{fmt.Sprintf("127.0.0.1:%d", port)}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer m.closeWireGuard()
+	port = m.wg.srv.Port()
+	addr := serve(t, m)
+	// The laptop's stack will not send to loopback: it dials a Service's
+	// address, which the manager's dial takes to the echo server.
+	echo, _ := echoTCP(t)
+	dial := m.dialTCP
+	m.dialTCP = func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) { return dial(ctx, echo) }
+	svc := netip.MustParseAddrPort("10.96.0.10:80")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	priv, _ := wgpath.NewPrivateKey()
+	pub := priv.Public()
+
+	stranger := controlClient(t, laptop(t, addr))
+	if _, err := stranger.Hello(ctx, &managerpb.HelloRequest{ClientVersion: version.Get().Version, IdentityProof: "forged"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stranger.WireGuard(ctx, &managerpb.WireGuardRequest{PublicKey: pub[:]}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("an unverified session: %v, want PermissionDenied", err)
+	}
+
+	sess := laptop(t, addr)
+	ada := controlClient(t, sess)
+	if _, err := ada.Hello(ctx, &managerpb.HelloRequest{ClientVersion: version.Get().Version, IdentityProof: "proof-ada"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ada.WireGuard(ctx, &managerpb.WireGuardRequest{PublicKey: []byte("short")}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("a bad key: %v, want InvalidArgument", err)
+	}
+	offer, err := ada.WireGuard(ctx, &managerpb.WireGuardRequest{PublicKey: pub[:]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(offer.GetEndpoints()) != 1 || offer.GetServerAddress() != wgpath.Server4.String() {
+		t.Fatalf("offer %v", offer)
+	}
+
+	// The laptop: a userspace "kernel" whose TUN device the split serves.
+	dev, tnet, err := wgnet.CreateNetTUN([]netip.Addr{netip.MustParseAddr("10.210.0.2")}, nil, 65520)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	split := wgpath.NewSplit(slog.Default(), dev, nil)
+	st, err := netstack.New(slog.Default(), split.Stack(), noStreams{t}, netstack.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	serverKey, _ := wgpath.ParseKey(offer.GetPublicKey())
+	a4, _ := netip.ParseAddr(offer.GetAddress())
+	c, err := split.Start(slog.Default(), wgpath.Offer{ServerKey: serverKey, Addr4: a4, Server4: wgpath.Server4,
+		Endpoints: []netip.AddrPort{netip.MustParseAddrPort(offer.GetEndpoints()[0])}}, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, "the path up", func() bool { return c.Status().Up })
+
+	conn, err := tnet.DialContextTCPAddrPort(ctx, svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo over WireGuard: %q %v", buf, err)
+	}
+	if n := testutil.ToFloat64(m.metrics.streams.WithLabelValues("tcp")); n != 1 {
+		t.Errorf("the manager counted %v TCP streams, want 1", n)
+	}
+
+	sess.Close() // the session ends: its key and its connection with it
+	eventually(t, "the peer removed", func() bool { return m.wg.srv.Peers() == 0 })
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Read(buf); err == nil {
+		t.Error("the connection of an ended session still reads")
+	}
+	eventually(t, "the path down", func() bool { return !c.Status().Up })
+	if why := c.Status().Why; !strings.Contains(why, "no answer over UDP") {
+		t.Errorf("why: %q", why)
+	}
+}

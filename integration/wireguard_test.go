@@ -1,0 +1,178 @@
+//go:build e2e
+
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"tunnel.dev/tunnel/agent/manifest"
+)
+
+// dataPath is what `tunnel status -o json` says of the path.
+type dataPath struct {
+	Carrier        string `json:"carrier"`
+	Why            string `json:"why"`
+	Endpoint       string `json:"endpoint"`
+	WireguardFlows string `json:"wireguardFlows"`
+}
+
+func (l *laptop) path() dataPath {
+	l.t.Helper()
+	var st struct {
+		Path dataPath `json:"path"`
+	}
+	raw := l.must("status", "-o", "json")
+	if err := json.Unmarshal([]byte(raw), &st); err != nil {
+		l.t.Fatalf("status -o json: %v\n%s", err, raw)
+	}
+	return st.Path
+}
+
+// waitPath waits for the path to be carrier and says how long it took.
+func (l *laptop) waitPath(carrier string, within time.Duration) time.Duration {
+	l.t.Helper()
+	start := time.Now()
+	for {
+		p := l.path()
+		if p.Carrier == carrier {
+			return time.Since(start)
+		}
+		if time.Since(start) > within {
+			l.t.Fatalf("the path is %q (%s), not %s, after %s", p.Carrier, p.Why, carrier, within)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// wgNodePort is the node port of the WireGuard path's Service.
+func wgNodePort(t *testing.T) int32 {
+	t.Helper()
+	svc, err := h.Client.CoreV1().Services(manifest.Namespace).Get(context.Background(), manifest.WireGuardService, metav1.GetOptions{})
+	if err != nil || len(svc.Spec.Ports) == 0 || svc.Spec.Ports[0].NodePort == 0 {
+		t.Fatalf("the WireGuard service: %v", err)
+	}
+	return svc.Spec.Ports[0].NodePort
+}
+
+// TestWireGuardPathCarriesConnections: on connect the laptop finds the
+// manager's WireGuard port through its NodePort, and connections by name
+// and address, TCP and UDP, take it instead of the API server: the
+// manager's port-forward carries none of them.
+func TestWireGuardPathCarriesConnections(t *testing.T) {
+	installManager(t)
+	ns := h.Namespace(t)
+	h.DeployEcho(t, ns, "echo", 1)
+	l := newLaptop(t, "wgpath", "admin")
+	l.must("connect", "-n", ns)
+	took := l.waitPath("wireguard", 5*time.Second)
+	t.Logf("the WireGuard path was up %s after connect returned", took.Round(10*time.Millisecond))
+	p := l.path()
+	if want := fmt.Sprintf("10.209.0.1:%d", wgNodePort(t)); p.Endpoint != want {
+		t.Errorf("the path's endpoint %q, want the node's address and port %s", p.Endpoint, want)
+	}
+	if out := l.must("status"); !strings.Contains(out, "Path:       wireguard via ") {
+		t.Errorf("status does not say the path:\n%s", out)
+	}
+
+	before := managerStreams(t)
+	for i := range 5 {
+		out, err := l.sh(fmt.Sprintf("curl -sS --max-time 5 http://echo.%s/%d", ns, i))
+		if err != nil || !strings.Contains(out, "pod=echo-") {
+			t.Fatalf("curl over the WireGuard path: %v\n%s", err, out)
+		}
+	}
+	// A long download, counted while it runs.
+	out, err := l.sh(fmt.Sprintf("curl -sS --max-time 20 -o /dev/null -w '%%{size_download}' 'http://echo.%s/bytes?n=50000000'", ns))
+	if err != nil || strings.TrimSpace(out) != "50000000" {
+		t.Fatalf("50 MB over the WireGuard path: %v\n%s", err, out)
+	}
+	if after := managerStreams(t); after["tcp"] != before["tcp"]+6 {
+		t.Errorf("the manager counted %v TCP connections after, %v before: want the 6 of the WireGuard path", after, before)
+	}
+	if n := laptopStreams(t, l); n != 0 {
+		t.Errorf("%.0f TCP streams went over the port-forward", n)
+	}
+}
+
+// TestWireGuardFallsBackWhenUDPIsDropped: a laptop behind a firewall that
+// drops UDP connects on the port-forward path within 2 s and says why;
+// when UDP gets through again, new connections take WireGuard; when it is
+// dropped again, they take the port-forward within seconds, by themselves.
+func TestWireGuardFallsBackWhenUDPIsDropped(t *testing.T) {
+	installManager(t)
+	ns := h.Namespace(t)
+	h.DeployEcho(t, ns, "echo", 1)
+	l := newLaptop(t, "wgfall", "admin")
+	ctx := context.Background()
+	if err := h.Lab.DropUDP(ctx, "wgfall", true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Lab.DropUDP(ctx, "wgfall", false) })
+	start := time.Now()
+	l.must("connect", "-n", ns)
+	curl := func(what string) {
+		t.Helper()
+		out, err := l.sh(fmt.Sprintf("curl -sS --max-time 5 http://echo.%s/", ns))
+		if err != nil || !strings.Contains(out, "pod=echo-") {
+			t.Fatalf("curl %s: %v\n%s", what, err, out)
+		}
+	}
+	curl("right after connect, UDP dropped")
+	for p := l.path(); !strings.Contains(p.Why, "no answer over UDP"); p = l.path() {
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("the path says %q after %s", p.Why, time.Since(start))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("decided on the port-forward %s after connect started", time.Since(start).Round(10*time.Millisecond))
+	if p := l.path(); p.Carrier != "port-forward" {
+		t.Fatalf("path %+v with UDP dropped", p)
+	}
+	curl("on the port-forward path")
+
+	if err := h.Lab.DropUDP(ctx, "wgfall", false); err != nil {
+		t.Fatal(err)
+	}
+	took := l.waitPath("wireguard", 15*time.Second)
+	t.Logf("back on WireGuard %s after UDP got through again", took.Round(10*time.Millisecond))
+	curl("on WireGuard again")
+
+	if err := h.Lab.DropUDP(ctx, "wgfall", true); err != nil {
+		t.Fatal(err)
+	}
+	took = l.waitPath("port-forward", 10*time.Second)
+	t.Logf("on the port-forward %s after UDP was dropped", took.Round(10*time.Millisecond))
+	curl("after the WireGuard path went down")
+}
+
+// managerStreams reads the manager's count of streams by kind.
+func managerStreams(t *testing.T) map[string]float64 {
+	t.Helper()
+	out, err := managerMetrics(context.Background())
+	if err != nil {
+		t.Fatalf("the manager's metrics: %v\n%s", err, out)
+	}
+	got := map[string]float64{}
+	for _, kind := range []string{"tcp", "udp"} {
+		got[kind] = metricValue(out, fmt.Sprintf(`tunnel_manager_streams_total{kind="%s"}`, kind))
+	}
+	return got
+}
+
+// laptopStreams is how many TCP connections the laptop's userspace stack
+// (the port-forward path) has carried.
+func laptopStreams(t *testing.T, l *laptop) float64 {
+	t.Helper()
+	out, err := l.sh("curl -sf --max-time 5 http://127.0.0.1:9095/metrics")
+	if err != nil {
+		t.Fatalf("the daemon's metrics: %v\n%s", err, out)
+	}
+	return metricValue(out, `tunnel_daemon_flows_total{proto="tcp"}`) - metricValue(out, `tunnel_daemon_wireguard_flows_total{proto="tcp"}`)
+}

@@ -1,0 +1,231 @@
+package wgpath
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	wgnet "golang.zx2c4.com/wireguard/tun/netstack"
+
+	"tunnel.dev/tunnel/rpc"
+	"tunnel.dev/tunnel/tun/netstack"
+)
+
+// recorder is a Dialer that sends every TCP connection to one loopback
+// echo server and notes who asked.
+type recorder struct {
+	target string
+	mu     sync.Mutex
+	srcs   []netip.AddrPort
+}
+
+func (r *recorder) DialStream(ctx context.Context, kind rpc.Kind, src, dst netip.AddrPort) (net.Conn, error) {
+	if kind != rpc.KindTCP {
+		return nil, rpc.StatusRefused
+	}
+	r.mu.Lock()
+	r.srcs = append(r.srcs, src)
+	r.mu.Unlock()
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", r.target)
+}
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.srcs)
+}
+
+func echoServer(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// laptop is a userspace "kernel" (wireguard-go's netstack, standing in for
+// the laptop's) whose TUN device the daemon's Split and stack serve.
+type laptop struct {
+	net    *wgnet.Net
+	split  *Split
+	stream *recorder
+}
+
+func newLaptop(t *testing.T, target string) *laptop {
+	dev, n, err := wgnet.CreateNetTUN([]netip.Addr{netip.MustParseAddr("10.210.0.2")}, nil, 65520)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &laptop{net: n, stream: &recorder{target: target}}
+	l.split = NewSplit(slog.Default(), dev, nil)
+	st, err := netstack.New(slog.Default(), l.split.Stack(), l.stream, netstack.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close(); dev.Close() })
+	return l
+}
+
+// roundTrip sends n random bytes over c and checks they come back.
+func roundTrip(t *testing.T, c net.Conn, n int) error {
+	t.Helper()
+	want := make([]byte, n)
+	rand.Read(want)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	go c.Write(want)
+	got := make([]byte, n)
+	if _, err := io.ReadFull(c, got); err != nil {
+		return err
+	}
+	if !bytes.Equal(got, want) {
+		return errors.New("the echo differs")
+	}
+	return nil
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(d); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("%s: not within %s", what, d)
+		}
+	}
+}
+
+// TestPath carries connections over WireGuard from a laptop to a server in
+// this process (UDP on loopback): a connection opened before the path is
+// up stays on the port-forward, new ones take WireGuard with the session's
+// tunnel address as their source, and once the server drops the key the
+// path goes down and new connections take the port-forward again.
+func TestPath(t *testing.T) {
+	target := echoServer(t)
+	cluster := &recorder{target: target}
+	srv, err := NewServer(slog.Default(), 0, cluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	l := newLaptop(t, target)
+	svc := netip.MustParseAddrPort("10.96.0.10:80")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	before, err := l.net.DialContextTCPAddrPort(ctx, svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer before.Close()
+	if err := roundTrip(t, before, 1000); err != nil || l.stream.count() != 1 {
+		t.Fatalf("before the path: %v, %d port-forward dials", err, l.stream.count())
+	}
+
+	priv, _ := NewPrivateKey()
+	a4, a6, err := srv.Add(priv.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(srv.Port()))
+	c, err := l.split.Start(slog.Default(), Offer{ServerKey: srv.PublicKey(), Endpoints: []netip.AddrPort{ep},
+		Addr4: a4, Addr6: a6, Server4: Server4}, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go c.Run(ctx)
+	waitFor(t, "the path up", 2*time.Second, func() bool { return c.Status().Up })
+
+	over, err := l.net.DialContextTCPAddrPort(ctx, svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer over.Close()
+	if err := roundTrip(t, over, 4<<20); err != nil {
+		t.Fatalf("over WireGuard: %v", err)
+	}
+	if cluster.count() != 1 || cluster.srcs[0].Addr() != a4 || l.stream.count() != 1 {
+		t.Fatalf("over WireGuard: the server saw %v (want one from %s), the port-forward %d dials", cluster.srcs, a4, l.stream.count())
+	}
+	if err := roundTrip(t, before, 1000); err != nil {
+		t.Fatalf("the connection from before the path came up: %v", err)
+	}
+	if st := c.Status(); st.Flows != 1 || st.Endpoint != ep {
+		t.Fatalf("status %+v, want one flow over %s", st, ep)
+	}
+
+	srv.Remove(priv.Public())
+	waitFor(t, "the path down", 5*time.Second, func() bool { return !c.Status().Up })
+	if err := roundTrip(t, over, 1000); err == nil {
+		t.Fatal("a connection of a path that went down still works")
+	}
+	after, err := l.net.DialContextTCPAddrPort(ctx, svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer after.Close()
+	if err := roundTrip(t, after, 1000); err != nil || l.stream.count() != 2 {
+		t.Fatalf("after the path went down: %v, %d port-forward dials (want 2)", err, l.stream.count())
+	}
+}
+
+// TestUnknownKeyGetsNoAnswer: a key the server did not add, and a known
+// key sending from an address not its own, never bring the path up.
+func TestUnknownKeyGetsNoAnswer(t *testing.T) {
+	target := echoServer(t)
+	cluster := &recorder{target: target}
+	srv, err := NewServer(slog.Default(), 0, cluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ep := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(srv.Port()))
+
+	known, _ := NewPrivateKey()
+	a4, a6, err := srv.Add(known.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, _ := NewPrivateKey()
+	for name, tc := range map[string]struct {
+		priv Key
+		addr netip.Addr
+	}{
+		"a made-up key":             {stranger, a4},
+		"another session's address": {known, a4.Next()},
+	} {
+		t.Run(name, func(t *testing.T) {
+			l := newLaptop(t, target)
+			c, err := l.split.Start(slog.Default(), Offer{ServerKey: srv.PublicKey(), Endpoints: []netip.AddrPort{ep},
+				Addr4: tc.addr, Addr6: a6, Server4: Server4}, tc.priv)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
+			defer cancel()
+			c.Run(ctx)
+			if st := c.Status(); st.Up || cluster.count() != 0 {
+				t.Fatalf("status %+v, %d dials in the cluster: want no answer", st, cluster.count())
+			}
+			if !bytes.Contains([]byte(c.Status().Why), []byte("no answer over UDP")) {
+				t.Fatalf("why: %q", c.Status().Why)
+			}
+		})
+	}
+}

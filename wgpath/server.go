@@ -1,0 +1,202 @@
+package wgpath
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+
+	"tunnel.dev/tunnel/tun"
+	"tunnel.dev/tunnel/tun/netstack"
+)
+
+// The tunnel's own addresses: the manager's, and one per session from the
+// rest (RFC 2544's benchmarking range and a ULA; they never leave the
+// tunnel, so they cannot meet the laptop's or the cluster's).
+var (
+	tunnelNet4 = netip.MustParsePrefix("198.18.0.0/15")
+	tunnelNet6 = netip.MustParsePrefix("fd74:756e:6e65:6c00::/64")
+	Server4    = netip.MustParseAddr("198.18.0.1")
+)
+
+// Server is the manager's end of the WireGuard path: a userspace
+// WireGuard device on a UDP port, whose packets a userspace stack
+// terminates and dials into the cluster through dialer, which knows the
+// session by the connection's source address. Peers are added for a live
+// session and removed with it; nothing is kept on disk, and the device's
+// own key lives as long as the process.
+type Server struct {
+	log   *slog.Logger
+	dev   *device.Device
+	stack *netstack.Stack
+	pipe  tun.Device
+	echo  net.PacketConn
+	pub   Key
+
+	mu    sync.Mutex // guards following
+	peers map[Key]int
+	used  map[int]Key
+	next  int
+}
+
+// Each connection's buffers on the manager: what a laptop may make it hold
+// for an upload its destination does not read (as the port-forward's
+// stream window bounds it), and what it keeps unacknowledged for a
+// download (enough for 200 MB/s at 20 ms). The stream limits bound how
+// many connections hold them.
+const (
+	maxReceiveBuffer = 1 << 20
+	maxSendBuffer    = 4 << 20
+)
+
+// maxPeers is how many sessions the tunnel's addresses hold.
+const maxPeers = 1<<17 - 2
+
+// NewServer listens for WireGuard on UDP port.
+func NewServer(base *slog.Logger, port int, dialer netstack.Dialer) (*Server, error) {
+	log := base.With("subsystem", "wireguard")
+	priv, err := NewPrivateKey()
+	if err != nil {
+		return nil, err
+	}
+	stackSide, wgSide := tun.Pipe(MTU, 1024)
+	st, err := netstack.New(base.With("path", "wireguard"), stackSide, dialer, netstack.Config{
+		MTU: MTU, MaxReceiveBuffer: maxReceiveBuffer, MaxSendBuffer: maxSendBuffer})
+	if err != nil {
+		stackSide.Close()
+		return nil, err
+	}
+	s := &Server{log: log, stack: st, pipe: stackSide, pub: priv.Public(),
+		peers: map[Key]int{}, used: map[int]Key{}, next: 2}
+	if s.echo, err = st.ListenPacket(netip.AddrPortFrom(Server4, ProbePort)); err != nil {
+		s.closeStack()
+		return nil, err
+	}
+	go s.serveEcho()
+	s.dev = device.NewDevice(wgSide, conn.NewDefaultBind(), wgLogger(log))
+	if err := s.dev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=%d\n", priv.hex(), port)); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("listen for WireGuard on UDP port %d: %w", port, err)
+	}
+	if err := s.dev.Up(); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("listen for WireGuard on UDP port %d: %w", port, err)
+	}
+	return s, nil
+}
+
+// PublicKey is the device's, for the sessions' offers.
+func (s *Server) PublicKey() Key { return s.pub }
+
+// Port is the UDP port the device listens on.
+func (s *Server) Port() int {
+	cfg, err := s.dev.IpcGet()
+	if err != nil {
+		return 0
+	}
+	for line := range strings.SplitSeq(cfg, "\n") {
+		if v, ok := strings.CutPrefix(line, "listen_port="); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return 0
+}
+
+// Stats are the userspace stack's counters.
+func (s *Server) Stats() netstack.Stats { return s.stack.Stats() }
+
+// Add admits a session's key and gives it its tunnel addresses: packets
+// from the key are accepted only from those.
+func (s *Server) Add(pub Key) (addr4, addr6 netip.Addr, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.peers[pub]; ok {
+		return addr4, addr6, errors.New("this WireGuard key is taken by another session")
+	}
+	if len(s.peers) >= maxPeers {
+		return addr4, addr6, errors.New("the manager's WireGuard path has no addresses left")
+	}
+	for s.used[s.next] != (Key{}) || s.next < 2 || s.next > maxPeers+1 {
+		s.next++
+		if s.next > maxPeers+1 {
+			s.next = 2
+		}
+	}
+	i := s.next
+	s.next++
+	addr4, addr6 = peerAddrs(i)
+	cfg := fmt.Sprintf("public_key=%s\nreplace_allowed_ips=true\nallowed_ip=%s/32\nallowed_ip=%s/128\n",
+		pub.hex(), addr4, addr6)
+	if err := s.dev.IpcSet(cfg); err != nil {
+		return netip.Addr{}, netip.Addr{}, fmt.Errorf("add a WireGuard peer: %w", err)
+	}
+	s.peers[pub], s.used[i] = i, pub
+	return addr4, addr6, nil
+}
+
+// Remove ends a key's access: from now on its packets get no answer.
+func (s *Server) Remove(pub Key) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i, ok := s.peers[pub]
+	if !ok {
+		return
+	}
+	if err := s.dev.IpcSet(fmt.Sprintf("public_key=%s\nremove=true\n", pub.hex())); err != nil {
+		s.log.Error("remove a WireGuard peer", "err", err)
+	}
+	delete(s.peers, pub)
+	delete(s.used, i)
+}
+
+// Peers is how many sessions are admitted.
+func (s *Server) Peers() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.peers)
+}
+
+// peerAddrs are the i-th session's tunnel addresses.
+func peerAddrs(i int) (netip.Addr, netip.Addr) {
+	b4 := tunnelNet4.Addr().As4()
+	n := uint32(b4[0])<<24 | uint32(b4[1])<<16 | uint32(b4[2])<<8 | uint32(b4[3]) + uint32(i)
+	b6 := tunnelNet6.Addr().As16()
+	b6[12], b6[13], b6[14], b6[15] = byte(i>>24), byte(i>>16), byte(i>>8), byte(i)
+	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}), netip.AddrFrom16(b6)
+}
+
+// serveEcho answers the laptops' probes with what they sent.
+func (s *Server) serveEcho() {
+	buf := make([]byte, 64)
+	for {
+		n, from, err := s.echo.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		s.echo.WriteTo(buf[:n], from)
+	}
+}
+
+// Close stops the device and the stack; every flow ends.
+func (s *Server) Close() {
+	if s.dev != nil {
+		s.dev.Close() // closes the pipe
+	}
+	s.closeStack()
+}
+
+func (s *Server) closeStack() {
+	if s.echo != nil {
+		s.echo.Close()
+	}
+	s.stack.Close()
+	s.pipe.Close()
+}

@@ -1,0 +1,275 @@
+package wgpath
+
+import (
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	wgtun "golang.zx2c4.com/wireguard/tun"
+
+	"tunnel.dev/tunnel/tun"
+)
+
+// Split stands between the laptop's TUN device and the userspace stack.
+// The stack reads the device through it (Stack()), and while a WireGuard
+// path is attached the packets of its flows go there instead, their
+// source rewritten to the session's tunnel address, and come back with
+// the laptop's own. A connection stays on the path it started on: new
+// connections take WireGuard while it is open, and those already in the
+// stack go on over the port-forward.
+type Split struct {
+	log   *slog.Logger
+	dev   tun.Device
+	flows *flows
+	now   func() time.Time
+	// local says which destinations the stack itself answers (the DNS
+	// resolver's address): never diverted.
+	local func(netip.Addr) bool
+
+	cur atomic.Pointer[wgEnd] // the attached path; nil: none
+	mu  sync.Mutex            // serializes attach and detach
+
+	sent, received atomic.Uint64 // payload bytes over WireGuard
+}
+
+// Stats count the connections and payload the WireGuard path carried, as
+// the userspace stack counts those of the port-forward.
+type Stats struct {
+	TCPActive, TCPTotal   uint64
+	UDPActive, UDPTotal   uint64
+	BytesSent, BytesRecvd uint64
+}
+
+// Stats are the path's counters since NewSplit.
+func (s *Split) Stats() Stats {
+	var st Stats
+	st.TCPActive, st.UDPActive, st.TCPTotal, st.UDPTotal = s.flows.counts()
+	st.BytesSent, st.BytesRecvd = s.sent.Load(), s.received.Load()
+	return st
+}
+
+// maxFlows bounds the flow table: past it new connections take the
+// port-forward path.
+const maxFlows = 1 << 16
+
+// NewSplit wraps dev; local names the addresses the stack answers itself.
+func NewSplit(log *slog.Logger, dev tun.Device, local func(netip.Addr) bool) *Split {
+	if local == nil {
+		local = func(netip.Addr) bool { return false }
+	}
+	return &Split{log: log, dev: dev, flows: newFlows(maxFlows), now: time.Now, local: local}
+}
+
+// Stack is the device the userspace stack reads and writes.
+func (s *Split) Stack() tun.Device { return stackEnd{s} }
+
+// Flows is how many connections the WireGuard path carries now.
+func (s *Split) Flows() int { return s.flows.len() }
+
+type stackEnd struct{ s *Split }
+
+func (e stackEnd) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	for {
+		n, err := e.s.dev.Read(bufs, sizes, offset)
+		w := e.s.cur.Load()
+		if w == nil {
+			return n, err
+		}
+		now := e.s.now()
+		keep := 0
+		for i := range n {
+			pkt := bufs[i][offset : offset+sizes[i]]
+			if e.s.divert(w, pkt, now) {
+				continue
+			}
+			if keep != i {
+				if len(bufs[keep]) < offset+len(pkt) {
+					continue // cannot happen with the stack's buffers; TCP resends
+				}
+				copy(bufs[keep][offset:], pkt)
+				sizes[keep] = sizes[i]
+			}
+			keep++
+		}
+		if keep > 0 || err != nil {
+			return keep, err
+		}
+	}
+}
+
+func (e stackEnd) Write(bufs [][]byte, offset int) (int, error) { return e.s.dev.Write(bufs, offset) }
+func (e stackEnd) MTU() (int, error)                            { return e.s.dev.MTU() }
+func (e stackEnd) Name() (string, error)                        { return e.s.dev.Name() }
+func (e stackEnd) File() *os.File                               { return e.s.dev.File() }
+func (e stackEnd) Events() <-chan wgtun.Event                   { return e.s.dev.Events() }
+func (e stackEnd) Close() error                                 { return e.s.dev.Close() }
+func (e stackEnd) BatchSize() int                               { return e.s.dev.BatchSize() }
+
+// divert sends pkt to the WireGuard path when its flow is there, or is new
+// and the path is open; false leaves it to the stack.
+func (s *Split) divert(w *wgEnd, b []byte, now time.Time) bool {
+	if len(b) > w.mtu {
+		return false // a datagram WireGuard cannot carry whole
+	}
+	p, ok := parse(b)
+	if !ok || s.local(p.dst) {
+		return false
+	}
+	tunnel := w.addr4
+	if p.dst.Is6() {
+		tunnel = w.addr6
+	}
+	if !tunnel.IsValid() {
+		return false
+	}
+	if _, ok := s.flows.outbound(&p, w.open.Load(), now); !ok {
+		return false
+	}
+	p.setSrc(tunnel)
+	s.sent.Add(uint64(p.payload()))
+	if !w.send(p.b) {
+		w.dropped.Add(1) // the queue is full: TCP resends
+	}
+	return true
+}
+
+// attach makes w the WireGuard path; any earlier one is detached.
+func (s *Split) attach(w *wgEnd) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old := s.cur.Swap(w); old != nil {
+		old.Close()
+	}
+	s.flows.reset()
+}
+
+// detach ends w's part: its flows are forgotten, so their next packets
+// reach the stack, which resets them, and the applications reconnect.
+func (s *Split) detach(w *wgEnd) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cur.CompareAndSwap(w, nil) {
+		s.flows.reset()
+	}
+}
+
+// close stops new flows on w and forgets the ones it carried (the path is
+// down); w stays attached so that it can open again.
+func (s *Split) close(w *wgEnd) {
+	if w.open.Swap(false) {
+		s.flows.reset()
+	}
+}
+
+// wgEnd is the device a WireGuard device reads the diverted packets from
+// and writes the cluster's answers to. Closing it (as the WireGuard device
+// does when it closes) does not close the TUN device.
+type wgEnd struct {
+	s            *Split
+	mtu          int
+	addr4, addr6 netip.Addr // the session's tunnel addresses
+	open         atomic.Bool
+	queue        chan []byte
+	done         chan struct{}
+	once         sync.Once
+	events       chan wgtun.Event
+	dropped      atomic.Uint64
+	// reply is called for each packet from the cluster before it is
+	// delivered; true means it was the path's own (a probe's answer).
+	reply func(b []byte) bool
+}
+
+// endQueue is how many packets wait for WireGuard's encryption.
+const endQueue = 1024
+
+func newWGEnd(s *Split, mtu int, addr4, addr6 netip.Addr, reply func([]byte) bool) *wgEnd {
+	w := &wgEnd{s: s, mtu: mtu, addr4: addr4, addr6: addr6, queue: make(chan []byte, endQueue),
+		done: make(chan struct{}), events: make(chan wgtun.Event, 1), reply: reply}
+	w.events <- wgtun.EventUp
+	return w
+}
+
+// send queues a copy of b; false when the queue is full or w is closed.
+func (w *wgEnd) send(b []byte) bool {
+	select {
+	case <-w.done:
+		return false
+	default:
+	}
+	select {
+	case w.queue <- append([]byte(nil), b...):
+		return true
+	default:
+		return false
+	}
+}
+
+func (w *wgEnd) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	var b []byte
+	select {
+	case b = <-w.queue:
+	case <-w.done:
+		return 0, os.ErrClosed
+	}
+	n := 0
+	for {
+		sizes[n] = copy(bufs[n][offset:], b)
+		n++
+		if n == len(bufs) {
+			return n, nil
+		}
+		select {
+		case b = <-w.queue:
+		default:
+			return n, nil
+		}
+	}
+}
+
+// Write delivers what came over WireGuard to the TUN device, each packet
+// with the laptop's own address put back; packets of no flow are dropped.
+func (w *wgEnd) Write(bufs [][]byte, offset int) (int, error) {
+	now := w.s.now()
+	out := bufs[:0:0]
+	for _, buf := range bufs {
+		b := buf[offset:]
+		if w.reply != nil && w.reply(b) {
+			continue
+		}
+		p, ok := parse(b)
+		if !ok || (p.dst != w.addr4 && p.dst != w.addr6) {
+			continue
+		}
+		src, ok := w.s.flows.inbound(&p, now)
+		if !ok {
+			continue
+		}
+		p.setDst(src)
+		w.s.received.Add(uint64(p.payload()))
+		out = append(out, buf)
+	}
+	if len(out) == 0 {
+		return len(bufs), nil
+	}
+	if _, err := w.s.dev.Write(out, offset); err != nil {
+		return 0, err
+	}
+	return len(bufs), nil
+}
+
+func (w *wgEnd) MTU() (int, error)          { return w.mtu, nil }
+func (w *wgEnd) Name() (string, error)      { return "wireguard", nil }
+func (w *wgEnd) File() *os.File             { return nil }
+func (w *wgEnd) Events() <-chan wgtun.Event { return w.events }
+func (w *wgEnd) BatchSize() int             { return w.s.dev.BatchSize() }
+func (w *wgEnd) Close() error {
+	w.once.Do(func() {
+		close(w.done)
+		close(w.events)
+		w.s.detach(w)
+	})
+	return nil
+}
