@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -39,6 +40,9 @@ func Command() *cobra.Command {
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			opt.RunDir = daemonpb.RunDir()
+			if os.Getenv("TUNNEL_WIREGUARD_KEYLOG") == "1" {
+				opt.WireGuardKeyLog = filepath.Join(opt.RunDir, "wireguard.keylog")
+			}
 			out := cmd.ErrOrStderr()
 			if logFile != "" {
 				f, err := openLog(opt.RunDir, logFile)

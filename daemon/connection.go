@@ -32,6 +32,12 @@ type Options struct {
 	ResolvConf string         // the resolv.conf to point at the resolver
 	RunDir     string
 	DNSObserve func(via string, took time.Duration, err error) // DNS latency, for metrics
+	// WireGuardKeyLog, when set, is a file (root's, 0600) the daemon adds
+	// each session's WireGuard keys to, in Wireshark's format, for
+	// debugging with a capture. The daemon sets it from
+	// TUNNEL_WIREGUARD_KEYLOG=1 in its own environment, which only root
+	// controls (sudo does not pass it on).
+	WireGuardKeyLog string
 }
 
 // connection is the laptop joined to one cluster: the session, the TUN
@@ -106,7 +112,8 @@ func open(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, 
 	c.cancel = cancel
 	c.sess = newSession(logger, rc, cs, req.ManagerNamespace, c.clusterChanged)
 	c.sess.pathDied = conns.CloseAll
-	c.wgPath = &wireGuardPath{log: logger, off: req.NoWireguard, endpoint: req.WireguardEndpoint, keepOut: c.keepOut}
+	c.wgPath = &wireGuardPath{log: logger, off: req.NoWireguard, endpoint: req.WireguardEndpoint, keepOut: c.keepOut,
+		keyLog: opt.WireGuardKeyLog}
 	c.sess.onSession = c.wgPath.run
 	info, err := c.sess.connect(ctx)
 	if err != nil {
@@ -428,6 +435,9 @@ func (c *connection) close() error {
 		c.sess.close()
 	}
 	c.wg.Wait()
+	if c.wgPath != nil {
+		c.wgPath.close() // once the session's part of it has ended
+	}
 	return errors.Join(errs...)
 }
 

@@ -2,11 +2,14 @@ package daemon
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,11 +32,13 @@ type wireGuardPath struct {
 	off      bool   // connect --wireguard=false
 	endpoint string // connect --wireguard-endpoint: instead of the manager's
 	keepOut  func(...netip.Addr)
+	keyLog   string // Options.WireGuardKeyLog
 
-	mu     sync.Mutex // guards following
-	client *wgpath.Client
-	why    string // why there is no client
-	since  time.Time
+	mu      sync.Mutex     // guards following
+	client  *wgpath.Client // the connection's device, from the first session on
+	serving bool           // a session serves the path now
+	why     string         // why not
+	since   time.Time
 }
 
 // retryOffer is how long a session waits to ask again for a WireGuard
@@ -43,32 +48,32 @@ const retryOffer = 30 * time.Second
 // run gives one session its WireGuard path until ctx ends with the session.
 func (w *wireGuardPath) run(ctx context.Context, ctl managerpb.ManagerClient) {
 	if w.off {
-		w.set(nil, "the WireGuard path is turned off (connect --wireguard=false)")
+		w.set(false, "the WireGuard path is turned off (connect --wireguard=false)")
 		return
 	}
 	for {
-		c, retry, err := w.start(ctx, ctl)
-		if err != nil {
-			w.set(nil, err.Error())
-			w.log.Info("no WireGuard path: every connection takes the port-forward", "why", err)
-			if !retry || !sleepCtx(ctx, retryOffer) {
+		offer, priv, retry, err := w.ask(ctx, ctl)
+		if err == nil {
+			err = w.serve(ctx, offer, priv)
+			if err == nil {
+				w.set(false, "the session is reconnecting")
 				return
 			}
-			continue
 		}
-		w.set(c, "")
-		c.Run(ctx) // until the session ends
-		w.set(nil, "the session is reconnecting")
-		return
+		w.set(false, err.Error())
+		w.log.Info("no WireGuard path: every connection takes the port-forward", "why", err)
+		if !retry || !sleepCtx(ctx, retryOffer) {
+			return
+		}
 	}
 }
 
-// start asks the manager for the session's place on the path and starts
-// the device; retry says whether asking again later may help.
-func (w *wireGuardPath) start(ctx context.Context, ctl managerpb.ManagerClient) (*wgpath.Client, bool, error) {
+// ask sends the manager the session's new key and reads its offer; retry
+// says whether asking again later may help.
+func (w *wireGuardPath) ask(ctx context.Context, ctl managerpb.ManagerClient) (wgpath.Offer, wgpath.Key, bool, error) {
 	priv, err := wgpath.NewPrivateKey()
 	if err != nil {
-		return nil, false, err
+		return wgpath.Offer{}, priv, false, err
 	}
 	pub := priv.Public()
 	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -77,23 +82,54 @@ func (w *wireGuardPath) start(ctx context.Context, ctl managerpb.ManagerClient) 
 	switch status.Code(err) {
 	case codes.OK:
 	case codes.Unimplemented:
-		return nil, false, errors.New("the manager is older than the WireGuard path (tunnel install --upgrade)")
+		return wgpath.Offer{}, priv, false, errors.New("the manager is older than the WireGuard path (tunnel install --upgrade)")
 	case codes.PermissionDenied, codes.InvalidArgument:
-		return nil, false, errors.New(status.Convert(err).Message())
+		return wgpath.Offer{}, priv, false, errors.New(status.Convert(err).Message())
 	default:
-		return nil, true, errors.New(status.Convert(err).Message())
+		return wgpath.Offer{}, priv, true, errors.New(status.Convert(err).Message())
 	}
 	offer, err := w.offer(actx, resp)
-	if err != nil {
-		return nil, false, err
+	return offer, priv, false, err
+}
+
+// serve runs the session's part of the path on the connection's device,
+// made at the first session, until ctx ends.
+func (w *wireGuardPath) serve(ctx context.Context, offer wgpath.Offer, priv wgpath.Key) error {
+	w.mu.Lock()
+	c := w.client
+	w.mu.Unlock()
+	if c == nil {
+		var err error
+		if c, err = w.split.NewClient(w.log); err != nil {
+			return err
+		}
+		w.mu.Lock()
+		w.client = c
+		w.mu.Unlock()
 	}
 	addrs := make([]netip.Addr, len(offer.Endpoints))
 	for i, ep := range offer.Endpoints {
 		addrs[i] = ep.Addr()
 	}
 	w.keepOut(addrs...) // WireGuard's own packets must not enter the device
-	c, err := w.split.Start(w.log, offer, priv)
-	return c, false, err
+	if w.keyLog != "" {
+		if err := appendKeyLog(w.keyLog, priv, offer); err != nil {
+			w.log.Warn("write the WireGuard key log", "err", err)
+		}
+	}
+	w.set(true, "")
+	return c.Run(ctx, offer, priv)
+}
+
+// close ends the connection's device.
+func (w *wireGuardPath) close() {
+	w.mu.Lock()
+	c := w.client
+	w.client = nil
+	w.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
 }
 
 // offer reads the manager's answer; --wireguard-endpoint replaces its
@@ -125,6 +161,28 @@ func (w *wireGuardPath) offer(ctx context.Context, resp *managerpb.WireGuardOffe
 	return o, nil
 }
 
+// appendKeyLog adds a session's keys to the key log, as Wireshark's
+// WireGuard dissector reads it, with the session's tunnel address and the
+// manager's endpoints as a comment.
+func appendKeyLog(path string, priv wgpath.Key, o wgpath.Offer) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = fmt.Fprintf(f, "# session address %s, manager %s at %s\nLOCAL_STATIC_PRIVATE_KEY = %s\nREMOTE_STATIC_PUBLIC_KEY = %s\n",
+		o.Addr4, o.Server4, joinEndpoints(o.Endpoints), base64.StdEncoding.EncodeToString(priv[:]), base64.StdEncoding.EncodeToString(o.ServerKey[:]))
+	return err
+}
+
+func joinEndpoints(eps []netip.AddrPort) string {
+	s := make([]string, len(eps))
+	for i, ep := range eps {
+		s[i] = ep.String()
+	}
+	return strings.Join(s, " ")
+}
+
 func resolveEndpoint(ctx context.Context, hostport string) (netip.AddrPort, error) {
 	if ap, err := netip.ParseAddrPort(hostport); err == nil {
 		return ap, nil
@@ -144,22 +202,23 @@ func resolveEndpoint(ctx context.Context, hostport string) (netip.AddrPort, erro
 	return netip.AddrPortFrom(addrs[0].Unmap(), uint16(p)), nil
 }
 
-func (w *wireGuardPath) set(c *wgpath.Client, why string) {
+// set says whether a session serves the path now, or why not.
+func (w *wireGuardPath) set(serving bool, why string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.client != c || w.why != why {
+	if w.serving != serving || w.why != why {
 		w.since = time.Now()
 	}
-	w.client, w.why = c, why
+	w.serving, w.why = serving, why
 }
 
 // status says which path new connections take, and why.
 func (w *wireGuardPath) status() *daemonpb.DataPath {
 	w.mu.Lock()
-	c, why, since := w.client, w.why, w.since
+	c, serving, why, since := w.client, w.serving, w.why, w.since
 	w.mu.Unlock()
 	p := &daemonpb.DataPath{Carrier: "port-forward", Why: why}
-	if c != nil {
+	if c != nil && serving {
 		st := c.Status()
 		if st.Up {
 			p.Carrier = "wireguard"

@@ -48,14 +48,16 @@ type Status struct {
 	Flows    int // connections on it now
 }
 
-// Client is one session's WireGuard path on the laptop.
+// Client is a connection's WireGuard path on the laptop: one userspace
+// WireGuard device for the connection's life, given a key and the
+// manager's offer by each session in turn (Run). Reusing the device keeps
+// its buffers (a few MB) from being made anew at every reconnect.
 type Client struct {
 	log   *slog.Logger
 	split *Split
 	end   *wgEnd
 	dev   *device.Device
-	offer Offer
-	token [8]byte
+	sess  atomic.Pointer[clientSession] // the session Run serves; nil between
 	seq   atomic.Uint32
 
 	lastReply atomic.Int64 // unix nanoseconds of the last probe answer
@@ -63,23 +65,23 @@ type Client struct {
 	status    Status
 }
 
-// Start brings up a WireGuard device for one session, attached to the
-// split but not yet open to new connections: Run decides that.
-func (s *Split) Start(log *slog.Logger, offer Offer, priv Key) (*Client, error) {
-	if !offer.Addr4.Is4() || !offer.Server4.Is4() || len(offer.Endpoints) == 0 {
-		return nil, fmt.Errorf("the manager's WireGuard offer is incomplete: address %v, server %v, %d endpoints",
-			offer.Addr4, offer.Server4, len(offer.Endpoints))
-	}
-	if len(offer.Endpoints) > maxEndpoints {
-		offer.Endpoints = offer.Endpoints[:maxEndpoints]
-	}
-	c := &Client{log: log.With("subsystem", "wireguard"), split: s, offer: offer}
-	if _, err := rand.Read(c.token[:]); err != nil {
+// clientSession is what one session gave the path.
+type clientSession struct {
+	offer Offer
+	token [8]byte // in every probe, so only answers to ours count
+}
+
+// NewClient brings up the device, attached to the split, carrying nothing
+// until a session's Run.
+func (s *Split) NewClient(log *slog.Logger) (*Client, error) {
+	c := &Client{log: log.With("subsystem", "wireguard"), split: s}
+	c.end = newWGEnd(s, MTU, c.isReply)
+	c.dev = device.NewDevice(c.end, conn.NewDefaultBind(), wgLogger(c.log))
+	if err := c.forget(); err != nil {
+		c.dev.Close()
 		return nil, err
 	}
-	c.end = newWGEnd(s, MTU, offer.Addr4, offer.Addr6, c.isReply)
-	c.dev = device.NewDevice(c.end, conn.NewDefaultBind(), wgLogger(c.log))
-	if err := c.dev.IpcSet("private_key=" + priv.hex() + "\nlisten_port=0\n"); err != nil {
+	if err := c.dev.IpcSet("listen_port=0\n"); err != nil {
 		c.dev.Close()
 		return nil, fmt.Errorf("configure WireGuard: %w", err)
 	}
@@ -88,12 +90,24 @@ func (s *Split) Start(log *slog.Logger, offer Offer, priv Key) (*Client, error) 
 		return nil, fmt.Errorf("start WireGuard: %w", err)
 	}
 	s.attach(c.end)
-	c.setStatus(false, offer.Endpoints[0], "deciding: probing the manager over UDP")
 	return c, nil
 }
 
-// Close ends the path: its connections are reset, new ones take the
-// port-forward path.
+// forget drops the peer and replaces the key with one nobody knows, so
+// nothing of an ended session stays in the device.
+func (c *Client) forget() error {
+	k, err := NewPrivateKey()
+	if err != nil {
+		return err
+	}
+	if err := c.dev.IpcSet("private_key=" + k.hex() + "\nreplace_peers=true\n"); err != nil {
+		return fmt.Errorf("configure WireGuard: %w", err)
+	}
+	return nil
+}
+
+// Close ends the path for good: its connections are reset, new ones take
+// the port-forward path.
 func (c *Client) Close() {
 	c.split.close(c.end)
 	c.dev.Close() // closes c.end, which detaches it
@@ -116,55 +130,82 @@ func (c *Client) setStatus(up bool, ep netip.AddrPort, why string) {
 	}
 }
 
-// Run decides the path until ctx ends, then closes it: it tries the
-// endpoints in turn within 2 s, opens the path at the first answer, keeps
-// probing once a second, closes the path after 3 s without an answer and
-// tries again every 5 s.
-func (c *Client) Run(ctx context.Context) {
-	defer c.Close()
-	budget := max(decideBudget/time.Duration(len(c.offer.Endpoints)), 500*time.Millisecond)
+// Run serves one session until ctx ends: it takes the session's key and
+// the manager's offer, tries the endpoints in turn within 2 s, opens the
+// path at the first answer, keeps probing once a second, closes the path
+// after 3 s without an answer and tries again every 5 s. When ctx ends the
+// path closes (its connections reset) and the device forgets the session.
+func (c *Client) Run(ctx context.Context, offer Offer, priv Key) error {
+	if !offer.Addr4.Is4() || !offer.Server4.Is4() || len(offer.Endpoints) == 0 {
+		return fmt.Errorf("the manager's WireGuard offer is incomplete: address %v, server %v, %d endpoints",
+			offer.Addr4, offer.Server4, len(offer.Endpoints))
+	}
+	if len(offer.Endpoints) > maxEndpoints {
+		offer.Endpoints = offer.Endpoints[:maxEndpoints]
+	}
+	sess := &clientSession{offer: offer}
+	if _, err := rand.Read(sess.token[:]); err != nil {
+		return err
+	}
+	if err := c.dev.IpcSet("private_key=" + priv.hex() + "\n"); err != nil {
+		return fmt.Errorf("configure WireGuard: %w", err)
+	}
+	c.sess.Store(sess)
+	c.end.setAddrs(offer.Addr4, offer.Addr6)
+	defer func() {
+		c.split.close(c.end)
+		c.end.setAddrs(netip.Addr{}, netip.Addr{})
+		c.sess.Store(nil)
+		if err := c.forget(); err != nil {
+			c.log.Warn("forget the session's WireGuard key", "err", err)
+		}
+	}()
+	c.setStatus(false, offer.Endpoints[0], "deciding: probing the manager over UDP")
+
+	budget := max(decideBudget/time.Duration(len(offer.Endpoints)), 500*time.Millisecond)
 	for first := true; ctx.Err() == nil; first = false {
-		ep, ok := c.tryEndpoints(ctx, budget)
+		ep, ok := c.tryEndpoints(ctx, sess, budget)
 		if !ok {
 			if ctx.Err() != nil {
-				return
+				return nil
 			}
-			why := fmt.Sprintf("no answer over UDP from %s", joinAddrs(c.offer.Endpoints))
+			why := fmt.Sprintf("no answer over UDP from %s", joinAddrs(offer.Endpoints))
 			if first {
 				c.log.Info("WireGuard path unreachable: new connections take the port-forward", "why", why)
 			}
 			c.setStatus(false, ep, why+"; trying again every 5s")
 			if !sleep(ctx, retryEvery) {
-				return
+				return nil
 			}
 			continue
 		}
 		c.log.Info("WireGuard path up: new connections take it", "endpoint", ep)
 		c.setStatus(true, ep, "the manager answers over UDP")
 		c.end.open.Store(true)
-		c.watch(ctx)
+		c.watch(ctx, sess)
 		if ctx.Err() != nil {
-			return
+			return nil
 		}
 		c.split.close(c.end)
 		why := fmt.Sprintf("no answer over UDP from %s for %s", ep, deadAfter)
 		c.log.Warn("WireGuard path down: its connections are reset, new ones take the port-forward", "why", why)
 		c.setStatus(false, ep, why+"; trying again every 5s")
 	}
+	return nil
 }
 
 // tryEndpoints probes each endpoint for its share of the budget and
 // returns the first that answers.
-func (c *Client) tryEndpoints(ctx context.Context, budget time.Duration) (netip.AddrPort, bool) {
-	for _, ep := range c.offer.Endpoints {
-		if err := c.setPeer(ep); err != nil {
+func (c *Client) tryEndpoints(ctx context.Context, sess *clientSession, budget time.Duration) (netip.AddrPort, bool) {
+	for _, ep := range sess.offer.Endpoints {
+		if err := c.setPeer(sess, ep); err != nil {
 			c.log.Warn("configure the WireGuard peer", "endpoint", ep, "err", err)
 			continue
 		}
 		start := time.Now()
 		t := time.NewTicker(probeEvery)
 		for time.Since(start) < budget {
-			c.probe()
+			c.probe(sess)
 			select {
 			case <-ctx.Done():
 				t.Stop()
@@ -178,16 +219,16 @@ func (c *Client) tryEndpoints(ctx context.Context, budget time.Duration) (netip.
 		}
 		t.Stop()
 	}
-	return c.offer.Endpoints[len(c.offer.Endpoints)-1], false
+	return sess.offer.Endpoints[len(sess.offer.Endpoints)-1], false
 }
 
 // watch probes once a second and returns when ctx ends or no answer came
 // for deadAfter.
-func (c *Client) watch(ctx context.Context) {
+func (c *Client) watch(ctx context.Context, sess *clientSession) {
 	t := time.NewTicker(aliveEvery)
 	defer t.Stop()
 	for {
-		c.probe()
+		c.probe(sess)
 		select {
 		case <-ctx.Done():
 			return
@@ -201,8 +242,8 @@ func (c *Client) watch(ctx context.Context) {
 
 // setPeer (re)makes the manager's peer with endpoint ep: a new peer starts
 // its handshake at once, where an old one would wait out its back-off.
-func (c *Client) setPeer(ep netip.AddrPort) error {
-	k := c.offer.ServerKey.hex()
+func (c *Client) setPeer(sess *clientSession, ep netip.AddrPort) error {
+	k := sess.offer.ServerKey.hex()
 	var b strings.Builder
 	fmt.Fprintf(&b, "public_key=%s\nremove=true\n", k)
 	fmt.Fprintf(&b, "public_key=%s\nendpoint=%s\nreplace_allowed_ips=true\nallowed_ip=0.0.0.0/0\nallowed_ip=::/0\n", k, ep)
@@ -210,20 +251,25 @@ func (c *Client) setPeer(ep netip.AddrPort) error {
 }
 
 // probe sends one datagram to the manager's echo port inside the tunnel.
-func (c *Client) probe() {
+func (c *Client) probe(sess *clientSession) {
 	var payload [12]byte
-	copy(payload[:8], c.token[:])
+	copy(payload[:8], sess.token[:])
 	binary.BigEndian.PutUint32(payload[8:], c.seq.Add(1))
-	c.end.send(udp4(netip.AddrPortFrom(c.offer.Addr4, ProbePort), netip.AddrPortFrom(c.offer.Server4, ProbePort), payload[:]))
+	c.end.sendProbe(udp4(netip.AddrPortFrom(sess.offer.Addr4, ProbePort), netip.AddrPortFrom(sess.offer.Server4, ProbePort), payload[:]))
+	c.split.flows.sweep(time.Now()) // once a second or more: closed and idle flows go
 }
 
 // isReply takes a probe's answer out of what the tunnel delivers.
 func (c *Client) isReply(b []byte) bool {
-	p, ok := parse(b)
-	if !ok || p.proto != protoUDP || p.src != c.offer.Server4 || p.sport != ProbePort || p.dport != ProbePort {
+	sess := c.sess.Load()
+	if sess == nil {
 		return false
 	}
-	if data := p.b[p.l4+8:]; len(data) >= 8 && bytes.Equal(data[:8], c.token[:]) {
+	p, ok := parse(b)
+	if !ok || p.proto != protoUDP || p.src != sess.offer.Server4 || p.sport != ProbePort || p.dport != ProbePort {
+		return false
+	}
+	if data := p.b[p.l4+8:]; len(data) >= 8 && bytes.Equal(data[:8], sess.token[:]) {
 		c.lastReply.Store(time.Now().UnixNano())
 	}
 	return true

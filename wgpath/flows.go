@@ -69,8 +69,10 @@ func newFlows(max int) *flows { return &flows{m: map[flowKey]*flow{}, max: max} 
 
 // outbound decides for a packet from the laptop: true when it goes over
 // WireGuard. A new TCP connection (a SYN) or UDP flow is taken when open
-// is true and there is room; any other packet follows its flow.
-func (t *flows) outbound(p *packet, open bool, now time.Time) (src netip.Addr, ok bool) {
+// says so and there is room; any other packet follows its flow. open is
+// read under the table's lock, so a path closing (open false, then reset)
+// cannot leave a flow behind on it.
+func (t *flows) outbound(p *packet, open func() bool, now time.Time) (src netip.Addr, ok bool) {
 	k := flowKey{p.proto, p.sport, netip.AddrPortFrom(p.dst, p.dport)}
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -81,7 +83,7 @@ func (t *flows) outbound(p *packet, open bool, now time.Time) (src netip.Addr, o
 		f = nil
 	}
 	if f == nil {
-		if !open || len(t.m) >= t.max || (p.proto == protoTCP && !isSYN) {
+		if len(t.m) >= t.max || (p.proto == protoTCP && !isSYN) || !open() {
 			return netip.Addr{}, false
 		}
 		f = &flow{src: p.src}

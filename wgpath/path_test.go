@@ -70,7 +70,7 @@ type laptop struct {
 	stream *recorder
 }
 
-func newLaptop(t *testing.T, target string) *laptop {
+func newLaptop(t testing.TB, target string) *laptop {
 	dev, n, err := wgnet.CreateNetTUN([]netip.Addr{netip.MustParseAddr("10.210.0.2")}, nil, 65520)
 	if err != nil {
 		t.Fatal(err)
@@ -81,12 +81,14 @@ func newLaptop(t *testing.T, target string) *laptop {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close(); dev.Close() })
+	// The device first: the stack still reads it, so no packet of the
+	// "kernel's" stays blocked on its way out while the device closes.
+	t.Cleanup(func() { dev.Close(); st.Close() })
 	return l
 }
 
 // roundTrip sends n random bytes over c and checks they come back.
-func roundTrip(t *testing.T, c net.Conn, n int) error {
+func roundTrip(t testing.TB, c net.Conn, n int) error {
 	t.Helper()
 	want := make([]byte, n)
 	rand.Read(want)
@@ -119,7 +121,7 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 func TestPath(t *testing.T) {
 	target := echoServer(t)
 	cluster := &recorder{target: target}
-	srv, err := NewServer(slog.Default(), 0, cluster)
+	srv, err := NewServer(slog.Default(), 0, cluster, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,13 +146,14 @@ func TestPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	ep := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(srv.Port()))
-	c, err := l.split.Start(slog.Default(), Offer{ServerKey: srv.PublicKey(), Endpoints: []netip.AddrPort{ep},
-		Addr4: a4, Addr6: a6, Server4: Server4}, priv)
+	c, err := l.split.NewClient(slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
-	go c.Run(ctx)
-	waitFor(t, "the path up", 2*time.Second, func() bool { return c.Status().Up })
+	defer c.Close()
+	offer := Offer{ServerKey: srv.PublicKey(), Endpoints: []netip.AddrPort{ep}, Addr4: a4, Addr6: a6, Server4: Server4}
+	go c.Run(ctx, offer, priv)
+	waitFor(t, "the path up", 5*time.Second, func() bool { return c.Status().Up })
 
 	over, err := l.net.DialContextTCPAddrPort(ctx, svc)
 	if err != nil {
@@ -171,7 +174,7 @@ func TestPath(t *testing.T) {
 	}
 
 	srv.Remove(priv.Public())
-	waitFor(t, "the path down", 5*time.Second, func() bool { return !c.Status().Up })
+	waitFor(t, "the path down", 8*time.Second, func() bool { return !c.Status().Up })
 	if err := roundTrip(t, over, 1000); err == nil {
 		t.Fatal("a connection of a path that went down still works")
 	}
@@ -183,6 +186,27 @@ func TestPath(t *testing.T) {
 	if err := roundTrip(t, after, 1000); err != nil || l.stream.count() != 2 {
 		t.Fatalf("after the path went down: %v, %d port-forward dials (want 2)", err, l.stream.count())
 	}
+
+	// The next session brings its own key to the same device.
+	cancel()
+	waitFor(t, "the first session's end", 2*time.Second, func() bool { return c.sess.Load() == nil })
+	priv2, _ := NewPrivateKey()
+	b4, b6, err := srv.Add(priv2.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	go c.Run(ctx2, Offer{ServerKey: srv.PublicKey(), Endpoints: []netip.AddrPort{ep}, Addr4: b4, Addr6: b6, Server4: Server4}, priv2)
+	waitFor(t, "the second session's path up", 5*time.Second, func() bool { return c.Status().Up })
+	again, err := l.net.DialContextTCPAddrPort(ctx2, svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if err := roundTrip(t, again, 1000); err != nil || cluster.count() != 2 || cluster.srcs[1].Addr() != b4 {
+		t.Fatalf("the second session: %v; the server saw %v", err, cluster.srcs)
+	}
 }
 
 // TestUnknownKeyGetsNoAnswer: a key the server did not add, and a known
@@ -190,7 +214,7 @@ func TestPath(t *testing.T) {
 func TestUnknownKeyGetsNoAnswer(t *testing.T) {
 	target := echoServer(t)
 	cluster := &recorder{target: target}
-	srv, err := NewServer(slog.Default(), 0, cluster)
+	srv, err := NewServer(slog.Default(), 0, cluster, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,14 +236,14 @@ func TestUnknownKeyGetsNoAnswer(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			l := newLaptop(t, target)
-			c, err := l.split.Start(slog.Default(), Offer{ServerKey: srv.PublicKey(), Endpoints: []netip.AddrPort{ep},
-				Addr4: tc.addr, Addr6: a6, Server4: Server4}, tc.priv)
+			c, err := l.split.NewClient(slog.Default())
 			if err != nil {
 				t.Fatal(err)
 			}
+			defer c.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
 			defer cancel()
-			c.Run(ctx)
+			c.Run(ctx, Offer{ServerKey: srv.PublicKey(), Endpoints: []netip.AddrPort{ep}, Addr4: tc.addr, Addr6: a6, Server4: Server4}, tc.priv)
 			if st := c.Status(); st.Up || cluster.count() != 0 {
 				t.Fatalf("status %+v, %d dials in the cluster: want no answer", st, cluster.count())
 			}
@@ -227,5 +251,71 @@ func TestUnknownKeyGetsNoAnswer(t *testing.T) {
 				t.Fatalf("why: %q", c.Status().Why)
 			}
 		})
+	}
+}
+
+// BenchmarkDownload moves bytes from a loopback server through the
+// manager's end and WireGuard to the laptop's stack, all in this process:
+// what the path itself costs, without the lab's kernels.
+func BenchmarkDownload(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	chunk := make([]byte, 256<<10)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				for {
+					if _, err := c.Write(chunk); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	srv, err := NewServer(slog.New(slog.DiscardHandler), 0, &recorder{target: ln.Addr().String()}, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Close()
+	l := newLaptop(b, ln.Addr().String())
+	priv, _ := NewPrivateKey()
+	a4, a6, err := srv.Add(priv.Public())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ep := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(srv.Port()))
+	c, err := l.split.NewClient(slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Run(ctx, Offer{ServerKey: srv.PublicKey(), Endpoints: []netip.AddrPort{ep}, Addr4: a4, Addr6: a6, Server4: Server4}, priv)
+	for end := time.Now().Add(5 * time.Second); !c.Status().Up; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			b.Fatal("the path did not come up")
+		}
+	}
+	conn, err := l.net.DialContextTCPAddrPort(ctx, netip.MustParseAddrPort("10.96.0.10:80"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	buf := make([]byte, 256<<10)
+	b.SetBytes(int64(len(buf)))
+	b.ResetTimer()
+	for range b.N {
+		if _, err := io.ReadFull(conn, buf); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

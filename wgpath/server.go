@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
@@ -18,12 +19,13 @@ import (
 )
 
 // The tunnel's own addresses: the manager's, and one per session from the
-// rest (RFC 2544's benchmarking range and a ULA; they never leave the
-// tunnel, so they cannot meet the laptop's or the cluster's).
+// rest (the upper half of RFC 2544's benchmarking range, whose lower half
+// holds the laptop's resolver, and a ULA). They never leave the tunnel:
+// the laptop puts its own address back on every reply.
 var (
-	tunnelNet4 = netip.MustParsePrefix("198.18.0.0/15")
+	tunnelNet4 = netip.MustParsePrefix("198.19.0.0/16")
 	tunnelNet6 = netip.MustParsePrefix("fd74:756e:6e65:6c00::/64")
-	Server4    = netip.MustParseAddr("198.18.0.1")
+	Server4    = netip.MustParseAddr("198.19.0.1")
 )
 
 // Server is the manager's end of the WireGuard path: a userspace
@@ -36,7 +38,7 @@ type Server struct {
 	log   *slog.Logger
 	dev   *device.Device
 	stack *netstack.Stack
-	pipe  tun.Device
+	pipe  tun.Device // the stack, as WireGuard's device
 	echo  net.PacketConn
 	pub   Key
 
@@ -46,41 +48,50 @@ type Server struct {
 	next  int
 }
 
-// Each connection's buffers on the manager: what a laptop may make it hold
-// for an upload its destination does not read (as the port-forward's
-// stream window bounds it), and what it keeps unacknowledged for a
-// download (enough for 200 MB/s at 20 ms). The stream limits bound how
-// many connections hold them.
+// Each connection's buffers on the manager. Receive: what a laptop may
+// make it hold for an upload its destination does not read, the
+// port-forward's stream window. Send: what it keeps unacknowledged for a
+// download, 50 MB/s at a 20 ms round trip. The stream limits bound how many
+// connections hold them: 1024 of a session hold at most 1.25 GiB, as many
+// sockets of the port-forward's relay hold in their kernel buffers; the
+// container's memory limit is the last word.
 const (
-	maxReceiveBuffer = 1 << 20
-	maxSendBuffer    = 4 << 20
+	maxReceiveBuffer = 256 << 10
+	maxSendBuffer    = 1 << 20
 )
 
+// keepAlive is how long a connection may be silent before the manager
+// asks the laptop whether it is still there (three times, 10 s apart): a
+// laptop whose path went down forgets its connections, and their slots
+// come back within a couple of minutes, not at the session's end.
+const keepAlive = time.Minute
+
 // maxPeers is how many sessions the tunnel's addresses hold.
-const maxPeers = 1<<17 - 2
+const maxPeers = 1<<16 - 3
 
 // NewServer listens for WireGuard on UDP port.
-func NewServer(base *slog.Logger, port int, dialer netstack.Dialer) (*Server, error) {
+// maxPending bounds the connections (and UDP flows) of all sessions
+// waiting for their dial.
+func NewServer(base *slog.Logger, port int, dialer netstack.Dialer, maxPending int) (*Server, error) {
 	log := base.With("subsystem", "wireguard")
 	priv, err := NewPrivateKey()
 	if err != nil {
 		return nil, err
 	}
-	stackSide, wgSide := tun.Pipe(MTU, 1024)
-	st, err := netstack.New(base.With("path", "wireguard"), stackSide, dialer, netstack.Config{
-		MTU: MTU, MaxReceiveBuffer: maxReceiveBuffer, MaxSendBuffer: maxSendBuffer})
+	st, stackDev, err := netstack.NewDevice(base.With("path", "wireguard"), dialer, netstack.Config{
+		MTU: MTU, MaxInflightDials: maxPending, MaxReceiveBuffer: maxReceiveBuffer, MaxSendBuffer: maxSendBuffer,
+		KeepAlive: keepAlive})
 	if err != nil {
-		stackSide.Close()
 		return nil, err
 	}
-	s := &Server{log: log, stack: st, pipe: stackSide, pub: priv.Public(),
+	s := &Server{log: log, stack: st, pipe: stackDev, pub: priv.Public(),
 		peers: map[Key]int{}, used: map[int]Key{}, next: 2}
 	if s.echo, err = st.ListenPacket(netip.AddrPortFrom(Server4, ProbePort)); err != nil {
 		s.closeStack()
 		return nil, err
 	}
 	go s.serveEcho()
-	s.dev = device.NewDevice(wgSide, conn.NewDefaultBind(), wgLogger(log))
+	s.dev = device.NewDevice(stackDev, conn.NewDefaultBind(), wgLogger(log))
 	if err := s.dev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=%d\n", priv.hex(), port)); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("listen for WireGuard on UDP port %d: %w", port, err)
@@ -188,7 +199,7 @@ func (s *Server) serveEcho() {
 // Close stops the device and the stack; every flow ends.
 func (s *Server) Close() {
 	if s.dev != nil {
-		s.dev.Close() // closes the pipe
+		s.dev.Close() // closes the stack's device
 	}
 	s.closeStack()
 }

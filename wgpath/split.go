@@ -115,17 +115,24 @@ func (s *Split) divert(w *wgEnd, b []byte, now time.Time) bool {
 		return false // a datagram WireGuard cannot carry whole
 	}
 	p, ok := parse(b)
-	if !ok || s.local(p.dst) {
+	// TCP only: the manager's stack would split a large UDP answer into
+	// IP fragments, which the way back cannot tell apart; datagrams take
+	// the port-forward, whole.
+	if !ok || p.proto != protoTCP || s.local(p.dst) {
 		return false
 	}
-	tunnel := w.addr4
+	addrs := w.addrs.Load()
+	if addrs == nil {
+		return false // between sessions
+	}
+	tunnel := addrs[0]
 	if p.dst.Is6() {
-		tunnel = w.addr6
+		tunnel = addrs[1]
 	}
 	if !tunnel.IsValid() {
 		return false
 	}
-	if _, ok := s.flows.outbound(&p, w.open.Load(), now); !ok {
+	if _, ok := s.flows.outbound(&p, w.open.Load, now); !ok {
 		return false
 	}
 	p.setSrc(tunnel)
@@ -168,15 +175,17 @@ func (s *Split) close(w *wgEnd) {
 // and writes the cluster's answers to. Closing it (as the WireGuard device
 // does when it closes) does not close the TUN device.
 type wgEnd struct {
-	s            *Split
-	mtu          int
-	addr4, addr6 netip.Addr // the session's tunnel addresses
-	open         atomic.Bool
-	queue        chan []byte
-	done         chan struct{}
-	once         sync.Once
-	events       chan wgtun.Event
-	dropped      atomic.Uint64
+	s       *Split
+	mtu     int
+	addrs   atomic.Pointer[[2]netip.Addr] // the session's tunnel addresses, IPv4 and IPv6; nil between sessions
+	open    atomic.Bool
+	queue   chan *[]byte
+	probes  chan *[]byte // read first: a full queue must not look like a dead path
+	bufs    sync.Pool    // of *[]byte with room for mtu bytes
+	done    chan struct{}
+	once    sync.Once
+	events  chan wgtun.Event
+	dropped atomic.Uint64
 	// reply is called for each packet from the cluster before it is
 	// delivered; true means it was the path's own (a probe's answer).
 	reply func(b []byte) bool
@@ -185,11 +194,21 @@ type wgEnd struct {
 // endQueue is how many packets wait for WireGuard's encryption.
 const endQueue = 1024
 
-func newWGEnd(s *Split, mtu int, addr4, addr6 netip.Addr, reply func([]byte) bool) *wgEnd {
-	w := &wgEnd{s: s, mtu: mtu, addr4: addr4, addr6: addr6, queue: make(chan []byte, endQueue),
+func newWGEnd(s *Split, mtu int, reply func([]byte) bool) *wgEnd {
+	w := &wgEnd{s: s, mtu: mtu, queue: make(chan *[]byte, endQueue), probes: make(chan *[]byte, 4),
 		done: make(chan struct{}), events: make(chan wgtun.Event, 1), reply: reply}
+	w.bufs.New = func() any { b := make([]byte, 0, mtu); return &b }
 	w.events <- wgtun.EventUp
 	return w
+}
+
+// setAddrs sets the session's tunnel addresses; invalid ones clear them.
+func (w *wgEnd) setAddrs(a4, a6 netip.Addr) {
+	if !a4.IsValid() {
+		w.addrs.Store(nil)
+		return
+	}
+	w.addrs.Store(&[2]netip.Addr{a4, a6})
 }
 
 // send queues a copy of b; false when the queue is full or w is closed.
@@ -199,24 +218,44 @@ func (w *wgEnd) send(b []byte) bool {
 		return false
 	default:
 	}
+	p := w.bufs.Get().(*[]byte)
+	*p = append((*p)[:0], b...)
 	select {
-	case w.queue <- append([]byte(nil), b...):
+	case w.queue <- p:
 		return true
 	default:
+		w.bufs.Put(p)
 		return false
 	}
 }
 
-func (w *wgEnd) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	var b []byte
+// sendProbe queues one of the path's own probes ahead of the data.
+func (w *wgEnd) sendProbe(b []byte) {
+	p := w.bufs.Get().(*[]byte)
+	*p = append((*p)[:0], b...)
 	select {
-	case b = <-w.queue:
-	case <-w.done:
-		return 0, os.ErrClosed
+	case w.probes <- p:
+	default:
+		w.bufs.Put(p)
+	}
+}
+
+func (w *wgEnd) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	var b *[]byte
+	select {
+	case b = <-w.probes:
+	default:
+		select {
+		case b = <-w.probes:
+		case b = <-w.queue:
+		case <-w.done:
+			return 0, os.ErrClosed
+		}
 	}
 	n := 0
 	for {
-		sizes[n] = copy(bufs[n][offset:], b)
+		sizes[n] = copy(bufs[n][offset:], *b)
+		w.bufs.Put(b)
 		n++
 		if n == len(bufs) {
 			return n, nil
@@ -240,7 +279,8 @@ func (w *wgEnd) Write(bufs [][]byte, offset int) (int, error) {
 			continue
 		}
 		p, ok := parse(b)
-		if !ok || (p.dst != w.addr4 && p.dst != w.addr6) {
+		addrs := w.addrs.Load()
+		if !ok || addrs == nil || (p.dst != addrs[0] && p.dst != addrs[1]) {
 			continue
 		}
 		src, ok := w.s.flows.inbound(&p, now)

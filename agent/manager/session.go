@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -123,6 +124,9 @@ type session struct {
 	badLog  rate.Sometimes // bad headers are logged a few times, then counted only
 	open    int            // streams open now; guarded by the Manager's streamSlots
 	dials   chan struct{}  // one per dial in flight, MaxDials at most
+	// wgPending counts the session's WireGuard connections waiting for
+	// their dial (wgPendingPerSession at most).
+	wgPending atomic.Int32
 
 	mu    sync.Mutex // guards following
 	ident Identity   // set by Hello, verified by the API server; zero when not

@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"net"
 	"net/netip"
@@ -26,6 +27,7 @@ type wireGuard struct {
 	srv       *wgpath.Server
 	endpoints func(context.Context) ([]string, error)
 
+	admit  sync.Mutex // one admission at a time: a key is recorded before the next is added
 	mu     sync.Mutex // guards following
 	byAddr map[netip.Addr]*session
 	keys   map[*session]wgpath.Key
@@ -34,12 +36,13 @@ type wireGuard struct {
 // useWireGuard starts the WireGuard path on UDP port; endpoints says where
 // laptops reach it. Close stops it.
 func (m *Manager) useWireGuard(port int, endpoints func(context.Context) ([]string, error)) error {
-	srv, err := wgpath.NewServer(m.logger, port, wgDialer{m})
+	srv, err := wgpath.NewServer(m.logger, port, wgDialer{m}, wgPendingTotal)
 	if err != nil {
 		return err
 	}
 	m.wg = &wireGuard{srv: srv, endpoints: endpoints, byAddr: map[netip.Addr]*session{}, keys: map[*session]wgpath.Key{}}
-	m.logger.Info("serving the WireGuard path", "port", srv.Port())
+	pub := srv.PublicKey()
+	m.logger.Info("serving the WireGuard path", "port", srv.Port(), "public_key", base64.StdEncoding.EncodeToString(pub[:]))
 	return nil
 }
 
@@ -66,7 +69,17 @@ func (m *Manager) admitWireGuard(ctx context.Context, s *session, pub []byte) (*
 	if len(eps) == 0 {
 		return nil, status.Error(codes.FailedPrecondition, "the WireGuard service has no address yet (a load balancer still allocating, or no node with an address)")
 	}
-	m.dropWireGuard(s) // a second call replaces the first key
+	// One key per session, for its whole life: a second key would free
+	// the first one's address while connections dialed under it live on,
+	// for another session to be given.
+	m.wg.admit.Lock()
+	defer m.wg.admit.Unlock()
+	m.wg.mu.Lock()
+	_, has := m.wg.keys[s]
+	m.wg.mu.Unlock()
+	if has {
+		return nil, status.Error(codes.FailedPrecondition, "this session has its WireGuard key already; a new session gets a new one")
+	}
 	a4, a6, err := m.wg.srv.Add(key)
 	if err != nil {
 		return nil, status.Error(codes.ResourceExhausted, err.Error())
@@ -112,6 +125,13 @@ func (m *Manager) closeWireGuard() {
 	}
 }
 
+// Connections of the WireGuard path waiting for their dial: per session,
+// and in all (the stack's own bound).
+const (
+	wgPendingPerSession = 128
+	wgPendingTotal      = 4096
+)
+
 // wgDialer dials for the WireGuard path's userspace stack: the connection's
 // source address names the session, and from there it is the
 // port-forward path's way, the same reach decision and dial, counted
@@ -126,6 +146,15 @@ func (d wgDialer) DialStream(ctx context.Context, kind rpc.Kind, src, dst netip.
 	if s == nil {
 		return nil, rpc.StatusForbidden // a session that ended; its peer is going
 	}
+	// The stack holds at most wgPendingTotal handshakes for all sessions;
+	// one session may hold a few of them, so its SYNs to silent ports
+	// cannot keep the others' connections from starting.
+	if s.wgPending.Add(1) > wgPendingPerSession {
+		s.wgPending.Add(-1)
+		m.metrics.refused.WithLabelValues(sessionKind(s), "limit").Inc()
+		return nil, rpc.StatusUnreachable
+	}
+	defer s.wgPending.Add(-1)
 	if !m.streamSlots.take(s) {
 		m.metrics.refused.WithLabelValues(sessionKind(s), "limit").Inc()
 		return nil, rpc.StatusUnreachable

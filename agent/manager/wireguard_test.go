@@ -82,28 +82,38 @@ func TestWireGuardPath(t *testing.T) {
 	if len(offer.GetEndpoints()) != 1 || offer.GetServerAddress() != wgpath.Server4.String() {
 		t.Fatalf("offer %v", offer)
 	}
+	other, _ := wgpath.NewPrivateKey()
+	otherPub := other.Public()
+	if _, err := ada.WireGuard(ctx, &managerpb.WireGuardRequest{PublicKey: otherPub[:]}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("a second key for the session: %v, want FailedPrecondition", err)
+	}
 
 	// The laptop: a userspace "kernel" whose TUN device the split serves.
 	dev, tnet, err := wgnet.CreateNetTUN([]netip.Addr{netip.MustParseAddr("10.210.0.2")}, nil, 65520)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dev.Close()
 	split := wgpath.NewSplit(slog.Default(), dev, nil)
 	st, err := netstack.New(slog.Default(), split.Stack(), noStreams{t}, netstack.Config{})
 	if err != nil {
+		dev.Close()
 		t.Fatal(err)
 	}
-	defer st.Close()
+	// The device first, while the stack still reads it (see wgpath's tests).
+	defer func() { dev.Close(); st.Close() }()
 	serverKey, _ := wgpath.ParseKey(offer.GetPublicKey())
 	a4, _ := netip.ParseAddr(offer.GetAddress())
-	c, err := split.Start(slog.Default(), wgpath.Offer{ServerKey: serverKey, Addr4: a4, Server4: wgpath.Server4,
-		Endpoints: []netip.AddrPort{netip.MustParseAddrPort(offer.GetEndpoints()[0])}}, priv)
+	c, err := split.NewClient(slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer c.Close()
 	done := make(chan struct{})
-	go func() { c.Run(ctx); close(done) }()
+	go func() {
+		c.Run(ctx, wgpath.Offer{ServerKey: serverKey, Addr4: a4, Server4: wgpath.Server4,
+			Endpoints: []netip.AddrPort{netip.MustParseAddrPort(offer.GetEndpoints()[0])}}, priv)
+		close(done)
+	}()
 	defer func() { cancel(); <-done }()
 	eventually(t, "the path up", func() bool { return c.Status().Up })
 
@@ -133,4 +143,45 @@ func TestWireGuardPath(t *testing.T) {
 	if why := c.Status().Why; !strings.Contains(why, "no answer over UDP") {
 		t.Errorf("why: %q", why)
 	}
+}
+
+// TestWireGuardOneKeyPerSession: calls made at once on one session admit
+// one key; the session's end removes it, and no other is left behind.
+func TestWireGuardOneKeyPerSession(t *testing.T) {
+	m, _ := newTestManager(t, nil)
+	m.identify = fakeIdentify
+	if err := m.useWireGuard(0, func(context.Context) ([]string, error) { return []string{"127.0.0.1:9"}, nil }); err != nil {
+		t.Fatal(err)
+	}
+	defer m.closeWireGuard()
+	addr := serve(t, m)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sess := laptop(t, addr)
+	ada := controlClient(t, sess)
+	if _, err := ada.Hello(ctx, &managerpb.HelloRequest{ClientVersion: version.Get().Version, IdentityProof: "proof-ada"}); err != nil {
+		t.Fatal(err)
+	}
+	results := make(chan error, 8)
+	for range 8 {
+		go func() {
+			k, _ := wgpath.NewPrivateKey()
+			pub := k.Public()
+			_, err := ada.WireGuard(ctx, &managerpb.WireGuardRequest{PublicKey: pub[:]})
+			results <- err
+		}()
+	}
+	admitted := 0
+	for range 8 {
+		if err := <-results; err == nil {
+			admitted++
+		} else if status.Code(err) != codes.FailedPrecondition && status.Code(err) != codes.ResourceExhausted {
+			t.Errorf("a call: %v", err)
+		}
+	}
+	if admitted != 1 || m.wg.srv.Peers() != 1 {
+		t.Errorf("%d calls admitted, %d peers: want 1", admitted, m.wg.srv.Peers())
+	}
+	sess.Close()
+	eventually(t, "no peer left", func() bool { return m.wg.srv.Peers() == 0 })
 }

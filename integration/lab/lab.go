@@ -95,8 +95,10 @@ func (l *Lab) startNode(ctx context.Context, cfg Config) error {
 	if err := prepareRegistry(ctx, p, pk); err != nil {
 		return err
 	}
-	if err := BuildBinary(ctx, "./integration/loadbalancer", p.state("bin", "loadbalancer")); err != nil {
-		return err
+	for _, cmd := range []string{"loadbalancer", "shaper"} {
+		if err := BuildBinary(ctx, "./integration/"+cmd, p.state("bin", cmd)); err != nil {
+			return err
+		}
 	}
 	d := newTemplateData(p, cfg)
 	hosts, err := render("registry-hosts.toml", d)

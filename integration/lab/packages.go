@@ -23,6 +23,7 @@ var debianPackages = []struct{ pkg, cmd string }{
 	{"util-linux", "nsenter"},
 	{"dnsutils", "dig"},
 	{"curl", "curl"},
+	{"wireguard-tools", "wg"},                     // an attacker's WireGuard, in the security tests
 	{"dbus-daemon", "dbus-daemon"},                // a private system bus for a laptop's systemd-resolved
 	{"ca-certificates", "update-ca-certificates"}, // what the agent image trusts
 }

@@ -22,6 +22,7 @@ type component struct {
 	bin     string
 	args    []string
 	inNode  bool                            // run in the node's network namespace
+	netns   string                          // else in this one, if set
 	ready   func(ctx context.Context) error // nil error once it serves
 	timeout time.Duration                   // how long ready may take
 }
@@ -83,9 +84,12 @@ func start(ctx context.Context, p Paths, c component) error {
 	fmt.Fprintf(logf, "--- lab: starting %s at %s\n", c.name, time.Now().Format(time.RFC3339))
 
 	var cmd *exec.Cmd
-	if c.inNode {
+	switch {
+	case c.inNode:
 		cmd = inNode(c.bin, c.args...)
-	} else {
+	case c.netns != "":
+		cmd = exec.Command("nsenter", append([]string{"--net=/run/netns/" + c.netns, "--", c.bin}, c.args...)...)
+	default:
 		cmd = exec.Command(c.bin, c.args...)
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf

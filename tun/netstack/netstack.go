@@ -58,6 +58,10 @@ type Config struct {
 	// fill the device.
 	MaxReceiveBuffer int
 	MaxSendBuffer    int
+	// KeepAlive, when set, is how long a connection may be idle before the
+	// stack probes the application's side (3 probes, a sixth of it apart)
+	// and, without an answer, resets it; off by default.
+	KeepAlive time.Duration
 }
 
 const (
@@ -144,7 +148,23 @@ func New(logger *slog.Logger, dev tun.Device, dialer Dialer, cfg Config) (*Stack
 	if err != nil {
 		devMTU = 0
 	}
-	if cfg, err = cfg.withDefaults(devMTU); err != nil {
+	s, err := newStack(logger, dialer, cfg, devMTU)
+	if err != nil {
+		return nil, err
+	}
+	s.dev = dev
+	writeCtx, stopWrite := context.WithCancel(context.Background())
+	s.stopWrite, s.writerDone = stopWrite, make(chan struct{})
+	go s.writeLoop(writeCtx)
+	go s.readLoop()
+	s.log.Info("started", "mtu", s.cfg.MTU, "batch", dev.BatchSize())
+	return s, nil
+}
+
+// newStack makes a stack without a device: New attaches one, NewDevice is one.
+func newStack(logger *slog.Logger, dialer Dialer, cfg Config, devMTU int) (*Stack, error) {
+	cfg, err := cfg.withDefaults(devMTU)
+	if err != nil {
 		return nil, fmt.Errorf("configure netstack: %w", err)
 	}
 	ipstack, err := newIPStack(cfg)
@@ -153,7 +173,6 @@ func New(logger *slog.Logger, dev tun.Device, dialer Dialer, cfg Config) (*Stack
 	}
 	s := &Stack{
 		log:     logger.With("subsystem", "netstack"),
-		dev:     dev,
 		dialer:  dialer,
 		cfg:     cfg,
 		ipstack: ipstack,
@@ -170,11 +189,6 @@ func New(logger *slog.Logger, dev tun.Device, dialer Dialer, cfg Config) (*Stack
 		ipstack.Destroy()
 		return nil, fmt.Errorf("configure netstack: %w", err)
 	}
-	writeCtx, stopWrite := context.WithCancel(context.Background())
-	s.stopWrite, s.writerDone = stopWrite, make(chan struct{})
-	go s.writeLoop(writeCtx)
-	go s.readLoop()
-	s.log.Info("started", "mtu", cfg.MTU, "batch", dev.BatchSize())
 	return s, nil
 }
 
@@ -306,8 +320,10 @@ func (s *Stack) Close() error {
 	s.ipstack.Close()
 	// The resets queued above still go out: applications learn at once
 	// that their connections are gone.
-	s.stopWrite()
-	<-s.writerDone
+	if s.stopWrite != nil {
+		s.stopWrite()
+		<-s.writerDone
+	}
 	s.ipstack.Wait()
 	s.link.Close()
 	s.log.Info("stopped")

@@ -54,6 +54,13 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	r.Complete(false)
+	if d := s.cfg.KeepAlive; d > 0 {
+		idle, every := tcpip.KeepaliveIdleOption(d), tcpip.KeepaliveIntervalOption(d/6)
+		ep.SetSockOpt(&idle)
+		ep.SetSockOpt(&every)
+		ep.SetSockOptInt(tcpip.KeepaliveCountOption, 3)
+		ep.SocketOptions().SetKeepAlive(true)
+	}
 	app := gonet.NewTCPConn(&wq, ep)
 	f := &tcpFlow{app: app, ep: ep, stream: stream}
 	if !s.track(f) {

@@ -20,12 +20,14 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"tunnel.dev/tunnel/integration/lab"
 )
 
 type bench struct {
 	l       *lab.Lab
+	cs      kubernetes.Interface
 	tunnel  string
 	echo    string
 	laptop  lab.ExecOptions
@@ -49,7 +51,7 @@ func main() {
 	flag.Int64Var(&b.size, "bytes", 1<<30, "size of the bulk download")
 	flag.IntVar(&b.latN, "requests", 2000, "small HTTP requests per path for the latency figures")
 	flag.IntVar(&b.connsN, "conns", 1000, "concurrent TCP connections through the tunnel")
-	flag.StringVar(&b.only, "only", "", "measure only this part: intercept or laptops")
+	flag.StringVar(&b.only, "only", "", "measure only this part: intercept, shaped or laptops")
 	flag.StringVar(&b.laptops, "laptops", "1,10,50", "how many laptops on one manager, per row of that table")
 	flag.IntVar(&b.laptopN, "laptop-requests", 300, "requests each of those laptops makes")
 	flag.StringVar(&b.perf, "perf", "", "record perf profiles (perf record -a -g) of the first uploads: through the intercept into this file, through kubectl port-forward into FILE.port-forward")
@@ -84,6 +86,7 @@ func (b *bench) run(ctx context.Context) error {
 		return err
 	}
 	cs := h.Client
+	b.cs = cs
 	b.tunnel = b.l.Paths.State + "/bin/tunnel"
 	if err := lab.BuildTunnel(ctx, h.Agent.Stamp, b.tunnel); err != nil {
 		return err
@@ -116,6 +119,9 @@ func (b *bench) run(ctx context.Context) error {
 
 	if b.only == "laptops" {
 		return b.laptopRows(ctx)
+	}
+	if b.only == "shaped" {
+		return b.shapedRows(ctx)
 	}
 	if b.only == "intercept" {
 		if _, err := b.l.Run(ctx, b.laptop, b.tunnel, "connect", "-n", b.ns); err != nil {
@@ -220,6 +226,10 @@ func (b *bench) run(ctx context.Context) error {
 	printTable(rows)
 	fmt.Println()
 	printIntercept(b.latN, dP50, dP99, ic)
+	fmt.Println()
+	if err := b.shapedRows(ctx); err != nil {
+		return err
+	}
 	fmt.Println()
 	return b.laptopRows(ctx)
 }
@@ -395,6 +405,51 @@ echo $(( ($(date +%%s%%N) - start) / 1000000 ))`, b.tunnel, b.ns, b.ns))
 		return 0, err
 	}
 	return strconv.ParseInt(strings.TrimSpace(lastLine(out)), 10, 64)
+}
+
+// shapedRows measures both of the tunnel's paths over a laptop link with a
+// 20 ms round trip and 0, 1 and 3% loss each way (lab shape), in one run.
+func (b *bench) shapedRows(ctx context.Context) error {
+	const size = 32 << 20
+	// The intercepts' table restarted the pod: ask its address anew.
+	pods, err := b.cs.CoreV1().Pods(b.ns).List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
+	if err != nil || len(pods.Items) == 0 {
+		return fmt.Errorf("find the echo pod: %v", err)
+	}
+	direct := fmt.Sprintf("http://%s:%d", pods.Items[0].Status.PodIP, lab.EchoHTTPPort)
+	defer b.l.Shape(context.WithoutCancel(ctx), b.laptop.Laptop, lab.ShapeOptions{})
+	rows := [][]string{{"20 ms round trip, loss each way", "WireGuard: download / p50 / p99", "port-forward: download / p50 / p99", "WireGuard / port-forward: download / p99"}}
+	for _, loss := range []float64{0, 0.01, 0.03} {
+		fmt.Fprintf(os.Stderr, "==> a 20 ms round trip with %.0f%% loss: both paths\n", loss*100)
+		if err := b.l.Shape(ctx, b.laptop.Laptop, lab.ShapeOptions{RTT: 20 * time.Millisecond, Loss: loss}); err != nil {
+			return err
+		}
+		var down, p50, p99 [2]float64
+		for i, flags := range [][]string{nil, {"--wireguard=false"}} {
+			_, _ = b.l.Run(ctx, b.laptop, b.tunnel, "quit")
+			if _, err := b.l.Run(ctx, b.laptop, append([]string{b.tunnel, "connect", "-n", b.ns}, flags...)...); err != nil {
+				return err
+			}
+			if i == 0 {
+				if _, err := b.waitPath(ctx, "wireguard", 10*time.Second); err != nil {
+					return err
+				}
+			}
+			out, err := b.sh(ctx, b.laptop, fmt.Sprintf("%s download '%s/bytes?n=%d' && %s latency %s/ %d", b.echo, direct, size, b.echo, direct, 200))
+			if err != nil {
+				return err
+			}
+			f := figures(out)
+			down[i], p50[i], p99[i] = f["bytes_per_sec"], f["p50_us"], f["p99_us"]
+		}
+		cell := func(i int) string {
+			return fmt.Sprintf("%.1f MB/s / %.1f ms / %.1f ms", down[i]/1e6, p50[i]/1000, p99[i]/1000)
+		}
+		rows = append(rows, []string{fmt.Sprintf("%.0f%%", loss*100), cell(0), cell(1),
+			fmt.Sprintf("%.2fx / %.2fx", down[0]/down[1], p99[0]/p99[1])})
+	}
+	printTable(rows)
+	return nil
 }
 
 // waitPath waits for the laptop's path to be carrier ("wireguard" or

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -43,7 +44,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(upCmd(), downCmd(), statusCmd(), execCmd(), faultCmd())
+	root.AddCommand(upCmd(), downCmd(), statusCmd(), execCmd(), faultCmd(), shapeCmd())
 	return root
 }
 
@@ -192,6 +193,44 @@ func faultCmd() *cobra.Command {
 	f.StringVar(&opt.Laptop, "laptop", "alice", "the laptop (partition, udp, sleep, readdress)")
 	f.DurationVar(&opt.For, "for", 0, "how long (partition and udp: 30s, sleep: 60s)")
 	f.StringVar(&opt.Pod, "pod", "", "NAMESPACE/POD whose sidecar to kill")
+	return cmd
+}
+
+func shapeCmd() *cobra.Command {
+	var opt lab.ShapeOptions
+	var loss string
+	var off bool
+	cmd := &cobra.Command{
+		Use:   "shape LAPTOP [--rtt 20ms] [--loss 1%] | LAPTOP --off",
+		Short: "Give a laptop's link a round trip and random loss, as a Wi-Fi and a VPN do, or take them off",
+		Long: `Give a laptop's link a round trip (--rtt, half of it each way) and random loss (--loss, each
+way), as a user's Wi-Fi, VPN and distance do; --off makes it a plain link again. The kernel here
+has no netem: the loss is iptables' statistic match, the delay the lab's shaper on an NFQUEUE.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if off {
+				opt = lab.ShapeOptions{}
+			} else {
+				v, err := strconv.ParseFloat(strings.TrimSuffix(loss, "%"), 64)
+				if err != nil {
+					return fmt.Errorf("--loss %q: want a percentage such as 1%%", loss)
+				}
+				opt.Loss = v / 100
+				if opt.RTT == 0 && opt.Loss == 0 {
+					return errors.New("say --rtt, --loss or --off")
+				}
+			}
+			if err := lab.New(lab.DefaultPaths(), cmd.ErrOrStderr()).Shape(cmd.Context(), args[0], opt); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "laptop %s: round trip +%s, loss %g%% each way\n", args[0], opt.RTT, opt.Loss*100)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.DurationVar(&opt.RTT, "rtt", 0, "round trip added to the laptop's link")
+	f.StringVar(&loss, "loss", "0%", "packets lost at random, each way")
+	f.BoolVar(&off, "off", false, "a plain link again")
 	return cmd
 }
 

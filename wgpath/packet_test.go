@@ -1,0 +1,138 @@
+package wgpath
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// tcp4 builds an IPv4 TCP segment with correct checksums.
+func tcp4(src, dst netip.AddrPort, flags uint8, payload []byte) []byte {
+	b := make([]byte, 40+len(payload))
+	b[0], b[8], b[9] = 0x45, 64, protoTCP
+	binary.BigEndian.PutUint16(b[2:4], uint16(len(b)))
+	s, d := src.Addr().As4(), dst.Addr().As4()
+	copy(b[12:16], s[:])
+	copy(b[16:20], d[:])
+	binary.BigEndian.PutUint16(b[10:12], checksum(b[:20], 0))
+	t := b[20:]
+	binary.BigEndian.PutUint16(t[0:2], src.Port())
+	binary.BigEndian.PutUint16(t[2:4], dst.Port())
+	t[12], t[13] = 5<<4, flags
+	copy(t[20:], payload)
+	binary.BigEndian.PutUint16(t[16:18], checksum(t, pseudo4(b)))
+	return b
+}
+
+func pseudo4(b []byte) uint32 {
+	var sum uint32
+	for i := 12; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	return sum + uint32(b[9]) + uint32(len(b)-20)
+}
+
+// valid4 says whether an IPv4 packet's header and TCP or UDP checksums hold.
+func valid4(b []byte) bool {
+	return checksum(b[:20], 0) == 0 && checksum(b[20:], pseudo4(b)) == 0
+}
+
+func TestRewriteKeepsChecksums(t *testing.T) {
+	laptop := netip.MustParseAddrPort("10.210.0.2:40000")
+	svc := netip.MustParseAddrPort("10.96.0.10:80")
+	tunnel := netip.MustParseAddr("198.19.3.7")
+	for name, b := range map[string][]byte{
+		"tcp":         tcp4(laptop, svc, tcpSYN, nil),
+		"tcp payload": tcp4(laptop, svc, tcpACK, []byte("GET / HTTP/1.1\r\n\r\nodd")),
+		"udp":         udp4(laptop, svc, []byte("a datagram")),
+	} {
+		if !valid4(b) {
+			t.Fatalf("%s: the test packet is wrong", name)
+		}
+		p, ok := parse(b)
+		if !ok || p.src != laptop.Addr() || p.dst != svc.Addr() || p.sport != laptop.Port() || p.dport != svc.Port() {
+			t.Fatalf("%s: parse %+v %v", name, p, ok)
+		}
+		p.setSrc(tunnel)
+		if !valid4(b) {
+			t.Errorf("%s: checksums broken by setSrc", name)
+		}
+		p.setDst(netip.MustParseAddr("10.244.1.9"))
+		if q, _ := parse(b); !valid4(b) || q.src != tunnel || q.dst != netip.MustParseAddr("10.244.1.9") {
+			t.Errorf("%s: after setDst: %+v, valid %v", name, q, valid4(b))
+		}
+	}
+}
+
+func TestParseRefuses(t *testing.T) {
+	good := tcp4(netip.MustParseAddrPort("10.0.0.1:1"), netip.MustParseAddrPort("10.0.0.2:2"), tcpSYN, nil)
+	frag := append([]byte(nil), good...)
+	frag[6] |= 0x20 // more fragments
+	icmp := append([]byte(nil), good...)
+	icmp[9] = 1
+	for name, b := range map[string][]byte{
+		"empty": nil, "short": good[:30], "fragment": frag, "icmp": icmp, "version 5": append([]byte{0x55}, good[1:]...),
+	} {
+		if _, ok := parse(b); ok {
+			t.Errorf("%s parsed", name)
+		}
+	}
+}
+
+func TestFlows(t *testing.T) {
+	now := time.Unix(1000, 0)
+	laptop := netip.MustParseAddrPort("10.210.0.2:40000")
+	svc := netip.MustParseAddrPort("10.96.0.10:80")
+	pkt := func(flags uint8, out bool) *packet {
+		var b []byte
+		if out {
+			b = tcp4(laptop, svc, flags, nil)
+		} else {
+			b = tcp4(svc, netip.AddrPortFrom(netip.MustParseAddr("198.19.0.5"), laptop.Port()), flags, nil)
+		}
+		p, _ := parse(b)
+		return &p
+	}
+	yes, no := func() bool { return true }, func() bool { return false }
+	ft := newFlows(2)
+	if _, ok := ft.outbound(pkt(tcpACK, true), yes, now); ok {
+		t.Error("a segment of no connection took the path")
+	}
+	if _, ok := ft.outbound(pkt(tcpSYN, true), no, now); ok {
+		t.Error("a SYN took a closed path")
+	}
+	if src, ok := ft.outbound(pkt(tcpSYN, true), yes, now); !ok || src != laptop.Addr() {
+		t.Fatalf("a SYN on an open path: %v %v", src, ok)
+	}
+	if src, ok := ft.inbound(pkt(tcpSYN|tcpACK, false), now); !ok || src != laptop.Addr() {
+		t.Fatalf("its SYN-ACK: %v %v", src, ok)
+	}
+	if _, ok := ft.outbound(pkt(tcpACK, true), no, now); !ok {
+		t.Error("a connection left its path when the path closed to new ones")
+	}
+	// A half-close keeps the flow; both FINs close it after a while.
+	ft.outbound(pkt(tcpFIN|tcpACK, true), yes, now)
+	if ft.sweep(now.Add(time.Hour)) != 1 {
+		t.Error("a half-closed connection was forgotten")
+	}
+	ft.inbound(pkt(tcpFIN|tcpACK, false), now.Add(time.Hour))
+	if ft.sweep(now.Add(time.Hour+tcpClosing+time.Second)) != 0 {
+		t.Error("a closed connection was kept")
+	}
+	// At most max flows; past it new connections stay off the path.
+	for i := range 3 {
+		b := tcp4(netip.AddrPortFrom(laptop.Addr(), uint16(50000+i)), svc, tcpSYN, nil)
+		p, _ := parse(b)
+		if _, ok := ft.outbound(&p, yes, now); ok != (i < 2) {
+			t.Errorf("flow %d taken: %v", i, ok)
+		}
+	}
+	if tcpOpen, _, tcpTotal, _ := ft.counts(); tcpOpen != 2 || tcpTotal != 3 {
+		t.Errorf("counts: %d open, %d in all", tcpOpen, tcpTotal)
+	}
+	ft.reset()
+	if ft.len() != 0 {
+		t.Error("reset kept flows")
+	}
+}
