@@ -63,7 +63,7 @@ func wgNodePort(t *testing.T) int32 {
 
 // TestWireGuardPathCarriesConnections: on connect the laptop finds the
 // manager's WireGuard port through its NodePort, and connections by name
-// and address, TCP and UDP, take it instead of the API server: the
+// and address take it instead of the API server: the
 // manager's port-forward carries none of them.
 func TestWireGuardPathCarriesConnections(t *testing.T) {
 	installManager(t)

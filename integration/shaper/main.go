@@ -1,9 +1,8 @@
 // Command shaper is the lab's wide-area link: it holds every packet the
 // kernel hands it on an NFQUEUE for a fixed delay, then lets it go, in
 // order. `lab shape` starts it in a laptop's namespace behind iptables
-// rules that queue what the laptop sends and receives (random loss and a
-// rate come from iptables' statistic match and a tbf qdisc); this machine's
-// kernel has no netem.
+// rules that queue what the laptop sends and receives (random loss comes
+// from iptables' statistic match); this machine's kernel has no netem.
 //
 // It speaks nfnetlink_queue itself (mdlayher/netlink carries the messages):
 // packets are queued with their metadata only, and a verdict on the
