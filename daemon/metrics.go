@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"tunnel.dev/tunnel/dns"
+	"tunnel.dev/tunnel/internal/gometrics"
 	"tunnel.dev/tunnel/tun/netstack"
 	"tunnel.dev/tunnel/wgpath"
 )
@@ -182,7 +183,7 @@ func boolFloat(b bool) float64 {
 func metricsHandler(read func() metricsSnapshot, more ...prometheus.Collector) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
-		collectors.NewGoCollector(),
+		gometrics.Collector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		newCollector(read),
 	)

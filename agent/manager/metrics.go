@@ -3,6 +3,8 @@ package manager
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"tunnel.dev/tunnel/internal/gometrics"
 )
 
 // metrics are the manager's Prometheus series, on a registry of its own so
@@ -70,7 +72,7 @@ func newMetrics() *metrics {
 		}, []string{"session", "reason"}),
 	}
 	m.reg.MustRegister(
-		collectors.NewGoCollector(),
+		gometrics.Collector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.sessionsActive, m.sessionsTotal, m.streams, m.bytes, m.dialErrors,
 		m.dnsQueries, m.dnsLatency, m.udpFlowsActive, m.refused,

@@ -3,6 +3,8 @@ package sidecar
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"tunnel.dev/tunnel/internal/gometrics"
 )
 
 // metrics are the sidecar's Prometheus series, per intercept.
@@ -36,7 +38,7 @@ func newMetrics() *metrics {
 			Help: "Connections opened to laptops, by path: direct (a spare the laptop port-forwarded to this pod) or manager.",
 		}, []string{"intercept", "path"}),
 	}
-	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	m.reg.MustRegister(gometrics.Collector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.requests, m.bytes, m.fallbacks, m.laptopConns)
 	return m
 }
