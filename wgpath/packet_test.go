@@ -136,3 +136,44 @@ func TestFlows(t *testing.T) {
 		t.Error("reset kept flows")
 	}
 }
+
+// tcp6 builds an IPv6 TCP segment with a correct checksum.
+func tcp6(src, dst netip.AddrPort, payload []byte) []byte {
+	b := make([]byte, 60+len(payload))
+	b[0], b[6], b[7] = 0x60, protoTCP, 64
+	binary.BigEndian.PutUint16(b[4:6], uint16(20+len(payload)))
+	s, d := src.Addr().As16(), dst.Addr().As16()
+	copy(b[8:24], s[:])
+	copy(b[24:40], d[:])
+	t := b[40:]
+	binary.BigEndian.PutUint16(t[0:2], src.Port())
+	binary.BigEndian.PutUint16(t[2:4], dst.Port())
+	t[12], t[13] = 5<<4, tcpACK
+	copy(t[20:], payload)
+	binary.BigEndian.PutUint16(t[16:18], checksum(t, pseudo6(b)))
+	return b
+}
+
+func pseudo6(b []byte) uint32 {
+	var sum uint32
+	for i := 8; i < 40; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	return sum + protoTCP + uint32(len(b)-40)
+}
+
+func TestRewriteKeepsChecksumsIPv6(t *testing.T) {
+	b := tcp6(netip.MustParseAddrPort("[fd00:210::2]:40000"), netip.MustParseAddrPort("[fd00:96::10]:80"), []byte("an odd payload"))
+	if checksum(b[40:], pseudo6(b)) != 0 {
+		t.Fatal("the test packet is wrong")
+	}
+	p, ok := parse(b)
+	if !ok {
+		t.Fatal("an IPv6 TCP segment did not parse")
+	}
+	p.setSrc(netip.MustParseAddr("fd74:756e:6e65:6c00::9"))
+	p.setDst(netip.MustParseAddr("fd00:244::7"))
+	if checksum(b[40:], pseudo6(b)) != 0 {
+		t.Error("the TCP checksum broke on rewriting IPv6 addresses")
+	}
+}

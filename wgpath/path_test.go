@@ -71,7 +71,7 @@ type laptop struct {
 }
 
 func newLaptop(t testing.TB, target string) *laptop {
-	dev, n, err := wgnet.CreateNetTUN([]netip.Addr{netip.MustParseAddr("10.210.0.2")}, nil, 65520)
+	dev, n, err := wgnet.CreateNetTUN([]netip.Addr{netip.MustParseAddr("10.210.0.2"), netip.MustParseAddr("fd00:210::2")}, nil, 65520)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,5 +317,45 @@ func BenchmarkDownload(b *testing.B) {
 		if _, err := io.ReadFull(conn, buf); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestPathIPv6 carries a connection to an IPv6 Service address over
+// WireGuard: the session's IPv6 tunnel address is its source at the
+// server, and the echo comes back whole.
+func TestPathIPv6(t *testing.T) {
+	target := echoServer(t)
+	cluster := &recorder{target: target}
+	srv, err := NewServer(slog.Default(), 0, cluster, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	l := newLaptop(t, target)
+	priv, _ := NewPrivateKey()
+	a4, a6, err := srv.Add(priv.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := l.split.NewClient(slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ep := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(srv.Port()))
+	go c.Run(ctx, Offer{ServerKey: srv.PublicKey(), Endpoints: []netip.AddrPort{ep}, Addr4: a4, Addr6: a6, Server4: Server4}, priv)
+	waitFor(t, "the path up", 5*time.Second, func() bool { return c.Status().Up })
+	conn, err := l.net.DialContextTCPAddrPort(ctx, netip.MustParseAddrPort("[fd00:96::10]:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := roundTrip(t, conn, 1<<20); err != nil {
+		t.Fatalf("over WireGuard, IPv6: %v", err)
+	}
+	if cluster.count() != 1 || cluster.srcs[0].Addr() != a6 || l.stream.count() != 0 {
+		t.Fatalf("the server saw %v (want one from %s), the port-forward %d dials", cluster.srcs, a6, l.stream.count())
 	}
 }
