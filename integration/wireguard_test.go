@@ -176,3 +176,41 @@ func laptopStreams(t *testing.T, l *laptop) float64 {
 	}
 	return metricValue(out, `tunnel_daemon_flows_total{proto="tcp"}`) - metricValue(out, `tunnel_daemon_wireguard_flows_total{proto="tcp"}`)
 }
+
+// TestWireGuardEndpointFromTheUser: --wireguard-endpoint replaces the
+// addresses the manager names. A wrong one leaves the laptop on the
+// port-forward, saying which address got no answer; the right one carries
+// connections.
+func TestWireGuardEndpointFromTheUser(t *testing.T) {
+	installManager(t)
+	ns := h.Namespace(t)
+	h.DeployEcho(t, ns, "echo", 1)
+	l := newLaptop(t, "wgendpoint", "admin")
+	curl := func() {
+		t.Helper()
+		if out, err := l.sh(fmt.Sprintf("curl -sS --max-time 5 http://echo.%s/", ns)); err != nil || !strings.Contains(out, "pod=echo-") {
+			t.Fatalf("curl: %v\n%s", err, out)
+		}
+	}
+	l.must("connect", "-n", ns, "--wireguard-endpoint", "10.209.0.1:9")
+	start := time.Now()
+	for p := l.path(); !strings.Contains(p.Why, "no answer over UDP from 10.209.0.1:9"); p = l.path() {
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("with a wrong endpoint the path says %+v", p)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	curl()
+	l.must("quit")
+
+	right := fmt.Sprintf("10.209.0.1:%d", wgNodePort(t))
+	l.must("connect", "-n", ns, "--wireguard-endpoint", right)
+	l.waitPath("wireguard", 5*time.Second)
+	if p := l.path(); p.Endpoint != right {
+		t.Errorf("the path's endpoint %q, want %s", p.Endpoint, right)
+	}
+	curl()
+	if out, err := l.run("connect", "-n", ns, "--wireguard-endpoint", "no-port"); err == nil || !strings.Contains(out, "want HOST:PORT") {
+		t.Errorf("--wireguard-endpoint no-port: %v\n%s", err, out)
+	}
+}
