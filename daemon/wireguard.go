@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -170,17 +169,9 @@ func appendKeyLog(path string, priv wgpath.Key, o wgpath.Offer) error {
 		return err
 	}
 	defer f.Close()
-	_, err = fmt.Fprintf(f, "# session address %s, manager %s at %s\nLOCAL_STATIC_PRIVATE_KEY = %s\nREMOTE_STATIC_PUBLIC_KEY = %s\n",
-		o.Addr4, o.Server4, joinEndpoints(o.Endpoints), base64.StdEncoding.EncodeToString(priv[:]), base64.StdEncoding.EncodeToString(o.ServerKey[:]))
+	_, err = fmt.Fprintf(f, "# session address %s, manager %s at %v\nLOCAL_STATIC_PRIVATE_KEY = %s\nREMOTE_STATIC_PUBLIC_KEY = %s\n",
+		o.Addr4, o.Server4, o.Endpoints, base64.StdEncoding.EncodeToString(priv[:]), base64.StdEncoding.EncodeToString(o.ServerKey[:]))
 	return err
-}
-
-func joinEndpoints(eps []netip.AddrPort) string {
-	s := make([]string, len(eps))
-	for i, ep := range eps {
-		s[i] = ep.String()
-	}
-	return strings.Join(s, " ")
 }
 
 func resolveEndpoint(ctx context.Context, hostport string) (netip.AddrPort, error) {

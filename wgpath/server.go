@@ -121,9 +121,6 @@ func (s *Server) Port() int {
 	return 0
 }
 
-// Stats are the userspace stack's counters.
-func (s *Server) Stats() netstack.Stats { return s.stack.Stats() }
-
 // Add admits a session's key and gives it its tunnel addresses: packets
 // from the key are accepted only from those.
 func (s *Server) Add(pub Key) (addr4, addr6 netip.Addr, err error) {

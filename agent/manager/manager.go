@@ -217,6 +217,19 @@ func (t *streamSlots) give(s *session) {
 	}
 }
 
+// openStream reserves one of s's stream slots, for a stream of its
+// session or a connection of its WireGuard path; release gives it back,
+// once. Past its share a session gets refusals, counted and logged; the
+// others go on.
+func (m *Manager) openStream(s *session) (release func(), ok bool) {
+	if !m.streamSlots.take(s) {
+		m.metrics.refused.WithLabelValues(sessionKind(s), "limit").Inc()
+		s.badLog.Do(func() { s.log.Warn("refusing streams past the session's limit", "limit", m.cfg.MaxStreams) })
+		return nil, false
+	}
+	return sync.OnceFunc(func() { m.streamSlots.give(s) }), true
+}
+
 // Handler serves /metrics (the manager's own registry) and /healthz.
 func (m *Manager) Handler() http.Handler {
 	mux := http.NewServeMux()

@@ -69,15 +69,11 @@ func (m *Manager) serveSession(ctx context.Context, conn net.Conn, control *stre
 			break
 		}
 		streams++
-		if !m.streamSlots.take(s) {
-			// Past its share a session gets refusals; the others go on.
-			m.metrics.refused.WithLabelValues(sessionKind(s), "limit").Inc()
-			s.badLog.Do(func() { s.log.Warn("refusing streams past the session's limit", "limit", m.cfg.MaxStreams) })
+		release, ok := m.openStream(s)
+		if !ok {
 			st.Close()
 			continue
 		}
-		var once sync.Once
-		release := func() { once.Do(func() { m.streamSlots.give(s) }) }
 		wg.Go(func() { s.serveStream(ctx, st, release) })
 	}
 	cancel() // ends the streams' dials and relays

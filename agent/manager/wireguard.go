@@ -155,11 +155,10 @@ func (d wgDialer) DialStream(ctx context.Context, kind rpc.Kind, src, dst netip.
 		return nil, rpc.StatusUnreachable
 	}
 	defer s.wgPending.Add(-1)
-	if !m.streamSlots.take(s) {
-		m.metrics.refused.WithLabelValues(sessionKind(s), "limit").Inc()
+	release, ok := m.openStream(s)
+	if !ok {
 		return nil, rpc.StatusUnreachable
 	}
-	release := sync.OnceFunc(func() { m.streamSlots.give(s) })
 	h := rpc.Header{Kind: kind, Dst: dst}
 	m.metrics.streams.WithLabelValues(kind.String()).Inc()
 	switch kind {

@@ -267,12 +267,7 @@ func (l *Lab) partition(ctx context.Context, name string, d time.Duration) error
 			return err
 		}
 	}
-	select {
-	case <-time.After(d):
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return sleepCtx(ctx, d)
 }
 
 // udpChain is the iptables chain DropUDP adds in a laptop.
@@ -310,6 +305,7 @@ func (l *Lab) DropUDP(ctx context.Context, name string, on bool) error {
 	return nil
 }
 
+// sleepCtx waits d, or less if ctx ends first.
 func sleepCtx(ctx context.Context, d time.Duration) error {
 	select {
 	case <-time.After(d):
@@ -345,12 +341,7 @@ func (l *Lab) sleepDaemon(ctx context.Context, name string, d time.Duration) err
 			_ = syscall.Kill(pid, syscall.SIGCONT)
 		}
 	}()
-	select {
-	case <-time.After(d):
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return sleepCtx(ctx, d)
 }
 
 // processesIn lists the processes in network namespace netns (as `ip

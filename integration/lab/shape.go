@@ -44,20 +44,32 @@ func (l *Lab) Shape(ctx context.Context, name string, opt ShapeOptions) error {
 		_, err := run(ctx, "ip", append([]string{"netns", "exec", lp.Netns, "iptables", "-w", "-t", "mangle"}, args...)...)
 		return err
 	}
-	// Off first: rules, then the shaper they queue to.
-	_ = ipt("-D", "OUTPUT", "-o", "eth0", "-j", shapeChains[0])
-	_ = ipt("-D", "PREROUTING", "-i", "eth0", "-j", shapeChains[1])
-	for _, c := range shapeChains {
-		_ = ipt("-F", c)
-		_ = ipt("-X", c)
-	}
 	shaper := l.shaper(lp)
-	if err := stop(l.Paths, shaper, 5*time.Second); err != nil {
+	// Off: the rules, then the shaper they queue to. First, and again if
+	// shaping fails half-way, so no laptop is left with half a link.
+	off := func() error {
+		_ = ipt("-D", "OUTPUT", "-o", "eth0", "-j", shapeChains[0])
+		_ = ipt("-D", "PREROUTING", "-i", "eth0", "-j", shapeChains[1])
+		for _, c := range shapeChains {
+			_ = ipt("-F", c)
+			_ = ipt("-X", c)
+		}
+		return stop(l.Paths, shaper, 5*time.Second)
+	}
+	if err := off(); err != nil {
 		return err
 	}
 	if opt.RTT == 0 && opt.Loss == 0 {
 		return nil
 	}
+	if err := l.shapeOn(ctx, shaper, opt, ipt); err != nil {
+		return errors.Join(err, off())
+	}
+	return nil
+}
+
+// shapeOn starts the shaper and adds the rules that feed it.
+func (l *Lab) shapeOn(ctx context.Context, shaper component, opt ShapeOptions, ipt func(...string) error) error {
 	if opt.RTT > 0 {
 		shaper.args = []string{"-queue", "0", "-delay", (opt.RTT / 2).String()}
 		if err := start(ctx, l.Paths, shaper); err != nil {
