@@ -324,3 +324,34 @@ func TestPathIPv6(t *testing.T) {
 		t.Fatalf("the server saw %v (want one from %s), the port-forward %d dials", cluster.srcs, a6, l.stream.count())
 	}
 }
+
+// BenchmarkConnectRoundTrip opens a connection over the path, sends a
+// byte, reads its echo and closes, as a request with a new connection
+// each does: what the path adds to a request's latency.
+func BenchmarkConnectRoundTrip(b *testing.B) {
+	target := echoServer(b)
+	srv, _ := testServer(b, target)
+	l := newLaptop(b, target)
+	c := l.client(b)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	offer, priv := admit(b, srv)
+	go c.Run(ctx, offer, priv)
+	waitFor(b, "the path up", 5*time.Second, func() bool { return c.Status().Up })
+	svc := netip.MustParseAddrPort("10.96.0.10:80")
+	buf := []byte{1}
+	b.ResetTimer()
+	for range b.N {
+		conn, err := l.net.DialContextTCPAddrPort(ctx, svc)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := conn.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(conn, buf); err != nil {
+			b.Fatal(err)
+		}
+		conn.Close()
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"os"
 	"sync"
 
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
 	"tunnel.dev/tunnel/tun"
 
 	wgtun "golang.zx2c4.com/wireguard/tun"
@@ -17,7 +19,7 @@ import (
 // end of the WireGuard path), with no TUN and no copy between them but
 // the one into WireGuard's own buffers. Close the stack after the device.
 func NewDevice(logger *slog.Logger, dialer Dialer, cfg Config) (*Stack, tun.Device, error) {
-	s, err := newStack(logger, dialer, cfg, 0)
+	s, err := newStack(logger, dialer, cfg, 0, true)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -35,21 +37,62 @@ type stackDevice struct {
 	events chan wgtun.Event
 	once   sync.Once
 	mu     sync.Mutex // inject and flush are one writer's
+	cut    cutter     // Read's: a large segment partly out
+}
+
+// cutter holds one large TCP segment while Read hands it out in pieces.
+type cutter struct {
+	buf                    []byte // the segment, whole
+	l4, payload, mss, next int    // where its headers end; how far it is out
+}
+
+// start takes pkt's bytes; false when it is not a TCP packet it can cut.
+func (c *cutter) start(pkt *stack.PacketBuffer, mss int) bool {
+	if cap(c.buf) < pkt.Size() {
+		c.buf = make([]byte, pkt.Size())
+	}
+	c.buf = serialize(pkt, c.buf[:cap(c.buf)], 0)
+	l4, payload, ok := tcpHeaders(c.buf)
+	if !ok || mss <= 0 {
+		c.buf = c.buf[:0]
+		return false
+	}
+	c.l4, c.payload, c.mss, c.next = l4, payload, mss, 0
+	return true
+}
+
+// resume writes what is left of the segment to bufs and returns how many
+// packets it wrote.
+func (c *cutter) resume(bufs [][]byte, sizes []int, offset int) int {
+	if len(c.buf) == 0 {
+		return 0
+	}
+	n, next := segmentTCP(c.buf, c.l4, c.payload, c.mss, c.next, bufs, sizes, offset)
+	c.next = next
+	if next >= len(c.buf)-c.payload || n == 0 {
+		c.buf = c.buf[:0] // all out, or it never will be: TCP resends
+	}
+	return n
 }
 
 // Read gives the stack's outbound packets: it waits for one, then takes
-// whatever else is queued, up to len(bufs).
+// whatever else is queued, up to len(bufs). TCP's large segments come out
+// cut to the MSS; what does not fit in bufs waits for the next Read.
 func (d *stackDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	pkt := d.s.link.ReadContext(d.ctx)
-	if pkt == nil {
-		return 0, os.ErrClosed
+	n := d.cut.resume(bufs, sizes, offset)
+	if n == len(bufs) {
+		return n, nil
 	}
-	n := 0
+	var pkt *stack.PacketBuffer
+	if n == 0 {
+		if pkt = d.s.link.ReadContext(d.ctx); pkt == nil {
+			return 0, os.ErrClosed
+		}
+	} else {
+		pkt = d.s.link.Read()
+	}
 	for pkt != nil {
-		if size := pkt.Size(); offset+size <= len(bufs[n]) {
-			sizes[n] = len(serialize(pkt, bufs[n], offset)) - offset
-			n++
-		} // else larger than the MTU the stack was given: dropped, TCP resends
+		n = d.put(pkt, bufs, sizes, offset, n)
 		pkt.DecRef()
 		if n == len(bufs) {
 			break
@@ -57,6 +100,31 @@ func (d *stackDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) 
 		pkt = d.s.link.Read()
 	}
 	return n, nil
+}
+
+// put writes pkt to bufs from index n on and returns the next free index.
+func (d *stackDevice) put(pkt *stack.PacketBuffer, bufs [][]byte, sizes []int, offset, n int) int {
+	size := pkt.Size()
+	gso := pkt.GSOOptions.NeedsCsum && (pkt.GSOOptions.Type == stack.GSOTCPv4 || pkt.GSOOptions.Type == stack.GSOTCPv6)
+	if size <= d.s.cfg.MTU || !gso {
+		if offset+size > len(bufs[n]) {
+			return n // larger than the buffers: dropped, TCP resends
+		}
+		b := serialize(pkt, bufs[n], offset)[offset:]
+		if gso {
+			l4, _, ok := tcpHeaders(b)
+			if !ok {
+				return n
+			}
+			finishChecksum(b, l4)
+		}
+		sizes[n] = len(b)
+		return n + 1
+	}
+	if !d.cut.start(pkt, int(pkt.GSOOptions.MSS)) {
+		return n
+	}
+	return n + d.cut.resume(bufs[n:], sizes[n:], offset)
 }
 
 // Write hands packets to the stack, GRO merging a connection's segments.

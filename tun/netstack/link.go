@@ -28,7 +28,9 @@ type link struct {
 	gro gro.GRO // used by the read loop only
 }
 
-func newLink(mtu int) *link {
+// With cut, TCP hands the link whole segments of up to 64 KiB to cut to
+// the MSS (the device's Read does, segment.go).
+func newLink(mtu int, cut bool) *link {
 	l := &link{Endpoint: channel.New(linkQueueLen, uint32(mtu), "")}
 	// Packets come from the local kernel, which computed (or, with
 	// offloads, wireguard's tun completed) their checksums: checking them
@@ -36,11 +38,25 @@ func newLink(mtu int) *link {
 	l.LinkEPCapabilities = stack.CapabilityRXChecksumOffload
 	// TCP builds segments of up to 32 KiB and splits them itself, sharing
 	// the payload: far less work per byte than one segment per MSS where
-	// the MTU is small (the WireGuard path's 1420).
+	// the MTU is small. With cut it leaves the split to the device, as to
+	// a NIC with TSO, and does less still.
 	l.SupportedGSOKind = stack.GVisorGSOSupported
+	if cut {
+		l.SupportedGSOKind = stack.HostGSOSupported
+	}
 	l.gro.Init(true)
 	l.gro.Dispatcher = l
 	return l
+}
+
+// GSOMaxSize implements stack.GSOEndpoint: a link that cuts takes the
+// largest IP packet, as Linux's TSO does, so TCP's work per byte halves
+// again; otherwise channel's 32 KiB.
+func (l *link) GSOMaxSize() uint32 {
+	if l.SupportedGSOKind == stack.HostGSOSupported {
+		return maxMTU
+	}
+	return l.Endpoint.GSOMaxSize()
 }
 
 // Attach implements stack.LinkEndpoint; it keeps the NIC so GRO can hand

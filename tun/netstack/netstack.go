@@ -148,7 +148,7 @@ func New(logger *slog.Logger, dev tun.Device, dialer Dialer, cfg Config) (*Stack
 	if err != nil {
 		devMTU = 0
 	}
-	s, err := newStack(logger, dialer, cfg, devMTU)
+	s, err := newStack(logger, dialer, cfg, devMTU, false)
 	if err != nil {
 		return nil, err
 	}
@@ -161,8 +161,9 @@ func New(logger *slog.Logger, dev tun.Device, dialer Dialer, cfg Config) (*Stack
 	return s, nil
 }
 
-// newStack makes a stack without a device: New attaches one, NewDevice is one.
-func newStack(logger *slog.Logger, dialer Dialer, cfg Config, devMTU int) (*Stack, error) {
+// newStack makes a stack without a device: New attaches one, NewDevice is
+// one. cut says whether the stack cuts TCP's large segments itself.
+func newStack(logger *slog.Logger, dialer Dialer, cfg Config, devMTU int, cut bool) (*Stack, error) {
 	cfg, err := cfg.withDefaults(devMTU)
 	if err != nil {
 		return nil, fmt.Errorf("configure netstack: %w", err)
@@ -176,7 +177,7 @@ func newStack(logger *slog.Logger, dialer Dialer, cfg Config, devMTU int) (*Stac
 		dialer:  dialer,
 		cfg:     cfg,
 		ipstack: ipstack,
-		link:    newLink(cfg.MTU),
+		link:    newLink(cfg.MTU, cut),
 		limiter: newLogLimiter(logEvery, time.Now),
 		udpSem:  make(chan struct{}, cfg.MaxInflightDials),
 		flows:   map[closer]struct{}{},
