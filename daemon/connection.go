@@ -238,6 +238,8 @@ func (c *connection) traffic() netstack.Stats {
 	st.TCPActive, st.TCPTotal = st.TCPActive+wg.TCPActive, st.TCPTotal+wg.TCPTotal
 	st.UDPActive, st.UDPTotal = st.UDPActive+wg.UDPActive, st.UDPTotal+wg.UDPTotal
 	st.BytesSent, st.BytesReceived = st.BytesSent+wg.BytesSent, st.BytesReceived+wg.BytesRecvd
+	failed, refused := c.wgPath.dialErrors()
+	st.DialErrors, st.DialsRefused = st.DialErrors+failed, st.DialsRefused+refused
 	return st
 }
 

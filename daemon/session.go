@@ -84,8 +84,9 @@ type session struct {
 	unverifiedTries int    // reconnects in a row that came back unverified
 	pathDied        func() // the way to the API server went: drop its connections
 	// onSession runs for each live session (the first and every
-	// reconnect) until its context ends with the session.
-	onSession func(context.Context, managerpb.ManagerClient)
+	// reconnect) until its context ends with the session; it is given
+	// how to serve a connection the manager opens.
+	onSession func(context.Context, managerpb.ManagerClient, func(net.Conn))
 }
 
 func newSession(logger *slog.Logger, rc *rest.Config, cs kubernetes.Interface, ns string, onCluster func(*managerpb.ClusterInfo)) *session {
@@ -259,7 +260,9 @@ func (s *session) run(ctx context.Context) {
 			sctx, cancel := context.WithCancel(ctx)
 			var running sync.WaitGroup
 			if s.onSession != nil {
-				running.Go(func() { s.onSession(sctx, ctl) })
+				running.Go(func() {
+					s.onSession(sctx, ctl, func(c net.Conn) { s.fromManager(context.WithoutCancel(ctx), c) })
+				})
 			}
 			endSession := func() { cancel(); running.Wait() }
 			select {
@@ -377,17 +380,21 @@ func (s *session) accept(ctx context.Context, mux *yamux.Session) {
 		if err != nil {
 			return
 		}
-		go func() {
-			_ = st.SetReadDeadline(time.Now().Add(10 * time.Second))
-			h, err := rpc.ReadHeader(st)
-			_ = st.SetReadDeadline(time.Time{})
-			if err != nil || h.Kind != rpc.KindIntercept {
-				st.Close()
-				return
-			}
-			s.icpt.serve(ctx, st, h)
-		}()
+		go s.fromManager(ctx, st)
 	}
+}
+
+// fromManager serves one connection the manager opened, over the session
+// or over the WireGuard path: a header, then an intercepted connection.
+func (s *session) fromManager(ctx context.Context, st net.Conn) {
+	_ = st.SetReadDeadline(time.Now().Add(10 * time.Second))
+	h, err := rpc.ReadHeader(st)
+	_ = st.SetReadDeadline(time.Time{})
+	if err != nil || h.Kind != rpc.KindIntercept {
+		st.Close()
+		return
+	}
+	s.icpt.serve(ctx, st, h)
 }
 
 // halfCloser lets the netstack half-close a stream: a yamux Close sends FIN

@@ -44,8 +44,9 @@ type wireGuardPath struct {
 // path the manager could not give (its load balancer had no address yet).
 const retryOffer = 30 * time.Second
 
-// run gives one session its WireGuard path until ctx ends with the session.
-func (w *wireGuardPath) run(ctx context.Context, ctl managerpb.ManagerClient) {
+// run gives one session its WireGuard path until ctx ends with the
+// session; the connections the manager opens over it go to handle.
+func (w *wireGuardPath) run(ctx context.Context, ctl managerpb.ManagerClient, handle func(net.Conn)) {
 	if w.off {
 		w.set(false, "the WireGuard path is turned off (connect --wireguard=false)")
 		return
@@ -53,7 +54,7 @@ func (w *wireGuardPath) run(ctx context.Context, ctl managerpb.ManagerClient) {
 	for {
 		offer, priv, retry, err := w.ask(ctx, ctl)
 		if err == nil {
-			err = w.serve(ctx, offer, priv)
+			err = w.serve(ctx, offer, priv, handle)
 			if err == nil {
 				w.set(false, "the session is reconnecting")
 				return
@@ -93,7 +94,7 @@ func (w *wireGuardPath) ask(ctx context.Context, ctl managerpb.ManagerClient) (w
 
 // serve runs the session's part of the path on the connection's device,
 // made at the first session, until ctx ends.
-func (w *wireGuardPath) serve(ctx context.Context, offer wgpath.Offer, priv wgpath.Key) error {
+func (w *wireGuardPath) serve(ctx context.Context, offer wgpath.Offer, priv wgpath.Key, handle func(net.Conn)) error {
 	w.mu.Lock()
 	c := w.client
 	w.mu.Unlock()
@@ -117,7 +118,7 @@ func (w *wireGuardPath) serve(ctx context.Context, offer wgpath.Offer, priv wgpa
 		}
 	}
 	w.set(true, "")
-	return c.Run(ctx, offer, priv)
+	return c.Run(ctx, offer, priv, handle)
 }
 
 // close ends the connection's device.
@@ -220,6 +221,21 @@ func (w *wireGuardPath) status() *daemonpb.DataPath {
 		p.Since = since.UTC().Format(time.RFC3339)
 	}
 	return p
+}
+
+// dialErrors are the dials the manager failed over the path, and of them
+// those it refused.
+func (w *wireGuardPath) dialErrors() (failed, refused uint64) {
+	if w == nil {
+		return 0, 0
+	}
+	w.mu.Lock()
+	c := w.client
+	w.mu.Unlock()
+	if c == nil {
+		return 0, 0
+	}
+	return c.DialErrors()
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {

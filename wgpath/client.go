@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -61,8 +62,24 @@ type Client struct {
 	seq   atomic.Uint32
 
 	lastReply atomic.Int64 // unix nanoseconds of the last probe answer
-	mu        sync.Mutex   // guards status
+	mu        sync.Mutex   // guards following
 	status    Status
+	// Dial errors the manager reported for the path, of the sessions
+	// before this one and of this one so far.
+	pastFailed, pastRefused uint64
+	curFailed, curRefused   uint64
+}
+
+// probeLen is a probe's payload: the session's token and a number. The
+// answer adds the session's failed and refused dials, 8 bytes each.
+const probeLen = 12
+
+// DialErrors are the dials the manager failed over the path since the
+// client started, and of them those its rules refused.
+func (c *Client) DialErrors() (failed, refused uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pastFailed + c.curFailed, c.pastRefused + c.curRefused
 }
 
 // clientSession is what one session gave the path.
@@ -76,17 +93,22 @@ type clientSession struct {
 func (s *Split) NewClient(log *slog.Logger) (*Client, error) {
 	c := &Client{log: log.With("subsystem", "wireguard"), split: s}
 	c.end = newWGEnd(s, MTU, c.isReply)
+	in, err := newInbound(c.log.With("path", "inbound"), c.end)
+	if err != nil {
+		return nil, err
+	}
+	c.end.in = in
 	c.dev = device.NewDevice(c.end, conn.NewDefaultBind(), wgLogger(c.log))
 	if err := c.forget(); err != nil {
-		c.dev.Close()
+		c.close()
 		return nil, err
 	}
 	if err := c.dev.IpcSet("listen_port=0\n"); err != nil {
-		c.dev.Close()
+		c.close()
 		return nil, fmt.Errorf("configure WireGuard: %w", err)
 	}
 	if err := c.dev.Up(); err != nil {
-		c.dev.Close()
+		c.close()
 		return nil, fmt.Errorf("start WireGuard: %w", err)
 	}
 	s.attach(c.end)
@@ -110,7 +132,12 @@ func (c *Client) forget() error {
 // the port-forward path.
 func (c *Client) Close() {
 	c.split.close(c.end)
+	c.close()
+}
+
+func (c *Client) close() {
 	c.dev.Close() // closes c.end, which detaches it
+	c.end.in.close()
 }
 
 // Status is the path's state now.
@@ -135,7 +162,9 @@ func (c *Client) setStatus(up bool, ep netip.AddrPort, why string) {
 // path at the first answer, keeps probing once a second, closes the path
 // after 3 s without an answer and tries again every 5 s. When ctx ends the
 // path closes (its connections reset) and the device forgets the session.
-func (c *Client) Run(ctx context.Context, offer Offer, priv Key) error {
+// The connections the manager opens to the laptop over the path go to
+// handle (nil: refused), which owns them.
+func (c *Client) Run(ctx context.Context, offer Offer, priv Key, handle func(net.Conn)) error {
 	if !offer.Addr4.Is4() || !offer.Server4.Is4() || len(offer.Endpoints) == 0 {
 		return fmt.Errorf("the manager's WireGuard offer is incomplete: address %v, server %v, %d endpoints",
 			offer.Addr4, offer.Server4, len(offer.Endpoints))
@@ -156,11 +185,22 @@ func (c *Client) Run(ctx context.Context, offer Offer, priv Key) error {
 		c.split.close(c.end)
 		c.end.setAddrs(netip.Addr{}, netip.Addr{})
 		c.sess.Store(nil)
+		c.mu.Lock()
+		c.pastFailed, c.pastRefused = c.pastFailed+c.curFailed, c.pastRefused+c.curRefused
+		c.curFailed, c.curRefused = 0, 0
+		c.mu.Unlock()
 		if err := c.forget(); err != nil {
 			c.log.Warn("forget the session's WireGuard key", "err", err)
 		}
 	}()
 	c.setStatus(false, offer.Endpoints[0], "deciding: probing the manager over UDP")
+	if handle != nil {
+		go func() {
+			if err := c.end.in.serve(ctx, offer.Addr4, handle); err != nil {
+				c.log.Warn("the manager cannot open connections over WireGuard", "err", err)
+			}
+		}()
+	}
 
 	budget := max(decideBudget/time.Duration(len(offer.Endpoints)), 500*time.Millisecond)
 	for first := true; ctx.Err() == nil; first = false {
@@ -252,7 +292,7 @@ func (c *Client) setPeer(sess *clientSession, ep netip.AddrPort) error {
 
 // probe sends one datagram to the manager's echo port inside the tunnel.
 func (c *Client) probe(sess *clientSession) {
-	var payload [12]byte
+	var payload [probeLen]byte
 	copy(payload[:8], sess.token[:])
 	binary.BigEndian.PutUint32(payload[8:], c.seq.Add(1))
 	c.end.sendProbe(udp4(netip.AddrPortFrom(sess.offer.Addr4, ProbePort), netip.AddrPortFrom(sess.offer.Server4, ProbePort), payload[:]))
@@ -269,8 +309,19 @@ func (c *Client) isReply(b []byte) bool {
 	if !ok || p.proto != protoUDP || p.src != sess.offer.Server4 || p.sport != ProbePort || p.dport != ProbePort {
 		return false
 	}
-	if data := p.b[p.l4+8:]; len(data) >= 8 && bytes.Equal(data[:8], sess.token[:]) {
-		c.lastReply.Store(time.Now().UnixNano())
+	data := p.b[p.l4+8:]
+	if len(data) < probeLen || !bytes.Equal(data[:8], sess.token[:]) {
+		return true
+	}
+	c.lastReply.Store(time.Now().UnixNano())
+	if len(data) >= probeLen+16 {
+		failed := binary.BigEndian.Uint64(data[probeLen:])
+		refused := binary.BigEndian.Uint64(data[probeLen+8:])
+		c.mu.Lock()
+		if c.sess.Load() == sess { // answers can cross a session's end
+			c.curFailed, c.curRefused = max(c.curFailed, failed), max(c.curRefused, refused)
+		}
+		c.mu.Unlock()
 	}
 	return true
 }

@@ -167,7 +167,7 @@ func TestPath(t *testing.T) {
 	offer, priv := admit(t, srv)
 	a4, ep := offer.Addr4, offer.Endpoints[0]
 	c := l.client(t)
-	go c.Run(ctx, offer, priv)
+	go c.Run(ctx, offer, priv, nil)
 	waitFor(t, "the path up", 5*time.Second, func() bool { return c.Status().Up })
 
 	over, err := l.net.DialContextTCPAddrPort(ctx, svc)
@@ -209,7 +209,7 @@ func TestPath(t *testing.T) {
 	b4 := offer2.Addr4
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	defer cancel2()
-	go c.Run(ctx2, offer2, priv2)
+	go c.Run(ctx2, offer2, priv2, nil)
 	waitFor(t, "the second session's path up", 5*time.Second, func() bool { return c.Status().Up })
 	again, err := l.net.DialContextTCPAddrPort(ctx2, svc)
 	if err != nil {
@@ -247,7 +247,7 @@ func TestUnknownKeyGetsNoAnswer(t *testing.T) {
 			o := offer
 			o.Addr4 = tc.addr
 			done := make(chan struct{})
-			go func() { c.Run(ctx, o, tc.priv); close(done) }()
+			go func() { c.Run(ctx, o, tc.priv, nil); close(done) }()
 			defer func() { cancel(); <-done }()
 			if tc.up {
 				waitFor(t, "the path up", 5*time.Second, func() bool { return c.Status().Up })
@@ -281,7 +281,7 @@ func BenchmarkDownload(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	offer, priv := admit(b, srv)
-	go c.Run(ctx, offer, priv)
+	go c.Run(ctx, offer, priv, nil)
 	waitFor(b, "the path up", 5*time.Second, func() bool { return c.Status().Up })
 	conn, err := l.net.DialContextTCPAddrPort(ctx, netip.MustParseAddrPort("10.96.0.10:80"))
 	if err != nil {
@@ -310,7 +310,7 @@ func TestPathIPv6(t *testing.T) {
 	defer cancel()
 	offer, priv := admit(t, srv)
 	a6 := offer.Addr6
-	go c.Run(ctx, offer, priv)
+	go c.Run(ctx, offer, priv, nil)
 	waitFor(t, "the path up", 5*time.Second, func() bool { return c.Status().Up })
 	conn, err := l.net.DialContextTCPAddrPort(ctx, netip.MustParseAddrPort("[fd00:96::10]:80"))
 	if err != nil {
@@ -336,7 +336,7 @@ func BenchmarkConnectRoundTrip(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	offer, priv := admit(b, srv)
-	go c.Run(ctx, offer, priv)
+	go c.Run(ctx, offer, priv, nil)
 	waitFor(b, "the path up", 5*time.Second, func() bool { return c.Status().Up })
 	svc := netip.MustParseAddrPort("10.96.0.10:80")
 	buf := []byte{1}
@@ -353,5 +353,80 @@ func BenchmarkConnectRoundTrip(b *testing.B) {
 			b.Fatal(err)
 		}
 		conn.Close()
+	}
+}
+
+// TestServerOpensToLaptop: the manager's end opens a connection to the
+// session's laptop over the path once the laptop's probes show it live;
+// the laptop's handler gets it and the bytes go both ways. Another port
+// of the laptop's tunnel address gets nothing, and after the session's
+// end the laptop is no longer live.
+func TestServerOpensToLaptop(t *testing.T) {
+	target := echoServer(t)
+	srv, _ := testServer(t, target)
+	l := newLaptop(t, target)
+	c := l.client(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	offer, priv := admit(t, srv)
+	if srv.Live(offer.Addr4) {
+		t.Fatal("live before any probe")
+	}
+	done := make(chan struct{})
+	go func() {
+		c.Run(ctx, offer, priv, func(conn net.Conn) { io.Copy(conn, conn); conn.Close() })
+		close(done)
+	}()
+	waitFor(t, "the laptop live at the server", 5*time.Second, func() bool { return srv.Live(offer.Addr4) })
+	conn, err := srv.DialLaptop(ctx, offer.Addr4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := roundTrip(t, conn, 2<<20); err != nil {
+		t.Fatalf("to the laptop over WireGuard: %v", err)
+	}
+	if l.stream.count() != 0 {
+		t.Fatalf("the laptop's port-forward dialed %d times", l.stream.count())
+	}
+	// Only the intercept port is let through to the laptop's stack: a
+	// SYN to another goes unanswered.
+	dctx, dcancel := context.WithTimeout(ctx, time.Second)
+	defer dcancel()
+	other, err := srv.stack.DialTCP(dctx, Server4, netip.AddrPortFrom(offer.Addr4, 22))
+	if err == nil {
+		other.Close()
+		t.Fatal("another port of the laptop's tunnel address answered")
+	}
+	cancel()
+	<-done
+	srv.Remove(priv.Public())
+	if srv.Live(offer.Addr4) {
+		t.Fatal("live after the session's end")
+	}
+}
+
+// TestProbeAnswersCarryDialErrors: the counts the server reports for a
+// session reach the laptop's client with the next probe's answer.
+func TestProbeAnswersCarryDialErrors(t *testing.T) {
+	target := echoServer(t)
+	srv, _ := testServer(t, target)
+	offer, priv := admit(t, srv)
+	srv.ReportDialErrors(func(a netip.Addr) (uint64, uint64) {
+		if a != offer.Addr4 {
+			return 0, 0
+		}
+		return 5, 3
+	})
+	c := newLaptop(t, target).client(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Run(ctx, offer, priv, nil); close(done) }()
+	waitFor(t, "the counts at the laptop", 5*time.Second, func() bool { f, r := c.DialErrors(); return f == 5 && r == 3 })
+	cancel()
+	<-done
+	// A session's counts stay counted after it.
+	if f, r := c.DialErrors(); f != 5 || r != 3 {
+		t.Fatalf("after the session: %d failed, %d refused", f, r)
 	}
 }

@@ -1,6 +1,8 @@
 package wgpath
 
 import (
+	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
@@ -28,6 +31,13 @@ var (
 	Server4    = netip.MustParseAddr("198.19.0.1")
 )
 
+// TunnelAddr says whether a is one of the tunnel's own addresses, which
+// never leave it.
+func TunnelAddr(a netip.Addr) bool {
+	a = a.Unmap()
+	return tunnelNet4.Contains(a) || tunnelNet6.Contains(a)
+}
+
 // Server is the manager's end of the WireGuard path: a userspace
 // WireGuard device on a UDP port, whose packets a userspace stack
 // terminates and dials into the cluster through dialer, which knows the
@@ -46,6 +56,18 @@ type Server struct {
 	peers map[Key]int
 	used  map[int]Key
 	next  int
+	heard map[netip.Addr]time.Time // a session's last probe, by its tunnel address
+
+	// dialErrors, when set, counts a session's failed dials by its tunnel
+	// address: the answer to each probe carries them, so the laptop's
+	// status counts what the manager refused it over this path too.
+	dialErrors atomic.Pointer[func(netip.Addr) (failed, refused uint64)]
+}
+
+// ReportDialErrors makes every probe's answer carry the session's counts
+// of failed dials (of which refused by the manager's rules) from f.
+func (s *Server) ReportDialErrors(f func(netip.Addr) (failed, refused uint64)) {
+	s.dialErrors.Store(&f)
 }
 
 // Each connection's buffers on the manager. Receive: what a laptop may
@@ -85,7 +107,7 @@ func NewServer(base *slog.Logger, port int, dialer netstack.Dialer, maxPending i
 		return nil, err
 	}
 	s := &Server{log: log, stack: st, pipe: stackDev, pub: priv.Public(),
-		peers: map[Key]int{}, used: map[int]Key{}, next: 2}
+		peers: map[Key]int{}, used: map[int]Key{}, next: 2, heard: map[netip.Addr]time.Time{}}
 	if s.echo, err = st.ListenPacket(netip.AddrPortFrom(Server4, ProbePort)); err != nil {
 		s.closeStack()
 		return nil, err
@@ -163,6 +185,8 @@ func (s *Server) Remove(pub Key) {
 	}
 	delete(s.peers, pub)
 	delete(s.used, i)
+	a4, _ := peerAddrs(i)
+	delete(s.heard, a4)
 }
 
 // Peers is how many sessions are admitted.
@@ -181,7 +205,8 @@ func peerAddrs(i int) (netip.Addr, netip.Addr) {
 	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}), netip.AddrFrom16(b6)
 }
 
-// serveEcho answers the laptops' probes with what they sent.
+// serveEcho answers the laptops' probes with what they sent, followed by
+// the session's dial errors, and notes when it heard each session.
 func (s *Server) serveEcho() {
 	buf := make([]byte, 64)
 	for {
@@ -189,8 +214,54 @@ func (s *Server) serveEcho() {
 		if err != nil {
 			return
 		}
-		s.echo.WriteTo(buf[:n], from)
+		if n != probeLen {
+			continue
+		}
+		var a netip.Addr
+		if ua, ok := from.(*net.UDPAddr); ok {
+			a, _ = netip.AddrFromSlice(ua.IP)
+			a = a.Unmap()
+		}
+		var failed, refused uint64
+		if f := s.dialErrors.Load(); f != nil && a.IsValid() {
+			failed, refused = (*f)(a)
+		}
+		binary.BigEndian.PutUint64(buf[n:], failed)
+		binary.BigEndian.PutUint64(buf[n+8:], refused)
+		s.echo.WriteTo(buf[:n+16], from)
+		s.mu.Lock()
+		if s.addrUsed(a) {
+			s.heard[a] = time.Now()
+		}
+		s.mu.Unlock()
 	}
+}
+
+// addrUsed says whether a is an admitted session's IPv4 tunnel address.
+func (s *Server) addrUsed(a netip.Addr) bool {
+	if !a.Is4() || !tunnelNet4.Contains(a) {
+		return false
+	}
+	b := a.As4()
+	i := int(b[2])<<8 | int(b[3])
+	a4, _ := peerAddrs(i)
+	return a4 == a && s.used[i] != (Key{})
+}
+
+// Live says whether the session at tunnel address a probed the path
+// within the time a laptop takes to call it down: the manager may then
+// open connections to it over WireGuard.
+func (s *Server) Live(a netip.Addr) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.heard[a]
+	return ok && time.Since(t) < deadAfter
+}
+
+// DialLaptop opens a connection to the intercept port of the session at
+// tunnel address a, over WireGuard.
+func (s *Server) DialLaptop(ctx context.Context, a netip.Addr) (net.Conn, error) {
+	return s.stack.DialTCP(ctx, Server4, netip.AddrPortFrom(a, InterceptPort))
 }
 
 // Close stops the device and the stack; every flow ends.

@@ -189,6 +189,7 @@ type wgEnd struct {
 	// reply is called for each packet from the cluster before it is
 	// delivered; true means it was the path's own (a probe's answer).
 	reply func(b []byte) bool
+	in    *inbound // the connections the manager opens; nil: none
 }
 
 // endQueue is how many packets wait for WireGuard's encryption.
@@ -272,7 +273,7 @@ func (w *wgEnd) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 // with the laptop's own address put back; packets of no flow are dropped.
 func (w *wgEnd) Write(bufs [][]byte, offset int) (int, error) {
 	now := w.s.now()
-	out := bufs[:0:0]
+	out, in := bufs[:0:0], bufs[:0:0]
 	for _, buf := range bufs {
 		b := buf[offset:]
 		if w.reply != nil && w.reply(b) {
@@ -283,6 +284,10 @@ func (w *wgEnd) Write(bufs [][]byte, offset int) (int, error) {
 		if !ok || addrs == nil || (p.dst != addrs[0] && p.dst != addrs[1]) {
 			continue
 		}
+		if w.in != nil && isInbound(&p) {
+			in = append(in, buf)
+			continue
+		}
 		src, ok := w.s.flows.inbound(&p, now)
 		if !ok {
 			continue
@@ -290,6 +295,9 @@ func (w *wgEnd) Write(bufs [][]byte, offset int) (int, error) {
 		p.setDst(src)
 		w.s.received.Add(uint64(p.payload()))
 		out = append(out, buf)
+	}
+	if len(in) > 0 {
+		w.in.deliver(in, offset)
 	}
 	if len(out) == 0 {
 		return len(bufs), nil

@@ -21,6 +21,7 @@ type metrics struct {
 	dnsLatency     prometheus.Histogram
 	udpFlowsActive prometheus.Gauge
 	refused        *prometheus.CounterVec // by session kind and reason
+	intercepted    *prometheus.CounterVec // by path: wireguard, session
 }
 
 // Directions of the bytes counter, seen from the laptop.
@@ -70,12 +71,16 @@ func newMetrics() *metrics {
 			Namespace: ns, Name: "refused_total",
 			Help: "Calls and streams refused, by session kind (laptop, pod) and reason (method, rate, reach, limit, rights).",
 		}, []string{"session", "reason"}),
+		intercepted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "intercept_streams_total",
+			Help: "Intercepted connections carried to laptops, by path (wireguard, session: the port-forward).",
+		}, []string{"path"}),
 	}
 	m.reg.MustRegister(
 		gometrics.Collector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.sessionsActive, m.sessionsTotal, m.streams, m.bytes, m.dialErrors,
-		m.dnsQueries, m.dnsLatency, m.udpFlowsActive, m.refused,
+		m.dnsQueries, m.dnsLatency, m.udpFlowsActive, m.refused, m.intercepted,
 	)
 	return m
 }

@@ -14,6 +14,7 @@ import (
 	authzv1 "k8s.io/api/authorization/v1"
 
 	"tunnel.dev/tunnel/rpc"
+	"tunnel.dev/tunnel/wgpath"
 )
 
 // AddrKind is what an address in the cluster belongs to.
@@ -92,6 +93,11 @@ func (r *reach) decide(ctx context.Context, s *session, dst netip.Addr) error {
 	}
 	if slices.Contains(r.self, a) {
 		return refuse("the manager's own pod")
+	}
+	if wgpath.TunnelAddr(a) {
+		// Another laptop's end of the path: a way from one developer's
+		// laptop to another's intercept port.
+		return refuse("the WireGuard path's own addresses are never dialed")
 	}
 	var owner AddrOwner
 	var known bool

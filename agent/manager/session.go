@@ -123,6 +123,10 @@ type session struct {
 	// wgPending counts the session's WireGuard connections waiting for
 	// their dial (wgPendingPerSession at most).
 	wgPending atomic.Int32
+	// wgFailed and wgRefused count the dials over WireGuard that failed,
+	// and of them those the reach rule refused: the laptop hears them in
+	// its probes' answers.
+	wgFailed, wgRefused atomic.Uint64
 
 	mu    sync.Mutex // guards following
 	ident Identity   // set by Hello, verified by the API server; zero when not

@@ -141,7 +141,7 @@ func TestReachDecides(t *testing.T) {
 	}
 	now := time.Unix(1000, 0)
 	newReach := func(mode string) *reach {
-		return &reach{mode: mode, book: book, authorize: authz, also: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")},
+		return &reach{mode: mode, book: book, authorize: authz, also: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("198.19.0.0/16")},
 			self: []netip.Addr{netip.MustParseAddr("10.244.0.77")}, access: &accessCache{ttl: 10 * time.Second, max: 100},
 			now: func() time.Time { return now }}
 	}
@@ -176,6 +176,10 @@ func TestReachDecides(t *testing.T) {
 		{rpc.ReachCluster, "10.244.0.9", dev, true, ""},
 		{rpc.ReachCluster, "10.209.0.2", dev, false, "node"},
 		{rpc.ReachCluster, "203.0.113.9", dev, false, "--also-reach"},
+		// Another laptop's end of the WireGuard path, even where an
+		// admin's --also-reach covers it.
+		{rpc.ReachCluster, "198.19.0.3", dev, false, "WireGuard"},
+		{rpc.ReachCluster, "fd74:756e:6e65:6c00::3", dev, false, "WireGuard"},
 	} {
 		err := newReach(tc.mode).decide(context.Background(), tc.s, netip.MustParseAddr(tc.dst))
 		if tc.ok != (err == nil) || (err != nil && (!errors.Is(err, errReach) || !strings.Contains(err.Error(), tc.say))) {

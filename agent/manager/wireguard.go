@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -18,6 +19,7 @@ import (
 
 	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
+	"tunnel.dev/tunnel/tun/netstack"
 	"tunnel.dev/tunnel/wgpath"
 )
 
@@ -31,6 +33,7 @@ type wireGuard struct {
 	mu     sync.Mutex // guards following
 	byAddr map[netip.Addr]*session
 	keys   map[*session]wgpath.Key
+	addr4  map[*session]netip.Addr
 }
 
 // useWireGuard starts the WireGuard path on UDP port; endpoints says where
@@ -40,7 +43,17 @@ func (m *Manager) useWireGuard(port int, endpoints func(context.Context) ([]stri
 	if err != nil {
 		return err
 	}
-	m.wg = &wireGuard{srv: srv, endpoints: endpoints, byAddr: map[netip.Addr]*session{}, keys: map[*session]wgpath.Key{}}
+	m.wg = &wireGuard{srv: srv, endpoints: endpoints, byAddr: map[netip.Addr]*session{}, keys: map[*session]wgpath.Key{},
+		addr4: map[*session]netip.Addr{}}
+	srv.ReportDialErrors(func(a netip.Addr) (failed, refused uint64) {
+		m.wg.mu.Lock()
+		s := m.wg.byAddr[a]
+		m.wg.mu.Unlock()
+		if s == nil {
+			return 0, 0
+		}
+		return s.wgFailed.Load(), s.wgRefused.Load()
+	})
 	pub := srv.PublicKey()
 	m.logger.Info("serving the WireGuard path", "port", srv.Port(), "public_key", base64.StdEncoding.EncodeToString(pub[:]))
 	return nil
@@ -85,7 +98,7 @@ func (m *Manager) admitWireGuard(ctx context.Context, s *session, pub []byte) (*
 		return nil, status.Error(codes.ResourceExhausted, err.Error())
 	}
 	m.wg.mu.Lock()
-	m.wg.byAddr[a4], m.wg.byAddr[a6], m.wg.keys[s] = s, s, key
+	m.wg.byAddr[a4], m.wg.byAddr[a6], m.wg.keys[s], m.wg.addr4[s] = s, s, key, a4
 	m.wg.mu.Unlock()
 	if s.ctx.Err() != nil { // the session ended meanwhile: its drop may have run first
 		m.dropWireGuard(s)
@@ -108,6 +121,7 @@ func (m *Manager) dropWireGuard(s *session) {
 	m.wg.mu.Lock()
 	key, ok := m.wg.keys[s]
 	delete(m.wg.keys, s)
+	delete(m.wg.addr4, s)
 	for a, o := range m.wg.byAddr {
 		if o == s {
 			delete(m.wg.byAddr, a)
@@ -125,10 +139,13 @@ func (m *Manager) closeWireGuard() {
 	}
 }
 
-// Connections of the WireGuard path waiting for their dial: per session,
-// and in all (the stack's own bound).
+// Connections of the WireGuard path waiting for their dial: per session
+// (as many as a laptop's own stack lets wait on the port-forward path, so
+// a thousand connections opened at once all start), and in all (the
+// stack's own bound), so one session holds at most a quarter. Past
+// either, a SYN goes unanswered and the laptop sends it again.
 const (
-	wgPendingPerSession = 128
+	wgPendingPerSession = 1024
 	wgPendingTotal      = 4096
 )
 
@@ -152,11 +169,12 @@ func (d wgDialer) DialStream(ctx context.Context, kind rpc.Kind, src, dst netip.
 	if s.wgPending.Add(1) > wgPendingPerSession {
 		s.wgPending.Add(-1)
 		m.metrics.refused.WithLabelValues(sessionKind(s), "limit").Inc()
-		return nil, rpc.StatusUnreachable
+		return nil, netstack.ErrBusy // the laptop sends the SYN again
 	}
 	defer s.wgPending.Add(-1)
 	release, ok := m.openStream(s)
 	if !ok {
+		s.wgFailed.Add(1)
 		return nil, rpc.StatusUnreachable
 	}
 	h := rpc.Header{Kind: kind, Dst: dst}
@@ -167,6 +185,10 @@ func (d wgDialer) DialStream(ctx context.Context, kind rpc.Kind, src, dst netip.
 		c, st := m.dialStream(ctx, s, log, "tcp", h, m.dialTCP)
 		if st != rpc.StatusOK {
 			release()
+			s.wgFailed.Add(1)
+			if st == rpc.StatusForbidden {
+				s.wgRefused.Add(1)
+			}
 			return nil, st
 		}
 		return endWithSession(s, c, release), nil
@@ -186,6 +208,33 @@ func (d wgDialer) DialStream(ctx context.Context, kind rpc.Kind, src, dst netip.
 	}
 	release()
 	return nil, fmt.Errorf("the WireGuard path carries TCP and UDP, not %s", kind)
+}
+
+// laptopDialTimeout bounds the dial of an intercepted connection to a
+// laptop over WireGuard; past it the session's stream carries it.
+const laptopDialTimeout = time.Second
+
+// laptopOverWireGuard opens a connection to s's laptop over its WireGuard
+// path, when the laptop's probes show the path up; nil otherwise, and the
+// caller takes the session's stream.
+func (m *Manager) laptopOverWireGuard(ctx context.Context, s *session) net.Conn {
+	if m.wg == nil {
+		return nil
+	}
+	m.wg.mu.Lock()
+	a, ok := m.wg.addr4[s]
+	m.wg.mu.Unlock()
+	if !ok || !m.wg.srv.Live(a) {
+		return nil
+	}
+	dctx, cancel := context.WithTimeout(ctx, laptopDialTimeout)
+	defer cancel()
+	c, err := m.wg.srv.DialLaptop(dctx, a)
+	if err != nil {
+		s.log.Debug("open an intercepted connection over WireGuard: the session's stream carries it", "err", err)
+		return nil
+	}
+	return endWithSession(s, c, func() {})
 }
 
 // endWithSession closes c when s ends, and gives back its slot once.

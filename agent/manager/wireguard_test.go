@@ -111,7 +111,7 @@ func TestWireGuardPath(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		c.Run(ctx, wgpath.Offer{ServerKey: serverKey, Addr4: a4, Server4: wgpath.Server4,
-			Endpoints: []netip.AddrPort{netip.MustParseAddrPort(offer.GetEndpoints()[0])}}, priv)
+			Endpoints: []netip.AddrPort{netip.MustParseAddrPort(offer.GetEndpoints()[0])}}, priv, nil)
 		close(done)
 	}()
 	defer func() { cancel(); <-done }()

@@ -21,6 +21,7 @@ type fakeDialer struct {
 	hold        chan struct{}             // if set, dials wait for it to close...
 	holdOnly    netip.AddrPort            // ...only those to this destination, if set
 	noHalfClose bool                      // hide the TCP stream's CloseWrite
+	busy        int                       // the first this many dials answer ErrBusy
 
 	mu        sync.Mutex // guards following
 	dials     []netip.AddrPort
@@ -51,6 +52,13 @@ func (d *fakeDialer) DialStream(ctx context.Context, kind rpc.Kind, src, dst net
 	}
 	if d.refused[dst] {
 		return nil, rpc.StatusRefused
+	}
+	d.mu.Lock()
+	busy := d.busy > 0
+	d.busy--
+	d.mu.Unlock()
+	if busy {
+		return nil, ErrBusy
 	}
 	target, ok := d.routes[dst]
 	switch {

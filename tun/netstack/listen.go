@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -154,4 +155,17 @@ func (s *Stack) release(addr netip.Addr) {
 		fa, _ := fullAddr(netip.AddrPortFrom(addr, 0))
 		s.ipstack.RemoveAddress(nicID, fa.Addr) // fails only once the stack is gone
 	}
+}
+
+// DialTCP opens a TCP connection from the stack's own address src (one a
+// listener holds) to dst, through the device: the manager's way to a
+// laptop's end of the WireGuard path.
+func (s *Stack) DialTCP(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	laddr, _ := fullAddr(netip.AddrPortFrom(src.Unmap(), 0))
+	raddr, proto := fullAddr(netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()))
+	c, err := gonet.DialTCPWithBind(ctx, s.ipstack, laddr, raddr, proto)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", dst, err)
+	}
+	return c, nil
 }

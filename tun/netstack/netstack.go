@@ -42,9 +42,17 @@ import (
 // dials. A TCP stream should implement CloseWrite() error: without it the
 // stack cannot pass on the application's half-close, and keeps the stream
 // open until the cluster side finishes.
+//
+// A dialer that returns ErrBusy has the connection's SYN dropped
+// unanswered, as the stack's own MaxInflightDials does: the application
+// sends it again a second later.
 type Dialer interface {
 	DialStream(ctx context.Context, kind rpc.Kind, src, dst netip.AddrPort) (net.Conn, error)
 }
+
+// ErrBusy is a Dialer's answer when it has too many dials pending to
+// take another now.
+var ErrBusy = errors.New("too many connections waiting for their dial")
 
 // Config tunes a Stack; zero fields take their defaults.
 type Config struct {

@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"sync"
@@ -37,6 +38,13 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 	if err == nil && s.ctx.Err() != nil {
 		stream.Close()
 		err = s.ctx.Err() // closing: no new connections
+	}
+	if errors.Is(err, ErrBusy) {
+		// The dialer's own bound, as gVisor's: the SYN goes unanswered
+		// and the application sends it again.
+		s.stats.droppedDials.Add(1)
+		r.Complete(false)
+		return
 	}
 	if err != nil {
 		s.dialFailed(rpc.KindTCP, src, dst, err)

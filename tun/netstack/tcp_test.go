@@ -239,6 +239,21 @@ func TestTCPStreamErrorResetsClient(t *testing.T) {
 	}
 }
 
+// A dialer that answers ErrBusy has the SYN dropped, not reset: the
+// client's retransmission connects.
+func TestTCPDialerBusyDropsTheSYN(t *testing.T) {
+	d := &fakeDialer{tcp: serveTCP(t, echo), busy: 1}
+	h := newHarness(t, Config{}, d)
+	conn, err := h.client.dialTCP(timeout(t, 10*time.Second), svcV4)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	conn.Close()
+	if st := h.stack.Stats(); st.DroppedDials != 1 || st.DialErrors != 0 || len(d.dialed()) != 2 {
+		t.Errorf("stats %+v after %d dials, want one dropped SYN, no dial error, two dials", st, len(d.dialed()))
+	}
+}
+
 // Past MaxInflightDials, SYNs are dropped (not queued, not refused): the
 // client's retransmission connects once a dial slot frees up.
 func TestTCPInflightDialCap(t *testing.T) {

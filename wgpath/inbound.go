@@ -1,0 +1,108 @@
+package wgpath
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+
+	"tunnel.dev/tunnel/rpc"
+	"tunnel.dev/tunnel/tun"
+	"tunnel.dev/tunnel/tun/netstack"
+)
+
+// InterceptPort is the TCP port of a session's tunnel address where the
+// manager opens the connections it carries to the laptop over WireGuard
+// (intercepted requests, each led by an rpc.Header), instead of streams
+// over the port-forward.
+const InterceptPort = 1
+
+// inbound is the laptop's end of the connections the manager opens: a
+// small userspace stack of its own, whose device is fed the packets from
+// the manager's address to the session's intercept port, and whose
+// answers go back into WireGuard. The laptop's kernel never sees them, and
+// nothing but the manager, inside the tunnel, reaches the stack.
+type inbound struct {
+	log   *slog.Logger
+	stack *netstack.Stack
+	dev   tun.Device
+	done  chan struct{}
+}
+
+// Each inbound connection's buffers: an intercepted request's, as the
+// manager's side of the path has them.
+func newInbound(log *slog.Logger, w *wgEnd) (*inbound, error) {
+	st, dev, err := netstack.NewDevice(log, refuse{}, netstack.Config{MTU: MTU,
+		MaxReceiveBuffer: maxReceiveBuffer, MaxSendBuffer: maxSendBuffer, KeepAlive: keepAlive})
+	if err != nil {
+		return nil, err
+	}
+	in := &inbound{log: log, stack: st, dev: dev, done: make(chan struct{})}
+	go in.toWireGuard(w)
+	return in, nil
+}
+
+// toWireGuard sends the stack's packets into the tunnel.
+func (in *inbound) toWireGuard(w *wgEnd) {
+	defer close(in.done)
+	n := max(in.dev.BatchSize(), 1)
+	bufs := make([][]byte, n)
+	sizes := make([]int, n)
+	for i := range bufs {
+		bufs[i] = make([]byte, MTU)
+	}
+	for {
+		count, err := in.dev.Read(bufs, sizes, 0)
+		for i := range count {
+			w.send(bufs[i][:sizes[i]])
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// deliver hands the stack packets that came over the tunnel.
+func (in *inbound) deliver(bufs [][]byte, offset int) {
+	if _, err := in.dev.Write(bufs, offset); err != nil && !errors.Is(err, net.ErrClosed) {
+		in.log.Debug("deliver to the inbound stack", "err", err)
+	}
+}
+
+// serve accepts the manager's connections to addr's intercept port until
+// ctx ends, each handed to handle, which owns it.
+func (in *inbound) serve(ctx context.Context, addr netip.Addr, handle func(net.Conn)) error {
+	ln, err := in.stack.Listen(netip.AddrPortFrom(addr, InterceptPort))
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return nil
+		}
+		go handle(c)
+	}
+}
+
+func (in *inbound) close() {
+	in.dev.Close()
+	in.stack.Close()
+	<-in.done
+}
+
+// refuse is the inbound stack's dialer: it forwards nothing.
+type refuse struct{}
+
+func (refuse) DialStream(context.Context, rpc.Kind, netip.AddrPort, netip.AddrPort) (net.Conn, error) {
+	return nil, rpc.StatusRefused
+}
+
+// isInbound says whether p is a packet of a connection the manager opened
+// to the laptop.
+func isInbound(p *packet) bool {
+	return p.proto == protoTCP && p.dport == InterceptPort && p.src == Server4
+}
