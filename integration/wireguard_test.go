@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"tunnel.dev/tunnel/agent/manifest"
+	"tunnel.dev/tunnel/integration/lab"
 )
 
 // dataPath is what `tunnel status -o json` says of the path.
@@ -151,6 +152,40 @@ func TestWireGuardFallsBackWhenUDPIsDropped(t *testing.T) {
 	took = l.waitPath("port-forward", 10*time.Second)
 	t.Logf("on the port-forward %s after UDP was dropped", took.Round(10*time.Millisecond))
 	curl("after the WireGuard path went down")
+}
+
+// TestWireGuardLeavesALossyLink: on a link that loses 5% of packets each
+// way, where WireGuard's end-to-end TCP does far worse than the
+// port-forward's, the daemon sees its probes lost and sends new
+// connections over the port-forward, saying why; once the link is clean
+// again, WireGuard takes them again.
+func TestWireGuardLeavesALossyLink(t *testing.T) {
+	installManager(t)
+	ns := h.Namespace(t)
+	h.DeployEcho(t, ns, "echo", 1)
+	l := newLaptop(t, "wglossy", "admin")
+	ctx := context.Background()
+	t.Cleanup(func() { h.Lab.Shape(ctx, "wglossy", lab.ShapeOptions{}) })
+	l.must("connect", "-n", ns)
+	l.waitPath("wireguard", 10*time.Second)
+	if err := h.Lab.Shape(ctx, "wglossy", lab.ShapeOptions{Loss: 0.05}); err != nil {
+		t.Fatal(err)
+	}
+	took := l.waitPath("port-forward", 60*time.Second)
+	p := l.path()
+	if !strings.Contains(p.Why, "lost") || !strings.Contains(p.Why, "probes") {
+		t.Fatalf("the path is on the port-forward for %q, want the probes' loss", p.Why)
+	}
+	t.Logf("on the port-forward %s after the link began to lose 5%%: %s", took.Round(100*time.Millisecond), p.Why)
+	out, err := l.sh(fmt.Sprintf("curl -sS --retry 3 --max-time 10 http://echo.%s/", ns))
+	if err != nil || !strings.Contains(out, "pod=echo-") {
+		t.Fatalf("curl on the lossy link: %v\n%s", err, out)
+	}
+	if err := h.Lab.Shape(ctx, "wglossy", lab.ShapeOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	took = l.waitPath("wireguard", 90*time.Second)
+	t.Logf("back on WireGuard %s after the link was clean again", took.Round(100*time.Millisecond))
 }
 
 // managerStreams reads the manager's count of streams by kind.

@@ -34,7 +34,6 @@ const ProbePort = 7
 const (
 	probeEvery   = 150 * time.Millisecond // while deciding
 	decideBudget = 2 * time.Second        // at connect, over all endpoints
-	aliveEvery   = time.Second            // a probe a second while up
 	deadAfter    = 3 * time.Second        // without an answer: down
 	retryEvery   = 5 * time.Second        // while down, another try
 	maxEndpoints = 4
@@ -62,6 +61,7 @@ type Client struct {
 	seq   atomic.Uint32
 
 	lastReply atomic.Int64 // unix nanoseconds of the last probe answer
+	loss      lossMeter
 	mu        sync.Mutex   // guards following
 	status    Status
 	// Dial errors the manager reported for the path, of the sessions
@@ -222,7 +222,7 @@ func (c *Client) Run(ctx context.Context, offer Offer, priv Key, handle func(net
 		c.log.Info("WireGuard path up: new connections take it", "endpoint", ep)
 		c.setStatus(true, ep, "the manager answers over UDP")
 		c.end.open.Store(true)
-		c.watch(ctx, sess)
+		c.watch(ctx, sess, ep)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -262,20 +262,41 @@ func (c *Client) tryEndpoints(ctx context.Context, sess *clientSession, budget t
 	return sess.offer.Endpoints[len(sess.offer.Endpoints)-1], false
 }
 
-// watch probes once a second and returns when ctx ends or no answer came
-// for deadAfter.
-func (c *Client) watch(ctx context.Context, sess *clientSession) {
-	t := time.NewTicker(aliveEvery)
+// watch probes five times a second and returns when ctx ends or no answer
+// came for deadAfter. While the probes show a lossy link, new connections
+// take the port-forward (loss.go).
+func (c *Client) watch(ctx context.Context, sess *clientSession, ep netip.AddrPort) {
+	t := time.NewTicker(lossProbes)
 	defer t.Stop()
-	for {
+	c.loss.reset()
+	lossy := false
+	for i := 0; ; i++ {
 		c.probe(sess)
+		if i%int(time.Second/lossProbes) == 0 {
+			c.split.flows.sweep(time.Now()) // once a second: closed and idle flows go
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		if !c.answeredSince(time.Now().Add(-deadAfter)) {
+		now := time.Now()
+		if !c.answeredSince(now.Add(-deadAfter)) {
 			return
+		}
+		lost, judged := c.loss.count(now)
+		was := lossy
+		var why string
+		if lossy, why = lossVerdict(lossy, lost, judged); lossy == was {
+			continue
+		}
+		c.end.open.Store(!lossy)
+		if lossy {
+			c.log.Warn("WireGuard path lossy: new connections take the port-forward", "why", why)
+			c.setStatus(false, ep, why+": new connections take the port-forward until a whole window of probes comes back")
+		} else {
+			c.log.Info("WireGuard path well again: new connections take it", "endpoint", ep)
+			c.setStatus(true, ep, "the manager answers over UDP, and lost none of the last 200 probes")
 		}
 	}
 }
@@ -294,9 +315,10 @@ func (c *Client) setPeer(sess *clientSession, ep netip.AddrPort) error {
 func (c *Client) probe(sess *clientSession) {
 	var payload [probeLen]byte
 	copy(payload[:8], sess.token[:])
-	binary.BigEndian.PutUint32(payload[8:], c.seq.Add(1))
+	seq := c.seq.Add(1)
+	binary.BigEndian.PutUint32(payload[8:], seq)
+	c.loss.sent(seq, time.Now())
 	c.end.sendProbe(udp4(netip.AddrPortFrom(sess.offer.Addr4, ProbePort), netip.AddrPortFrom(sess.offer.Server4, ProbePort), payload[:]))
-	c.split.flows.sweep(time.Now()) // once a second or more: closed and idle flows go
 }
 
 // isReply takes a probe's answer out of what the tunnel delivers.
@@ -314,6 +336,7 @@ func (c *Client) isReply(b []byte) bool {
 		return true
 	}
 	c.lastReply.Store(time.Now().UnixNano())
+	c.loss.answered(binary.BigEndian.Uint32(data[8:probeLen]))
 	if len(data) >= probeLen+16 {
 		failed := binary.BigEndian.Uint64(data[probeLen:])
 		refused := binary.BigEndian.Uint64(data[probeLen+8:])
