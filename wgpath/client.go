@@ -70,9 +70,15 @@ type Client struct {
 	curFailed, curRefused   uint64
 }
 
-// probeLen is a probe's payload: the session's token and a number. The
-// answer adds the session's failed and refused dials, 8 bytes each.
-const probeLen = 12
+// probeLen is a probe's payload: the session's token, a number and
+// flags. The answer adds the session's failed and refused dials, 8 bytes
+// each.
+const probeLen = 13
+
+// probeTakesIntercepts, in a probe's flags, tells the manager that the
+// laptop takes intercepted connections over the path now: it serves them,
+// and the link is not lossy.
+const probeTakesIntercepts = 1
 
 // DialErrors are the dials the manager failed over the path since the
 // client started, and of them those its rules refused.
@@ -84,8 +90,9 @@ func (c *Client) DialErrors() (failed, refused uint64) {
 
 // clientSession is what one session gave the path.
 type clientSession struct {
-	offer Offer
-	token [8]byte // in every probe, so only answers to ours count
+	offer   Offer
+	token   [8]byte // in every probe, so only answers to ours count
+	inbound bool    // the session serves the manager's connections
 }
 
 // NewClient brings up the device, attached to the split, carrying nothing
@@ -172,7 +179,7 @@ func (c *Client) Run(ctx context.Context, offer Offer, priv Key, handle func(net
 	if len(offer.Endpoints) > maxEndpoints {
 		offer.Endpoints = offer.Endpoints[:maxEndpoints]
 	}
-	sess := &clientSession{offer: offer}
+	sess := &clientSession{offer: offer, inbound: handle != nil}
 	if _, err := rand.Read(sess.token[:]); err != nil {
 		return err
 	}
@@ -270,6 +277,7 @@ func (c *Client) watch(ctx context.Context, sess *clientSession, ep netip.AddrPo
 	defer t.Stop()
 	c.loss.reset()
 	lossy := false
+	defer c.end.lossy.Store(false)
 	for i := 0; ; i++ {
 		c.probe(sess)
 		if i%int(time.Second/lossProbes) == 0 {
@@ -290,7 +298,7 @@ func (c *Client) watch(ctx context.Context, sess *clientSession, ep netip.AddrPo
 		if lossy, why = lossVerdict(lossy, lost, judged); lossy == was {
 			continue
 		}
-		c.end.open.Store(!lossy)
+		c.end.lossy.Store(lossy)
 		if lossy {
 			c.log.Warn("WireGuard path lossy: new connections take the port-forward", "why", why)
 			c.setStatus(false, ep, why+": new connections take the port-forward until a whole window of probes comes back")
@@ -317,6 +325,9 @@ func (c *Client) probe(sess *clientSession) {
 	copy(payload[:8], sess.token[:])
 	seq := c.seq.Add(1)
 	binary.BigEndian.PutUint32(payload[8:], seq)
+	if sess.inbound && !c.end.lossy.Load() {
+		payload[12] = probeTakesIntercepts
+	}
 	c.loss.sent(seq, time.Now())
 	c.end.sendProbe(udp4(netip.AddrPortFrom(sess.offer.Addr4, ProbePort), netip.AddrPortFrom(sess.offer.Server4, ProbePort), payload[:]))
 }

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"sync"
 
 	"tunnel.dev/tunnel/rpc"
 	"tunnel.dev/tunnel/tun"
@@ -65,26 +67,51 @@ func (in *inbound) toWireGuard(w *wgEnd) {
 
 // deliver hands the stack packets that came over the tunnel.
 func (in *inbound) deliver(bufs [][]byte, offset int) {
-	if _, err := in.dev.Write(bufs, offset); err != nil && !errors.Is(err, net.ErrClosed) {
+	if _, err := in.dev.Write(bufs, offset); err != nil && !errors.Is(err, os.ErrClosed) && !errors.Is(err, net.ErrClosed) {
 		in.log.Debug("deliver to the inbound stack", "err", err)
 	}
 }
 
 // serve accepts the manager's connections to addr's intercept port until
-// ctx ends, each handed to handle, which owns it.
+// ctx ends, each handed to handle; those still open then are closed, as
+// the session's address goes with it.
 func (in *inbound) serve(ctx context.Context, addr netip.Addr, handle func(net.Conn)) error {
 	ln, err := in.stack.Listen(netip.AddrPortFrom(addr, InterceptPort))
 	if err != nil {
 		return err
 	}
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	var mu sync.Mutex
+	open := map[net.Conn]struct{}{}
+	ended := false
+	stop := context.AfterFunc(ctx, func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		ended = true
+		for c := range open {
+			c.Close()
+		}
+	})
 	defer stop()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			return nil
 		}
-		go handle(c)
+		mu.Lock()
+		if ended {
+			mu.Unlock()
+			c.Close()
+			return nil
+		}
+		open[c] = struct{}{}
+		mu.Unlock()
+		go func() {
+			handle(c)
+			mu.Lock()
+			delete(open, c)
+			mu.Unlock()
+		}()
 	}
 }
 

@@ -21,14 +21,18 @@ const (
 	lossWindow   = 200             // probes judged: the last 40 s
 	lossWait     = time.Second     // a probe without an answer by then is lost
 	lossMinJudge = 100             // probes judged before the first verdict
+	lossMinLost  = 3               // and lost, so a stray loss or two is no verdict
 	lossyPercent = 1.0             // lost more than this: the port-forward
 	lossProbes   = time.Second / 5 // probes while the path is up
+
+	// lossRing holds the judged window and the probes still waiting.
+	lossRing = lossWindow + int(lossWait/lossProbes) + 1
 )
 
-// lossMeter keeps the fate of the last lossWindow probes.
+// lossMeter keeps the fate of the last probes.
 type lossMeter struct {
 	mu   sync.Mutex
-	ring [lossWindow]probeRecord
+	ring [lossRing]probeRecord
 }
 
 type probeRecord struct {
@@ -40,23 +44,30 @@ type probeRecord struct {
 func (m *lossMeter) sent(seq uint32, now time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.ring[seq%lossWindow] = probeRecord{seq: seq, sent: now}
+	m.ring[seq%uint32(lossRing)] = probeRecord{seq: seq, sent: now}
 }
 
 func (m *lossMeter) answered(seq uint32) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if r := &m.ring[seq%lossWindow]; r.seq == seq && !r.sent.IsZero() {
+	if r := &m.ring[seq%uint32(lossRing)]; r.seq == seq && !r.sent.IsZero() {
 		r.answered = true
 	}
 }
 
-// count says how many of the probes old enough to judge were lost.
+// count says how many of the last lossWindow probes old enough to judge
+// were lost.
 func (m *lossMeter) count(now time.Time) (lost, judged int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	var newest uint32
 	for _, r := range m.ring {
-		if r.sent.IsZero() || now.Sub(r.sent) < lossWait {
+		if !r.sent.IsZero() && now.Sub(r.sent) >= lossWait && r.seq-newest < 1<<31 {
+			newest = r.seq
+		}
+	}
+	for _, r := range m.ring {
+		if r.sent.IsZero() || now.Sub(r.sent) < lossWait || newest-r.seq >= lossWindow {
 			continue
 		}
 		judged++
@@ -70,12 +81,12 @@ func (m *lossMeter) count(now time.Time) (lost, judged int) {
 func (m *lossMeter) reset() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.ring = [lossWindow]probeRecord{}
+	m.ring = [lossRing]probeRecord{}
 }
 
 // lossVerdict says whether the path is lossy now, given whether it was:
-// lossy past lossyPercent (two lost at least, so one stray loss is not a
-// verdict), and well again only once a whole window came back.
+// lossy past lossyPercent (lossMinLost at least), and well again only
+// once a whole window came back.
 func lossVerdict(wasLossy bool, lost, judged int) (lossy bool, why string) {
 	if judged == 0 {
 		return wasLossy, ""
@@ -86,5 +97,5 @@ func lossVerdict(wasLossy bool, lost, judged int) (lossy bool, why string) {
 	if wasLossy {
 		return !(judged >= lossWindow && lost == 0), why
 	}
-	return judged >= lossMinJudge && lost >= 2 && pct > lossyPercent, why
+	return judged >= lossMinJudge && lost >= lossMinLost && pct > lossyPercent, why
 }

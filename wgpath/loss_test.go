@@ -16,10 +16,20 @@ func TestLossMeter(t *testing.T) {
 		}
 	}
 	m.answered(12345) // an answer to no probe of the window changes nothing
-	// At the last probe's time, those of the last second are not judged yet.
+	// At the last probe's time, those of the last second are not judged
+	// yet; the window is the 200 before them (91 to 290 of the 300:
+	// 100, 150, 200 and 250 lost).
 	lost, judged := m.count(start.Add(300 * lossProbes))
-	if judged != lossWindow-5 || lost != 3 {
-		t.Fatalf("%d lost of %d judged, want 3 of %d", lost, judged, lossWindow-5)
+	if judged != lossWindow || lost != 4 {
+		t.Fatalf("%d lost of %d judged, want 4 of %d", lost, judged, lossWindow)
+	}
+	// All answered from here on: a whole window comes back.
+	for seq := uint32(301); seq <= 600; seq++ {
+		m.sent(seq, start.Add(time.Duration(seq)*lossProbes))
+		m.answered(seq)
+	}
+	if lost, judged := m.count(start.Add(600 * lossProbes)); lost != 0 || judged != lossWindow {
+		t.Fatalf("after a clean window: %d lost of %d judged", lost, judged)
 	}
 	m.reset()
 	if lost, judged := m.count(start.Add(time.Hour)); lost != 0 || judged != 0 {
@@ -35,9 +45,9 @@ func TestLossVerdict(t *testing.T) {
 	}{
 		{false, 0, 0, false},
 		{false, 5, 50, false},  // too few judged yet
-		{false, 1, 100, false}, // one stray loss is no verdict
-		{false, 2, 150, true},  // 1.3%
-		{false, 2, 200, false}, // 1%: not more than
+		{false, 2, 100, false}, // two stray losses are no verdict
+		{false, 3, 150, true},  // 2%
+		{false, 2, 200, false}, // 1%: not more than, and too few
 		{false, 12, 200, true}, // 6%: 3% each way
 		{true, 1, 200, true},   // not a whole window back yet
 		{true, 0, 150, true},   // not a whole window judged

@@ -407,7 +407,8 @@ func TestServerOpensToLaptop(t *testing.T) {
 }
 
 // TestProbeAnswersCarryDialErrors: the counts the server reports for a
-// session reach the laptop's client with the next probe's answer.
+// session reach the laptop's client with the next probe's answer; a
+// laptop that takes no intercepted connections is not live for them.
 func TestProbeAnswersCarryDialErrors(t *testing.T) {
 	target := echoServer(t)
 	srv, _ := testServer(t, target)
@@ -423,6 +424,11 @@ func TestProbeAnswersCarryDialErrors(t *testing.T) {
 	done := make(chan struct{})
 	go func() { c.Run(ctx, offer, priv, nil); close(done) }()
 	waitFor(t, "the counts at the laptop", 5*time.Second, func() bool { f, r := c.DialErrors(); return f == 5 && r == 3 })
+	// A laptop that serves no connections of the manager's (nil handler)
+	// does not offer to take them: the manager opens none over the path.
+	if srv.Live(offer.Addr4) {
+		t.Fatal("a laptop without a handler is live for intercepts")
+	}
 	cancel()
 	<-done
 	// A session's counts stay counted after it.

@@ -56,7 +56,7 @@ type Server struct {
 	peers map[Key]int
 	used  map[int]Key
 	next  int
-	heard map[netip.Addr]time.Time // a session's last probe, by its tunnel address
+	heard map[netip.Addr]time.Time // a session's last probe offering to take intercepts, by its tunnel address
 
 	// dialErrors, when set, counts a session's failed dials by its tunnel
 	// address: the answer to each probe carries them, so the laptop's
@@ -214,7 +214,7 @@ func (s *Server) serveEcho() {
 		if err != nil {
 			return
 		}
-		if n != probeLen {
+		if n != probeLen && n != probeLen-1 { // the flags came later
 			continue
 		}
 		var a netip.Addr
@@ -229,11 +229,13 @@ func (s *Server) serveEcho() {
 		binary.BigEndian.PutUint64(buf[n:], failed)
 		binary.BigEndian.PutUint64(buf[n+8:], refused)
 		s.echo.WriteTo(buf[:n+16], from)
-		s.mu.Lock()
-		if s.addrUsed(a) {
-			s.heard[a] = time.Now()
+		if n == probeLen && buf[probeLen-1]&probeTakesIntercepts != 0 {
+			s.mu.Lock()
+			if s.addrUsed(a) {
+				s.heard[a] = time.Now()
+			}
+			s.mu.Unlock()
 		}
-		s.mu.Unlock()
 	}
 }
 
@@ -249,8 +251,9 @@ func (s *Server) addrUsed(a netip.Addr) bool {
 }
 
 // Live says whether the session at tunnel address a probed the path
-// within the time a laptop takes to call it down: the manager may then
-// open connections to it over WireGuard.
+// within the time a laptop takes to call it down, offering to take
+// intercepted connections (it serves them, and its link is not lossy):
+// the manager may then open them to it over WireGuard.
 func (s *Server) Live(a netip.Addr) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -260,7 +263,7 @@ func (s *Server) Live(a netip.Addr) bool {
 
 // DialLaptop opens a connection to the intercept port of the session at
 // tunnel address a, over WireGuard.
-func (s *Server) DialLaptop(ctx context.Context, a netip.Addr) (net.Conn, error) {
+func (s *Server) DialLaptop(ctx context.Context, a netip.Addr) (*netstack.DialedConn, error) {
 	return s.stack.DialTCP(ctx, Server4, netip.AddrPortFrom(a, InterceptPort))
 }
 

@@ -132,7 +132,7 @@ func (s *Split) divert(w *wgEnd, b []byte, now time.Time) bool {
 	if !tunnel.IsValid() {
 		return false
 	}
-	if _, ok := s.flows.outbound(&p, w.open.Load, now); !ok {
+	if _, ok := s.flows.outbound(&p, w.takesNew, now); !ok {
 		return false
 	}
 	p.setSrc(tunnel)
@@ -146,11 +146,12 @@ func (s *Split) divert(w *wgEnd, b []byte, now time.Time) bool {
 // attach makes w the WireGuard path; any earlier one is detached.
 func (s *Split) attach(w *wgEnd) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if old := s.cur.Swap(w); old != nil {
-		old.Close()
-	}
+	old := s.cur.Swap(w)
 	s.flows.reset()
+	s.mu.Unlock()
+	if old != nil {
+		old.Close() // its detach finds it gone
+	}
 }
 
 // detach ends w's part: its flows are forgotten, so their next packets
@@ -178,7 +179,8 @@ type wgEnd struct {
 	s       *Split
 	mtu     int
 	addrs   atomic.Pointer[[2]netip.Addr] // the session's tunnel addresses, IPv4 and IPv6; nil between sessions
-	open    atomic.Bool
+	open    atomic.Bool // the path is up: its flows go on, new ones may start
+	lossy   atomic.Bool // the link loses packets: new flows take the port-forward
 	queue   chan *[]byte
 	probes  chan *[]byte // read first: a full queue must not look like a dead path
 	bufs    sync.Pool    // of *[]byte with room for mtu bytes
@@ -202,6 +204,9 @@ func newWGEnd(s *Split, mtu int, reply func([]byte) bool) *wgEnd {
 	w.events <- wgtun.EventUp
 	return w
 }
+
+// takesNew says whether new connections take the path now.
+func (w *wgEnd) takesNew() bool { return w.open.Load() && !w.lossy.Load() }
 
 // setAddrs sets the session's tunnel addresses; invalid ones clear them.
 func (w *wgEnd) setAddrs(a4, a6 netip.Addr) {

@@ -127,6 +127,9 @@ type session struct {
 	// and of them those the reach rule refused: the laptop hears them in
 	// its probes' answers.
 	wgFailed, wgRefused atomic.Uint64
+	// wgLaptopAfter is when (unix ns) the manager may next try to open an
+	// intercepted connection to the laptop over WireGuard.
+	wgLaptopAfter atomic.Int64
 
 	mu    sync.Mutex // guards following
 	ident Identity   // set by Hello, verified by the API server; zero when not

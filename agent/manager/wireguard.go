@@ -139,13 +139,14 @@ func (m *Manager) closeWireGuard() {
 	}
 }
 
-// Connections of the WireGuard path waiting for their dial: per session
-// (as many as a laptop's own stack lets wait on the port-forward path, so
-// a thousand connections opened at once all start), and in all (the
-// stack's own bound), so one session holds at most a quarter. Past
-// either, a SYN goes unanswered and the laptop sends it again.
+// Connections of the WireGuard path waiting for their dial: per session,
+// and in all (the stack's own bound), so that one user's few sessions
+// dialing silent ports cannot hold them all. Past either, a SYN goes
+// unanswered and the laptop sends it again a second later: a thousand
+// connections opened at once all start, those past the bound a second
+// later.
 const (
-	wgPendingPerSession = 1024
+	wgPendingPerSession = 256
 	wgPendingTotal      = 4096
 )
 
@@ -214,6 +215,10 @@ func (d wgDialer) DialStream(ctx context.Context, kind rpc.Kind, src, dst netip.
 // laptop over WireGuard; past it the session's stream carries it.
 const laptopDialTimeout = time.Second
 
+// laptopRetryAfter is how long a session's intercepted connections take
+// its stream after a dial over WireGuard failed.
+const laptopRetryAfter = 30 * time.Second
+
 // laptopOverWireGuard opens a connection to s's laptop over its WireGuard
 // path, when the laptop's probes show the path up; nil otherwise, and the
 // caller takes the session's stream.
@@ -224,17 +229,23 @@ func (m *Manager) laptopOverWireGuard(ctx context.Context, s *session) net.Conn 
 	m.wg.mu.Lock()
 	a, ok := m.wg.addr4[s]
 	m.wg.mu.Unlock()
-	if !ok || !m.wg.srv.Live(a) {
+	if !ok || !m.wg.srv.Live(a) || time.Now().UnixNano() < s.wgLaptopAfter.Load() {
 		return nil
 	}
 	dctx, cancel := context.WithTimeout(ctx, laptopDialTimeout)
 	defer cancel()
 	c, err := m.wg.srv.DialLaptop(dctx, a)
 	if err != nil {
-		s.log.Debug("open an intercepted connection over WireGuard: the session's stream carries it", "err", err)
+		// A path that carries probes but not connections: the session's
+		// stream carries them for a while, not a second late each.
+		s.wgLaptopAfter.Store(time.Now().Add(laptopRetryAfter).UnixNano())
+		s.log.Info("open an intercepted connection over WireGuard: the session's stream carries them for a while", "err", err)
 		return nil
 	}
-	return endWithSession(s, c, func() {})
+	// When the session ends its peer goes: a reset now, not minutes of
+	// resends to a laptop that can no longer answer.
+	stop := context.AfterFunc(s.ctx, c.Abort)
+	return &sessionConn{Conn: c, done: func() { stop() }}
 }
 
 // endWithSession closes c when s ends, and gives back its slot once.

@@ -16,6 +16,10 @@ import (
 // it holds more than a full send window of MTU-sized segments.
 const linkQueueLen = 8192
 
+// cutQueueLen bounds the queue of a link whose TCP hands it 64 KiB
+// segments: 32 MiB at most, not 512.
+const cutQueueLen = 512
+
 // link is the stack's NIC: a channel endpoint whose outbound queue the write
 // loop drains into the device, plus GRO on the way in, so a burst of
 // segments of one connection climbs the stack as one large packet.
@@ -31,7 +35,11 @@ type link struct {
 // With cut, TCP hands the link whole segments of up to 64 KiB to cut to
 // the MSS (the device's Read does, segment.go).
 func newLink(mtu int, cut bool) *link {
-	l := &link{Endpoint: channel.New(linkQueueLen, uint32(mtu), "")}
+	queue := linkQueueLen
+	if cut {
+		queue = cutQueueLen
+	}
+	l := &link{Endpoint: channel.New(queue, uint32(mtu), "")}
 	// Packets come from the local kernel, which computed (or, with
 	// offloads, wireguard's tun completed) their checksums: checking them
 	// again only costs time.

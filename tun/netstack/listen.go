@@ -159,13 +159,55 @@ func (s *Stack) release(addr netip.Addr) {
 
 // DialTCP opens a TCP connection from the stack's own address src (one a
 // listener holds) to dst, through the device: the manager's way to a
-// laptop's end of the WireGuard path.
-func (s *Stack) DialTCP(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+// laptop's end of the WireGuard path. With Config.KeepAlive the
+// connection is probed when idle and reset when what it sent goes
+// unacknowledged that long. Abort on the returned conn resets it.
+func (s *Stack) DialTCP(ctx context.Context, src netip.Addr, dst netip.AddrPort) (*DialedConn, error) {
 	laddr, _ := fullAddr(netip.AddrPortFrom(src.Unmap(), 0))
 	raddr, proto := fullAddr(netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()))
-	c, err := gonet.DialTCPWithBind(ctx, s.ipstack, laddr, raddr, proto)
-	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", dst, err)
+	var wq waiter.Queue
+	ep, terr := s.ipstack.NewEndpoint(tcp.ProtocolNumber, proto, &wq)
+	if terr != nil {
+		return nil, fmt.Errorf("dial %s: %s", dst, terr)
 	}
-	return c, nil
+	s.keepAlive(ep)
+	if d := s.cfg.KeepAlive; d > 0 {
+		timeout := tcpip.TCPUserTimeoutOption(d)
+		ep.SetSockOpt(&timeout)
+	}
+	entry, ready := waiter.NewChannelEntry(waiter.WritableEvents)
+	wq.EventRegister(&entry)
+	defer wq.EventUnregister(&entry)
+	if terr := ep.Bind(laddr); terr != nil {
+		ep.Close()
+		return nil, fmt.Errorf("dial %s from %s: %s", dst, src, terr)
+	}
+	terr = ep.Connect(raddr)
+	if _, ok := terr.(*tcpip.ErrConnectStarted); ok {
+		select {
+		case <-ctx.Done():
+			ep.Abort()
+			return nil, fmt.Errorf("dial %s: %w", dst, ctx.Err())
+		case <-ready:
+		}
+		terr = ep.LastError()
+	}
+	if terr != nil {
+		ep.Close()
+		return nil, fmt.Errorf("dial %s: %s", dst, terr)
+	}
+	return &DialedConn{TCPConn: gonet.NewTCPConn(&wq, ep), ep: ep}, nil
+}
+
+// DialedConn is a connection DialTCP opened.
+type DialedConn struct {
+	*gonet.TCPConn
+	ep tcpip.Endpoint
+}
+
+// Abort ends the connection with a reset, dropping what it has not sent:
+// for a connection whose peer is gone.
+func (c *DialedConn) Abort() {
+	c.ep.Abort()
+	c.TCPConn.Close()
 }

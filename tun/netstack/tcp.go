@@ -62,13 +62,7 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	r.Complete(false)
-	if d := s.cfg.KeepAlive; d > 0 {
-		idle, every := tcpip.KeepaliveIdleOption(d), tcpip.KeepaliveIntervalOption(d/6)
-		ep.SetSockOpt(&idle)
-		ep.SetSockOpt(&every)
-		ep.SetSockOptInt(tcpip.KeepaliveCountOption, 3)
-		ep.SocketOptions().SetKeepAlive(true)
-	}
+	s.keepAlive(ep)
 	app := gonet.NewTCPConn(&wq, ep)
 	f := &tcpFlow{app: app, ep: ep, stream: stream}
 	if !s.track(f) {
@@ -79,6 +73,17 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 	flowStarted(&s.stats.tcpActive, &s.stats.tcpTotal)
 	defer flowEnded(&s.stats.tcpActive)
 	s.pipeTCP(f)
+}
+
+// keepAlive turns on Config.KeepAlive's probes for ep.
+func (s *Stack) keepAlive(ep tcpip.Endpoint) {
+	if d := s.cfg.KeepAlive; d > 0 {
+		idle, every := tcpip.KeepaliveIdleOption(d), tcpip.KeepaliveIntervalOption(d/6)
+		ep.SetSockOpt(&idle)
+		ep.SetSockOpt(&every)
+		ep.SetSockOptInt(tcpip.KeepaliveCountOption, 3)
+		ep.SocketOptions().SetKeepAlive(true)
+	}
 }
 
 // tcpFlow is one forwarded connection: the application's end in the stack
