@@ -62,7 +62,7 @@ type Client struct {
 
 	lastReply atomic.Int64 // unix nanoseconds of the last probe answer
 	loss      lossMeter
-	mu        sync.Mutex   // guards following
+	mu        sync.Mutex // guards following
 	status    Status
 	// Dial errors the manager reported for the path, of the sessions
 	// before this one and of this one so far.

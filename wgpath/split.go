@@ -179,8 +179,8 @@ type wgEnd struct {
 	s       *Split
 	mtu     int
 	addrs   atomic.Pointer[[2]netip.Addr] // the session's tunnel addresses, IPv4 and IPv6; nil between sessions
-	open    atomic.Bool // the path is up: its flows go on, new ones may start
-	lossy   atomic.Bool // the link loses packets: new flows take the port-forward
+	open    atomic.Bool                   // the path is up: its flows go on, new ones may start
+	lossy   atomic.Bool                   // the link loses packets: new flows take the port-forward
 	queue   chan *[]byte
 	probes  chan *[]byte // read first: a full queue must not look like a dead path
 	bufs    sync.Pool    // of *[]byte with room for mtu bytes
