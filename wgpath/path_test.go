@@ -80,6 +80,33 @@ func admit(t testing.TB, srv *Server) (Offer, Key) {
 	return Offer{ServerKey: srv.PublicKey(), Endpoints: []netip.AddrPort{ep}, Addr4: a4, Addr6: a6, Server4: Server4}, priv
 }
 
+// pathRig is a server whose dials go to target, a laptop, and its path up
+// for one session; all of it ends with the test.
+type pathRig struct {
+	srv     *Server
+	cluster *recorder
+	l       *laptop
+	c       *Client
+	offer   Offer
+	ctx     context.Context
+}
+
+func upPath(t testing.TB, target string) *pathRig {
+	t.Helper()
+	r := &pathRig{}
+	r.srv, r.cluster = testServer(t, target)
+	r.l = newLaptop(t, target)
+	r.c = r.l.client(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel) // before the client closes
+	r.ctx = ctx
+	var priv Key
+	r.offer, priv = admit(t, r.srv)
+	go r.c.Run(ctx, r.offer, priv, nil)
+	waitFor(t, "the path up", 5*time.Second, func() bool { return r.c.Status().Up })
+	return r
+}
+
 // client is the laptop's WireGuard device, closed with the test.
 func (l *laptop) client(t testing.TB) *Client {
 	t.Helper()
@@ -275,15 +302,8 @@ func BenchmarkDownload(b *testing.B) {
 			}
 		}
 	}).String()
-	srv, _ := testServer(b, source)
-	l := newLaptop(b, source)
-	c := l.client(b)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	offer, priv := admit(b, srv)
-	go c.Run(ctx, offer, priv, nil)
-	waitFor(b, "the path up", 5*time.Second, func() bool { return c.Status().Up })
-	conn, err := l.net.DialContextTCPAddrPort(ctx, netip.MustParseAddrPort("10.96.0.10:80"))
+	r := upPath(b, source)
+	conn, err := r.l.net.DialContextTCPAddrPort(r.ctx, netip.MustParseAddrPort("10.96.0.10:80"))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -302,17 +322,9 @@ func BenchmarkDownload(b *testing.B) {
 // WireGuard: the session's IPv6 tunnel address is its source at the
 // server, and the echo comes back whole.
 func TestPathIPv6(t *testing.T) {
-	target := echoServer(t)
-	srv, cluster := testServer(t, target)
-	l := newLaptop(t, target)
-	c := l.client(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	offer, priv := admit(t, srv)
-	a6 := offer.Addr6
-	go c.Run(ctx, offer, priv, nil)
-	waitFor(t, "the path up", 5*time.Second, func() bool { return c.Status().Up })
-	conn, err := l.net.DialContextTCPAddrPort(ctx, netip.MustParseAddrPort("[fd00:96::10]:80"))
+	r := upPath(t, echoServer(t))
+	cluster, l, a6 := r.cluster, r.l, r.offer.Addr6
+	conn, err := l.net.DialContextTCPAddrPort(r.ctx, netip.MustParseAddrPort("[fd00:96::10]:80"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,15 +341,8 @@ func TestPathIPv6(t *testing.T) {
 // byte, reads its echo and closes, as a request with a new connection
 // each does: what the path adds to a request's latency.
 func BenchmarkConnectRoundTrip(b *testing.B) {
-	target := echoServer(b)
-	srv, _ := testServer(b, target)
-	l := newLaptop(b, target)
-	c := l.client(b)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	offer, priv := admit(b, srv)
-	go c.Run(ctx, offer, priv, nil)
-	waitFor(b, "the path up", 5*time.Second, func() bool { return c.Status().Up })
+	r := upPath(b, echoServer(b))
+	l, ctx := r.l, r.ctx
 	svc := netip.MustParseAddrPort("10.96.0.10:80")
 	buf := []byte{1}
 	b.ResetTimer()
