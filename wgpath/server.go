@@ -73,13 +73,12 @@ func (s *Server) ReportDialErrors(f func(netip.Addr) (failed, refused uint64)) {
 // Each connection's buffers on the manager. Receive: what a laptop may
 // make it hold for an upload its destination does not read, the
 // port-forward's stream window. Send: what it keeps unacknowledged for a
-// download, 50 MB/s at a 20 ms round trip. The stream limits bound how many
-// connections hold them: 1024 of a session hold at most 1.25 GiB, as many
-// sockets of the port-forward's relay hold in their kernel buffers; the
-// container's memory limit is the last word.
+// download, at most; the dialer gives each connection its share of its
+// session's budget (the manager's wgSendBuffer). The stream limits bound
+// how many connections hold them.
 const (
 	maxReceiveBuffer = 256 << 10
-	maxSendBuffer    = 1 << 20
+	maxSendBuffer    = 4 << 20
 )
 
 // keepAlive is how long a connection may be silent before the manager

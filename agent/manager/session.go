@@ -130,6 +130,9 @@ type session struct {
 	// wgLaptopAfter is when (unix ns) the manager may next try to open an
 	// intercepted connection to the laptop over WireGuard.
 	wgLaptopAfter atomic.Int64
+	// wgOpen counts the session's open connections over WireGuard, which
+	// share its send budget.
+	wgOpen atomic.Int32
 
 	mu    sync.Mutex // guards following
 	ident Identity   // set by Hello, verified by the API server; zero when not

@@ -185,3 +185,25 @@ func TestWireGuardOneKeyPerSession(t *testing.T) {
 	sess.Close()
 	eventually(t, "no peer left", func() bool { return m.wg.srv.Peers() == 0 })
 }
+
+// TestWireGuardSendBudget: a session's first connections get the most a
+// connection may keep unacknowledged, later ones their share of the
+// budget, never less than the floor; all of a session's connections
+// together hold a fifth of what 1 MiB each held.
+func TestWireGuardSendBudget(t *testing.T) {
+	for _, tc := range []struct {
+		open int32
+		want int
+	}{{1, 4 << 20}, {4, 4 << 20}, {8, 2 << 20}, {16, 1 << 20}, {128, 128 << 10}, {1024, 128 << 10}, {0, 4 << 20}} {
+		if got := wgSendBuffer(tc.open); got != tc.want {
+			t.Errorf("connection %d: %d, want %d", tc.open, got, tc.want)
+		}
+	}
+	total := 0
+	for n := int32(1); n <= 1024; n++ {
+		total += wgSendBuffer(n)
+	}
+	if total > 200<<20 {
+		t.Errorf("1024 connections hold %d MiB", total>>20)
+	}
+}

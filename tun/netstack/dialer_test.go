@@ -22,6 +22,7 @@ type fakeDialer struct {
 	holdOnly    netip.AddrPort            // ...only those to this destination, if set
 	noHalfClose bool                      // hide the TCP stream's CloseWrite
 	busy        int                       // the first this many dials answer ErrBusy
+	sendBuffer  int                       // if set, TCP streams ask for this send buffer
 
 	mu        sync.Mutex // guards following
 	dials     []netip.AddrPort
@@ -81,6 +82,9 @@ func (d *fakeDialer) DialStream(ctx context.Context, kind rpc.Kind, src, dst net
 		if d.noHalfClose {
 			return struct{ net.Conn }{c}, nil
 		}
+		if d.sendBuffer > 0 {
+			return sizedStream{c.(*net.TCPConn), d.sendBuffer}, nil
+		}
 		return c, nil
 	case rpc.KindUDP:
 		uc, err := nd.DialContext(ctx, "udp", target)
@@ -93,6 +97,14 @@ func (d *fakeDialer) DialStream(ctx context.Context, kind rpc.Kind, src, dst net
 	}
 	return nil, fmt.Errorf("unexpected kind %s", kind)
 }
+
+// sizedStream is a TCP stream that asks for a send buffer.
+type sizedStream struct {
+	*net.TCPConn
+	size int
+}
+
+func (s sizedStream) SendBuffer() int { return s.size }
 
 // relay plays the manager's side of a UDP stream.
 func (d *fakeDialer) relay(stream, udp net.Conn) {

@@ -43,6 +43,10 @@ import (
 // stack cannot pass on the application's half-close, and keeps the stream
 // open until the cluster side finishes.
 //
+// A TCP stream may implement SendBuffer() int: the stack then keeps that
+// much of the cluster's data unacknowledged for its connection (within
+// Config.MaxSendBuffer) instead of tuning it by itself.
+//
 // A dialer that returns ErrBusy has the connection's SYN dropped
 // unanswered, as the stack's own MaxInflightDials does: the application
 // sends it again a second later.

@@ -63,6 +63,10 @@ func (s *Stack) forwardTCP(r *tcp.ForwarderRequest) {
 	}
 	r.Complete(false)
 	s.keepAlive(ep)
+	if sb, ok := stream.(interface{ SendBuffer() int }); ok && sb.SendBuffer() > 0 {
+		// gVisor leaves the bound to the socket layer, which is ours.
+		ep.SocketOptions().SetSendBufferSize(int64(min(sb.SendBuffer(), s.cfg.MaxSendBuffer)), true)
+	}
 	app := gonet.NewTCPConn(&wq, ep)
 	f := &tcpFlow{app: app, ep: ep, stream: stream}
 	if !s.track(f) {

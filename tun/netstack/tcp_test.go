@@ -14,6 +14,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
 // Cluster destinations the routes would send into the device.
@@ -236,6 +239,48 @@ func TestTCPStreamErrorResetsClient(t *testing.T) {
 	got, err := io.ReadAll(conn)
 	if err == nil {
 		t.Fatalf("read %d bytes and a clean EOF, want a reset", len(got))
+	}
+}
+
+// A stream that asks for a send buffer gets it for its connection, within
+// the stack's bound; others are tuned by the stack, from its default.
+func TestTCPStreamSendBuffer(t *testing.T) {
+	for _, tc := range []struct {
+		ask, want int64
+	}{
+		{3 << 20, 3 << 20},
+		{64 << 20, 8 << 20}, // the stack's MaxSendBuffer
+		{0, tcpTXBufDefault},
+	} {
+		d := &fakeDialer{tcp: serveTCP(t, echo), sendBuffer: int(tc.ask)}
+		h := newHarness(t, Config{MaxSendBuffer: 8 << 20}, d)
+		conn, err := h.client.dialTCP(timeout(t, 10*time.Second), svcV4)
+		if err != nil {
+			t.Fatalf("connect: %v", err)
+		}
+		// An echo: the stack has set the connection up and is copying.
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := conn.Write([]byte{1}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(conn, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+		var got int64
+		eventually(t, "the forwarded connection's endpoint", func() bool {
+			for _, te := range h.stack.ipstack.RegisteredEndpoints() {
+				ep, ok := te.(tcpip.Endpoint)
+				if ok && ep.Info().(*stack.TransportEndpointInfo).ID.LocalPort == svcV4.Port() {
+					got = ep.SocketOptions().GetSendBufferSize()
+					return true
+				}
+			}
+			return false
+		})
+		conn.Close()
+		if got != tc.want {
+			t.Errorf("asked for %d: send buffer %d, want %d", tc.ask, got, tc.want)
+		}
 	}
 }
 
