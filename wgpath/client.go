@@ -269,7 +269,7 @@ func (c *Client) tryEndpoints(ctx context.Context, sess *clientSession, budget t
 	return sess.offer.Endpoints[len(sess.offer.Endpoints)-1], false
 }
 
-// watch probes five times a second and returns when ctx ends or no answer
+// watch probes ten times a second and returns when ctx ends or no answer
 // came for deadAfter. While the probes show a lossy link, new connections
 // take the port-forward (loss.go).
 func (c *Client) watch(ctx context.Context, sess *clientSession, ep netip.AddrPort) {
@@ -304,7 +304,7 @@ func (c *Client) watch(ctx context.Context, sess *clientSession, ep netip.AddrPo
 			c.setStatus(false, ep, why+": new connections take the port-forward until a whole window of probes comes back")
 		} else {
 			c.log.Info("WireGuard path well again: new connections take it", "endpoint", ep)
-			c.setStatus(true, ep, "the manager answers over UDP, and lost none of the last 200 probes")
+			c.setStatus(true, ep, fmt.Sprintf("the manager answers over UDP, and lost none of the last %d probes", lossWindow))
 		}
 	}
 }
