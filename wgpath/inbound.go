@@ -32,8 +32,8 @@ type inbound struct {
 	done  chan struct{}
 }
 
-// Each inbound connection's buffers: an intercepted request's, as the
-// manager's side of the path has them.
+// newInbound starts the stack, its packets going out through w. Its
+// connections' buffers are those the manager's side of the path has.
 func newInbound(log *slog.Logger, w *wgEnd) (*inbound, error) {
 	st, dev, err := netstack.NewDevice(log, refuse{}, netstack.Config{MTU: MTU,
 		MaxReceiveBuffer: maxReceiveBuffer, MaxSendBuffer: maxSendBuffer, KeepAlive: keepAlive})

@@ -173,23 +173,30 @@ func checksum(b []byte, initial uint32) uint16 {
 	return ^uint16(acc)
 }
 
-// udp4 builds an IPv4 UDP datagram: the liveness probe's.
-func udp4(src, dst netip.AddrPort, payload []byte) []byte {
-	b := make([]byte, 28+len(payload))
-	b[0], b[8], b[9] = 0x45, 64, protoUDP
+// putIPv4 writes the 20-byte IPv4 header of b, a whole packet carrying
+// proto, and returns the pseudo-header's part of its transport checksum.
+func putIPv4(b []byte, src, dst netip.Addr, proto uint8) (pseudo uint32) {
+	b[0], b[8], b[9] = 0x45, 64, proto
 	binary.BigEndian.PutUint16(b[2:4], uint16(len(b)))
-	s, d := src.Addr().As4(), dst.Addr().As4()
+	s, d := src.As4(), dst.As4()
 	copy(b[12:16], s[:])
 	copy(b[16:20], d[:])
 	binary.BigEndian.PutUint16(b[10:12], checksum(b[:20], 0))
+	for i := 12; i < 20; i += 2 {
+		pseudo += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	return pseudo + uint32(proto) + uint32(len(b)-20)
+}
+
+// udp4 builds an IPv4 UDP datagram: the liveness probe's.
+func udp4(src, dst netip.AddrPort, payload []byte) []byte {
+	b := make([]byte, 28+len(payload))
+	pseudo := putIPv4(b, src.Addr(), dst.Addr(), protoUDP)
 	u := b[20:]
 	binary.BigEndian.PutUint16(u[0:2], src.Port())
 	binary.BigEndian.PutUint16(u[2:4], dst.Port())
 	binary.BigEndian.PutUint16(u[4:6], uint16(8+len(payload)))
 	copy(u[8:], payload)
-	pseudo := uint32(binary.BigEndian.Uint16(s[0:2])) + uint32(binary.BigEndian.Uint16(s[2:4])) +
-		uint32(binary.BigEndian.Uint16(d[0:2])) + uint32(binary.BigEndian.Uint16(d[2:4])) +
-		protoUDP + uint32(len(u))
 	sum := checksum(u, pseudo)
 	if sum == 0 {
 		sum = 0xffff

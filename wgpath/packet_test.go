@@ -10,19 +10,30 @@ import (
 // tcp4 builds an IPv4 TCP segment with correct checksums.
 func tcp4(src, dst netip.AddrPort, flags uint8, payload []byte) []byte {
 	b := make([]byte, 40+len(payload))
-	b[0], b[8], b[9] = 0x45, 64, protoTCP
-	binary.BigEndian.PutUint16(b[2:4], uint16(len(b)))
-	s, d := src.Addr().As4(), dst.Addr().As4()
-	copy(b[12:16], s[:])
-	copy(b[16:20], d[:])
-	binary.BigEndian.PutUint16(b[10:12], checksum(b[:20], 0))
-	t := b[20:]
+	pseudo := putIPv4(b, src.Addr(), dst.Addr(), protoTCP)
+	putTCP(b[20:], src, dst, flags, payload, pseudo)
+	return b
+}
+
+// tcp6 builds an IPv6 TCP segment (an ACK) with a correct checksum.
+func tcp6(src, dst netip.AddrPort, payload []byte) []byte {
+	b := make([]byte, 60+len(payload))
+	b[0], b[6], b[7] = 0x60, protoTCP, 64
+	binary.BigEndian.PutUint16(b[4:6], uint16(20+len(payload)))
+	s, d := src.Addr().As16(), dst.Addr().As16()
+	copy(b[8:24], s[:])
+	copy(b[24:40], d[:])
+	putTCP(b[40:], src, dst, tcpACK, payload, pseudo6(b))
+	return b
+}
+
+// putTCP writes a TCP header and payload into t, summed with pseudo.
+func putTCP(t []byte, src, dst netip.AddrPort, flags uint8, payload []byte, pseudo uint32) {
 	binary.BigEndian.PutUint16(t[0:2], src.Port())
 	binary.BigEndian.PutUint16(t[2:4], dst.Port())
 	t[12], t[13] = 5<<4, flags
 	copy(t[20:], payload)
-	binary.BigEndian.PutUint16(t[16:18], checksum(t, pseudo4(b)))
-	return b
+	binary.BigEndian.PutUint16(t[16:18], checksum(t, pseudo))
 }
 
 func pseudo4(b []byte) uint32 {
@@ -135,23 +146,6 @@ func TestFlows(t *testing.T) {
 	if ft.len() != 0 {
 		t.Error("reset kept flows")
 	}
-}
-
-// tcp6 builds an IPv6 TCP segment with a correct checksum.
-func tcp6(src, dst netip.AddrPort, payload []byte) []byte {
-	b := make([]byte, 60+len(payload))
-	b[0], b[6], b[7] = 0x60, protoTCP, 64
-	binary.BigEndian.PutUint16(b[4:6], uint16(20+len(payload)))
-	s, d := src.Addr().As16(), dst.Addr().As16()
-	copy(b[8:24], s[:])
-	copy(b[24:40], d[:])
-	t := b[40:]
-	binary.BigEndian.PutUint16(t[0:2], src.Port())
-	binary.BigEndian.PutUint16(t[2:4], dst.Port())
-	t[12], t[13] = 5<<4, tcpACK
-	copy(t[20:], payload)
-	binary.BigEndian.PutUint16(t[16:18], checksum(t, pseudo6(b)))
-	return b
 }
 
 func pseudo6(b []byte) uint32 {

@@ -32,8 +32,14 @@ type wireGuard struct {
 	admit  sync.Mutex   // one admission at a time: a key is recorded before the next is added
 	mu     sync.RWMutex // guards following; probes and dials read it
 	byAddr map[netip.Addr]*session
-	keys   map[*session]wgpath.Key
-	addr4  map[*session]netip.Addr
+	peers  map[*session]wgPeer
+}
+
+// wgPeer is what a session holds on the path: its key and its tunnel
+// addresses.
+type wgPeer struct {
+	key          wgpath.Key
+	addr4, addr6 netip.Addr
 }
 
 // useWireGuard starts the WireGuard path on UDP port; endpoints says where
@@ -43,8 +49,8 @@ func (m *Manager) useWireGuard(port int, endpoints func(context.Context) ([]stri
 	if err != nil {
 		return err
 	}
-	m.wg = &wireGuard{srv: srv, endpoints: endpoints, byAddr: map[netip.Addr]*session{}, keys: map[*session]wgpath.Key{},
-		addr4: map[*session]netip.Addr{}}
+	m.wg = &wireGuard{srv: srv, endpoints: endpoints, byAddr: map[netip.Addr]*session{},
+		peers: map[*session]wgPeer{}}
 	srv.ReportDialErrors(func(a netip.Addr) (failed, refused uint64) {
 		m.wg.mu.RLock()
 		s := m.wg.byAddr[a]
@@ -88,7 +94,7 @@ func (m *Manager) admitWireGuard(ctx context.Context, s *session, pub []byte) (*
 	m.wg.admit.Lock()
 	defer m.wg.admit.Unlock()
 	m.wg.mu.RLock()
-	_, has := m.wg.keys[s]
+	_, has := m.wg.peers[s]
 	m.wg.mu.RUnlock()
 	if has {
 		return nil, status.Error(codes.FailedPrecondition, "this session has its WireGuard key already; a new session gets a new one")
@@ -98,7 +104,7 @@ func (m *Manager) admitWireGuard(ctx context.Context, s *session, pub []byte) (*
 		return nil, status.Error(codes.ResourceExhausted, err.Error())
 	}
 	m.wg.mu.Lock()
-	m.wg.byAddr[a4], m.wg.byAddr[a6], m.wg.keys[s], m.wg.addr4[s] = s, s, key, a4
+	m.wg.byAddr[a4], m.wg.byAddr[a6], m.wg.peers[s] = s, s, wgPeer{key, a4, a6}
 	m.wg.mu.Unlock()
 	if s.ctx.Err() != nil { // the session ended meanwhile: its drop may have run first
 		m.dropWireGuard(s)
@@ -119,17 +125,15 @@ func (m *Manager) dropWireGuard(s *session) {
 		return
 	}
 	m.wg.mu.Lock()
-	key, ok := m.wg.keys[s]
-	delete(m.wg.keys, s)
-	delete(m.wg.addr4, s)
-	for a, o := range m.wg.byAddr {
-		if o == s {
-			delete(m.wg.byAddr, a)
-		}
+	p, ok := m.wg.peers[s]
+	if ok {
+		delete(m.wg.peers, s)
+		delete(m.wg.byAddr, p.addr4)
+		delete(m.wg.byAddr, p.addr6)
 	}
 	m.wg.mu.Unlock()
 	if ok {
-		m.wg.srv.Remove(key)
+		m.wg.srv.Remove(p.key)
 	}
 }
 
@@ -230,7 +234,8 @@ func (m *Manager) laptopOverWireGuard(ctx context.Context, s *session) net.Conn 
 		return nil
 	}
 	m.wg.mu.RLock()
-	a, ok := m.wg.addr4[s]
+	p, ok := m.wg.peers[s]
+	a := p.addr4
 	m.wg.mu.RUnlock()
 	if !ok || !m.wg.srv.Live(a) || time.Now().UnixNano() < s.wgLaptopAfter.Load() {
 		return nil

@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/yamux"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	wgnet "golang.zx2c4.com/wireguard/tun/netstack"
 	"google.golang.org/grpc/codes"
@@ -145,23 +147,30 @@ func TestWireGuardPath(t *testing.T) {
 	}
 }
 
-// TestWireGuardOneKeyPerSession: calls made at once on one session admit
-// one key; the session's end removes it, and no other is left behind.
-func TestWireGuardOneKeyPerSession(t *testing.T) {
+// wgManager is a manager serving the WireGuard path (its endpoint one no
+// laptop reaches) with ada's verified session on it; both end with t.
+func wgManager(t *testing.T, ctx context.Context) (*Manager, *yamux.Session, managerpb.ManagerClient) {
+	t.Helper()
 	m, _ := newTestManager(t, nil)
 	m.identify = fakeIdentify
 	if err := m.useWireGuard(0, func(context.Context) ([]string, error) { return []string{"127.0.0.1:9"}, nil }); err != nil {
 		t.Fatal(err)
 	}
-	defer m.closeWireGuard()
-	addr := serve(t, m)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	sess := laptop(t, addr)
+	t.Cleanup(m.closeWireGuard)
+	sess := laptop(t, serve(t, m))
 	ada := controlClient(t, sess)
 	if _, err := ada.Hello(ctx, &managerpb.HelloRequest{ClientVersion: version.Get().Version, IdentityProof: "proof-ada"}); err != nil {
 		t.Fatal(err)
 	}
+	return m, sess, ada
+}
+
+// TestWireGuardOneKeyPerSession: calls made at once on one session admit
+// one key; the session's end removes it, and no other is left behind.
+func TestWireGuardOneKeyPerSession(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m, sess, ada := wgManager(t, ctx)
 	results := make(chan error, 8)
 	for range 8 {
 		go func() {
@@ -205,5 +214,79 @@ func TestWireGuardSendBudget(t *testing.T) {
 	}
 	if total > 200<<20 {
 		t.Errorf("1024 connections hold %d MiB", total>>20)
+	}
+}
+
+// TestWireGuardDialer tries, at the manager's dialer for the WireGuard
+// path, what a laptop could send through its tunnel: a connection from
+// its own address gets its share of the send budget and gives it back on
+// close; one to another laptop's tunnel address (its intercept port) is
+// refused and counted for the laptop's status; one from an address no
+// session holds is refused; past the session's pending bound the SYN is
+// dropped for a resend; and no intercept goes to a laptop that has not
+// offered to take them.
+func TestWireGuardDialer(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m, _, ada := wgManager(t, ctx)
+	echo, _ := echoTCP(t)
+	dial := m.dialTCP
+	m.dialTCP = func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) { return dial(ctx, echo) }
+	k, _ := wgpath.NewPrivateKey()
+	pub := k.Public()
+	offer, err := ada.WireGuard(ctx, &managerpb.WireGuardRequest{PublicKey: pub[:]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a4 := netip.MustParseAddr(offer.GetAddress())
+	m.wg.mu.RLock()
+	s := m.wg.byAddr[a4]
+	m.wg.mu.RUnlock()
+	if s == nil {
+		t.Fatal("the admitted session has no address")
+	}
+	d := wgDialer{m}
+	src := netip.AddrPortFrom(a4, 40000)
+	svc := netip.MustParseAddrPort("10.96.0.10:80")
+
+	var conns []net.Conn
+	for range 5 {
+		c, err := d.DialStream(ctx, rpc.KindTCP, src, svc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	for i, want := range []int{4 << 20, 4 << 20, 4 << 20, 4 << 20, 16 << 20 / 5} {
+		if got := conns[i].(interface{ SendBuffer() int }).SendBuffer(); got != want {
+			t.Errorf("connection %d: send buffer %d, want %d", i+1, got, want)
+		}
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	if n := s.wgOpen.Load(); n != 0 {
+		t.Errorf("%d connections still counted open after closing all", n)
+	}
+
+	victim := netip.AddrPortFrom(netip.MustParseAddr("198.19.0.3"), wgpath.InterceptPort)
+	if _, err := d.DialStream(ctx, rpc.KindTCP, src, victim); !errors.Is(err, rpc.StatusForbidden) {
+		t.Errorf("to another laptop's intercept port: %v, want forbidden", err)
+	}
+	if f, r := s.wgFailed.Load(), s.wgRefused.Load(); f != 1 || r != 1 {
+		t.Errorf("counted %d failed, %d refused; want 1 and 1", f, r)
+	}
+	if _, err := d.DialStream(ctx, rpc.KindTCP, netip.AddrPortFrom(a4.Next(), 40000), svc); !errors.Is(err, rpc.StatusForbidden) {
+		t.Errorf("from an address no session holds: %v, want forbidden", err)
+	}
+	s.wgPending.Store(wgPendingPerSession)
+	if _, err := d.DialStream(ctx, rpc.KindTCP, src, svc); !errors.Is(err, netstack.ErrBusy) {
+		t.Errorf("past the pending bound: %v, want ErrBusy", err)
+	}
+	s.wgPending.Store(0)
+	// A dial that was tried and failed would set wgLaptopAfter: none is
+	// tried at all.
+	if c := m.laptopOverWireGuard(ctx, s); c != nil || s.wgLaptopAfter.Load() != 0 {
+		t.Error("the manager dialed a laptop that never offered to take intercepts")
 	}
 }

@@ -473,17 +473,23 @@ func (b *bench) shapedRows(ctx context.Context) error {
 
 // carrier is the path the laptop's new connections take now.
 func (b *bench) carrier(ctx context.Context) (string, error) {
+	c, _, err := b.path(ctx)
+	return c, err
+}
+
+// path is what the laptop's status says of its path: the carrier and why.
+func (b *bench) path(ctx context.Context) (carrier, why string, err error) {
 	out, err := b.l.Run(ctx, b.laptop, b.tunnel, "status", "-o", "json")
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	var st struct {
-		Path struct{ Carrier string } `json:"path"`
+		Path struct{ Carrier, Why string } `json:"path"`
 	}
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		return "", fmt.Errorf("status -o json: %w", err)
+		return "", "", fmt.Errorf("status -o json: %w", err)
 	}
-	return st.Path.Carrier, nil
+	return st.Path.Carrier, st.Path.Why, nil
 }
 
 // waitPath waits for the laptop's path to be carrier ("wireguard" or
@@ -495,17 +501,11 @@ func (b *bench) waitPath(ctx context.Context, carrier string, within time.Durati
 	}
 	start := time.Now()
 	for time.Since(start) < within {
-		out, err := b.l.Run(ctx, b.laptop, b.tunnel, "status", "-o", "json")
+		c, why, err := b.path(ctx)
 		if err != nil {
 			return 0, err
 		}
-		var st struct {
-			Path struct{ Carrier, Why string } `json:"path"`
-		}
-		if err := json.Unmarshal([]byte(out), &st); err != nil {
-			return 0, fmt.Errorf("status -o json: %w", err)
-		}
-		if st.Path.Carrier == carrier && (carrier == "wireguard" || strings.Contains(st.Path.Why, "no answer")) {
+		if c == carrier && (carrier == "wireguard" || strings.Contains(why, "no answer")) {
 			return time.Since(start), nil
 		}
 		time.Sleep(50 * time.Millisecond)
