@@ -158,9 +158,20 @@ func TestWireGuardPortAnswersOnlyLiveSessions(t *testing.T) {
 
 	// The control: from the session's own address the same key gets in
 	// (it is the session's, stolen from root's key log), so the refusals
-	// around it are the manager's doing, not a broken attack.
+	// around it are the manager's doing, not a broken attack. The victim's
+	// UDP is dropped meanwhile: its probes, ten a second, would otherwise
+	// move the peer's endpoint back to the victim (WireGuard's roaming),
+	// and the answers to the thief with it.
+	ctx := context.Background()
+	if err := h.Lab.DropUDP(ctx, victim.opt.Laptop, true); err != nil {
+		t.Fatal(err)
+	}
 	thief.up(t, key, mgrKey, endpoint, addr, svc.Spec.ClusterIP)
-	if err := curl(thief); err != nil {
+	err = curl(thief)
+	if err := h.Lab.DropUDP(ctx, victim.opt.Laptop, false); err != nil {
+		t.Fatal(err)
+	}
+	if err != nil {
 		t.Fatalf("the attack's control: the session's key from its own address: %v", err)
 	}
 
