@@ -146,12 +146,33 @@ func TestWireGuardFallsBackWhenUDPIsDropped(t *testing.T) {
 	t.Logf("back on WireGuard %s after UDP got through again", took.Round(10*time.Millisecond))
 	curl("on WireGuard again")
 
+	// A connection that only waits (a response 25 s away) is reset in the
+	// laptop's kernel when the path goes down, rather than waiting out
+	// its own timeout on a path that can no longer answer.
+	type result struct {
+		out   string
+		err   error
+		after time.Duration
+	}
+	waiting := make(chan result, 1)
+	go func() {
+		start := time.Now()
+		out, err := l.sh(fmt.Sprintf("curl -sS --max-time 40 'http://echo.%s/delay?ms=25000'", ns))
+		waiting <- result{out, err, time.Since(start)}
+	}()
+	time.Sleep(time.Second)
 	if err := h.Lab.DropUDP(ctx, "wgfall", true); err != nil {
 		t.Fatal(err)
 	}
 	took = l.waitPath("port-forward", 10*time.Second)
 	t.Logf("on the port-forward %s after UDP was dropped", took.Round(10*time.Millisecond))
 	curl("after the WireGuard path went down")
+	r := <-waiting
+	if r.err == nil || !strings.Contains(r.out, "reset") || r.after > 15*time.Second {
+		t.Errorf("a waiting connection when the path went down: %v after %s\n%s; want it reset", r.err, r.after.Round(100*time.Millisecond), r.out)
+	} else {
+		t.Logf("a waiting connection was reset %s after it started", r.after.Round(100*time.Millisecond))
+	}
 }
 
 // TestWireGuardLeavesALossyLink: on a link that loses 5% of packets each

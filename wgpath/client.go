@@ -186,6 +186,16 @@ func (c *Client) Run(ctx context.Context, offer Offer, priv Key, handle func(net
 	if err := c.dev.IpcSet("private_key=" + priv.hex() + "\n"); err != nil {
 		return fmt.Errorf("configure WireGuard: %w", err)
 	}
+	if handle != nil {
+		// A laptop that cannot listen does not offer to take intercepts:
+		// the manager would try each and wait for its dial to fail.
+		if ln, err := c.end.in.listen(offer.Addr4); err != nil {
+			c.log.Warn("the manager cannot open connections over WireGuard; intercepts take the session", "err", err)
+			sess.inbound = false
+		} else {
+			go c.end.in.serve(ctx, ln, handle)
+		}
+	}
 	c.sess.Store(sess)
 	c.end.setAddrs(offer.Addr4, offer.Addr6)
 	defer func() {
@@ -201,13 +211,6 @@ func (c *Client) Run(ctx context.Context, offer Offer, priv Key, handle func(net
 		}
 	}()
 	c.setStatus(false, offer.Endpoints[0], "deciding: probing the manager over UDP")
-	if handle != nil {
-		go func() {
-			if err := c.end.in.serve(ctx, offer.Addr4, handle); err != nil {
-				c.log.Warn("the manager cannot open connections over WireGuard", "err", err)
-			}
-		}()
-	}
 
 	budget := max(decideBudget/time.Duration(len(offer.Endpoints)), 500*time.Millisecond)
 	for first := true; ctx.Err() == nil; first = false {
@@ -234,6 +237,7 @@ func (c *Client) Run(ctx context.Context, offer Offer, priv Key, handle func(net
 			return nil
 		}
 		c.split.close(c.end)
+		c.end.in.drop()
 		why := fmt.Sprintf("no answer over UDP from %s for %s", ep, deadAfter)
 		c.log.Warn("WireGuard path down: its connections are reset, new ones take the port-forward", "why", why)
 		c.setStatus(false, ep, why+"; trying again every 5s")

@@ -21,6 +21,8 @@ type flow struct {
 	closing time.Time // when a RST or the second FIN was seen; zero while open
 	finOut  bool      // the laptop has ended its side
 	finIn   bool      // the cluster has
+	ack     uint32    // the laptop's last acknowledgment: what it expects next
+	acked   bool      // ack is set
 }
 
 // see notes a TCP packet's flags: a connection is closing after a RST or
@@ -30,6 +32,9 @@ func (f *flow) see(p *packet, out bool, now time.Time) {
 	f.last = now
 	if p.proto != protoTCP || !f.closing.IsZero() {
 		return
+	}
+	if out && p.flags&tcpACK != 0 {
+		f.ack, f.acked = p.ack, true
 	}
 	if p.flags&tcpFIN != 0 {
 		if out {
@@ -127,11 +132,22 @@ func (t *flows) sweep(now time.Time) int {
 	return len(t.m)
 }
 
-// reset forgets every flow: the path they were on is gone.
-func (t *flows) reset() {
+// reset forgets every flow: the path they were on is gone. It returns a
+// reset for each open TCP connection, from the cluster's end to the
+// laptop's, each after offset bytes of room: the connection's state lived
+// at the manager, and an application that only reads would otherwise wait
+// on it until its own timeout.
+func (t *flows) reset(offset int) [][]byte {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	var out [][]byte
+	for k, f := range t.m {
+		if k.proto == protoTCP && f.closing.IsZero() && f.acked {
+			out = append(out, rst(k.peer, netip.AddrPortFrom(f.src, k.port), f.ack, offset))
+		}
+	}
 	clear(t.m)
+	return out
 }
 
 func (t *flows) len() int {

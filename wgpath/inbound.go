@@ -30,6 +30,9 @@ type inbound struct {
 	stack *netstack.Stack
 	dev   tun.Device
 	done  chan struct{}
+
+	mu   sync.Mutex
+	open map[net.Conn]struct{} // the connections being served
 }
 
 // newInbound starts the stack, its packets going out through w. Its
@@ -40,7 +43,7 @@ func newInbound(log *slog.Logger, w *wgEnd) (*inbound, error) {
 	if err != nil {
 		return nil, err
 	}
-	in := &inbound{log: log, stack: st, dev: dev, done: make(chan struct{})}
+	in := &inbound{log: log, stack: st, dev: dev, done: make(chan struct{}), open: map[net.Conn]struct{}{}}
 	go in.toWireGuard(w)
 	return in, nil
 }
@@ -72,46 +75,55 @@ func (in *inbound) deliver(bufs [][]byte, offset int) {
 	}
 }
 
-// serve accepts the manager's connections to addr's intercept port until
-// ctx ends, each handed to handle; those still open then are closed, as
-// the session's address goes with it.
-func (in *inbound) serve(ctx context.Context, addr netip.Addr, handle func(net.Conn)) error {
-	ln, err := in.stack.Listen(netip.AddrPortFrom(addr, InterceptPort))
-	if err != nil {
-		return err
-	}
-	var mu sync.Mutex
-	open := map[net.Conn]struct{}{}
+// listen opens addr's intercept port.
+func (in *inbound) listen(addr netip.Addr) (net.Listener, error) {
+	return in.stack.Listen(netip.AddrPortFrom(addr, InterceptPort))
+}
+
+// serve accepts the manager's connections on ln until ctx ends, each
+// handed to handle; those still open then are closed, as the session's
+// address goes with it.
+func (in *inbound) serve(ctx context.Context, ln net.Listener, handle func(net.Conn)) {
 	ended := false
 	stop := context.AfterFunc(ctx, func() {
 		ln.Close()
-		mu.Lock()
-		defer mu.Unlock()
+		in.mu.Lock()
 		ended = true
-		for c := range open {
-			c.Close()
-		}
+		in.mu.Unlock()
+		in.drop()
 	})
 	defer stop()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			return nil
+			return
 		}
-		mu.Lock()
+		in.mu.Lock()
 		if ended {
-			mu.Unlock()
+			in.mu.Unlock()
 			c.Close()
-			return nil
+			return
 		}
-		open[c] = struct{}{}
-		mu.Unlock()
+		in.open[c] = struct{}{}
+		in.mu.Unlock()
 		go func() {
 			handle(c)
-			mu.Lock()
-			delete(open, c)
-			mu.Unlock()
+			in.mu.Lock()
+			delete(in.open, c)
+			in.mu.Unlock()
 		}()
+	}
+}
+
+// drop closes the connections being served: the path that carried them is
+// down (the manager resets its ends as it stops hearing the laptop), and
+// the local process is better told now than after TCP's keepalives.
+func (in *inbound) drop() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for c := range in.open {
+		c.Close()
+		delete(in.open, c)
 	}
 }
 

@@ -30,7 +30,8 @@ type packet struct {
 	src, dst netip.Addr
 	sport    uint16
 	dport    uint16
-	flags    uint8 // TCP's
+	flags    uint8  // TCP's
+	ack      uint32 // TCP's acknowledgment number
 }
 
 // parse reads b's headers; ok is false when b is not a whole TCP or UDP
@@ -79,6 +80,7 @@ func parse(b []byte) (p packet, ok bool) {
 			return p, false
 		}
 		p.flags = l4[13]
+		p.ack = binary.BigEndian.Uint32(l4[8:12])
 	case protoUDP:
 		if len(l4) < 8 {
 			return p, false
@@ -203,4 +205,43 @@ func udp4(src, dst netip.AddrPort, payload []byte) []byte {
 	}
 	binary.BigEndian.PutUint16(u[6:8], sum)
 	return b
+}
+
+// putIPv6 writes the 40-byte IPv6 header of b, a whole packet carrying
+// proto, and returns the pseudo-header's part of its transport checksum.
+func putIPv6(b []byte, src, dst netip.Addr, proto uint8) (pseudo uint32) {
+	b[0] = 0x60
+	binary.BigEndian.PutUint16(b[4:6], uint16(len(b)-40))
+	b[6], b[7] = proto, 64
+	s, d := src.As16(), dst.As16()
+	copy(b[8:24], s[:])
+	copy(b[24:40], d[:])
+	for i := 8; i < 40; i += 2 {
+		pseudo += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	return pseudo + uint32(proto) + uint32(len(b)-40)
+}
+
+// rst builds a TCP reset from src to dst with sequence number seq, after
+// offset bytes of room for the TUN device's own header.
+func rst(src, dst netip.AddrPort, seq uint32, offset int) []byte {
+	ip := 20
+	if dst.Addr().Is6() {
+		ip = 40
+	}
+	buf := make([]byte, offset+ip+20)
+	b := buf[offset:]
+	var pseudo uint32
+	if ip == 20 {
+		pseudo = putIPv4(b, src.Addr(), dst.Addr(), protoTCP)
+	} else {
+		pseudo = putIPv6(b, src.Addr(), dst.Addr(), protoTCP)
+	}
+	t := b[ip:]
+	binary.BigEndian.PutUint16(t[0:2], src.Port())
+	binary.BigEndian.PutUint16(t[2:4], dst.Port())
+	binary.BigEndian.PutUint32(t[4:8], seq)
+	t[12], t[13] = 5<<4, tcpRST
+	binary.BigEndian.PutUint16(t[16:18], checksum(t, pseudo))
+	return buf
 }

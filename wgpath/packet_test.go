@@ -18,12 +18,8 @@ func tcp4(src, dst netip.AddrPort, flags uint8, payload []byte) []byte {
 // tcp6 builds an IPv6 TCP segment (an ACK) with a correct checksum.
 func tcp6(src, dst netip.AddrPort, payload []byte) []byte {
 	b := make([]byte, 60+len(payload))
-	b[0], b[6], b[7] = 0x60, protoTCP, 64
-	binary.BigEndian.PutUint16(b[4:6], uint16(20+len(payload)))
-	s, d := src.Addr().As16(), dst.Addr().As16()
-	copy(b[8:24], s[:])
-	copy(b[24:40], d[:])
-	putTCP(b[40:], src, dst, tcpACK, payload, pseudo6(b))
+	pseudo := putIPv6(b, src.Addr(), dst.Addr(), protoTCP)
+	putTCP(b[40:], src, dst, tcpACK, payload, pseudo)
 	return b
 }
 
@@ -142,7 +138,7 @@ func TestFlows(t *testing.T) {
 	if tcpOpen, _, tcpTotal, _ := ft.counts(); tcpOpen != 2 || tcpTotal != 3 {
 		t.Errorf("counts: %d open, %d in all", tcpOpen, tcpTotal)
 	}
-	ft.reset()
+	ft.reset(0)
 	if ft.len() != 0 {
 		t.Error("reset kept flows")
 	}
@@ -204,4 +200,32 @@ func FuzzParse(f *testing.F) {
 			t.Fatal("a rewrite broke a valid packet's checksums")
 		}
 	})
+}
+
+// TestResetChecksums: the resets the path writes to the laptop's kernel
+// carry right checksums, IPv4 and IPv6, after the room asked for.
+func TestResetChecksums(t *testing.T) {
+	for _, c := range []struct{ src, dst string }{
+		{"10.96.0.10:80", "10.210.0.2:40000"},
+		{"[fd00::10]:80", "[fd00::2]:40000"},
+	} {
+		src, dst := netip.MustParseAddrPort(c.src), netip.MustParseAddrPort(c.dst)
+		b := rst(src, dst, 4242, 16)[16:]
+		p, ok := parse(b)
+		if !ok || p.flags != tcpRST || p.src != src.Addr() || p.dst != dst.Addr() || p.sport != src.Port() || p.dport != dst.Port() {
+			t.Fatalf("%s: %+v", c.src, p)
+		}
+		var sum uint16
+		if src.Addr().Is4() {
+			sum = checksum(b[20:], pseudo4(b))
+			if checksum(b[:20], 0) != 0 {
+				t.Errorf("%s: IPv4 header checksum", c.src)
+			}
+		} else {
+			sum = checksum(b[40:], pseudo6(b))
+		}
+		if sum != 0 || binary.BigEndian.Uint32(b[len(b)-16:]) != 4242 {
+			t.Errorf("%s: TCP checksum %#x, sequence %d", c.src, sum, binary.BigEndian.Uint32(b[len(b)-16:]))
+		}
+	}
 }

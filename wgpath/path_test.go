@@ -441,3 +441,31 @@ func TestProbeAnswersCarryDialErrors(t *testing.T) {
 		t.Fatalf("after the session: %d failed, %d refused", f, r)
 	}
 }
+
+// TestLaptopThatCannotListenTakesNoIntercepts: when the laptop's intercept
+// port cannot be opened, its probes stop offering intercepts, so the
+// manager sends them over the session rather than dialing in vain.
+func TestLaptopThatCannotListenTakesNoIntercepts(t *testing.T) {
+	target := echoServer(t)
+	srv, _ := testServer(t, target)
+	offer, priv := admit(t, srv)
+	c := newLaptop(t, target).client(t)
+	taken, err := c.end.in.listen(offer.Addr4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		c.Run(ctx, offer, priv, func(conn net.Conn) { conn.Close() })
+		close(done)
+	}()
+	waitFor(t, "the path up", 5*time.Second, c.end.open.Load)
+	time.Sleep(5 * lossProbes) // five probes heard
+	if srv.Live(offer.Addr4) {
+		t.Error("a laptop whose intercept port is taken offers intercepts")
+	}
+	cancel()
+	<-done
+}

@@ -56,7 +56,7 @@ type Server struct {
 	peers map[Key]int
 	used  map[int]Key
 	next  int
-	heard map[netip.Addr]time.Time // a session's last probe offering to take intercepts, by its tunnel address
+	heard map[netip.Addr]heardAt // a session's last probes, by its tunnel address
 
 	// dialErrors, when set, counts a session's failed dials by its tunnel
 	// address: the answer to each probe carries them, so the laptop's
@@ -106,7 +106,7 @@ func NewServer(base *slog.Logger, port int, dialer netstack.Dialer, maxPending i
 		return nil, err
 	}
 	s := &Server{log: log, stack: st, pipe: stackDev, pub: priv.Public(),
-		peers: map[Key]int{}, used: map[int]Key{}, next: 2, heard: map[netip.Addr]time.Time{}}
+		peers: map[Key]int{}, used: map[int]Key{}, next: 2, heard: map[netip.Addr]heardAt{}}
 	if s.echo, err = st.ListenPacket(netip.AddrPortFrom(Server4, ProbePort)); err != nil {
 		s.closeStack()
 		return nil, err
@@ -228,13 +228,16 @@ func (s *Server) serveEcho() {
 		binary.BigEndian.PutUint64(buf[n:], failed)
 		binary.BigEndian.PutUint64(buf[n+8:], refused)
 		s.echo.WriteTo(buf[:n+16], from)
-		if n == probeLen && buf[probeLen-1]&probeTakesIntercepts != 0 {
-			s.mu.Lock()
-			if s.addrUsed(a) {
-				s.heard[a] = time.Now()
+		s.mu.Lock()
+		if s.addrUsed(a) {
+			h := s.heard[a]
+			h.any = time.Now()
+			if n == probeLen && buf[probeLen-1]&probeTakesIntercepts != 0 {
+				h.offer = h.any
 			}
-			s.mu.Unlock()
+			s.heard[a] = h
 		}
+		s.mu.Unlock()
 	}
 }
 
@@ -256,9 +259,23 @@ func (s *Server) addrUsed(a netip.Addr) bool {
 func (s *Server) Live(a netip.Addr) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	t, ok := s.heard[a]
-	return ok && time.Since(t) < deadAfter
+	h, ok := s.heard[a]
+	return ok && time.Since(h.offer) < deadAfter
 }
+
+// Heard says whether the session at tunnel address a probed the path
+// within the time a laptop takes to call it down, whatever it offered:
+// its connections over the path still carry packets.
+func (s *Server) Heard(a netip.Addr) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h, ok := s.heard[a]
+	return ok && time.Since(h.any) < deadAfter
+}
+
+// heardAt is when a session's last probe came, and the last that offered
+// to take intercepted connections.
+type heardAt struct{ any, offer time.Time }
 
 // DialLaptop opens a connection to the intercept port of the session at
 // tunnel address a, over WireGuard.

@@ -147,7 +147,7 @@ func (s *Split) divert(w *wgEnd, b []byte, now time.Time) bool {
 func (s *Split) attach(w *wgEnd) {
 	s.mu.Lock()
 	old := s.cur.Swap(w)
-	s.flows.reset()
+	s.forget()
 	s.mu.Unlock()
 	if old != nil {
 		old.Close() // its detach finds it gone
@@ -160,7 +160,7 @@ func (s *Split) detach(w *wgEnd) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cur.CompareAndSwap(w, nil) {
-		s.flows.reset()
+		s.forget()
 	}
 }
 
@@ -168,7 +168,23 @@ func (s *Split) detach(w *wgEnd) {
 // down); w stays attached so that it can open again.
 func (s *Split) close(w *wgEnd) {
 	if w.open.Swap(false) {
-		s.flows.reset()
+		s.forget()
+	}
+}
+
+// resetOffset is the room left before each reset written to the TUN
+// device, for the header a Linux TUN with offloads puts there.
+const resetOffset = 16
+
+// forget forgets every flow of the path, and resets their connections in
+// the laptop's kernel.
+func (s *Split) forget() {
+	resets := s.flows.reset(resetOffset)
+	if len(resets) == 0 {
+		return
+	}
+	if _, err := s.dev.Write(resets, resetOffset); err != nil {
+		s.log.Debug("reset the WireGuard path's connections", "err", err)
 	}
 }
 

@@ -1,18 +1,56 @@
 package wgpath
 
 import (
+	"encoding/binary"
 	"log/slog"
 	"net/netip"
+	"os"
+	"sync"
 	"testing"
 	"time"
+
+	wgtun "golang.zx2c4.com/wireguard/tun"
 )
+
+// written is a TUN device that keeps what is written to it.
+type written struct {
+	mu   sync.Mutex
+	pkts [][]byte
+}
+
+func (d *written) Write(bufs [][]byte, offset int) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, b := range bufs {
+		d.pkts = append(d.pkts, append([]byte(nil), b[offset:]...))
+	}
+	return len(bufs), nil
+}
+func (d *written) Read([][]byte, []int, int) (int, error) { return 0, os.ErrClosed }
+func (d *written) File() *os.File                         { return nil }
+func (d *written) MTU() (int, error)                      { return MTU, nil }
+func (d *written) Name() (string, error)                  { return "written", nil }
+func (d *written) Events() <-chan wgtun.Event             { return nil }
+func (d *written) Close() error                           { return nil }
+func (d *written) BatchSize() int                         { return 1 }
+
+// withAck sets b's (an IPv4 TCP segment's) acknowledgment number.
+func withAck(b []byte, ack uint32) []byte {
+	binary.BigEndian.PutUint32(b[28:32], ack)
+	binary.BigEndian.PutUint16(b[36:38], 0)
+	binary.BigEndian.PutUint16(b[36:38], checksum(b[20:], pseudo4(b)))
+	return b
+}
 
 // TestSplitLossyKeepsFlowsAndCloseResetsThem: while the path is lossy new
 // connections stay off it and those on it go on; when the path then
 // closes, its connections are forgotten (their next packets reach the
-// stack, which resets them), lossy or not.
+// stack, which resets them), lossy or not, and the laptop's kernel gets a
+// reset for each at once, which it takes: its source the cluster's end,
+// its sequence number the last the laptop acknowledged.
 func TestSplitLossyKeepsFlowsAndCloseResetsThem(t *testing.T) {
-	s := NewSplit(slog.New(slog.DiscardHandler), nil, nil)
+	dev := &written{}
+	s := NewSplit(slog.New(slog.DiscardHandler), dev, nil)
 	w := newWGEnd(s, MTU, nil)
 	s.attach(w)
 	w.setAddrs(netip.MustParseAddr("198.19.0.2"), netip.MustParseAddr("fd74:756e:6e65:6c00::2"))
@@ -29,10 +67,19 @@ func TestSplitLossyKeepsFlowsAndCloseResetsThem(t *testing.T) {
 	if s.divert(w, tcp4(second, svc, tcpSYN, nil), now) {
 		t.Error("a new connection took a lossy path")
 	}
-	if !s.divert(w, tcp4(first, svc, tcpACK, []byte("more")), now) {
+	if !s.divert(w, withAck(tcp4(first, svc, tcpACK, []byte("more")), 777), now) {
 		t.Error("a connection on the path left it when the path turned lossy")
 	}
 	s.close(w)
+	if len(dev.pkts) != 1 {
+		t.Fatalf("%d packets to the kernel as the path closed, want one reset", len(dev.pkts))
+	}
+	r := dev.pkts[0]
+	p, ok := parse(r)
+	if !ok || !valid4(r) || p.flags != tcpRST || netip.AddrPortFrom(p.src, p.sport) != svc ||
+		netip.AddrPortFrom(p.dst, p.dport) != first || binary.BigEndian.Uint32(r[24:28]) != 777 {
+		t.Errorf("the reset: %+v (valid %v), want %s to %s with sequence 777", p, valid4(r), svc, first)
+	}
 	if s.Flows() != 0 || s.divert(w, tcp4(first, svc, tcpACK, []byte("more")), now) {
 		t.Errorf("after the lossy path closed: %d flows left, its connection still diverted", s.Flows())
 	}

@@ -253,7 +253,38 @@ func (m *Manager) laptopOverWireGuard(ctx context.Context, s *session) net.Conn 
 	// When the session ends its peer goes: a reset now, not minutes of
 	// resends to a laptop that can no longer answer.
 	stop := context.AfterFunc(s.ctx, c.Abort)
-	return &sessionConn{Conn: c, done: func() { stop() }}
+	quiet := m.abortWhenSilent(c, a)
+	return &sessionConn{Conn: c, done: func() { stop(); quiet() }}
+}
+
+// silentCheck is how often a connection to a laptop over WireGuard asks
+// whether the laptop still probes.
+const silentCheck = 500 * time.Millisecond
+
+// abortWhenSilent resets c once the laptop at tunnel address a has stopped
+// probing (its UDP blocked, its Wi-Fi gone): TCP would resend into the
+// dead path for minutes, while the sidecar's requests on c hang. The
+// sidecar's next connection takes the session's stream. Call the returned
+// function when c closes.
+func (m *Manager) abortWhenSilent(c *netstack.DialedConn, a netip.Addr) func() {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(silentCheck)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if !m.wg.srv.Heard(a) {
+					c.Abort()
+					return
+				}
+			}
+		}
+	}()
+	var once sync.Once
+	return func() { once.Do(func() { close(done) }) }
 }
 
 // A session's connections over WireGuard share a budget for what the

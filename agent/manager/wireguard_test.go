@@ -90,34 +90,7 @@ func TestWireGuardPath(t *testing.T) {
 		t.Errorf("a second key for the session: %v, want FailedPrecondition", err)
 	}
 
-	// The laptop: a userspace "kernel" whose TUN device the split serves.
-	dev, tnet, err := wgnet.CreateNetTUN([]netip.Addr{netip.MustParseAddr("10.210.0.2")}, nil, 65520)
-	if err != nil {
-		t.Fatal(err)
-	}
-	split := wgpath.NewSplit(slog.Default(), dev, nil)
-	st, err := netstack.New(slog.Default(), split.Stack(), noStreams{t}, netstack.Config{})
-	if err != nil {
-		dev.Close()
-		t.Fatal(err)
-	}
-	// The device first, while the stack still reads it (see wgpath's tests).
-	defer func() { dev.Close(); st.Close() }()
-	serverKey, _ := wgpath.ParseKey(offer.GetPublicKey())
-	a4, _ := netip.ParseAddr(offer.GetAddress())
-	c, err := split.NewClient(slog.Default())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	done := make(chan struct{})
-	go func() {
-		c.Run(ctx, wgpath.Offer{ServerKey: serverKey, Addr4: a4, Server4: wgpath.Server4,
-			Endpoints: []netip.AddrPort{netip.MustParseAddrPort(offer.GetEndpoints()[0])}}, priv, nil)
-		close(done)
-	}()
-	defer func() { cancel(); <-done }()
-	eventually(t, "the path up", func() bool { return c.Status().Up })
+	c, tnet := wgLaptop(t, ctx, offer, priv, nil)
 
 	conn, err := tnet.DialContextTCPAddrPort(ctx, svc)
 	if err != nil {
@@ -138,8 +111,8 @@ func TestWireGuardPath(t *testing.T) {
 	sess.Close() // the session ends: its key and its connection with it
 	eventually(t, "the peer removed", func() bool { return m.wg.srv.Peers() == 0 })
 	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := conn.Read(buf); err == nil {
-		t.Error("the connection of an ended session still reads")
+	if _, err := conn.Read(buf); err == nil || isTimeout(err) {
+		t.Errorf("the connection of an ended session: %v, want it reset", err)
 	}
 	eventually(t, "the path down", func() bool { return !c.Status().Up })
 	if why := c.Status().Why; !strings.Contains(why, "no answer over UDP") {
@@ -147,15 +120,55 @@ func TestWireGuardPath(t *testing.T) {
 	}
 }
 
-// wgManager is a manager serving the WireGuard path (its endpoint one no
-// laptop reaches) with ada's verified session on it; both end with t.
+// wgLaptop is a laptop on the WireGuard path that offer describes: a
+// userspace "kernel" whose TUN device the split serves, and its client,
+// up when wgLaptop returns. handle serves the manager's connections (nil:
+// none). The client runs until ctx ends; wait for it with t's cleanup.
+func wgLaptop(t *testing.T, ctx context.Context, offer *managerpb.WireGuardOffer, priv wgpath.Key, handle func(net.Conn)) (*wgpath.Client, *wgnet.Net) {
+	t.Helper()
+	dev, tnet, err := wgnet.CreateNetTUN([]netip.Addr{netip.MustParseAddr("10.210.0.2")}, nil, 65520)
+	if err != nil {
+		t.Fatal(err)
+	}
+	split := wgpath.NewSplit(slog.Default(), dev, nil)
+	st, err := netstack.New(slog.Default(), split.Stack(), noStreams{t}, netstack.Config{})
+	if err != nil {
+		dev.Close()
+		t.Fatal(err)
+	}
+	// The device first, while the stack still reads it (see wgpath's tests).
+	t.Cleanup(func() { dev.Close(); st.Close() })
+	serverKey, _ := wgpath.ParseKey(offer.GetPublicKey())
+	a4, _ := netip.ParseAddr(offer.GetAddress())
+	c, err := split.NewClient(slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	done := make(chan struct{})
+	go func() {
+		c.Run(ctx, wgpath.Offer{ServerKey: serverKey, Addr4: a4, Server4: wgpath.Server4,
+			Endpoints: []netip.AddrPort{netip.MustParseAddrPort(offer.GetEndpoints()[0])}}, priv, handle)
+		close(done)
+	}()
+	t.Cleanup(func() { <-done })
+	eventually(t, "the path up", func() bool { return c.Status().Up })
+	return c, tnet
+}
+
+// wgManager is a manager serving the WireGuard path on loopback with ada's
+// verified session on it; both end with t.
 func wgManager(t *testing.T, ctx context.Context) (*Manager, *yamux.Session, managerpb.ManagerClient) {
 	t.Helper()
 	m, _ := newTestManager(t, nil)
 	m.identify = fakeIdentify
-	if err := m.useWireGuard(0, func(context.Context) ([]string, error) { return []string{"127.0.0.1:9"}, nil }); err != nil {
+	var port int
+	if err := m.useWireGuard(0, func(context.Context) ([]string, error) {
+		return []string{fmt.Sprintf("127.0.0.1:%d", port)}, nil
+	}); err != nil {
 		t.Fatal(err)
 	}
+	port = m.wg.srv.Port()
 	t.Cleanup(m.closeWireGuard)
 	sess := laptop(t, serve(t, m))
 	ada := controlClient(t, sess)
@@ -163,6 +176,25 @@ func wgManager(t *testing.T, ctx context.Context) (*Manager, *yamux.Session, man
 		t.Fatal(err)
 	}
 	return m, sess, ada
+}
+
+// wgAdmit asks for ada's WireGuard path with a new key; it returns the
+// offer, the key, and the manager's session that holds the path.
+func wgAdmit(t *testing.T, ctx context.Context, m *Manager, ada managerpb.ManagerClient) (*managerpb.WireGuardOffer, wgpath.Key, *session) {
+	t.Helper()
+	k, _ := wgpath.NewPrivateKey()
+	pub := k.Public()
+	offer, err := ada.WireGuard(ctx, &managerpb.WireGuardRequest{PublicKey: pub[:]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.wg.mu.RLock()
+	s := m.wg.byAddr[netip.MustParseAddr(offer.GetAddress())]
+	m.wg.mu.RUnlock()
+	if s == nil {
+		t.Fatal("the admitted session has no address")
+	}
+	return offer, k, s
 }
 
 // TestWireGuardOneKeyPerSession: calls made at once on one session admit
@@ -232,19 +264,8 @@ func TestWireGuardDialer(t *testing.T) {
 	echo, _ := echoTCP(t)
 	dial := m.dialTCP
 	m.dialTCP = func(ctx context.Context, dst netip.AddrPort) (net.Conn, error) { return dial(ctx, echo) }
-	k, _ := wgpath.NewPrivateKey()
-	pub := k.Public()
-	offer, err := ada.WireGuard(ctx, &managerpb.WireGuardRequest{PublicKey: pub[:]})
-	if err != nil {
-		t.Fatal(err)
-	}
+	offer, _, s := wgAdmit(t, ctx, m, ada)
 	a4 := netip.MustParseAddr(offer.GetAddress())
-	m.wg.mu.RLock()
-	s := m.wg.byAddr[a4]
-	m.wg.mu.RUnlock()
-	if s == nil {
-		t.Fatal("the admitted session has no address")
-	}
 	d := wgDialer{m}
 	src := netip.AddrPortFrom(a4, 40000)
 	svc := netip.MustParseAddrPort("10.96.0.10:80")
@@ -289,4 +310,50 @@ func TestWireGuardDialer(t *testing.T) {
 	if c := m.laptopOverWireGuard(ctx, s); c != nil || s.wgLaptopAfter.Load() != 0 {
 		t.Error("the manager dialed a laptop that never offered to take intercepts")
 	}
+}
+
+// TestWireGuardInterceptEndsWhenTheLaptopFallsSilent: an intercepted
+// connection the manager opened to a laptop over WireGuard is reset once
+// the laptop stops probing, so the sidecar's requests on it fail over
+// rather than hang while TCP resends into a dead path.
+func TestWireGuardInterceptEndsWhenTheLaptopFallsSilent(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	m, _, ada := wgManager(t, ctx)
+	offer, priv, s := wgAdmit(t, ctx, m, ada)
+	a4 := netip.MustParseAddr(offer.GetAddress())
+
+	c, _ := wgLaptop(t, ctx, offer, priv, func(c net.Conn) { io.Copy(c, c); c.Close() })
+	eventually(t, "the laptop takes intercepts", func() bool { return m.wg.srv.Live(a4) })
+	conn := m.laptopOverWireGuard(ctx, s)
+	if conn == nil {
+		t.Fatal("no connection to a live laptop")
+	}
+	defer conn.Close()
+	buf := make([]byte, 4)
+	if _, err := conn.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(conn, buf); err != nil {
+		t.Fatalf("to the laptop: %v", err)
+	}
+
+	// The laptop's path goes silent (its WireGuard device closes: no more
+	// probes, and not a packet of the connection's end); the session, over
+	// its port-forward, stays.
+	c.Close()
+	// The laptop is called silent after 3 s without a probe; TCP's own
+	// keepalives would take 10 s, which this deadline does not wait for.
+	start := time.Now()
+	conn.SetReadDeadline(time.Now().Add(7 * time.Second))
+	_, err := conn.Read(buf)
+	if err == nil || isTimeout(err) {
+		t.Fatalf("the connection to a silent laptop: %v after %s, want a reset", err, time.Since(start))
+	}
+	t.Logf("reset %s after the laptop fell silent", time.Since(start).Round(100*time.Millisecond))
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }

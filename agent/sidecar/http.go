@@ -218,7 +218,16 @@ func (h *httpMode) roundTrip(r *http.Request) (*http.Response, error) {
 type laptopPools struct {
 	direct, manager [2]*http.Transport
 	onDirect        bool
+	repooled        time.Time // when the manager pool's idle connections were last closed
 }
+
+// repoolEvery is how often the idle connections through the manager are
+// closed. The manager picks the laptop's path per connection (its
+// WireGuard path while the laptop's probes offer it, the session's stream
+// when not); a pooled connection would keep the path it started on for as
+// long as requests keep it busy. A request's fresh connection costs a
+// round trip in the cluster and one over the path.
+const repoolEvery = 10 * time.Second
 
 // laptop returns the transports that reach ic's laptop now.
 func (h *httpMode) laptop(ic *managerpb.Intercept) *[2]*http.Transport {
@@ -234,6 +243,10 @@ func (h *httpMode) laptop(ic *managerpb.Intercept) *[2]*http.Transport {
 	}
 	if !h.c.direct.up(ic.GetId()) {
 		lp.onDirect = false
+		if now := time.Now(); now.Sub(lp.repooled) > repoolEvery {
+			lp.repooled = now
+			closeIdle(lp.manager)
+		}
 		return &lp.manager
 	}
 	if !lp.onDirect {

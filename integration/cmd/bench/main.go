@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"os"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -111,7 +110,7 @@ func (b *bench) run(ctx context.Context) error {
 		return fmt.Errorf("find the echo pod: %v", err)
 	}
 	b.pod, b.podIP = pods.Items[0].Name, pods.Items[0].Status.PodIP
-	if _, err := b.l.Run(ctx, b.node, b.tunnel, "install"); err != nil {
+	if _, err := b.l.Run(ctx, b.node, b.tunnel, "install", "--allow-user", "dev"); err != nil {
 		return err
 	}
 	_, _ = b.l.Run(ctx, b.laptop, b.tunnel, "quit")
@@ -148,7 +147,7 @@ func (b *bench) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	noUDPPath, err := b.waitPath(ctx, "port-forward", 0)
+	noUDPPath, err := b.waitPath(ctx, b.laptop, "port-forward", 0)
 	if err != nil {
 		return err
 	}
@@ -161,7 +160,7 @@ func (b *bench) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	wgUp, err := b.waitPath(ctx, "wireguard", 5*time.Second)
+	wgUp, err := b.waitPath(ctx, b.laptop, "wireguard", 5*time.Second)
 	if err != nil {
 		return err
 	}
@@ -253,147 +252,6 @@ func (b *bench) laptopRows(ctx context.Context) error {
 	return nil
 }
 
-func printIntercept(n int, appP50, appP99 float64, ic interceptResult) {
-	gbps := func(v float64) string { return fmt.Sprintf("%.2f GB/s", v/1e9) }
-	ms := func(us float64) string { return fmt.Sprintf("%.2f ms", us/1000) }
-	ratio := func(a, b float64) string { return fmt.Sprintf("%.2fx", a/b) }
-	printTable([][]string{
-		{"intercept (client on the node)", "to the app pod", "kubectl port-forward", "intercepted, to the laptop", "ratio"},
-		{fmt.Sprintf("HTTP request p50 (%d, new connection each)", n), ms(appP50), "", ms(ic.p50), ratio(ic.p50, appP50) + " of the app"},
-		{fmt.Sprintf("HTTP request p99 (%d)", n), ms(appP99), "", ms(ic.p99), ratio(ic.p99, appP99) + " of the app"},
-		{fmt.Sprintf("HTTP upload to the laptop (%d MiB, median of %d)", ic.size>>20, uploadRounds), "", gbps(ic.pfUp), gbps(ic.up), ratio(ic.up, ic.pfUp) + " of port-forward"},
-	})
-}
-
-type interceptResult struct {
-	p50, p99, up, pfUp float64
-	size               int64
-}
-
-// interceptFigures intercepts the test app's Service to a server in the
-// laptop and measures, from the node (a client in the cluster), request
-// latency and an upload through the intercept; then the same upload from
-// the laptop to the pod through kubectl port-forward, which carries the
-// same bytes over the same API server and kubelet path the other way.
-func (b *bench) interceptFigures(ctx context.Context) (interceptResult, error) {
-	r := interceptResult{size: 256 << 20}
-	srv, err := lab.Command(ctx, b.l.Paths, b.laptop, "env", "POD_NAME=laptop-bench", b.echo,
-		"--http", "127.0.0.1:7090", "--http2", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0")
-	if err != nil {
-		return r, err
-	}
-	if err := srv.Start(); err != nil {
-		return r, err
-	}
-	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
-	if _, err := b.sh(ctx, b.laptop, "for i in $(seq 1 50); do curl -sf --max-time 1 http://127.0.0.1:7090/healthz >/dev/null && exit 0; sleep 0.1; done; exit 1"); err != nil {
-		return r, err
-	}
-	if _, err := b.l.Run(ctx, b.laptop, b.tunnel, "intercept", "echo", "-n", b.ns, "--port", "7090:http"); err != nil {
-		return r, err
-	}
-	defer b.l.Run(context.WithoutCancel(ctx), b.laptop, b.tunnel, "leave", "echo-http", "-n", b.ns)
-	ip, err := b.sh(ctx, b.node, fmt.Sprintf("kubectl get svc -n %s echo -o jsonpath='{.spec.clusterIP}'", b.ns))
-	if err != nil {
-		return r, err
-	}
-	svc := "http://" + strings.TrimSpace(lastLine(ip))
-	if out, err := b.sh(ctx, b.node, fmt.Sprintf("%s get %s/", b.echo, svc)); err != nil || !strings.Contains(out, "laptop-bench") {
-		return r, fmt.Errorf("the intercept does not answer: %v %s", err, out)
-	}
-	out, err := b.sh(ctx, b.node, fmt.Sprintf("%s latency %s/ %d", b.echo, svc, b.latN))
-	if err != nil {
-		return r, err
-	}
-	f := figures(out)
-	r.p50, r.p99 = f["p50_us"], f["p99_us"]
-	// The sidecar's rollout replaced the pod.
-	pod, err := b.sh(ctx, b.node, fmt.Sprintf("kubectl get pods -n %s -l app=echo --field-selector status.phase=Running -o jsonpath='{.items[0].metadata.name}'", b.ns))
-	if err != nil {
-		return r, err
-	}
-	// Rounds alternate the two paths, and each figure is its median: one
-	// upload of each on a busy two-core machine can be off by a fifth.
-	var ups, pfUps []float64
-	for round := 1; round <= uploadRounds; round++ {
-		up, err := b.interceptUpload(ctx, svc, r.size, round)
-		if err != nil {
-			return r, err
-		}
-		pfUp, err := b.portForwardUpload(ctx, strings.TrimSpace(lastLine(pod)), r.size, round)
-		if err != nil {
-			return r, err
-		}
-		fmt.Fprintf(os.Stderr, "round %d: intercept %.2f GB/s, port-forward %.2f GB/s (%.2fx)\n", round, up/1e9, pfUp/1e9, up/pfUp)
-		ups, pfUps = append(ups, up), append(pfUps, pfUp)
-	}
-	r.up, r.pfUp = median(ups), median(pfUps)
-	return r, nil
-}
-
-// uploadRounds is how many uploads of each path the figures take the
-// median of.
-const uploadRounds = 5
-
-func median(v []float64) float64 {
-	s := slices.Clone(v)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
-// interceptUpload uploads size bytes from the node to the intercepted
-// Service, whose laptop server discards them; the first round may be
-// recorded with perf.
-func (b *bench) interceptUpload(ctx context.Context, svc string, size int64, round int) (float64, error) {
-	stopPerf := func() {}
-	if round == 1 {
-		var err error
-		if stopPerf, err = startPerf(b.perf); err != nil {
-			return 0, err
-		}
-	}
-	before := cpuTimes()
-	out, err := b.sh(ctx, b.node, fmt.Sprintf("%s upload %s/upload %d", b.echo, svc, size))
-	stopPerf()
-	if err != nil {
-		return 0, err
-	}
-	printCPU(os.Stderr, fmt.Sprintf("upload %d through the intercept", round), before, cpuTimes())
-	return figures(out)["bytes_per_sec"], nil
-}
-
-// portForwardUpload uploads size bytes from the laptop to the app pod
-// through kubectl port-forward, which carries them over the same API
-// server and kubelet path the other way.
-func (b *bench) portForwardUpload(ctx context.Context, pod string, size int64, round int) (float64, error) {
-	const port = 18081
-	stopPerf := func() {}
-	if round == 1 && b.perf != "" {
-		var err error
-		if stopPerf, err = startPerf(b.perf + ".port-forward"); err != nil {
-			return 0, err
-		}
-	}
-	defer stopPerf()
-	before := cpuTimes()
-	out, err := b.sh(ctx, b.laptop, fmt.Sprintf(`kubectl port-forward -n %s pod/%s %d:%d >/dev/null 2>&1 &
-pf=$!
-trap 'kill $pf' EXIT
-for i in $(seq 1 100); do curl -sf --max-time 1 http://127.0.0.1:%d/healthz >/dev/null && break; sleep 0.1; done
-cpu() { awk '{print $14+$15}' /proc/$pf/stat; }
-a=$(cpu)
-%s upload http://127.0.0.1:%d/upload %d
-echo kubectl_ticks=$(( $(cpu) - a ))`, b.ns, pod, port, lab.EchoHTTPPort, port, b.echo, port, size))
-	if err != nil {
-		return 0, err
-	}
-	after := cpuTimes()
-	// kubectl is gone by now: it measured itself.
-	after["kubectl port-forward"] = before["kubectl port-forward"] + time.Duration(figures(out)["kubectl_ticks"])*10*time.Millisecond
-	printCPU(os.Stderr, fmt.Sprintf("upload %d through kubectl port-forward", round), before, after)
-	return figures(out)["bytes_per_sec"], nil
-}
-
 // connectTime is from `tunnel connect` (daemon start included) to the first
 // successful curl of a Service by name.
 func (b *bench) connectTime(ctx context.Context) (int64, error) {
@@ -432,7 +290,7 @@ func (b *bench) shapedRows(ctx context.Context) error {
 				return err
 			}
 			if i == 0 {
-				if _, err := b.waitPath(ctx, "wireguard", 10*time.Second); err != nil {
+				if _, err := b.waitPath(ctx, b.laptop, "wireguard", 10*time.Second); err != nil {
 					return err
 				}
 				// The daemon judges the link by its probes' loss once it
@@ -473,13 +331,13 @@ func (b *bench) shapedRows(ctx context.Context) error {
 
 // carrier is the path the laptop's new connections take now.
 func (b *bench) carrier(ctx context.Context) (string, error) {
-	c, _, err := b.path(ctx)
+	c, _, err := b.path(ctx, b.laptop)
 	return c, err
 }
 
-// path is what the laptop's status says of its path: the carrier and why.
-func (b *bench) path(ctx context.Context) (carrier, why string, err error) {
-	out, err := b.l.Run(ctx, b.laptop, b.tunnel, "status", "-o", "json")
+// path is what a laptop's status says of its path: the carrier and why.
+func (b *bench) path(ctx context.Context, laptop lab.ExecOptions) (carrier, why string, err error) {
+	out, err := b.l.Run(ctx, laptop, b.tunnel, "status", "-o", "json")
 	if err != nil {
 		return "", "", err
 	}
@@ -492,16 +350,16 @@ func (b *bench) path(ctx context.Context) (carrier, why string, err error) {
 	return st.Path.Carrier, st.Path.Why, nil
 }
 
-// waitPath waits for the laptop's path to be carrier ("wireguard" or
+// waitPath waits for a laptop's path to be carrier ("wireguard" or
 // "port-forward" for a decision: port-forward with a reason), for at most
 // within (or 10 s), and says how long that took.
-func (b *bench) waitPath(ctx context.Context, carrier string, within time.Duration) (time.Duration, error) {
+func (b *bench) waitPath(ctx context.Context, laptop lab.ExecOptions, carrier string, within time.Duration) (time.Duration, error) {
 	if within == 0 {
 		within = 10 * time.Second
 	}
 	start := time.Now()
 	for time.Since(start) < within {
-		c, why, err := b.path(ctx)
+		c, why, err := b.path(ctx, laptop)
 		if err != nil {
 			return 0, err
 		}
