@@ -193,7 +193,11 @@ func (c *Client) Run(ctx context.Context, offer Offer, priv Key, handle func(net
 			c.log.Warn("the manager cannot open connections over WireGuard; intercepts take the session", "err", err)
 			sess.inbound = false
 		} else {
-			go c.end.in.serve(ctx, ln, handle)
+			// Run returns once the port is closed again: the next
+			// session may get the same address.
+			served := make(chan struct{})
+			go func() { c.end.in.serve(ctx, ln, handle); close(served) }()
+			defer func() { <-served }()
 		}
 	}
 	c.sess.Store(sess)

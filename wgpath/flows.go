@@ -21,8 +21,12 @@ type flow struct {
 	closing time.Time // when a RST or the second FIN was seen; zero while open
 	finOut  bool      // the laptop has ended its side
 	finIn   bool      // the cluster has
-	ack     uint32    // the laptop's last acknowledgment: what it expects next
-	acked   bool      // ack is set
+	// next is what the laptop's TCP expects from the cluster next: the
+	// further of its last acknowledgment and the end of the last segment
+	// that came in order, so that a reset written to the kernel carries
+	// exactly that (RFC 5961), even while an ACK is delayed.
+	next  uint32
+	acked bool // next is set: the laptop has acknowledged something
 }
 
 // see notes a TCP packet's flags: a connection is closing after a RST or
@@ -33,8 +37,13 @@ func (f *flow) see(p *packet, out bool, now time.Time) {
 	if p.proto != protoTCP || !f.closing.IsZero() {
 		return
 	}
-	if out && p.flags&tcpACK != 0 {
-		f.ack, f.acked = p.ack, true
+	switch {
+	case out && p.flags&tcpACK != 0:
+		if !f.acked || seqAfter(p.ack, f.next) {
+			f.next, f.acked = p.ack, true
+		}
+	case !out && f.acked && p.seq == f.next:
+		f.next = p.seqEnd() // in order: the kernel takes it
 	}
 	if p.flags&tcpFIN != 0 {
 		if out {
@@ -87,6 +96,9 @@ func (t *flows) outbound(p *packet, open func() bool, now time.Time) (src netip.
 		delete(t.m, k) // the port is reused for a new connection
 		f = nil
 	}
+	if f != nil && f.src != p.src {
+		return netip.Addr{}, false // another local address: not this flow's
+	}
 	if f == nil {
 		if len(t.m) >= t.max || (p.proto == protoTCP && !isSYN) || !open() {
 			return netip.Addr{}, false
@@ -132,18 +144,25 @@ func (t *flows) sweep(now time.Time) int {
 	return len(t.m)
 }
 
+// seqAfter says whether sequence number a comes after b (RFC 1982).
+func seqAfter(a, b uint32) bool { return int32(a-b) > 0 }
+
 // reset forgets every flow: the path they were on is gone. It returns a
-// reset for each open TCP connection, from the cluster's end to the
-// laptop's, each after offset bytes of room: the connection's state lived
-// at the manager, and an application that only reads would otherwise wait
-// on it until its own timeout.
+// reset, from the cluster's end to the laptop's, for each open TCP
+// connection the laptop has acknowledged something on (one still in its
+// handshake resends its SYN, which the stack refuses), each after offset
+// bytes of room: the connection's state lived at the manager, and an
+// application that only reads would otherwise wait on it until its own
+// timeout. Should the kernel find the number off anyway, it answers with
+// a challenge ACK, which reaches the stack (the flow is gone) and gets a
+// reset with the number the ACK names.
 func (t *flows) reset(offset int) [][]byte {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var out [][]byte
 	for k, f := range t.m {
 		if k.proto == protoTCP && f.closing.IsZero() && f.acked {
-			out = append(out, rst(k.peer, netip.AddrPortFrom(f.src, k.port), f.ack, offset))
+			out = append(out, rst(k.peer, netip.AddrPortFrom(f.src, k.port), f.next, offset))
 		}
 	}
 	clear(t.m)

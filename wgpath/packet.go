@@ -31,7 +31,7 @@ type packet struct {
 	sport    uint16
 	dport    uint16
 	flags    uint8  // TCP's
-	ack      uint32 // TCP's acknowledgment number
+	seq, ack uint32 // TCP's sequence and acknowledgment numbers
 }
 
 // parse reads b's headers; ok is false when b is not a whole TCP or UDP
@@ -80,6 +80,7 @@ func parse(b []byte) (p packet, ok bool) {
 			return p, false
 		}
 		p.flags = l4[13]
+		p.seq = binary.BigEndian.Uint32(l4[4:8])
 		p.ack = binary.BigEndian.Uint32(l4[8:12])
 	case protoUDP:
 		if len(l4) < 8 {
@@ -91,6 +92,19 @@ func parse(b []byte) (p packet, ok bool) {
 	p.sport = binary.BigEndian.Uint16(l4[0:2])
 	p.dport = binary.BigEndian.Uint16(l4[2:4])
 	return p, true
+}
+
+// seqEnd is the sequence number after a TCP segment: its payload, and a
+// SYN or FIN, each count one.
+func (p *packet) seqEnd() uint32 {
+	n := uint32(p.payload())
+	if p.flags&tcpSYN != 0 {
+		n++
+	}
+	if p.flags&tcpFIN != 0 {
+		n++
+	}
+	return p.seq + n
 }
 
 // payload is how many bytes the packet carries past its TCP or UDP header.

@@ -431,8 +431,8 @@ func TestProbeAnswersCarryDialErrors(t *testing.T) {
 	waitFor(t, "the counts at the laptop", 5*time.Second, func() bool { f, r := c.DialErrors(); return f == 5 && r == 3 })
 	// A laptop that serves no connections of the manager's (nil handler)
 	// does not offer to take them: the manager opens none over the path.
-	if srv.Live(offer.Addr4) {
-		t.Fatal("a laptop without a handler is live for intercepts")
+	if srv.Live(offer.Addr4) || !srv.Heard(offer.Addr4) {
+		t.Fatalf("a laptop without a handler: live %v, heard %v; want heard, not live for intercepts", srv.Live(offer.Addr4), srv.Heard(offer.Addr4))
 	}
 	cancel()
 	<-done
@@ -463,8 +463,8 @@ func TestLaptopThatCannotListenTakesNoIntercepts(t *testing.T) {
 	}()
 	waitFor(t, "the path up", 5*time.Second, c.end.open.Load)
 	time.Sleep(5 * lossProbes) // five probes heard
-	if srv.Live(offer.Addr4) {
-		t.Error("a laptop whose intercept port is taken offers intercepts")
+	if srv.Live(offer.Addr4) || !srv.Heard(offer.Addr4) {
+		t.Errorf("a laptop whose intercept port is taken: live %v, heard %v; want heard, not offering intercepts", srv.Live(offer.Addr4), srv.Heard(offer.Addr4))
 	}
 	cancel()
 	<-done

@@ -154,8 +154,8 @@ func (s *Split) attach(w *wgEnd) {
 	}
 }
 
-// detach ends w's part: its flows are forgotten, so their next packets
-// reach the stack, which resets them, and the applications reconnect.
+// detach ends w's part: its flows are forgotten and their connections
+// reset in the kernel (forget), and the applications reconnect.
 func (s *Split) detach(w *wgEnd) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -167,7 +167,9 @@ func (s *Split) detach(w *wgEnd) {
 // close stops new flows on w and forgets the ones it carried (the path is
 // down); w stays attached so that it can open again.
 func (s *Split) close(w *wgEnd) {
-	if w.open.Swap(false) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if w.open.Swap(false) && s.cur.Load() == w {
 		s.forget()
 	}
 }
@@ -177,7 +179,7 @@ func (s *Split) close(w *wgEnd) {
 const resetOffset = 16
 
 // forget forgets every flow of the path, and resets their connections in
-// the laptop's kernel.
+// the laptop's kernel. Call it with s.mu held.
 func (s *Split) forget() {
 	resets := s.flows.reset(resetOffset)
 	if len(resets) == 0 {

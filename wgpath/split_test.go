@@ -34,12 +34,59 @@ func (d *written) Events() <-chan wgtun.Event             { return nil }
 func (d *written) Close() error                           { return nil }
 func (d *written) BatchSize() int                         { return 1 }
 
-// withAck sets b's (an IPv4 TCP segment's) acknowledgment number.
-func withAck(b []byte, ack uint32) []byte {
-	binary.BigEndian.PutUint32(b[28:32], ack)
+// withAck and withSeq set b's (an IPv4 TCP segment's) acknowledgment
+// and sequence numbers.
+func withAck(b []byte, ack uint32) []byte { return setTCPWord(b, 28, ack) }
+func withSeq(b []byte, seq uint32) []byte { return setTCPWord(b, 24, seq) }
+
+func setTCPWord(b []byte, at int, v uint32) []byte {
+	binary.BigEndian.PutUint32(b[at:at+4], v)
 	binary.BigEndian.PutUint16(b[36:38], 0)
 	binary.BigEndian.PutUint16(b[36:38], checksum(b[20:], pseudo4(b)))
 	return b
+}
+
+// TestFlowResetsCarryWhatTheKernelExpects: the resets for a path's
+// connections carry the sequence number the laptop's kernel expects next:
+// past its last acknowledgment, the data that came since in order (an ACK
+// may be delayed), not data out of order; a connection still in its
+// handshake gets none; and a packet from another local address with a
+// flow's port is not that flow's.
+func TestFlowResetsCarryWhatTheKernelExpects(t *testing.T) {
+	ft := newFlows(10)
+	now := time.Now()
+	svc := netip.MustParseAddrPort("10.96.0.10:80")
+	laptop := netip.MustParseAddrPort("10.210.0.2:40000")
+	handshake := netip.MustParseAddrPort("10.210.0.2:40001")
+	out := func(b []byte) bool {
+		p, _ := parse(b)
+		_, ok := ft.outbound(&p, func() bool { return true }, now)
+		return ok
+	}
+	in := func(b []byte) {
+		p, _ := parse(b)
+		if _, ok := ft.inbound(&p, now); !ok {
+			t.Fatalf("inbound %+v: no flow", p)
+		}
+	}
+	if !out(tcp4(handshake, svc, tcpSYN, nil)) || !out(tcp4(laptop, svc, tcpSYN, nil)) ||
+		!out(withAck(tcp4(laptop, svc, tcpACK, nil), 1000)) {
+		t.Fatal("the flows were not taken")
+	}
+	in(withSeq(tcp4(svc, laptop, tcpACK, make([]byte, 100)), 1000)) // in order: 1100 next
+	in(withSeq(tcp4(svc, laptop, tcpACK, make([]byte, 50)), 2000))  // out of order: ignored
+	out(withAck(tcp4(laptop, svc, tcpACK, nil), 900))               // an old ACK, reordered
+	if out(withAck(tcp4(netip.MustParseAddrPort("10.210.0.9:40000"), svc, tcpACK, nil), 5000)) {
+		t.Error("a packet from another local address followed the flow")
+	}
+	resets := ft.reset(0)
+	if len(resets) != 1 {
+		t.Fatalf("%d resets, want one (none for the handshake)", len(resets))
+	}
+	p, _ := parse(resets[0])
+	if netip.AddrPortFrom(p.dst, p.dport) != laptop || p.seq != 1100 {
+		t.Errorf("the reset: to %s:%d, sequence %d; want %s, 1100", p.dst, p.dport, p.seq, laptop)
+	}
 }
 
 // TestSplitLossyKeepsFlowsAndCloseResetsThem: while the path is lossy new

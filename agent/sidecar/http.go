@@ -232,7 +232,6 @@ const repoolEvery = 10 * time.Second
 // laptop returns the transports that reach ic's laptop now.
 func (h *httpMode) laptop(ic *managerpb.Intercept) *[2]*http.Transport {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	lp, ok := h.laptops[ic.GetId()]
 	if !ok {
 		lp = &laptopPools{
@@ -241,19 +240,20 @@ func (h *httpMode) laptop(ic *managerpb.Intercept) *[2]*http.Transport {
 		}
 		h.laptops[ic.GetId()] = lp
 	}
+	use, repool := &lp.direct, false
 	if !h.c.direct.up(ic.GetId()) {
-		lp.onDirect = false
+		lp.onDirect, use = false, &lp.manager
 		if now := time.Now(); now.Sub(lp.repooled) > repoolEvery {
-			lp.repooled = now
-			closeIdle(lp.manager)
+			lp.repooled, repool = now, true
 		}
-		return &lp.manager
+	} else if !lp.onDirect {
+		lp.onDirect, repool = true, true
 	}
-	if !lp.onDirect {
-		lp.onDirect = true
-		closeIdle(lp.manager)
+	h.mu.Unlock()
+	if repool {
+		closeIdle(lp.manager) // outside h.mu, which every request takes
 	}
-	return &lp.direct
+	return use
 }
 
 // dialLaptop opens a connection to ic's laptop: on a spare if direct and
