@@ -118,7 +118,7 @@ func newCollector(read func() metricsSnapshot) *collector {
 		dnsFailures: desc("dns_failures_total",
 			"DNS queries the resolver answered with SERVFAIL, since connect."),
 		dnsLookups: desc("dns_lookups_total",
-			"Lookups made to answer DNS queries (one per name tried), by where the answer came from: cluster, upstream or cache, since connect.", "via"),
+			"Lookups made to answer DNS queries (one per name tried), by where the answer came from: cluster, upstream, cache, or stale (a cluster answer past its time, given while the cluster could not answer), since connect.", "via"),
 		wgUp: desc("wireguard_up",
 			"1 while new connections take the WireGuard path (UDP to the manager), 0 while they take the port-forward."),
 		wgFlows: desc("wireguard_flows_total",
@@ -169,6 +169,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.dnsLookups, q.ClusterQueries, "cluster")
 	counter(c.dnsLookups, q.UpstreamQueries, "upstream")
 	counter(c.dnsLookups, q.CacheHits, "cache")
+	counter(c.dnsLookups, q.Stale, "stale")
 }
 
 func boolFloat(b bool) float64 {

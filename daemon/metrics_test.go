@@ -40,7 +40,7 @@ func TestCollectorSeries(t *testing.T) {
 			TCPActive: 2, TCPTotal: 10, UDPActive: 1, UDPTotal: 4,
 			BytesSent: 1500, BytesReceived: 9000, DialErrors: 5, DialsRefused: 2, DroppedDials: 6,
 		},
-		dns:  dns.ResolverStats{Queries: 20, ClusterQueries: 7, UpstreamQueries: 8, CacheHits: 9, Failures: 1},
+		dns:  dns.ResolverStats{Queries: 20, ClusterQueries: 7, UpstreamQueries: 8, CacheHits: 9, Stale: 3, Failures: 1},
 		wg:   wgpath.Stats{TCPTotal: 6, UDPTotal: 1},
 		wgUp: true,
 	}
@@ -66,6 +66,7 @@ func TestCollectorSeries(t *testing.T) {
 		`tunnel_daemon_dns_lookups_total{via="cluster"}`:    "7",
 		`tunnel_daemon_dns_lookups_total{via="upstream"}`:   "8",
 		`tunnel_daemon_dns_lookups_total{via="cache"}`:      "9",
+		`tunnel_daemon_dns_lookups_total{via="stale"}`:      "3",
 		"tunnel_daemon_wireguard_up":                        "1",
 		`tunnel_daemon_wireguard_flows_total{proto="tcp"}`:  "6",
 		`tunnel_daemon_wireguard_flows_total{proto="udp"}`:  "1",

@@ -21,6 +21,7 @@ type cacheEntry struct {
 	msg     *mdns.Msg // never handed out; get returns copies
 	stored  time.Time
 	expires time.Time
+	stale   time.Time // until when getStale may still hand it out
 }
 
 // cache keeps answers for as long as their records live, bounded in size; when
@@ -37,41 +38,74 @@ func newCache(max int) *cache {
 	return &cache{max: max, entries: make(map[cacheKey]*list.Element)}
 }
 
+// How fresh the cluster's answers stay. CoreDNS answers from its watch
+// of Services and EndpointSlices, and a Service created, deleted or
+// re-addressed must look so on the laptop within about a second, as it
+// does in the cluster: a cluster answer is served for at most
+// clusterFresh, and with a TTL no longer than that, so that no cache
+// after this one (systemd-resolved's, an application's) keeps it longer.
+// A name in use does not pay for that: a hit on an answer older than
+// prefetchAfter is answered from the cache and asks the cluster again
+// meanwhile (Resolver.prefetch), so a name asked more often than once a
+// second is never missed.
+const (
+	clusterFresh  = time.Second
+	prefetchAfter = clusterFresh / 2
+	// staleFor is how long past its expiry a cluster answer may still be
+	// given when the cluster cannot answer (RFC 8767): CoreDNS restarting
+	// or the session reconnecting, where an application would rather have
+	// the address it had a second ago than an error.
+	staleFor = 30 * time.Second
+)
+
 // get returns a copy of the answer stored under k, with its TTLs lowered by
-// the time it spent in the cache.
-func (c *cache) get(k cacheKey, now time.Time) (*mdns.Msg, bool) {
+// the time it spent in the cache, and that time.
+func (c *cache) get(k cacheKey, now time.Time) (*mdns.Msg, time.Duration, bool) {
 	c.mu.Lock()
 	el, ok := c.entries[k]
 	if !ok {
 		c.mu.Unlock()
-		return nil, false
+		return nil, 0, false
 	}
 	e := el.Value.(*cacheEntry)
 	if !now.Before(e.expires) {
-		c.removeLocked(el)
+		if !now.Before(e.stale) {
+			c.removeLocked(el)
+		}
 		c.mu.Unlock()
-		return nil, false
+		return nil, 0, false
 	}
 	m, stored := e.msg.Copy(), e.stored
 	c.mu.Unlock()
 
-	age := uint32(now.Sub(stored) / time.Second)
+	age := now.Sub(stored)
+	secs := uint32(age / time.Second)
 	for _, sec := range [][]mdns.RR{m.Answer, m.Ns, m.Extra} {
 		for _, rr := range sec {
 			h := rr.Header()
-			h.Ttl -= min(h.Ttl, age)
+			h.Ttl -= min(h.Ttl, secs)
 		}
 	}
-	return m, true
+	return m, age, true
 }
 
-// put stores a copy of m under k for as long as cacheTTL allows.
+// put stores a copy of m under k for as long as cacheTTL allows, and an
+// answer of the cluster's for at most clusterFresh, its TTLs cut to that
+// (m's too: the client gets the same).
 func (c *cache) put(k cacheKey, m *mdns.Msg, now time.Time, negTTL time.Duration) {
 	ttl, ok := cacheTTL(m, negTTL)
 	if !ok {
 		return
 	}
+	if k.via == viaCluster && ttl > clusterFresh {
+		ttl = clusterFresh
+		capTTL(m, uint32(clusterFresh/time.Second))
+	}
 	e := &cacheEntry{key: k, msg: m.Copy(), stored: now, expires: now.Add(ttl)}
+	e.stale = e.expires
+	if k.via == viaCluster {
+		e.stale = e.expires.Add(staleFor)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if el, ok := c.entries[k]; ok {
@@ -81,6 +115,25 @@ func (c *cache) put(k cacheKey, m *mdns.Msg, now time.Time, negTTL time.Duration
 	for c.order.Len() > c.max {
 		c.removeLocked(c.order.Front())
 	}
+}
+
+// getStale returns a copy of an expired answer under k that may still
+// stand in for one the cluster cannot give, with TTLs of a second.
+func (c *cache) getStale(k cacheKey, now time.Time) (*mdns.Msg, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.entries[k]
+	if !ok {
+		return nil, false
+	}
+	e := el.Value.(*cacheEntry)
+	if !now.Before(e.stale) {
+		c.removeLocked(el)
+		return nil, false
+	}
+	m := e.msg.Copy()
+	capTTL(m, 1)
+	return m, true
 }
 
 func (c *cache) removeLocked(el *list.Element) {
@@ -123,5 +176,20 @@ func cacheTTL(m *mdns.Msg, negTTL time.Duration) (time.Duration, bool) {
 		return ttl, ttl > 0
 	default:
 		return 0, false
+	}
+}
+
+// capTTL lowers m's TTLs to at most max seconds (an SOA's minimum too,
+// which bounds how long a negative answer is kept).
+func capTTL(m *mdns.Msg, max uint32) {
+	for _, sec := range [][]mdns.RR{m.Answer, m.Ns, m.Extra} {
+		for _, rr := range sec {
+			if h := rr.Header(); h.Rrtype != mdns.TypeOPT {
+				h.Ttl = min(h.Ttl, max)
+			}
+			if soa, ok := rr.(*mdns.SOA); ok {
+				soa.Minttl = min(soa.Minttl, max)
+			}
+		}
 	}
 }

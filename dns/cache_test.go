@@ -1,6 +1,7 @@
 package dns
 
 import (
+	"errors"
 	"net/netip"
 	"slices"
 	"sync"
@@ -52,32 +53,86 @@ func ask(t *testing.T, r *Resolver, name string, qtype uint16) *mdns.Msg {
 	return w.msg
 }
 
-func TestCacheKeepsAndDecrementsTTLs(t *testing.T) {
+// TestClusterAnswersStayFresh: a cluster answer goes out with a TTL of at
+// most a second and is served for at most a second, so a changed Service
+// shows within that; a hit on one older than half of that asks the
+// cluster again in the background, so a name in use is always answered
+// from the cache, and with the new address once the cluster has it.
+func TestClusterAnswersStayFresh(t *testing.T) {
 	cluster := newFakeCluster(t, clusterRecords...)
 	r, clock := newClockedResolver(t, cluster, Config{Namespace: "demo"})
-	steps := []struct {
-		after   time.Duration
-		wantTTL uint32
-		asks    int // cluster queries so far
-	}{
-		{0, 30, 1},
-		{10 * time.Second, 20, 1},
-		{19*time.Second + 500*time.Millisecond, 1, 1}, // 29.5 s old: whole seconds only
-		{500 * time.Millisecond, 30, 2},               // 30 s old: expired, asked again
-		{time.Second, 29, 2},
+	asked := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for len(cluster.queries()) < n && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(10 * time.Millisecond) // and no more than n
+		if got := len(cluster.queries()); got != n {
+			t.Fatalf("the cluster was asked %d times, want %d", got, n)
+		}
 	}
-	for i, s := range steps {
-		clock.advance(s.after)
+	answer := func(want string) {
+		t.Helper()
 		m := ask(t, r, "echo.demo.", mdns.TypeA)
-		if len(m.Answer) != 1 || m.Answer[0].Header().Ttl != s.wantTTL || m.Answer[0].Header().Name != "echo.demo." {
-			t.Errorf("step %d: answer %v, want TTL %d", i, m.Answer, s.wantTTL)
-		}
-		if n := len(cluster.queries()); n != s.asks {
-			t.Errorf("step %d: cluster asked %d times, want %d", i, n, s.asks)
+		if got := rrStrings(m.Answer); !slices.Equal(got, []string{want}) {
+			t.Fatalf("answer %q, want %q", got, want)
 		}
 	}
+	answer("echo.demo. 1 IN A 10.96.1.2") // the cluster's TTL was 30
+	asked(1)
+	clock.advance(400 * time.Millisecond)
+	answer("echo.demo. 1 IN A 10.96.1.2") // young: from the cache alone
+	asked(1)
+
+	// The Service is re-addressed; the next hit past half a second still
+	// gets the cached answer, and refreshes it meanwhile.
+	cluster.mu.Lock()
+	cluster.zone = newZone(t, "echo.demo.svc.cluster.local. 30 IN A 10.96.9.9")
+	cluster.mu.Unlock()
+	clock.advance(200 * time.Millisecond)
+	answer("echo.demo. 1 IN A 10.96.1.2")
+	asked(2)
+	answer("echo.demo. 1 IN A 10.96.9.9")
 	if st := r.Stats(); st.CacheHits != 3 || st.ClusterQueries != 2 {
-		t.Errorf("stats %+v", st)
+		t.Errorf("stats %+v: want 3 hits, 2 queries to the cluster (a miss and a refresh)", st)
+	}
+
+	// Unused for longer than a second, the answer is gone: asked again.
+	clock.advance(clusterFresh)
+	answer("echo.demo. 1 IN A 10.96.9.9")
+	asked(3)
+}
+
+// TestClusterAnswersStandInWhenTheClusterCannot: past its second, a
+// cluster answer is still given (with a TTL of a second) while the cluster
+// fails to answer, for up to staleFor (RFC 8767); once the cluster
+// answers again, its answer is given; and never past staleFor.
+func TestClusterAnswersStandInWhenTheClusterCannot(t *testing.T) {
+	cluster := newFakeCluster(t, clusterRecords...)
+	r, clock := newClockedResolver(t, cluster, Config{Namespace: "demo"})
+	ask(t, r, "echo.demo.", mdns.TypeA)
+	cluster.setErr(errors.New("CoreDNS is restarting"))
+	clock.advance(2 * clusterFresh)
+	m := ask(t, r, "echo.demo.", mdns.TypeA)
+	if got := rrStrings(m.Answer); m.Rcode != mdns.RcodeSuccess || !slices.Equal(got, []string{"echo.demo. 1 IN A 10.96.1.2"}) {
+		t.Errorf("while the cluster fails: %s %q, want the last answer", mdns.RcodeToString[m.Rcode], got)
+	}
+	if st := r.Stats(); st.Stale != 1 {
+		t.Errorf("stats %+v: want one stale answer", st)
+	}
+	clock.advance(staleFor)
+	if m := ask(t, r, "echo.demo.", mdns.TypeA); m.Rcode != mdns.RcodeServerFailure {
+		t.Errorf("past staleFor: %s %v, want SERVFAIL", mdns.RcodeToString[m.Rcode], m.Answer)
+	}
+	// The answer past staleFor is gone for good: the cluster's next one
+	// is what counts, and a new failure right after it gets that one.
+	cluster.setErr(nil)
+	ask(t, r, "echo.demo.", mdns.TypeA)
+	cluster.setErr(errors.New("down again"))
+	clock.advance(2 * clusterFresh)
+	if m := ask(t, r, "echo.demo.", mdns.TypeA); m.Rcode != mdns.RcodeSuccess || len(m.Answer) != 1 {
+		t.Errorf("after the cluster answered again and failed: %s %v", mdns.RcodeToString[m.Rcode], m.Answer)
 	}
 }
 
@@ -105,10 +160,10 @@ func TestNegativeCacheExpires(t *testing.T) {
 		qtype   uint16
 		wantFor time.Duration
 	}{
-		{"NXDOMAIN for the default 5s", 0, 30, "nope.demo.svc.cluster.local.", mdns.TypeA, 5 * time.Second},
-		{"NXDOMAIN for the configured TTL", 2 * time.Second, 30, "nope.demo.svc.cluster.local.", mdns.TypeA, 2 * time.Second},
-		{"NXDOMAIN for a shorter SOA minimum", 0, 3, "nope.demo.svc.cluster.local.", mdns.TypeA, 3 * time.Second},
-		{"NODATA too", 0, 30, "echo.demo.svc.cluster.local.", mdns.TypeTXT, 5 * time.Second},
+		// The cluster's answers are kept a second at most (clusterFresh).
+		{"NXDOMAIN for a second, not the default 5s", 0, 30, "nope.demo.svc.cluster.local.", mdns.TypeA, clusterFresh},
+		{"NXDOMAIN for a shorter configured TTL", 300 * time.Millisecond, 30, "nope.demo.svc.cluster.local.", mdns.TypeA, 300 * time.Millisecond},
+		{"NODATA too", 0, 30, "echo.demo.svc.cluster.local.", mdns.TypeTXT, clusterFresh},
 		{"SOA TTL 0 is not cached", 0, 0, "nope.demo.svc.cluster.local.", mdns.TypeA, 0},
 	}
 	for _, tt := range tests {
@@ -118,11 +173,14 @@ func TestNegativeCacheExpires(t *testing.T) {
 			r, clock := newClockedResolver(t, cluster, Config{Namespace: "demo", NegativeTTL: tt.negTTL})
 			ask(t, r, tt.qname, tt.qtype)
 			if tt.wantFor > 0 {
-				clock.advance(tt.wantFor - time.Millisecond)
+				// Before expiry, and before a hit would refresh it.
+				before := min(tt.wantFor, prefetchAfter) - time.Millisecond
+				clock.advance(before)
 				m := ask(t, r, tt.qname, tt.qtype)
 				if len(m.Answer) != 0 || len(cluster.queries()) != 1 {
 					t.Fatalf("before expiry: answer %v, cluster asked %q", m, cluster.queries())
 				}
+				clock.advance(tt.wantFor - before - time.Millisecond)
 			}
 			clock.advance(time.Millisecond)
 			ask(t, r, tt.qname, tt.qtype)
@@ -155,17 +213,17 @@ func TestCacheEvictsOldest(t *testing.T) {
 	for _, k := range keys {
 		c.put(k, positive(k.name, 60), now, time.Second)
 	}
-	if _, ok := c.get(keys[0], now); ok {
+	if _, _, ok := c.get(keys[0], now); ok {
 		t.Error("oldest entry still cached")
 	}
 	for _, k := range keys[1:] {
-		if _, ok := c.get(k, now); !ok {
+		if _, _, ok := c.get(k, now); !ok {
 			t.Errorf("%s evicted", k.name)
 		}
 	}
 	c.put(keys[1], positive("b.", 60), now, time.Second) // replacing makes it newest
 	c.put(keys[0], positive("a.", 60), now, time.Second)
-	if _, ok := c.get(keys[2], now); ok || c.len() != 2 {
+	if _, _, ok := c.get(keys[2], now); ok || c.len() != 2 {
 		t.Errorf("c. should have gone; %d entries", c.len())
 	}
 }
@@ -177,9 +235,9 @@ func TestCacheHandsOutCopies(t *testing.T) {
 	m := positive("a.", 60)
 	c.put(k, m, now, time.Second)
 	m.Answer[0].Header().Name = "changed-after-put."
-	got, _ := c.get(k, now)
+	got, _, _ := c.get(k, now)
 	got.Answer[0].Header().Name = "changed-after-get."
-	again, _ := c.get(k, now)
+	again, _, _ := c.get(k, now)
 	if name := again.Answer[0].Header().Name; name != "a." {
 		t.Errorf("cached record renamed to %q", name)
 	}

@@ -103,10 +103,26 @@ var errNoCluster = errors.New("not connected to a cluster")
 // cache when it can. The message returned is the caller's to change.
 func (r *Resolver) exchange(ctx context.Context, v via, name string, req request) (*mdns.Msg, error) {
 	key := cacheKey{via: v, name: name, qtype: req.qtype, qclass: req.qclass}
-	if m, ok := r.cache.get(key, r.now()); ok {
+	if m, age, ok := r.cache.get(key, r.now()); ok {
 		r.stats.hits.Add(1)
+		if v == viaCluster && age >= prefetchAfter {
+			r.prefetch(key, req)
+		}
 		return m, nil
 	}
+	m, err := r.ask(ctx, key, req)
+	if v == viaCluster && (err != nil || m.Rcode == mdns.RcodeServerFailure) {
+		if stale, ok := r.cache.getStale(key, r.now()); ok {
+			r.stats.stale.Add(1)
+			return stale, nil
+		}
+	}
+	return m, err
+}
+
+// ask asks the side key names about its name, and caches the answer.
+func (r *Resolver) ask(ctx context.Context, key cacheKey, req request) (*mdns.Msg, error) {
+	v, name := key.via, key.name
 	q := new(mdns.Msg)
 	q.SetQuestion(name, req.qtype)
 	q.Question[0].Qclass = req.qclass

@@ -34,9 +34,10 @@ type Config struct {
 // ResolverStats counts what the resolver did since it was made.
 type ResolverStats struct {
 	Queries         uint64 // client queries answered
-	ClusterQueries  uint64 // queries sent to the cluster (cache misses)
+	ClusterQueries  uint64 // queries sent to the cluster (cache misses and refreshes)
 	UpstreamQueries uint64 // queries sent upstream (cache misses)
 	CacheHits       uint64
+	Stale           uint64 // answers past their time given while the cluster could not answer
 	Failures        uint64 // client queries answered SERVFAIL
 }
 
@@ -67,14 +68,16 @@ type Resolver struct {
 
 	ctx    context.Context // ends on Close; bounds every query
 	cancel context.CancelFunc
-	stats  struct{ queries, cluster, upstream, hits, failures atomic.Uint64 }
+	stats  struct{ queries, cluster, upstream, hits, stale, failures atomic.Uint64 }
 	panics atomic.Uint64 // recovered in serve; the fuzz test wants none
 
-	mu         sync.RWMutex // guards following
-	namespaces map[string]bool
-	subnets    []netip.Prefix
-	closed     bool
-	serving    sync.WaitGroup // Serve calls in progress; Add only under mu while !closed
+	mu          sync.RWMutex // guards following
+	namespaces  map[string]bool
+	subnets     []netip.Prefix
+	closed      bool
+	serving     sync.WaitGroup // Serve calls in progress; Add only under mu while !closed
+	prefetching map[cacheKey]bool
+	prefetches  sync.WaitGroup // refreshes in flight; Add only under mu while !closed
 }
 
 // NewResolver returns a resolver that sends cluster names to cluster and
@@ -118,6 +121,8 @@ func NewResolver(logger *slog.Logger, cluster Exchanger, cfg Config) *Resolver {
 		warn:      rate.Sometimes{First: 3, Interval: 10 * time.Second},
 		ctx:       ctx,
 		cancel:    cancel,
+
+		prefetching: map[cacheKey]bool{},
 	}
 	r.chain = &clusterHandler{r: r, next: &searchHandler{r: r, next: &upstreamHandler{r: r}}}
 	return r
@@ -153,6 +158,7 @@ func (r *Resolver) Stats() ResolverStats {
 		ClusterQueries:  r.stats.cluster.Load(),
 		UpstreamQueries: r.stats.upstream.Load(),
 		CacheHits:       r.stats.hits.Load(),
+		Stale:           r.stats.stale.Load(),
 		Failures:        r.stats.failures.Load(),
 	}
 }
@@ -164,6 +170,7 @@ func (r *Resolver) Close() error {
 	r.mu.Unlock()
 	r.cancel()
 	r.serving.Wait()
+	r.prefetches.Wait()
 	return nil
 }
 

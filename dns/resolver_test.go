@@ -64,52 +64,52 @@ func TestRouting(t *testing.T) {
 	}{
 		{
 			name: "cluster domain goes to the cluster as is", qname: "echo.demo.svc.cluster.local.", qtype: mdns.TypeA,
-			wantAnswer:  []string{"echo.demo.svc.cluster.local. 30 IN A 10.96.1.2"},
+			wantAnswer:  []string{"echo.demo.svc.cluster.local. 1 IN A 10.96.1.2"},
 			wantCluster: []string{"echo.demo.svc.cluster.local. A"},
 		},
 		{
 			name: "include suffix goes to the cluster", qname: "db.corp.internal.", qtype: mdns.TypeA,
-			wantAnswer:  []string{"db.corp.internal. 40 IN A 10.50.0.1"},
+			wantAnswer:  []string{"db.corp.internal. 1 IN A 10.50.0.1"},
 			wantCluster: []string{"db.corp.internal. A"},
 		},
 		{
 			name: "svc.ns expands and comes back under the asked name", qname: "echo.demo.", qtype: mdns.TypeA,
-			wantAnswer:  []string{"echo.demo. 30 IN A 10.96.1.2"},
+			wantAnswer:  []string{"echo.demo. 1 IN A 10.96.1.2"},
 			wantCluster: []string{"echo.demo.svc.cluster.local. A"},
 		},
 		{
 			name: "AAAA passes through", qname: "echo.demo.", qtype: mdns.TypeAAAA,
-			wantAnswer:  []string{"echo.demo. 30 IN AAAA fd00::1:2"},
+			wantAnswer:  []string{"echo.demo. 1 IN AAAA fd00::1:2"},
 			wantCluster: []string{"echo.demo.svc.cluster.local. AAAA"},
 		},
 		{
 			name: "svc.ns.svc expands", qname: "web.orders.svc.", qtype: mdns.TypeA,
-			wantAnswer:  []string{"web.orders.svc. 15 IN A 10.96.7.7"},
+			wantAnswer:  []string{"web.orders.svc. 1 IN A 10.96.7.7"},
 			wantCluster: []string{"web.orders.svc.cluster.local. A"},
 		},
 		{
 			name: "headless pod name under a namespace", qname: "web-0.nginx.orders.", qtype: mdns.TypeA,
-			wantAnswer:  []string{"web-0.nginx.orders. 15 IN A 10.244.0.9"},
+			wantAnswer:  []string{"web-0.nginx.orders. 1 IN A 10.244.0.9"},
 			wantCluster: []string{"web-0.nginx.orders.svc.cluster.local. A"},
 		},
 		{
 			name: "pod name", qname: "10-244-0-9.orders.pod.", qtype: mdns.TypeA,
-			wantAnswer:  []string{"10-244-0-9.orders.pod. 30 IN A 10.244.0.9"},
+			wantAnswer:  []string{"10-244-0-9.orders.pod. 1 IN A 10.244.0.9"},
 			wantCluster: []string{"10-244-0-9.orders.pod.cluster.local. A"},
 		},
 		{
 			name: "SRV form keeps its target's cluster name", qname: "_http._tcp.echo.demo.", qtype: mdns.TypeSRV,
-			wantAnswer:  []string{"_http._tcp.echo.demo. 30 IN SRV 0 100 80 echo.demo.svc.cluster.local."},
+			wantAnswer:  []string{"_http._tcp.echo.demo. 1 IN SRV 0 100 80 echo.demo.svc.cluster.local."},
 			wantCluster: []string{"_http._tcp.echo.demo.svc.cluster.local. SRV"},
 		},
 		{
 			name: "SRV form in the connected namespace", qname: "_http._tcp.echo.", qtype: mdns.TypeSRV,
-			wantAnswer:  []string{"_http._tcp.echo. 30 IN SRV 0 100 80 echo.demo.svc.cluster.local."},
+			wantAnswer:  []string{"_http._tcp.echo. 1 IN SRV 0 100 80 echo.demo.svc.cluster.local."},
 			wantCluster: []string{"_http._tcp.echo.demo.svc.cluster.local. SRV"},
 		},
 		{
 			name: "single label is in the connected namespace", qname: "echo.", qtype: mdns.TypeA,
-			wantAnswer:  []string{"echo. 30 IN A 10.96.1.2"},
+			wantAnswer:  []string{"echo. 1 IN A 10.96.1.2"},
 			wantCluster: []string{"echo.demo.svc.cluster.local. A"},
 		},
 		{
@@ -147,12 +147,12 @@ func TestRouting(t *testing.T) {
 		},
 		{
 			name: "cluster PTR", qname: "2.1.96.10.in-addr.arpa.", qtype: mdns.TypePTR,
-			wantAnswer:  []string{"2.1.96.10.in-addr.arpa. 30 IN PTR echo.demo.svc.cluster.local."},
+			wantAnswer:  []string{"2.1.96.10.in-addr.arpa. 1 IN PTR echo.demo.svc.cluster.local."},
 			wantCluster: []string{"2.1.96.10.in-addr.arpa. PTR"},
 		},
 		{
 			name: "cluster PTR over IPv6", qname: "2.0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.", qtype: mdns.TypePTR,
-			wantAnswer:  []string{"2.0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa. 30 IN PTR echo.demo.svc.cluster.local."},
+			wantAnswer:  []string{"2.0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa. 1 IN PTR echo.demo.svc.cluster.local."},
 			wantCluster: []string{"2.0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa. PTR"},
 		},
 		{
@@ -162,12 +162,12 @@ func TestRouting(t *testing.T) {
 		},
 		{
 			name: "CNAME chain keeps the target's name", qname: "ext.demo.", qtype: mdns.TypeA,
-			wantAnswer:  []string{"ext.demo. 20 IN CNAME api.example.com."},
+			wantAnswer:  []string{"ext.demo. 1 IN CNAME api.example.com."},
 			wantCluster: []string{"ext.demo.svc.cluster.local. A"},
 		},
 		{
 			name: "names are matched without regard to case", qname: "ECHO.Demo.", qtype: mdns.TypeA,
-			wantAnswer:  []string{"ECHO.Demo. 30 IN A 10.96.1.2"},
+			wantAnswer:  []string{"ECHO.Demo. 1 IN A 10.96.1.2"},
 			wantCluster: []string{"echo.demo.svc.cluster.local. A"},
 		},
 		{

@@ -22,9 +22,10 @@ import (
 //	upload URL N       one POST of N bytes; prints the bytes and the rate in bytes per second
 //	conns ADDR N [HOLD] N TCP connections to an echo at once, each pinged, all held open
 //	                     for HOLD (a duration) before they close; prints how many answered
-//	dns cold|cached N SUFFIX   N lookups through the system resolver: cold ones of names never
-//	                     asked before (pod names 10-1-X-Y.SUFFIX), cached ones of one name;
-//	                     prints p50 in µs
+//	dns cold|cached|refreshed N SUFFIX   N lookups through the system resolver: cold ones of
+//	                     names never asked before (pod names 10-1-X-Y.SUFFIX), cached ones of
+//	                     one name, refreshed ones of one name 700 ms apart (each finds its
+//	                     cached answer old enough to be refreshed); prints p50 in µs
 func measure(ctx context.Context, out io.Writer, verb string, args []string) error {
 	switch verb {
 	case "latency":
@@ -104,14 +105,14 @@ func measure(ctx context.Context, out io.Writer, verb string, args []string) err
 		_, err = fmt.Fprintf(out, "ok=%d of=%d\n", ok, n)
 		return err
 	case "dns":
-		if len(args) != 3 || (args[0] != "cold" && args[0] != "cached") {
-			return errors.New("usage: dns cold|cached N SUFFIX")
+		if len(args) != 3 || (args[0] != "cold" && args[0] != "cached" && args[0] != "refreshed") {
+			return errors.New("usage: dns cold|cached|refreshed N SUFFIX")
 		}
 		n, err := strconv.Atoi(args[1])
 		if err != nil || n < 1 || n > 60000 {
 			return errors.New("N must be a number from 1 to 60000")
 		}
-		p50, err := dnsLatency(ctx, args[0] == "cold", n, args[2])
+		p50, err := dnsLatency(ctx, args[0], n, args[2])
 		if err != nil {
 			return err
 		}
@@ -123,21 +124,28 @@ func measure(ctx context.Context, out io.Writer, verb string, args []string) err
 
 // dnsLatency times lookups through the system's resolver configuration,
 // as any program on the laptop would resolve.
-func dnsLatency(ctx context.Context, cold bool, n int, suffix string) (time.Duration, error) {
+func dnsLatency(ctx context.Context, mode string, n int, suffix string) (time.Duration, error) {
 	r := &net.Resolver{PreferGo: true}
 	name := func(i int) string {
-		if cold {
+		if mode == "cold" {
 			return fmt.Sprintf("10-1-%d-%d.%s", i/250, i%250+1, suffix)
 		}
 		return suffix
 	}
-	if !cold { // fill the cache first
+	if mode != "cold" { // fill the cache first
 		if _, err := r.LookupHost(ctx, name(0)); err != nil {
 			return 0, err
 		}
 	}
 	ds := make([]time.Duration, 0, n)
 	for i := range n {
+		if mode == "refreshed" {
+			select {
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			case <-time.After(700 * time.Millisecond):
+			}
+		}
 		start := time.Now()
 		if _, err := r.LookupHost(ctx, name(i)); err != nil {
 			return 0, err

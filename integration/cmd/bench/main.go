@@ -50,7 +50,7 @@ func main() {
 	flag.Int64Var(&b.size, "bytes", 1<<30, "size of the bulk download")
 	flag.IntVar(&b.latN, "requests", 2000, "small HTTP requests per path for the latency figures")
 	flag.IntVar(&b.connsN, "conns", 1000, "concurrent TCP connections through the tunnel")
-	flag.StringVar(&b.only, "only", "", "measure only this part: intercept, shaped or laptops")
+	flag.StringVar(&b.only, "only", "", "measure only this part: dns, intercept, shaped or laptops")
 	flag.StringVar(&b.laptops, "laptops", "1,10,50", "how many laptops on one manager, per row of that table")
 	flag.IntVar(&b.laptopN, "laptop-requests", 300, "requests each of those laptops makes")
 	flag.StringVar(&b.perf, "perf", "", "record perf profiles (perf record -a -g) of the first uploads: through the intercept into this file, through kubectl port-forward into FILE.port-forward")
@@ -122,6 +122,17 @@ func (b *bench) run(ctx context.Context) error {
 	if b.only == "shaped" {
 		return b.shapedRows(ctx)
 	}
+	if b.only == "dns" {
+		if _, err := b.l.Run(ctx, b.laptop, b.tunnel, "connect", "-n", b.ns); err != nil {
+			return err
+		}
+		d, err := b.dnsFigures(ctx)
+		if err != nil {
+			return err
+		}
+		printTable(dnsRows(d))
+		return nil
+	}
 	if b.only == "intercept" {
 		if _, err := b.l.Run(ctx, b.laptop, b.tunnel, "connect", "-n", b.ns); err != nil {
 			return err
@@ -179,7 +190,7 @@ func (b *bench) run(ctx context.Context) error {
 		return err
 	}
 	fmt.Fprintln(os.Stderr, "==> DNS, concurrent connections, daemon memory")
-	cold, cached, err := b.dnsFigures(ctx)
+	dnsF, err := b.dnsFigures(ctx)
 	if err != nil {
 		return err
 	}
@@ -219,7 +230,8 @@ func (b *bench) run(ctx context.Context) error {
 		{fmt.Sprintf("%d concurrent TCP connections", b.connsN), "", "", fmt.Sprintf("%d ok", ok), fmt.Sprintf("%d ok", okPF), "", ""},
 		{"connect to first curl by name (manager installed)", "", "", fmt.Sprintf("%d ms (WireGuard up %d ms later)", connectMS, wgUp.Milliseconds()),
 			fmt.Sprintf("%d ms with UDP dropped (decided %d ms later)", noUDPMS, noUDPPath.Milliseconds()), "", ""},
-		{"DNS lookup p50, cached / cold", "", "", ms(cached) + " / " + ms(cold), "", "", ""},
+		{"DNS lookup p50, cached / refreshed / cold", "", "", ms(dnsF.cached) + " / " + ms(dnsF.refreshed) + " / " + ms(dnsF.cold), "", "", ""},
+		{fmt.Sprintf("curl p50 by name / by address (%d each, alternating)", byNameCurls), "", "", dnsF.byNameCell(), "", "", ""},
 		{fmt.Sprintf("daemon RSS, idle / %d connections open", b.connsN), "", "", fmt.Sprintf("%d MB / %d MB", idle>>10, busy>>10), "", "", ""},
 	}
 	printTable(rows)
@@ -411,19 +423,6 @@ for i in $(seq 1 100); do curl -sf --max-time 1 http://127.0.0.1:%d/healthz >/de
 	}
 	f := figures(out)
 	return f["bytes_per_sec"], f["p50_us"], f["p99_us"], nil
-}
-
-func (b *bench) dnsFigures(ctx context.Context) (cold, cached float64, err error) {
-	out, err := b.sh(ctx, b.laptop, fmt.Sprintf("%s dns cold 500 %s.pod.%s", b.echo, b.ns, b.domain))
-	if err != nil {
-		return 0, 0, err
-	}
-	cold = figures(out)["p50_us"]
-	out, err = b.sh(ctx, b.laptop, fmt.Sprintf("%s dns cached 500 echo.%s.svc.%s", b.echo, b.ns, b.domain))
-	if err != nil {
-		return 0, 0, err
-	}
-	return cold, figures(out)["p50_us"], nil
 }
 
 // daemonRSS reads the daemon's resident memory in KiB; its pid is in the
