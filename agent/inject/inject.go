@@ -50,6 +50,7 @@ var (
 	ErrNoService  = errors.New("no service")
 	ErrNoPort     = errors.New("no such port")
 	ErrWhichPort  = errors.New("several ports")
+	ErrHeadless   = errors.New("headless service")
 )
 
 // Target is what a user names: a Deployment, and optionally which Service
@@ -89,6 +90,19 @@ func Resolve(ctx context.Context, cs kubernetes.Interface, t Target) (*Plan, err
 			return nil, fmt.Errorf("%w: Service %q does not select the pods of %s", ErrNoService, t.Service, t.Workload)
 		}
 	}
+	// A headless Service's clients dial the pods' own addresses and the
+	// app's port, where the sidecar, which takes traffic by the Service's
+	// targetPort, sees none of it: an intercept through one would say it
+	// works and take nothing.
+	headless := slices.DeleteFunc(slices.Clone(svcs), func(s corev1.Service) bool { return !isHeadless(&s) })
+	svcs = slices.DeleteFunc(svcs, func(s corev1.Service) bool { return isHeadless(&s) })
+	if len(svcs) == 0 && len(headless) > 0 {
+		verb := "is"
+		if len(headless) > 1 {
+			verb = "are"
+		}
+		return nil, fmt.Errorf("%w: %s %s headless (clusterIP: None), so its clients reach the pods of %s at their own addresses, which an intercept does not capture; give them a Service with a cluster address and intercept through it", ErrHeadless, names(headless), verb, t.Workload)
+	}
 	var cands []Plan
 	for i := range svcs {
 		for _, sp := range svcs[i].Spec.Ports {
@@ -118,6 +132,8 @@ func Resolve(ctx context.Context, cs kubernetes.Interface, t Target) (*Plan, err
 	}
 	return &cands[0], nil
 }
+
+func isHeadless(s *corev1.Service) bool { return s.Spec.ClusterIP == corev1.ClusterIPNone }
 
 // appPort is the app's port number a Service port leads to: a named
 // targetPort is looked up in the containers; a number need not be declared.

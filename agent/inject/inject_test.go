@@ -53,6 +53,11 @@ func sport(name string, port int32, target intstr.IntOrString) corev1.ServicePor
 	return corev1.ServicePort{Name: name, Port: port, TargetPort: target, Protocol: corev1.ProtocolTCP}
 }
 
+func headless(s *corev1.Service) *corev1.Service {
+	s.Spec.ClusterIP = corev1.ClusterIPNone
+	return s
+}
+
 func annotated(s *corev1.Service, annots map[string]string) *corev1.Service {
 	s.Annotations = annots
 	return s
@@ -116,6 +121,10 @@ func TestResolve(t *testing.T) {
 			target: Target{Service: "web-admin"}, wantService: "web-admin", wantPort: 81, wantApp: 9090, wantContainer: "app"},
 		{name: "--service not selecting", objs: []runtime.Object{web, service("web", "web", http), service("api", "api", http)},
 			target: Target{Service: "api"}, wantErr: ErrNoService, wantMsg: []string{`"api"`, "web"}},
+		{name: "a headless service is refused", objs: []runtime.Object{web, headless(service("web", "web", http))},
+			wantErr: ErrHeadless, wantMsg: []string{"Service web is headless", "own addresses"}},
+		{name: "a headless service beside one with an address", objs: []runtime.Object{web, headless(service("web-pods", "web", http)), service("web", "web", http)},
+			wantService: "web", wantPort: 80, wantApp: 8080, wantContainer: "app"},
 		{name: "already captured resolves to the app port",
 			objs: []runtime.Object{web, annotated(service("web", "web", sport("http", 80, intstr.FromInt32(FirstCapture))),
 				map[string]string{CapturedAnnot: "80/TCP=http", WorkloadAnnot: "web"})},
