@@ -22,10 +22,12 @@ type cacheEntry struct {
 	stored  time.Time
 	expires time.Time
 	stale   time.Time // until when getStale may still hand it out
+	failed  time.Time // when the cluster last failed to answer anew
 }
 
-// cache keeps answers for as long as their records live, bounded in size; when
-// full it drops the entry stored longest ago.
+// cache keeps answers for as long as their records live (the cluster's for
+// at most clusterFresh), bounded in size; when full it drops the entry
+// stored longest ago.
 type cache struct {
 	max int
 
@@ -56,6 +58,13 @@ const (
 	// or the session reconnecting, where an application would rather have
 	// the address it had a second ago than an error.
 	staleFor = 30 * time.Second
+	// staleWait is how long a lookup waits for the cluster before a stale
+	// answer goes out instead (RFC 8767's client response timer), under
+	// the 2 s a stub resolver such as dig or resolved waits; failedFor is
+	// how long after a failure stale answers go out at once, the cluster
+	// asked again in the background.
+	staleWait = 1500 * time.Millisecond
+	failedFor = 5 * time.Second
 )
 
 // get returns a copy of the answer stored under k, with its TTLs lowered by
@@ -89,27 +98,39 @@ func (c *cache) get(k cacheKey, now time.Time) (*mdns.Msg, time.Duration, bool) 
 	return m, age, true
 }
 
-// put stores a copy of m under k for as long as cacheTTL allows, and an
-// answer of the cluster's for at most clusterFresh, its TTLs cut to that
-// (m's too: the client gets the same).
-func (c *cache) put(k cacheKey, m *mdns.Msg, now time.Time, negTTL time.Duration) {
-	ttl, ok := cacheTTL(m, negTTL)
-	if !ok {
-		return
-	}
-	if k.via == viaCluster && ttl > clusterFresh {
-		ttl = clusterFresh
+// put stores a copy of m under k for as long as cacheTTL allows, asked at
+// asked: an answer asked after the one stored wins, whichever came back
+// first. The cluster's answers are kept for at most clusterFresh, and
+// their TTLs cut to that whether kept or not (m's too: the client gets the
+// same); an answer (not a failure) the cluster gave that cannot be kept,
+// with a TTL of 0, still replaces what was stored, so that an old address
+// cannot stand in for it.
+func (c *cache) put(k cacheKey, m *mdns.Msg, asked time.Time, negTTL time.Duration) {
+	if k.via == viaCluster {
 		capTTL(m, uint32(clusterFresh/time.Second))
 	}
-	e := &cacheEntry{key: k, msg: m.Copy(), stored: now, expires: now.Add(ttl)}
-	e.stale = e.expires
-	if k.via == viaCluster {
-		e.stale = e.expires.Add(staleFor)
+	ttl, ok := cacheTTL(m, negTTL)
+	if !ok && (k.via != viaCluster || failure(m)) {
+		return // a failure leaves a stale answer standing by
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if el, ok := c.entries[k]; ok {
+	if el, had := c.entries[k]; had {
+		if el.Value.(*cacheEntry).stored.After(asked) {
+			return // a later question's answer is stored already
+		}
 		c.removeLocked(el)
+	}
+	if !ok {
+		return
+	}
+	if k.via == viaCluster {
+		ttl = min(ttl, clusterFresh)
+	}
+	e := &cacheEntry{key: k, msg: m.Copy(), stored: asked, expires: asked.Add(ttl)}
+	e.stale = e.expires
+	if k.via == viaCluster {
+		e.stale = e.expires.Add(staleFor)
 	}
 	c.entries[k] = c.order.PushBack(e)
 	for c.order.Len() > c.max {
@@ -118,22 +139,32 @@ func (c *cache) put(k cacheKey, m *mdns.Msg, now time.Time, negTTL time.Duration
 }
 
 // getStale returns a copy of an expired answer under k that may still
-// stand in for one the cluster cannot give, with TTLs of a second.
-func (c *cache) getStale(k cacheKey, now time.Time) (*mdns.Msg, bool) {
+// stand in for one the cluster cannot give, with TTLs of a second, and
+// whether the cluster failed to answer anew within failedFor.
+func (c *cache) getStale(k cacheKey, now time.Time) (m *mdns.Msg, failing, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	el, ok := c.entries[k]
 	if !ok {
-		return nil, false
+		return nil, false, false
 	}
 	e := el.Value.(*cacheEntry)
 	if !now.Before(e.stale) {
 		c.removeLocked(el)
-		return nil, false
+		return nil, false, false
 	}
-	m := e.msg.Copy()
+	m = e.msg.Copy()
 	capTTL(m, 1)
-	return m, true
+	return m, now.Sub(e.failed) < failedFor, true
+}
+
+// markFailed notes that the cluster failed to answer anew about k.
+func (c *cache) markFailed(k cacheKey, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.entries[k]; ok {
+		el.Value.(*cacheEntry).failed = now
+	}
 }
 
 func (c *cache) removeLocked(el *list.Element) {

@@ -1,10 +1,13 @@
 package dns
 
 import (
+	"context"
 	"errors"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -64,10 +67,9 @@ func TestClusterAnswersStayFresh(t *testing.T) {
 	asked := func(n int) {
 		t.Helper()
 		deadline := time.Now().Add(5 * time.Second)
-		for len(cluster.queries()) < n && time.Now().Before(deadline) {
-			time.Sleep(time.Millisecond)
+		for r.prefetches.len() > 0 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond) // a refresh under way: until it is stored
 		}
-		time.Sleep(10 * time.Millisecond) // and no more than n
 		if got := len(cluster.queries()); got != n {
 			t.Fatalf("the cluster was asked %d times, want %d", got, n)
 		}
@@ -111,28 +113,101 @@ func TestClusterAnswersStayFresh(t *testing.T) {
 func TestClusterAnswersStandInWhenTheClusterCannot(t *testing.T) {
 	cluster := newFakeCluster(t, clusterRecords...)
 	r, clock := newClockedResolver(t, cluster, Config{Namespace: "demo"})
-	ask(t, r, "echo.demo.", mdns.TypeA)
+	// The full name: an NXDOMAIN for it is the cluster's last word, where
+	// one for a short name would be asked upstream next.
+	const fqdn = "echo.demo.svc.cluster.local."
+	ask(t, r, fqdn, mdns.TypeA)
 	cluster.setErr(errors.New("CoreDNS is restarting"))
 	clock.advance(2 * clusterFresh)
-	m := ask(t, r, "echo.demo.", mdns.TypeA)
-	if got := rrStrings(m.Answer); m.Rcode != mdns.RcodeSuccess || !slices.Equal(got, []string{"echo.demo. 1 IN A 10.96.1.2"}) {
+	m := ask(t, r, fqdn, mdns.TypeA)
+	if got := rrStrings(m.Answer); m.Rcode != mdns.RcodeSuccess || !slices.Equal(got, []string{fqdn + " 1 IN A 10.96.1.2"}) {
 		t.Errorf("while the cluster fails: %s %q, want the last answer", mdns.RcodeToString[m.Rcode], got)
 	}
 	if st := r.Stats(); st.Stale != 1 {
 		t.Errorf("stats %+v: want one stale answer", st)
 	}
 	clock.advance(staleFor)
-	if m := ask(t, r, "echo.demo.", mdns.TypeA); m.Rcode != mdns.RcodeServerFailure {
+	if m := ask(t, r, fqdn, mdns.TypeA); m.Rcode != mdns.RcodeServerFailure {
 		t.Errorf("past staleFor: %s %v, want SERVFAIL", mdns.RcodeToString[m.Rcode], m.Answer)
 	}
 	// The answer past staleFor is gone for good: the cluster's next one
-	// is what counts, and a new failure right after it gets that one.
+	// is what counts, and a failure to answer (SERVFAIL, REFUSED) right
+	// after it gets that one.
 	cluster.setErr(nil)
-	ask(t, r, "echo.demo.", mdns.TypeA)
+	ask(t, r, fqdn, mdns.TypeA)
+	for _, rcode := range []int{mdns.RcodeServerFailure, mdns.RcodeRefused} {
+		cluster.mu.Lock()
+		cluster.rcode = rcode
+		cluster.mu.Unlock()
+		clock.advance(2 * clusterFresh)
+		if m := ask(t, r, fqdn, mdns.TypeA); m.Rcode != mdns.RcodeSuccess || len(m.Answer) != 1 {
+			t.Errorf("the cluster answering %s: %s %v, want the last answer", mdns.RcodeToString[rcode], mdns.RcodeToString[m.Rcode], m.Answer)
+		}
+	}
+
+	// The Service is deleted, and the cluster says so with an NXDOMAIN it
+	// asks no one to keep (an SOA TTL of 0): the old address must not
+	// stand in for it when the cluster fails next.
+	cluster.mu.Lock()
+	cluster.rcode, cluster.soaTTL, cluster.zone = 0, 0, newZone(t)
+	cluster.mu.Unlock()
+	clock.advance(failedFor)
+	if m := ask(t, r, fqdn, mdns.TypeA); m.Rcode != mdns.RcodeNameError {
+		t.Fatalf("the deleted Service: %s %v", mdns.RcodeToString[m.Rcode], m.Answer)
+	}
 	cluster.setErr(errors.New("down again"))
 	clock.advance(2 * clusterFresh)
-	if m := ask(t, r, "echo.demo.", mdns.TypeA); m.Rcode != mdns.RcodeSuccess || len(m.Answer) != 1 {
-		t.Errorf("after the cluster answered again and failed: %s %v", mdns.RcodeToString[m.Rcode], m.Answer)
+	if m := ask(t, r, fqdn, mdns.TypeA); m.Rcode != mdns.RcodeServerFailure {
+		t.Errorf("after an NXDOMAIN, the cluster failing: %s %v, want SERVFAIL, not the deleted address", mdns.RcodeToString[m.Rcode], m.Answer)
+	}
+}
+
+// TestClusterStaleAnswerWaitsOnlySoLong: a cluster that does not answer
+// at all (the session reconnecting) holds a lookup that has a stale answer
+// for staleWait, not the whole query timeout; the next lookups get the
+// stale answer at once.
+func TestClusterStaleAnswerWaitsOnlySoLong(t *testing.T) {
+	cluster := &slowCluster{fakeCluster: newFakeCluster(t, clusterRecords...)}
+	r, clock := newClockedResolver(t, cluster, Config{Namespace: "demo"})
+	ask(t, r, "echo.demo.", mdns.TypeA)
+	cluster.hang.Store(true)
+	clock.advance(2 * clusterFresh)
+	for i, limit := range []time.Duration{staleWait + time.Second, 100 * time.Millisecond} {
+		start := time.Now()
+		m := ask(t, r, "echo.demo.", mdns.TypeA)
+		if took := time.Since(start); took > limit || len(m.Answer) != 1 {
+			t.Errorf("lookup %d with the cluster hanging: %v after %s, want the stale answer within %s", i+1, m.Answer, took, limit)
+		}
+	}
+}
+
+// slowCluster hangs every Exchange until its context ends while hang is set.
+type slowCluster struct {
+	*fakeCluster
+	hang atomic.Bool
+}
+
+func (c *slowCluster) Exchange(ctx context.Context, q *mdns.Msg) (*mdns.Msg, error) {
+	if c.hang.Load() {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return c.fakeCluster.Exchange(ctx, q)
+}
+
+// TestCacheKeepsTheLaterQuestionsAnswer: an answer to an earlier question
+// that comes back last does not replace the later one's.
+func TestCacheKeepsTheLaterQuestionsAnswer(t *testing.T) {
+	c := newCache(10)
+	now := time.Now()
+	k := cacheKey{via: viaCluster, name: "a."}
+	c.put(k, positive("a.", 60), now.Add(time.Millisecond), time.Second) // asked later, back first
+	older := positive("a.", 60)
+	older.Answer[0].(*mdns.A).A = net.IPv4(192, 0, 2, 1)
+	c.put(k, older, now, time.Second)
+	m, _, ok := c.get(k, now.Add(2*time.Millisecond))
+	if !ok || m.Answer[0].(*mdns.A).A.Equal(net.IPv4(192, 0, 2, 1)) {
+		t.Errorf("the earlier question's answer replaced the later one's: %v", m)
 	}
 }
 
@@ -179,6 +254,11 @@ func TestNegativeCacheExpires(t *testing.T) {
 				m := ask(t, r, tt.qname, tt.qtype)
 				if len(m.Answer) != 0 || len(cluster.queries()) != 1 {
 					t.Fatalf("before expiry: answer %v, cluster asked %q", m, cluster.queries())
+				}
+				for _, rr := range m.Ns {
+					if soa, ok := rr.(*mdns.SOA); ok && (soa.Hdr.Ttl > 1 || soa.Minttl > 1) {
+						t.Errorf("a cluster SOA handed out with TTL %d, minimum %d: want a second at most", soa.Hdr.Ttl, soa.Minttl)
+					}
 				}
 				clock.advance(tt.wantFor - before - time.Millisecond)
 			}

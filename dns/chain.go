@@ -110,19 +110,44 @@ func (r *Resolver) exchange(ctx context.Context, v via, name string, req request
 		}
 		return m, nil
 	}
-	m, err := r.ask(ctx, key, req)
-	if v == viaCluster && (err != nil || m.Rcode == mdns.RcodeServerFailure) {
-		if stale, ok := r.cache.getStale(key, r.now()); ok {
-			r.stats.stale.Add(1)
-			return stale, nil
+	if v == viaCluster {
+		if stale, failing, ok := r.cache.getStale(key, r.now()); ok {
+			return r.askOrStale(ctx, key, req, stale, failing)
 		}
 	}
-	return m, err
+	return r.ask(ctx, key, req)
 }
 
-// ask asks the side key names about its name, and caches the answer.
+// askOrStale asks the cluster about key while stale, its answer past its
+// time, stands by (RFC 8767): stale goes out when the cluster fails or
+// has not answered within staleWait, and at once while it failed within
+// failedFor (the cluster then asked again in the background).
+func (r *Resolver) askOrStale(ctx context.Context, key cacheKey, req request, stale *mdns.Msg, failing bool) (*mdns.Msg, error) {
+	if !failing {
+		actx, cancel := context.WithTimeout(ctx, staleWait)
+		m, err := r.ask(actx, key, req)
+		cancel()
+		if err == nil && !failure(m) {
+			return m, nil
+		}
+	} else {
+		r.prefetch(key, req)
+	}
+	r.stats.stale.Add(1)
+	return stale, nil
+}
+
+// failure says whether m is the cluster failing to answer rather than an
+// answer (RFC 8767: any rcode but NOERROR and NXDOMAIN).
+func failure(m *mdns.Msg) bool {
+	return m.Rcode != mdns.RcodeSuccess && m.Rcode != mdns.RcodeNameError
+}
+
+// ask asks the side key names about its name, and caches the answer; a
+// failure to answer is noted on what the cache holds for the cluster.
 func (r *Resolver) ask(ctx context.Context, key cacheKey, req request) (*mdns.Msg, error) {
 	v, name := key.via, key.name
+	asked := r.now()
 	q := new(mdns.Msg)
 	q.SetQuestion(name, req.qtype)
 	q.Question[0].Qclass = req.qclass
@@ -152,11 +177,14 @@ func (r *Resolver) ask(ctx context.Context, key cacheKey, req request) (*mdns.Ms
 	if r.observe != nil {
 		r.observe(v.String(), time.Since(start), err)
 	}
+	if v == viaCluster && (err != nil || failure(m)) {
+		r.cache.markFailed(key, r.now())
+	}
 	if err != nil {
 		return nil, fmt.Errorf("ask %s about %s %s: %w", v, name, mdns.Type(req.qtype), err)
 	}
 	stripOPT(m)
-	r.cache.put(key, m, r.now(), r.negTTL)
+	r.cache.put(key, m, asked, r.negTTL)
 	return m, nil
 }
 

@@ -81,6 +81,7 @@ type fakeCluster struct {
 	mu    sync.Mutex // guards following
 	asked []string   // "<name> <type>" for each query
 	err   error      // when set, every Exchange fails with it
+	rcode int        // when set, every Exchange answers with it and nothing else
 }
 
 func newFakeCluster(t testing.TB, records ...string) *fakeCluster {
@@ -93,6 +94,11 @@ func (c *fakeCluster) Exchange(ctx context.Context, q *mdns.Msg) (*mdns.Msg, err
 	c.asked = append(c.asked, q.Question[0].Name+" "+mdns.Type(q.Question[0].Qtype).String())
 	if c.err != nil {
 		return nil, c.err
+	}
+	if c.rcode != 0 {
+		m := new(mdns.Msg)
+		m.SetRcode(q, c.rcode)
+		return m, nil
 	}
 	return c.zone.answer(q, c.soaTTL), nil
 }

@@ -25,7 +25,7 @@ type Config struct {
 	Namespace     string           // the connected namespace: "<svc>" means "<svc>.<ns>.svc.<domain>"
 	Include       []string         // --dns-include suffixes also sent to the cluster
 	Upstreams     []netip.AddrPort // the resolvers the machine had
-	NegativeTTL   time.Duration    // how long NXDOMAIN/NODATA answers are cached; default 5s
+	NegativeTTL   time.Duration    // how long NXDOMAIN/NODATA answers are cached; default 5s (the cluster's: 1s at most)
 	// Observe, if set, hears how long each query to the cluster or an
 	// upstream took (cache hits are not asked), for latency metrics.
 	Observe func(via string, took time.Duration, err error)
@@ -71,13 +71,13 @@ type Resolver struct {
 	stats  struct{ queries, cluster, upstream, hits, stale, failures atomic.Uint64 }
 	panics atomic.Uint64 // recovered in serve; the fuzz test wants none
 
-	mu          sync.RWMutex // guards following
-	namespaces  map[string]bool
-	subnets     []netip.Prefix
-	closed      bool
-	serving     sync.WaitGroup // Serve calls in progress; Add only under mu while !closed
-	prefetching map[cacheKey]bool
-	prefetches  sync.WaitGroup // refreshes in flight; Add only under mu while !closed
+	mu         sync.RWMutex // guards following
+	namespaces map[string]bool
+	subnets    []netip.Prefix
+	closed     bool
+	serving    sync.WaitGroup // Serve calls in progress; Add only under mu while !closed
+
+	prefetches prefetches
 }
 
 // NewResolver returns a resolver that sends cluster names to cluster and
@@ -122,7 +122,7 @@ func NewResolver(logger *slog.Logger, cluster Exchanger, cfg Config) *Resolver {
 		ctx:       ctx,
 		cancel:    cancel,
 
-		prefetching: map[cacheKey]bool{},
+		prefetches: prefetches{inFlight: map[cacheKey]bool{}},
 	}
 	r.chain = &clusterHandler{r: r, next: &searchHandler{r: r, next: &upstreamHandler{r: r}}}
 	return r
@@ -170,7 +170,7 @@ func (r *Resolver) Close() error {
 	r.mu.Unlock()
 	r.cancel()
 	r.serving.Wait()
-	r.prefetches.Wait()
+	r.prefetches.close()
 	return nil
 }
 
