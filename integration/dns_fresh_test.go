@@ -5,11 +5,13 @@ package integration
 import (
 	"context"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -18,15 +20,16 @@ import (
 
 // nameWatch asks the laptop's resolver for one name every 20 ms, as an
 // application in a loop would, and keeps each change of the answer (its
-// status and addresses: "NOERROR 10.96.0.9", "NXDOMAIN") with the time
-// the laptop saw it.
+// status and addresses, sorted: "NOERROR 10.244.0.5 10.244.0.9",
+// "NXDOMAIN") with the time the laptop saw it.
 type nameWatch struct{ out *localServer }
 
 func watchName(t *testing.T, l *laptop, name string) *nameWatch {
 	t.Helper()
 	script := fmt.Sprintf(`last=x
 while true; do
-  a=$(dig +tries=1 +time=1 %s A | awk '/status:/ {s=$6; sub(/,/, "", s)} $4 == "A" {a=a " " $5} END {print s a}')
+  out=$(dig +tries=1 +time=1 %s A)
+  a="$(echo "$out" | awk '/status:/ {s=$6; sub(/,/, "", s); print s}') $(echo "$out" | awk '$4 == "A" {print $5}' | LC_ALL=C sort | tr '\n' ' ')"
   if [ "$a" != "$last" ]; then echo "$(date +%%s%%3N) [$a]"; last=$a; fi
   sleep 0.02
 done`, name)
@@ -121,4 +124,72 @@ func TestNamesFollowServices(t *testing.T) {
 	report("a Service re-addressed", w.seen(t, "NOERROR "+ip2, at, bound))
 	time.Sleep(3 * time.Second)
 	report("a Service deleted", w.seen(t, "NXDOMAIN", remove(), bound))
+}
+
+// TestHeadlessNamesFollowPods: a headless Service's name answers its
+// ready pods' addresses, and on the laptop it follows them as the
+// EndpointSlice does: a pod that becomes ready is in the answer, and one
+// that goes is out of it, within a second of the EndpointSlice saying so
+// (the target; the test fails past 3 s).
+func TestHeadlessNamesFollowPods(t *testing.T) {
+	installManager(t)
+	ns := h.Namespace(t)
+	h.DeployEcho(t, ns, "echo", 1)
+	ctx := context.Background()
+	if _, err := h.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "pods"},
+		Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Selector: map[string]string{"app": "echo"},
+			Ports: []corev1.ServicePort{{Port: 80}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	l := newLaptop(t, "headlessdns", "admin")
+	l.must("connect", "-n", ns)
+	w := watchName(t, l, "pods."+ns+".svc."+h.Config.ClusterDomain)
+
+	// ready waits until the EndpointSlices of the Service list n ready
+	// addresses, and says which and when it saw them.
+	ready := func(n int) (string, time.Time) {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			slices, err := h.Client.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=pods"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ips []string
+			for _, sl := range slices.Items {
+				for _, ep := range sl.Endpoints {
+					if ep.Conditions.Ready != nil && *ep.Conditions.Ready {
+						ips = append(ips, ep.Addresses...)
+					}
+				}
+			}
+			if len(ips) == n {
+				sort.Strings(ips)
+				return "NOERROR " + strings.Join(ips, " "), time.Now()
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the EndpointSlices list %d ready addresses, not %d", len(ips), n)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	scale := func(n int32) {
+		t.Helper()
+		if _, err := h.Client.AppsV1().Deployments(ns).UpdateScale(ctx, "echo", &autoscalingv1.Scale{
+			ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: ns}, Spec: autoscalingv1.ScaleSpec{Replicas: n},
+		}, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const target, bound = time.Second, 3 * time.Second
+	one, _ := ready(1)
+	w.seen(t, one, time.Time{}, 10*time.Second)
+	scale(2)
+	two, at := ready(2)
+	t.Logf("NAMES a pod ready: seen on the laptop %s after its EndpointSlice (target %s)", w.seen(t, two, at, bound).Round(10*time.Millisecond), target)
+	scale(1)
+	one, at = ready(1)
+	t.Logf("NAMES a pod gone: seen on the laptop %s after its EndpointSlice (target %s)", w.seen(t, one, at, bound).Round(10*time.Millisecond), target)
 }
