@@ -39,16 +39,7 @@ func (n noStreams) DialStream(context.Context, rpc.Kind, netip.AddrPort, netip.A
 // dial as a stream; an unverified session gets none; when the session
 // ends, its key gets no answer and its connection is closed.
 func TestWireGuardPath(t *testing.T) {
-	m, _ := newTestManager(t, nil)
-	m.identify = fakeIdentify
-	var port int
-	if err := m.useWireGuard(0, func(context.Context) ([]string, error) {
-		return []string{fmt.Sprintf("127.0.0.1:%d", port)}, nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer m.closeWireGuard()
-	port = m.wg.srv.Port()
+	m := wgServing(t)
 	addr := serve(t, m)
 	// The laptop's stack will not send to loopback: it dials a Service's
 	// address, which the manager's dial takes to the echo server.
@@ -156,9 +147,9 @@ func wgLaptop(t *testing.T, ctx context.Context, offer *managerpb.WireGuardOffer
 	return c, tnet
 }
 
-// wgManager is a manager serving the WireGuard path on loopback with ada's
-// verified session on it; both end with t.
-func wgManager(t *testing.T, ctx context.Context) (*Manager, *yamux.Session, managerpb.ManagerClient) {
+// wgServing is a manager (identities faked) serving the WireGuard path
+// with its own loopback port as the endpoint it offers; it ends with t.
+func wgServing(t *testing.T) *Manager {
 	t.Helper()
 	m, _ := newTestManager(t, nil)
 	m.identify = fakeIdentify
@@ -170,6 +161,14 @@ func wgManager(t *testing.T, ctx context.Context) (*Manager, *yamux.Session, man
 	}
 	port = m.wg.srv.Port()
 	t.Cleanup(m.closeWireGuard)
+	return m
+}
+
+// wgManager is a manager serving the WireGuard path on loopback with ada's
+// verified session on it; both end with t.
+func wgManager(t *testing.T, ctx context.Context) (*Manager, *yamux.Session, managerpb.ManagerClient) {
+	t.Helper()
+	m := wgServing(t)
 	sess := laptop(t, serve(t, m))
 	ada := controlClient(t, sess)
 	if _, err := ada.Hello(ctx, &managerpb.HelloRequest{ClientVersion: version.Get().Version, IdentityProof: "proof-ada"}); err != nil {
