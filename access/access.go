@@ -12,6 +12,8 @@ import (
 	authzv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"tunnel.dev/tunnel/workload"
 )
 
 // ErrForbidden means the user's own permissions do not allow the change.
@@ -46,17 +48,27 @@ func Describe(r authzv1.ResourceAttributes) string {
 }
 
 // InterceptRights are what a user needs in a namespace to intercept a
-// workload there: the rights to add the sidecar and point the Service at it
-// (and so to take the workload's traffic without tunnel). The CLI asks
-// before changing anything; the manager asks again before it records the
-// intercept, since a caller need not use the CLI.
-func InterceptRights() []authzv1.ResourceAttributes {
-	return []authzv1.ResourceAttributes{
-		{Verb: "get", Group: "apps", Resource: "deployments"},
-		{Verb: "patch", Group: "apps", Resource: "deployments"},
+// workload of kind there (workload.Kind's name; "" for a Deployment): the
+// rights to add the sidecar and point the Service at it (and so to take
+// the workload's traffic without tunnel). The CLI asks before changing
+// anything; the manager asks again before it records the intercept, since
+// a caller need not use the CLI. A ReplicaSet's pods take a new template
+// only when deleted, which tunnel does for it.
+func InterceptRights(kind string) []authzv1.ResourceAttributes {
+	k, ok := workload.KindNamed(kind)
+	if !ok {
+		k, _ = workload.KindNamed(workload.Deployment)
+	}
+	rights := []authzv1.ResourceAttributes{
+		{Verb: "get", Group: k.Resource.Group, Resource: k.Resource.Resource},
+		{Verb: "patch", Group: k.Resource.Group, Resource: k.Resource.Resource},
 		{Verb: "list", Resource: "services"},
 		{Verb: "update", Resource: "services"},
 	}
+	if k.Name == workload.ReplicaSet {
+		rights = append(rights, authzv1.ResourceAttributes{Verb: "delete", Resource: "pods"})
+	}
+	return rights
 }
 
 // Check returns ErrForbidden in a sentence when the user may not do all of

@@ -11,12 +11,12 @@ import (
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/utils/ptr"
 
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"tunnel.dev/tunnel/agent/inject"
 	"tunnel.dev/tunnel/rpc"
+	"tunnel.dev/tunnel/workload"
 )
 
 // fakeSidecars answers probes as a Service's pods would, in turn: pods
@@ -57,7 +57,8 @@ func planFor(t *testing.T, srv *httptest.Server, replicas int32, affinity corev1
 	}
 	p, _ := strconv.Atoi(port)
 	return &inject.Plan{
-		Deployment:  &appsv1.Deployment{Spec: appsv1.DeploymentSpec{Replicas: ptr.To(replicas)}},
+		Workload: &workload.Workload{Ref: workload.Ref{Kind: workload.Deployment, Name: "web"},
+			Object: &unstructured.Unstructured{Object: map[string]any{"spec": map[string]any{"replicas": int64(replicas)}}}},
 		Service:     &corev1.Service{Spec: corev1.ServiceSpec{ClusterIP: host, SessionAffinity: affinity}},
 		ServicePort: corev1.ServicePort{Port: int32(p)},
 	}

@@ -19,7 +19,7 @@ import (
 // writeEnv computes the workload's environment when something needs it
 // (an env file, or a command to run) and writes the files asked for.
 func writeEnv(ctx context.Context, cs kubernetes.Interface, plan *inject.Plan, f *interceptFlags, errOut io.Writer) (map[string]string, error) {
-	env, err := inject.Environment(ctx, cs, plan.Deployment, plan.Container)
+	env, err := inject.Environment(ctx, cs, plan.Workload, plan.Container)
 	if err != nil {
 		if f.envFile == "" && f.envJSON == "" {
 			return nil, nil // only a command wanted it: it runs with ours

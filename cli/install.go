@@ -18,6 +18,7 @@ import (
 	"tunnel.dev/tunnel/agent/manifest"
 	"tunnel.dev/tunnel/rpc"
 	"tunnel.dev/tunnel/version"
+	"tunnel.dev/tunnel/workload"
 )
 
 // installFlags shape `tunnel install`.
@@ -138,11 +139,15 @@ func (f *installFlags) run(cmd *cobra.Command) error {
 		fmt.Fprintf(errOut, "The new manager does not serve sidecars of %s: moving them too.\n", current.Version)
 		f.agents = true
 	}
+	wc, err := f.kf.workloads()
+	if err != nil {
+		return err
+	}
 	if f.agents {
-		return upgradeSidecars(ctx, cmd, cs, f.timeout)
+		return upgradeSidecars(ctx, cmd, wc, f.timeout)
 	}
 	if moved {
-		if deps, err := inject.WithSidecar(ctx, cs, ""); err == nil && len(deps) > 0 {
+		if deps, err := inject.WithSidecar(ctx, wc, ""); err == nil && len(deps) > 0 {
 			fmt.Fprintf(errOut, "%d workloads keep sidecars of the older agent, which work on; `tunnel install --upgrade --agents` moves them now, or each moves at its next intercept.\n", len(deps))
 		}
 	}
@@ -252,12 +257,13 @@ func union(a, b []string) []string {
 
 // upgradeSidecars moves every sidecar to the image the manager runs now,
 // by digest, one workload at a time.
-func upgradeSidecars(ctx context.Context, cmd *cobra.Command, cs kubernetes.Interface, timeout time.Duration) error {
+func upgradeSidecars(ctx context.Context, cmd *cobra.Command, wc workload.Client, timeout time.Duration) error {
+	cs := wc.CS
 	agent, err := sidecarAgent(ctx, cs)
 	if err != nil {
 		return err
 	}
-	deps, err := inject.WithSidecar(ctx, cs, "")
+	deps, err := inject.WithSidecar(ctx, wc, "")
 	if err != nil {
 		return err
 	}
@@ -267,7 +273,7 @@ func upgradeSidecars(ctx context.Context, cmd *cobra.Command, cs kubernetes.Inte
 	for i := range deps {
 		err := inject.CheckPullSecrets(ctx, cs, deps[i].Namespace, agent)
 		if err == nil {
-			err = inject.Upgrade(ctx, cs, &deps[i], agent, timeout, progress)
+			err = inject.Upgrade(ctx, wc, deps[i], agent, timeout, progress)
 		}
 		if err != nil {
 			failed = append(failed, err)
@@ -292,13 +298,15 @@ func newUninstall() *cobra.Command {
 		Short: "Remove intercept sidecars (--agent, --all-agents), or everything tunnel installed in the cluster",
 		Long: "Without flags: take the sidecar out of every workload that has one, then remove the manager.\n" +
 			"--agent WORKLOAD (in -n NAMESPACE) or --all-agents (in every namespace): only the sidecars;\n" +
-			"each Deployment and Service is left exactly as it was before the first intercept.",
+			"each workload and Service is left exactly as it was before the first intercept.\n" +
+			"A WORKLOAD is NAME, or KIND/NAME (statefulset/web) when several kinds have that name.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, cs, err := kf.client()
+			wc, err := kf.workloads()
 			if err != nil {
 				return err
 			}
+			cs := wc.CS
 			ctx := cmd.Context()
 			progress := func(s string) { fmt.Fprintln(cmd.ErrOrStderr(), s+"...") }
 			if len(agents) > 0 {
@@ -306,23 +314,27 @@ func newUninstall() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				for _, w := range agents {
-					if err := inject.Remove(ctx, cs, ns, w, timeout, progress); err != nil {
+				for _, name := range agents {
+					r, err := sidecarRef(ctx, wc, ns, name)
+					if err != nil {
 						return err
 					}
-					fmt.Fprintf(cmd.OutOrStdout(), "The sidecar is out of %s/%s.\n", ns, w)
+					if err := inject.Remove(ctx, wc, ns, r, timeout, progress); err != nil {
+						return err
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "The sidecar is out of %s.\n", r.Describe(ns))
 				}
 				return nil
 			}
-			deps, err := inject.WithSidecar(ctx, cs, "")
+			deps, err := inject.WithSidecar(ctx, wc, "")
 			if err != nil {
 				return err
 			}
 			for _, d := range deps {
-				if err := inject.Remove(ctx, cs, d.Namespace, d.Name, timeout, progress); err != nil {
+				if err := inject.Remove(ctx, wc, d.Namespace, d.Ref, timeout, progress); err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "The sidecar is out of %s/%s.\n", d.Namespace, d.Name)
+				fmt.Fprintf(cmd.OutOrStdout(), "The sidecar is out of %s.\n", d.Describe())
 			}
 			if allAgents {
 				return nil
@@ -342,4 +354,31 @@ func newUninstall() *cobra.Command {
 	f.BoolVar(&allAgents, "all-agents", false, "take the sidecar out of every Deployment, and leave the manager")
 	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long each rollout may take")
 	return cmd
+}
+
+// sidecarRef finds which workload --agent names: KIND/NAME as it says; a
+// bare NAME, the one workload of that name with a sidecar (a Deployment
+// when none has one, so that its Services are still put back after the
+// workload itself is gone).
+func sidecarRef(ctx context.Context, wc workload.Client, ns, name string) (workload.Ref, error) {
+	if strings.Contains(name, "/") {
+		return workload.ParseRef(name)
+	}
+	with, err := inject.WithSidecar(ctx, wc, ns)
+	if err != nil {
+		return workload.Ref{}, err
+	}
+	var refs []workload.Ref
+	for _, w := range with {
+		if w.Name == name {
+			refs = append(refs, w.Ref)
+		}
+	}
+	switch len(refs) {
+	case 0:
+		return workload.Ref{Kind: workload.Deployment, Name: name}, nil
+	case 1:
+		return refs[0], nil
+	}
+	return workload.Ref{}, fmt.Errorf("%s and %s are both named %s and carry the sidecar; say which, as KIND/NAME", refs[0].Describe(ns), refs[1].Describe(ns), name)
 }

@@ -27,6 +27,7 @@ import (
 	"tunnel.dev/tunnel/rpc"
 	daemonpb "tunnel.dev/tunnel/rpc/daemon"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
+	"tunnel.dev/tunnel/workload"
 )
 
 // autoHeader is --http-header auto: a header name and value are made up.
@@ -53,12 +54,15 @@ func newIntercept() *cobra.Command {
 	var f interceptFlags
 	cmd := &cobra.Command{
 		Use:   "intercept WORKLOAD [-- COMMAND ARGS...]",
-		Short: "Send a Deployment's traffic to a process on this machine",
-		Long: "Send the traffic that reaches a Deployment through its Service to a process on this machine.\n" +
-			"The first intercept adds a sidecar to the Deployment (one rollout), with your own permissions;\n" +
+		Short: "Send a workload's traffic to a process on this machine",
+		Long: "Send the traffic that reaches a workload through its Service to a process on this machine.\n" +
+			"WORKLOAD is a Deployment, StatefulSet, DaemonSet, ReplicaSet or Argo Rollout, named NAME,\n" +
+			"KIND/NAME (statefulset/db), or by the Service in front of it.\n" +
+			"The first intercept adds a sidecar to the workload (one rollout), with your own permissions;\n" +
 			"`tunnel uninstall --agent WORKLOAD` takes it out again. With -- COMMAND the command runs with\n" +
 			"the pod's environment and the intercept ends when it exits, with its exit code.",
 		Example: "  tunnel intercept echo --port 8080:http\n" +
+			"  tunnel intercept statefulset/db --port 5432\n" +
 			"  tunnel intercept echo --port 8080 --http-header x-tunnel-dev=alice -- ./myserver\n" +
 			"  tunnel intercept echo --port 8080 --mirror --env-file echo.env",
 		Args: cobra.MinimumNArgs(1),
@@ -92,7 +96,7 @@ func newIntercept() *cobra.Command {
 	return cmd
 }
 
-func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, command []string) error {
+func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command []string) error {
 	ctx := cmd.Context()
 	errOut := cmd.ErrOrStderr()
 	progress := func(s string) {
@@ -140,20 +144,28 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 	if ns == "" {
 		ns = st.Namespace
 	}
-	_, cs, err := f.kf.client()
+	wc, err := f.kf.workloads()
 	if err != nil {
 		return err
 	}
+	cs := wc.CS
 
-	// Permissions first: a user who may not change the workload hears
-	// which permission is missing, not that it cannot be read.
-	if err := inject.CheckAccess(ctx, cs, ns); err != nil {
-		return err
+	// Permissions first, where the name says the kind: a user who may not
+	// change the workload hears which permission is missing, not that it
+	// cannot be read. A bare name is looked up first (reading only).
+	if r, err := workload.ParseRef(target); err == nil && strings.Contains(target, "/") {
+		if err := inject.CheckAccess(ctx, cs, ns, r.Kind); err != nil {
+			return err
+		}
 	}
-	plan, err := inject.Resolve(ctx, cs, inject.Target{Namespace: ns, Workload: workload, Service: f.service, Port: remote})
+	plan, err := inject.Resolve(ctx, wc, inject.Target{Namespace: ns, Workload: target, Service: f.service, Port: remote})
 	if err != nil {
 		return err
 	}
+	if err := inject.CheckAccess(ctx, cs, ns, plan.Workload.Kind); err != nil {
+		return err
+	}
+	ref := plan.Workload.Ref
 	if local == 0 {
 		local = uint32(plan.AppPort)
 	}
@@ -164,7 +176,7 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 	if err := inject.CheckPullSecrets(ctx, cs, ns, agent); err != nil {
 		return err
 	}
-	fresh, err := inject.Ensure(ctx, cs, plan, agent, f.timeout, progress)
+	fresh, err := inject.Ensure(ctx, wc, plan, agent, f.timeout, progress)
 	if err != nil {
 		return err
 	}
@@ -173,7 +185,7 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 	undo := func(cause error) error {
 		if fresh {
 			uctx := context.WithoutCancel(ctx)
-			if rerr := inject.Remove(uctx, cs, ns, workload, f.timeout, progress); rerr != nil {
+			if rerr := inject.Remove(uctx, wc, ns, ref, f.timeout, progress); rerr != nil {
 				return fmt.Errorf("%w (and taking the sidecar out again failed: %v)", cause, rerr)
 			}
 		}
@@ -182,7 +194,7 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 	awaitSidecar(ctx, plan, progress, errOut)
 
 	spec := &managerpb.InterceptSpec{
-		Name: f.name, Namespace: ns, Workload: workload, Port: uint32(plan.AppPort),
+		Name: f.name, Namespace: ns, Workload: ref.String(), Port: uint32(plan.AppPort),
 		Mode: managerpb.InterceptMode_GLOBAL, NoFallback: f.noFallback,
 	}
 	switch {
@@ -192,7 +204,7 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, workload string, comman
 		spec.Mode, spec.HeaderName, spec.HeaderValue = managerpb.InterceptMode_PERSONAL, headerName, headerValue
 	}
 	if spec.Name == "" {
-		spec.Name = defaultName(workload, plan.ServicePort.Name, plan.AppPort, spec)
+		spec.Name = defaultName(ref.Name, plan.ServicePort.Name, plan.AppPort, spec)
 	}
 	resp, err := c.Intercept(ctx, &daemonpb.InterceptRequest{Spec: spec, LocalPort: local})
 	if err != nil {
@@ -261,8 +273,8 @@ func awaitIntercept(ctx context.Context, plan *inject.Plan, probe string, timeou
 		return
 	}
 	want := 1
-	if r := plan.Deployment.Spec.Replicas; r != nil && *r > 1 && plan.Service.Spec.SessionAffinity != corev1.ServiceAffinityClientIP {
-		want = int(*r)
+	if r := plan.Workload.Replicas(); r > 1 && plan.Service.Spec.SessionAffinity != corev1.ServiceAffinityClientIP {
+		want = int(r)
 	}
 	has := map[string]bool{}
 	ok := awaitProbe(ctx, plan, probe, timeout, func(h http.Header) bool {

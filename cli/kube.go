@@ -12,6 +12,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"tunnel.dev/tunnel/workload"
 )
 
 // kubeFlags are the usual Kubernetes flags: --kubeconfig, --context,
@@ -47,6 +49,15 @@ func (k *kubeFlags) client() (*rest.Config, *kubernetes.Clientset, error) {
 		return nil, nil, err
 	}
 	return rc, cs, nil
+}
+
+// workloads returns the user's own client for workloads of every kind.
+func (k *kubeFlags) workloads() (workload.Client, error) {
+	rc, cs, err := k.client()
+	if err != nil {
+		return workload.Client{}, err
+	}
+	return workload.ForConfig(rc, cs)
 }
 
 // portable returns the chosen context as a kubeconfig of its own, files

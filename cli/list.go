@@ -9,7 +9,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/status"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"tunnel.dev/tunnel/agent/inject"
 	daemonpb "tunnel.dev/tunnel/rpc/daemon"
@@ -18,7 +17,8 @@ import (
 
 // listed is one workload in `tunnel list -o json`.
 type listed struct {
-	Name          string            `json:"name"`
+	Name          string            `json:"name"` // NAME for a Deployment, KIND/NAME otherwise
+	Kind          string            `json:"kind"`
 	Sidecar       bool              `json:"sidecar"`
 	CapturedPorts []int32           `json:"captured_ports"`
 	Intercepts    []listedIntercept `json:"intercepts"`
@@ -77,24 +77,23 @@ func newList() *cobra.Command {
 					return err
 				}
 			}
-			_, cs, err := kf.client()
+			wc, err := kf.workloads()
 			if err != nil {
 				return err
 			}
-			deps, err := cs.AppsV1().Deployments(ns).List(ctx, metav1.ListOptions{})
+			all, err := wc.List(ctx, ns)
 			if err != nil {
-				return fmt.Errorf("list deployments in namespace %s: %w", ns, err)
+				return err
 			}
 			var out []listed
-			for i := range deps.Items {
-				d := &deps.Items[i]
-				l := listed{Name: d.Name, Sidecar: inject.HasSidecar(d), CapturedPorts: []int32{}, Intercepts: []listedIntercept{}}
-				for app := range inject.Captures(d) {
+			for _, d := range all {
+				l := listed{Name: d.Ref.String(), Kind: d.Kind, Sidecar: inject.HasSidecar(&d.Template), CapturedPorts: []int32{}, Intercepts: []listedIntercept{}}
+				for app := range inject.Captures(&d.Template) {
 					l.CapturedPorts = append(l.CapturedPorts, app)
 				}
 				slices.Sort(l.CapturedPorts)
 				for _, ic := range ics {
-					if s := ic.GetSpec(); s.GetWorkload() == d.Name {
+					if s := ic.GetSpec(); s.GetWorkload() == d.Ref.String() {
 						l.Intercepts = append(l.Intercepts, listedIntercept{
 							Name: s.GetName(), Port: s.GetPort(), Mode: strings.ToLower(s.GetMode().String()),
 							User: ic.GetUser(), Host: ic.GetHost(), HeaderName: s.GetHeaderName(), HeaderValue: s.GetHeaderValue(),
@@ -107,7 +106,7 @@ func newList() *cobra.Command {
 				return writeJSON(cmd.OutOrStdout(), map[string]any{"namespace": ns, "workloads": append([]listed{}, out...)})
 			}
 			if len(out) == 0 {
-				fmt.Fprintf(cmd.OutOrStdout(), "No deployments in namespace %s.\n", ns)
+				fmt.Fprintf(cmd.OutOrStdout(), "No workloads in namespace %s.\n", ns)
 				return nil
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)

@@ -23,6 +23,7 @@ import (
 	"tunnel.dev/tunnel/tun"
 	"tunnel.dev/tunnel/tun/netstack"
 	"tunnel.dev/tunnel/wgpath"
+	"tunnel.dev/tunnel/workload"
 )
 
 // Options are the daemon's settings for every connection.
@@ -110,7 +111,11 @@ func open(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, 
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c.cancel = cancel
-	c.sess = newSession(logger, rc, cs, req.ManagerNamespace, c.clusterChanged)
+	wc, err := workload.ForConfig(rc, cs)
+	if err != nil {
+		return nil, err
+	}
+	c.sess = newSession(logger, rc, wc, req.ManagerNamespace, c.clusterChanged)
 	c.sess.pathDied = conns.CloseAll
 	c.wgPath = &wireGuardPath{log: logger, off: req.NoWireguard, endpoint: req.WireguardEndpoint, keepOut: c.keepOut,
 		keyLog: opt.WireGuardKeyLog}

@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -24,6 +23,7 @@ import (
 	"tunnel.dev/tunnel/access"
 	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
+	"tunnel.dev/tunnel/workload"
 )
 
 // direct keeps spare streams from this laptop straight to each sidecar of
@@ -37,6 +37,7 @@ import (
 type direct struct {
 	log *slog.Logger
 	cs  kubernetes.Interface
+	wc  workload.Client
 	// connect opens a port-forward connection to a pod; tests replace it.
 	connect func(ctx context.Context, ns, pod string) (podConn, error)
 	// serve answers a spare a sidecar took, as a stream from the manager.
@@ -51,9 +52,10 @@ type podConn interface {
 	Close() error
 }
 
-func newDirect(log *slog.Logger, rc *rest.Config, cs kubernetes.Interface, serve func(context.Context, net.Conn, rpc.Header)) *direct {
+func newDirect(log *slog.Logger, rc *rest.Config, wc workload.Client, serve func(context.Context, net.Conn, rpc.Header)) *direct {
+	cs := wc.CS
 	return &direct{
-		log: log.With("subsystem", "direct"), cs: cs, serve: serve, spares: 4,
+		log: log.With("subsystem", "direct"), cs: cs, wc: wc, serve: serve, spares: 4,
 		connect: func(ctx context.Context, ns, pod string) (podConn, error) {
 			c, err := dialPortForwardConn(ctx, rc, cs, ns, pod)
 			if err != nil {
@@ -92,12 +94,16 @@ func (d *direct) run(ctx context.Context, ic *managerpb.Intercept) {
 		log.Info("no direct path", "err", err)
 		return
 	}
-	dep, err := d.cs.AppsV1().Deployments(spec.GetNamespace()).Get(ctx, spec.GetWorkload(), metav1.GetOptions{})
+	ref, err := workload.ParseRef(spec.GetWorkload())
+	var w *workload.Workload
+	if err == nil {
+		w, err = d.wc.Get(ctx, spec.GetNamespace(), ref)
+	}
 	if err != nil {
 		log.Info("no direct path to the workload's pods; its traffic comes through the manager", "err", err)
 		return
 	}
-	sel, err := metav1.LabelSelectorAsSelector(dep.Spec.Selector)
+	sel, err := metav1.LabelSelectorAsSelector(w.Selector)
 	if err != nil {
 		log.Info("no direct path: the workload's selector", "err", err)
 		return
@@ -121,7 +127,7 @@ func (d *direct) run(ctx context.Context, ic *managerpb.Intercept) {
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 
-	owned := ownedBy(ctx, d.cs, dep)
+	owned := ownedBy(ctx, d.wc, w)
 	links := map[string]func(){} // by pod name
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -156,28 +162,27 @@ func (d *direct) run(ctx context.Context, ic *managerpb.Intercept) {
 	}
 }
 
-// ownedBy returns a test of whether a pod is the Deployment's: its
-// controller is a ReplicaSet whose controller is the Deployment, by UID.
-// Labels alone say nothing: anyone who may create pods can copy them, and
-// a look-alike pod must not get spares (it could not use them, but it
-// would keep the laptop's port-forwards busy).
-func ownedBy(ctx context.Context, cs kubernetes.Interface, dep *appsv1.Deployment) func(*corev1.Pod) bool {
-	sets := map[types.UID]bool{} // ReplicaSets checked, by UID
+// ownedBy returns a test of whether a pod is the workload's: its
+// controllers lead to it, each by UID (workload.Client.Owner). Labels
+// alone say nothing: anyone who may create pods can copy them, and a
+// look-alike pod must not get spares (it could not use them, but it would
+// keep the laptop's port-forwards busy).
+func ownedBy(ctx context.Context, wc workload.Client, w *workload.Workload) func(*corev1.Pod) bool {
+	seen := map[types.UID]bool{} // by the pod's controller's UID
 	return func(p *corev1.Pod) bool {
 		ref := metav1.GetControllerOf(p)
-		if ref == nil || ref.Kind != "ReplicaSet" {
+		if ref == nil {
 			return false
 		}
-		if ok, seen := sets[ref.UID]; seen {
+		if ok, known := seen[ref.UID]; known {
 			return ok
 		}
-		rs, err := cs.AppsV1().ReplicaSets(p.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
-		if err != nil {
+		owner, uid := wc.Owner(ctx, p)
+		if uid == "" {
 			return false // asked again at the next change
 		}
-		owner := metav1.GetControllerOf(rs)
-		ok := rs.UID == ref.UID && owner != nil && owner.UID == dep.UID
-		sets[ref.UID] = ok
+		ok := owner == w.Ref && uid == w.UID
+		seen[ref.UID] = ok
 		return ok
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"tunnel.dev/tunnel/internal/testnet"
 	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
+	"tunnel.dev/tunnel/workload"
 )
 
 // fakePod stands for a port-forward to one pod: each stream pair is a
@@ -101,7 +102,7 @@ func TestDirectSparesReachTheLocalProcess(t *testing.T) {
 	x := newIntercepts(slog.New(slog.DiscardHandler))
 	spares := make(chan net.Conn, 100)
 	pods := make(chan string, 10)
-	d := newDirect(slog.New(slog.DiscardHandler), nil, cs, x.serve)
+	d := newDirect(slog.New(slog.DiscardHandler), nil, workload.Client{CS: cs}, x.serve)
 	d.connect = func(_ context.Context, ns, pod string) (podConn, error) {
 		pods <- ns + "/" + pod
 		return &fakePod{t: t, sidecar: spares, ended: make(chan bool)}, nil
@@ -196,7 +197,7 @@ func allow(cs *fake.Clientset, may ...string) {
 func TestNoDirectPathWithoutPortForward(t *testing.T) {
 	cs := fake.NewClientset(echoDeployment(), echoReplicaSet(), workloadPod("echo-1", true))
 	allow(cs, "list pods", "watch pods")
-	d := newDirect(slog.New(slog.DiscardHandler), nil, cs, nil)
+	d := newDirect(slog.New(slog.DiscardHandler), nil, workload.Client{CS: cs}, nil)
 	d.connect = func(context.Context, string, string) (podConn, error) {
 		t.Error("a port-forward without the permission to make one")
 		return nil, errors.New("forbidden")

@@ -21,6 +21,7 @@ import (
 	"tunnel.dev/tunnel/dns"
 	"tunnel.dev/tunnel/tun/netstack"
 	"tunnel.dev/tunnel/wgpath"
+	"tunnel.dev/tunnel/workload"
 )
 
 var daemonSeries = []string{
@@ -114,7 +115,7 @@ func TestMetricsDisconnected(t *testing.T) {
 // and reconnects, and the resolver's own counters.
 func TestMetricsConnection(t *testing.T) {
 	logger := slog.New(slog.DiscardHandler)
-	sess := newSession(logger, nil, nil, "tunnel-system", nil)
+	sess := newSession(logger, nil, workload.Client{}, "tunnel-system", nil)
 	sess.setState("connected")
 	sess.reconnects.Add(2)
 	res := dns.NewResolver(logger, nil, dns.Config{ClusterDomain: "cluster.local"})

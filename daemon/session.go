@@ -28,6 +28,7 @@ import (
 	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 	"tunnel.dev/tunnel/version"
+	"tunnel.dev/tunnel/workload"
 )
 
 // ManagerLabel selects the manager's pods; ManagerPort is its session port.
@@ -60,7 +61,8 @@ type session struct {
 	log       *slog.Logger
 	rc        *rest.Config
 	cs        kubernetes.Interface
-	ns        string // the manager's namespace
+	workloads workload.Client // the user's, for the intercepted workloads' pods
+	ns        string          // the manager's namespace
 	onCluster func(*managerpb.ClusterInfo)
 	icpt      *intercepts // answers the streams the manager opens
 
@@ -89,9 +91,9 @@ type session struct {
 	onSession func(context.Context, managerpb.ManagerClient, func(net.Conn))
 }
 
-func newSession(logger *slog.Logger, rc *rest.Config, cs kubernetes.Interface, ns string, onCluster func(*managerpb.ClusterInfo)) *session {
+func newSession(logger *slog.Logger, rc *rest.Config, wc workload.Client, ns string, onCluster func(*managerpb.ClusterInfo)) *session {
 	return &session{
-		log: logger.With("subsystem", "session"), rc: rc, cs: cs, ns: ns, onCluster: onCluster,
+		log: logger.With("subsystem", "session"), rc: rc, cs: wc.CS, workloads: wc, ns: ns, onCluster: onCluster,
 		state: "connecting", changed: make(chan struct{}), icpt: newIntercepts(logger),
 		netChanged: make(chan struct{}, 1),
 	}
@@ -238,7 +240,7 @@ func (s *session) connect(ctx context.Context) (*managerpb.ClusterInfo, error) {
 // reconnect is a pod list and a port-forward, cheap enough to try every
 // other second, and a user waits for the first one that works.
 func (s *session) run(ctx context.Context) {
-	s.icpt.useDirect(ctx, newDirect(s.log, s.rc, s.cs, s.icpt.serve))
+	s.icpt.useDirect(ctx, newDirect(s.log, s.rc, s.workloads, s.icpt.serve))
 	go func() {
 		err := watchAddresses(ctx, func() {
 			select {

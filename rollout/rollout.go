@@ -1,4 +1,4 @@
-// Package rollout waits for Deployments to roll out and says, in one
+// Package rollout waits for workloads to roll out and says, in one
 // sentence, why a pod will not start: what intercepts, deploys, canaries
 // and the manager's install all report.
 package rollout
@@ -86,8 +86,12 @@ func WaitSet(ctx context.Context, cs kubernetes.Interface, kind, ns, name string
 				s.want = *set.Spec.Replicas
 			}
 			st := set.Status
-			s.ready, sel = st.ReadyReplicas, set.Spec.Selector
-			s.done = set.Generation <= st.ObservedGeneration && st.UpdatedReplicas == s.want && st.ReadyReplicas == s.want &&
+			sel = set.Spec.Selector
+			// Its pods update one at a time, in order: the count that
+			// moves is of the pods of the new revision that are ready.
+			s.ready, s.updated = updatedReady(ctx, cs, ns, sel, st.UpdateRevision), true
+			s.starting = set.Generation > st.ObservedGeneration
+			s.done = !s.starting && st.UpdatedReplicas == s.want && st.ReadyReplicas == s.want && st.Replicas == s.want &&
 				(st.UpdateRevision == "" || st.CurrentRevision == st.UpdateRevision)
 		case "DaemonSet":
 			set, err := cs.AppsV1().DaemonSets(ns).Get(ctx, name, metav1.GetOptions{})
@@ -95,15 +99,36 @@ func WaitSet(ctx context.Context, cs kubernetes.Interface, kind, ns, name string
 				return s, err
 			}
 			st := set.Status
-			s.ready, s.want, sel = st.NumberAvailable, st.DesiredNumberScheduled, set.Spec.Selector
-			s.done = set.Generation <= st.ObservedGeneration && st.UpdatedNumberScheduled == st.DesiredNumberScheduled &&
-				st.NumberAvailable == st.DesiredNumberScheduled
+			s.ready, s.want, sel = min(st.UpdatedNumberScheduled, st.NumberAvailable), st.DesiredNumberScheduled, set.Spec.Selector
+			s.updated, s.starting = true, set.Generation > st.ObservedGeneration
+			s.done = !s.starting && st.UpdatedNumberScheduled == st.DesiredNumberScheduled &&
+				st.NumberAvailable == st.DesiredNumberScheduled && st.CurrentNumberScheduled == st.DesiredNumberScheduled
 		default:
 			return step{done: true}, nil
 		}
 		s.trouble = func() (string, bool) { return podsTrouble(ctx, cs, ns, sel, nil) }
 		return s, nil
 	})
+}
+
+// updatedReady counts the ready pods of sel at a StatefulSet's revision.
+func updatedReady(ctx context.Context, cs kubernetes.Interface, ns string, sel *metav1.LabelSelector, revision string) int32 {
+	ls, err := metav1.LabelSelectorAsSelector(sel)
+	if err != nil {
+		return 0
+	}
+	pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: ls.String()})
+	if err != nil {
+		return 0
+	}
+	n := int32(0)
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if p.DeletionTimestamp == nil && p.Labels[appsv1.ControllerRevisionHashLabelKey] == revision && podReady(p) {
+			n++
+		}
+	}
+	return n
 }
 
 // step is what one look at a rollout saw.
@@ -166,11 +191,16 @@ const KubeProxySync = 2 * time.Second
 
 // ServicesFor lists the Services whose selector picks d's pods.
 func ServicesFor(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployment) ([]corev1.Service, error) {
-	list, err := cs.CoreV1().Services(d.Namespace).List(ctx, metav1.ListOptions{})
+	return ServicesSelecting(ctx, cs, d.Namespace, d.Spec.Template.Labels)
+}
+
+// ServicesSelecting lists the Services of ns whose selector picks pods
+// with these labels.
+func ServicesSelecting(ctx context.Context, cs kubernetes.Interface, ns string, podLabels labels.Set) ([]corev1.Service, error) {
+	list, err := cs.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("list services in namespace %s: %w", d.Namespace, err)
+		return nil, fmt.Errorf("list services in namespace %s: %w", ns, err)
 	}
-	podLabels := labels.Set(d.Spec.Template.Labels)
 	var out []corev1.Service
 	for _, s := range list.Items {
 		if len(s.Spec.Selector) > 0 && labels.SelectorFromSet(s.Spec.Selector).Matches(podLabels) {

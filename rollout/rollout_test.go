@@ -160,18 +160,23 @@ func TestWaitSet(t *testing.T) {
 	set := &appsv1.StatefulSet{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "db", Generation: 1},
 		Spec:       appsv1.StatefulSetSpec{Replicas: &two, Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}},
-		Status:     appsv1.StatefulSetStatus{ObservedGeneration: 1, UpdatedReplicas: 2, ReadyReplicas: 1},
+		Status: appsv1.StatefulSetStatus{ObservedGeneration: 1, Replicas: 2, UpdatedReplicas: 2, ReadyReplicas: 1,
+			CurrentRevision: "db-2", UpdateRevision: "db-2"},
+	}
+	ready := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "db-0", Labels: map[string]string{"app": "db", appsv1.ControllerRevisionHashLabelKey: "db-2"}},
+		Status:     corev1.PodStatus{Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
 	}
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "db-1", Labels: map[string]string{"app": "db"}},
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "db-1", Labels: map[string]string{"app": "db", appsv1.ControllerRevisionHashLabelKey: "db-2"}},
 		Status:     corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{{Name: "db", State: waiting("CrashLoopBackOff", "back-off")}}},
 	}
 	var lines []string
-	err := WaitSet(t.Context(), fake.NewClientset(set, pod), "StatefulSet", "shop", "db", time.Minute, func(s string) { lines = append(lines, s) })
+	err := WaitSet(t.Context(), fake.NewClientset(set, ready, pod), "StatefulSet", "shop", "db", time.Minute, func(s string) { lines = append(lines, s) })
 	if !errors.Is(err, ErrFailed) || !strings.Contains(err.Error(), "statefulset shop/db: pod db-1: container db: CrashLoopBackOff") {
 		t.Errorf("WaitSet = %v, want the pod's reason", err)
 	}
-	if len(lines) != 1 || lines[0] != "Waiting for statefulset shop/db: 1 of 2 pods ready" {
+	if len(lines) != 1 || lines[0] != "Waiting for statefulset shop/db: 1 of 2 updated pods ready" {
 		t.Errorf("progress %q", lines)
 	}
 	set.Status.ReadyReplicas = 2

@@ -3,7 +3,7 @@ package inject
 import (
 	"cmp"
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -11,12 +11,10 @@ import (
 	"strings"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
@@ -26,6 +24,7 @@ import (
 	"tunnel.dev/tunnel/agent/manifest"
 	"tunnel.dev/tunnel/rollout"
 	"tunnel.dev/tunnel/rpc"
+	"tunnel.dev/tunnel/workload"
 )
 
 // tokenVolume holds the sidecar's token for the manager.
@@ -37,18 +36,18 @@ var ErrForbidden = access.ErrForbidden
 // Progress receives one line per step of a long operation.
 type Progress func(string)
 
-// CheckAccess asks the API server whether the user may change the
-// workload and its Services, before anything is changed.
-func CheckAccess(ctx context.Context, cs kubernetes.Interface, ns string) error {
+// CheckAccess asks the API server whether the user may change workloads
+// of kind and their Services in ns, before anything is changed.
+func CheckAccess(ctx context.Context, cs kubernetes.Interface, ns, kind string) error {
 	return access.Check(ctx, cs, ns, "intercepting there needs (the sidecar is added with your own permissions)",
-		access.InterceptRights()...)
+		access.InterceptRights(kind)...)
 }
 
-// Captures reads the sidecar's captures from a Deployment: app port →
+// Captures reads the sidecar's captures from a pod template: app port →
 // listen port. Empty when it has no sidecar.
-func Captures(d *appsv1.Deployment) map[int32]int32 {
+func Captures(t *corev1.PodTemplateSpec) map[int32]int32 {
 	out := map[int32]int32{}
-	for _, c := range d.Spec.Template.Spec.Containers {
+	for _, c := range t.Spec.Containers {
 		if c.Name != Container {
 			continue
 		}
@@ -70,39 +69,39 @@ func Captures(d *appsv1.Deployment) map[int32]int32 {
 // before this call, so a caller that cannot go on can take it out again
 // (Remove). On failure what this call changed is undone and the error says
 // why.
-func Ensure(ctx context.Context, cs kubernetes.Interface, p *Plan, agent Agent, timeout time.Duration, progress Progress) (fresh bool, err error) {
-	d := p.Deployment
-	caps := Captures(d)
+func Ensure(ctx context.Context, wc workload.Client, p *Plan, agent Agent, timeout time.Duration, progress Progress) (fresh bool, err error) {
+	w := p.Workload
+	caps := Captures(&w.Template)
 	listen, ok := caps[p.AppPort]
 	if ok {
 		// A sidecar of an older agent is replaced at its next intercept.
-		if err := Upgrade(ctx, cs, d, agent, timeout, progress); err != nil {
+		if err := Upgrade(ctx, wc, w, agent, timeout, progress); err != nil {
 			return false, err
 		}
-		return false, retarget(ctx, cs, p, listen)
+		return false, retarget(ctx, wc.CS, p, listen)
 	}
 	before := maps.Clone(caps)
 	fresh = len(before) == 0
-	listen = freePort(d, caps)
+	listen = freePort(&w.Template, caps)
 	caps[p.AppPort] = listen
 	if fresh {
-		progress(fmt.Sprintf("Adding the intercept sidecar to deployment %s/%s (one rollout)", d.Namespace, d.Name))
+		progress(fmt.Sprintf("Adding the intercept sidecar to %s (one rollout)", w.Describe()))
 	} else {
-		progress(fmt.Sprintf("Adding port %d to the sidecar of deployment %s/%s (one rollout)", p.AppPort, d.Namespace, d.Name))
+		progress(fmt.Sprintf("Adding port %d to the sidecar of %s (one rollout)", p.AppPort, w.Describe()))
 	}
-	if err := applySidecar(ctx, cs, d, agent, caps); err != nil {
+	if err := applySidecar(ctx, wc, w, agent, caps); err != nil {
 		return false, err
 	}
-	err = rollout.Wait(ctx, cs, d.Namespace, d.Name, timeout, progress)
+	err = wc.Wait(ctx, w.Namespace, w.Ref, timeout, progress)
 	if err == nil {
-		err = retarget(ctx, cs, p, listen)
+		err = retarget(ctx, wc.CS, p, listen)
 	}
 	if err != nil { // the sidecar as it was: none, or without this port
 		undo := context.WithoutCancel(ctx)
 		if fresh {
-			_ = removeSidecar(undo, cs, d.Namespace, d.Name)
+			_ = wc.Apply(undo, w, nil, FieldManager, Container)
 		} else {
-			_ = applySidecar(undo, cs, d, agent, before)
+			_ = applySidecar(undo, wc, w, agent, before)
 		}
 		return false, err
 	}
@@ -111,9 +110,9 @@ func Ensure(ctx context.Context, cs kubernetes.Interface, p *Plan, agent Agent, 
 
 // freePort picks the first listen port no container declares and no
 // capture uses.
-func freePort(d *appsv1.Deployment, caps map[int32]int32) int32 {
+func freePort(t *corev1.PodTemplateSpec, caps map[int32]int32) int32 {
 	used := map[int32]bool{MetricsPort: true}
-	for _, c := range d.Spec.Template.Spec.Containers {
+	for _, c := range t.Spec.Containers {
 		for _, p := range c.Ports {
 			used[p.ContainerPort] = true
 		}
@@ -129,12 +128,13 @@ func freePort(d *appsv1.Deployment, caps map[int32]int32) int32 {
 }
 
 // applySidecar server-side applies the sidecar container, with caps, as
-// FieldManager: the only fields of the Deployment that manager owns.
-func applySidecar(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployment, agent Agent, caps map[int32]int32) error {
-	args := []string{"sidecar", "--workload", d.Name, "--manager", managerAddr,
+// FieldManager: the only fields of the workload that manager owns.
+func applySidecar(ctx context.Context, wc workload.Client, w *workload.Workload, agent Agent, caps map[int32]int32) error {
+	ref := w.Ref.String()
+	args := []string{"sidecar", "--workload", ref, "--manager", managerAddr,
 		"--metrics-addr", fmt.Sprintf(":%d", MetricsPort)}
 	if agent.ManagerKey != "" {
-		args = []string{"sidecar", "--workload", d.Name, "--manager", managerTLSAddr, "--manager-key", agent.ManagerKey,
+		args = []string{"sidecar", "--workload", ref, "--manager", managerTLSAddr, "--manager-key", agent.ManagerKey,
 			"--metrics-addr", fmt.Sprintf(":%d", MetricsPort)}
 	}
 	apps := slices.Sorted(maps.Keys(caps))
@@ -185,34 +185,7 @@ func applySidecar(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deploy
 		}
 		podSpec["imagePullSecrets"] = refs
 	}
-	obj := map[string]any{
-		"apiVersion": "apps/v1", "kind": "Deployment",
-		"metadata": map[string]any{"name": d.Name, "namespace": d.Namespace},
-		"spec":     map[string]any{"template": map[string]any{"spec": podSpec}},
-	}
-	return apply(ctx, cs, d.Namespace, d.Name, obj)
-}
-
-// removeSidecar applies nothing as FieldManager: the API server removes the
-// fields that manager alone owned, the sidecar, and nothing else.
-func removeSidecar(ctx context.Context, cs kubernetes.Interface, ns, name string) error {
-	return apply(ctx, cs, ns, name, map[string]any{
-		"apiVersion": "apps/v1", "kind": "Deployment",
-		"metadata": map[string]any{"name": name, "namespace": ns},
-	})
-}
-
-func apply(ctx context.Context, cs kubernetes.Interface, ns, name string, obj map[string]any) error {
-	data, err := json.Marshal(obj)
-	if err != nil {
-		return err
-	}
-	_, err = cs.AppsV1().Deployments(ns).Patch(ctx, name, types.ApplyPatchType, data,
-		metav1.PatchOptions{FieldManager: FieldManager, Force: ptr.To(true)})
-	if err != nil {
-		return fmt.Errorf("update deployment %s/%s: %w", ns, name, err)
-	}
-	return nil
+	return wc.Apply(ctx, w, podSpec, FieldManager, Container)
 }
 
 // retarget points p's Service port at the sidecar's listener, keeping the
@@ -244,7 +217,7 @@ func retarget(ctx context.Context, cs kubernetes.Interface, p *Plan, listen int3
 			svc.Annotations = map[string]string{}
 		}
 		svc.Annotations[CapturedAnnot] = formatCaptured(caps)
-		svc.Annotations[WorkloadAnnot] = p.Deployment.Name
+		svc.Annotations[WorkloadAnnot] = p.Workload.Ref.String()
 		_, err = cs.CoreV1().Services(svc.Namespace).Update(ctx, svc, metav1.UpdateOptions{FieldManager: FieldManager})
 		if err != nil {
 			return fmt.Errorf("point service %s/%s at the sidecar: %w", svc.Namespace, svc.Name, err)
@@ -253,7 +226,8 @@ func retarget(ctx context.Context, cs kubernetes.Interface, p *Plan, listen int3
 	})
 }
 
-// restoreServices gives every Service tunnel retargeted for workload its
+// restoreServices gives every Service tunnel retargeted for workload (a
+// workload.Ref's form) its
 // old targetPorts back and drops tunnel's annotations.
 func restoreServices(ctx context.Context, cs kubernetes.Interface, ns, workload string) ([]string, error) {
 	list, err := cs.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
@@ -341,47 +315,47 @@ func sidecarPorts(slices []discoveryv1.EndpointSlice) bool {
 // Remove takes the sidecar out of a workload: first the Services go back
 // to the app's ports, then the sidecar leaves the pod template (one
 // rollout, waited for).
-func Remove(ctx context.Context, cs kubernetes.Interface, ns, workload string, timeout time.Duration, progress Progress) error {
-	restored, err := restoreServices(ctx, cs, ns, workload)
+func Remove(ctx context.Context, wc workload.Client, ns string, r workload.Ref, timeout time.Duration, progress Progress) error {
+	restored, err := restoreServices(ctx, wc.CS, ns, r.String())
 	if err != nil {
 		return err
 	}
 	if len(restored) > 0 {
 		progress("Waiting for the Services to send their traffic to the app again")
-		if err := awaitEndpoints(ctx, cs, ns, restored, timeout); err != nil {
+		if err := awaitEndpoints(ctx, wc.CS, ns, restored, timeout); err != nil {
 			return err
 		}
 	}
-	d, err := cs.AppsV1().Deployments(ns).Get(ctx, workload, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
+	w, err := wc.Get(ctx, ns, r)
+	if errors.Is(err, workload.ErrNotFound) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("read deployment %s/%s: %w", ns, workload, err)
-	}
-	if !HasSidecar(d) {
-		return nil
-	}
-	progress(fmt.Sprintf("Removing the intercept sidecar from deployment %s/%s (one rollout)", ns, workload))
-	if err := removeSidecar(ctx, cs, ns, workload); err != nil {
 		return err
 	}
-	return rollout.Wait(ctx, cs, ns, workload, timeout, progress)
-}
-
-// HasSidecar says whether d's pods carry the sidecar.
-func HasSidecar(d *appsv1.Deployment) bool {
-	return slices.ContainsFunc(d.Spec.Template.Spec.Containers, func(c corev1.Container) bool { return c.Name == Container })
-}
-
-// WithSidecar lists the Deployments in ns (all namespaces when "") that
-// carry the sidecar.
-func WithSidecar(ctx context.Context, cs kubernetes.Interface, ns string) ([]appsv1.Deployment, error) {
-	list, err := cs.AppsV1().Deployments(ns).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("list deployments: %w", err)
+	if !HasSidecar(&w.Template) {
+		return nil
 	}
-	return slices.DeleteFunc(list.Items, func(d appsv1.Deployment) bool { return !HasSidecar(&d) }), nil
+	progress(fmt.Sprintf("Removing the intercept sidecar from %s (one rollout)", w.Describe()))
+	if err := wc.Apply(ctx, w, nil, FieldManager, Container); err != nil {
+		return err
+	}
+	return wc.Wait(ctx, ns, r, timeout, progress)
+}
+
+// HasSidecar says whether a pod template carries the sidecar.
+func HasSidecar(t *corev1.PodTemplateSpec) bool {
+	return slices.ContainsFunc(t.Spec.Containers, func(c corev1.Container) bool { return c.Name == Container })
+}
+
+// WithSidecar lists the workloads in ns (all namespaces when "") that
+// carry the sidecar.
+func WithSidecar(ctx context.Context, wc workload.Client, ns string) ([]*workload.Workload, error) {
+	list, err := wc.List(ctx, ns)
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(list, func(w *workload.Workload) bool { return !HasSidecar(&w.Template) }), nil
 }
 
 // Agent is the sidecar's image (the manager's, by digest) and the secrets

@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"tunnel.dev/tunnel/workload"
 )
 
 func sidecar(args ...string) corev1.Container {
@@ -41,7 +42,7 @@ func TestCaptures(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := Captures(tt.d); !maps.Equal(got, tt.want) {
+			if got := Captures(&tt.d.Spec.Template); !maps.Equal(got, tt.want) {
 				t.Errorf("Captures() = %v, want %v", got, tt.want)
 			}
 		})
@@ -69,7 +70,7 @@ func TestFreePort(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			caps := maps.Clone(tt.caps)
-			if got := freePort(tt.d, caps); got != tt.want {
+			if got := freePort(&tt.d.Spec.Template, caps); got != tt.want {
 				t.Errorf("freePort() = %d, want %d", got, tt.want)
 			}
 			if !maps.Equal(caps, tt.caps) {
@@ -112,7 +113,7 @@ func TestCheckAccess(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cs := fake.NewClientset()
 			reviewer(t, cs, tt.deny...)
-			err := CheckAccess(t.Context(), cs, "shop")
+			err := CheckAccess(t.Context(), cs, "shop", workload.Deployment)
 			if len(tt.deny) == 0 {
 				if err != nil {
 					t.Fatalf("CheckAccess with nothing denied: %v", err)
@@ -143,7 +144,7 @@ func TestCheckAccessAPIError(t *testing.T) {
 	cs.PrependReactor("create", "selfsubjectaccessreviews", func(k8stesting.Action) (bool, runtime.Object, error) {
 		return true, nil, boom
 	})
-	err := CheckAccess(t.Context(), cs, "shop")
+	err := CheckAccess(t.Context(), cs, "shop", workload.Deployment)
 	if !errors.Is(err, boom) || errors.Is(err, ErrForbidden) {
 		t.Fatalf("CheckAccess = %v, want it to wrap %v and not %v", err, boom, ErrForbidden)
 	}
@@ -163,7 +164,7 @@ func TestWithSidecar(t *testing.T) {
 		{ns: "empty", want: nil},
 	}
 	for _, tt := range tests {
-		ds, err := WithSidecar(t.Context(), cs, tt.ns)
+		ds, err := WithSidecar(t.Context(), workload.Client{CS: cs}, tt.ns)
 		if err != nil {
 			t.Fatalf("WithSidecar(%q): %v", tt.ns, err)
 		}
@@ -185,31 +186,36 @@ func TestApplyAndRemoveSidecar(t *testing.T) {
 	d.Spec.Template.Annotations = map[string]string{"team": "shop"}
 	d.Spec.Template.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "team-pull"}}
 	cs := fake.NewClientset(d)
+	wc := workload.Client{CS: cs}
+	w, err := wc.Get(t.Context(), "shop", workload.Ref{Kind: workload.Deployment, Name: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	caps := map[int32]int32{9090: FirstCapture + 1, 8080: FirstCapture}
-	if err := applySidecar(t.Context(), cs, d, Agent{Image: "tunnel:v2", PullSecrets: []string{"agent-pull"}}, caps); err != nil {
+	if err := applySidecar(t.Context(), wc, w, Agent{Image: "tunnel:v2", PullSecrets: []string{"agent-pull"}}, caps); err != nil {
 		t.Fatalf("applySidecar: %v", err)
 	}
 	got, err := cs.AppsV1().Deployments("shop").Get(t.Context(), "web", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !HasSidecar(got) {
+	if !HasSidecar(&got.Spec.Template) {
 		t.Fatalf("after applySidecar the pod template has containers %v, want %s among them", containerNames(got), Container)
 	}
-	if c := Captures(got); !maps.Equal(c, caps) {
+	if c := Captures(&got.Spec.Template); !maps.Equal(c, caps) {
 		t.Errorf("Captures after applySidecar = %v, want %v", c, caps)
 	}
 	if s := pullSecretNames(got); !slices.Equal(s, []string{"team-pull", "agent-pull"}) {
 		t.Errorf("pull secrets after applySidecar: %v", s)
 	}
-	if err := removeSidecar(t.Context(), cs, "shop", "web"); err != nil {
+	if err := wc.Apply(t.Context(), w, nil, FieldManager, Container); err != nil {
 		t.Fatalf("removeSidecar: %v", err)
 	}
 	got, err = cs.AppsV1().Deployments("shop").Get(t.Context(), "web", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if HasSidecar(got) || !slices.Equal(containerNames(got), []string{"app"}) {
+	if HasSidecar(&got.Spec.Template) || !slices.Equal(containerNames(got), []string{"app"}) {
 		t.Errorf("after removeSidecar the containers are %v, want [app]", containerNames(got))
 	}
 	if got.Spec.Template.Annotations["team"] != "shop" {

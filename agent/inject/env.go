@@ -9,21 +9,22 @@ import (
 	"strconv"
 	"strings"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
+
+	"tunnel.dev/tunnel/workload"
 )
 
-// Environment is what the kubelet gives container in a running pod of d:
+// Environment is what the kubelet gives container in a running pod of w:
 // the Service links, then envFrom, then env, with $(VAR) references
 // expanded, ConfigMaps and Secrets read with the user's own credentials and
 // downward-API fields taken from the pod. It leaves out what the image
 // itself sets (PATH and the like), which must not replace the laptop's.
-func Environment(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployment, container string) (map[string]string, error) {
-	pod, err := runningPod(ctx, cs, d)
+func Environment(ctx context.Context, cs kubernetes.Interface, w *workload.Workload, container string) (map[string]string, error) {
+	pod, err := runningPod(ctx, cs, w)
 	if err != nil {
 		return nil, err
 	}
@@ -115,15 +116,15 @@ func Environment(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deploym
 
 func ptrTrue(b *bool) bool { return b != nil && *b }
 
-// runningPod picks a running pod of d, ready ones first.
-func runningPod(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployment) (*corev1.Pod, error) {
-	sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
+// runningPod picks a running pod of w, ready ones first.
+func runningPod(ctx context.Context, cs kubernetes.Interface, w *workload.Workload) (*corev1.Pod, error) {
+	sel, err := metav1.LabelSelectorAsSelector(w.Selector)
 	if err != nil {
 		return nil, err
 	}
-	pods, err := cs.CoreV1().Pods(d.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	pods, err := cs.CoreV1().Pods(w.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
 	if err != nil {
-		return nil, fmt.Errorf("list the pods of %s/%s: %w", d.Namespace, d.Name, err)
+		return nil, fmt.Errorf("list the pods of %s: %w", w.Describe(), err)
 	}
 	var best *corev1.Pod
 	for i := range pods.Items {
@@ -136,7 +137,7 @@ func runningPod(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployme
 		}
 	}
 	if best == nil {
-		return nil, fmt.Errorf("deployment %s/%s has no running pod to take the environment from", d.Namespace, d.Name)
+		return nil, fmt.Errorf("%s has no running pod to take the environment from", w.Describe())
 	}
 	return best, nil
 }

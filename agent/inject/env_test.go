@@ -85,7 +85,7 @@ func TestEnvironment(t *testing.T) {
 	cs := fake.NewClientset(cluster(pending, pod)...)
 
 	// Container "" is the first that is not the sidecar.
-	got, err := Environment(t.Context(), cs, deployment("web", container("app")), "")
+	got, err := Environment(t.Context(), cs, asWorkload(t, deployment("web", container("app"))), "")
 	if err != nil {
 		t.Fatalf("Environment: %v", err)
 	}
@@ -132,7 +132,7 @@ func TestEnvironmentNoServiceLinks(t *testing.T) {
 	pod.Spec.EnableServiceLinks = ptr.To(false)
 	pod.Spec.Hostname = "web-0"
 	cs := fake.NewClientset(cluster(pod)...)
-	got, err := Environment(t.Context(), cs, deployment("web", container("app")), "app")
+	got, err := Environment(t.Context(), cs, asWorkload(t, deployment("web", container("app"))), "app")
 	if err != nil {
 		t.Fatalf("Environment: %v", err)
 	}
@@ -169,7 +169,7 @@ func TestEnvironmentErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cs := fake.NewClientset(cluster(tt.pod)...)
-			_, err := Environment(t.Context(), cs, deployment("web", container("app")), tt.container)
+			_, err := Environment(t.Context(), cs, asWorkload(t, deployment("web", container("app"))), tt.container)
 			if err == nil || !strings.Contains(err.Error(), tt.wantMsg) {
 				t.Errorf("Environment error = %v, want one mentioning %q", err, tt.wantMsg)
 			}

@@ -2,7 +2,7 @@
 // again, with the credentials of the user who asks (so what a user may
 // intercept is what their own Kubernetes permissions allow).
 //
-// The sidecar is one container added to the Deployment's pod template by
+// The sidecar is one container added to the workload's pod template by
 // server-side apply under its own field manager; taking it out is applying
 // nothing under that manager, which removes exactly the fields it added and
 // leaves the user's spec (annotations included) as it was. Capturing a port
@@ -20,23 +20,20 @@ import (
 	"strconv"
 	"strings"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/kubernetes"
 
 	"tunnel.dev/tunnel/rollout"
 	"tunnel.dev/tunnel/rpc"
+	"tunnel.dev/tunnel/workload"
 )
 
 // Names tunnel uses in the workloads it changes.
 const (
 	Container     = rpc.SidecarContainer        // the sidecar's container
-	FieldManager  = "tunnel-intercept"          // owns the sidecar in the Deployment
+	FieldManager  = "tunnel-intercept"          // owns the sidecar in the workload
 	CapturedAnnot = "tunnel.dev/captured-ports" // on a Service: "PORT/PROTO=ORIGINAL-TARGET,..."
-	WorkloadAnnot = "tunnel.dev/captured-for"   // on a Service: the Deployment its captures serve
+	WorkloadAnnot = "tunnel.dev/captured-for"   // on a Service: the workload its captures serve (workload.Ref's form)
 	MetricsPort   = 18099                       // the sidecar's /metrics and /healthz, unless taken
 	FirstCapture  = 18100                       // capture listeners count up from here
 	managerAddr   = "tunnel-manager.tunnel-system:8022"
@@ -46,15 +43,17 @@ const (
 
 // Sentinel errors a CLI turns into its sentence.
 var (
-	ErrNoWorkload = errors.New("no such workload")
+	ErrNoWorkload = workload.ErrNotFound
+	ErrPartial    = errors.New("not every pod")
 	ErrNoService  = errors.New("no service")
 	ErrNoPort     = errors.New("no such port")
 	ErrWhichPort  = errors.New("several ports")
 	ErrHeadless   = errors.New("headless service")
 )
 
-// Target is what a user names: a Deployment, and optionally which Service
-// and which of its ports ("" when there is only one).
+// Target is what a user names: a workload (NAME, KIND/NAME, or the name of
+// the Service in front of it), and optionally which Service and which of
+// its ports ("" when there is only one).
 type Target struct {
 	Namespace string
 	Workload  string
@@ -64,30 +63,33 @@ type Target struct {
 
 // Plan is a Target resolved against the cluster.
 type Plan struct {
-	Deployment  *appsv1.Deployment
+	Workload    *workload.Workload
 	Service     *corev1.Service
 	ServicePort corev1.ServicePort
 	AppPort     int32  // the app's port number the Service port leads to
 	Container   string // the container that declares it ("" when none does)
 }
 
-// Resolve finds the Deployment, the Service in front of it and the port.
-func Resolve(ctx context.Context, cs kubernetes.Interface, t Target) (*Plan, error) {
-	d, err := cs.AppsV1().Deployments(t.Namespace).Get(ctx, t.Workload, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return nil, fmt.Errorf("%w: there is no Deployment %q in namespace %s", ErrNoWorkload, t.Workload, t.Namespace)
-	}
+// Resolve finds the workload, the Service in front of it and the port.
+func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
+	w, service, err := wc.Find(ctx, t.Namespace, t.Workload)
 	if err != nil {
-		return nil, fmt.Errorf("read deployment %s/%s: %w", t.Namespace, t.Workload, err)
+		return nil, err
 	}
-	svcs, err := rollout.ServicesFor(ctx, cs, d)
+	if why := workload.Partial(w); why != "" {
+		return nil, fmt.Errorf("%w: %s", ErrPartial, why)
+	}
+	if t.Service == "" {
+		t.Service = service
+	}
+	svcs, err := rollout.ServicesSelecting(ctx, wc.CS, w.Namespace, w.Template.Labels)
 	if err != nil {
 		return nil, err
 	}
 	if t.Service != "" {
 		svcs = slices.DeleteFunc(svcs, func(s corev1.Service) bool { return s.Name != t.Service })
 		if len(svcs) == 0 {
-			return nil, fmt.Errorf("%w: Service %q does not select the pods of %s", ErrNoService, t.Service, t.Workload)
+			return nil, fmt.Errorf("%w: Service %q does not select the pods of %s", ErrNoService, t.Service, w.Describe())
 		}
 	}
 	// A headless Service's clients dial the pods' own addresses and the
@@ -101,7 +103,7 @@ func Resolve(ctx context.Context, cs kubernetes.Interface, t Target) (*Plan, err
 		if len(headless) > 1 {
 			verb = "are"
 		}
-		return nil, fmt.Errorf("%w: %s %s headless (clusterIP: None), so its clients reach the pods of %s at their own addresses, which an intercept does not capture; give them a Service with a cluster address and intercept through it", ErrHeadless, names(headless), verb, t.Workload)
+		return nil, fmt.Errorf("%w: %s %s headless (clusterIP: None), so its clients reach the pods of %s at their own addresses, which an intercept does not capture; give them a Service with a cluster address and intercept through it", ErrHeadless, names(headless), verb, w.Describe())
 	}
 	var cands []Plan
 	for i := range svcs {
@@ -112,8 +114,8 @@ func Resolve(ctx context.Context, cs kubernetes.Interface, t Target) (*Plan, err
 			if t.Port != "" && sp.Name != t.Port && strconv.Itoa(int(sp.Port)) != t.Port {
 				continue
 			}
-			p := Plan{Deployment: d, Service: &svcs[i], ServicePort: sp}
-			p.AppPort, p.Container = appPort(d, sp, svcs[i].Annotations)
+			p := Plan{Workload: w, Service: &svcs[i], ServicePort: sp}
+			p.AppPort, p.Container = appPort(&w.Template, sp, svcs[i].Annotations)
 			if p.AppPort == 0 {
 				continue
 			}
@@ -122,7 +124,7 @@ func Resolve(ctx context.Context, cs kubernetes.Interface, t Target) (*Plan, err
 	}
 	switch {
 	case len(svcs) == 0:
-		return nil, fmt.Errorf("%w selects the pods of %s in namespace %s, so nothing sends it traffic to intercept", ErrNoService, t.Workload, t.Namespace)
+		return nil, fmt.Errorf("%w selects the pods of %s, so nothing sends it traffic to intercept", ErrNoService, w.Describe())
 	case len(cands) == 0 && t.Port != "":
 		return nil, fmt.Errorf("%w: there is no TCP port %q on %s, which has %s", ErrNoPort, t.Port, names(svcs), portList(svcs))
 	case len(cands) == 0:
@@ -138,13 +140,13 @@ func isHeadless(s *corev1.Service) bool { return s.Spec.ClusterIP == corev1.Clus
 // appPort is the app's port number a Service port leads to: a named
 // targetPort is looked up in the containers; a number need not be declared.
 // A port tunnel already captures is read from the Service's annotation.
-func appPort(d *appsv1.Deployment, sp corev1.ServicePort, annots map[string]string) (int32, string) {
+func appPort(t *corev1.PodTemplateSpec, sp corev1.ServicePort, annots map[string]string) (int32, string) {
 	target := sp.TargetPort
 	if orig, ok := captured(annots)[portKey(sp)]; ok {
 		target = orig
 	}
 	if target.Type == intstr.String {
-		for _, c := range d.Spec.Template.Spec.Containers {
+		for _, c := range t.Spec.Containers {
 			for _, p := range c.Ports {
 				if p.Name == target.StrVal && (p.Protocol == corev1.ProtocolTCP || p.Protocol == "") {
 					return p.ContainerPort, c.Name
@@ -157,7 +159,7 @@ func appPort(d *appsv1.Deployment, sp corev1.ServicePort, annots map[string]stri
 	if n == 0 {
 		n = sp.Port
 	}
-	for _, c := range d.Spec.Template.Spec.Containers {
+	for _, c := range t.Spec.Containers {
 		for _, p := range c.Ports {
 			if p.ContainerPort == n {
 				return n, c.Name

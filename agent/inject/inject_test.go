@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/fake"
+	"tunnel.dev/tunnel/workload"
 )
 
 // deployment is a Deployment in namespace "shop" whose pods carry app=name.
@@ -27,6 +28,16 @@ func deployment(name string, containers ...corev1.Container) *appsv1.Deployment 
 			},
 		},
 	}
+}
+
+// asWorkload reads d as the workload package does.
+func asWorkload(t *testing.T, d *appsv1.Deployment) *workload.Workload {
+	t.Helper()
+	w, err := workload.Client{CS: fake.NewClientset(d)}.Get(t.Context(), d.Namespace, workload.Ref{Kind: workload.Deployment, Name: d.Name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
 }
 
 func container(name string, ports ...corev1.ContainerPort) corev1.Container {
@@ -139,7 +150,7 @@ func TestResolve(t *testing.T) {
 			if target.Workload == "" {
 				target.Workload = "web"
 			}
-			p, err := Resolve(t.Context(), fake.NewClientset(tt.objs...), target)
+			p, err := Resolve(t.Context(), workload.Client{CS: fake.NewClientset(tt.objs...)}, target)
 			if tt.wantErr != nil {
 				if !errors.Is(err, tt.wantErr) {
 					t.Fatalf("Resolve(%+v) error = %v, want %v", target, err, tt.wantErr)
@@ -154,9 +165,9 @@ func TestResolve(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Resolve(%+v): %v", target, err)
 			}
-			if p.Deployment.Name != "web" || p.Service.Name != tt.wantService || p.ServicePort.Port != tt.wantPort {
+			if p.Workload.Name != "web" || p.Service.Name != tt.wantService || p.ServicePort.Port != tt.wantPort {
 				t.Errorf("Resolve(%+v) chose deployment %s, service %s port %d; want web, %s port %d",
-					target, p.Deployment.Name, p.Service.Name, p.ServicePort.Port, tt.wantService, tt.wantPort)
+					target, p.Workload.Name, p.Service.Name, p.ServicePort.Port, tt.wantService, tt.wantPort)
 			}
 			if p.AppPort != tt.wantApp || p.Container != tt.wantContainer {
 				t.Errorf("Resolve(%+v) app port %d in container %q, want %d in %q",
@@ -171,7 +182,7 @@ func TestResolve(t *testing.T) {
 func TestResolveCapturedKeepsServicePort(t *testing.T) {
 	svc := annotated(service("web", "web", sport("http", 80, intstr.FromInt32(FirstCapture))),
 		map[string]string{CapturedAnnot: "80/TCP=http"})
-	p, err := Resolve(t.Context(), fake.NewClientset(deployment("web", container("app", cport("http", 8080))), svc),
+	p, err := Resolve(t.Context(), workload.Client{CS: fake.NewClientset(deployment("web", container("app", cport("http", 8080))), svc)},
 		Target{Namespace: "shop", Workload: "web"})
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/utils/ptr"
+	"tunnel.dev/tunnel/workload"
 )
 
 func getService(t *testing.T, cs kubernetes.Interface, name string) *corev1.Service {
@@ -52,7 +53,7 @@ func TestRetargetRestore(t *testing.T) {
 				map[string]string{CapturedAnnot: "80/TCP=8080", WorkloadAnnot: "api"})
 			cs := fake.NewClientset(web, tt.svc, api)
 			before := getService(t, cs, tt.svc.Name)
-			p, err := Resolve(t.Context(), cs, Target{Namespace: "shop", Workload: "web", Port: tt.port})
+			p, err := Resolve(t.Context(), workload.Client{CS: cs}, Target{Namespace: "shop", Workload: "web", Port: tt.port})
 			if err != nil {
 				t.Fatalf("Resolve: %v", err)
 			}
@@ -79,7 +80,7 @@ func TestRetargetRestore(t *testing.T) {
 				t.Errorf("after retarget annotations are %v, want %s=%q and %s=web", mid.Annotations, CapturedAnnot, wantAnnot, WorkloadAnnot)
 			}
 			// What was captured resolves as it did before.
-			again, err := Resolve(t.Context(), cs, Target{Namespace: "shop", Workload: "web", Port: tt.port})
+			again, err := Resolve(t.Context(), workload.Client{CS: cs}, Target{Namespace: "shop", Workload: "web", Port: tt.port})
 			if err != nil || again.AppPort != p.AppPort {
 				t.Errorf("Resolve after retarget = %+v, %v; want app port %d", again, err, p.AppPort)
 			}

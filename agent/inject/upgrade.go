@@ -5,15 +5,14 @@ import (
 	"fmt"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
-	"k8s.io/client-go/kubernetes"
+	corev1 "k8s.io/api/core/v1"
 
-	"tunnel.dev/tunnel/rollout"
+	"tunnel.dev/tunnel/workload"
 )
 
-// SidecarImage is the image of d's sidecar, "" when it has none.
-func SidecarImage(d *appsv1.Deployment) string {
-	for _, c := range d.Spec.Template.Spec.Containers {
+// SidecarImage is the image of a pod template's sidecar, "" when it has none.
+func SidecarImage(t *corev1.PodTemplateSpec) string {
+	for _, c := range t.Spec.Containers {
 		if c.Name == Container {
 			return c.Image
 		}
@@ -21,23 +20,23 @@ func SidecarImage(d *appsv1.Deployment) string {
 	return ""
 }
 
-// Upgrade gives d's sidecar agent's image, with the captures it has, and
+// Upgrade gives w's sidecar agent's image, with the captures it has, and
 // waits for the rollout; a sidecar of that image already is left alone.
 // On failure the sidecar goes back to the image it had.
-func Upgrade(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployment, agent Agent, timeout time.Duration, progress Progress) error {
-	old := SidecarImage(d)
+func Upgrade(ctx context.Context, wc workload.Client, w *workload.Workload, agent Agent, timeout time.Duration, progress Progress) error {
+	old := SidecarImage(&w.Template)
 	if old == "" || old == agent.Image {
 		return nil
 	}
-	progress(fmt.Sprintf("Moving the sidecar of deployment %s/%s to %s (one rollout)", d.Namespace, d.Name, agent.Image))
-	caps := Captures(d)
-	if err := applySidecar(ctx, cs, d, agent, caps); err != nil {
+	progress(fmt.Sprintf("Moving the sidecar of %s to %s (one rollout)", w.Describe(), agent.Image))
+	caps := Captures(&w.Template)
+	if err := applySidecar(ctx, wc, w, agent, caps); err != nil {
 		return err
 	}
-	if err := rollout.Wait(ctx, cs, d.Namespace, d.Name, timeout, progress); err != nil {
+	if err := wc.Wait(ctx, w.Namespace, w.Ref, timeout, progress); err != nil {
 		undo := context.WithoutCancel(ctx)
-		_ = applySidecar(undo, cs, d, Agent{Image: old, PullSecrets: agent.PullSecrets}, caps)
-		return fmt.Errorf("move the sidecar of %s/%s to %s: %w", d.Namespace, d.Name, agent.Image, err)
+		_ = applySidecar(undo, wc, w, Agent{Image: old, PullSecrets: agent.PullSecrets}, caps)
+		return fmt.Errorf("move the sidecar of %s to %s: %w", w.Describe(), agent.Image, err)
 	}
 	return nil
 }

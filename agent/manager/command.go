@@ -16,9 +16,12 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
+
+	"tunnel.dev/tunnel/workload"
 )
 
 // Command is `tunnel-agent manager`: the hub, run as a Deployment.
@@ -112,18 +115,23 @@ func run(ctx context.Context, logger *slog.Logger, cfg Config, sidecarListen, tl
 		}
 		return fmt.Errorf("listen for metrics: %w", err)
 	}
-	return serveCluster(ctx, logger, client, cfg, lns, metrics, wg)
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("create a Kubernetes client: %w", err)
+	}
+	return serveCluster(ctx, logger, workload.Client{CS: client, Dyn: dyn}, cfg, lns, metrics, wg)
 }
 
 // serveCluster watches the cluster and serves sessions and metrics on the
 // two listeners until ctx ends; it closes both.
-func serveCluster(ctx context.Context, logger *slog.Logger, client kubernetes.Interface, cfg Config, sessions []net.Listener, metrics net.Listener, wg wgFlags) error {
+func serveCluster(ctx context.Context, logger *slog.Logger, wc workload.Client, cfg Config, sessions []net.Listener, metrics net.Listener, wg wgFlags) error {
 	defer func() {
 		for _, ln := range sessions {
 			ln.Close()
 		}
 	}()
 	defer metrics.Close()
+	client := wc.CS
 	src, err := NewKubeSource(ctx, logger, client)
 	if err != nil {
 		return err
@@ -134,7 +142,7 @@ func serveCluster(ctx context.Context, logger *slog.Logger, client kubernetes.In
 		return err
 	}
 	m.identify = csrIdentifier(client)
-	m.verifySidecar = podVerifier(client)
+	m.verifySidecar = podVerifier(wc)
 	m.useAuthorizer(sarAuthorizer(client))
 	m.reach.self = ownAddrs()
 	if wg.port != 0 {

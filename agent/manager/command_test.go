@@ -11,6 +11,7 @@ import (
 	"time"
 
 	managerpb "tunnel.dev/tunnel/rpc/manager"
+	"tunnel.dev/tunnel/workload"
 )
 
 func TestCommandFlags(t *testing.T) {
@@ -80,7 +81,7 @@ func TestServeCluster(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- serveCluster(ctx, testLogger(t), cs, cfg, []net.Listener{sessions}, metrics, wgFlags{})
+		done <- serveCluster(ctx, testLogger(t), workload.Client{CS: cs}, cfg, []net.Listener{sessions}, metrics, wgFlags{})
 	}()
 
 	hc := &http.Client{Timeout: 5 * time.Second}

@@ -15,6 +15,7 @@ import (
 	"tunnel.dev/tunnel/access"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 	"tunnel.dev/tunnel/version"
+	"tunnel.dev/tunnel/workload"
 )
 
 // control is the gRPC Manager service; one serves every session.
@@ -102,9 +103,17 @@ func (c *control) CreateIntercept(ctx context.Context, spec *managerpb.Intercept
 	// The manager decides by the caller's own RBAC: a caller need not use
 	// the CLI, which asked too. A mirror sees every request, so it needs
 	// what a global intercept needs.
+	ref, err := workload.ParseRef(spec.GetWorkload())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	if id := s.identity(); id.User != "" {
+		rights := access.InterceptRights(ref.Kind)
+		for i := range rights[:2] { // get and patch of the workload itself, by name
+			rights[i].Name = ref.Name
+		}
 		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := c.m.checkRights(actx, id, spec.GetNamespace(), "an intercept there needs", access.InterceptRights())
+		err := c.m.checkRights(actx, id, spec.GetNamespace(), "an intercept there needs", rights)
 		cancel()
 		if err != nil {
 			s.log.Info("intercept refused", "name", spec.GetName(), "namespace", spec.GetNamespace(), "user", id.User, "err", err)

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	authnv1 "k8s.io/api/authentication/v1"
 	certv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -21,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"tunnel.dev/tunnel/rpc"
+	"tunnel.dev/tunnel/workload"
 )
 
 // Identity is a session's verified Kubernetes user, as the API server
@@ -145,8 +145,13 @@ type sidecarVerifier func(ctx context.Context, token, namespace, workload string
 // pod-bound ServiceAccount token for rpc.SidecarAudience), then checks the
 // pod itself (podOfWorkload): a pod that merely claims a workload reaches
 // none of its laptops.
-func podVerifier(cs kubernetes.Interface) sidecarVerifier {
-	return func(ctx context.Context, token, namespace, workload string) (func(context.Context) error, error) {
+func podVerifier(wc workload.Client) sidecarVerifier {
+	cs := wc.CS
+	return func(ctx context.Context, token, namespace, name string) (func(context.Context) error, error) {
+		ref, err := workload.ParseRef(name)
+		if err != nil {
+			return nil, err
+		}
 		if token == "" {
 			return nil, errors.New("the sidecar showed no token")
 		}
@@ -170,7 +175,7 @@ func podVerifier(cs kubernetes.Interface) sidecarVerifier {
 		if uids := tr.Status.User.Extra["authentication.kubernetes.io/pod-uid"]; len(uids) == 1 {
 			uid = types.UID(uids[0])
 		}
-		check := func(ctx context.Context) error { return podOfWorkload(ctx, cs, namespace, names[0], uid, workload) }
+		check := func(ctx context.Context) error { return podOfWorkload(ctx, wc, namespace, names[0], uid, ref) }
 		if err := check(ctx); err != nil {
 			return nil, err
 		}
@@ -179,13 +184,13 @@ func podVerifier(cs kubernetes.Interface) sidecarVerifier {
 }
 
 // podOfWorkload checks that pod (of that UID, when known) is one of the
-// Deployment's, beyond its ownerReferences, which anyone who may create
-// pods can write: its controller is a ReplicaSet of that UID whose
-// pod-template-hash the pod carries, the ReplicaSet's controller is the
-// Deployment, by UID; and its sidecar is the container tunnel injected, as
-// the ReplicaSet's template has it, the only one that mounts the token.
-func podOfWorkload(ctx context.Context, cs kubernetes.Interface, namespace, name string, uid types.UID, workload string) error {
-	pod, err := cs.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+// workload's, beyond its ownerReferences, which anyone who may create pods
+// can write: every controller link up to the workload by UID
+// (workload.Client.PodTemplate); and its sidecar is the container tunnel
+// injected, as the template that made the pod has it, the only one that
+// mounts the token.
+func podOfWorkload(ctx context.Context, wc workload.Client, namespace, name string, uid types.UID, ref workload.Ref) error {
+	pod, err := wc.CS.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return fmt.Errorf("read the sidecar's pod: %w", err)
 	}
@@ -195,30 +200,11 @@ func podOfWorkload(ctx context.Context, cs kubernetes.Interface, namespace, name
 	if pod.DeletionTimestamp != nil {
 		return fmt.Errorf("pod %s is being deleted", pod.Name)
 	}
-	ref := metav1.GetControllerOf(pod)
-	if ref == nil || ref.Kind != "ReplicaSet" {
-		return fmt.Errorf("pod %s is not run by a ReplicaSet", pod.Name)
-	}
-	set, err := cs.AppsV1().ReplicaSets(namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+	tmpl, err := wc.PodTemplate(ctx, namespace, pod, ref)
 	if err != nil {
-		return fmt.Errorf("read the ReplicaSet of pod %s: %w", pod.Name, err)
+		return err
 	}
-	hash := set.Labels[appsv1.DefaultDeploymentUniqueLabelKey]
-	if set.UID != ref.UID || hash == "" || pod.Labels[appsv1.DefaultDeploymentUniqueLabelKey] != hash {
-		return fmt.Errorf("pod %s was not made by ReplicaSet %s", pod.Name, set.Name)
-	}
-	dref := metav1.GetControllerOf(set)
-	if dref == nil || dref.Kind != "Deployment" || dref.Name != workload {
-		return fmt.Errorf("pod %s does not belong to deployment %s", pod.Name, workload)
-	}
-	dep, err := cs.AppsV1().Deployments(namespace).Get(ctx, workload, metav1.GetOptions{})
-	if err != nil {
-		return fmt.Errorf("read deployment %s: %w", workload, err)
-	}
-	if dep.UID != dref.UID {
-		return fmt.Errorf("pod %s belongs to an earlier deployment named %s", pod.Name, workload)
-	}
-	return sameSidecar(pod, set)
+	return sameSidecar(pod, tmpl)
 }
 
 // sameSidecar checks that the pod runs what the ReplicaSet's template
@@ -227,10 +213,10 @@ func podOfWorkload(ctx context.Context, cs kubernetes.Interface, namespace, name
 // them may mount the sidecar's token), no other volume with a token for
 // the manager, and the template's choice of a shared process namespace
 // (which would let another container read the sidecar's token).
-func sameSidecar(pod *corev1.Pod, set *appsv1.ReplicaSet) error {
-	tmpl := set.Spec.Template.Spec
+func sameSidecar(pod *corev1.Pod, t *corev1.PodTemplateSpec) error {
+	tmpl := t.Spec
 	if !slices.ContainsFunc(tmpl.Containers, func(c corev1.Container) bool { return c.Name == rpc.SidecarContainer }) {
-		return fmt.Errorf("deployment of pod %s has no tunnel sidecar", pod.Name)
+		return fmt.Errorf("the template of pod %s has no tunnel sidecar", pod.Name)
 	}
 	for _, want := range tmpl.Containers {
 		i := slices.IndexFunc(pod.Spec.Containers, func(c corev1.Container) bool { return c.Name == want.Name })
@@ -240,7 +226,7 @@ func sameSidecar(pod *corev1.Pod, set *appsv1.ReplicaSet) error {
 		got := pod.Spec.Containers[i]
 		if got.Image != want.Image || !slices.Equal(got.Command, want.Command) || !slices.Equal(got.Args, want.Args) {
 			if want.Name == rpc.SidecarContainer {
-				return fmt.Errorf("pod %s does not run the sidecar its deployment injects", pod.Name)
+				return fmt.Errorf("pod %s does not run the sidecar its workload injects", pod.Name)
 			}
 			return fmt.Errorf("container %s of pod %s is not its template's", want.Name, pod.Name)
 		}

@@ -16,6 +16,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"tunnel.dev/tunnel/rpc"
+	"tunnel.dev/tunnel/workload"
 )
 
 // verifyCluster has deployment shop/web (ReplicaSet web-1, pod web-1-a
@@ -95,7 +96,7 @@ func TestPodVerifier(t *testing.T) {
 		"bad":       {Authenticated: false, Error: "token expired"},
 		"unbound":   {Authenticated: true, User: authnv1.UserInfo{Username: "system:serviceaccount:shop:default"}},
 	})
-	verify := podVerifier(cs)
+	verify := podVerifier(workload.Client{CS: cs})
 	ctx := context.Background()
 	recheck, err := verify(ctx, "good", "shop", "web")
 	if err != nil {
@@ -109,7 +110,7 @@ func TestPodVerifier(t *testing.T) {
 		t.Errorf("a pod with a mesh proxy: %v", err)
 	}
 	for _, tc := range []struct{ token, ns, workload, want string }{
-		{"good", "shop", "cart", "does not belong to deployment cart"},
+		{"good", "shop", "cart", "does not belong to deployment shop/cart"},
 		{"loose", "shop", "web", "not run by a ReplicaSet"},
 		{"old", "shop", "web", "earlier pod"},
 		{"elsewhere", "shop", "web", "not a service account of namespace shop"},
@@ -117,7 +118,7 @@ func TestPodVerifier(t *testing.T) {
 		{"unbound", "shop", "web", "not bound to a pod"},
 		{"", "shop", "web", "no token"},
 		{"forged", "shop", "web", "was not made by ReplicaSet web-1"},
-		{"image", "shop", "web", "does not run the sidecar its deployment injects"},
+		{"image", "shop", "web", "does not run the sidecar its workload injects"},
 		{"thief", "shop", "web", "container app of pod thief mounts the sidecar's token"},
 		{"sharing", "shop", "web", "shares its process namespace"},
 		{"second", "shop", "web", "holds a token for the manager"},
@@ -134,7 +135,7 @@ func TestPodVerifier(t *testing.T) {
 func TestPodVerifierRecheck(t *testing.T) {
 	cs := verifyCluster(t, map[string]authnv1.TokenReviewStatus{"good": podToken("shop", "web-1-a", "uid-a")})
 	ctx := context.Background()
-	recheck, err := podVerifier(cs)(ctx, "good", "shop", "web")
+	recheck, err := podVerifier(workload.Client{CS: cs})(ctx, "good", "shop", "web")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -188,7 +188,10 @@ func Build(opt Options) Objects {
 				{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"certificatesigningrequests"}, Verbs: []string{"get", "delete"}},
 				// Checks that a sidecar is one of its workload's pods.
 				{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
-				{APIGroups: []string{"apps"}, Resources: []string{"replicasets", "deployments"}, Verbs: []string{"get"}},
+				// What a sidecar's pod is checked against: the chain of
+				// controllers up to its workload, of every kind.
+				{APIGroups: []string{"apps"}, Resources: []string{"replicasets", "deployments", "statefulsets", "daemonsets", "controllerrevisions"}, Verbs: []string{"get"}},
+				{APIGroups: []string{"argoproj.io"}, Resources: []string{"rollouts"}, Verbs: []string{"get"}},
 			},
 		},
 		ClusterRoleBinding: &rbacv1.ClusterRoleBinding{

@@ -51,7 +51,7 @@ func Command() *cobra.Command {
 	f.StringVar(&cfg.Manager, "manager", "tunnel-manager.tunnel-system:8022", "the manager's session address")
 	f.StringVar(&cfg.ManagerKey, "manager-key", "", "pin (sha256:HEX of its key) of the manager's TLS key; empty: plain TCP")
 	f.StringVar(&cfg.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "the workload's namespace (default $POD_NAMESPACE)")
-	f.StringVar(&cfg.Workload, "workload", "", "the Deployment this sidecar serves")
+	f.StringVar(&cfg.Workload, "workload", "", "the workload this sidecar serves: NAME for a Deployment, KIND/NAME otherwise")
 	f.StringVar(&cfg.Pod, "pod", os.Getenv("POD_NAME"), "this pod's name (default $POD_NAME)")
 	f.StringVar(&podIP, "pod-ip", os.Getenv("POD_IP"), "this pod's address, where the app listens (default $POD_IP)")
 	f.StringArrayVar(&captures, "capture", nil, "LISTEN=APP: listen on LISTEN for traffic meant for the app's port APP (repeatable)")

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	"k8s.io/client-go/dynamic"
 	"tunnel.dev/tunnel/agent/manifest"
 )
 
@@ -32,6 +33,8 @@ type Harness struct {
 	*Lab
 	Config Config
 	Client *kubernetes.Clientset
+	// Dynamic reads and writes custom resources (Gateway API, Argo's).
+	Dynamic dynamic.Interface
 	// Agent is this tree's agent image, pushed to the lab's registry; the
 	// tunnel CLI installs it by default.
 	Agent Agent
@@ -91,6 +94,10 @@ func Attach(ctx context.Context, l *Lab, cfg Config) (*Harness, error) {
 	if err != nil {
 		return nil, err
 	}
+	dyn, err := DynamicClient(l.Paths)
+	if err != nil {
+		return nil, err
+	}
 	agent, err := PushAgent(ctx, l.Paths)
 	if err != nil {
 		return nil, fmt.Errorf("push the agent image: %w", err)
@@ -98,7 +105,7 @@ func Attach(ctx context.Context, l *Lab, cfg Config) (*Harness, error) {
 	if err := removeOtherManager(ctx, cs, agent.Ref); err != nil {
 		return nil, err
 	}
-	return &Harness{Lab: l, Config: cfg.Defaults(), Client: cs, Agent: agent}, nil
+	return &Harness{Lab: l, Config: cfg.Defaults(), Client: cs, Dynamic: dyn, Agent: agent}, nil
 }
 
 // removeOtherManager uninstalls a manager that runs another image than ref.
@@ -192,36 +199,53 @@ func DeployEcho(ctx context.Context, l *Lab, cs kubernetes.Interface, ns, name s
 		Spec: appsv1.DeploymentSpec{
 			Replicas: &replicas,
 			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{
-					TerminationGracePeriodSeconds: ptr.To(int64(1)),
-					Containers: []corev1.Container{{
-						Name: "echo", Image: EchoImage,
-						Command: []string{"/echo"},
-						Env: []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{
-							FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
-						Ports: []corev1.ContainerPort{
-							{Name: "http", ContainerPort: EchoHTTPPort},
-							{Name: "tcp-echo", ContainerPort: EchoTCPPort},
-							{Name: "udp-echo", ContainerPort: EchoUDPPort, Protocol: corev1.ProtocolUDP},
-						},
-						ReadinessProbe: &corev1.Probe{
-							ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("http")}},
-							PeriodSeconds: 1,
-						},
-					}},
-				},
-			},
+			Template: EchoTemplate(labels),
 		},
 	}
 	if _, err := cs.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("create deployment %s/%s: %w", ns, name, err)
 	}
-	svc := &corev1.Service{
+	if _, err := cs.CoreV1().Services(ns).Create(ctx, EchoService(ns, name, labels), metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create service %s/%s: %w", ns, name, err)
+	}
+	if err := WaitDeployment(ctx, cs, ns, name, 90*time.Second); err != nil {
+		return err
+	}
+	return awaitService(ctx, l, cs, ns, name)
+}
+
+// EchoTemplate is the test app's pod template, with labels.
+func EchoTemplate(labels map[string]string) corev1.PodTemplateSpec {
+	return corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: labels},
+		Spec: corev1.PodSpec{
+			TerminationGracePeriodSeconds: ptr.To(int64(1)),
+			Containers: []corev1.Container{{
+				Name: "echo", Image: EchoImage,
+				Command: []string{"/echo"},
+				Env: []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{
+					FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
+				Ports: []corev1.ContainerPort{
+					{Name: "http", ContainerPort: EchoHTTPPort},
+					{Name: "tcp-echo", ContainerPort: EchoTCPPort},
+					{Name: "udp-echo", ContainerPort: EchoUDPPort, Protocol: corev1.ProtocolUDP},
+				},
+				ReadinessProbe: &corev1.Probe{
+					ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("http")}},
+					PeriodSeconds: 1,
+				},
+			}},
+		},
+	}
+}
+
+// EchoService is the Service in front of the test app: port 80 to the
+// app's 8080, plus its TCP and UDP echo.
+func EchoService(ns, name string, selector map[string]string) *corev1.Service {
+	return &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 		Spec: corev1.ServiceSpec{
-			Selector: labels,
+			Selector: selector,
 			Ports: []corev1.ServicePort{
 				{Name: "http", Port: 80, TargetPort: intstr.FromString("http")},
 				{Name: "tcp-echo", Port: EchoTCPPort, TargetPort: intstr.FromInt32(EchoTCPPort)},
@@ -229,16 +253,14 @@ func DeployEcho(ctx context.Context, l *Lab, cs kubernetes.Interface, ns, name s
 			},
 		},
 	}
-	if _, err := cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("create service %s/%s: %w", ns, name, err)
-	}
-	if err := WaitDeployment(ctx, cs, ns, name, 90*time.Second); err != nil {
-		return err
-	}
-	// Until kube-proxy has written the Service's rules, packets to its
-	// ClusterIP follow the node's default route into the sink, and the
-	// conntrack entry the first SYN leaves keeps that connection's retries
-	// there too. Wait until a fresh connection is answered.
+}
+
+// awaitService waits until a fresh connection to the Service's address is
+// answered: until kube-proxy has written the Service's rules, packets to
+// its ClusterIP follow the node's default route into the sink, and the
+// conntrack entry the first SYN leaves keeps that connection's retries
+// there too.
+func awaitService(ctx context.Context, l *Lab, cs kubernetes.Interface, ns, name string) error {
 	svc, err := cs.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return err

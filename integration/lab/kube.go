@@ -14,9 +14,19 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 )
+
+// DynamicClient returns an admin dynamic client for the running lab.
+func DynamicClient(p Paths) (dynamic.Interface, error) {
+	rc, err := clientcmd.BuildConfigFromFlags("", p.AdminKubeconfig())
+	if err != nil {
+		return nil, fmt.Errorf("load the lab's admin kubeconfig: %w", err)
+	}
+	return dynamic.NewForConfig(rc)
+}
 
 // Client returns an admin clientset for the running lab.
 func Client(p Paths) (*kubernetes.Clientset, error) {

@@ -1,0 +1,145 @@
+//go:build e2e
+
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"tunnel.dev/tunnel/integration/lab"
+)
+
+// Every kind of workload a team runs is intercepted as a Deployment is:
+// a global intercept answered by the laptop, the app's answer when the
+// laptop's process is down, a personal intercept that takes only its
+// header's requests, and uninstall giving back the workload and its
+// Service exactly. The workloads are named as a user would: by KIND/NAME,
+// by a bare name, or by the Service in front of them.
+func TestInterceptEveryWorkloadKind(t *testing.T) {
+	installManager(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if err := lab.EnsureArgoRollouts(ctx, h.Lab, h.Client); err != nil {
+		t.Fatal(err)
+	}
+	ns := h.Namespace(t)
+	l := newLaptop(t, "kinds", "admin")
+	l.must("connect", "-n", ns)
+	for _, tc := range []struct {
+		kind, name, service string
+		replicas            int32
+		target              string // what the user types
+	}{
+		{"StatefulSet", "db", "db-svc", 2, "statefulset/db"},
+		{"ReplicaSet", "plain", "plain-svc", 2, "plain"},
+		{"DaemonSet", "agent", "agent-svc", 1, "agent-svc"}, // by its Service
+		{"Rollout", "shop", "shop-svc", 2, "rollout/shop"},
+	} {
+		t.Run(tc.kind, func(t *testing.T) {
+			if err := lab.DeployEchoAs(ctx, h.Lab, h.Client, h.Dynamic, ns, tc.kind, tc.name, tc.service, tc.replicas); err != nil {
+				t.Fatal(err)
+			}
+			ref := strings.ToLower(tc.kind) + "/" + tc.name
+			before := kindState(t, ns, tc.kind, tc.name, tc.service)
+			ip := serviceIP(t, ns, tc.service)
+			who := "laptop-" + tc.name
+
+			srv := startLocalServer(t, l, who, 7070)
+			out := l.must("intercept", tc.target, "--port", "7070:http", "--name", tc.name+"-global")
+			t.Logf("intercept %s:\n%s", tc.target, out)
+			for i := range 2 * tc.replicas {
+				if got := fromNode(t, fmt.Sprintf("http://%s/global-%d", ip, i)); !strings.Contains(got, "pod="+who) {
+					t.Fatalf("request %d to the intercepted %s: %s", i, tc.kind, got)
+				}
+			}
+			if w, ok := list(t, l, ns)[ref]; !ok || !w.Sidecar || len(w.Intercepts) != 1 {
+				t.Errorf("list shows %s as %+v", ref, w)
+			}
+			srv.stop()
+			if got := fromNode(t, "http://"+ip+"/fallback"); !strings.Contains(got, "pod="+tc.name+"-") {
+				t.Errorf("with the laptop's process down the app should answer: %s", got)
+			}
+			l.must("leave", tc.name+"-global")
+
+			startLocalServer(t, l, who, 7070)
+			l.must("intercept", tc.target, "--port", "7070:http", "--name", tc.name+"-mine", "--http-header", "x-tunnel-dev="+tc.name)
+			for i := range 2 * tc.replicas {
+				if got := fromNode(t, fmt.Sprintf("http://%s/mine-%d", ip, i), "x-tunnel-dev: "+tc.name); !strings.Contains(got, "pod="+who) {
+					t.Errorf("request %d with the header: %s", i, got)
+				}
+				if got := fromNode(t, fmt.Sprintf("http://%s/theirs-%d", ip, i)); !strings.Contains(got, "pod="+tc.name+"-") {
+					t.Errorf("request %d without the header: %s", i, got)
+				}
+			}
+			l.must("leave", tc.name+"-mine")
+
+			uctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+			defer cancel()
+			if out, err := h.Run(uctx, node, h.Tunnel(t), "uninstall", "--agent", ref, "-n", ns); err != nil {
+				t.Fatalf("uninstall --agent %s: %v\n%s", ref, err, out)
+			}
+			if after := kindState(t, ns, tc.kind, tc.name, tc.service); after != before {
+				t.Errorf("uninstall did not restore the %s exactly:\nbefore:\n%s\nafter:\n%s", tc.kind, before, after)
+			}
+			eventually(t, time.Minute, "every pod runs without the sidecar", func() (bool, string) {
+				pods, err := h.Client.CoreV1().Pods(ns).List(uctx, metav1.ListOptions{LabelSelector: "app=" + tc.name})
+				if err != nil {
+					return false, err.Error()
+				}
+				var names []string
+				for _, p := range pods.Items {
+					names = append(names, fmt.Sprintf("%s:%d", p.Name, len(p.Spec.Containers)))
+					if len(p.Spec.Containers) != 1 {
+						return false, strings.Join(names, " ")
+					}
+				}
+				return len(pods.Items) == int(tc.replicas), strings.Join(names, " ")
+			})
+			if got := fromNode(t, "http://"+ip+"/after"); !strings.Contains(got, "pod="+tc.name+"-") {
+				t.Errorf("after uninstall: %s", got)
+			}
+		})
+	}
+}
+
+// kindState is what uninstall must give back exactly: the workload's spec,
+// labels and annotations (but what its controller writes there), and the
+// Service's.
+func kindState(t *testing.T, ns, kind, name, service string) string {
+	t.Helper()
+	ctx := context.Background()
+	gvr := schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: strings.ToLower(kind) + "s"}
+	if kind == "Rollout" {
+		gvr = lab.RolloutResource
+	}
+	u, err := h.Dynamic.Resource(gvr).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	annots := map[string]string{}
+	for k, v := range u.GetAnnotations() {
+		if k != "deployment.kubernetes.io/revision" && k != "rollout.argoproj.io/revision" {
+			annots[k] = v
+		}
+	}
+	svc, err := h.Client.CoreV1().Services(ns).Get(ctx, service, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := map[string]any{
+		"workload": map[string]any{"spec": u.Object["spec"], "annotations": annots, "labels": u.GetLabels()},
+		"service":  map[string]any{"spec": svc.Spec, "annotations": svc.Annotations, "labels": svc.Labels},
+	}
+	b, err := json.MarshalIndent(state, "", " ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}

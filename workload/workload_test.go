@@ -1,0 +1,258 @@
+package workload
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	dynfake "k8s.io/client-go/dynamic/fake"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/utils/ptr"
+)
+
+func tmpl(app string, containers ...string) corev1.PodTemplateSpec {
+	t := corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": app}}}
+	for _, c := range containers {
+		t.Spec.Containers = append(t.Spec.Containers, corev1.Container{Name: c, Image: c + ":1"})
+	}
+	return t
+}
+
+func meta(name string, uid types.UID, owner ...metav1.OwnerReference) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: name, Namespace: "shop", UID: uid, OwnerReferences: owner}
+}
+
+func controller(kind, name string, uid types.UID) metav1.OwnerReference {
+	return metav1.OwnerReference{Kind: kind, Name: name, UID: uid, Controller: ptr.To(true)}
+}
+
+func selector(app string) *metav1.LabelSelector {
+	return &metav1.LabelSelector{MatchLabels: map[string]string{"app": app}}
+}
+
+func service(name string, sel map[string]string) *corev1.Service {
+	return &corev1.Service{ObjectMeta: meta(name, ""), Spec: corev1.ServiceSpec{Selector: sel}}
+}
+
+func argoRollout(name string, uid types.UID, t corev1.PodTemplateSpec) *unstructured.Unstructured {
+	tm, _ := runtime.DefaultUnstructuredConverter.ToUnstructured(&t)
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+		"metadata": map[string]any{"name": name, "namespace": "shop", "uid": string(uid)},
+		"spec":     map[string]any{"template": tm, "selector": map[string]any{"matchLabels": map[string]any{"app": t.Labels["app"]}}},
+	}}
+	return u
+}
+
+// cluster has one workload of every kind, a ReplicaSet a Deployment runs,
+// and Services in front of them.
+func cluster(t *testing.T, extra ...runtime.Object) Client {
+	t.Helper()
+	objs := append([]runtime.Object{
+		&appsv1.Deployment{ObjectMeta: meta("web", "d-web"), Spec: appsv1.DeploymentSpec{Selector: selector("web"), Template: tmpl("web", "app")}},
+		&appsv1.ReplicaSet{ObjectMeta: meta("web-1", "rs-web-1", controller(Deployment, "web", "d-web")),
+			Spec: appsv1.ReplicaSetSpec{Selector: selector("web"), Template: tmpl("web", "app")}},
+		&appsv1.StatefulSet{ObjectMeta: meta("db", "ss-db"), Spec: appsv1.StatefulSetSpec{Selector: selector("db"), Template: tmpl("db", "db")}},
+		&appsv1.DaemonSet{ObjectMeta: meta("agent", "ds-agent"), Spec: appsv1.DaemonSetSpec{Selector: selector("agent"), Template: tmpl("agent", "agent")}},
+		&appsv1.ReplicaSet{ObjectMeta: meta("plain", "rs-plain"), Spec: appsv1.ReplicaSetSpec{Selector: selector("plain"), Template: tmpl("plain", "app")}},
+		// A Deployment and a StatefulSet of one name.
+		&appsv1.Deployment{ObjectMeta: meta("twin", "d-twin"), Spec: appsv1.DeploymentSpec{Selector: selector("twin-d"), Template: tmpl("twin-d", "app")}},
+		&appsv1.StatefulSet{ObjectMeta: meta("twin", "ss-twin"), Spec: appsv1.StatefulSetSpec{Selector: selector("twin-s"), Template: tmpl("twin-s", "app")}},
+		service("web-svc", map[string]string{"app": "web"}),
+		service("db-svc", map[string]string{"app": "db"}),
+		service("manual", nil),
+		service("nobody", map[string]string{"app": "gone"}),
+	}, extra...)
+	lists := map[schema.GroupVersionResource]string{Kinds()[4].Resource: "RolloutList"}
+	dyn := dynfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), lists, argoRollout("shop", "ro-shop", tmpl("shop", "app")))
+	return Client{CS: fake.NewClientset(objs...), Dyn: dyn}
+}
+
+func TestParseRef(t *testing.T) {
+	for in, want := range map[string]Ref{
+		"web":                    {Deployment, "web"},
+		"deploy/web":             {Deployment, "web"},
+		"sts/db":                 {StatefulSet, "db"},
+		"statefulsets.apps/db":   {StatefulSet, "db"},
+		"DaemonSet/agent":        {DaemonSet, "agent"},
+		"rs/plain":               {ReplicaSet, "plain"},
+		"rollouts.argoproj.io/a": {Rollout, "a"},
+	} {
+		got, err := ParseRef(in)
+		if err != nil || got != want {
+			t.Errorf("ParseRef(%q) = %v, %v; want %v", in, got, err, want)
+		}
+		if back, _ := ParseRef(got.String()); back != want {
+			t.Errorf("%q does not read back: %q", in, got.String())
+		}
+	}
+	if got := (Ref{Deployment, "web"}).String(); got != "web" {
+		t.Errorf("a Deployment's ref is %q, want its bare name, as sidecars of older versions carry", got)
+	}
+	for _, bad := range []string{"job/x", "sts/", "sts/a/b"} {
+		if _, err := ParseRef(bad); err == nil {
+			t.Errorf("ParseRef(%q) took it", bad)
+		}
+	}
+}
+
+func TestFind(t *testing.T) {
+	c := cluster(t)
+	for _, tc := range []struct{ name, kind, wname, service, err string }{
+		{name: "web", kind: Deployment, wname: "web"},
+		{name: "sts/db", kind: StatefulSet, wname: "db"},
+		{name: "db", kind: StatefulSet, wname: "db"},
+		{name: "agent", kind: DaemonSet, wname: "agent"},
+		{name: "plain", kind: ReplicaSet, wname: "plain"},
+		{name: "shop", kind: Rollout, wname: "shop"},
+		{name: "db-svc", kind: StatefulSet, wname: "db", service: "db-svc"},
+		{name: "web-svc", kind: Deployment, wname: "web", service: "web-svc"},
+		{name: "twin", err: "deployment/twin, statefulset/twin are all named twin in namespace shop; say which, as deployment/twin"},
+		{name: "sts/twin", kind: StatefulSet, wname: "twin"},
+		{name: "rs/web-1", err: "replicaset shop/web-1 is run by deployment web, which would undo any change to it; intercept deployment/web"},
+		{name: "web-1", err: "there is no workload or Service named \"web-1\""},
+		{name: "manual", err: "Service shop/manual has no selector"},
+		{name: "nobody", err: "picks the pods of no Deployment"},
+		{name: "cronjob/x", err: "\"cronjob\" is not a workload kind tunnel intercepts"},
+		{name: "sts/none", err: "there is no StatefulSet \"none\" in namespace shop"},
+	} {
+		w, svc, err := c.Find(t.Context(), "shop", tc.name)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("Find(%q) = %v, want an error saying %q", tc.name, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || w.Kind != tc.kind || w.Name != tc.wname || svc != tc.service || w.Template.Labels["app"] == "" {
+			t.Errorf("Find(%q) = %+v, %q, %v; want %s %s behind %q", tc.name, w, svc, err, tc.kind, tc.wname, tc.service)
+		}
+	}
+}
+
+func TestBehindServiceOfSeveral(t *testing.T) {
+	c := cluster(t, &appsv1.StatefulSet{ObjectMeta: meta("cache", "ss-cache"),
+		Spec: appsv1.StatefulSetSpec{Selector: selector("web"), Template: tmpl("web", "cache")}})
+	_, _, err := c.Find(t.Context(), "shop", "web-svc")
+	if !errors.Is(err, ErrAmbiguous) || !strings.Contains(err.Error(), "selects the pods of deployment/web, statefulset/cache") {
+		t.Errorf("a Service in front of two workloads: %v", err)
+	}
+}
+
+func TestList(t *testing.T) {
+	ws, err := cluster(t).List(t.Context(), "shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, w := range ws {
+		got = append(got, w.Ref.String())
+	}
+	want := "twin web statefulset/db statefulset/twin daemonset/agent replicaset/plain rollout/shop"
+	if strings.Join(got, " ") != want {
+		t.Errorf("List = %v, want %s (no ReplicaSet a Deployment runs)", got, want)
+	}
+	// Without the dynamic client (or Argo), Rollouts are not there.
+	ws, err = Client{CS: cluster(t).CS}.List(t.Context(), "shop")
+	if err != nil || len(ws) != 6 {
+		t.Errorf("List without a dynamic client: %d, %v", len(ws), err)
+	}
+}
+
+func TestPodTemplate(t *testing.T) {
+	withSidecar := tmpl("db", "db", "tunnel-agent")
+	rev := func(name string, uid types.UID, owner types.UID, t corev1.PodTemplateSpec) *appsv1.ControllerRevision {
+		data, _ := json.Marshal(map[string]any{"spec": map[string]any{"template": t}})
+		return &appsv1.ControllerRevision{ObjectMeta: meta(name, uid, controller(StatefulSet, "db", owner)), Data: runtime.RawExtension{Raw: data}}
+	}
+	pod := func(name string, labels map[string]string, owner metav1.OwnerReference) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "shop", Labels: labels, OwnerReferences: []metav1.OwnerReference{owner}}}
+	}
+	shopRS := meta("shop-1", "rs-shop-1", controller(Rollout, "shop", "ro-shop"))
+	shopRS.Labels = map[string]string{rolloutTemplateHash: "h1"}
+	c := cluster(t,
+		rev("db-abc", "cr-1", "ss-db", withSidecar), rev("db-forged", "cr-f", "someone-else", withSidecar),
+		&appsv1.ReplicaSet{ObjectMeta: shopRS, Spec: appsv1.ReplicaSetSpec{Template: tmpl("shop", "app", "tunnel-agent")}},
+	)
+
+	for _, tc := range []struct {
+		what string
+		pod  *corev1.Pod
+		ref  Ref
+		want string // a container the template has, or the error
+	}{
+		{"a StatefulSet's pod", pod("db-0", map[string]string{revisionLabel: "db-abc"}, controller(StatefulSet, "db", "ss-db")), Ref{StatefulSet, "db"}, "tunnel-agent"},
+		{"a revision another object controls", pod("db-1", map[string]string{revisionLabel: "db-forged"}, controller(StatefulSet, "db", "ss-db")), Ref{StatefulSet, "db"}, "names revision db-forged, which statefulset shop/db does not have"},
+		{"an earlier StatefulSet's pod", pod("db-2", map[string]string{revisionLabel: "db-abc"}, controller(StatefulSet, "db", "ss-old")), Ref{StatefulSet, "db"}, "belongs to an earlier statefulset shop/db"},
+		{"a pod of another workload", pod("db-3", nil, controller(StatefulSet, "db", "ss-db")), Ref{StatefulSet, "cache"}, "does not belong to statefulset shop/cache"},
+		{"a bare ReplicaSet's pod", pod("plain-x", nil, controller(ReplicaSet, "plain", "rs-plain")), Ref{ReplicaSet, "plain"}, "app"},
+		{"a Deployment's ReplicaSet is not a bare one", pod("web-1-x", nil, controller(ReplicaSet, "web-1", "rs-web-1")), Ref{ReplicaSet, "web-1"}, "does not belong to replicaset shop/web-1"},
+		{"a Rollout's pod", pod("shop-1-x", map[string]string{rolloutTemplateHash: "h1"}, controller(ReplicaSet, "shop-1", "rs-shop-1")), Ref{Rollout, "shop"}, "tunnel-agent"},
+		{"a Rollout's pod of another hash", pod("shop-1-y", map[string]string{rolloutTemplateHash: "h2"}, controller(ReplicaSet, "shop-1", "rs-shop-1")), Ref{Rollout, "shop"}, "was not made by ReplicaSet shop-1"},
+		{"a ReplicaSet of that name made again", pod("plain-y", nil, controller(ReplicaSet, "plain", "rs-earlier")), Ref{ReplicaSet, "plain"}, "was not made by ReplicaSet plain"},
+	} {
+		got, err := c.PodTemplate(t.Context(), "shop", tc.pod, tc.ref)
+		has := err == nil && func() bool {
+			for _, ct := range got.Spec.Containers {
+				if ct.Name == tc.want {
+					return true
+				}
+			}
+			return false
+		}()
+		if !has && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: PodTemplate = %v, %v; want %q", tc.what, got, err, tc.want)
+		}
+	}
+}
+
+func TestOwner(t *testing.T) {
+	c := cluster(t)
+	for _, tc := range []struct {
+		owner metav1.OwnerReference
+		want  Ref
+		uid   types.UID
+	}{
+		{controller(ReplicaSet, "web-1", "rs-web-1"), Ref{Deployment, "web"}, "d-web"},
+		{controller(ReplicaSet, "plain", "rs-plain"), Ref{ReplicaSet, "plain"}, "rs-plain"},
+		{controller(ReplicaSet, "plain", "rs-other"), Ref{}, ""},
+		{controller(StatefulSet, "db", "ss-db"), Ref{StatefulSet, "db"}, "ss-db"},
+		{controller("Job", "migrate", "j-1"), Ref{}, ""},
+	} {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "shop", OwnerReferences: []metav1.OwnerReference{tc.owner}}}
+		if got, uid := c.Owner(t.Context(), pod); got != tc.want || uid != tc.uid {
+			t.Errorf("Owner of a pod run by %s %s = %v %s, want %v %s", tc.owner.Kind, tc.owner.Name, got, uid, tc.want, tc.uid)
+		}
+	}
+}
+
+func TestLostContainers(t *testing.T) {
+	before := tmpl("x", "app", "log", "tunnel-agent")
+	after := tmpl("x", "tunnel-agent")
+	if got := lostContainers(&before, &after, []string{"tunnel-agent"}); strings.Join(got, ",") != "app,log" {
+		t.Errorf("lostContainers = %v", got)
+	}
+	after = tmpl("x", "app", "log")
+	if got := lostContainers(&before, &after, []string{"tunnel-agent"}); len(got) != 0 {
+		t.Errorf("taking the sidecar out loses %v", got)
+	}
+}
+
+func TestPartial(t *testing.T) {
+	w := &Workload{Ref: Ref{StatefulSet, "db"}, Namespace: "shop", Object: &unstructured.Unstructured{Object: map[string]any{
+		"spec": map[string]any{"updateStrategy": map[string]any{"rollingUpdate": map[string]any{"partition": int64(2)}}}}}}
+	if got := Partial(w); !strings.Contains(got, "only its pods from ordinal 2 on") {
+		t.Errorf("Partial of a partitioned StatefulSet = %q", got)
+	}
+	w.Object.Object["spec"] = map[string]any{}
+	if got := Partial(w); got != "" {
+		t.Errorf("Partial of a plain StatefulSet = %q", got)
+	}
+}
