@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"tunnel.dev/tunnel/agent/manager"
+	"tunnel.dev/tunnel/agent/redirect"
 	"tunnel.dev/tunnel/agent/sidecar"
 	"tunnel.dev/tunnel/version"
 )
@@ -26,5 +27,6 @@ func New(out, errOut io.Writer) *cobra.Command {
 	root.AddCommand(version.Command("tunnel-agent"))
 	root.AddCommand(manager.Command())
 	root.AddCommand(sidecar.Command())
+	root.AddCommand(redirect.Command())
 	return root
 }

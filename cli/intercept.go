@@ -165,6 +165,9 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 	if err := inject.CheckAccess(ctx, cs, ns, plan.Workload.Kind); err != nil {
 		return err
 	}
+	if plan.Warning != "" {
+		fmt.Fprintf(errOut, "Warning: %s.\n", plan.Warning)
+	}
 	ref := plan.Workload.Ref
 	if local == 0 {
 		local = uint32(plan.AppPort)

@@ -629,28 +629,3 @@ func sidecarMetrics(t *testing.T, ns, selector string) (all string, direct int) 
 // TestInterceptRefusesAHeadlessService: behind a headless Service the
 // sidecar would take nothing (clients dial the pods' own addresses), so
 // intercept says so in one sentence and changes nothing.
-func TestInterceptRefusesAHeadlessService(t *testing.T) {
-	ns, _, l := connectedToEcho(t, "headless", 1)
-	ctx := context.Background()
-	svcs := h.Client.CoreV1().Services(ns)
-	if err := svcs.Delete(ctx, "echo", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := svcs.Create(ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
-		Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Selector: map[string]string{"app": "echo"},
-			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	before := workloadState(t, ns, "echo", "echo")
-	startLocalServer(t, l, "laptop-headless", 7070)
-	out, err := l.run("intercept", "echo", "--port", "7070:http")
-	if err == nil || !strings.Contains(out, "headless") || strings.Count(strings.TrimSpace(out), "\n") > 1 {
-		t.Errorf("intercept behind a headless Service: %v\n%s", err, out)
-	}
-	t.Logf("refused: %s", strings.TrimSpace(out))
-	if after := workloadState(t, ns, "echo", "echo"); after != before {
-		t.Errorf("a refused intercept changed the workload:\nbefore:\n%s\nafter:\n%s", before, after)
-	}
-}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
@@ -110,9 +111,9 @@ func TestInterceptEveryWorkloadKind(t *testing.T) {
 }
 
 // kindState is what uninstall must give back exactly: the workload's spec,
-// labels and annotations (but what its controller writes there), and the
-// Service's.
-func kindState(t *testing.T, ns, kind, name, service string) string {
+// labels and annotations (but what its controller writes there), and its
+// Services'.
+func kindState(t *testing.T, ns, kind, name string, services ...string) string {
 	t.Helper()
 	ctx := context.Background()
 	gvr := schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: strings.ToLower(kind) + "s"}
@@ -129,17 +130,81 @@ func kindState(t *testing.T, ns, kind, name, service string) string {
 			annots[k] = v
 		}
 	}
-	svc, err := h.Client.CoreV1().Services(ns).Get(ctx, service, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	state := map[string]any{
 		"workload": map[string]any{"spec": u.Object["spec"], "annotations": annots, "labels": u.GetLabels()},
-		"service":  map[string]any{"spec": svc.Spec, "annotations": svc.Annotations, "labels": svc.Labels},
+	}
+	for _, name := range services {
+		svc, err := h.Client.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		state["service/"+name] = map[string]any{"spec": svc.Spec, "annotations": svc.Annotations, "labels": svc.Labels}
 	}
 	b, err := json.MarshalIndent(state, "", " ")
 	if err != nil {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// A StatefulSet's clients that dial its pods by name (web-0.web.NS, from
+// its headless Service) reach the intercept as those of its Service's
+// address do: the capture is made inside the pods (an init container's
+// redirect), leaves the Services as they are, and goes with the sidecar.
+func TestInterceptThroughAHeadlessService(t *testing.T) {
+	installManager(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := h.Namespace(t)
+	if err := lab.DeployEchoAs(ctx, h.Lab, h.Client, h.Dynamic, ns, "StatefulSet", "web", "web-http", 2); err != nil {
+		t.Fatal(err)
+	}
+	governing := lab.EchoService(ns, "web", map[string]string{"app": "web"})
+	governing.Spec.ClusterIP = corev1.ClusterIPNone
+	if _, err := h.Client.CoreV1().Services(ns).Create(ctx, governing, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	before := kindState(t, ns, "StatefulSet", "web", "web", "web-http")
+	l := newLaptop(t, "headless", "admin")
+	l.must("connect", "-n", ns)
+	startLocalServer(t, l, "laptop-headless", 7070)
+	l.must("intercept", "statefulset/web", "--port", "7070:http")
+
+	byName := func(pod, want string) {
+		t.Helper()
+		url := fmt.Sprintf("http://%s.web.%s:%d/by-name", pod, ns, lab.EchoHTTPPort)
+		eventually(t, 15*time.Second, "a request to "+url+" answered by "+want, func() (bool, string) {
+			out, _ := l.sh("curl -sS --max-time 5 " + url)
+			return strings.Contains(out, "pod="+want), out
+		})
+	}
+	pods, err := h.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+	if err != nil || len(pods.Items) != 2 {
+		t.Fatalf("the StatefulSet's pods: %v", err)
+	}
+	for _, p := range pods.Items {
+		if len(p.Spec.InitContainers) != 1 {
+			t.Errorf("pod %s has init containers %v, want tunnel's redirect", p.Name, p.Spec.InitContainers)
+		}
+		byName(p.Name, "laptop-headless")
+		// From the node, to the pod's own address and the app's port.
+		if got := fromNode(t, fmt.Sprintf("http://%s:%d/by-address", p.Status.PodIP, lab.EchoHTTPPort)); !strings.Contains(got, "pod=laptop-headless") {
+			t.Errorf("a request to pod %s's address: %s", p.Name, got)
+		}
+	}
+	if got := fromNode(t, "http://"+serviceIP(t, ns, "web-http")+"/by-service"); !strings.Contains(got, "pod=laptop-headless") {
+		t.Errorf("a request to the Service's address: %s", got)
+	}
+	l.must("leave", "web-http")
+	byName("web-0", "web-0")
+
+	uctx, ucancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer ucancel()
+	if out, err := h.Run(uctx, node, h.Tunnel(t), "uninstall", "--agent", "statefulset/web", "-n", ns); err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, out)
+	}
+	if after := kindState(t, ns, "StatefulSet", "web", "web", "web-http"); after != before {
+		t.Errorf("uninstall did not restore the StatefulSet and its Services exactly:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	byName("web-1", "web-1")
 }

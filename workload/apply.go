@@ -52,16 +52,20 @@ func (c Client) Apply(ctx context.Context, w *Workload, podSpec map[string]any, 
 	return nil
 }
 
-// lostContainers lists the containers of before, other than own, that
-// after lacks.
+// lostContainers lists the containers and init containers of before,
+// other than own, that after lacks.
 func lostContainers(before, after *corev1.PodTemplateSpec, own []string) []string {
 	var lost []string
-	for _, c := range before.Spec.Containers {
-		if slices.Contains(own, c.Name) {
-			continue
-		}
-		if !slices.ContainsFunc(after.Spec.Containers, func(a corev1.Container) bool { return a.Name == c.Name && a.Image == c.Image }) {
-			lost = append(lost, c.Name)
+	for _, pair := range [][2][]corev1.Container{
+		{before.Spec.Containers, after.Spec.Containers}, {before.Spec.InitContainers, after.Spec.InitContainers},
+	} {
+		for _, c := range pair[0] {
+			if slices.Contains(own, c.Name) {
+				continue
+			}
+			if !slices.ContainsFunc(pair[1], func(a corev1.Container) bool { return a.Name == c.Name && a.Image == c.Image }) {
+				lost = append(lost, c.Name)
+			}
 		}
 	}
 	return lost

@@ -71,41 +71,69 @@ func Captures(t *corev1.PodTemplateSpec) map[int32]int32 {
 // why.
 func Ensure(ctx context.Context, wc workload.Client, p *Plan, agent Agent, timeout time.Duration, progress Progress) (fresh bool, err error) {
 	w := p.Workload
-	caps := Captures(&w.Template)
+	caps, redirects := Captures(&w.Template), Redirects(&w.Template)
 	listen, ok := caps[p.AppPort]
-	if ok {
+	if ok && (redirects[p.AppPort] || !p.Redirect) {
 		// A sidecar of an older agent is replaced at its next intercept.
 		if err := Upgrade(ctx, wc, w, agent, timeout, progress); err != nil {
 			return false, err
 		}
+		if redirects[p.AppPort] {
+			return false, nil
+		}
 		return false, retarget(ctx, wc.CS, p, listen)
 	}
-	before := maps.Clone(caps)
-	fresh = len(before) == 0
-	listen = freePort(&w.Template, caps)
-	caps[p.AppPort] = listen
+	beforeCaps, beforeRedirects := maps.Clone(caps), maps.Clone(redirects)
+	fresh = len(caps) == 0
+	if !ok {
+		listen = freePort(&w.Template, caps)
+		caps[p.AppPort] = listen
+	}
+	if p.Redirect {
+		redirects[p.AppPort] = true
+	}
 	if fresh {
 		progress(fmt.Sprintf("Adding the intercept sidecar to %s (one rollout)", w.Describe()))
 	} else {
 		progress(fmt.Sprintf("Adding port %d to the sidecar of %s (one rollout)", p.AppPort, w.Describe()))
 	}
-	if err := applySidecar(ctx, wc, w, agent, caps); err != nil {
+	if err := applySidecar(ctx, wc, w, agent, caps, redirects); err != nil {
 		return false, err
 	}
 	err = wc.Wait(ctx, w.Namespace, w.Ref, timeout, progress)
-	if err == nil {
+	if err == nil && !p.Redirect {
 		err = retarget(ctx, wc.CS, p, listen)
 	}
 	if err != nil { // the sidecar as it was: none, or without this port
 		undo := context.WithoutCancel(ctx)
 		if fresh {
-			_ = wc.Apply(undo, w, nil, FieldManager, Container)
+			_ = wc.Apply(undo, w, nil, FieldManager, Container, InitContainer)
 		} else {
-			_ = applySidecar(undo, wc, w, agent, before)
+			_ = applySidecar(undo, wc, w, agent, beforeCaps, beforeRedirects)
 		}
 		return false, err
 	}
 	return fresh, nil
+}
+
+// Redirects reads which app ports the redirect init container sends to
+// the sidecar.
+func Redirects(t *corev1.PodTemplateSpec) map[int32]bool {
+	out := map[int32]bool{}
+	for _, c := range t.Spec.InitContainers {
+		if c.Name != InitContainer {
+			continue
+		}
+		for i, a := range c.Args {
+			if a == "--port" && i+1 < len(c.Args) {
+				ap, _, _ := strings.Cut(c.Args[i+1], "=")
+				if n, err := strconv.Atoi(ap); err == nil {
+					out[int32(n)] = true
+				}
+			}
+		}
+	}
+	return out
 }
 
 // freePort picks the first listen port no container declares and no
@@ -129,7 +157,7 @@ func freePort(t *corev1.PodTemplateSpec, caps map[int32]int32) int32 {
 
 // applySidecar server-side applies the sidecar container, with caps, as
 // FieldManager: the only fields of the workload that manager owns.
-func applySidecar(ctx context.Context, wc workload.Client, w *workload.Workload, agent Agent, caps map[int32]int32) error {
+func applySidecar(ctx context.Context, wc workload.Client, w *workload.Workload, agent Agent, caps map[int32]int32, redirects map[int32]bool) error {
 	ref := w.Ref.String()
 	args := []string{"sidecar", "--workload", ref, "--manager", managerAddr,
 		"--metrics-addr", fmt.Sprintf(":%d", MetricsPort)}
@@ -176,6 +204,9 @@ func applySidecar(ctx context.Context, wc workload.Client, w *workload.Workload,
 			}}},
 		}}}},
 	}
+	if len(redirects) > 0 {
+		podSpec["initContainers"] = []corev1.Container{redirectContainer(agent, caps, redirects)}
+	}
 	// The secrets the agent image is pulled with join the pod's own; the
 	// ones it had stay when the sidecar goes (shared ownership).
 	if len(agent.PullSecrets) > 0 {
@@ -185,7 +216,26 @@ func applySidecar(ctx context.Context, wc workload.Client, w *workload.Workload,
 		}
 		podSpec["imagePullSecrets"] = refs
 	}
-	return wc.Apply(ctx, w, podSpec, FieldManager, Container)
+	return wc.Apply(ctx, w, podSpec, FieldManager, Container, InitContainer)
+}
+
+// redirectContainer runs `tunnel-agent redirect` before the pod's other
+// containers: root with NET_ADMIN alone, for the moment it takes to write
+// the pod's nftables rules, then gone.
+func redirectContainer(agent Agent, caps map[int32]int32, redirects map[int32]bool) corev1.Container {
+	args := []string{"redirect"}
+	for _, a := range slices.Sorted(maps.Keys(redirects)) {
+		args = append(args, "--port", fmt.Sprintf("%d=%d", a, caps[a]))
+	}
+	return corev1.Container{
+		Name: InitContainer, Image: agent.Image, ImagePullPolicy: corev1.PullIfNotPresent, Args: args,
+		Resources: manifest.Resources("10m", "16Mi", "32Mi"),
+		SecurityContext: &corev1.SecurityContext{
+			RunAsUser: ptr.To(int64(0)), RunAsNonRoot: ptr.To(false),
+			AllowPrivilegeEscalation: ptr.To(false), ReadOnlyRootFilesystem: ptr.To(true),
+			Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN"}, Drop: []corev1.Capability{"ALL"}},
+		},
+	}
 }
 
 // retarget points p's Service port at the sidecar's listener, keeping the
@@ -337,7 +387,7 @@ func Remove(ctx context.Context, wc workload.Client, ns string, r workload.Ref, 
 		return nil
 	}
 	progress(fmt.Sprintf("Removing the intercept sidecar from %s (one rollout)", w.Describe()))
-	if err := wc.Apply(ctx, w, nil, FieldManager, Container); err != nil {
+	if err := wc.Apply(ctx, w, nil, FieldManager, Container, InitContainer); err != nil {
 		return err
 	}
 	return wc.Wait(ctx, ns, r, timeout, progress)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"fmt"
 	appsv1 "k8s.io/api/apps/v1"
 	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -192,7 +193,7 @@ func TestApplyAndRemoveSidecar(t *testing.T) {
 		t.Fatal(err)
 	}
 	caps := map[int32]int32{9090: FirstCapture + 1, 8080: FirstCapture}
-	if err := applySidecar(t.Context(), wc, w, Agent{Image: "tunnel:v2", PullSecrets: []string{"agent-pull"}}, caps); err != nil {
+	if err := applySidecar(t.Context(), wc, w, Agent{Image: "tunnel:v2", PullSecrets: []string{"agent-pull"}}, caps, map[int32]bool{9090: true}); err != nil {
 		t.Fatalf("applySidecar: %v", err)
 	}
 	got, err := cs.AppsV1().Deployments("shop").Get(t.Context(), "web", metav1.GetOptions{})
@@ -205,17 +206,21 @@ func TestApplyAndRemoveSidecar(t *testing.T) {
 	if c := Captures(&got.Spec.Template); !maps.Equal(c, caps) {
 		t.Errorf("Captures after applySidecar = %v, want %v", c, caps)
 	}
+	if r := Redirects(&got.Spec.Template); !maps.Equal(r, map[int32]bool{9090: true}) || len(got.Spec.Template.Spec.InitContainers) != 1 ||
+		!slices.Equal(got.Spec.Template.Spec.InitContainers[0].Args, []string{"redirect", "--port", fmt.Sprintf("9090=%d", FirstCapture+1)}) {
+		t.Errorf("the redirect after applySidecar: %v, %+v", r, got.Spec.Template.Spec.InitContainers)
+	}
 	if s := pullSecretNames(got); !slices.Equal(s, []string{"team-pull", "agent-pull"}) {
 		t.Errorf("pull secrets after applySidecar: %v", s)
 	}
-	if err := wc.Apply(t.Context(), w, nil, FieldManager, Container); err != nil {
+	if err := wc.Apply(t.Context(), w, nil, FieldManager, Container, InitContainer); err != nil {
 		t.Fatalf("removeSidecar: %v", err)
 	}
 	got, err = cs.AppsV1().Deployments("shop").Get(t.Context(), "web", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if HasSidecar(&got.Spec.Template) || !slices.Equal(containerNames(got), []string{"app"}) {
+	if HasSidecar(&got.Spec.Template) || len(got.Spec.Template.Spec.InitContainers) != 0 || !slices.Equal(containerNames(got), []string{"app"}) {
 		t.Errorf("after removeSidecar the containers are %v, want [app]", containerNames(got))
 	}
 	if got.Spec.Template.Annotations["team"] != "shop" {

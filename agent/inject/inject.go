@@ -23,6 +23,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"tunnel.dev/tunnel/rollout"
 	"tunnel.dev/tunnel/rpc"
 	"tunnel.dev/tunnel/workload"
@@ -31,6 +32,7 @@ import (
 // Names tunnel uses in the workloads it changes.
 const (
 	Container     = rpc.SidecarContainer        // the sidecar's container
+	InitContainer = "tunnel-redirect"           // redirects captured ports to the sidecar (Plan.Redirect)
 	FieldManager  = "tunnel-intercept"          // owns the sidecar in the workload
 	CapturedAnnot = "tunnel.dev/captured-ports" // on a Service: "PORT/PROTO=ORIGINAL-TARGET,..."
 	WorkloadAnnot = "tunnel.dev/captured-for"   // on a Service: the workload its captures serve (workload.Ref's form)
@@ -43,12 +45,12 @@ const (
 
 // Sentinel errors a CLI turns into its sentence.
 var (
-	ErrNoWorkload = workload.ErrNotFound
-	ErrPartial    = errors.New("not every pod")
-	ErrNoService  = errors.New("no service")
-	ErrNoPort     = errors.New("no such port")
-	ErrWhichPort  = errors.New("several ports")
-	ErrHeadless   = errors.New("headless service")
+	ErrNoWorkload  = workload.ErrNotFound
+	ErrPartial     = errors.New("not every pod")
+	ErrPodSecurity = errors.New("pod security")
+	ErrNoService   = errors.New("no service")
+	ErrNoPort      = errors.New("no such port")
+	ErrWhichPort   = errors.New("several ports")
 )
 
 // Target is what a user names: a workload (NAME, KIND/NAME, or the name of
@@ -68,6 +70,11 @@ type Plan struct {
 	ServicePort corev1.ServicePort
 	AppPort     int32  // the app's port number the Service port leads to
 	Container   string // the container that declares it ("" when none does)
+	// Redirect: a headless Service leads to the port too, so the capture
+	// is made inside the pod (an init container redirects the port to the
+	// sidecar) rather than by the Service's targetPort.
+	Redirect bool
+	Warning  string // what the intercept will not take, when something will not
 }
 
 // Resolve finds the workload, the Service in front of it and the port.
@@ -92,19 +99,6 @@ func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
 			return nil, fmt.Errorf("%w: Service %q does not select the pods of %s", ErrNoService, t.Service, w.Describe())
 		}
 	}
-	// A headless Service's clients dial the pods' own addresses and the
-	// app's port, where the sidecar, which takes traffic by the Service's
-	// targetPort, sees none of it: an intercept through one would say it
-	// works and take nothing.
-	headless := slices.DeleteFunc(slices.Clone(svcs), func(s corev1.Service) bool { return !isHeadless(&s) })
-	svcs = slices.DeleteFunc(svcs, func(s corev1.Service) bool { return isHeadless(&s) })
-	if len(svcs) == 0 && len(headless) > 0 {
-		verb := "is"
-		if len(headless) > 1 {
-			verb = "are"
-		}
-		return nil, fmt.Errorf("%w: %s %s headless (clusterIP: None), so its clients reach the pods of %s at their own addresses, which an intercept does not capture; give them a Service with a cluster address and intercept through it", ErrHeadless, names(headless), verb, w.Describe())
-	}
 	var cands []Plan
 	for i := range svcs {
 		for _, sp := range svcs[i].Spec.Ports {
@@ -122,6 +116,10 @@ func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
 			cands = append(cands, p)
 		}
 	}
+	appPorts := map[int32]bool{}
+	for _, c := range cands {
+		appPorts[c.AppPort] = true
+	}
 	switch {
 	case len(svcs) == 0:
 		return nil, fmt.Errorf("%w selects the pods of %s, so nothing sends it traffic to intercept", ErrNoService, w.Describe())
@@ -129,10 +127,50 @@ func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
 		return nil, fmt.Errorf("%w: there is no TCP port %q on %s, which has %s", ErrNoPort, t.Port, names(svcs), portList(svcs))
 	case len(cands) == 0:
 		return nil, fmt.Errorf("%w: %s has no TCP port to intercept", ErrNoPort, names(svcs))
-	case len(cands) > 1:
+	case len(appPorts) > 1:
 		return nil, fmt.Errorf("%w: %s has several ports (%s); say which with --port LOCAL:PORT (and --service)", ErrWhichPort, names(svcs), portList(svcs))
 	}
-	return &cands[0], nil
+	// One app port, maybe behind several Services. The plan names one with
+	// a cluster address where there is one (the probes go there). A
+	// headless Service's clients dial the pods' own addresses and the
+	// app's port, past any Service's targetPort: when one leads to the
+	// port, the capture is made inside the pod (Plan.Redirect).
+	best := cands[0]
+	for _, c := range cands {
+		if !isHeadless(c.Service) {
+			best = c
+			break
+		}
+	}
+	var headless *corev1.Service
+	for _, c := range cands {
+		if isHeadless(c.Service) {
+			best.Redirect, headless = true, c.Service
+		}
+	}
+	if best.Redirect {
+		// The redirect's init container needs NET_ADMIN, which the
+		// baseline and restricted Pod Security Standards refuse.
+		if level := enforced(ctx, wc, w.Namespace); level == "baseline" || level == "restricted" {
+			why := fmt.Sprintf("namespace %s enforces the %s Pod Security Standard, which refuses the NET_ADMIN capability a capture inside the pods needs", w.Namespace, level)
+			if isHeadless(best.Service) {
+				return nil, fmt.Errorf("%w: Service %s is headless, so its clients reach the pods of %s at their own addresses, and %s; intercept through a Service with a cluster address", ErrPodSecurity, headless.Name, w.Describe(), why)
+			}
+			best.Redirect = false
+			best.Warning = fmt.Sprintf("clients of headless Service %s, which dial the pods' own addresses, still reach the app: %s", headless.Name, why)
+		}
+	}
+	return &best, nil
+}
+
+// enforced is the Pod Security Standard namespace ns enforces ("" when
+// none, or when the user may not read the namespace).
+func enforced(ctx context.Context, wc workload.Client, ns string) string {
+	n, err := wc.CS.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+	if err != nil {
+		return ""
+	}
+	return n.Labels["pod-security.kubernetes.io/enforce"]
 }
 
 func isHeadless(s *corev1.Service) bool { return s.Spec.ClusterIP == corev1.ClusterIPNone }

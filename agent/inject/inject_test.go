@@ -74,6 +74,10 @@ func annotated(s *corev1.Service, annots map[string]string) *corev1.Service {
 	return s
 }
 
+func restricted() *corev1.Namespace {
+	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{"pod-security.kubernetes.io/enforce": "restricted"}}}
+}
+
 func TestResolve(t *testing.T) {
 	web := deployment("web",
 		container("app", cport("http", 8080), cport("admin", 9090)),
@@ -93,6 +97,7 @@ func TestResolve(t *testing.T) {
 		wantPort      int32 // the Service port chosen
 		wantApp       int32
 		wantContainer string
+		wantRedirect  bool
 	}{
 		{name: "unknown deployment", objs: []runtime.Object{web}, target: Target{Workload: "nope"},
 			wantErr: ErrNoWorkload, wantMsg: []string{`"nope"`, "shop"}},
@@ -132,10 +137,18 @@ func TestResolve(t *testing.T) {
 			target: Target{Service: "web-admin"}, wantService: "web-admin", wantPort: 81, wantApp: 9090, wantContainer: "app"},
 		{name: "--service not selecting", objs: []runtime.Object{web, service("web", "web", http), service("api", "api", http)},
 			target: Target{Service: "api"}, wantErr: ErrNoService, wantMsg: []string{`"api"`, "web"}},
-		{name: "a headless service is refused", objs: []runtime.Object{web, headless(service("web", "web", http))},
-			wantErr: ErrHeadless, wantMsg: []string{"Service web is headless", "own addresses"}},
+		// Clients of a headless Service dial the pods: captured in the pod.
+		{name: "a headless service is redirected", objs: []runtime.Object{web, headless(service("web", "web", http))},
+			wantService: "web", wantPort: 80, wantApp: 8080, wantContainer: "app", wantRedirect: true},
 		{name: "a headless service beside one with an address", objs: []runtime.Object{web, headless(service("web-pods", "web", http)), service("web", "web", http)},
+			wantService: "web", wantPort: 80, wantApp: 8080, wantContainer: "app", wantRedirect: true},
+		{name: "a headless service where pod security refuses NET_ADMIN", objs: []runtime.Object{web, headless(service("web", "web", http)), restricted()},
+			wantErr: ErrPodSecurity, wantMsg: []string{"Service web is headless", "enforces the restricted Pod Security Standard"}},
+		{name: "a headless service beside one with an address where pod security refuses NET_ADMIN",
+			objs:        []runtime.Object{web, headless(service("web-pods", "web", http)), service("web", "web", http), restricted()},
 			wantService: "web", wantPort: 80, wantApp: 8080, wantContainer: "app"},
+		{name: "a headless service to another port", objs: []runtime.Object{web, headless(service("web-pods", "web", admin)), service("web", "web", http)},
+			target: Target{Port: "http"}, wantService: "web", wantPort: 80, wantApp: 8080, wantContainer: "app"},
 		{name: "already captured resolves to the app port",
 			objs: []runtime.Object{web, annotated(service("web", "web", sport("http", 80, intstr.FromInt32(FirstCapture))),
 				map[string]string{CapturedAnnot: "80/TCP=http", WorkloadAnnot: "web"})},
@@ -164,6 +177,9 @@ func TestResolve(t *testing.T) {
 			}
 			if err != nil {
 				t.Fatalf("Resolve(%+v): %v", target, err)
+			}
+			if p.Redirect != tt.wantRedirect {
+				t.Errorf("Resolve(%+v) redirect %v, want %v", target, p.Redirect, tt.wantRedirect)
 			}
 			if p.Workload.Name != "web" || p.Service.Name != tt.wantService || p.ServicePort.Port != tt.wantPort {
 				t.Errorf("Resolve(%+v) chose deployment %s, service %s port %d; want web, %s port %d",

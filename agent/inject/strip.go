@@ -12,6 +12,7 @@ import (
 func Without(t *corev1.PodTemplateSpec) *corev1.PodTemplateSpec {
 	t = t.DeepCopy()
 	t.Spec.Containers = slices.DeleteFunc(t.Spec.Containers, func(c corev1.Container) bool { return c.Name == Container })
+	t.Spec.InitContainers = slices.DeleteFunc(t.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == InitContainer })
 	t.Spec.Volumes = slices.DeleteFunc(t.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == tokenVolume })
 	return t
 }

@@ -29,13 +29,13 @@ func Upgrade(ctx context.Context, wc workload.Client, w *workload.Workload, agen
 		return nil
 	}
 	progress(fmt.Sprintf("Moving the sidecar of %s to %s (one rollout)", w.Describe(), agent.Image))
-	caps := Captures(&w.Template)
-	if err := applySidecar(ctx, wc, w, agent, caps); err != nil {
+	caps, redirects := Captures(&w.Template), Redirects(&w.Template)
+	if err := applySidecar(ctx, wc, w, agent, caps, redirects); err != nil {
 		return err
 	}
 	if err := wc.Wait(ctx, w.Namespace, w.Ref, timeout, progress); err != nil {
 		undo := context.WithoutCancel(ctx)
-		_ = applySidecar(undo, wc, w, Agent{Image: old, PullSecrets: agent.PullSecrets}, caps)
+		_ = applySidecar(undo, wc, w, Agent{Image: old, PullSecrets: agent.PullSecrets}, caps, redirects)
 		return fmt.Errorf("move the sidecar of %s to %s: %w", w.Describe(), agent.Image, err)
 	}
 	return nil

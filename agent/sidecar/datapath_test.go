@@ -58,6 +58,19 @@ func TestGlobalInterceptTheLaptopAnswers(t *testing.T) {
 	none(t, e.appHits, "app")
 }
 
+// The kubelet's probes reach the app under a global intercept: on a port
+// redirected inside the pod they pass the sidecar.
+func TestKubeletProbesReachTheApp(t *testing.T) {
+	e := newEnv(t, false)
+	e.answer(1, e.serveHTTPMode)
+	e.set(intercept(1, "g", managerpb.InterceptMode_GLOBAL))
+	code, body, _ := e.request("GET", "", "User-Agent", "kube-probe/1.35")
+	if code != http.StatusOK || body != "app" {
+		t.Errorf("a kubelet probe: %d %q, want 200 app", code, body)
+	}
+	none(t, e.laptopHits, "laptop")
+}
+
 // The laptop hears who the client is, whatever the client claims; the app
 // gets the request as a proxy passes it on (the client's list, then the
 // client).

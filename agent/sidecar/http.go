@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"strings"
 	"tunnel.dev/tunnel/relay"
 	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
@@ -151,7 +152,13 @@ func (h *httpMode) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	var target *managerpb.Intercept
 	var mirrors []*managerpb.Intercept
+	// The kubelet's probes ask after the app, not the laptop: on a port
+	// redirected inside the pod they come here too.
+	probe := strings.HasPrefix(r.UserAgent(), "kube-probe/")
 	for _, ic := range h.c.link.intercepts(h.c.port) {
+		if probe {
+			break
+		}
 		s := ic.GetSpec()
 		switch s.GetMode() {
 		case managerpb.InterceptMode_GLOBAL:
