@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/client-go/kubernetes"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"tunnel.dev/tunnel/agent/inject"
 	"tunnel.dev/tunnel/agent/manifest"
 	"tunnel.dev/tunnel/rpc"
@@ -357,9 +358,9 @@ func newUninstall() *cobra.Command {
 }
 
 // sidecarRef finds which workload --agent names: KIND/NAME as it says; a
-// bare NAME, the one workload of that name with a sidecar (a Deployment
-// when none has one, so that its Services are still put back after the
-// workload itself is gone).
+// bare NAME, the one workload of that name with a sidecar, else the one
+// the Services tunnel changed name (the workload itself may be gone, its
+// Services still to put back), else a Deployment.
 func sidecarRef(ctx context.Context, wc workload.Client, ns, name string) (workload.Ref, error) {
 	if strings.Contains(name, "/") {
 		return workload.ParseRef(name)
@@ -372,6 +373,20 @@ func sidecarRef(ctx context.Context, wc workload.Client, ns, name string) (workl
 	for _, w := range with {
 		if w.Name == name {
 			refs = append(refs, w.Ref)
+		}
+	}
+	if len(refs) == 0 {
+		// The workload may be gone: its Services still name it.
+		svcs, err := wc.CS.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return workload.Ref{}, fmt.Errorf("list services in namespace %s: %w", ns, err)
+		}
+		seen := map[workload.Ref]bool{}
+		for _, svc := range svcs.Items {
+			if r, err := workload.ParseRef(svc.Annotations[inject.WorkloadAnnot]); err == nil && r.Name == name && !seen[r] {
+				seen[r] = true
+				refs = append(refs, r)
+			}
 		}
 	}
 	switch len(refs) {

@@ -154,7 +154,7 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 	// change the workload hears which permission is missing, not that it
 	// cannot be read. A bare name is looked up first (reading only).
 	if r, err := workload.ParseRef(target); err == nil && strings.Contains(target, "/") {
-		if err := inject.CheckAccess(ctx, cs, ns, r.Kind); err != nil {
+		if err := inject.CheckAccess(ctx, cs, ns, r.Kind, false); err != nil {
 			return err
 		}
 	}
@@ -162,7 +162,7 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 	if err != nil {
 		return err
 	}
-	if err := inject.CheckAccess(ctx, cs, ns, plan.Workload.Kind); err != nil {
+	if err := inject.CheckAccess(ctx, cs, ns, plan.Workload.Kind, workload.Recreates(plan.Workload)); err != nil {
 		return err
 	}
 	if plan.Warning != "" {

@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"tunnel.dev/tunnel/access"
+	"tunnel.dev/tunnel/rollout"
 	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 	"tunnel.dev/tunnel/workload"
@@ -163,26 +164,23 @@ func (d *direct) run(ctx context.Context, ic *managerpb.Intercept) {
 }
 
 // ownedBy returns a test of whether a pod is the workload's: its
-// controllers lead to it, each by UID (workload.Client.Owner). Labels
-// alone say nothing: anyone who may create pods can copy them, and a
-// look-alike pod must not get spares (it could not use them, but it would
-// keep the laptop's port-forwards busy).
+// controllers lead to it, each by UID, and it runs the template that made
+// it (workload.Client.PodTemplate). Labels and owner references alone say
+// nothing: anyone who may create pods can copy them, and a look-alike pod
+// must not get spares (it could not use them, but it would keep the
+// laptop's port-forwards busy).
 func ownedBy(ctx context.Context, wc workload.Client, w *workload.Workload) func(*corev1.Pod) bool {
-	seen := map[types.UID]bool{} // by the pod's controller's UID
+	seen := map[types.UID]bool{} // by pod UID
 	return func(p *corev1.Pod) bool {
-		ref := metav1.GetControllerOf(p)
-		if ref == nil {
-			return false
-		}
-		if ok, known := seen[ref.UID]; known {
+		if ok, known := seen[p.UID]; known {
 			return ok
 		}
-		owner, uid := wc.Owner(ctx, p)
-		if uid == "" {
+		made, _, err := wc.PodTemplate(ctx, p.Namespace, p, w.Ref)
+		if err != nil && !errors.Is(err, workload.ErrNotOwned) {
 			return false // asked again at the next change
 		}
-		ok := owner == w.Ref && uid == w.UID
-		seen[ref.UID] = ok
+		ok := err == nil && rollout.Runs(p, made)
+		seen[p.UID] = ok
 		return ok
 	}
 }

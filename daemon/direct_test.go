@@ -20,6 +20,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/utils/ptr"
 
+	"k8s.io/apimachinery/pkg/types"
 	"tunnel.dev/tunnel/internal/testnet"
 	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
@@ -45,21 +46,31 @@ func (f *fakePod) open(port int) (net.Conn, error) {
 func (f *fakePod) done() <-chan bool { return f.ended }
 func (f *fakePod) Close() error      { return nil }
 
+// echoTemplate is what the workload's pods run: the app and the sidecar.
+func echoTemplate() corev1.PodTemplateSpec {
+	return corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{
+		{Name: "app", Image: "echo:1"}, {Name: rpc.SidecarContainer, Image: "agent:1"}}}}
+}
+
 func echoDeployment() *appsv1.Deployment {
 	return &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "dev", UID: "uid-echo"},
-		Spec: appsv1.DeploymentSpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "echo"}}}}
+		Spec: appsv1.DeploymentSpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "echo"}}, Template: echoTemplate()}}
 }
 
 // echoReplicaSet is the Deployment's ReplicaSet, which its pods name.
 func echoReplicaSet() *appsv1.ReplicaSet {
 	return &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Name: "echo-abc", Namespace: "dev", UID: "uid-rs",
-		OwnerReferences: []metav1.OwnerReference{{Kind: "Deployment", Name: "echo", UID: "uid-echo", Controller: ptr.To(true)}}}}
+		Labels:          map[string]string{appsv1.DefaultDeploymentUniqueLabelKey: "abc"},
+		OwnerReferences: []metav1.OwnerReference{{Kind: "Deployment", Name: "echo", UID: "uid-echo", Controller: ptr.To(true)}}},
+		Spec: appsv1.ReplicaSetSpec{Template: echoTemplate()}}
 }
 
 func workloadPod(name string, ready bool) *corev1.Pod {
 	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "dev", Labels: map[string]string{"app": "echo"},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "dev", UID: types.UID("uid-" + name),
+			Labels:          map[string]string{"app": "echo", appsv1.DefaultDeploymentUniqueLabelKey: "abc"},
 			OwnerReferences: []metav1.OwnerReference{{Kind: "ReplicaSet", Name: "echo-abc", UID: "uid-rs", Controller: ptr.To(true)}}},
+		Spec: echoTemplate().Spec,
 		Status: corev1.PodStatus{Phase: corev1.PodRunning, ContainerStatuses: []corev1.ContainerStatus{
 			{Name: "app", Ready: true}, {Name: rpc.SidecarContainer, Ready: ready}}},
 	}

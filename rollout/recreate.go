@@ -40,11 +40,14 @@ func Recreate(ctx context.Context, cs kubernetes.Interface, set Set, timeout tim
 			return step{}, err
 		}
 		var old []*corev1.Pod
-		ready, busy := int32(0), false
+		ready, live, busy := int32(0), int32(0), false
 		for i := range list.Items {
 			p := &list.Items[i]
 			if ctl := metav1.GetControllerOf(p); ctl == nil || ctl.UID != set.UID {
 				continue
+			}
+			if p.DeletionTimestamp == nil {
+				live++
 			}
 			switch {
 			case p.DeletionTimestamp != nil:
@@ -57,6 +60,9 @@ func Recreate(ctx context.Context, cs kubernetes.Interface, set Set, timeout tim
 				busy = true
 			}
 		}
+		// A pod deleted and gone, its replacement not yet made: a look
+		// in that gap must not take the next one down too.
+		busy = busy || live < set.Want
 		s := step{ready: ready, want: set.Want, updated: true,
 			done: len(old) == 0 && !busy && ready >= set.Want}
 		s.trouble = func() (string, bool) {
@@ -118,6 +124,9 @@ func Runs(p *corev1.Pod, t *corev1.PodTemplateSpec) bool {
 	return slices.ContainsFunc(t.Spec.Containers, func(c corev1.Container) bool { return c.Name == rpc.SidecarContainer }) ||
 		!slices.ContainsFunc(p.Spec.Containers, func(c corev1.Container) bool { return c.Name == rpc.SidecarContainer })
 }
+
+// Ready says whether the pod's Ready condition holds.
+func Ready(p *corev1.Pod) bool { return podReady(p) }
 
 func podReady(p *corev1.Pod) bool {
 	for _, c := range p.Status.Conditions {

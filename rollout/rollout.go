@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -195,15 +196,21 @@ func ServicesFor(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deploym
 }
 
 // ServicesSelecting lists the Services of ns whose selector picks pods
-// with these labels.
-func ServicesSelecting(ctx context.Context, cs kubernetes.Interface, ns string, podLabels labels.Set) ([]corev1.Service, error) {
+// with these labels, keys in ignore aside (labels a controller adds to its
+// pods and to the Services in front of them, as Argo Rollouts does its
+// template hash).
+func ServicesSelecting(ctx context.Context, cs kubernetes.Interface, ns string, podLabels labels.Set, ignore ...string) ([]corev1.Service, error) {
 	list, err := cs.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list services in namespace %s: %w", ns, err)
 	}
 	var out []corev1.Service
 	for _, s := range list.Items {
-		if len(s.Spec.Selector) > 0 && labels.SelectorFromSet(s.Spec.Selector).Matches(podLabels) {
+		sel := maps.Clone(s.Spec.Selector)
+		for _, k := range ignore {
+			delete(sel, k)
+		}
+		if len(sel) > 0 && labels.SelectorFromSet(sel).Matches(podLabels) {
 			out = append(out, s)
 		}
 	}

@@ -24,65 +24,74 @@ const (
 // reference to the object of that UID, and the template is read from the
 // object the controller made the pod from (a ReplicaSet, or a
 // ControllerRevision of a StatefulSet or DaemonSet), so a caller can check
-// that the pod runs what its workload says.
-func (c Client) PodTemplate(ctx context.Context, ns string, pod *corev1.Pod, r Ref) (*corev1.PodTemplateSpec, error) {
+// that the pod runs what that template says. The workload as it is now
+// comes too: whoever may create ReplicaSets or ControllerRevisions can
+// write one naming the workload's UID, so what matters (the sidecar) must
+// also be what the live template says, which only those who may change
+// the workload can set.
+func (c Client) PodTemplate(ctx context.Context, ns string, pod *corev1.Pod, r Ref) (made *corev1.PodTemplateSpec, live *Workload, err error) {
 	ref := metav1.GetControllerOf(pod)
 	switch r.Kind {
 	case Deployment, Rollout, ReplicaSet:
 		if ref == nil || ref.Kind != ReplicaSet {
-			return nil, fmt.Errorf("pod %s is not run by a ReplicaSet", pod.Name)
+			return nil, nil, fmt.Errorf("%w: pod %s is not run by a ReplicaSet", ErrNotOwned, pod.Name)
 		}
 		set, err := c.CS.AppsV1().ReplicaSets(ns).Get(ctx, ref.Name, metav1.GetOptions{})
 		if err != nil {
-			return nil, fmt.Errorf("read the ReplicaSet of pod %s: %w", pod.Name, err)
+			return nil, nil, fmt.Errorf("read the ReplicaSet of pod %s: %w", pod.Name, err)
 		}
 		if set.UID != ref.UID {
-			return nil, fmt.Errorf("pod %s was not made by ReplicaSet %s", pod.Name, set.Name)
+			return nil, nil, fmt.Errorf("%w: pod %s was not made by ReplicaSet %s", ErrNotOwned, pod.Name, set.Name)
 		}
 		owner := metav1.GetControllerOf(set)
 		if r.Kind == ReplicaSet {
 			if owner != nil || set.Name != r.Name {
-				return nil, fmt.Errorf("pod %s does not belong to %s", pod.Name, r.Describe(ns))
+				return nil, nil, fmt.Errorf("%w: pod %s does not belong to %s", ErrNotOwned, pod.Name, r.Describe(ns))
 			}
-			return &set.Spec.Template, nil
+			live, err := c.current(ctx, ns, r, set.UID, pod.Name)
+			return &set.Spec.Template, live, err
 		}
 		hash := podTemplateHash
 		if r.Kind == Rollout {
 			hash = rolloutTemplateHash
 		}
 		if set.Labels[hash] == "" || pod.Labels[hash] != set.Labels[hash] {
-			return nil, fmt.Errorf("pod %s was not made by ReplicaSet %s", pod.Name, set.Name)
+			return nil, nil, fmt.Errorf("%w: pod %s was not made by ReplicaSet %s", ErrNotOwned, pod.Name, set.Name)
 		}
 		if owner == nil || owner.Kind != r.Kind || owner.Name != r.Name {
-			return nil, fmt.Errorf("pod %s does not belong to %s", pod.Name, r.Describe(ns))
+			return nil, nil, fmt.Errorf("%w: pod %s does not belong to %s", ErrNotOwned, pod.Name, r.Describe(ns))
 		}
-		if err := c.sameUID(ctx, ns, r, owner.UID, pod.Name); err != nil {
-			return nil, err
+		live, err := c.current(ctx, ns, r, owner.UID, pod.Name)
+		if err != nil {
+			return nil, nil, err
 		}
-		return &set.Spec.Template, nil
+		return &set.Spec.Template, live, nil
 	case StatefulSet, DaemonSet:
 		if ref == nil || ref.Kind != r.Kind || ref.Name != r.Name {
-			return nil, fmt.Errorf("pod %s does not belong to %s", pod.Name, r.Describe(ns))
+			return nil, nil, fmt.Errorf("%w: pod %s does not belong to %s", ErrNotOwned, pod.Name, r.Describe(ns))
 		}
-		if err := c.sameUID(ctx, ns, r, ref.UID, pod.Name); err != nil {
-			return nil, err
+		live, err := c.current(ctx, ns, r, ref.UID, pod.Name)
+		if err != nil {
+			return nil, nil, err
 		}
-		return c.revisionTemplate(ctx, ns, pod, r, ref.UID)
+		made, err := c.revisionTemplate(ctx, ns, pod, r, ref.UID)
+		return made, live, err
 	}
-	return nil, fmt.Errorf("%q is not a workload kind tunnel intercepts", r.Kind)
+	return nil, nil, fmt.Errorf("%q is not a workload kind tunnel intercepts", r.Kind)
 }
 
-// sameUID checks that r is, now, the object of uid: a workload deleted
-// and made again under its name is not the one that made the pod.
-func (c Client) sameUID(ctx context.Context, ns string, r Ref, uid types.UID, pod string) error {
+// current reads r and checks that it is, now, the object of uid: a
+// workload deleted and made again under its name is not the one that made
+// the pod.
+func (c Client) current(ctx context.Context, ns string, r Ref, uid types.UID, pod string) (*Workload, error) {
 	w, err := c.Get(ctx, ns, r)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if w.UID != uid {
-		return fmt.Errorf("pod %s belongs to an earlier %s", pod, r.Describe(ns))
+		return nil, fmt.Errorf("%w: pod %s belongs to an earlier %s", ErrNotOwned, pod, r.Describe(ns))
 	}
-	return nil
+	return w, nil
 }
 
 // revisionTemplate reads the pod's template from the ControllerRevision
@@ -91,7 +100,7 @@ func (c Client) sameUID(ctx context.Context, ns string, r Ref, uid types.UID, po
 func (c Client) revisionTemplate(ctx context.Context, ns string, pod *corev1.Pod, r Ref, owner types.UID) (*corev1.PodTemplateSpec, error) {
 	label := pod.Labels[revisionLabel]
 	if label == "" {
-		return nil, fmt.Errorf("pod %s names no revision of %s", pod.Name, r.Describe(ns))
+		return nil, fmt.Errorf("%w: pod %s names no revision of %s", ErrNotOwned, pod.Name, r.Describe(ns))
 	}
 	for _, name := range []string{label, r.Name + "-" + label} {
 		rev, err := c.CS.AppsV1().ControllerRevisions(ns).Get(ctx, name, metav1.GetOptions{})
@@ -112,7 +121,7 @@ func (c Client) revisionTemplate(ctx context.Context, ns string, pod *corev1.Pod
 		}
 		return &data.Spec.Template, nil
 	}
-	return nil, fmt.Errorf("pod %s names revision %s, which %s does not have", pod.Name, label, r.Describe(ns))
+	return nil, fmt.Errorf("%w: pod %s names revision %s, which %s does not have", ErrNotOwned, pod.Name, label, r.Describe(ns))
 }
 
 // Owner follows a pod's controller references to the workload that runs

@@ -3,6 +3,7 @@ package workload
 import (
 	"context"
 
+	appsv1 "k8s.io/api/apps/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -131,4 +132,40 @@ func toUnstructured(k Kind, obj runtime.Object) (*unstructured.Unstructured, err
 	u.SetAPIVersion(k.APIVersion())
 	u.SetKind(k.Name)
 	return u, nil
+}
+
+// put writes u back (an update, with its resourceVersion).
+func (c Client) put(ctx context.Context, k Kind, u *unstructured.Unstructured, manager string) error {
+	opts := metav1.UpdateOptions{FieldManager: manager}
+	apps := c.CS.AppsV1()
+	ns := u.GetNamespace()
+	var err error
+	switch k.Name {
+	case Deployment:
+		var o appsv1.Deployment
+		if err = runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &o); err == nil {
+			_, err = apps.Deployments(ns).Update(ctx, &o, opts)
+		}
+	case StatefulSet:
+		var o appsv1.StatefulSet
+		if err = runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &o); err == nil {
+			_, err = apps.StatefulSets(ns).Update(ctx, &o, opts)
+		}
+	case DaemonSet:
+		var o appsv1.DaemonSet
+		if err = runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &o); err == nil {
+			_, err = apps.DaemonSets(ns).Update(ctx, &o, opts)
+		}
+	case ReplicaSet:
+		var o appsv1.ReplicaSet
+		if err = runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &o); err == nil {
+			_, err = apps.ReplicaSets(ns).Update(ctx, &o, opts)
+		}
+	default:
+		if c.Dyn == nil {
+			return apierrors.NewNotFound(k.Resource.GroupResource(), u.GetName())
+		}
+		_, err = c.Dyn.Resource(k.Resource).Namespace(ns).Update(ctx, u, opts)
+	}
+	return err
 }

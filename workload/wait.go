@@ -7,6 +7,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"tunnel.dev/tunnel/rollout"
 )
 
@@ -25,7 +26,7 @@ func (c Client) Wait(ctx context.Context, ns string, r Ref, timeout time.Duratio
 	if err != nil {
 		return err
 	}
-	if r.Kind != ReplicaSet && !onDelete(w) {
+	if !Recreates(w) {
 		return rollout.WaitSet(ctx, c.CS, r.Kind, ns, r.Name, timeout, progress)
 	}
 	return rollout.Recreate(ctx, c.CS, rollout.Set{Kind: r.Kind, Namespace: ns, Name: r.Name, UID: w.UID,
@@ -61,9 +62,58 @@ func Partial(w *Workload) string {
 			return fmt.Sprintf("%s updates only its pods from ordinal %d on (updateStrategy.rollingUpdate.partition), so its other pods would not get the sidecar", w.Describe(), p)
 		}
 	case Rollout:
-		if p, _, _ := unstructured.NestedBool(w.Object.Object, "spec", "paused"); p {
+		o := w.Object.Object
+		if p, _, _ := unstructured.NestedBool(o, "spec", "paused"); p {
 			return fmt.Sprintf("%s is paused (spec.paused), so its pods would not get the sidecar", w.Describe())
+		}
+		steps, _, _ := unstructured.NestedSlice(o, "spec", "strategy", "canary", "steps")
+		for i, st := range steps {
+			m, _ := st.(map[string]any)
+			if pause, ok := m["pause"].(map[string]any); ok && pause["duration"] == nil {
+				return fmt.Sprintf("%s's canary strategy pauses at step %d until someone promotes it, so its pods would not all get the sidecar", w.Describe(), i+1)
+			}
+		}
+		if auto, found, _ := unstructured.NestedBool(o, "spec", "strategy", "blueGreen", "autoPromotionEnabled"); found && !auto {
+			return fmt.Sprintf("%s's blue-green strategy waits for someone to promote it (autoPromotionEnabled: false), so its active pods would not get the sidecar", w.Describe())
 		}
 	}
 	return ""
+}
+
+// Recreates says whether tunnel replaces w's pods itself when its template
+// changes (which needs the right to delete pods): a ReplicaSet's, and a
+// StatefulSet's or DaemonSet's updated OnDelete.
+func Recreates(w *Workload) bool {
+	return w.Kind == ReplicaSet || (w.Kind == StatefulSet || w.Kind == DaemonSet) && onDelete(w)
+}
+
+// Unstick lets a StatefulSet whose template was put back after a failed
+// rollout go on: its controller does not replace a pod of the failed
+// template that never became ready (kubernetes/kubernetes#67250), so the
+// set would stay broken. Such pods are deleted; the controller makes them
+// again from the template put back. Other kinds need nothing.
+func (c Client) Unstick(ctx context.Context, ns string, r Ref) {
+	if r.Kind != StatefulSet {
+		return
+	}
+	w, err := c.Get(ctx, ns, r)
+	if err != nil {
+		return
+	}
+	sel, err := metav1.LabelSelectorAsSelector(w.Selector)
+	if err != nil {
+		return
+	}
+	pods, err := c.CS.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	if err != nil {
+		return
+	}
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		ctl := metav1.GetControllerOf(p)
+		if ctl == nil || ctl.UID != w.UID || p.DeletionTimestamp != nil || rollout.Runs(p, &w.Template) || rollout.Ready(p) {
+			continue
+		}
+		_ = c.CS.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &p.UID}})
+	}
 }

@@ -38,6 +38,8 @@ var (
 	ErrNotFound  = errors.New("no such workload")
 	ErrAmbiguous = errors.New("several workloads")
 	ErrNoPodsFor = errors.New("no workload")
+	// ErrNotOwned: a pod is not the workload's (PodTemplate), for good.
+	ErrNotOwned = errors.New("not the workload's")
 )
 
 // Kind is one kind of workload tunnel can intercept.
@@ -301,7 +303,7 @@ func (c Client) BehindService(ctx context.Context, svc *corev1.Service) (*Worklo
 	if err != nil {
 		return nil, err
 	}
-	all = slices.DeleteFunc(all, func(w *Workload) bool { return !Selects(svc, &w.Template) })
+	all = slices.DeleteFunc(all, func(w *Workload) bool { return !Selects(svc, w) })
 	switch len(all) {
 	case 1:
 		return all[0], nil
@@ -315,15 +317,26 @@ func (c Client) BehindService(ctx context.Context, svc *corev1.Service) (*Worklo
 	return nil, fmt.Errorf("%w: Service %s/%s selects the pods of %s; name the one to intercept", ErrAmbiguous, svc.Namespace, svc.Name, strings.Join(refs, ", "))
 }
 
-// Selects says whether a Service's selector picks pods of this template.
-func Selects(svc *corev1.Service, t *corev1.PodTemplateSpec) bool {
+// Selects says whether a Service's selector picks pods of w's template.
+func Selects(svc *corev1.Service, w *Workload) bool {
 	if len(svc.Spec.Selector) == 0 {
 		return false
 	}
+	ignore := w.AddedLabels()
 	for k, v := range svc.Spec.Selector {
-		if t.Labels[k] != v {
+		if !slices.Contains(ignore, k) && w.Template.Labels[k] != v {
 			return false
 		}
 	}
 	return true
+}
+
+// AddedLabels are the labels w's controller adds to its pods beyond the
+// template's, and to the Services it manages: Argo's template hash, in a
+// blue-green Rollout's active and preview Services and a canary's.
+func (w *Workload) AddedLabels() []string {
+	if w.Kind == Rollout {
+		return []string{rolloutTemplateHash}
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -198,7 +199,7 @@ func TestPodTemplate(t *testing.T) {
 		{"a Rollout's pod of another hash", pod("shop-1-y", map[string]string{rolloutTemplateHash: "h2"}, controller(ReplicaSet, "shop-1", "rs-shop-1")), Ref{Rollout, "shop"}, "was not made by ReplicaSet shop-1"},
 		{"a ReplicaSet of that name made again", pod("plain-y", nil, controller(ReplicaSet, "plain", "rs-earlier")), Ref{ReplicaSet, "plain"}, "was not made by ReplicaSet plain"},
 	} {
-		got, err := c.PodTemplate(t.Context(), "shop", tc.pod, tc.ref)
+		got, _, err := c.PodTemplate(t.Context(), "shop", tc.pod, tc.ref)
 		has := err == nil && func() bool {
 			for _, ct := range got.Spec.Containers {
 				if ct.Name == tc.want {
@@ -233,15 +234,82 @@ func TestOwner(t *testing.T) {
 	}
 }
 
-func TestLostContainers(t *testing.T) {
-	before := tmpl("x", "app", "log", "tunnel-agent")
-	after := tmpl("x", "tunnel-agent")
-	if got := lostContainers(&before, &after, []string{"tunnel-agent"}); strings.Join(got, ",") != "app,log" {
-		t.Errorf("lostContainers = %v", got)
+func TestApplied(t *testing.T) {
+	own := Owned{Containers: []string{"tunnel-agent", "tunnel-redirect"}, Volumes: []string{"tunnel-token"}}
+	withVolumes := func(t corev1.PodTemplateSpec, names ...string) corev1.PodTemplateSpec {
+		for _, n := range names {
+			t.Spec.Volumes = append(t.Spec.Volumes, corev1.Volume{Name: n})
+		}
+		return t
 	}
-	after = tmpl("x", "app", "log")
-	if got := lostContainers(&before, &after, []string{"tunnel-agent"}); len(got) != 0 {
-		t.Errorf("taking the sidecar out loses %v", got)
+	before := withVolumes(tmpl("x", "app", "log"), "config")
+	frag := withVolumes(tmpl("x", "tunnel-agent"), "tunnel-token")
+	good := withVolumes(tmpl("x", "app", "log", "tunnel-agent"), "config", "tunnel-token")
+	for _, tc := range []struct {
+		what        string
+		after, frag corev1.PodTemplateSpec
+		want        bool
+	}{
+		{"the sidecar and its volume added", good, frag, true},
+		{"a list taken as one value: the workload's volumes gone", withVolumes(tmpl("x", "app", "log", "tunnel-agent"), "tunnel-token"), frag, false},
+		{"a list taken as one value: the workload's containers gone", withVolumes(tmpl("x", "tunnel-agent"), "config", "tunnel-token"), frag, false},
+		{"taken out again", before, corev1.PodTemplateSpec{}, true},
+		{"taken out by nothing (an update made them)", good, corev1.PodTemplateSpec{}, false},
+	} {
+		if got := applied(&before, &tc.after, &tc.frag, own); got != tc.want {
+			t.Errorf("%s: applied = %v, want %v", tc.what, got, tc.want)
+		}
+	}
+}
+
+// A kind changed by update keeps the workload's own lists and pull secrets
+// and gets back exactly what it had once tunnel's parts are taken out.
+func TestUpdatePath(t *testing.T) {
+	c := cluster(t)
+	w, err := c.Get(t.Context(), "shop", Ref{Rollout, "shop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = unstructured.SetNestedSlice(w.Object.Object, []any{map[string]any{"name": "config"}}, "spec", "template", "spec", "volumes")
+	_ = unstructured.SetNestedSlice(w.Object.Object, []any{map[string]any{"name": "team"}}, "spec", "template", "spec", "imagePullSecrets")
+	if _, err := c.Dyn.Resource(Kinds()[4].Resource).Namespace("shop").Update(t.Context(), w.Object, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	original, _ := c.Get(t.Context(), "shop", Ref{Rollout, "shop"})
+	own := Owned{Containers: []string{"tunnel-agent"}, Volumes: []string{"tunnel-token"}}
+	frag := map[string]any{
+		"containers":       []corev1.Container{{Name: "tunnel-agent", Image: "agent:1"}},
+		"volumes":          []corev1.Volume{{Name: "tunnel-token"}},
+		"imagePullSecrets": []corev1.LocalObjectReference{{Name: "team"}, {Name: "agent"}},
+	}
+	k, _ := KindNamed(Rollout)
+	var spec corev1.PodSpec
+	_ = convert(frag, &spec)
+	for range 2 { // twice: the second finds its parts there already
+		if err := c.update(t.Context(), k, original, frag, &spec, "tunnel-intercept", own); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, _ := c.Get(t.Context(), "shop", Ref{Rollout, "shop"})
+	var names []string
+	for _, x := range got.Template.Spec.Containers {
+		names = append(names, x.Name)
+	}
+	for _, v := range got.Template.Spec.Volumes {
+		names = append(names, v.Name)
+	}
+	for _, s := range got.Template.Spec.ImagePullSecrets {
+		names = append(names, s.Name)
+	}
+	if strings.Join(names, " ") != "app tunnel-agent config tunnel-token team agent" || got.Object.GetAnnotations()[AddedSecretsAnnot] != "agent" {
+		t.Errorf("after the update: %v, %v", names, got.Object.GetAnnotations())
+	}
+	if err := c.update(t.Context(), k, original, nil, &corev1.PodSpec{}, "tunnel-intercept", own); err != nil {
+		t.Fatal(err)
+	}
+	back, _ := c.Get(t.Context(), "shop", Ref{Rollout, "shop"})
+	if !equality.Semantic.DeepEqual(back.Object.Object["spec"], original.Object.Object["spec"]) || len(back.Object.GetAnnotations()) != 0 {
+		t.Errorf("taken out, the Rollout is\n%v\nnot\n%v", back.Object.Object, original.Object.Object)
 	}
 }
 

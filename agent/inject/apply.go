@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 
+	authzv1 "k8s.io/api/authorization/v1"
 	"tunnel.dev/tunnel/access"
 	"tunnel.dev/tunnel/agent/manifest"
 	"tunnel.dev/tunnel/rollout"
@@ -37,10 +38,15 @@ var ErrForbidden = access.ErrForbidden
 type Progress func(string)
 
 // CheckAccess asks the API server whether the user may change workloads
-// of kind and their Services in ns, before anything is changed.
-func CheckAccess(ctx context.Context, cs kubernetes.Interface, ns, kind string) error {
-	return access.Check(ctx, cs, ns, "intercepting there needs (the sidecar is added with your own permissions)",
-		access.InterceptRights(kind)...)
+// of kind and their Services in ns, before anything is changed; recreates
+// says tunnel will replace the workload's pods itself (workload.Recreates),
+// which needs the right to delete them.
+func CheckAccess(ctx context.Context, cs kubernetes.Interface, ns, kind string, recreates bool) error {
+	rights := access.InterceptRights(kind)
+	if recreates && !slices.ContainsFunc(rights, func(r authzv1.ResourceAttributes) bool { return r.Verb == "delete" }) {
+		rights = append(rights, authzv1.ResourceAttributes{Verb: "delete", Resource: "pods"})
+	}
+	return access.Check(ctx, cs, ns, "intercepting there needs (the sidecar is added with your own permissions)", rights...)
 }
 
 // Captures reads the sidecar's captures from a pod template: app port →
@@ -107,10 +113,11 @@ func Ensure(ctx context.Context, wc workload.Client, p *Plan, agent Agent, timeo
 	if err != nil { // the sidecar as it was: none, or without this port
 		undo := context.WithoutCancel(ctx)
 		if fresh {
-			_ = wc.Apply(undo, w, nil, FieldManager, Container, InitContainer)
+			_ = wc.Apply(undo, w, nil, FieldManager, owned())
 		} else {
 			_ = applySidecar(undo, wc, w, agent, beforeCaps, beforeRedirects)
 		}
+		wc.Unstick(undo, w.Namespace, w.Ref)
 		return false, err
 	}
 	return fresh, nil
@@ -216,7 +223,12 @@ func applySidecar(ctx context.Context, wc workload.Client, w *workload.Workload,
 		}
 		podSpec["imagePullSecrets"] = refs
 	}
-	return wc.Apply(ctx, w, podSpec, FieldManager, Container, InitContainer)
+	return wc.Apply(ctx, w, podSpec, FieldManager, owned())
+}
+
+// owned names what tunnel adds to a pod template.
+func owned() workload.Owned {
+	return workload.Owned{Containers: []string{Container, InitContainer}, Volumes: []string{tokenVolume}}
 }
 
 // redirectContainer runs `tunnel-agent redirect` before the pod's other
@@ -387,7 +399,7 @@ func Remove(ctx context.Context, wc workload.Client, ns string, r workload.Ref, 
 		return nil
 	}
 	progress(fmt.Sprintf("Removing the intercept sidecar from %s (one rollout)", w.Describe()))
-	if err := wc.Apply(ctx, w, nil, FieldManager, Container, InitContainer); err != nil {
+	if err := wc.Apply(ctx, w, nil, FieldManager, owned()); err != nil {
 		return err
 	}
 	return wc.Wait(ctx, ns, r, timeout, progress)

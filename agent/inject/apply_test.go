@@ -114,7 +114,7 @@ func TestCheckAccess(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cs := fake.NewClientset()
 			reviewer(t, cs, tt.deny...)
-			err := CheckAccess(t.Context(), cs, "shop", workload.Deployment)
+			err := CheckAccess(t.Context(), cs, "shop", workload.Deployment, false)
 			if len(tt.deny) == 0 {
 				if err != nil {
 					t.Fatalf("CheckAccess with nothing denied: %v", err)
@@ -145,7 +145,7 @@ func TestCheckAccessAPIError(t *testing.T) {
 	cs.PrependReactor("create", "selfsubjectaccessreviews", func(k8stesting.Action) (bool, runtime.Object, error) {
 		return true, nil, boom
 	})
-	err := CheckAccess(t.Context(), cs, "shop", workload.Deployment)
+	err := CheckAccess(t.Context(), cs, "shop", workload.Deployment, false)
 	if !errors.Is(err, boom) || errors.Is(err, ErrForbidden) {
 		t.Fatalf("CheckAccess = %v, want it to wrap %v and not %v", err, boom, ErrForbidden)
 	}
@@ -213,7 +213,7 @@ func TestApplyAndRemoveSidecar(t *testing.T) {
 	if s := pullSecretNames(got); !slices.Equal(s, []string{"team-pull", "agent-pull"}) {
 		t.Errorf("pull secrets after applySidecar: %v", s)
 	}
-	if err := wc.Apply(t.Context(), w, nil, FieldManager, Container, InitContainer); err != nil {
+	if err := wc.Apply(t.Context(), w, nil, FieldManager, owned()); err != nil {
 		t.Fatalf("removeSidecar: %v", err)
 	}
 	got, err = cs.AppsV1().Deployments("shop").Get(t.Context(), "web", metav1.GetOptions{})

@@ -89,7 +89,7 @@ func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
 	if t.Service == "" {
 		t.Service = service
 	}
-	svcs, err := rollout.ServicesSelecting(ctx, wc.CS, w.Namespace, w.Template.Labels)
+	svcs, err := rollout.ServicesSelecting(ctx, wc.CS, w.Namespace, w.Template.Labels, w.AddedLabels()...)
 	if err != nil {
 		return nil, err
 	}

@@ -36,6 +36,7 @@ func Upgrade(ctx context.Context, wc workload.Client, w *workload.Workload, agen
 	if err := wc.Wait(ctx, w.Namespace, w.Ref, timeout, progress); err != nil {
 		undo := context.WithoutCancel(ctx)
 		_ = applySidecar(undo, wc, w, Agent{Image: old, PullSecrets: agent.PullSecrets}, caps, redirects)
+		wc.Unstick(undo, w.Namespace, w.Ref)
 		return fmt.Errorf("move the sidecar of %s to %s: %w", w.Describe(), agent.Image, err)
 	}
 	return nil

@@ -107,6 +107,9 @@ func (c *control) CreateIntercept(ctx context.Context, spec *managerpb.Intercept
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	// One spelling per workload ("sts/db" is "statefulset/db"), so that
+	// clashes are found and its sidecars match.
+	spec.Workload = ref.String()
 	if id := s.identity(); id.User != "" {
 		rights := access.InterceptRights(ref.Kind)
 		for i := range rights[:2] { // get and patch of the workload itself, by name

@@ -152,6 +152,9 @@ func podVerifier(wc workload.Client) sidecarVerifier {
 		if err != nil {
 			return nil, err
 		}
+		if ref.String() != name {
+			return nil, fmt.Errorf("the sidecar names its workload %q, which tunnel writes %q", name, ref.String())
+		}
 		if token == "" {
 			return nil, errors.New("the sidecar showed no token")
 		}
@@ -200,11 +203,11 @@ func podOfWorkload(ctx context.Context, wc workload.Client, namespace, name stri
 	if pod.DeletionTimestamp != nil {
 		return fmt.Errorf("pod %s is being deleted", pod.Name)
 	}
-	tmpl, err := wc.PodTemplate(ctx, namespace, pod, ref)
+	made, live, err := wc.PodTemplate(ctx, namespace, pod, ref)
 	if err != nil {
 		return err
 	}
-	return sameSidecar(pod, tmpl)
+	return sameSidecar(pod, made, &live.Template)
 }
 
 // sameSidecar checks that the pod runs what the ReplicaSet's template
@@ -213,8 +216,16 @@ func podOfWorkload(ctx context.Context, wc workload.Client, namespace, name stri
 // them may mount the sidecar's token), no other volume with a token for
 // the manager, and the template's choice of a shared process namespace
 // (which would let another container read the sidecar's token).
-func sameSidecar(pod *corev1.Pod, t *corev1.PodTemplateSpec) error {
+func sameSidecar(pod *corev1.Pod, t, live *corev1.PodTemplateSpec) error {
 	tmpl := t.Spec
+	// The template that made the pod may be anyone's who may create
+	// ReplicaSets or ControllerRevisions; the live one is the workload's.
+	if !sameContainer(t, live, rpc.SidecarContainer) {
+		return fmt.Errorf("pod %s does not run the sidecar its workload injects now", pod.Name)
+	}
+	if ptrTrue(tmpl.ShareProcessNamespace) != ptrTrue(live.Spec.ShareProcessNamespace) {
+		return fmt.Errorf("pod %s shares its process namespace, unlike its workload", pod.Name)
+	}
 	if !slices.ContainsFunc(tmpl.Containers, func(c corev1.Container) bool { return c.Name == rpc.SidecarContainer }) {
 		return fmt.Errorf("the template of pod %s has no tunnel sidecar", pod.Name)
 	}
@@ -252,6 +263,21 @@ func sameSidecar(pod *corev1.Pod, t *corev1.PodTemplateSpec) error {
 }
 
 func ptrTrue(b *bool) bool { return b != nil && *b }
+
+// sameContainer says whether templates a and b both have container name,
+// with the same image, command and arguments.
+func sameContainer(a, b *corev1.PodTemplateSpec, name string) bool {
+	find := func(t *corev1.PodTemplateSpec) *corev1.Container {
+		for i := range t.Spec.Containers {
+			if t.Spec.Containers[i].Name == name {
+				return &t.Spec.Containers[i]
+			}
+		}
+		return nil
+	}
+	x, y := find(a), find(b)
+	return x != nil && y != nil && x.Image == y.Image && slices.Equal(x.Command, y.Command) && slices.Equal(x.Args, y.Args)
+}
 
 func mountsToken(c corev1.Container) bool {
 	return slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == rpc.SidecarTokenVolume })

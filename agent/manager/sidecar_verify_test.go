@@ -48,7 +48,18 @@ func verifyCluster(t *testing.T, reviews map[string]authnv1.TokenReviewStatus) *
 	loose := pod("loose", "uid-l", hash, app, sidecar)
 	loose.OwnerReferences = nil
 	cs := fake.NewClientset(
-		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop", UID: "web"}},
+		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop", UID: "web"},
+			Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{app, sidecar}}}}},
+		// A ReplicaSet anyone who may create them can write, naming the
+		// Deployment's UID, with a sidecar of its own and its pod.
+		&appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Name: "web-evil", Namespace: "shop", UID: "web-evil", Labels: hash,
+			OwnerReferences: owner("Deployment", "web")},
+			Spec: appsv1.ReplicaSetSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{app, otherImage}}}}},
+		func() *corev1.Pod {
+			p := pod("evil-a", "uid-e", hash, app, otherImage)
+			p.OwnerReferences = owner("ReplicaSet", "web-evil")
+			return p
+		}(),
 		&appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "shop", UID: "web-1", Labels: hash,
 			OwnerReferences: owner("Deployment", "web")},
 			Spec: appsv1.ReplicaSetSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{app, sidecar}}}}},
@@ -91,6 +102,7 @@ func TestPodVerifier(t *testing.T) {
 		"meshed":    podToken("shop", "meshed", "uid-m"),
 		"sharing":   podToken("shop", "sharing", "uid-s"),
 		"second":    podToken("shop", "second-token", "uid-2"),
+		"evil":      podToken("shop", "evil-a", "uid-e"),
 		"old":       podToken("shop", "web-1-a", "uid-before"),
 		"elsewhere": podToken("other", "web-1-a", "uid-a"),
 		"bad":       {Authenticated: false, Error: "token expired"},
@@ -122,6 +134,7 @@ func TestPodVerifier(t *testing.T) {
 		{"thief", "shop", "web", "container app of pod thief mounts the sidecar's token"},
 		{"sharing", "shop", "web", "shares its process namespace"},
 		{"second", "shop", "web", "holds a token for the manager"},
+		{"evil", "shop", "web", "does not run the sidecar its workload injects now"},
 	} {
 		_, err := verify(ctx, tc.token, tc.ns, tc.workload)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
