@@ -73,7 +73,7 @@ func Wait(ctx context.Context, cs kubernetes.Interface, ns, name string, timeout
 // WaitSet waits until a StatefulSet or DaemonSet runs its current template
 // on every pod it should, as Wait does for a Deployment.
 func WaitSet(ctx context.Context, cs kubernetes.Interface, kind, ns, name string, timeout time.Duration, progress func(string)) error {
-	return poll(ctx, strings.ToLower(kind), ns, name, timeout, progress, func(ctx context.Context) (step, error) {
+	err := poll(ctx, strings.ToLower(kind), ns, name, timeout, progress, func(ctx context.Context) (step, error) {
 		var s step
 		var sel *metav1.LabelSelector
 		switch kind {
@@ -110,6 +110,15 @@ func WaitSet(ctx context.Context, cs kubernetes.Interface, kind, ns, name string
 		s.trouble = func() (string, bool) { return podsTrouble(ctx, cs, ns, sel, nil) }
 		return s, nil
 	})
+	if err != nil {
+		return err
+	}
+	// kube-proxy applies endpoint changes up to a second later.
+	select {
+	case <-ctx.Done():
+	case <-time.After(KubeProxySync):
+	}
+	return nil
 }
 
 // updatedReady counts the ready pods of sel at a StatefulSet's revision.

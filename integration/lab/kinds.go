@@ -38,7 +38,9 @@ func DeployEchoAs(ctx context.Context, l *Lab, cs kubernetes.Interface, dyn dyna
 			Spec: appsv1.DeploymentSpec{Replicas: &replicas, Selector: sel, Template: tmpl}}, metav1.CreateOptions{})
 	case "StatefulSet":
 		_, err = apps.StatefulSets(ns).Create(ctx, &appsv1.StatefulSet{ObjectMeta: meta,
-			Spec: appsv1.StatefulSetSpec{Replicas: &replicas, Selector: sel, Template: tmpl, ServiceName: service}}, metav1.CreateOptions{})
+			// Its governing Service, the one its pods' names live under,
+			// is named as the set is (a headless one the caller makes).
+			Spec: appsv1.StatefulSetSpec{Replicas: &replicas, Selector: sel, Template: tmpl, ServiceName: name}}, metav1.CreateOptions{})
 	case "DaemonSet":
 		replicas = 1
 		_, err = apps.DaemonSets(ns).Create(ctx, &appsv1.DaemonSet{ObjectMeta: meta,
