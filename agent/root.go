@@ -5,6 +5,9 @@ package agent
 
 import (
 	"io"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -28,5 +31,16 @@ func New(out, errOut io.Writer) *cobra.Command {
 	root.AddCommand(manager.Command())
 	root.AddCommand(sidecar.Command())
 	root.AddCommand(redirect.Command())
+	root.AddCommand(&cobra.Command{
+		Use:   "idle",
+		Short: "Wait until stopped: what a replaced workload's containers run (tunnel intercept --replace)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
+			defer stop()
+			<-ctx.Done()
+			return nil
+		},
+	})
 	return root
 }

@@ -104,6 +104,9 @@ func connect(ctx context.Context, cmd *cobra.Command, kf *kubeFlags, o connectOp
 	if err != nil {
 		return nil, errors.New(status.Convert(err).Message())
 	}
+	for _, r := range st.GetRepaired() {
+		fmt.Fprintln(cmd.ErrOrStderr(), r)
+	}
 	return st, nil
 }
 

@@ -42,6 +42,7 @@ type interceptFlags struct {
 	header     string
 	mirror     bool
 	noFallback bool
+	replace    bool
 	envFile    string
 	envSyntax  string
 	envJSON    string
@@ -87,6 +88,7 @@ func newIntercept() *cobra.Command {
 	fl.StringVar(&f.header, "http-header", "", "personal intercept: take only HTTP requests with this header: NAME=VALUE, or NAME (a value is made up and printed), or auto (both are)")
 	fl.BoolVar(&f.mirror, "mirror", false, "take a copy of each HTTP request; the app still answers")
 	fl.BoolVar(&f.noFallback, "no-fallback", false, "when this machine cannot answer, fail the request instead of passing it to the app")
+	fl.BoolVar(&f.replace, "replace", false, "stop the workload's own containers (one replica, its containers idle) so this machine is its only consumer; leave puts it back")
 	fl.StringVar(&f.envFile, "env-file", "", "write the workload's environment to this file")
 	fl.StringVar(&f.envSyntax, "env-syntax", "docker", "syntax of --env-file: docker, sh or json")
 	fl.StringVar(&f.envJSON, "env-json", "", "write the workload's environment to this file as JSON")
@@ -109,6 +111,9 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 	}
 	if f.header != "" && f.mirror {
 		return errors.New("--http-header and --mirror do not go together: a mirror copies every request")
+	}
+	if f.replace && (f.header != "" || f.mirror) {
+		return errors.New("--replace takes every request, so it does not go with --http-header or --mirror")
 	}
 	if f.envSyntax != "docker" && f.envSyntax != "sh" && f.envSyntax != "json" {
 		return fmt.Errorf("unknown --env-syntax %q: use docker, sh or json", f.envSyntax)
@@ -198,7 +203,7 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 
 	spec := &managerpb.InterceptSpec{
 		Name: f.name, Namespace: ns, Workload: ref.String(), Port: uint32(plan.AppPort),
-		Mode: managerpb.InterceptMode_GLOBAL, NoFallback: f.noFallback,
+		Mode: managerpb.InterceptMode_GLOBAL, NoFallback: f.noFallback || f.replace, // a replaced app answers nothing
 	}
 	switch {
 	case f.mirror:
@@ -209,11 +214,21 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 	if spec.Name == "" {
 		spec.Name = defaultName(ref.Name, plan.ServicePort.Name, plan.AppPort, spec)
 	}
-	resp, err := c.Intercept(ctx, &daemonpb.InterceptRequest{Spec: spec, LocalPort: local})
+	req := &daemonpb.InterceptRequest{Spec: spec, LocalPort: local}
+	if f.replace {
+		req.ReplaceImage = agent.Image
+		progress(fmt.Sprintf("Replacing the containers of %s with this machine (one rollout)", plan.Workload.Describe()))
+	}
+	resp, err := c.Intercept(ctx, req)
 	if err != nil {
 		return undo(errors.New(status.Convert(err).Message()))
 	}
 	ic := resp.GetIntercept()
+	if f.replace { // one replica now: as many sidecars to wait for
+		if w, err := wc.Get(ctx, ns, ref); err == nil {
+			plan.Workload = w
+		}
+	}
 	awaitIntercept(ctx, plan, resp.GetProbe(), 10*time.Second, progress, errOut)
 	if !listening(local) && len(command) == 0 {
 		then := "requests go to the app"
@@ -243,7 +258,7 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 		return nil
 	}
 	code := runWithEnv(ctx, command, env, errOut)
-	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 4*time.Minute) // a replaced workload rolls back first
 	defer cancel()
 	if _, err := c.Leave(lctx, &daemonpb.LeaveRequest{Namespace: ns, Name: spec.Name}); err != nil {
 		fmt.Fprintf(errOut, "Warning: ending intercept %s: %s\n", spec.Name, status.Convert(err).Message())
@@ -460,8 +475,11 @@ func describeIntercept(ic *managerpb.Intercept, local uint32) string {
 	case managerpb.InterceptMode_MIRROR:
 		what = "a copy of each request"
 	}
-	return fmt.Sprintf("Intercept %s: %s to port %d of %s/%s now reaches localhost:%d.",
-		s.GetName(), what, s.GetPort(), s.GetNamespace(), s.GetWorkload(), local)
+	of := s.GetNamespace() + "/" + s.GetWorkload()
+	if r, err := workload.ParseRef(s.GetWorkload()); err == nil && r.Kind != workload.Deployment {
+		of = r.Describe(s.GetNamespace())
+	}
+	return fmt.Sprintf("Intercept %s: %s to port %d of %s now reaches localhost:%d.", s.GetName(), what, s.GetPort(), of, local)
 }
 
 // runWithEnv runs command with the workload's environment over this one,

@@ -21,6 +21,7 @@ type listed struct {
 	Kind          string            `json:"kind"`
 	Sidecar       bool              `json:"sidecar"`
 	CapturedPorts []int32           `json:"captured_ports"`
+	ReplacedFor   string            `json:"replaced_for,omitempty"` // the intercept it is replaced for`
 	Intercepts    []listedIntercept `json:"intercepts"`
 }
 
@@ -87,7 +88,8 @@ func newList() *cobra.Command {
 			}
 			var out []listed
 			for _, d := range all {
-				l := listed{Name: d.Ref.String(), Kind: d.Kind, Sidecar: inject.HasSidecar(&d.Template), CapturedPorts: []int32{}, Intercepts: []listedIntercept{}}
+				l := listed{Name: d.Ref.String(), Kind: d.Kind, Sidecar: inject.HasSidecar(&d.Template), CapturedPorts: []int32{}, Intercepts: []listedIntercept{},
+					ReplacedFor: inject.Replaced(d)}
 				for app := range inject.Captures(&d.Template) {
 					l.CapturedPorts = append(l.CapturedPorts, app)
 				}
@@ -115,6 +117,9 @@ func newList() *cobra.Command {
 				side := "no"
 				if l.Sidecar {
 					side = fmt.Sprintf("yes, ports %v", l.CapturedPorts)
+				}
+				if l.ReplacedFor != "" {
+					side += ", replaced for " + l.ReplacedFor
 				}
 				var parts []string
 				for _, ic := range l.Intercepts {

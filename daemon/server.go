@@ -43,6 +43,9 @@ type Daemon struct {
 
 	quitOnce sync.Once
 	quit     chan struct{}
+
+	// replaced are the workloads intercepts of this daemon replaced.
+	replaced *replacements
 }
 
 // Run is `tunnel daemon`: it takes the namespace's lock, repairs what a
@@ -84,7 +87,8 @@ func Run(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, g
 
 	dnsLatency, observe := newDNSLatency()
 	opt.DNSObserve = observe
-	d := &Daemon{log: logger, opt: opt, caller: caller, quit: make(chan struct{})}
+	d := &Daemon{log: logger, opt: opt, caller: caller, quit: make(chan struct{}),
+		replaced: &replacements{path: filepath.Join(opt.RunDir, "replaced.json"), log: logger.With("subsystem", "replace")}}
 	metrics.serve(metricsHandler(d.metricsSnapshot, dnsLatency))
 	srv := grpc.NewServer()
 	daemonpb.RegisterDaemonServer(srv, d)
@@ -189,7 +193,20 @@ func (d *Daemon) Connect(ctx context.Context, req *daemonpb.ConnectRequest) (*da
 	d.conn = c
 	d.live.Store(c)
 	d.log.Info("connected", "cluster", c.server, "context", c.context, "namespace", req.Namespace)
-	return d.statusLocked(), nil
+	st := d.statusLocked()
+	// A daemon of this machine that died with workloads replaced left
+	// them written down: no intercept of a new session holds them.
+	if d.replaced != nil {
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), replaceTimeout)
+		done, err := d.replaced.putBack(pctx, c.sess.workloads, func(r replaced) bool { return r.Server == c.server })
+		cancel()
+		if err != nil {
+			d.log.Warn("put back replaced workloads", "err", err)
+			done = append(done, fmt.Sprintf("Could not put back what an earlier intercept replaced (%v); `tunnel uninstall --agent WORKLOAD` does.", err))
+		}
+		st.Repaired = done
+	}
+	return st, nil
 }
 
 func (d *Daemon) Status(context.Context, *daemonpb.StatusRequest) (*daemonpb.StatusResponse, error) {
@@ -198,13 +215,38 @@ func (d *Daemon) Status(context.Context, *daemonpb.StatusRequest) (*daemonpb.Sta
 	return d.statusLocked(), nil
 }
 
-func (d *Daemon) Quit(context.Context, *daemonpb.QuitRequest) (*daemonpb.QuitResponse, error) {
+func (d *Daemon) Quit(ctx context.Context, _ *daemonpb.QuitRequest) (*daemonpb.QuitResponse, error) {
+	d.putBackAll(ctx)
 	err := d.disconnect()
 	d.quitOnce.Do(func() { close(d.quit) })
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "%v", err)
 	}
 	return &daemonpb.QuitResponse{}, nil
+}
+
+// server is the connected API server's URL ("" when not connected).
+func (d *Daemon) server() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.conn == nil {
+		return ""
+	}
+	return d.conn.server
+}
+
+// putBackAll restores every workload this connection's intercepts
+// replaced, before they end with it.
+func (d *Daemon) putBackAll(ctx context.Context) {
+	d.mu.Lock()
+	c := d.conn
+	d.mu.Unlock()
+	if c == nil || d.replaced == nil {
+		return
+	}
+	if _, err := d.replaced.putBack(ctx, c.sess.workloads, func(r replaced) bool { return r.Server == c.server }); err != nil {
+		d.log.Warn("put back replaced workloads", "err", err)
+	}
 }
 
 func (d *Daemon) disconnect() error {
@@ -279,7 +321,11 @@ func (d *Daemon) Intercept(ctx context.Context, req *daemonpb.InterceptRequest) 
 	if req.GetLocalPort() == 0 || req.GetLocalPort() > 65535 {
 		return nil, status.Errorf(codes.InvalidArgument, "local port %d is not a port number", req.GetLocalPort())
 	}
-	ic, err := s.icpt.add(ctx, ctl, req.GetSpec(), req.GetLocalPort())
+	spec := req.GetSpec()
+	if req.GetReplaceImage() != "" && spec.GetMode() != managerpb.InterceptMode_GLOBAL {
+		return nil, status.Error(codes.InvalidArgument, "a replacing intercept takes every request: it is global")
+	}
+	ic, err := s.icpt.add(ctx, ctl, spec, req.GetLocalPort())
 	if status.Code(err) == codes.Unauthenticated {
 		s.mu.Lock()
 		perr := s.proofErr
@@ -292,6 +338,13 @@ func (d *Daemon) Intercept(ctx context.Context, req *daemonpb.InterceptRequest) 
 	if err != nil {
 		return nil, err // the manager's status, its sentence kept
 	}
+	if img := req.GetReplaceImage(); img != "" {
+		rec := replaced{Server: d.server(), Namespace: spec.GetNamespace(), Workload: ic.GetSpec().GetWorkload(), Intercept: spec.GetName()}
+		if err := d.replaced.replace(ctx, s.workloads, rec, img, ic.GetUser()+"@"+ic.GetHost()); err != nil {
+			_ = s.icpt.remove(context.WithoutCancel(ctx), ctl, spec.GetNamespace(), spec.GetName())
+			return nil, status.Error(codes.FailedPrecondition, err.Error())
+		}
+	}
 	return &daemonpb.InterceptResponse{Intercept: ic, Probe: s.icpt.probe(ic.GetSpec().GetLaptopId())}, nil
 }
 
@@ -299,6 +352,14 @@ func (d *Daemon) Leave(ctx context.Context, req *daemonpb.LeaveRequest) (*daemon
 	s, ctl, err := d.connected(ctx)
 	if err != nil {
 		return nil, err
+	}
+	// A workload the intercept replaced is put back first: until it
+	// serves again, the laptop does.
+	server := d.server()
+	if _, err := d.replaced.putBack(ctx, s.workloads, func(r replaced) bool {
+		return r.Server == server && r.Namespace == req.GetNamespace() && r.Intercept == req.GetName()
+	}); err != nil {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
 	if err := s.icpt.remove(ctx, ctl, req.GetNamespace(), req.GetName()); err != nil {
 		return nil, err

@@ -163,6 +163,7 @@ type listedWorkload struct {
 	Name          string  `json:"name"`
 	Sidecar       bool    `json:"sidecar"`
 	CapturedPorts []int32 `json:"captured_ports"`
+	ReplacedFor   string  `json:"replaced_for"`
 	Intercepts    []struct {
 		Name        string `json:"name"`
 		Mode        string `json:"mode"`

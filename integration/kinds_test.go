@@ -81,6 +81,29 @@ func TestInterceptEveryWorkloadKind(t *testing.T) {
 			}
 			l.must("leave", tc.name+"-mine")
 
+			// Replaced: one pod, its app container idle, the laptop the only
+			// consumer; leave puts the workload back exactly.
+			withSidecar := kindState(t, ns, tc.kind, tc.name, tc.service)
+			out = l.must("intercept", tc.target, "--port", "7070:http", "--name", tc.name+"-only", "--replace")
+			t.Logf("intercept --replace:\n%s", out)
+			replaced(t, ns, tc.name)
+			for i := range 4 {
+				if got := fromNode(t, fmt.Sprintf("http://%s/only-%d", ip, i)); !strings.Contains(got, "pod="+who) {
+					t.Errorf("request %d to the replaced %s: %s", i, tc.kind, got)
+				}
+			}
+			if w := list(t, l, ns)[ref]; w.ReplacedFor != tc.name+"-only" {
+				t.Errorf("list shows %s as %+v, want it replaced", ref, w)
+			}
+			l.must("leave", tc.name+"-only")
+			if after := kindState(t, ns, tc.kind, tc.name, tc.service); after != withSidecar {
+				t.Errorf("leave did not put the replaced %s back exactly:\nbefore:\n%s\nafter:\n%s", tc.kind, withSidecar, after)
+			}
+			eventually(t, 30*time.Second, "the app answers after the replace", func() (bool, string) {
+				got := fromNode(t, "http://"+ip+"/after-replace")
+				return strings.Contains(got, "pod="+tc.name+"-"), got
+			})
+
 			uctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 			defer cancel()
 			if out, err := h.Run(uctx, node, h.Tunnel(t), "uninstall", "--agent", ref, "-n", ns); err != nil {
@@ -214,4 +237,58 @@ func TestInterceptThroughAHeadlessService(t *testing.T) {
 		t.Errorf("uninstall did not restore the StatefulSet and its Services exactly:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 	byName("web-1", "web-1")
+}
+
+// replaced waits until the workload app runs one pod, whose app container
+// is the agent's idle stand-in.
+func replaced(t *testing.T, ns, app string) {
+	t.Helper()
+	eventually(t, 2*time.Minute, app+" runs one pod, idle", func() (bool, string) {
+		pods, err := h.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "app=" + app})
+		if err != nil {
+			return false, err.Error()
+		}
+		var live []string
+		idle := 0
+		for _, p := range pods.Items {
+			if p.DeletionTimestamp != nil {
+				continue
+			}
+			live = append(live, p.Name)
+			if len(p.Spec.Containers) > 0 && strings.Join(p.Spec.Containers[0].Args, " ") == "idle" {
+				idle++
+			}
+		}
+		return len(live) == 1 && idle == 1, fmt.Sprintf("pods %v, %d idle", live, idle)
+	})
+}
+
+// A workload replaced by a laptop whose daemon is killed is put back at the
+// laptop's next connect, exactly, and the connect says so.
+func TestReplacedWorkloadIsPutBackAfterACrash(t *testing.T) {
+	ns, ip, l := connectedToEcho(t, "replacer", 2)
+	startLocalServer(t, l, "laptop-replacer", 7074)
+	l.must("intercept", "echo", "--port", "7074:http") // the sidecar in, first
+	l.must("leave", "echo-http")
+	before := workloadState(t, ns, "echo", "echo")
+	l.must("intercept", "echo", "--port", "7074:http", "--replace")
+	replaced(t, ns, "echo")
+	if got := fromNode(t, "http://"+ip+"/replaced"); !strings.Contains(got, "pod=laptop-replacer") {
+		t.Fatalf("the replaced workload: %s", got)
+	}
+	if out, err := l.sh(`kill -9 $(cat /run/tunnel/netns-$(readlink /proc/self/ns/net | tr -dc 0-9)/daemon.lock)`); err != nil {
+		t.Fatalf("kill -9 the daemon: %v\n%s", err, out)
+	}
+	// Until the laptop is back, the replaced pod answers nothing.
+	out := l.must("connect", "-n", ns)
+	if !strings.Contains(out, "Put deployment "+ns+"/echo back as it was before intercept echo-http replaced it.") {
+		t.Errorf("connect after the crash says:\n%s", out)
+	}
+	if after := workloadState(t, ns, "echo", "echo"); after != before {
+		t.Errorf("the crashed laptop's replace was not put back exactly:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	eventually(t, 30*time.Second, "the app answers again", func() (bool, string) {
+		got := fromNode(t, "http://"+ip+"/back")
+		return strings.Contains(got, "pod=echo-"), got
+	})
 }

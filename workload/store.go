@@ -3,6 +3,8 @@ package workload
 import (
 	"context"
 
+	"encoding/json"
+	"fmt"
 	appsv1 "k8s.io/api/apps/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -168,4 +170,40 @@ func (c Client) put(ctx context.Context, k Kind, u *unstructured.Unstructured, m
 		_, err = c.Dyn.Resource(k.Resource).Namespace(ns).Update(ctx, u, opts)
 	}
 	return err
+}
+
+// patch sends a patch of type pt to one workload as manager.
+func (c Client) patch(ctx context.Context, k Kind, ns, name string, pt types.PatchType, data []byte, manager string) error {
+	opts := metav1.PatchOptions{FieldManager: manager}
+	apps := c.CS.AppsV1()
+	var err error
+	switch k.Name {
+	case Deployment:
+		_, err = apps.Deployments(ns).Patch(ctx, name, pt, data, opts)
+	case StatefulSet:
+		_, err = apps.StatefulSets(ns).Patch(ctx, name, pt, data, opts)
+	case DaemonSet:
+		_, err = apps.DaemonSets(ns).Patch(ctx, name, pt, data, opts)
+	case ReplicaSet:
+		_, err = apps.ReplicaSets(ns).Patch(ctx, name, pt, data, opts)
+	default:
+		if c.Dyn == nil {
+			return apierrors.NewNotFound(k.Resource.GroupResource(), name)
+		}
+		_, err = c.Dyn.Resource(k.Resource).Namespace(ns).Patch(ctx, name, pt, data, opts)
+	}
+	return err
+}
+
+// JSONPatch applies RFC 6902 operations to w as manager.
+func (c Client) JSONPatch(ctx context.Context, w *Workload, ops []map[string]any, manager string) error {
+	k, _ := KindNamed(w.Kind)
+	data, err := json.Marshal(ops)
+	if err != nil {
+		return err
+	}
+	if err := c.patch(ctx, k, w.Namespace, w.Name, types.JSONPatchType, data, manager); err != nil {
+		return fmt.Errorf("update %s: %w", w.Describe(), err)
+	}
+	return nil
 }

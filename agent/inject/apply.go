@@ -374,10 +374,16 @@ func sidecarPorts(slices []discoveryv1.EndpointSlice) bool {
 	return false
 }
 
-// Remove takes the sidecar out of a workload: first the Services go back
+// Remove takes the sidecar out of a workload: first a replaced workload
+// (intercept --replace) is put back, then the Services go back
 // to the app's ports, then the sidecar leaves the pod template (one
 // rollout, waited for).
 func Remove(ctx context.Context, wc workload.Client, ns string, r workload.Ref, timeout time.Duration, progress Progress) error {
+	// A workload an intercept replaced (--replace) runs its own
+	// containers again first.
+	if _, err := Restore(ctx, wc, ns, r, timeout, progress); err != nil {
+		return err
+	}
 	restored, err := restoreServices(ctx, wc.CS, ns, r.String())
 	if err != nil {
 		return err

@@ -189,8 +189,12 @@ type StatusResponse struct {
 	Intercepts     []*manager.Intercept   `protobuf:"bytes,13,rep,name=intercepts,proto3" json:"intercepts,omitempty"`                               // this laptop's
 	DaemonVersion  string                 `protobuf:"bytes,14,opt,name=daemon_version,json=daemonVersion,proto3" json:"daemon_version,omitempty"`
 	Path           *DataPath              `protobuf:"bytes,15,opt,name=path,proto3" json:"path,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// What this connect put back that an earlier daemon of this machine
+	// left (workloads it had replaced and did not live to restore), one
+	// sentence each.
+	Repaired      []string `protobuf:"bytes,16,rep,name=repaired,proto3" json:"repaired,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -324,6 +328,13 @@ func (x *StatusResponse) GetDaemonVersion() string {
 func (x *StatusResponse) GetPath() *DataPath {
 	if x != nil {
 		return x.Path
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetRepaired() []string {
+	if x != nil {
+		return x.Repaired
 	}
 	return nil
 }
@@ -658,9 +669,12 @@ func (*QuitResponse) Descriptor() ([]byte, []int) {
 }
 
 type InterceptRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Spec          *manager.InterceptSpec `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`                             // laptop_id is the daemon's to set
-	LocalPort     uint32                 `protobuf:"varint,2,opt,name=local_port,json=localPort,proto3" json:"local_port,omitempty"` // where this machine's process listens
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Spec      *manager.InterceptSpec `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`                             // laptop_id is the daemon's to set
+	LocalPort uint32                 `protobuf:"varint,2,opt,name=local_port,json=localPort,proto3" json:"local_port,omitempty"` // where this machine's process listens
+	// --replace: the image (the agent's) the workload's own containers run
+	// instead while the intercept lives; "" leaves them running.
+	ReplaceImage  string `protobuf:"bytes,3,opt,name=replace_image,json=replaceImage,proto3" json:"replace_image,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -707,6 +721,13 @@ func (x *InterceptRequest) GetLocalPort() uint32 {
 		return x.LocalPort
 	}
 	return 0
+}
+
+func (x *InterceptRequest) GetReplaceImage() string {
+	if x != nil {
+		return x.ReplaceImage
+	}
+	return ""
 }
 
 type InterceptResponse struct {
@@ -959,7 +980,7 @@ const file_daemon_daemon_proto_rawDesc = "" +
 	"dnsInclude\x12!\n" +
 	"\fno_wireguard\x18\b \x01(\bR\vnoWireguard\x12-\n" +
 	"\x12wireguard_endpoint\x18\t \x01(\tR\x11wireguardEndpoint\"\x0f\n" +
-	"\rStatusRequest\"\xc0\x04\n" +
+	"\rStatusRequest\"\xdc\x04\n" +
 	"\x0eStatusResponse\x12\x1c\n" +
 	"\tconnected\x18\x01 \x01(\bR\tconnected\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12\x18\n" +
@@ -980,7 +1001,8 @@ const file_daemon_daemon_proto_rawDesc = "" +
 	"intercepts\x18\r \x03(\v2\x1c.tunnel.manager.v1.InterceptR\n" +
 	"intercepts\x12%\n" +
 	"\x0edaemon_version\x18\x0e \x01(\tR\rdaemonVersion\x12.\n" +
-	"\x04path\x18\x0f \x01(\v2\x1a.tunnel.daemon.v1.DataPathR\x04path\"\x91\x01\n" +
+	"\x04path\x18\x0f \x01(\v2\x1a.tunnel.daemon.v1.DataPathR\x04path\x12\x1a\n" +
+	"\brepaired\x18\x10 \x03(\tR\brepaired\"\x91\x01\n" +
 	"\bDataPath\x12\x18\n" +
 	"\acarrier\x18\x01 \x01(\tR\acarrier\x12\x10\n" +
 	"\x03why\x18\x02 \x01(\tR\x03why\x12\x1a\n" +
@@ -1007,11 +1029,12 @@ const file_daemon_daemon_proto_rawDesc = "" +
 	"dialErrors\x12#\n" +
 	"\rdials_refused\x18\b \x01(\x04R\fdialsRefused\"\r\n" +
 	"\vQuitRequest\"\x0e\n" +
-	"\fQuitResponse\"g\n" +
+	"\fQuitResponse\"\x8c\x01\n" +
 	"\x10InterceptRequest\x124\n" +
 	"\x04spec\x18\x01 \x01(\v2 .tunnel.manager.v1.InterceptSpecR\x04spec\x12\x1d\n" +
 	"\n" +
-	"local_port\x18\x02 \x01(\rR\tlocalPort\"e\n" +
+	"local_port\x18\x02 \x01(\rR\tlocalPort\x12#\n" +
+	"\rreplace_image\x18\x03 \x01(\tR\freplaceImage\"e\n" +
 	"\x11InterceptResponse\x12:\n" +
 	"\tintercept\x18\x01 \x01(\v2\x1c.tunnel.manager.v1.InterceptR\tintercept\x12\x14\n" +
 	"\x05probe\x18\x02 \x01(\tR\x05probe\"@\n" +

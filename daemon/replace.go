@@ -1,0 +1,138 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"tunnel.dev/tunnel/agent/inject"
+	"tunnel.dev/tunnel/workload"
+)
+
+// replaceTimeout bounds one rollout of a replace or a restore.
+const replaceTimeout = 3 * time.Minute
+
+// replaced is one workload an intercept of this daemon replaced
+// (intercept --replace).
+type replaced struct {
+	Server    string `json:"server"` // the API server's URL
+	Namespace string `json:"namespace"`
+	Workload  string `json:"workload"` // workload.Ref's form
+	Intercept string `json:"intercept"`
+}
+
+// replacements are written to a file in the daemon's run folder before the
+// workload changes and taken off once it is put back: whatever ends the
+// intercept (leave, quit, the command it ran exiting) puts the workload
+// back, and a daemon that died first leaves the file for the next one to
+// put back at its connect. Nothing is lost if the file is: the workload's
+// own annotation says what to put back (tunnel uninstall --agent does).
+type replacements struct {
+	path string
+	log  *slog.Logger
+	mu   sync.Mutex
+}
+
+func (r *replacements) load() []replaced {
+	var out []replaced
+	if data, err := os.ReadFile(r.path); err == nil {
+		_ = json.Unmarshal(data, &out)
+	}
+	return out
+}
+
+func (r *replacements) save(list []replaced) error {
+	if len(list) == 0 {
+		err := os.Remove(r.path)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	data, err := json.Marshal(list)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(r.path), 0o700); err != nil {
+		return err
+	}
+	tmp := r.path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, r.path)
+}
+
+// replace writes the record down, then replaces the workload.
+func (r *replacements) replace(ctx context.Context, wc workload.Client, rec replaced, image, holder string) error {
+	ref, err := workload.ParseRef(rec.Workload)
+	if err != nil {
+		return err
+	}
+	w, err := wc.Get(ctx, rec.Namespace, ref)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	list := r.load()
+	if !slices.Contains(list, rec) {
+		list = append(list, rec)
+	}
+	err = r.save(list)
+	r.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("write down the workload to put back: %w", err)
+	}
+	err = inject.Replace(ctx, wc, w, image, rec.Intercept, holder, replaceTimeout, func(s string) { r.log.Info(s) })
+	if err != nil {
+		r.drop(rec)
+	}
+	return err
+}
+
+// putBack restores the workloads of the records match picks, and returns
+// one sentence for each it put back; a record is dropped once its
+// workload is back (or has nothing to put back).
+func (r *replacements) putBack(ctx context.Context, wc workload.Client, match func(replaced) bool) ([]string, error) {
+	r.mu.Lock()
+	list := r.load()
+	r.mu.Unlock()
+	var done []string
+	var errs []error
+	for _, rec := range list {
+		if !match(rec) {
+			continue
+		}
+		ref, err := workload.ParseRef(rec.Workload)
+		if err != nil {
+			r.drop(rec)
+			continue
+		}
+		back, err := inject.Restore(ctx, wc, rec.Namespace, ref, replaceTimeout, func(s string) { r.log.Info(s) })
+		if err != nil {
+			errs = append(errs, fmt.Errorf("put %s back: %w", ref.Describe(rec.Namespace), err))
+			continue
+		}
+		r.drop(rec)
+		if back {
+			done = append(done, fmt.Sprintf("Put %s back as it was before intercept %s replaced it.", ref.Describe(rec.Namespace), rec.Intercept))
+		}
+	}
+	return done, errors.Join(errs...)
+}
+
+func (r *replacements) drop(rec replaced) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	list := slices.DeleteFunc(r.load(), func(x replaced) bool { return x == rec })
+	if err := r.save(list); err != nil {
+		r.log.Warn("forget a replaced workload", "workload", rec.Workload, "err", err)
+	}
+}
