@@ -216,7 +216,7 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 	}
 	req := &daemonpb.InterceptRequest{Spec: spec, LocalPort: local}
 	if f.replace {
-		req.ReplaceImage = agent.Image
+		req.Replace = true
 		progress(fmt.Sprintf("Replacing the containers of %s with this machine (one rollout)", plan.Workload.Describe()))
 	}
 	resp, err := c.Intercept(ctx, req)

@@ -26,6 +26,7 @@ type replaced struct {
 	Namespace string `json:"namespace"`
 	Workload  string `json:"workload"` // workload.Ref's form
 	Intercept string `json:"intercept"`
+	Holder    string `json:"holder"` // user@host, as the manager knows the intercept's
 }
 
 // replacements are written to a file in the daemon's run folder before the
@@ -70,8 +71,11 @@ func (r *replacements) save(list []replaced) error {
 	return os.Rename(tmp, r.path)
 }
 
-// replace writes the record down, then replaces the workload.
-func (r *replacements) replace(ctx context.Context, wc workload.Client, rec replaced, image, holder string) error {
+// replace writes the record down, then replaces the workload with the
+// image of its own sidecar (never one a caller names: what the workload's
+// pods run is the cluster's agent, or what its owners put there). The
+// record stays while the workload may be left changed.
+func (r *replacements) replace(ctx context.Context, wc workload.Client, rec replaced) error {
 	ref, err := workload.ParseRef(rec.Workload)
 	if err != nil {
 		return err
@@ -79,6 +83,10 @@ func (r *replacements) replace(ctx context.Context, wc workload.Client, rec repl
 	w, err := wc.Get(ctx, rec.Namespace, ref)
 	if err != nil {
 		return err
+	}
+	image := inject.SidecarImage(&w.Template)
+	if image == "" {
+		return fmt.Errorf("%s has no tunnel sidecar, whose image a replace runs", w.Describe())
 	}
 	r.mu.Lock()
 	list := r.load()
@@ -90,8 +98,8 @@ func (r *replacements) replace(ctx context.Context, wc workload.Client, rec repl
 	if err != nil {
 		return fmt.Errorf("write down the workload to put back: %w", err)
 	}
-	err = inject.Replace(ctx, wc, w, image, rec.Intercept, holder, replaceTimeout, func(s string) { r.log.Info(s) })
-	if err != nil {
+	changed, err := inject.Replace(ctx, wc, w, image, rec.Intercept, rec.Holder, replaceTimeout, func(s string) { r.log.Info(s) })
+	if err != nil && !changed {
 		r.drop(rec)
 	}
 	return err
@@ -115,7 +123,7 @@ func (r *replacements) putBack(ctx context.Context, wc workload.Client, match fu
 			r.drop(rec)
 			continue
 		}
-		back, err := inject.Restore(ctx, wc, rec.Namespace, ref, replaceTimeout, func(s string) { r.log.Info(s) })
+		back, err := inject.Restore(ctx, wc, rec.Namespace, ref, rec.Intercept, rec.Holder, replaceTimeout, func(s string) { r.log.Info(s) })
 		if err != nil {
 			errs = append(errs, fmt.Errorf("put %s back: %w", ref.Describe(rec.Namespace), err))
 			continue

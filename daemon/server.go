@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"slices"
 	"tunnel.dev/tunnel/dns"
 	daemonpb "tunnel.dev/tunnel/rpc/daemon"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
@@ -168,18 +169,40 @@ func Repair(logger *slog.Logger, opt Options) ([]string, error) {
 }
 
 func (d *Daemon) Connect(ctx context.Context, req *daemonpb.ConnectRequest) (*daemonpb.StatusResponse, error) {
+	st, c, err := d.connect(ctx, req)
+	if err != nil || c == nil {
+		return st, err
+	}
+	// A daemon of this machine that died with workloads replaced left
+	// them written down: no intercept of a new session holds them. Put
+	// back outside the lock: a rollout takes a while, and status and the
+	// other verbs must still answer.
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), replaceTimeout)
+	defer cancel()
+	done, err := d.replaced.putBack(pctx, c.sess.workloads, func(r replaced) bool { return r.Server == c.server })
+	if err != nil {
+		d.log.Warn("put back replaced workloads", "err", err)
+		done = append(done, fmt.Sprintf("Could not put back what an earlier intercept of this machine replaced (%v); `tunnel uninstall --agent WORKLOAD` does.", err))
+	}
+	st.Repaired = done
+	return st, nil
+}
+
+// connect connects, under the lock; c is the new connection (nil when it
+// was connected already).
+func (d *Daemon) connect(ctx context.Context, req *daemonpb.ConnectRequest) (*daemonpb.StatusResponse, *connection, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	caller := d.callerOf(ctx)
 	if d.conn != nil {
 		rc, kctx, err := restConfig(req.Kubeconfig, req.Context, caller)
 		if err != nil {
-			return nil, toStatus(err)
+			return nil, nil, toStatus(err)
 		}
 		if rc.Host == d.conn.server && kctx == d.conn.context && req.Namespace == d.conn.req.Namespace {
-			return d.statusLocked(), nil // connected already, to the same place
+			return d.statusLocked(), nil, nil // connected already, to the same place
 		}
-		return nil, status.Errorf(codes.FailedPrecondition,
+		return nil, nil, status.Errorf(codes.FailedPrecondition,
 			"already connected to %s (context %s, namespace %s): run `tunnel quit` before connecting elsewhere",
 			d.conn.server, d.conn.context, d.conn.req.Namespace)
 	}
@@ -188,25 +211,12 @@ func (d *Daemon) Connect(ctx context.Context, req *daemonpb.ConnectRequest) (*da
 	c, err := open(ctx, d.log, d.opt, caller, req)
 	if err != nil {
 		d.log.Warn("connect failed", "err", err)
-		return nil, toStatus(err)
+		return nil, nil, toStatus(err)
 	}
 	d.conn = c
 	d.live.Store(c)
 	d.log.Info("connected", "cluster", c.server, "context", c.context, "namespace", req.Namespace)
-	st := d.statusLocked()
-	// A daemon of this machine that died with workloads replaced left
-	// them written down: no intercept of a new session holds them.
-	if d.replaced != nil {
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), replaceTimeout)
-		done, err := d.replaced.putBack(pctx, c.sess.workloads, func(r replaced) bool { return r.Server == c.server })
-		cancel()
-		if err != nil {
-			d.log.Warn("put back replaced workloads", "err", err)
-			done = append(done, fmt.Sprintf("Could not put back what an earlier intercept replaced (%v); `tunnel uninstall --agent WORKLOAD` does.", err))
-		}
-		st.Repaired = done
-	}
-	return st, nil
+	return d.statusLocked(), c, nil
 }
 
 func (d *Daemon) Status(context.Context, *daemonpb.StatusRequest) (*daemonpb.StatusResponse, error) {
@@ -216,11 +226,14 @@ func (d *Daemon) Status(context.Context, *daemonpb.StatusRequest) (*daemonpb.Sta
 }
 
 func (d *Daemon) Quit(ctx context.Context, _ *daemonpb.QuitRequest) (*daemonpb.QuitResponse, error) {
-	d.putBackAll(ctx)
+	perr := d.putBackAll(ctx)
 	err := d.disconnect()
 	d.quitOnce.Do(func() { close(d.quit) })
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "%v", err)
+	}
+	if perr != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "disconnected, but %v; `tunnel uninstall --agent WORKLOAD` puts it back", perr)
 	}
 	return &daemonpb.QuitResponse{}, nil
 }
@@ -237,16 +250,18 @@ func (d *Daemon) server() string {
 
 // putBackAll restores every workload this connection's intercepts
 // replaced, before they end with it.
-func (d *Daemon) putBackAll(ctx context.Context) {
+func (d *Daemon) putBackAll(ctx context.Context) error {
 	d.mu.Lock()
 	c := d.conn
 	d.mu.Unlock()
-	if c == nil || d.replaced == nil {
-		return
+	if c == nil {
+		return nil
 	}
-	if _, err := d.replaced.putBack(ctx, c.sess.workloads, func(r replaced) bool { return r.Server == c.server }); err != nil {
+	_, err := d.replaced.putBack(ctx, c.sess.workloads, func(r replaced) bool { return r.Server == c.server })
+	if err != nil {
 		d.log.Warn("put back replaced workloads", "err", err)
 	}
+	return err
 }
 
 func (d *Daemon) disconnect() error {
@@ -322,9 +337,12 @@ func (d *Daemon) Intercept(ctx context.Context, req *daemonpb.InterceptRequest) 
 		return nil, status.Errorf(codes.InvalidArgument, "local port %d is not a port number", req.GetLocalPort())
 	}
 	spec := req.GetSpec()
-	if req.GetReplaceImage() != "" && spec.GetMode() != managerpb.InterceptMode_GLOBAL {
+	if req.GetReplace() && spec.GetMode() != managerpb.InterceptMode_GLOBAL {
 		return nil, status.Error(codes.InvalidArgument, "a replacing intercept takes every request: it is global")
 	}
+	existed := slices.ContainsFunc(s.icpt.list(), func(ic *managerpb.Intercept) bool {
+		return ic.GetSpec().GetNamespace() == spec.GetNamespace() && ic.GetSpec().GetName() == spec.GetName()
+	})
 	ic, err := s.icpt.add(ctx, ctl, spec, req.GetLocalPort())
 	if status.Code(err) == codes.Unauthenticated {
 		s.mu.Lock()
@@ -338,10 +356,13 @@ func (d *Daemon) Intercept(ctx context.Context, req *daemonpb.InterceptRequest) 
 	if err != nil {
 		return nil, err // the manager's status, its sentence kept
 	}
-	if img := req.GetReplaceImage(); img != "" {
-		rec := replaced{Server: d.server(), Namespace: spec.GetNamespace(), Workload: ic.GetSpec().GetWorkload(), Intercept: spec.GetName()}
-		if err := d.replaced.replace(ctx, s.workloads, rec, img, ic.GetUser()+"@"+ic.GetHost()); err != nil {
-			_ = s.icpt.remove(context.WithoutCancel(ctx), ctl, spec.GetNamespace(), spec.GetName())
+	if req.GetReplace() {
+		rec := replaced{Server: d.server(), Namespace: spec.GetNamespace(), Workload: ic.GetSpec().GetWorkload(),
+			Intercept: spec.GetName(), Holder: ic.GetUser() + "@" + ic.GetHost()}
+		if err := d.replaced.replace(ctx, s.workloads, rec); err != nil {
+			if !existed { // this call's intercept goes with its replace
+				_ = s.icpt.remove(context.WithoutCancel(ctx), ctl, spec.GetNamespace(), spec.GetName())
+			}
 			return nil, status.Error(codes.FailedPrecondition, err.Error())
 		}
 	}

@@ -86,7 +86,11 @@ func TestInterceptEveryWorkloadKind(t *testing.T) {
 			withSidecar := kindState(t, ns, tc.kind, tc.name, tc.service)
 			out = l.must("intercept", tc.target, "--port", "7070:http", "--name", tc.name+"-only", "--replace")
 			t.Logf("intercept --replace:\n%s", out)
-			replaced(t, ns, tc.name)
+			idlePods := 1 // one replica; a StatefulSet keeps its pods, a DaemonSet one per node
+			if tc.kind == "StatefulSet" {
+				idlePods = int(tc.replicas)
+			}
+			replaced(t, ns, tc.name, idlePods)
 			for i := range 4 {
 				if got := fromNode(t, fmt.Sprintf("http://%s/only-%d", ip, i)); !strings.Contains(got, "pod="+who) {
 					t.Errorf("request %d to the replaced %s: %s", i, tc.kind, got)
@@ -239,11 +243,11 @@ func TestInterceptThroughAHeadlessService(t *testing.T) {
 	byName("web-1", "web-1")
 }
 
-// replaced waits until the workload app runs one pod, whose app container
-// is the agent's idle stand-in.
-func replaced(t *testing.T, ns, app string) {
+// replaced waits until the workload app runs n pods, whose app containers
+// are the agent's idle stand-in.
+func replaced(t *testing.T, ns, app string, n int) {
 	t.Helper()
-	eventually(t, 2*time.Minute, app+" runs one pod, idle", func() (bool, string) {
+	eventually(t, 2*time.Minute, fmt.Sprintf("%s runs %d pods, idle", app, n), func() (bool, string) {
 		pods, err := h.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "app=" + app})
 		if err != nil {
 			return false, err.Error()
@@ -259,7 +263,7 @@ func replaced(t *testing.T, ns, app string) {
 				idle++
 			}
 		}
-		return len(live) == 1 && idle == 1, fmt.Sprintf("pods %v, %d idle", live, idle)
+		return len(live) == n && idle == n, fmt.Sprintf("pods %v, %d idle", live, idle)
 	})
 }
 
@@ -272,7 +276,7 @@ func TestReplacedWorkloadIsPutBackAfterACrash(t *testing.T) {
 	l.must("leave", "echo-http")
 	before := workloadState(t, ns, "echo", "echo")
 	l.must("intercept", "echo", "--port", "7074:http", "--replace")
-	replaced(t, ns, "echo")
+	replaced(t, ns, "echo", 1)
 	if got := fromNode(t, "http://"+ip+"/replaced"); !strings.Contains(got, "pod=laptop-replacer") {
 		t.Fatalf("the replaced workload: %s", got)
 	}

@@ -381,7 +381,7 @@ func sidecarPorts(slices []discoveryv1.EndpointSlice) bool {
 func Remove(ctx context.Context, wc workload.Client, ns string, r workload.Ref, timeout time.Duration, progress Progress) error {
 	// A workload an intercept replaced (--replace) runs its own
 	// containers again first.
-	if _, err := Restore(ctx, wc, ns, r, timeout, progress); err != nil {
+	if _, err := Restore(ctx, wc, ns, r, "", "", timeout, progress); err != nil {
 		return err
 	}
 	restored, err := restoreServices(ctx, wc.CS, ns, r.String())

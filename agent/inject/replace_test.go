@@ -3,6 +3,7 @@ package inject
 import (
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -16,43 +17,55 @@ import (
 	"tunnel.dev/tunnel/workload"
 )
 
-// Replacing swaps each app container for the idle stand-in, probes off,
-// one replica, the sidecar untouched; putting back gives the object as it
-// was, field for field, those it lacked still lacking.
-func TestReplaceAndRestoreOps(t *testing.T) {
+func replaceFixture(t *testing.T) (workload.Client, *fake.Clientset, workload.Ref) {
+	t.Helper()
 	probe := &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(8080)}}}
+	hook := &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{Command: []string{"/web", "drain"}}}}
 	d := deployment("web",
-		corev1.Container{Name: "app", Image: "web:1", Command: []string{"/web"}, ReadinessProbe: probe, Env: []corev1.EnvVar{{Name: "DB", Value: "x"}}},
+		corev1.Container{Name: "app", Image: "web:1", Command: []string{"/web"}, ReadinessProbe: probe, Lifecycle: hook, Env: []corev1.EnvVar{{Name: "DB", Value: "x"}}},
 		corev1.Container{Name: "log", Image: "log:1", Args: []string{"-v"}, LivenessProbe: probe},
 		sidecar("sidecar", "--capture", "18100=8080"))
 	d.Spec.Replicas = ptr.To(int32(3))
 	cs := fake.NewClientset(d)
-	wc := workload.Client{CS: cs}
-	ref := workload.Ref{Kind: workload.Deployment, Name: "web"}
+	return workload.Client{CS: cs}, cs, workload.Ref{Kind: workload.Deployment, Name: "web"}
+}
+
+func patchWith(t *testing.T, wc workload.Client, ref workload.Ref, build func(*workload.Workload) []map[string]any) {
+	t.Helper()
 	w, err := wc.Get(t.Context(), "shop", ref)
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := w.Object.DeepCopy()
-
-	ops, err := replaceOps(w, "agent:1", "web-http", "alice@laptop")
-	if err != nil {
+	if err := wc.JSONPatch(t.Context(), w, build(w), ReplaceManager); err != nil {
 		t.Fatal(err)
 	}
-	if err := wc.JSONPatch(t.Context(), w, ops, ReplaceManager); err != nil {
-		t.Fatalf("replace: %v", err)
-	}
+}
+
+// Replacing swaps each app container for the idle stand-in, probes and
+// hooks off, one replica, the sidecar untouched; putting back gives the
+// object as it was, field for field, those it lacked still lacking.
+func TestReplaceAndRestoreOps(t *testing.T) {
+	wc, cs, ref := replaceFixture(t)
+	w, _ := wc.Get(t.Context(), "shop", ref)
+	before := w.Object.DeepCopy()
+	patchWith(t, wc, ref, func(w *workload.Workload) []map[string]any {
+		ops, err := replaceOps(w, "agent:1", "web-http", "alice@laptop")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ops
+	})
 	got, _ := cs.AppsV1().Deployments("shop").Get(t.Context(), "web", metav1.GetOptions{})
 	if *got.Spec.Replicas != 1 {
 		t.Errorf("replicas %d, want 1", *got.Spec.Replicas)
 	}
 	for _, c := range got.Spec.Template.Spec.Containers[:2] {
-		if c.Image != "agent:1" || len(c.Command) != 1 || c.Command[0] != release.AgentPath || len(c.Args) != 1 || c.Args[0] != idleArg ||
-			c.ReadinessProbe != nil || c.LivenessProbe != nil {
+		if c.Image != "agent:1" || !isStandIn(c, "agent:1") || c.ReadinessProbe != nil || c.LivenessProbe != nil || c.Lifecycle != nil {
 			t.Errorf("container %s after replace: %+v", c.Name, c)
 		}
 	}
-	if got.Spec.Template.Spec.Containers[0].Env[0].Name != "DB" || got.Spec.Template.Spec.Containers[2].Image != "tunnel:v1" {
+	if got.Spec.Template.Spec.Containers[0].Command[0] != release.AgentPath || got.Spec.Template.Spec.Containers[0].Env[0].Name != "DB" ||
+		got.Spec.Template.Spec.Containers[2].Image != "tunnel:v1" {
 		t.Errorf("replace changed the env or the sidecar: %+v", got.Spec.Template.Spec.Containers)
 	}
 	w2, _ := wc.Get(t.Context(), "shop", ref)
@@ -60,40 +73,98 @@ func TestReplaceAndRestoreOps(t *testing.T) {
 		t.Errorf("Replaced = %q", Replaced(w2))
 	}
 	// Replaced again for another intercept: refused, nothing changed.
-	if err := Replace(t.Context(), wc, w2, "agent:1", "other", "bob@x", 0, func(string) {}); !errors.Is(err, ErrReplaced) {
-		t.Errorf("a second replace: %v, want %v", err, ErrReplaced)
+	if changed, err := Replace(t.Context(), wc, w2, "agent:1", "other", "bob@x", 0, func(string) {}); !errors.Is(err, ErrReplaced) || changed {
+		t.Errorf("a second replace: %v, %v; want %v", changed, err, ErrReplaced)
 	}
-
-	ops, err = restoreOps(w2, w2.Object.GetAnnotations()[ReplacedAnnot])
-	if err != nil {
-		t.Fatal(err)
+	// Another intercept's leave puts nothing back.
+	if back, err := Restore(t.Context(), wc, "shop", ref, "other", "bob@x", 0, func(string) {}); back || err != nil {
+		t.Errorf("another intercept's restore: %v, %v", back, err)
 	}
-	if err := wc.JSONPatch(t.Context(), w2, ops, ReplaceManager); err != nil {
-		t.Fatalf("restore: %v", err)
-	}
+	var kept []string
+	patchWith(t, wc, ref, func(w *workload.Workload) []map[string]any {
+		rep, _ := readReplacement(w)
+		var ops []map[string]any
+		ops, kept = restoreOps(w, rep)
+		return ops
+	})
 	after, _ := wc.Get(t.Context(), "shop", ref)
-	if !equality.Semantic.DeepEqual(after.Object.Object["spec"], before.Object["spec"]) || len(after.Object.GetAnnotations()) != 0 {
+	if len(kept) != 0 || !equality.Semantic.DeepEqual(after.Object.Object["spec"], before.Object["spec"]) || len(after.Object.GetAnnotations()) != 0 {
 		a, _ := json.MarshalIndent(after.Object.Object["spec"], "", " ")
 		b, _ := json.MarshalIndent(before.Object["spec"], "", " ")
-		t.Errorf("put back:\n%s\nwant:\n%s\nannotations %v", a, b, after.Object.GetAnnotations())
+		t.Errorf("put back (kept %v):\n%s\nwant:\n%s\nannotations %v", kept, a, b, after.Object.GetAnnotations())
 	}
 }
 
-// A patch built on an object another writer changed since is refused
-// whole: nothing of it is half applied.
-func TestReplaceRefusesAChangedObject(t *testing.T) {
-	d := deployment("web", corev1.Container{Name: "app", Image: "web:1"})
-	d.ResourceVersion = "7"
-	cs := fake.NewClientset(d)
-	wc := workload.Client{CS: cs}
-	w, _ := wc.Get(t.Context(), "shop", workload.Ref{Kind: workload.Deployment, Name: "web"})
-	w.Object.SetResourceVersion("6")
-	ops, _ := replaceOps(w, "agent:1", "i", "h")
-	if err := wc.JSONPatch(t.Context(), w, ops, ReplaceManager); err == nil {
-		t.Error("a patch of an older version went through")
+// What someone changed since the replace (a new image deployed, a scale)
+// stays as they made it; the rest is put back.
+func TestRestoreKeepsWhatChangedSince(t *testing.T) {
+	wc, cs, ref := replaceFixture(t)
+	patchWith(t, wc, ref, func(w *workload.Workload) []map[string]any {
+		ops, _ := replaceOps(w, "agent:1", "web-http", "alice@laptop")
+		return ops
+	})
+	d, _ := cs.AppsV1().Deployments("shop").Get(t.Context(), "web", metav1.GetOptions{})
+	d.Spec.Template.Spec.Containers[0].Image, d.Spec.Template.Spec.Containers[0].Command, d.Spec.Template.Spec.Containers[0].Args = "web:2", []string{"/web2"}, nil
+	d.Spec.Replicas = ptr.To(int32(5))
+	if _, err := cs.AppsV1().Deployments("shop").Update(t.Context(), d, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
 	}
+	var kept []string
+	patchWith(t, wc, ref, func(w *workload.Workload) []map[string]any {
+		rep, _ := readReplacement(w)
+		var ops []map[string]any
+		ops, kept = restoreOps(w, rep)
+		return ops
+	})
 	got, _ := cs.AppsV1().Deployments("shop").Get(t.Context(), "web", metav1.GetOptions{})
-	if got.Spec.Template.Spec.Containers[0].Image != "web:1" {
-		t.Error("a refused patch changed the workload")
+	app, log := got.Spec.Template.Spec.Containers[0], got.Spec.Template.Spec.Containers[1]
+	if app.Image != "web:2" || app.Command[0] != "/web2" || log.Image != "log:1" || log.LivenessProbe == nil || *got.Spec.Replicas != 5 {
+		t.Errorf("after restore: app %s %v, log %s, replicas %d", app.Image, app.Command, log.Image, *got.Spec.Replicas)
+	}
+	if strings.Join(kept, ", ") != "container app, its replicas" {
+		t.Errorf("kept %v", kept)
+	}
+}
+
+// An annotation that says replaced over containers that run their own
+// process (a rollback undid the replace, or someone wrote it) is no
+// replace: a new one is refused rather than taken as done.
+func TestReplaceDoesNotTrustAStaleAnnotation(t *testing.T) {
+	wc, cs, ref := replaceFixture(t)
+	d, _ := cs.AppsV1().Deployments("shop").Get(t.Context(), "web", metav1.GetOptions{})
+	d.Annotations = map[string]string{ReplacedAnnot: `{"intercept":"web-http","holder":"alice@laptop","image":"agent:1","containers":[{"name":"app","image":"evil:1"}]}`}
+	if _, err := cs.AppsV1().Deployments("shop").Update(t.Context(), d, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	w, _ := wc.Get(t.Context(), "shop", ref)
+	if Replaced(w) != "" {
+		t.Error("a workload running its own containers reads as replaced")
+	}
+	if changed, err := Replace(t.Context(), wc, w, "agent:1", "web-http", "alice@laptop", 0, func(string) {}); !errors.Is(err, ErrReplaced) || changed {
+		t.Errorf("replace over a stale annotation: %v, %v", changed, err)
+	}
+	// Putting back leaves its running container as it is.
+	ops, kept := restoreOps(w, &replacement{Image: "agent:1", Containers: []replacedContainer{{Name: "app", Image: "evil:1"}}})
+	for _, o := range ops {
+		if o["path"] == "/spec/template/spec/containers/0/image" {
+			t.Errorf("restore sets the image from the annotation on a container that runs its own: %v (kept %v)", o, kept)
+		}
+	}
+}
+
+// A StatefulSet keeps its pods: a scale down could delete the volumes its
+// higher ordinals own.
+func TestReplaceDoesNotScaleAStatefulSet(t *testing.T) {
+	w := &workload.Workload{Ref: workload.Ref{Kind: workload.StatefulSet, Name: "db"}, Template: corev1.PodTemplateSpec{
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "db", Image: "db:1"}}}}}
+	w.Object = asWorkload(t, deployment("x", corev1.Container{Name: "db"})).Object
+	ops, err := replaceOps(w, "agent:1", "i", "h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range ops {
+		if o["path"] == "/spec/replicas" {
+			t.Errorf("a StatefulSet scaled: %v", o)
+		}
 	}
 }

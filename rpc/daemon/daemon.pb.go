@@ -672,9 +672,10 @@ type InterceptRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Spec      *manager.InterceptSpec `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`                             // laptop_id is the daemon's to set
 	LocalPort uint32                 `protobuf:"varint,2,opt,name=local_port,json=localPort,proto3" json:"local_port,omitempty"` // where this machine's process listens
-	// --replace: the image (the agent's) the workload's own containers run
-	// instead while the intercept lives; "" leaves them running.
-	ReplaceImage  string `protobuf:"bytes,3,opt,name=replace_image,json=replaceImage,proto3" json:"replace_image,omitempty"`
+	// --replace: the workload's own containers stop while the intercept
+	// lives (they run the sidecar's image, idle), so the laptop is its only
+	// consumer.
+	Replace       bool `protobuf:"varint,3,opt,name=replace,proto3" json:"replace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -723,11 +724,11 @@ func (x *InterceptRequest) GetLocalPort() uint32 {
 	return 0
 }
 
-func (x *InterceptRequest) GetReplaceImage() string {
+func (x *InterceptRequest) GetReplace() bool {
 	if x != nil {
-		return x.ReplaceImage
+		return x.Replace
 	}
-	return ""
+	return false
 }
 
 type InterceptResponse struct {
@@ -1029,12 +1030,12 @@ const file_daemon_daemon_proto_rawDesc = "" +
 	"dialErrors\x12#\n" +
 	"\rdials_refused\x18\b \x01(\x04R\fdialsRefused\"\r\n" +
 	"\vQuitRequest\"\x0e\n" +
-	"\fQuitResponse\"\x8c\x01\n" +
+	"\fQuitResponse\"\x81\x01\n" +
 	"\x10InterceptRequest\x124\n" +
 	"\x04spec\x18\x01 \x01(\v2 .tunnel.manager.v1.InterceptSpecR\x04spec\x12\x1d\n" +
 	"\n" +
-	"local_port\x18\x02 \x01(\rR\tlocalPort\x12#\n" +
-	"\rreplace_image\x18\x03 \x01(\tR\freplaceImage\"e\n" +
+	"local_port\x18\x02 \x01(\rR\tlocalPort\x12\x18\n" +
+	"\areplace\x18\x03 \x01(\bR\areplace\"e\n" +
 	"\x11InterceptResponse\x12:\n" +
 	"\tintercept\x18\x01 \x01(\v2\x1c.tunnel.manager.v1.InterceptR\tintercept\x12\x14\n" +
 	"\x05probe\x18\x02 \x01(\tR\x05probe\"@\n" +
