@@ -60,12 +60,5 @@ func WaitArgo(ctx context.Context, dyn dynamic.Interface, cs kubernetes.Interfac
 		}
 		return s, nil
 	})
-	if err != nil {
-		return err
-	}
-	select {
-	case <-ctx.Done():
-	case <-time.After(KubeProxySync):
-	}
-	return nil
+	return settle(ctx, err)
 }

@@ -82,14 +82,7 @@ func Recreate(ctx context.Context, cs kubernetes.Interface, set Set, timeout tim
 		}
 		return s, nil
 	})
-	if err != nil {
-		return err
-	}
-	select {
-	case <-ctx.Done():
-	case <-time.After(KubeProxySync):
-	}
-	return nil
+	return settle(ctx, err)
 }
 
 // compareNames orders names by length, then bytes: web-2 before web-10.

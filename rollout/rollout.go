@@ -59,15 +59,7 @@ func Wait(ctx context.Context, cs kubernetes.Interface, ns, name string, timeout
 		}
 		return s, nil
 	})
-	if err != nil {
-		return err
-	}
-	// kube-proxy applies endpoint changes up to a second later.
-	select {
-	case <-ctx.Done():
-	case <-time.After(KubeProxySync):
-	}
-	return nil
+	return settle(ctx, err)
 }
 
 // WaitSet waits until a StatefulSet or DaemonSet runs its current template
@@ -110,15 +102,7 @@ func WaitSet(ctx context.Context, cs kubernetes.Interface, kind, ns, name string
 		s.trouble = func() (string, bool) { return podsTrouble(ctx, cs, ns, sel, nil) }
 		return s, nil
 	})
-	if err != nil {
-		return err
-	}
-	// kube-proxy applies endpoint changes up to a second later.
-	select {
-	case <-ctx.Done():
-	case <-time.After(KubeProxySync):
-	}
-	return nil
+	return settle(ctx, err)
 }
 
 // updatedReady counts the ready pods of sel at a StatefulSet's revision.
@@ -198,6 +182,19 @@ func poll(ctx context.Context, kind, ns, name string, timeout time.Duration, pro
 // KubeProxySync is how long after an EndpointSlice changes kube-proxy may
 // still send traffic by the old one.
 const KubeProxySync = 2 * time.Second
+
+// settle ends a wait that err did not end by giving kube-proxy the time
+// to apply the endpoints of the pods it waited for.
+func settle(ctx context.Context, err error) error {
+	if err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(KubeProxySync):
+	}
+	return nil
+}
 
 // ServicesFor lists the Services whose selector picks d's pods.
 func ServicesFor(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployment) ([]corev1.Service, error) {
