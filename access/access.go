@@ -59,16 +59,21 @@ func InterceptRights(kind string) []authzv1.ResourceAttributes {
 	if !ok {
 		k, _ = workload.KindNamed(workload.Deployment)
 	}
-	rights := []authzv1.ResourceAttributes{
+	rights := append([]authzv1.ResourceAttributes{
 		{Verb: "get", Group: k.Resource.Group, Resource: k.Resource.Resource},
 		{Verb: "patch", Group: k.Resource.Group, Resource: k.Resource.Resource},
-		{Verb: "list", Resource: "services"},
-		{Verb: "update", Resource: "services"},
-	}
+	}, ServiceRights()...)
 	if k.Name == workload.ReplicaSet {
 		rights = append(rights, authzv1.ResourceAttributes{Verb: "delete", Resource: "pods"})
 	}
 	return rights
+}
+
+// ServiceRights are the part of InterceptRights that every kind needs:
+// to find the Services in front of the workload and point them at the
+// sidecar.
+func ServiceRights() []authzv1.ResourceAttributes {
+	return []authzv1.ResourceAttributes{{Verb: "list", Resource: "services"}, {Verb: "update", Resource: "services"}}
 }
 
 // Check returns ErrForbidden in a sentence when the user may not do all of

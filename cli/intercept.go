@@ -162,6 +162,8 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 		if err := inject.CheckAccess(ctx, cs, ns, r.Kind, false); err != nil {
 			return err
 		}
+	} else if err := inject.CheckServiceAccess(ctx, cs, ns); err != nil {
+		return err
 	}
 	plan, err := inject.Resolve(ctx, wc, inject.Target{Namespace: ns, Workload: target, Service: f.service, Port: remote})
 	if err != nil {

@@ -301,7 +301,7 @@ func TestInterceptNumericUndeclaredPortOfMultiPortService(t *testing.T) {
 	if out, err := l.run("intercept", "echo", "--port", "7071:nosuch", "--service", "multi"); err == nil || !strings.Contains(out, `no TCP port "nosuch"`) {
 		t.Errorf("intercept of an unknown port: %v\n%s", err, out)
 	}
-	if out, err := l.run("intercept", "nosuch", "--port", "7071"); err == nil || !strings.Contains(out, `no Deployment "nosuch"`) {
+	if out, err := l.run("intercept", "nosuch", "--port", "7071"); err == nil || !strings.Contains(out, `no workload or Service named "nosuch"`) {
 		t.Errorf("intercept of an unknown workload: %v\n%s", err, out)
 	}
 	l.must("intercept", "echo", "--service", "multi", "--port", "7071:a")

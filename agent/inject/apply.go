@@ -37,6 +37,13 @@ var ErrForbidden = access.ErrForbidden
 // Progress receives one line per step of a long operation.
 type Progress func(string)
 
+// CheckServiceAccess asks the API server whether the user may change the
+// Services of ns, which an intercept of any kind needs: before a workload
+// named without its kind is looked up.
+func CheckServiceAccess(ctx context.Context, cs kubernetes.Interface, ns string) error {
+	return access.Check(ctx, cs, ns, "intercepting there needs (the sidecar is added with your own permissions)", access.ServiceRights()...)
+}
+
 // CheckAccess asks the API server whether the user may change workloads
 // of kind and their Services in ns, before anything is changed; recreates
 // says tunnel will replace the workload's pods itself (workload.Recreates),
