@@ -41,6 +41,10 @@ var (
 	mappingGVR   = schema.GroupVersionResource{Group: "getambassador.io", Version: "v3alpha1", Resource: "mappings"}
 )
 
+// previewLabel marks an intercept's preview route (package preview): a
+// route of a laptop's, never the Service's own.
+const previewLabel = "tunnel.dev/preview-for"
+
 // Route kinds, as --route names them.
 const (
 	KindHTTPRoute = "httproute"
@@ -76,7 +80,7 @@ func FindRouter(ctx context.Context, dyn dynamic.Interface, b Backends, ref stri
 	}
 	if err == nil {
 		for _, r := range routes.Items {
-			if len(stableRefs(r.Object, b)) > 0 {
+			if _, preview := r.GetLabels()[previewLabel]; !preview && len(stableRefs(r.Object, b)) > 0 {
 				found = append(found, KindHTTPRoute+"/"+r.GetName())
 			}
 		}
@@ -84,7 +88,8 @@ func FindRouter(ctx context.Context, dyn dynamic.Interface, b Backends, ref stri
 	maps, err := dyn.Resource(mappingGVR).Namespace(b.Namespace).List(ctx, metav1.ListOptions{})
 	if err == nil {
 		for _, m := range maps.Items {
-			if _, isCanary := m.GetLabels()[Label]; !isCanary && mappingTargets(m.Object, b) {
+			_, preview := m.GetLabels()[previewLabel]
+			if _, isCanary := m.GetLabels()[Label]; !isCanary && !preview && mappingTargets(m.Object, b) {
 				found = append(found, KindMapping+"/"+m.GetName())
 			}
 		}

@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"tunnel.dev/tunnel/agent/inject"
 	"tunnel.dev/tunnel/agent/manifest"
 	"tunnel.dev/tunnel/rpc"
@@ -37,6 +38,7 @@ type installFlags struct {
 	managerMemory  string
 	sidecarMemory  string
 	wireguard      string
+	previewDomain  string
 }
 
 func newInstall() *cobra.Command {
@@ -67,6 +69,7 @@ func newInstall() *cobra.Command {
 	fl.StringVar(&f.managerMemory, "manager-memory", manifest.DefaultManagerMemory, "the manager's memory limit (its stream caps keep it within)")
 	fl.StringVar(&f.sidecarMemory, "sidecar-memory", manifest.DefaultSidecarMemory, "each sidecar's memory limit, set at its next injection")
 	fl.StringVar(&f.wireguard, "wireguard", manifest.WireGuardNodePort, "how laptops reach the manager's WireGuard path, the data path that does not cross the API server: nodeport (a node's address), loadbalancer (the cluster's load balancer) or off (every byte takes the port-forward)")
+	fl.StringVar(&f.previewDomain, "preview-domain", "", "the domain preview URLs take host names under (intercept --preview gives NAME.DOMAIN); a wildcard DNS name that leads to the cluster's gateway")
 	fl.BoolVar(&f.upgrade, "upgrade", false, "move the installed manager to this tunnel's version, keeping its settings")
 	fl.BoolVar(&f.agents, "agents", false, "also move every sidecar to the manager's image (one rollout each)")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "change nothing: print what would be applied (-o yaml)")
@@ -205,6 +208,12 @@ func (f *installFlags) options(cmd *cobra.Command, current *manifest.Options) (m
 	if opt.WireGuard, err = manifest.ParseWireGuard(f.wireguard); err != nil {
 		return opt, err
 	}
+	if d := strings.Trim(strings.ToLower(f.previewDomain), "."); d != "" {
+		if errs := validation.IsDNS1123Subdomain(d); len(errs) > 0 {
+			return opt, fmt.Errorf("--preview-domain %q is not a DNS name: %s", f.previewDomain, errs[0])
+		}
+		opt.PreviewDomain = d
+	}
 	if len(f.allowHeaders) > 0 {
 		opt.AllowHeaders = append([]string{"x-tunnel-*"}, f.allowHeaders...)
 	}
@@ -229,6 +238,9 @@ func (f *installFlags) options(cmd *cobra.Command, current *manifest.Options) (m
 		}
 		if !cmd.Flags().Changed("wireguard") && current.WireGuard != "" {
 			opt.WireGuard = current.WireGuard
+		}
+		if !cmd.Flags().Changed("preview-domain") {
+			opt.PreviewDomain = current.PreviewDomain
 		}
 		opt.Replicas = current.Replicas
 		// Install adds to who may connect; the printed objects say all.

@@ -24,6 +24,7 @@ import (
 
 	"tunnel.dev/tunnel/agent/inject"
 	"tunnel.dev/tunnel/agent/manifest"
+	"tunnel.dev/tunnel/preview"
 	"tunnel.dev/tunnel/rpc"
 	daemonpb "tunnel.dev/tunnel/rpc/daemon"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
@@ -34,21 +35,23 @@ import (
 const autoHeader = "auto"
 
 type interceptFlags struct {
-	kf         kubeFlags
-	agent      agentFlags // if intercept has to install the manager
-	port       string
-	service    string
-	name       string
-	header     string
-	mirror     bool
-	noFallback bool
-	replace    bool
-	envFile    string
-	envSyntax  string
-	envJSON    string
-	envAll     bool
-	timeout    time.Duration
-	output     outputFlag
+	kf          kubeFlags
+	agent       agentFlags // if intercept has to install the manager
+	port        string
+	service     string
+	name        string
+	header      string
+	mirror      bool
+	noFallback  bool
+	replace     bool
+	preview     bool
+	previewHost string
+	envFile     string
+	envSyntax   string
+	envJSON     string
+	envAll      bool
+	timeout     time.Duration
+	output      outputFlag
 }
 
 func newIntercept() *cobra.Command {
@@ -88,6 +91,8 @@ func newIntercept() *cobra.Command {
 	fl.StringVar(&f.header, "http-header", "", "personal intercept: take only HTTP requests with this header: NAME=VALUE, or NAME (a value is made up and printed), or auto (both are)")
 	fl.BoolVar(&f.mirror, "mirror", false, "take a copy of each HTTP request; the app still answers")
 	fl.BoolVar(&f.noFallback, "no-fallback", false, "when this machine cannot answer, fail the request instead of passing it to the app")
+	fl.BoolVar(&f.preview, "preview", false, "open the personal intercept by URL through the cluster's gateway: a route for a host name of its own that adds its header (--http-header)")
+	fl.StringVar(&f.previewHost, "preview-host", "", "the preview's host name (default: the intercept's name under the domain the install set, --preview-domain)")
 	fl.BoolVar(&f.replace, "replace", false, "stop the workload's own containers (one replica, its containers idle) so this machine is its only consumer; leave puts it back")
 	fl.StringVar(&f.envFile, "env-file", "", "write the workload's environment to this file")
 	fl.StringVar(&f.envSyntax, "env-syntax", "docker", "syntax of --env-file: docker, sh or json")
@@ -114,6 +119,12 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 	}
 	if f.replace && (f.header != "" || f.mirror) {
 		return errors.New("--replace takes every request, so it does not go with --http-header or --mirror")
+	}
+	if f.previewHost != "" {
+		f.preview = true
+	}
+	if f.preview && f.header == "" {
+		return errors.New("--preview opens a personal intercept by URL: give it a header with --http-header (auto makes one up)")
 	}
 	if f.envSyntax != "docker" && f.envSyntax != "sh" && f.envSyntax != "json" {
 		return fmt.Errorf("unknown --env-syntax %q: use docker, sh or json", f.envSyntax)
@@ -216,7 +227,17 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 	if spec.Name == "" {
 		spec.Name = defaultName(ref.Name, plan.ServicePort.Name, plan.AppPort, spec)
 	}
-	req := &daemonpb.InterceptRequest{Spec: spec, LocalPort: local}
+	req := &daemonpb.InterceptRequest{Spec: spec, LocalPort: local, Service: plan.Service.Name}
+	if f.preview {
+		req.PreviewHost = strings.ToLower(f.previewHost)
+		if req.PreviewHost == "" {
+			if agent.PreviewDomain == "" {
+				return undo(errors.New("a preview needs a host name: give --preview-host HOST, or have an admin set a domain with `tunnel install --preview-domain DOMAIN`"))
+			}
+			req.PreviewHost = preview.Host(spec.Name, agent.PreviewDomain)
+		}
+		progress("Opening the preview through the cluster's gateway")
+	}
 	if f.replace {
 		req.Replace = true
 		progress(fmt.Sprintf("Replacing the containers of %s with this machine (one rollout)", plan.Workload.Describe()))
@@ -251,6 +272,9 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 		}
 	} else {
 		fmt.Fprintln(cmd.OutOrStdout(), describeIntercept(ic, local))
+		if u := resp.GetPreviewUrl(); u != "" {
+			fmt.Fprintf(cmd.OutOrStdout(), "Preview URL: %s (the cluster's gateway adds %s: %s to its requests)\n", u, spec.HeaderName, spec.HeaderValue)
+		}
 		if ic.GetSpec().GetMode() == managerpb.InterceptMode_GLOBAL {
 			fmt.Fprintf(errOut, "Note: every client of %s/%s now reaches your localhost:%d, from outside the cluster too if the Service is exposed; --http-header takes only your own requests.\n",
 				ns, plan.Service.Name, local)
@@ -453,7 +477,8 @@ func sidecarAgent(ctx context.Context, cs kubernetes.Interface) (inject.Agent, e
 	if err != nil {
 		return inject.Agent{}, err
 	}
-	return inject.Agent{Image: r.Image, PullSecrets: r.PullSecrets, Memory: r.SidecarMemory, ManagerKey: r.ManagerKey}, nil
+	return inject.Agent{Image: r.Image, PullSecrets: r.PullSecrets, Memory: r.SidecarMemory, ManagerKey: r.ManagerKey,
+		PreviewDomain: r.PreviewDomain}, nil
 }
 
 func listening(port uint32) bool {

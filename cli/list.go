@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"tunnel.dev/tunnel/agent/inject"
+	"tunnel.dev/tunnel/preview"
 	daemonpb "tunnel.dev/tunnel/rpc/daemon"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 )
@@ -33,6 +34,7 @@ type listedIntercept struct {
 	Host        string `json:"host"`
 	HeaderName  string `json:"header_name,omitempty"`
 	HeaderValue string `json:"header_value,omitempty"`
+	PreviewURL  string `json:"preview_url,omitempty"`
 }
 
 func newList() *cobra.Command {
@@ -86,6 +88,7 @@ func newList() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			previews := preview.List(ctx, wc.Dyn, ns)
 			var out []listed
 			for _, d := range all {
 				l := listed{Name: d.Ref.String(), Kind: d.Kind, Sidecar: inject.HasSidecar(&d.Template), CapturedPorts: []int32{}, Intercepts: []listedIntercept{},
@@ -99,6 +102,7 @@ func newList() *cobra.Command {
 						l.Intercepts = append(l.Intercepts, listedIntercept{
 							Name: s.GetName(), Port: s.GetPort(), Mode: strings.ToLower(s.GetMode().String()),
 							User: ic.GetUser(), Host: ic.GetHost(), HeaderName: s.GetHeaderName(), HeaderValue: s.GetHeaderValue(),
+							PreviewURL: previews[s.GetName()],
 						})
 					}
 				}
@@ -126,6 +130,9 @@ func newList() *cobra.Command {
 					p := fmt.Sprintf("%s: port %d %s by %s", ic.Name, ic.Port, ic.Mode, ic.User)
 					if ic.HeaderName != "" {
 						p += fmt.Sprintf(" (%s: %s)", ic.HeaderName, ic.HeaderValue)
+					}
+					if ic.PreviewURL != "" {
+						p += " at " + ic.PreviewURL
 					}
 					parts = append(parts, p)
 				}

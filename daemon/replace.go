@@ -13,20 +13,23 @@ import (
 	"time"
 
 	"tunnel.dev/tunnel/agent/inject"
+	"tunnel.dev/tunnel/preview"
 	"tunnel.dev/tunnel/workload"
 )
 
 // replaceTimeout bounds one rollout of a replace or a restore.
 const replaceTimeout = 3 * time.Minute
 
-// replaced is one workload an intercept of this daemon replaced
-// (intercept --replace).
+// replaced is one thing an intercept of this daemon changed in the
+// cluster that must go with it: a workload it replaced (intercept
+// --replace), or its preview route (--preview).
 type replaced struct {
 	Server    string `json:"server"` // the API server's URL
 	Namespace string `json:"namespace"`
 	Workload  string `json:"workload"` // workload.Ref's form
 	Intercept string `json:"intercept"`
-	Holder    string `json:"holder"` // user@host, as the manager knows the intercept's
+	Holder    string `json:"holder"`            // user@host, as the manager knows the intercept's
+	Preview   bool   `json:"preview,omitempty"` // the intercept's preview route
 }
 
 // replacements are written to a file in the daemon's run folder before the
@@ -88,14 +91,7 @@ func (r *replacements) replace(ctx context.Context, wc workload.Client, rec repl
 	if image == "" {
 		return fmt.Errorf("%s has no tunnel sidecar, whose image a replace runs", w.Describe())
 	}
-	r.mu.Lock()
-	list := r.load()
-	if !slices.Contains(list, rec) {
-		list = append(list, rec)
-	}
-	err = r.save(list)
-	r.mu.Unlock()
-	if err != nil {
+	if err := r.record(rec); err != nil {
 		return fmt.Errorf("write down the workload to put back: %w", err)
 	}
 	changed, err := inject.Replace(ctx, wc, w, image, rec.Intercept, rec.Holder, replaceTimeout, func(s string) { r.log.Info(s) })
@@ -105,7 +101,19 @@ func (r *replacements) replace(ctx context.Context, wc workload.Client, rec repl
 	return err
 }
 
-// putBack restores the workloads of the records match picks, and returns
+// record writes rec down.
+func (r *replacements) record(rec replaced) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	list := r.load()
+	if !slices.Contains(list, rec) {
+		list = append(list, rec)
+	}
+	return r.save(list)
+}
+
+// putBack restores the workloads of the records match picks (and takes
+// their preview routes away), and returns
 // one sentence for each it put back; a record is dropped once its
 // workload is back (or has nothing to put back).
 func (r *replacements) putBack(ctx context.Context, wc workload.Client, match func(replaced) bool) ([]string, error) {
@@ -116,6 +124,15 @@ func (r *replacements) putBack(ctx context.Context, wc workload.Client, match fu
 	var errs []error
 	for _, rec := range list {
 		if !match(rec) {
+			continue
+		}
+		if rec.Preview {
+			if err := preview.Close(ctx, wc.Dyn, rec.Namespace, rec.Intercept); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			r.drop(rec)
+			done = append(done, fmt.Sprintf("Took away the preview route of intercept %s in namespace %s.", rec.Intercept, rec.Namespace))
 			continue
 		}
 		ref, err := workload.ParseRef(rec.Workload)

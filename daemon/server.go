@@ -22,6 +22,7 @@ import (
 
 	"slices"
 	"tunnel.dev/tunnel/dns"
+	"tunnel.dev/tunnel/preview"
 	daemonpb "tunnel.dev/tunnel/rpc/daemon"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
 	"tunnel.dev/tunnel/tun"
@@ -361,12 +362,47 @@ func (d *Daemon) Intercept(ctx context.Context, req *daemonpb.InterceptRequest) 
 			Intercept: spec.GetName(), Holder: ic.GetUser() + "@" + ic.GetHost()}
 		if err := d.replaced.replace(ctx, s.workloads, rec); err != nil {
 			if !existed { // this call's intercept goes with its replace
-				_ = s.icpt.remove(context.WithoutCancel(ctx), ctl, spec.GetNamespace(), spec.GetName())
+				_ = d.leave(context.WithoutCancel(ctx), s, ctl, spec.GetNamespace(), spec.GetName())
 			}
 			return nil, status.Error(codes.FailedPrecondition, err.Error())
 		}
 	}
-	return &daemonpb.InterceptResponse{Intercept: ic, Probe: s.icpt.probe(ic.GetSpec().GetLaptopId())}, nil
+	resp := &daemonpb.InterceptResponse{Intercept: ic, Probe: s.icpt.probe(ic.GetSpec().GetLaptopId())}
+	if host := req.GetPreviewHost(); host != "" {
+		url, err := d.openPreview(ctx, s, ic, req.GetService(), host)
+		if err != nil {
+			if !existed {
+				_ = d.leave(context.WithoutCancel(ctx), s, ctl, spec.GetNamespace(), spec.GetName())
+			}
+			return nil, status.Error(codes.FailedPrecondition, err.Error())
+		}
+		resp.PreviewUrl = url
+	}
+	return resp, nil
+}
+
+// openPreview opens ic's preview route for host, written down first so
+// that whatever ends the intercept takes it away.
+func (d *Daemon) openPreview(ctx context.Context, s *session, ic *managerpb.Intercept, svc, host string) (string, error) {
+	spec := ic.GetSpec()
+	if spec.GetMode() != managerpb.InterceptMode_PERSONAL {
+		return "", errors.New("a preview URL opens a personal intercept: give --http-header")
+	}
+	if svc == "" {
+		return "", errors.New("the request names no Service to preview")
+	}
+	rec := replaced{Server: d.server(), Namespace: spec.GetNamespace(), Workload: spec.GetWorkload(), Intercept: spec.GetName(),
+		Holder: ic.GetUser() + "@" + ic.GetHost(), Preview: true}
+	if err := d.replaced.record(rec); err != nil {
+		return "", fmt.Errorf("write down the preview route: %w", err)
+	}
+	_, url, err := preview.Open(ctx, s.workloads.Dyn, preview.Spec{Namespace: spec.GetNamespace(), Service: svc, Intercept: spec.GetName(),
+		Owner: rec.Holder, Host: host, Header: spec.GetHeaderName(), Value: spec.GetHeaderValue()})
+	if err != nil {
+		d.replaced.drop(rec)
+		return "", err
+	}
+	return url, nil
 }
 
 func (d *Daemon) Leave(ctx context.Context, req *daemonpb.LeaveRequest) (*daemonpb.LeaveResponse, error) {
@@ -374,18 +410,23 @@ func (d *Daemon) Leave(ctx context.Context, req *daemonpb.LeaveRequest) (*daemon
 	if err != nil {
 		return nil, err
 	}
-	// A workload the intercept replaced is put back first: until it
-	// serves again, the laptop does.
-	server := d.server()
-	if _, err := d.replaced.putBack(ctx, s.workloads, func(r replaced) bool {
-		return r.Server == server && r.Namespace == req.GetNamespace() && r.Intercept == req.GetName()
-	}); err != nil {
-		return nil, status.Error(codes.FailedPrecondition, err.Error())
-	}
-	if err := s.icpt.remove(ctx, ctl, req.GetNamespace(), req.GetName()); err != nil {
+	if err := d.leave(ctx, s, ctl, req.GetNamespace(), req.GetName()); err != nil {
 		return nil, err
 	}
 	return &daemonpb.LeaveResponse{}, nil
+}
+
+// leave ends intercept ns/name. What it changed in the cluster goes
+// first: a workload it replaced is put back (until it serves again, the
+// laptop does) and its preview route is taken away.
+func (d *Daemon) leave(ctx context.Context, s *session, ctl managerpb.ManagerClient, ns, name string) error {
+	server := d.server()
+	if _, err := d.replaced.putBack(ctx, s.workloads, func(r replaced) bool {
+		return r.Server == server && r.Namespace == ns && r.Intercept == name
+	}); err != nil {
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return s.icpt.remove(ctx, ctl, ns, name)
 }
 
 func (d *Daemon) ListIntercepts(ctx context.Context, req *daemonpb.ListInterceptsRequest) (*daemonpb.ListInterceptsResponse, error) {

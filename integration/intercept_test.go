@@ -169,6 +169,7 @@ type listedWorkload struct {
 		Mode        string `json:"mode"`
 		User        string `json:"user"`
 		HeaderValue string `json:"header_value"`
+		PreviewURL  string `json:"preview_url"`
 	} `json:"intercepts"`
 }
 

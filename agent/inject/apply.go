@@ -440,4 +440,6 @@ type Agent struct {
 	PullSecrets []string
 	Memory      string // the sidecar's memory limit; "" for manifest.DefaultSidecarMemory
 	ManagerKey  string // the pin of the manager's key (manifest.KeyPinAnnotation); "" for none
+	// PreviewDomain is the install's domain for preview URLs ("" for none).
+	PreviewDomain string
 }

@@ -30,7 +30,7 @@ func Current(ctx context.Context, cs kubernetes.Interface) (*Options, error) {
 		return nil, fmt.Errorf("read the tunnel manager: %w", err)
 	}
 	opt := &Options{Version: d.Labels[VersionLabel], SidecarMemory: d.Annotations[SidecarMemoryAnnotation],
-		WireGuard: d.Annotations[WireGuardAnnotation]}
+		WireGuard: d.Annotations[WireGuardAnnotation], PreviewDomain: d.Annotations[PreviewDomainAnnotation]}
 	if d.Spec.Replicas != nil {
 		opt.Replicas = *d.Spec.Replicas
 	}

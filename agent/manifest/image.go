@@ -56,6 +56,8 @@ type Running struct {
 	SidecarMemory string
 	// ManagerKey is the pin of the manager's TLS key for sidecars.
 	ManagerKey string
+	// PreviewDomain is the install's domain for preview URLs ("" for none).
+	PreviewDomain string
 }
 
 // ReadRunning reads the installed manager's Deployment and pods, and
@@ -77,7 +79,7 @@ func ReadRunning(ctx context.Context, cs kubernetes.Interface) (Running, error) 
 // when no ready pod runs it.
 func RunningImage(d *appsv1.Deployment, pods []corev1.Pod) (Running, error) {
 	r := Running{Version: d.Labels[VersionLabel], SidecarMemory: d.Annotations[SidecarMemoryAnnotation],
-		ManagerKey: d.Annotations[KeyPinAnnotation]}
+		ManagerKey: d.Annotations[KeyPinAnnotation], PreviewDomain: d.Annotations[PreviewDomainAnnotation]}
 	for _, c := range d.Spec.Template.Spec.Containers {
 		if c.Name == "manager" {
 			r.Tag = c.Image

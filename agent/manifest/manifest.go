@@ -81,6 +81,9 @@ type Options struct {
 	// WireGuard is how laptops reach the manager's WireGuard port:
 	// WireGuardNodePort ("" too), WireGuardLoadBalancer or WireGuardOff.
 	WireGuard string
+	// PreviewDomain is the domain preview URLs take their host names
+	// under (intercept --preview): NAME.DOMAIN; "" for none.
+	PreviewDomain string
 }
 
 // Memory limits by default, and the annotation on the manager's Deployment
@@ -92,6 +95,9 @@ const (
 	// WireGuardAnnotation on the manager's Deployment keeps the install's
 	// --wireguard, so an upgrade keeps it too.
 	WireGuardAnnotation = "tunnel.dev/wireguard"
+	// PreviewDomainAnnotation on the manager's Deployment keeps the
+	// install's preview domain, which intercepts read.
+	PreviewDomainAnnotation = "tunnel.dev/preview-domain"
 )
 
 // Resources are a tunnel container's: a small request (tunnel idles most
@@ -395,6 +401,9 @@ func deploymentMeta(opt Options) metav1.ObjectMeta {
 	m := meta(Manager, Namespace)
 	wg, _ := ParseWireGuard(opt.WireGuard)
 	m.Annotations = map[string]string{SidecarMemoryAnnotation: opt.SidecarMemory, WireGuardAnnotation: wg}
+	if opt.PreviewDomain != "" {
+		m.Annotations[PreviewDomainAnnotation] = opt.PreviewDomain
+	}
 	if version != "" {
 		m.Labels[VersionLabel] = version
 	}

@@ -675,7 +675,11 @@ type InterceptRequest struct {
 	// --replace: the workload's own containers stop while the intercept
 	// lives (they run the sidecar's image, idle), so the laptop is its only
 	// consumer.
-	Replace       bool `protobuf:"varint,3,opt,name=replace,proto3" json:"replace,omitempty"`
+	Replace bool `protobuf:"varint,3,opt,name=replace,proto3" json:"replace,omitempty"`
+	// --preview: a gateway route for this host name that adds the personal
+	// intercept's header ("" for none).
+	PreviewHost   string `protobuf:"bytes,4,opt,name=preview_host,json=previewHost,proto3" json:"preview_host,omitempty"`
+	Service       string `protobuf:"bytes,5,opt,name=service,proto3" json:"service,omitempty"` // the Service whose port the intercept takes
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -731,12 +735,27 @@ func (x *InterceptRequest) GetReplace() bool {
 	return false
 }
 
+func (x *InterceptRequest) GetPreviewHost() string {
+	if x != nil {
+		return x.PreviewHost
+	}
+	return ""
+}
+
+func (x *InterceptRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
 type InterceptResponse struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Intercept *manager.Intercept     `protobuf:"bytes,1,opt,name=intercept,proto3" json:"intercept,omitempty"`
 	// The intercept's rpc.ProbeToken, with which the CLI asks the sidecars
 	// whether they have it yet (its direct key stays in the daemon).
 	Probe         string `protobuf:"bytes,2,opt,name=probe,proto3" json:"probe,omitempty"`
+	PreviewUrl    string `protobuf:"bytes,3,opt,name=preview_url,json=previewUrl,proto3" json:"preview_url,omitempty"` // where the preview opens, when one was asked for
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -781,6 +800,13 @@ func (x *InterceptResponse) GetIntercept() *manager.Intercept {
 func (x *InterceptResponse) GetProbe() string {
 	if x != nil {
 		return x.Probe
+	}
+	return ""
+}
+
+func (x *InterceptResponse) GetPreviewUrl() string {
+	if x != nil {
+		return x.PreviewUrl
 	}
 	return ""
 }
@@ -1030,15 +1056,19 @@ const file_daemon_daemon_proto_rawDesc = "" +
 	"dialErrors\x12#\n" +
 	"\rdials_refused\x18\b \x01(\x04R\fdialsRefused\"\r\n" +
 	"\vQuitRequest\"\x0e\n" +
-	"\fQuitResponse\"\x81\x01\n" +
+	"\fQuitResponse\"\xbe\x01\n" +
 	"\x10InterceptRequest\x124\n" +
 	"\x04spec\x18\x01 \x01(\v2 .tunnel.manager.v1.InterceptSpecR\x04spec\x12\x1d\n" +
 	"\n" +
 	"local_port\x18\x02 \x01(\rR\tlocalPort\x12\x18\n" +
-	"\areplace\x18\x03 \x01(\bR\areplace\"e\n" +
+	"\areplace\x18\x03 \x01(\bR\areplace\x12!\n" +
+	"\fpreview_host\x18\x04 \x01(\tR\vpreviewHost\x12\x18\n" +
+	"\aservice\x18\x05 \x01(\tR\aservice\"\x86\x01\n" +
 	"\x11InterceptResponse\x12:\n" +
 	"\tintercept\x18\x01 \x01(\v2\x1c.tunnel.manager.v1.InterceptR\tintercept\x12\x14\n" +
-	"\x05probe\x18\x02 \x01(\tR\x05probe\"@\n" +
+	"\x05probe\x18\x02 \x01(\tR\x05probe\x12\x1f\n" +
+	"\vpreview_url\x18\x03 \x01(\tR\n" +
+	"previewUrl\"@\n" +
 	"\fLeaveRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"\x0f\n" +

@@ -1,0 +1,210 @@
+// Package preview opens a personal intercept by URL: a route of the
+// cluster's gateway, beside the one that sends the Service its traffic,
+// that matches a host name of the intercept's own and adds the intercept's
+// header before the request reaches the Service. Anyone who can reach the
+// gateway opens the laptop's version by that URL; everyone else still gets
+// the cluster's. The route is an object of its own (an HTTPRoute with the
+// same parents as the Service's, or an Emissary Mapping with the same
+// ambassador_id), so the gateway's own objects never change, and taking
+// the preview away is deleting it.
+package preview
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/dynamic"
+
+	"tunnel.dev/tunnel/canary"
+)
+
+// Labels and annotations on a preview route.
+const (
+	ManagedBy  = "app.kubernetes.io/managed-by"
+	ForLabel   = "tunnel.dev/preview-for"   // the intercept's name
+	OwnerAnnot = "tunnel.dev/preview-owner" // user@host of the intercept
+)
+
+var (
+	httpRouteGVR = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "httproutes"}
+	mappingGVR   = schema.GroupVersionResource{Group: "getambassador.io", Version: "v3alpha1", Resource: "mappings"}
+)
+
+// Spec is one preview.
+type Spec struct {
+	Namespace string
+	Service   string // the intercepted Service
+	Intercept string // its name, which names the route
+	Owner     string // user@host
+	Host      string // the host name it answers
+	Header    string // the intercept's header and value
+	Value     string
+}
+
+// Host is the default host name of an intercept's preview under domain:
+// the intercept's name as one DNS label.
+func Host(intercept, domain string) string {
+	label := strings.Trim(strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
+			return r
+		case r >= 'A' && r <= 'Z':
+			return r + 'a' - 'A'
+		}
+		return '-'
+	}, intercept), "-")
+	if len(label) > 63 {
+		label = strings.Trim(label[:63], "-")
+	}
+	return label + "." + strings.Trim(domain, ".")
+}
+
+// RouteName is the preview route's name for an intercept.
+func RouteName(intercept string) string { return "tunnel-preview-" + intercept }
+
+// Open creates s's route beside the route (HTTPRoute or Emissary Mapping)
+// that sends s.Service its traffic, and returns its ref (KIND/NAME) and
+// URL. A preview route of this intercept there already is made again.
+func Open(ctx context.Context, dyn dynamic.Interface, s Spec) (ref, url string, err error) {
+	if errs := validation.IsDNS1123Subdomain(s.Host); len(errs) > 0 {
+		return "", "", fmt.Errorf("preview host %q is not a DNS name: %s", s.Host, errs[0])
+	}
+	if s.Header == "" {
+		return "", "", errors.New("a preview adds the intercept's header: it needs a personal intercept (--http-header)")
+	}
+	router, err := canary.FindRouter(ctx, dyn, canary.Backends{Namespace: s.Namespace, Stable: s.Service}, "")
+	if err != nil {
+		return "", "", fmt.Errorf("no gateway route to preview through: %w", err)
+	}
+	kind, name, _ := strings.Cut(router.Ref(), "/")
+	gvr := httpRouteGVR
+	if kind == canary.KindMapping {
+		gvr = mappingGVR
+	}
+	res := dyn.Resource(gvr).Namespace(s.Namespace)
+	base, err := res.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", "", fmt.Errorf("read %s: %w", router.Ref(), err)
+	}
+	var obj *unstructured.Unstructured
+	if kind == canary.KindMapping {
+		obj = mapping(s, base, router.Port())
+	} else {
+		obj = httpRoute(s, base, router.Port())
+	}
+	if err := Close(ctx, dyn, s.Namespace, s.Intercept); err != nil {
+		return "", "", err
+	}
+	if _, err := res.Create(ctx, obj, metav1.CreateOptions{FieldManager: "tunnel-preview"}); err != nil {
+		return "", "", fmt.Errorf("create the preview route: %w", err)
+	}
+	return kind + "/" + obj.GetName(), "http://" + s.Host + "/", nil
+}
+
+func meta(s Spec, apiVersion, kind string) map[string]any {
+	return map[string]any{
+		"apiVersion": apiVersion, "kind": kind,
+		"metadata": map[string]any{
+			"name": RouteName(s.Intercept), "namespace": s.Namespace,
+			"labels":      map[string]any{ManagedBy: "tunnel", ForLabel: s.Intercept},
+			"annotations": map[string]any{OwnerAnnot: s.Owner},
+		},
+	}
+}
+
+// httpRoute is an HTTPRoute with base's parents for s.Host alone, that
+// sets the header and sends to the Service's port.
+func httpRoute(s Spec, base *unstructured.Unstructured, port int32) *unstructured.Unstructured {
+	o := meta(s, httpRouteGVR.GroupVersion().String(), "HTTPRoute")
+	parents, _, _ := unstructured.NestedSlice(base.Object, "spec", "parentRefs")
+	backend := map[string]any{"name": s.Service}
+	if port != 0 {
+		backend["port"] = int64(port)
+	}
+	o["spec"] = map[string]any{
+		"parentRefs": parents,
+		"hostnames":  []any{s.Host},
+		"rules": []any{map[string]any{
+			"filters": []any{map[string]any{
+				"type":                  "RequestHeaderModifier",
+				"requestHeaderModifier": map[string]any{"set": []any{map[string]any{"name": s.Header, "value": s.Value}}},
+			}},
+			"backendRefs": []any{backend},
+		}},
+	}
+	return &unstructured.Unstructured{Object: o}
+}
+
+// mapping is an Emissary Mapping for s.Host alone, on base's gateway
+// (ambassador_id), that adds the header and sends where base does.
+func mapping(s Spec, base *unstructured.Unstructured, port int32) *unstructured.Unstructured {
+	o := meta(s, mappingGVR.GroupVersion().String(), "Mapping")
+	service, _, _ := unstructured.NestedString(base.Object, "spec", "service")
+	if service == "" {
+		service = s.Service + "." + s.Namespace + ":" + strconv.Itoa(int(port))
+	}
+	spec := map[string]any{
+		"hostname":            s.Host,
+		"prefix":              "/",
+		"service":             service,
+		"add_request_headers": map[string]any{s.Header: s.Value},
+	}
+	if id, ok, _ := unstructured.NestedFieldCopy(base.Object, "spec", "ambassador_id"); ok {
+		spec["ambassador_id"] = id
+	}
+	o["spec"] = spec
+	return &unstructured.Unstructured{Object: o}
+}
+
+// Close deletes intercept's preview route in ns, of either kind; a route
+// of that name that is not tunnel's preview of it is left alone, and one
+// already gone is no error.
+func Close(ctx context.Context, dyn dynamic.Interface, ns, intercept string) error {
+	name := RouteName(intercept)
+	for _, gvr := range []schema.GroupVersionResource{httpRouteGVR, mappingGVR} {
+		res := dyn.Resource(gvr).Namespace(ns)
+		obj, err := res.Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			continue // gone, or the kind is not there
+		}
+		if err != nil {
+			return fmt.Errorf("read the preview route %s/%s: %w", ns, name, err)
+		}
+		if obj.GetLabels()[ManagedBy] != "tunnel" || obj.GetLabels()[ForLabel] != intercept {
+			return fmt.Errorf("%s %s/%s is not tunnel's preview of intercept %s; left alone", obj.GetKind(), ns, name, intercept)
+		}
+		uid := obj.GetUID()
+		err = res.Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete the preview route %s/%s: %w", ns, name, err)
+		}
+	}
+	return nil
+}
+
+// List finds the preview routes of ns: intercept name → URL.
+func List(ctx context.Context, dyn dynamic.Interface, ns string) map[string]string {
+	out := map[string]string{}
+	for _, gvr := range []schema.GroupVersionResource{httpRouteGVR, mappingGVR} {
+		list, err := dyn.Resource(gvr).Namespace(ns).List(ctx, metav1.ListOptions{LabelSelector: ManagedBy + "=tunnel," + ForLabel})
+		if err != nil {
+			continue
+		}
+		for _, o := range list.Items {
+			host, _, _ := unstructured.NestedString(o.Object, "spec", "hostname")
+			if hs, _, _ := unstructured.NestedStringSlice(o.Object, "spec", "hostnames"); len(hs) > 0 {
+				host = hs[0]
+			}
+			out[o.GetLabels()[ForLabel]] = "http://" + host + "/"
+		}
+	}
+	return out
+}
