@@ -227,14 +227,14 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 	if spec.Name == "" {
 		spec.Name = defaultName(ref.Name, plan.ServicePort.Name, plan.AppPort, spec)
 	}
-	req := &daemonpb.InterceptRequest{Spec: spec, LocalPort: local, Service: plan.Service.Name}
+	req := &daemonpb.InterceptRequest{Spec: spec, LocalPort: local, Service: plan.Service.Name, ServicePort: uint32(plan.ServicePort.Port)}
 	if f.preview {
-		req.PreviewHost = strings.ToLower(f.previewHost)
+		req.PreviewHost, req.PreviewDomain = strings.ToLower(f.previewHost), agent.PreviewDomain
 		if req.PreviewHost == "" {
 			if agent.PreviewDomain == "" {
 				return undo(errors.New("a preview needs a host name: give --preview-host HOST, or have an admin set a domain with `tunnel install --preview-domain DOMAIN`"))
 			}
-			req.PreviewHost = preview.Host(spec.Name, agent.PreviewDomain)
+			req.PreviewHost = preview.Host(spec.Name, ns, agent.PreviewDomain)
 		}
 		progress("Opening the preview through the cluster's gateway")
 	}
@@ -274,6 +274,7 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 		fmt.Fprintln(cmd.OutOrStdout(), describeIntercept(ic, local))
 		if u := resp.GetPreviewUrl(); u != "" {
 			fmt.Fprintf(cmd.OutOrStdout(), "Preview URL: %s (the cluster's gateway adds %s: %s to its requests)\n", u, spec.HeaderName, spec.HeaderValue)
+			fmt.Fprintln(errOut, "Note: whoever reaches the gateway with this URL opens your laptop's version; share it as you would a password.")
 		}
 		if ic.GetSpec().GetMode() == managerpb.InterceptMode_GLOBAL {
 			fmt.Fprintf(errOut, "Note: every client of %s/%s now reaches your localhost:%d, from outside the cluster too if the Service is exposed; --http-header takes only your own requests.\n",

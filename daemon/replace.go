@@ -127,7 +127,11 @@ func (r *replacements) putBack(ctx context.Context, wc workload.Client, match fu
 			continue
 		}
 		if rec.Preview {
-			if err := preview.Close(ctx, wc.Dyn, rec.Namespace, rec.Intercept); err != nil {
+			if err := preview.Close(ctx, wc.Dyn, rec.Namespace, rec.Intercept); errors.Is(err, preview.ErrNotOurs) {
+				r.log.Warn("a preview route of this name is not ours; forgotten", "err", err)
+				r.drop(rec)
+				continue
+			} else if err != nil {
 				errs = append(errs, err)
 				continue
 			}

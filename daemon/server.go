@@ -369,7 +369,7 @@ func (d *Daemon) Intercept(ctx context.Context, req *daemonpb.InterceptRequest) 
 	}
 	resp := &daemonpb.InterceptResponse{Intercept: ic, Probe: s.icpt.probe(ic.GetSpec().GetLaptopId())}
 	if host := req.GetPreviewHost(); host != "" {
-		url, err := d.openPreview(ctx, s, ic, req.GetService(), host)
+		url, err := d.openPreview(ctx, s, ic, req, host)
 		if err != nil {
 			if !existed {
 				_ = d.leave(context.WithoutCancel(ctx), s, ctl, spec.GetNamespace(), spec.GetName())
@@ -383,7 +383,8 @@ func (d *Daemon) Intercept(ctx context.Context, req *daemonpb.InterceptRequest) 
 
 // openPreview opens ic's preview route for host, written down first so
 // that whatever ends the intercept takes it away.
-func (d *Daemon) openPreview(ctx context.Context, s *session, ic *managerpb.Intercept, svc, host string) (string, error) {
+func (d *Daemon) openPreview(ctx context.Context, s *session, ic *managerpb.Intercept, req *daemonpb.InterceptRequest, host string) (string, error) {
+	svc := req.GetService()
 	spec := ic.GetSpec()
 	if spec.GetMode() != managerpb.InterceptMode_PERSONAL {
 		return "", errors.New("a preview URL opens a personal intercept: give --http-header")
@@ -397,9 +398,14 @@ func (d *Daemon) openPreview(ctx context.Context, s *session, ic *managerpb.Inte
 		return "", fmt.Errorf("write down the preview route: %w", err)
 	}
 	_, url, err := preview.Open(ctx, s.workloads.Dyn, preview.Spec{Namespace: spec.GetNamespace(), Service: svc, Intercept: spec.GetName(),
-		Owner: rec.Holder, Host: host, Header: spec.GetHeaderName(), Value: spec.GetHeaderValue()})
+		Owner: rec.Holder, Host: host, Header: spec.GetHeaderName(), Value: spec.GetHeaderValue(),
+		Port: int32(req.GetServicePort()), Domain: req.GetPreviewDomain()})
 	if err != nil {
-		d.replaced.drop(rec)
+		// The record goes only once no route of it can be left: a
+		// request cut after the route was made leaves one.
+		if cerr := preview.Close(context.WithoutCancel(ctx), s.workloads.Dyn, spec.GetNamespace(), spec.GetName()); cerr == nil || errors.Is(cerr, preview.ErrNotOurs) {
+			d.replaced.drop(rec)
+		}
 		return "", err
 	}
 	return url, nil
@@ -421,12 +427,18 @@ func (d *Daemon) Leave(ctx context.Context, req *daemonpb.LeaveRequest) (*daemon
 // laptop does) and its preview route is taken away.
 func (d *Daemon) leave(ctx context.Context, s *session, ctl managerpb.ManagerClient, ns, name string) error {
 	server := d.server()
-	if _, err := d.replaced.putBack(ctx, s.workloads, func(r replaced) bool {
+	_, perr := d.replaced.putBack(ctx, s.workloads, func(r replaced) bool {
 		return r.Server == server && r.Namespace == ns && r.Intercept == name
-	}); err != nil {
-		return status.Error(codes.FailedPrecondition, err.Error())
+	})
+	// A user can always leave: what could not be put back stays written
+	// down for the next connect (or uninstall --agent).
+	if err := s.icpt.remove(ctx, ctl, ns, name); err != nil {
+		return err
 	}
-	return s.icpt.remove(ctx, ctl, ns, name)
+	if perr != nil {
+		return status.Errorf(codes.FailedPrecondition, "intercept %s ended, but %v; the next connect tries again", name, perr)
+	}
+	return nil
 }
 
 func (d *Daemon) ListIntercepts(ctx context.Context, req *daemonpb.ListInterceptsRequest) (*daemonpb.ListInterceptsResponse, error) {

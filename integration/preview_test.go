@@ -34,7 +34,7 @@ func TestPreviewURLThroughTheGateway(t *testing.T) {
 
 	out := l.must("intercept", "echo", "--port", "7075:http", "--http-header", "auto", "--preview")
 	m := regexp.MustCompile(`Preview URL: http://([a-z0-9.-]+)/`).FindStringSubmatch(out)
-	if m == nil || !strings.HasSuffix(m[1], ".preview.lab.test") {
+	if m == nil || !strings.HasSuffix(m[1], ".preview.lab.test") || !strings.Contains(m[1], ns) {
 		t.Fatalf("intercept --preview prints no URL under the install's domain:\n%s", out)
 	}
 	host := m[1]
@@ -73,8 +73,8 @@ func TestPreviewURLThroughTheGateway(t *testing.T) {
 
 	// A laptop that dies leaves its route written down; its next
 	// connect takes it away.
-	out = l.must("intercept", "echo", "--port", "7075:http", "--http-header", "x-tunnel-pair=1", "--preview-host", "pair."+ns+".lab.test")
-	if !strings.Contains(out, "Preview URL: http://pair."+ns+".lab.test/") {
+	out = l.must("intercept", "echo", "--port", "7075:http", "--http-header", "x-tunnel-pair=1", "--preview-host", "pair."+ns+".preview.lab.test")
+	if !strings.Contains(out, "Preview URL: http://pair."+ns+".preview.lab.test/") {
 		t.Fatalf("intercept --preview-host:\n%s", out)
 	}
 	if out, err := l.sh(`kill -9 $(cat /run/tunnel/netns-$(readlink /proc/self/ns/net | tr -dc 0-9)/daemon.lock)`); err != nil {

@@ -11,10 +11,14 @@ package preview
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -33,6 +37,10 @@ const (
 	OwnerAnnot = "tunnel.dev/preview-owner" // user@host of the intercept
 )
 
+// ErrNotOurs: a route of a preview's name is not tunnel's preview of
+// that intercept, so it is left alone.
+var ErrNotOurs = errors.New("not a preview of tunnel's")
+
 var (
 	httpRouteGVR = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "httproutes"}
 	mappingGVR   = schema.GroupVersionResource{Group: "getambassador.io", Version: "v3alpha1", Resource: "mappings"}
@@ -47,12 +55,25 @@ type Spec struct {
 	Host      string // the host name it answers
 	Header    string // the intercept's header and value
 	Value     string
+	Port      int32         // the Service port the intercept takes
+	Domain    string        // the install's preview domain: Host must be under it ("" for any host no route names)
+	Wait      time.Duration // for the gateway's word on the route (0: 10 s)
 }
 
 // Host is the default host name of an intercept's preview under domain:
-// the intercept's name as one DNS label.
-func Host(intercept, domain string) string {
-	label := strings.Trim(strings.Map(func(r rune) rune {
+// its name and namespace, and a random token, as one DNS label. The token
+// makes the URL one nobody guesses (it opens the laptop's version to
+// whoever has it), and the namespace keeps intercepts of one name in two
+// namespaces apart.
+func Host(intercept, ns, domain string) string {
+	token := make([]byte, 3)
+	_, _ = rand.Read(token)
+	return label(intercept+"-"+ns, 56) + "-" + hex.EncodeToString(token) + "." + strings.Trim(domain, ".")
+}
+
+// label makes s a DNS label of at most n characters.
+func label(s string, n int) string {
+	l := strings.Trim(strings.Map(func(r rune) rune {
 		switch {
 		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
 			return r
@@ -60,15 +81,15 @@ func Host(intercept, domain string) string {
 			return r + 'a' - 'A'
 		}
 		return '-'
-	}, intercept), "-")
-	if len(label) > 63 {
-		label = strings.Trim(label[:63], "-")
+	}, s), "-")
+	if len(l) > n {
+		l = strings.Trim(l[:n], "-")
 	}
-	return label + "." + strings.Trim(domain, ".")
+	return l
 }
 
 // RouteName is the preview route's name for an intercept.
-func RouteName(intercept string) string { return "tunnel-preview-" + intercept }
+func RouteName(intercept string) string { return "tunnel-preview-" + label(intercept, 48) }
 
 // Open creates s's route beside the route (HTTPRoute or Emissary Mapping)
 // that sends s.Service its traffic, and returns its ref (KIND/NAME) and
@@ -79,6 +100,17 @@ func Open(ctx context.Context, dyn dynamic.Interface, s Spec) (ref, url string, 
 	}
 	if s.Header == "" {
 		return "", "", errors.New("a preview adds the intercept's header: it needs a personal intercept (--http-header)")
+	}
+	// Not a guard of rights (who may create routes beside the Service's
+	// may write any), but of mistakes: a preview must not take a host
+	// that serves something else.
+	if d := strings.Trim(s.Domain, "."); d != "" && !strings.HasSuffix(s.Host, "."+d) {
+		return "", "", fmt.Errorf("preview host %s is not under the preview domain the install set, %s", s.Host, d)
+	}
+	if other, err := routeNaming(ctx, dyn, s.Namespace, s.Host, RouteName(s.Intercept)); err != nil {
+		return "", "", err
+	} else if other != "" {
+		return "", "", fmt.Errorf("%s already serves host %s: a preview takes a host of its own", other, s.Host)
 	}
 	router, err := canary.FindRouter(ctx, dyn, canary.Backends{Namespace: s.Namespace, Stable: s.Service}, "")
 	if err != nil {
@@ -94,11 +126,15 @@ func Open(ctx context.Context, dyn dynamic.Interface, s Spec) (ref, url string, 
 	if err != nil {
 		return "", "", fmt.Errorf("read %s: %w", router.Ref(), err)
 	}
+	port := s.Port
+	if port == 0 {
+		port = router.Port()
+	}
 	var obj *unstructured.Unstructured
 	if kind == canary.KindMapping {
-		obj = mapping(s, base, router.Port())
-	} else {
-		obj = httpRoute(s, base, router.Port())
+		obj = mapping(s, base, port)
+	} else if obj = httpRoute(s, base, port); obj == nil {
+		return "", "", fmt.Errorf("%s has no Gateway among its parents to preview through", router.Ref())
 	}
 	if err := Close(ctx, dyn, s.Namespace, s.Intercept); err != nil {
 		return "", "", err
@@ -106,7 +142,68 @@ func Open(ctx context.Context, dyn dynamic.Interface, s Spec) (ref, url string, 
 	if _, err := res.Create(ctx, obj, metav1.CreateOptions{FieldManager: "tunnel-preview"}); err != nil {
 		return "", "", fmt.Errorf("create the preview route: %w", err)
 	}
+	if kind != canary.KindMapping {
+		wait := s.Wait
+		if wait == 0 {
+			wait = 10 * time.Second
+		}
+		if err := accepted(ctx, res, obj.GetName(), wait); err != nil {
+			_ = Close(context.WithoutCancel(ctx), dyn, s.Namespace, s.Intercept)
+			return "", "", err
+		}
+	}
 	return kind + "/" + obj.GetName(), "http://" + s.Host + "/", nil
+}
+
+// accepted waits until the route's gateways say whether they take it: a
+// parent that refuses it (its listeners' host names do not cover the
+// preview's) is an error with the gateway's reason. A gateway that says
+// nothing within wait is taken at its silence.
+func accepted(ctx context.Context, res dynamic.ResourceInterface, name string, wait time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	for {
+		obj, err := res.Get(ctx, name, metav1.GetOptions{})
+		if err == nil {
+			parents, _, _ := unstructured.NestedSlice(obj.Object, "status", "parents")
+			for _, p := range parents {
+				conds, _, _ := unstructured.NestedSlice(asMap(p), "conditions")
+				for _, c := range conds {
+					cm := asMap(c)
+					if cm["type"] == "Accepted" && cm["status"] == "False" {
+						return fmt.Errorf("the gateway does not take the preview route: %v: %v", cm["reason"], cm["message"])
+					}
+					if cm["type"] == "Accepted" && cm["status"] == "True" {
+						return nil
+					}
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func asMap(v any) map[string]any { m, _ := v.(map[string]any); return m }
+
+// routeNaming finds a route of ns, other than skip, that serves host.
+func routeNaming(ctx context.Context, dyn dynamic.Interface, ns, host, skip string) (string, error) {
+	routes, err := dyn.Resource(httpRouteGVR).Namespace(ns).List(ctx, metav1.ListOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return "", fmt.Errorf("list HTTPRoutes in namespace %s: %w", ns, err)
+	}
+	if err == nil {
+		for _, r := range routes.Items {
+			hosts, _, _ := unstructured.NestedStringSlice(r.Object, "spec", "hostnames")
+			if r.GetName() != skip && slices.Contains(hosts, host) {
+				return "httproute/" + r.GetName(), nil
+			}
+		}
+	}
+	return "", nil
 }
 
 func meta(s Spec, apiVersion, kind string) map[string]any {
@@ -114,7 +211,7 @@ func meta(s Spec, apiVersion, kind string) map[string]any {
 		"apiVersion": apiVersion, "kind": kind,
 		"metadata": map[string]any{
 			"name": RouteName(s.Intercept), "namespace": s.Namespace,
-			"labels":      map[string]any{ManagedBy: "tunnel", ForLabel: s.Intercept},
+			"labels":      map[string]any{ManagedBy: "tunnel", ForLabel: label(s.Intercept, 63)},
 			"annotations": map[string]any{OwnerAnnot: s.Owner},
 		},
 	}
@@ -124,7 +221,16 @@ func meta(s Spec, apiVersion, kind string) map[string]any {
 // sets the header and sends to the Service's port.
 func httpRoute(s Spec, base *unstructured.Unstructured, port int32) *unstructured.Unstructured {
 	o := meta(s, httpRouteGVR.GroupVersion().String(), "HTTPRoute")
-	parents, _, _ := unstructured.NestedSlice(base.Object, "spec", "parentRefs")
+	all, _, _ := unstructured.NestedSlice(base.Object, "spec", "parentRefs")
+	var parents []any
+	for _, p := range all {
+		if k, _ := asMap(p)["kind"].(string); k == "" || k == "Gateway" { // not a mesh's Service parent
+			parents = append(parents, p)
+		}
+	}
+	if len(parents) == 0 {
+		return nil
+	}
 	backend := map[string]any{"name": s.Service}
 	if port != 0 {
 		backend["port"] = int64(port)
@@ -155,7 +261,7 @@ func mapping(s Spec, base *unstructured.Unstructured, port int32) *unstructured.
 		"hostname":            s.Host,
 		"prefix":              "/",
 		"service":             service,
-		"add_request_headers": map[string]any{s.Header: s.Value},
+		"add_request_headers": map[string]any{s.Header: map[string]any{"value": s.Value, "append": false}},
 	}
 	if id, ok, _ := unstructured.NestedFieldCopy(base.Object, "spec", "ambassador_id"); ok {
 		spec["ambassador_id"] = id
@@ -178,8 +284,8 @@ func Close(ctx context.Context, dyn dynamic.Interface, ns, intercept string) err
 		if err != nil {
 			return fmt.Errorf("read the preview route %s/%s: %w", ns, name, err)
 		}
-		if obj.GetLabels()[ManagedBy] != "tunnel" || obj.GetLabels()[ForLabel] != intercept {
-			return fmt.Errorf("%s %s/%s is not tunnel's preview of intercept %s; left alone", obj.GetKind(), ns, name, intercept)
+		if obj.GetLabels()[ManagedBy] != "tunnel" || obj.GetLabels()[ForLabel] != label(intercept, 63) {
+			return fmt.Errorf("%w: %s %s/%s is not tunnel's preview of intercept %s; left alone", ErrNotOurs, obj.GetKind(), ns, name, intercept)
 		}
 		uid := obj.GetUID()
 		err = res.Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})

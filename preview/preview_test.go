@@ -1,8 +1,10 @@
 package preview
 
 import (
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -29,14 +31,15 @@ func fakeDyn(objs ...runtime.Object) *dynfake.FakeDynamicClient {
 }
 
 func TestHost(t *testing.T) {
-	for in, want := range map[string]string{
-		"echo-http-Alice_laptop": "echo-http-alice-laptop.preview.example",
-		"-x-":                    "x.preview.example",
-		strings.Repeat("a", 70):  strings.Repeat("a", 63) + ".preview.example",
-	} {
-		if got := Host(in, "preview.example."); got != want {
-			t.Errorf("Host(%q) = %q, want %q", in, got, want)
-		}
+	a, b := Host("echo-http-Alice_laptop", "shop", "preview.example."), Host("echo-http-Alice_laptop", "shop", "preview.example.")
+	if !regexp.MustCompile(`^echo-http-alice-laptop-shop-[0-9a-f]{6}\.preview\.example$`).MatchString(a) || a == b {
+		t.Errorf("Host = %q, %q: want the name, the namespace and a token of their own", a, b)
+	}
+	if h := Host(strings.Repeat("a", 70), "ns", "x"); len(strings.Split(h, ".")[0]) > 63 {
+		t.Errorf("Host %q: a label over 63 characters", h)
+	}
+	if n := RouteName("Echo_" + strings.Repeat("x", 80)); len(n) > 63 || strings.ContainsAny(n, "_E") {
+		t.Errorf("RouteName = %q", n)
 	}
 }
 
@@ -46,7 +49,7 @@ func TestHost(t *testing.T) {
 func TestOpenAndClose(t *testing.T) {
 	dyn := fakeDyn(route("web", nil, "web"))
 	s := Spec{Namespace: "shop", Service: "web", Intercept: "web-http-alice", Owner: "alice@laptop", Host: "web-http-alice.preview.example",
-		Header: "x-tunnel-dev", Value: "alice"}
+		Header: "x-tunnel-dev", Value: "alice", Port: 80, Domain: "preview.example", Wait: time.Millisecond}
 	ref, url, err := Open(t.Context(), dyn, s)
 	if err != nil {
 		t.Fatal(err)
@@ -108,9 +111,28 @@ func TestOpenRefuses(t *testing.T) {
 		{Spec{Namespace: "shop", Service: "web", Intercept: "i", Host: "Bad_Host", Header: "x-tunnel-a", Value: "1"}, "not a DNS name"},
 		{Spec{Namespace: "shop", Service: "web", Intercept: "i", Host: "ok.example"}, "personal intercept"},
 		{Spec{Namespace: "shop", Service: "api", Intercept: "i", Host: "ok.example", Header: "x-tunnel-a", Value: "1"}, "no gateway route"},
+		{Spec{Namespace: "shop", Service: "web", Intercept: "i", Host: "shop.example", Header: "x-tunnel-a", Value: "1"}, "httproute/web already serves host shop.example"},
+		{Spec{Namespace: "shop", Service: "web", Intercept: "i", Host: "www.prod.example", Domain: "preview.example", Header: "x-tunnel-a", Value: "1"}, "not under the preview domain"},
 	} {
 		if _, _, err := Open(t.Context(), dyn, tc.s); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Open(%+v) = %v, want %q", tc.s, err, tc.want)
 		}
+	}
+}
+
+// A gateway that refuses the route (its listeners do not cover the host)
+// makes the preview fail with its reason.
+func TestAcceptedReadsTheGatewaysWord(t *testing.T) {
+	refused := route("tunnel-preview-i", nil, "web")
+	_ = unstructured.SetNestedSlice(refused.Object, []any{map[string]any{"conditions": []any{map[string]any{
+		"type": "Accepted", "status": "False", "reason": "NoMatchingListenerHostname", "message": "no listener for x.example"}}}}, "status", "parents")
+	ok := route("ok", nil, "web")
+	_ = unstructured.SetNestedSlice(ok.Object, []any{map[string]any{"conditions": []any{map[string]any{"type": "Accepted", "status": "True"}}}}, "status", "parents")
+	res := fakeDyn(refused, ok).Resource(httpRouteGVR).Namespace("shop")
+	if err := accepted(t.Context(), res, "tunnel-preview-i", time.Second); err == nil || !strings.Contains(err.Error(), "NoMatchingListenerHostname") {
+		t.Errorf("a refused route: %v", err)
+	}
+	if err := accepted(t.Context(), res, "ok", time.Second); err != nil {
+		t.Errorf("an accepted route: %v", err)
 	}
 }

@@ -679,7 +679,9 @@ type InterceptRequest struct {
 	// --preview: a gateway route for this host name that adds the personal
 	// intercept's header ("" for none).
 	PreviewHost   string `protobuf:"bytes,4,opt,name=preview_host,json=previewHost,proto3" json:"preview_host,omitempty"`
-	Service       string `protobuf:"bytes,5,opt,name=service,proto3" json:"service,omitempty"` // the Service whose port the intercept takes
+	Service       string `protobuf:"bytes,5,opt,name=service,proto3" json:"service,omitempty"`                                  // the Service whose port the intercept takes
+	ServicePort   uint32 `protobuf:"varint,6,opt,name=service_port,json=servicePort,proto3" json:"service_port,omitempty"`      // and that port
+	PreviewDomain string `protobuf:"bytes,7,opt,name=preview_domain,json=previewDomain,proto3" json:"preview_domain,omitempty"` // the install's: a preview host must be under it
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -745,6 +747,20 @@ func (x *InterceptRequest) GetPreviewHost() string {
 func (x *InterceptRequest) GetService() string {
 	if x != nil {
 		return x.Service
+	}
+	return ""
+}
+
+func (x *InterceptRequest) GetServicePort() uint32 {
+	if x != nil {
+		return x.ServicePort
+	}
+	return 0
+}
+
+func (x *InterceptRequest) GetPreviewDomain() string {
+	if x != nil {
+		return x.PreviewDomain
 	}
 	return ""
 }
@@ -1056,14 +1072,16 @@ const file_daemon_daemon_proto_rawDesc = "" +
 	"dialErrors\x12#\n" +
 	"\rdials_refused\x18\b \x01(\x04R\fdialsRefused\"\r\n" +
 	"\vQuitRequest\"\x0e\n" +
-	"\fQuitResponse\"\xbe\x01\n" +
+	"\fQuitResponse\"\x88\x02\n" +
 	"\x10InterceptRequest\x124\n" +
 	"\x04spec\x18\x01 \x01(\v2 .tunnel.manager.v1.InterceptSpecR\x04spec\x12\x1d\n" +
 	"\n" +
 	"local_port\x18\x02 \x01(\rR\tlocalPort\x12\x18\n" +
 	"\areplace\x18\x03 \x01(\bR\areplace\x12!\n" +
 	"\fpreview_host\x18\x04 \x01(\tR\vpreviewHost\x12\x18\n" +
-	"\aservice\x18\x05 \x01(\tR\aservice\"\x86\x01\n" +
+	"\aservice\x18\x05 \x01(\tR\aservice\x12!\n" +
+	"\fservice_port\x18\x06 \x01(\rR\vservicePort\x12%\n" +
+	"\x0epreview_domain\x18\a \x01(\tR\rpreviewDomain\"\x86\x01\n" +
 	"\x11InterceptResponse\x12:\n" +
 	"\tintercept\x18\x01 \x01(\v2\x1c.tunnel.manager.v1.InterceptR\tintercept\x12\x14\n" +
 	"\x05probe\x18\x02 \x01(\tR\x05probe\x12\x1f\n" +
