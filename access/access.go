@@ -54,14 +54,17 @@ func Describe(r authzv1.ResourceAttributes) string {
 // anything; the manager asks again before it records the intercept, since
 // a caller need not use the CLI. A ReplicaSet's pods take a new template
 // only when deleted, which tunnel does for it.
-func InterceptRights(kind string) []authzv1.ResourceAttributes {
+//
+// name narrows the workload's own rights to that one ("" for any: what the
+// CLI asks before it knows which), so that a Role by resourceNames counts.
+func InterceptRights(kind, name string) []authzv1.ResourceAttributes {
 	k, ok := workload.KindNamed(kind)
 	if !ok {
 		k, _ = workload.KindNamed(workload.Deployment)
 	}
 	rights := append([]authzv1.ResourceAttributes{
-		{Verb: "get", Group: k.Resource.Group, Resource: k.Resource.Resource},
-		{Verb: "patch", Group: k.Resource.Group, Resource: k.Resource.Resource},
+		{Verb: "get", Group: k.Resource.Group, Resource: k.Resource.Resource, Name: name},
+		{Verb: "patch", Group: k.Resource.Group, Resource: k.Resource.Resource, Name: name},
 	}, ServiceRights()...)
 	if k.Name == workload.ReplicaSet {
 		rights = append(rights, authzv1.ResourceAttributes{Verb: "delete", Resource: "pods"})

@@ -46,8 +46,9 @@ type Daemon struct {
 	quitOnce sync.Once
 	quit     chan struct{}
 
-	// replaced are the workloads intercepts of this daemon replaced.
-	replaced *replacements
+	// left are what intercepts of this daemon changed in the cluster
+	// (workloads replaced, preview routes), until put back.
+	left *leftovers
 }
 
 // Run is `tunnel daemon`: it takes the namespace's lock, repairs what a
@@ -90,7 +91,7 @@ func Run(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, g
 	dnsLatency, observe := newDNSLatency()
 	opt.DNSObserve = observe
 	d := &Daemon{log: logger, opt: opt, caller: caller, quit: make(chan struct{}),
-		replaced: &replacements{path: filepath.Join(opt.RunDir, "replaced.json"), log: logger.With("subsystem", "replace")}}
+		left: &leftovers{path: filepath.Join(opt.RunDir, "replaced.json"), log: logger.With("subsystem", "replace")}}
 	metrics.serve(metricsHandler(d.metricsSnapshot, dnsLatency))
 	srv := grpc.NewServer()
 	daemonpb.RegisterDaemonServer(srv, d)
@@ -180,7 +181,7 @@ func (d *Daemon) Connect(ctx context.Context, req *daemonpb.ConnectRequest) (*da
 	// other verbs must still answer.
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), replaceTimeout)
 	defer cancel()
-	done, err := d.replaced.putBack(pctx, c.sess.workloads, func(r replaced) bool { return r.Server == c.server })
+	done, err := d.left.putBack(pctx, c.sess.workloads, func(r leftover) bool { return r.Server == c.server })
 	if err != nil {
 		d.log.Warn("put back replaced workloads", "err", err)
 		done = append(done, fmt.Sprintf("Could not put back what an earlier intercept of this machine replaced (%v); `tunnel uninstall --agent WORKLOAD` does.", err))
@@ -258,7 +259,7 @@ func (d *Daemon) putBackAll(ctx context.Context) error {
 	if c == nil {
 		return nil
 	}
-	_, err := d.replaced.putBack(ctx, c.sess.workloads, func(r replaced) bool { return r.Server == c.server })
+	_, err := d.left.putBack(ctx, c.sess.workloads, func(r leftover) bool { return r.Server == c.server })
 	if err != nil {
 		d.log.Warn("put back replaced workloads", "err", err)
 	}
@@ -358,9 +359,9 @@ func (d *Daemon) Intercept(ctx context.Context, req *daemonpb.InterceptRequest) 
 		return nil, err // the manager's status, its sentence kept
 	}
 	if req.GetReplace() {
-		rec := replaced{Server: d.server(), Namespace: spec.GetNamespace(), Workload: ic.GetSpec().GetWorkload(),
+		rec := leftover{Server: d.server(), Namespace: spec.GetNamespace(), Workload: ic.GetSpec().GetWorkload(),
 			Intercept: spec.GetName(), Holder: ic.GetUser() + "@" + ic.GetHost()}
-		if err := d.replaced.replace(ctx, s.workloads, rec); err != nil {
+		if err := d.left.replace(ctx, s.workloads, rec); err != nil {
 			if !existed { // this call's intercept goes with its replace
 				_ = d.leave(context.WithoutCancel(ctx), s, ctl, spec.GetNamespace(), spec.GetName())
 			}
@@ -392,9 +393,9 @@ func (d *Daemon) openPreview(ctx context.Context, s *session, ic *managerpb.Inte
 	if svc == "" {
 		return "", errors.New("the request names no Service to preview")
 	}
-	rec := replaced{Server: d.server(), Namespace: spec.GetNamespace(), Workload: spec.GetWorkload(), Intercept: spec.GetName(),
+	rec := leftover{Server: d.server(), Namespace: spec.GetNamespace(), Workload: spec.GetWorkload(), Intercept: spec.GetName(),
 		Holder: ic.GetUser() + "@" + ic.GetHost(), Preview: true}
-	if err := d.replaced.record(rec); err != nil {
+	if err := d.left.record(rec); err != nil {
 		return "", fmt.Errorf("write down the preview route: %w", err)
 	}
 	_, url, err := preview.Open(ctx, s.workloads.Dyn, preview.Spec{Namespace: spec.GetNamespace(), Service: svc, Intercept: spec.GetName(),
@@ -404,7 +405,7 @@ func (d *Daemon) openPreview(ctx context.Context, s *session, ic *managerpb.Inte
 		// The record goes only once no route of it can be left: a
 		// request cut after the route was made leaves one.
 		if cerr := preview.Close(context.WithoutCancel(ctx), s.workloads.Dyn, spec.GetNamespace(), spec.GetName()); cerr == nil || errors.Is(cerr, preview.ErrNotOurs) {
-			d.replaced.drop(rec)
+			d.left.drop(rec)
 		}
 		return "", err
 	}
@@ -427,7 +428,7 @@ func (d *Daemon) Leave(ctx context.Context, req *daemonpb.LeaveRequest) (*daemon
 // laptop does) and its preview route is taken away.
 func (d *Daemon) leave(ctx context.Context, s *session, ctl managerpb.ManagerClient, ns, name string) error {
 	server := d.server()
-	_, perr := d.replaced.putBack(ctx, s.workloads, func(r replaced) bool {
+	_, perr := d.left.putBack(ctx, s.workloads, func(r leftover) bool {
 		return r.Server == server && r.Namespace == ns && r.Intercept == name
 	})
 	// A user can always leave: what could not be put back stays written

@@ -22,7 +22,6 @@ import (
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"tunnel.dev/tunnel/rpc"
@@ -60,8 +59,7 @@ var ErrNoManager = errors.New("no tunnel manager is running")
 type session struct {
 	log       *slog.Logger
 	rc        *rest.Config
-	cs        kubernetes.Interface
-	workloads workload.Client // the user's, for the intercepted workloads' pods
+	workloads workload.Client // the user's clients: pods, port-forwards, the intercepted workloads
 	ns        string          // the manager's namespace
 	onCluster func(*managerpb.ClusterInfo)
 	icpt      *intercepts // answers the streams the manager opens
@@ -93,7 +91,7 @@ type session struct {
 
 func newSession(logger *slog.Logger, rc *rest.Config, wc workload.Client, ns string, onCluster func(*managerpb.ClusterInfo)) *session {
 	return &session{
-		log: logger.With("subsystem", "session"), rc: rc, cs: wc.CS, workloads: wc, ns: ns, onCluster: onCluster,
+		log: logger.With("subsystem", "session"), rc: rc, workloads: wc, ns: ns, onCluster: onCluster,
 		state: "connecting", changed: make(chan struct{}), icpt: newIntercepts(logger),
 		netChanged: make(chan struct{}, 1),
 	}
@@ -120,7 +118,7 @@ func (s *session) connect(ctx context.Context) (*managerpb.ClusterInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	pf, err := dialPortForward(ctx, s.rc, s.cs, s.ns, pod, ManagerPort)
+	pf, err := dialPortForward(ctx, s.rc, s.workloads.CS, s.ns, pod, ManagerPort)
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +146,7 @@ func (s *session) connect(ctx context.Context) (*managerpb.ClusterInfo, error) {
 	host, _ := os.Hostname()
 	// Without a proof the session still connects; only intercepts, which
 	// belong to a user, need one. The manager says why it has none.
-	proof, key, perr := proveIdentity(hctx, s.cs)
+	proof, key, perr := proveIdentity(hctx, s.workloads.CS)
 	if perr != nil {
 		s.log.Warn("no proof of identity for the manager", "err", perr)
 	}
@@ -407,7 +405,7 @@ func (h halfCloser) CloseWrite() error { return h.Stream.Close() }
 
 // managerPod picks the newest ready manager pod.
 func (s *session) managerPod(ctx context.Context) (string, error) {
-	pods, err := s.cs.CoreV1().Pods(s.ns).List(ctx, metav1.ListOptions{LabelSelector: ManagerLabel})
+	pods, err := s.workloads.CS.CoreV1().Pods(s.ns).List(ctx, metav1.ListOptions{LabelSelector: ManagerLabel})
 	if err != nil {
 		return "", fmt.Errorf("find the manager in namespace %s: %w", s.ns, err)
 	}

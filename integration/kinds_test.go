@@ -12,9 +12,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"tunnel.dev/tunnel/integration/lab"
+	"tunnel.dev/tunnel/workload"
 )
 
 // Every kind of workload a team runs is intercepted as a Deployment is:
@@ -148,11 +148,11 @@ func TestInterceptEveryWorkloadKind(t *testing.T) {
 func kindState(t *testing.T, ns, kind, name string, services ...string) string {
 	t.Helper()
 	ctx := context.Background()
-	gvr := schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: strings.ToLower(kind) + "s"}
-	if kind == "Rollout" {
-		gvr = lab.RolloutResource
+	k, ok := workload.KindNamed(kind)
+	if !ok {
+		t.Fatalf("no workload kind %s", kind)
 	}
-	u, err := h.Dynamic.Resource(gvr).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+	u, err := h.Dynamic.Resource(k.Resource).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

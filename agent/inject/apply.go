@@ -49,7 +49,7 @@ func CheckServiceAccess(ctx context.Context, cs kubernetes.Interface, ns string)
 // says tunnel will replace the workload's pods itself (workload.Recreates),
 // which needs the right to delete them.
 func CheckAccess(ctx context.Context, cs kubernetes.Interface, ns, kind string, recreates bool) error {
-	rights := access.InterceptRights(kind)
+	rights := access.InterceptRights(kind, "")
 	if recreates && !slices.ContainsFunc(rights, func(r authzv1.ResourceAttributes) bool { return r.Verb == "delete" }) {
 		rights = append(rights, authzv1.ResourceAttributes{Verb: "delete", Resource: "pods"})
 	}
@@ -60,16 +60,36 @@ func CheckAccess(ctx context.Context, cs kubernetes.Interface, ns, kind string, 
 // listen port. Empty when it has no sidecar.
 func Captures(t *corev1.PodTemplateSpec) map[int32]int32 {
 	out := map[int32]int32{}
-	for _, c := range t.Spec.Containers {
-		if c.Name != Container {
+	for listen, app := range portPairs(t.Spec.Containers, Container, "--capture") {
+		out[app] = listen
+	}
+	return out
+}
+
+// Redirects reads which app ports the redirect init container sends to
+// the sidecar.
+func Redirects(t *corev1.PodTemplateSpec) map[int32]bool {
+	out := map[int32]bool{}
+	for app := range portPairs(t.Spec.InitContainers, InitContainer, "--port") {
+		out[app] = true
+	}
+	return out
+}
+
+// portPairs reads the A=B values of flag in the arguments of container
+// name among cs.
+func portPairs(cs []corev1.Container, name, flag string) map[int32]int32 {
+	out := map[int32]int32{}
+	for _, c := range cs {
+		if c.Name != name {
 			continue
 		}
 		for i, a := range c.Args {
-			if a == "--capture" && i+1 < len(c.Args) {
-				l, ap, _ := strings.Cut(c.Args[i+1], "=")
-				ln, _ := strconv.Atoi(l)
-				an, _ := strconv.Atoi(ap)
-				out[int32(an)] = int32(ln)
+			if a == flag && i+1 < len(c.Args) {
+				x, y, _ := strings.Cut(c.Args[i+1], "=")
+				xn, _ := strconv.Atoi(x)
+				yn, _ := strconv.Atoi(y)
+				out[int32(xn)] = int32(yn)
 			}
 		}
 	}
@@ -128,26 +148,6 @@ func Ensure(ctx context.Context, wc workload.Client, p *Plan, agent Agent, timeo
 		return false, err
 	}
 	return fresh, nil
-}
-
-// Redirects reads which app ports the redirect init container sends to
-// the sidecar.
-func Redirects(t *corev1.PodTemplateSpec) map[int32]bool {
-	out := map[int32]bool{}
-	for _, c := range t.Spec.InitContainers {
-		if c.Name != InitContainer {
-			continue
-		}
-		for i, a := range c.Args {
-			if a == "--port" && i+1 < len(c.Args) {
-				ap, _, _ := strings.Cut(c.Args[i+1], "=")
-				if n, err := strconv.Atoi(ap); err == nil {
-					out[int32(n)] = true
-				}
-			}
-		}
-	}
-	return out
 }
 
 // freePort picks the first listen port no container declares and no

@@ -168,3 +168,29 @@ func TestReplaceDoesNotScaleAStatefulSet(t *testing.T) {
 		}
 	}
 }
+
+// The annotation is anyone's who may edit the workload: whatever it holds,
+// reading it and building the put back never panics, and what does not say
+// what to put back is refused.
+func FuzzReplacedAnnotation(f *testing.F) {
+	f.Add(`{"intercept":"i","holder":"h","image":"agent:1","replicas":3,"scaled":true,"containers":[{"name":"app","image":"web:1","command":["/web"]}]}`)
+	f.Add(`{"image":"a","containers":[{"name":"app"},{"name":"app"}]}`)
+	f.Add(`{"containers":null}`)
+	f.Add(`[`)
+	f.Fuzz(func(t *testing.T, raw string) {
+		w := asWorkload(t, deployment("web", corev1.Container{Name: "app", Image: "agent:1", Command: []string{release.AgentPath}, Args: []string{idleArg}}))
+		w.Object.SetAnnotations(map[string]string{ReplacedAnnot: raw})
+		rep, err := readReplacement(w)
+		if err != nil {
+			return
+		}
+		if rep.Image == "" {
+			t.Fatal("a mark without its image was taken")
+		}
+		_ = Replaced(w)
+		ops, _ := restoreOps(w, rep)
+		if _, err := json.Marshal(ops); err != nil {
+			t.Fatal(err)
+		}
+	})
+}

@@ -111,12 +111,8 @@ func (c *control) CreateIntercept(ctx context.Context, spec *managerpb.Intercept
 	// clashes are found and its sidecars match.
 	spec.Workload = ref.String()
 	if id := s.identity(); id.User != "" {
-		rights := access.InterceptRights(ref.Kind)
-		for i := range rights[:2] { // get and patch of the workload itself, by name
-			rights[i].Name = ref.Name
-		}
 		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := c.m.checkRights(actx, id, spec.GetNamespace(), "an intercept there needs", rights)
+		err := c.m.checkRights(actx, id, spec.GetNamespace(), "an intercept there needs", access.InterceptRights(ref.Kind, ref.Name))
 		cancel()
 		if err != nil {
 			s.log.Info("intercept refused", "name", spec.GetName(), "namespace", spec.GetNamespace(), "user", id.User, "err", err)

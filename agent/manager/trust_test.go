@@ -113,10 +113,12 @@ func (b fakeBook) Owner(a netip.Addr) (AddrOwner, bool) { o, ok := b[a]; return 
 // rbac allows user the verbs listed as "ns/verb resource[/sub][.group]".
 type rbac map[string][]string
 
+// authorize grants "NS/VERB RESOURCE" for any object and "NS/VERB
+// RESOURCE:NAME" (a Role's resourceNames) for the object of that name.
 func (r rbac) authorize(_ context.Context, id Identity, a authzv1.ResourceAttributes) (bool, error) {
 	want := a.Namespace + "/" + access.Describe(a)
 	for _, g := range r[id.User] {
-		if g == want {
+		if g == want || (a.Name != "" && g == want+":"+a.Name) {
 			return true, nil
 		}
 	}
@@ -228,6 +230,36 @@ func TestCreateInterceptNeedsTheCallersRights(t *testing.T) {
 	list, err := ada.ListIntercepts(ctx, &managerpb.ListInterceptsRequest{})
 	if err != nil || len(list.GetIntercepts()) != 1 {
 		t.Errorf("intercepts after refusals: %v %v, want only the allowed one", list.GetIntercepts(), err)
+	}
+}
+
+// The manager asks for the rights of the kind the intercept names, on that
+// workload by name: a Role for one StatefulSet grants it and no other, and
+// the rights on Deployments grant no StatefulSet.
+func TestCreateInterceptAsksForTheKindByName(t *testing.T) {
+	m, _ := newTestManager(t, nil)
+	m.identify = fakeIdentify
+	m.useAuthorizer(rbac{"ada": {"shop/get deployments.apps", "shop/patch deployments.apps",
+		"shop/get statefulsets.apps:db", "shop/patch statefulsets.apps:db", "shop/list services", "shop/update services"}}.authorize)
+	addr := serve(t, m)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ada := controlClient(t, laptop(t, addr))
+	if _, err := ada.Hello(ctx, &managerpb.HelloRequest{ClientVersion: version.Get().Version, IdentityProof: "proof-ada"}); err != nil {
+		t.Fatal(err)
+	}
+	for workload, allowed := range map[string]bool{"sts/db": true, "statefulset/cache": false, "daemonset/db": false, "web": true} {
+		name := strings.NewReplacer("/", "-").Replace(workload)
+		ic, err := ada.CreateIntercept(ctx, &managerpb.InterceptSpec{Name: name, Namespace: "shop", Workload: workload, Port: 8080, Mode: managerpb.InterceptMode_GLOBAL})
+		if allowed && (err != nil || (workload == "sts/db" && ic.GetSpec().GetWorkload() != "statefulset/db")) {
+			t.Errorf("intercept of %s: %v %v, want it, spelled as tunnel writes it", workload, ic, err)
+		}
+		if !allowed && status.Code(err) != codes.PermissionDenied {
+			t.Errorf("intercept of %s without its rights: %v, want PermissionDenied", workload, err)
+		}
+	}
+	if _, err := ada.CreateIntercept(ctx, &managerpb.InterceptSpec{Name: "x", Namespace: "shop", Workload: "cronjob/x", Port: 8080, Mode: managerpb.InterceptMode_GLOBAL}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("an intercept of a kind tunnel does not know: %v", err)
 	}
 }
 

@@ -12,13 +12,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
-)
 
-// RolloutResource is Argo Rollouts' Rollout.
-var RolloutResource = schema.GroupVersionResource{Group: "argoproj.io", Version: "v1alpha1", Resource: "rollouts"}
+	"tunnel.dev/tunnel/workload"
+)
 
 // DeployEchoAs runs the test app as a workload of kind (Deployment,
 // StatefulSet, DaemonSet, ReplicaSet or Rollout, the last with the lab's
@@ -49,6 +47,11 @@ func DeployEchoAs(ctx context.Context, l *Lab, cs kubernetes.Interface, dyn dyna
 		_, err = apps.ReplicaSets(ns).Create(ctx, &appsv1.ReplicaSet{ObjectMeta: meta,
 			Spec: appsv1.ReplicaSetSpec{Replicas: &replicas, Selector: sel, Template: tmpl}}, metav1.CreateOptions{})
 	case "Rollout":
+		// A volume of its own: Argo's schema takes the volume list as one
+		// value, which a server-side apply of the sidecar's token volume
+		// would replace (tunnel changes such a kind by update instead).
+		tmpl.Spec.Volumes = []corev1.Volume{{Name: "scratch", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
+		tmpl.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "scratch", MountPath: "/scratch"}}
 		var t, s map[string]any
 		if t, err = runtime.DefaultUnstructuredConverter.ToUnstructured(&tmpl); err != nil {
 			return err
@@ -63,7 +66,8 @@ func DeployEchoAs(ctx context.Context, l *Lab, cs kubernetes.Interface, dyn dyna
 			"spec": map[string]any{"replicas": int64(replicas), "selector": s, "template": t,
 				"strategy": map[string]any{"canary": map[string]any{}}},
 		}}
-		_, err = dyn.Resource(RolloutResource).Namespace(ns).Create(ctx, ro, metav1.CreateOptions{})
+		k, _ := workload.KindNamed(workload.Rollout)
+		_, err = dyn.Resource(k.Resource).Namespace(ns).Create(ctx, ro, metav1.CreateOptions{})
 	default:
 		return fmt.Errorf("the lab runs no workload of kind %q", kind)
 	}

@@ -20,10 +20,10 @@ import (
 // replaceTimeout bounds one rollout of a replace or a restore.
 const replaceTimeout = 3 * time.Minute
 
-// replaced is one thing an intercept of this daemon changed in the
+// leftover is one thing an intercept of this daemon changed in the
 // cluster that must go with it: a workload it replaced (intercept
 // --replace), or its preview route (--preview).
-type replaced struct {
+type leftover struct {
 	Server    string `json:"server"` // the API server's URL
 	Namespace string `json:"namespace"`
 	Workload  string `json:"workload"` // workload.Ref's form
@@ -32,27 +32,27 @@ type replaced struct {
 	Preview   bool   `json:"preview,omitempty"` // the intercept's preview route
 }
 
-// replacements are written to a file in the daemon's run folder before the
+// leftovers are written to a file in the daemon's run folder before the
 // workload changes and taken off once it is put back: whatever ends the
 // intercept (leave, quit, the command it ran exiting) puts the workload
 // back, and a daemon that died first leaves the file for the next one to
 // put back at its connect. Nothing is lost if the file is: the workload's
 // own annotation says what to put back (tunnel uninstall --agent does).
-type replacements struct {
+type leftovers struct {
 	path string
 	log  *slog.Logger
 	mu   sync.Mutex
 }
 
-func (r *replacements) load() []replaced {
-	var out []replaced
+func (r *leftovers) load() []leftover {
+	var out []leftover
 	if data, err := os.ReadFile(r.path); err == nil {
 		_ = json.Unmarshal(data, &out)
 	}
 	return out
 }
 
-func (r *replacements) save(list []replaced) error {
+func (r *leftovers) save(list []leftover) error {
 	if len(list) == 0 {
 		err := os.Remove(r.path)
 		if errors.Is(err, os.ErrNotExist) {
@@ -78,7 +78,7 @@ func (r *replacements) save(list []replaced) error {
 // image of its own sidecar (never one a caller names: what the workload's
 // pods run is the cluster's agent, or what its owners put there). The
 // record stays while the workload may be left changed.
-func (r *replacements) replace(ctx context.Context, wc workload.Client, rec replaced) error {
+func (r *leftovers) replace(ctx context.Context, wc workload.Client, rec leftover) error {
 	ref, err := workload.ParseRef(rec.Workload)
 	if err != nil {
 		return err
@@ -102,7 +102,7 @@ func (r *replacements) replace(ctx context.Context, wc workload.Client, rec repl
 }
 
 // record writes rec down.
-func (r *replacements) record(rec replaced) error {
+func (r *leftovers) record(rec leftover) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	list := r.load()
@@ -116,7 +116,7 @@ func (r *replacements) record(rec replaced) error {
 // their preview routes away), and returns
 // one sentence for each it put back; a record is dropped once its
 // workload is back (or has nothing to put back).
-func (r *replacements) putBack(ctx context.Context, wc workload.Client, match func(replaced) bool) ([]string, error) {
+func (r *leftovers) putBack(ctx context.Context, wc workload.Client, match func(leftover) bool) ([]string, error) {
 	r.mu.Lock()
 	list := r.load()
 	r.mu.Unlock()
@@ -157,10 +157,10 @@ func (r *replacements) putBack(ctx context.Context, wc workload.Client, match fu
 	return done, errors.Join(errs...)
 }
 
-func (r *replacements) drop(rec replaced) {
+func (r *leftovers) drop(rec leftover) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	list := slices.DeleteFunc(r.load(), func(x replaced) bool { return x == rec })
+	list := slices.DeleteFunc(r.load(), func(x leftover) bool { return x == rec })
 	if err := r.save(list); err != nil {
 		r.log.Warn("forget a replaced workload", "workload", rec.Workload, "err", err)
 	}
