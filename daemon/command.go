@@ -15,8 +15,8 @@ import (
 )
 
 // defaultDNSAddr is where the laptop's resolver answers: an address of the
-// benchmarking range (RFC 2544), which no real network routes, sent into
-// the TUN device by a /32 route.
+// benchmarking range (RFC 2544), which no real network routes, given to
+// the TUN device as its own.
 const defaultDNSAddr = "198.18.0.53:53"
 
 // defaultMetricsAddr is on the loopback of the daemon's own network
@@ -75,7 +75,7 @@ func Command() *cobra.Command {
 	f.IntVar(&gid, "gid", os.Getgid(), "that user's group")
 	f.IntVar(&group, "group", -1, "a group whose members may also use the daemon")
 	f.StringVar(&opt.Device, "device", opt.Device, "name of the TUN device")
-	f.StringVar(&dnsAddr, "dns-addr", defaultDNSAddr, "address of the laptop's resolver, inside the TUN device")
+	f.StringVar(&dnsAddr, "dns-addr", defaultDNSAddr, "address of the laptop's resolver, given to the TUN device")
 	f.StringVar(&opt.ResolvConf, "resolv-conf", opt.ResolvConf, "the resolv.conf to point at the resolver")
 	f.StringVar(&metricsAddr, "metrics-addr", defaultMetricsAddr, "where to serve Prometheus metrics (/metrics); empty for none")
 	f.StringVar(&logFile, "log-file", "", "append the log here (0600), and what the process prints, instead of stderr")

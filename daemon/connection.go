@@ -29,7 +29,7 @@ import (
 // Options are the daemon's settings for every connection.
 type Options struct {
 	Device     string         // TUN device name
-	DNSAddr    netip.AddrPort // where the resolver answers, routed into the device
+	DNSAddr    netip.AddrPort // where the resolver answers, an address the device gets
 	ResolvConf string         // the resolv.conf to point at the resolver
 	RunDir     string
 	DNSObserve func(via string, took time.Duration, err error) // DNS latency, for metrics
@@ -61,7 +61,7 @@ type connection struct {
 	stack    *netstack.Stack
 	resolver *dns.Resolver
 	osDNS    dns.OSConfigurator
-	dnsAddr  netip.Addr // the resolver's address, routed into the device with the cluster's subnets
+	dnsAddr  netip.Addr // the resolver's address, the device's own
 	dnsState *daemonpb.DNSStatus
 
 	also, never []netip.Prefix
@@ -143,7 +143,7 @@ func open(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, 
 	if c.router, err = tun.NewRouter(logger, opt.Device); err != nil {
 		return nil, err
 	}
-	c.split = wgpath.NewSplit(logger, c.dev, func(a netip.Addr) bool { return a == c.dnsAddr })
+	c.split = wgpath.NewSplit(logger, c.dev, nil)
 	c.wgPath.split = c.split
 	if c.stack, err = netstack.New(logger, c.split.Stack(), c.sess, netstack.Config{MTU: tun.DefaultMTU}); err != nil {
 		return nil, err
@@ -171,7 +171,7 @@ func open(ctx context.Context, logger *slog.Logger, opt Options, caller Caller, 
 }
 
 // routeSet is what goes into the device for the cluster: its subnets and
-// --also-proxy, less --never-proxy (setRoutes adds the resolver's address).
+// --also-proxy, less --never-proxy.
 //
 // What the manager sends is checked every time, not only at connect: a
 // prefix wider than /8 (/32 for IPv6) is refused, and the API server's and
@@ -270,8 +270,7 @@ func (c *connection) routesNow() []netip.Prefix {
 func (c *connection) setRoutes(routes []netip.Prefix) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	all := append(slices.Clone(routes), netip.PrefixFrom(c.dnsAddr, c.dnsAddr.BitLen()))
-	if err := c.router.Set(all); err != nil {
+	if err := c.router.Set(routes); err != nil {
 		return err
 	}
 	c.routes = routes
@@ -330,7 +329,7 @@ func (c *connection) splitConfig(info *managerpb.ClusterInfo) dns.OSConfig {
 	}
 }
 
-// startDNS serves the resolver inside the stack at opt.DNSAddr and points
+// startDNS serves the resolver at opt.DNSAddr and points
 // the machine's resolv.conf at it; names outside the cluster go to the
 // resolvers resolv.conf named before.
 func (c *connection) startDNS(ctx context.Context, opt Options, info *managerpb.ClusterInfo) error {
@@ -358,15 +357,25 @@ func (c *connection) startDNS(ctx context.Context, opt Options, info *managerpb.
 	ns := c.req.Namespace
 	c.resolver = dns.NewResolver(c.log, exchanger{c.sess}, dns.Config{
 		ClusterDomain: info.ClusterDomain, Namespace: ns, Include: c.req.DnsInclude, Upstreams: upstreams,
-		Observe: opt.DNSObserve,
+		Observe: opt.DNSObserve, Client: newDNSClients(c.routesNow).allow,
 	})
 	c.resolver.SetNamespaces(info.Namespaces)
 	c.resolver.SetClusterSubnets(c.routeSet(info))
-	pc, err := c.stack.ListenPacket(opt.DNSAddr)
+	// The resolver answers on a kernel socket at an address of the device:
+	// a query costs the kernel's loopback, not the device, the userspace
+	// stack and back. systemd-resolved uses a link's servers only while
+	// the link has an address of global scope, and this is it; the kernel
+	// then sends the device's traffic from it, which the cluster side
+	// takes as it takes any source.
+	if err := c.router.AddAddress(netip.PrefixFrom(c.dnsAddr, c.dnsAddr.BitLen()), split); err != nil {
+		return fmt.Errorf("give %s the resolver's address %s: %w", opt.Device, c.dnsAddr, err)
+	}
+	var lc net.ListenConfig
+	pc, err := lc.ListenPacket(ctx, "udp", opt.DNSAddr.String())
 	if err != nil {
 		return fmt.Errorf("serve DNS at %s: %w", opt.DNSAddr, err)
 	}
-	ln, err := c.stack.Listen(opt.DNSAddr)
+	ln, err := lc.Listen(ctx, "tcp", opt.DNSAddr.String())
 	if err != nil {
 		pc.Close()
 		return fmt.Errorf("serve DNS at %s: %w", opt.DNSAddr, err)
@@ -380,14 +389,6 @@ func (c *connection) startDNS(ctx context.Context, opt Options, info *managerpb.
 	}()
 	cfg := c.splitConfig(info)
 	c.dnsState = &daemonpb.DNSStatus{Mode: "systemd-resolved", Nameserver: c.dnsAddr.String()}
-	if split {
-		// systemd-resolved uses a link's DNS servers only when the link has
-		// an address; one next to the resolver's (which must stay routed
-		// into the device, not local) and, as a /32, without a route.
-		if err := c.router.AddAddress(netip.PrefixFrom(c.dnsAddr.Prev(), 32)); err != nil {
-			return fmt.Errorf("give %s an address for systemd-resolved: %w", opt.Device, err)
-		}
-	}
 	if !split {
 		cfg = dns.OSConfig{Nameservers: []netip.Addr{c.dnsAddr}, SearchDomains: append(cfg.SearchDomains, base.SearchDomains...)}
 		c.dnsState.Mode = "resolv.conf"

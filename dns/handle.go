@@ -3,6 +3,7 @@ package dns
 import (
 	"context"
 	"net"
+	"net/netip"
 	"runtime/debug"
 	"strings"
 
@@ -18,6 +19,11 @@ const ednsSize = 1232
 func (r *Resolver) serve(ctx context.Context, w mdns.ResponseWriter, q *mdns.Msg) {
 	if q == nil || q.Response {
 		return // never answer answers: that is how loops and reflection start
+	}
+	if r.client != nil && !r.client(remoteAddr(w)) {
+		r.stats.refused.Add(1)
+		r.write(w, q, rcodeReply(q, mdns.RcodeRefused))
+		return
 	}
 	r.stats.queries.Add(1)
 	defer func() {
@@ -124,6 +130,18 @@ func stripOPT(m *mdns.Msg) {
 }
 
 // isTCP reports whether the query came over a stream.
+// remoteAddr is where a query came from; the zero Addr when unknown.
+func remoteAddr(w mdns.ResponseWriter) netip.Addr {
+	var ap netip.AddrPort
+	switch a := w.RemoteAddr().(type) {
+	case *net.UDPAddr:
+		ap = a.AddrPort()
+	case *net.TCPAddr:
+		ap = a.AddrPort()
+	}
+	return ap.Addr().Unmap()
+}
+
 func isTCP(w mdns.ResponseWriter) bool {
 	a := w.RemoteAddr()
 	if a == nil {

@@ -273,8 +273,9 @@ func rrStrings(rrs []mdns.RR) []string {
 
 // fakeWriter is an mdns.ResponseWriter that keeps what was written.
 type fakeWriter struct {
-	tcp bool
-	msg *mdns.Msg
+	tcp  bool
+	from netip.Addr // the query's source; 127.0.0.1 when not set
+	msg  *mdns.Msg
 }
 
 func (w *fakeWriter) LocalAddr() net.Addr {
@@ -282,10 +283,14 @@ func (w *fakeWriter) LocalAddr() net.Addr {
 }
 
 func (w *fakeWriter) RemoteAddr() net.Addr {
-	if w.tcp {
-		return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5353}
+	from := netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	if w.from.IsValid() {
+		from = w.from
 	}
-	return &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5353}
+	if w.tcp {
+		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(from, 5353))
+	}
+	return net.UDPAddrFromAddrPort(netip.AddrPortFrom(from, 5353))
 }
 
 func (w *fakeWriter) WriteMsg(m *mdns.Msg) error {

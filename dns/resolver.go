@@ -29,6 +29,10 @@ type Config struct {
 	// Observe, if set, hears how long each query to the cluster or an
 	// upstream took (cache hits are not asked), for latency metrics.
 	Observe func(via string, took time.Duration, err error)
+	// Client, if set, says whether a query from this source is answered;
+	// others get REFUSED. A resolver on a kernel socket needs it: anyone
+	// who routes to its address reaches it.
+	Client func(netip.Addr) bool
 }
 
 // ResolverStats counts what the resolver did since it was made.
@@ -39,6 +43,7 @@ type ResolverStats struct {
 	CacheHits       uint64
 	Stale           uint64 // answers past their time given while the cluster could not answer
 	Failures        uint64 // client queries answered SERVFAIL
+	Refused         uint64 // queries from sources Config.Client turned away
 }
 
 // ErrClosed is returned by Serve once the resolver is closed.
@@ -61,6 +66,7 @@ type Resolver struct {
 	namespace string   // lower-case
 	negTTL    time.Duration
 	observe   func(string, time.Duration, error)
+	client    func(netip.Addr) bool
 	cache     *cache
 	chain     handler
 	now       func() time.Time
@@ -68,7 +74,7 @@ type Resolver struct {
 
 	ctx    context.Context // ends on Close; bounds every query
 	cancel context.CancelFunc
-	stats  struct{ queries, cluster, upstream, hits, stale, failures atomic.Uint64 }
+	stats  struct{ queries, cluster, upstream, hits, stale, failures, refused atomic.Uint64 }
 	panics atomic.Uint64 // recovered in serve; the fuzz test wants none
 
 	mu         sync.RWMutex // guards following
@@ -116,6 +122,7 @@ func NewResolver(logger *slog.Logger, cluster Exchanger, cfg Config) *Resolver {
 		namespace: strings.ToLower(cfg.Namespace),
 		negTTL:    negTTL,
 		observe:   cfg.Observe,
+		client:    cfg.Client,
 		cache:     newCache(cacheSize),
 		now:       time.Now,
 		warn:      rate.Sometimes{First: 3, Interval: 10 * time.Second},
@@ -160,6 +167,7 @@ func (r *Resolver) Stats() ResolverStats {
 		CacheHits:       r.stats.hits.Load(),
 		Stale:           r.stats.stale.Load(),
 		Failures:        r.stats.failures.Load(),
+		Refused:         r.stats.refused.Load(),
 	}
 }
 

@@ -418,3 +418,38 @@ func TestObserveTimesQueriesThatLeave(t *testing.T) {
 		t.Fatalf("observed %v, want one cluster and one upstream query", seen)
 	}
 }
+
+// TestClientDecidesWhoIsAnswered: with Config.Client set, a query from a
+// source it turns away is REFUSED, over UDP and TCP, before the cluster or
+// an upstream hears of it; one it accepts is answered.
+func TestClientDecidesWhoIsAnswered(t *testing.T) {
+	cluster := newFakeCluster(t, clusterRecords...)
+	up := startUpstream(t, "example.com. 60 IN A 192.0.2.1")
+	neighbour := netip.MustParseAddr("192.168.1.20")
+	r := NewResolver(nil, cluster, Config{Namespace: "demo", Upstreams: []netip.AddrPort{up.addr},
+		Client: func(a netip.Addr) bool { return a != neighbour }})
+	t.Cleanup(func() { r.Close() })
+	for _, tcp := range []bool{false, true} {
+		for _, name := range []string{"echo.demo.svc.cluster.local.", "example.com."} {
+			q := new(mdns.Msg)
+			q.SetQuestion(name, mdns.TypeA)
+			w := &fakeWriter{tcp: tcp, from: neighbour}
+			r.ServeDNS(w, q)
+			if w.msg == nil || w.msg.Rcode != mdns.RcodeRefused || len(w.msg.Answer) != 0 {
+				t.Fatalf("tcp=%v %s from %s: got %v, want REFUSED and no answer", tcp, name, neighbour, w.msg)
+			}
+		}
+	}
+	if got := cluster.queries(); len(got) != 0 {
+		t.Errorf("the cluster was asked %v for a refused source", got)
+	}
+	if got := up.queries(); len(got) != 0 {
+		t.Errorf("the upstream was asked %v for a refused source", got)
+	}
+	if got := r.Stats().Refused; got != 4 {
+		t.Errorf("Refused = %d, want 4", got)
+	}
+	if m := ask(t, r, "echo.demo.svc.cluster.local.", mdns.TypeA); m.Rcode != mdns.RcodeSuccess || len(m.Answer) != 1 {
+		t.Errorf("from 127.0.0.1: got %v, want the cluster's answer", m)
+	}
+}

@@ -34,9 +34,19 @@ func NewRouter(logger *slog.Logger, device string) (*Router, error) {
 	return &Router{log: logger.With("subsystem", "router"), link: link, routes: map[netip.Prefix]bool{}}, nil
 }
 
-// AddAddress gives the device an address (the DNS resolver's, say).
-func (r *Router) AddAddress(p netip.Prefix) error {
-	err := netlink.AddrReplace(r.link, &netlink.Addr{IPNet: ipnet(p)})
+// AddAddress gives the device an address (the DNS resolver's, say). One
+// the machine's traffic may leave from (source) has global scope; otherwise
+// host scope, so the kernel never picks it as the source of a connection
+// into the device and the cluster sees the laptop's packets as before.
+func (r *Router) AddAddress(p netip.Prefix, source bool) error {
+	a := &netlink.Addr{IPNet: ipnet(p), Scope: unix.RT_SCOPE_HOST}
+	if source {
+		a.Scope = unix.RT_SCOPE_UNIVERSE
+	}
+	if p.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD // usable at once: nobody else on a TUN device claims it
+	}
+	err := netlink.AddrReplace(r.link, a)
 	if err != nil {
 		return fmt.Errorf("add address %s to %s: %w", p, r.link.Attrs().Name, err)
 	}

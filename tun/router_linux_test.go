@@ -67,7 +67,7 @@ func TestRouterKeepsRoutesEqualToTheSet(t *testing.T) {
 			t.Error(err)
 			return
 		}
-		if err := r.AddAddress(netip.MustParsePrefix("198.18.0.53/32")); err != nil {
+		if err := r.AddAddress(netip.MustParsePrefix("198.18.0.53/32"), false); err != nil {
 			t.Error(err)
 		}
 		want := prefixes("10.96.0.0/16", "10.244.0.0/24")

@@ -39,6 +39,26 @@ func (l Laptop) ResolvConf() string {
 	return filepath.Join("/etc/netns", l.Netns, "resolv.conf")
 }
 
+// HostsEntry gives a laptop a name in a hosts file of its own (the
+// machine's /etc/hosts and the line "ADDR NAME"; `ip netns exec`
+// bind-mounts it over /etc/hosts as it does resolv.conf), for measuring a
+// name glibc answers without DNS. remove takes it away again.
+func (l *Lab) HostsEntry(ctx context.Context, laptop, name string, addr netip.Addr) (remove func() error, err error) {
+	lp, err := ensureLaptop(ctx, l.Paths, laptop)
+	if err != nil {
+		return nil, err
+	}
+	base, err := os.ReadFile("/etc/hosts")
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join("/etc/netns", lp.Netns, "hosts")
+	if err := os.WriteFile(path, fmt.Appendf(base, "\n%s %s\n", addr, name), 0o644); err != nil {
+		return nil, err
+	}
+	return func() error { return os.Remove(path) }, nil
+}
+
 func (p Paths) laptopIndexFile(name string) string { return p.state("laptops", name) }
 
 // laptopFor returns a laptop's addressing, allocating a link the first time.

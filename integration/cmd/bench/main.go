@@ -232,6 +232,7 @@ func (b *bench) run(ctx context.Context) error {
 			fmt.Sprintf("%d ms with UDP dropped (decided %d ms later)", noUDPMS, noUDPPath.Milliseconds()), "", ""},
 		{"DNS lookup p50, cached / refreshed / cold", "", "", ms(dnsF.cached) + " / " + ms(dnsF.refreshed) + " / " + ms(dnsF.cold), "", "", ""},
 		{fmt.Sprintf("curl p50 by name / by address (%d each, alternating)", byNameCurls), "", "", dnsF.byNameCell(), "", "", ""},
+		{"curl p50 by a name in /etc/hosts (the floor, same loop)", "", "", dnsF.byHostsCell(), "", "", ""},
 		{fmt.Sprintf("daemon RSS, idle / %d connections open", b.connsN), "", "", fmt.Sprintf("%d MB / %d MB", idle>>10, busy>>10), "", "", ""},
 	}
 	printTable(rows)
