@@ -105,17 +105,23 @@ func newCanaryStart() *cobra.Command {
 		interval time.Duration
 		maxP99   time.Duration
 		maxErr   string
+		buildDir string
+		bf       buildFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "start SERVICE --image IMAGE",
+		Use:   "start SERVICE --image IMAGE | --build DIR",
 		Short: "Start a canary of SERVICE's Deployment with IMAGE and drive it to promotion or rollback",
 		Example: "  tunnel canary start shop --image shop:1.5 --prometheus http://prometheus.monitoring:9090\n" +
-			"  tunnel canary start shop --image shop:1.5 --steps 10,50,100 --interval 1m --max-p99 300ms",
+			"  tunnel canary start shop --image shop:1.5 --steps 10,50,100 --interval 1m --max-p99 300ms\n" +
+			"  tunnel canary start shop --build ./deploy --registry registry.example.com/team",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			spec.Service = args[0]
-			if spec.Image == "" {
-				return fmt.Errorf("name the new image with --image")
+			switch {
+			case spec.Image != "" && buildDir != "":
+				return fmt.Errorf("--image and --build both name the canary's image: give one")
+			case spec.Image == "" && buildDir == "":
+				return fmt.Errorf("name the new image with --image, or build it from source with --build DIR")
 			}
 			var err error
 			if spec.Steps, err = canary.ParseSteps(steps); err != nil {
@@ -138,6 +144,12 @@ func newCanaryStart() *cobra.Command {
 			}
 			spec.Interval, spec.MaxP99 = canary.Duration(interval), canary.Duration(maxP99)
 			return kf.driving(cmd, func(ctx context.Context, c *canaryClients) error {
+				if buildDir != "" {
+					progress := func(s string) { fmt.Fprintln(cmd.ErrOrStderr(), s+"...") }
+					if spec.Image, err = bf.image(ctx, c.cs, buildDir, progress); err != nil {
+						return err
+					}
+				}
 				return c.finished(cmd, spec.Service, c.runner.Start(ctx, spec))
 			})
 		},
@@ -145,6 +157,8 @@ func newCanaryStart() *cobra.Command {
 	kf.add(cmd)
 	f := cmd.Flags()
 	f.StringVar(&spec.Image, "image", "", "the image to try")
+	f.StringVar(&buildDir, "build", "", "build the image to try from source: the folder whose values.yaml names one Go main package (build: {image: ./cmd/shop})")
+	bf.addWhere(f)
 	f.StringVar(&spec.Container, "container", "", "the container that takes the image (default: the first)")
 	f.StringVar(&steps, "steps", "5,25,50,100", "the canary's share of traffic at each step, in percent")
 	f.DurationVar(&interval, "interval", 30*time.Second, "how long each step runs before it is judged")

@@ -70,6 +70,9 @@ func Render(path string, set map[string]string) ([]*unstructured.Unstructured, e
 	}
 	for k := range named {
 		if _, ok := params[k]; !ok {
+			if b, _ := values[BuildKey].(map[string]any); b[k] != nil {
+				return nil, fmt.Errorf("%w: parameter %q is an image %s builds: deploy with --build (or give it with --set %s=IMAGE)", ErrBadInput, k, ValuesFile, k)
+			}
 			return nil, fmt.Errorf("%w: parameter %q has no value: give it with --set %s=VALUE or in %s", ErrBadInput, k, k, ValuesFile)
 		}
 	}
@@ -192,6 +195,37 @@ func sources(path string) ([]string, map[string]any, error) {
 		}
 	}
 	return files, values, nil
+}
+
+// BuildKey is the values.yaml key that names what `deploy --build` builds:
+// a map from a template parameter to the Go main package (relative to the
+// folder) whose image fills it, e.g. build: {image: ./cmd/shop}.
+const BuildKey = "build"
+
+// BuildTargets reads the folder's (or the file's folder's) values.yaml
+// for what --build builds; none is an error naming the key.
+func BuildTargets(path string) (map[string]string, error) {
+	_, values, err := sources(path)
+	if err != nil {
+		return nil, err
+	}
+	raw, ok := values[BuildKey]
+	if !ok {
+		return nil, fmt.Errorf("%w: --build: %s names nothing to build: add %s: {PARAMETER: ./PACKAGE}, e.g. %s: {image: ./cmd/shop}", ErrBadInput, ValuesFile, BuildKey, BuildKey)
+	}
+	m, ok := raw.(map[string]any)
+	if !ok || len(m) == 0 {
+		return nil, fmt.Errorf("%w: %s: %s must map parameters to Go packages, e.g. %s: {image: ./cmd/shop}", ErrBadInput, ValuesFile, BuildKey, BuildKey)
+	}
+	out := map[string]string{}
+	for k, v := range m {
+		pkg, ok := v.(string)
+		if !ok || !(strings.HasPrefix(pkg, "./") || strings.HasPrefix(pkg, "../")) || strings.Contains(pkg, "...") {
+			return nil, fmt.Errorf("%w: %s: %s.%s is %v: want one package's path relative to the folder, starting with ./", ErrBadInput, ValuesFile, BuildKey, k, v)
+		}
+		out[k] = pkg
+	}
+	return out, nil
 }
 
 // fields collects the top-level parameter names a template uses (.name).

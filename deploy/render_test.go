@@ -139,3 +139,31 @@ data:
 		t.Errorf("a plain value: %v", err)
 	}
 }
+
+func TestBuildTargets(t *testing.T) {
+	dir := writeFiles(t, map[string]string{"app.yaml": app, ValuesFile: "name: shop\nbuild: {image: ./cmd/shop, worker: ../cmd/worker}\n"})
+	got, err := BuildTargets(dir)
+	if err != nil || len(got) != 2 || got["image"] != "./cmd/shop" || got["worker"] != "../cmd/worker" {
+		t.Fatalf("BuildTargets = %v, %v", got, err)
+	}
+	for values, want := range map[string]string{
+		"name: shop\n":                        "names nothing to build",
+		"build: ./cmd/shop\n":                 "must map parameters to Go packages",
+		"build: {image: cmd/shop}\n":          "want one package's path relative to the folder",
+		"build: {image: [./a, ./b]}\n":        "want one package's path relative to the folder",
+		"build: {image: example.com/x/cmd}\n": "want one package's path relative to the folder",
+		"build: {image: ./cmd/...}\n":         "want one package's path relative to the folder",
+	} {
+		dir := writeFiles(t, map[string]string{"app.yaml": app, ValuesFile: values})
+		if _, err := BuildTargets(dir); err == nil || !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", values, err, want)
+		}
+	}
+}
+
+func TestBuiltParameterNeedsBuild(t *testing.T) {
+	dir := writeFiles(t, map[string]string{"app.yaml": app, ValuesFile: "name: shop\nreplicas: 1\nbuild: {image: ./cmd/shop}\n"})
+	if _, err := Render(dir, nil); err == nil || !strings.Contains(err.Error(), "deploy with --build") {
+		t.Errorf("a built parameter without --build: %v", err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -76,10 +77,11 @@ func ReadSource(ctx context.Context, dir string) Source {
 		h := sha256.New()
 		diff, _ := git("diff", "HEAD", "--binary")
 		h.Write([]byte(diff))
+		top, _ := git("rev-parse", "--show-toplevel") // status names files from there
 		for _, line := range strings.Split(status, "\n") {
 			if name, ok := strings.CutPrefix(line, "?? "); ok {
 				h.Write([]byte(name))
-				if b, err := os.ReadFile(dir + "/" + name); err == nil {
+				if b, err := os.ReadFile(filepath.Join(top, name)); err == nil {
 					h.Write(b)
 				}
 			}

@@ -79,17 +79,9 @@ func AgentImage(opt ImageOptions) (v1.ImageIndex, error) {
 		return nil, fmt.Errorf("no CA certificates to put in the image")
 	}
 	mtime := opt.Created.UTC()
-	base, err := layer([]file{
-		{name: "etc/", dir: true},
-		{name: "etc/passwd", data: fmt.Appendf(nil, "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:%d:%d:nonroot:/home/nonroot:/sbin/nologin\n", NonRoot, NonRoot)},
-		{name: "etc/group", data: fmt.Appendf(nil, "root:x:0:\nnonroot:x:%d:\n", NonRoot)},
-		{name: "etc/ssl/", dir: true},
-		{name: "etc/ssl/certs/", dir: true},
-		{name: "etc/ssl/certs/ca-certificates.crt", data: opt.CACerts},
-		{name: "tmp/", dir: true, mode: 0o1777},
-	}, mtime)
+	base, err := BaseLayer(opt.CACerts, mtime)
 	if err != nil {
-		return nil, fmt.Errorf("build the base layer: %w", err)
+		return nil, err
 	}
 	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
 	for _, platform := range slices.Sorted(maps.Keys(opt.Binaries)) {
@@ -113,12 +105,32 @@ func AgentImage(opt ImageOptions) (v1.ImageIndex, error) {
 	return ann, nil
 }
 
+// BaseLayer is what a static binary needs beside it: a passwd and group
+// naming the non-root user, the CA bundle where Go looks (none when
+// caCerts is empty), and a /tmp.
+func BaseLayer(caCerts []byte, mtime time.Time) (v1.Layer, error) {
+	files := []File{
+		{Name: "etc/", Dir: true},
+		{Name: "etc/passwd", Data: fmt.Appendf(nil, "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:%d:%d:nonroot:/home/nonroot:/sbin/nologin\n", NonRoot, NonRoot)},
+		{Name: "etc/group", Data: fmt.Appendf(nil, "root:x:0:\nnonroot:x:%d:\n", NonRoot)},
+	}
+	if len(caCerts) > 0 {
+		files = append(files, File{Name: "etc/ssl/", Dir: true}, File{Name: "etc/ssl/certs/", Dir: true},
+			File{Name: "etc/ssl/certs/ca-certificates.crt", Data: caCerts})
+	}
+	l, err := Layer(append(files, File{Name: "tmp/", Dir: true, Mode: 0o1777}), mtime)
+	if err != nil {
+		return nil, fmt.Errorf("build the base layer: %w", err)
+	}
+	return l, nil
+}
+
 func platformImage(opt ImageOptions, p v1.Platform, base v1.Layer, binary string, mtime time.Time) (v1.Image, error) {
 	data, err := os.ReadFile(binary)
 	if err != nil {
 		return nil, fmt.Errorf("read the agent binary: %w", err)
 	}
-	bin, err := layer([]file{{name: strings.TrimPrefix(AgentPath, "/"), data: data, mode: 0o755}}, mtime)
+	bin, err := Layer([]File{{Name: strings.TrimPrefix(AgentPath, "/"), Data: data, Mode: 0o755}}, mtime)
 	if err != nil {
 		return nil, err
 	}
@@ -144,35 +156,37 @@ func platformImage(opt ImageOptions, p v1.Platform, base v1.Layer, binary string
 	return mutate.ConfigFile(img, cf)
 }
 
-type file struct {
-	name string
-	data []byte
-	dir  bool
-	mode int64
+// File is one entry of a Layer: a folder (Name ends in "/") or a file.
+type File struct {
+	Name string
+	Data []byte
+	Dir  bool
+	Mode int64 // default 0755 for a folder, 0644 for a file
 }
 
-// layer is a gzipped OCI layer of files, owned by root, all at mtime.
-func layer(files []file, mtime time.Time) (v1.Layer, error) {
+// Layer is a gzipped OCI layer of files, owned by root, all at mtime, so
+// the same files give the same digest.
+func Layer(files []File, mtime time.Time) (v1.Layer, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, f := range files {
-		h := &tar.Header{Name: f.name, Mode: f.mode, ModTime: mtime, Uname: "root", Gname: "root"}
-		if f.dir {
+		h := &tar.Header{Name: f.Name, Mode: f.Mode, ModTime: mtime, Uname: "root", Gname: "root"}
+		if f.Dir {
 			h.Typeflag = tar.TypeDir
 			if h.Mode == 0 {
 				h.Mode = 0o755
 			}
 		} else {
-			h.Typeflag, h.Size = tar.TypeReg, int64(len(f.data))
+			h.Typeflag, h.Size = tar.TypeReg, int64(len(f.Data))
 			if h.Mode == 0 {
 				h.Mode = 0o644
 			}
 		}
 		if err := tw.WriteHeader(h); err != nil {
-			return nil, fmt.Errorf("write %s: %w", f.name, err)
+			return nil, fmt.Errorf("write %s: %w", f.Name, err)
 		}
-		if _, err := tw.Write(f.data); err != nil {
-			return nil, fmt.Errorf("write %s: %w", f.name, err)
+		if _, err := tw.Write(f.Data); err != nil {
+			return nil, fmt.Errorf("write %s: %w", f.Name, err)
 		}
 	}
 	if err := tw.Close(); err != nil {

@@ -32,16 +32,26 @@ func AgentImage(image, registry string) (string, error) {
 	if image != "" {
 		return image, nil
 	}
+	r := RegistryPrefix(registry)
+	if r == "" {
+		return "", ErrNoRegistry
+	}
+	ref := release.AgentRef(r, version.Get().Version)
+	if _, err := name.NewTag(ref, name.StrictValidation); err != nil {
+		return "", fmt.Errorf("registry %q is not HOST[:PORT][/PATH]: %w", r, err)
+	}
+	return ref, nil
+}
+
+// RegistryPrefix is the first of registry, $TUNNEL_REGISTRY and the
+// registry this build was made with; "" when none names one.
+func RegistryPrefix(registry string) string {
 	for _, r := range []string{registry, os.Getenv(RegistryEnv), version.Registry()} {
 		if r = strings.TrimSuffix(strings.TrimSpace(r), "/"); r != "" {
-			ref := release.AgentRef(r, version.Get().Version)
-			if _, err := name.NewTag(ref, name.StrictValidation); err != nil {
-				return "", fmt.Errorf("registry %q is not HOST[:PORT][/PATH]: %w", r, err)
-			}
-			return ref, nil
+			return r
 		}
 	}
-	return "", ErrNoRegistry
+	return ""
 }
 
 // Running is the agent image an installed manager runs.
