@@ -53,7 +53,9 @@ func mainPackage(ctx context.Context, dir, pkg string) (string, error) {
 func binary(ctx context.Context, dir, pkg string, p v1.Platform, out string) error {
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-buildvcs=false", "-ldflags", "-s -w -buildid=", "-o", out, "--", pkg)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS="+p.OS, "GOARCH="+p.Architecture, "GOFLAGS=", "GOEXPERIMENT=")
+	// GOFLAGS is set, not emptied: an empty one would fall back to the
+	// user's go env file.
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS="+p.OS, "GOARCH="+p.Architecture, "GOFLAGS=-buildvcs=false", "GOEXPERIMENT=")
 	switch p.Architecture {
 	case "amd64":
 		cmd.Env = append(cmd.Env, "GOAMD64="+cmp.Or(p.Variant, "v1"))

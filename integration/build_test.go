@@ -101,7 +101,13 @@ func TestDeployBuildsFromSource(t *testing.T) {
 	ns := h.Namespace(t)
 	src := greeter(t, "hello from source")
 	l := newLaptop(t, "builder", "admin")
-	l.opt.Env = []string{"DOCKER_CONFIG=" + h.Paths.RegistryDockerConfig(), "SSL_CERT_FILE=" + h.Paths.RegistryCABundle()}
+	// A developer's go env as Go ships it: this machine's own (GOFLAGS
+	// -buildvcs=false) would hide a build that stamps the commit.
+	goenv := filepath.Join(t.TempDir(), "go.env")
+	if err := os.WriteFile(goenv, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l.opt.Env = []string{"DOCKER_CONFIG=" + h.Paths.RegistryDockerConfig(), "SSL_CERT_FILE=" + h.Paths.RegistryCABundle(), "GOENV=" + goenv, "GOFLAGS="}
 	registry := lab.RegistryHost() + "/e2e-" + ns
 	type result struct {
 		Param, Image, Tag  string
