@@ -62,8 +62,8 @@ type Options struct {
 type Result struct {
 	Param   string `json:"param"`
 	Package string `json:"package"`
-	Image   string `json:"image"`  // REPO@sha256:...
-	Tag     string `json:"tag"`    // REPO:VERSION-DIGEST12, the same content
+	Image   string `json:"image"` // REPO@sha256:...
+	Tag     string `json:"tag"`   // REPO:VERSION-DIGEST12, the same content
 	Pushed  bool   `json:"pushed"`
 	// InRegistry: the registry had it already, and nothing was pushed.
 	InRegistry bool `json:"inRegistry"`
