@@ -80,7 +80,7 @@ func Build(ctx context.Context, targets map[string]string, opt Options) ([]Resul
 	if err := checkRegistry(opt.Registry); err != nil {
 		return nil, err
 	}
-	dir, err := resolveDir(opt.Dir)
+	dir, err := Folder(opt.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("build: %w", err)
 	}
@@ -242,18 +242,17 @@ func appImage(base *baseImage, p v1.Platform, cmdName, binary string) (v1.Image,
 		return nil, err
 	}
 	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture, cf.Variant = p.OS, p.Architecture, p.Variant
-	cf.Created = v1.Time{Time: epoch}
-	cf.Config.Entrypoint = []string{AppDir + "/" + cmdName}
-	cf.Config.Cmd = nil
+	entrypoint := AppDir + "/" + cmdName
 	if base.own {
-		cf.Config.User = fmt.Sprintf("%d:%d", release.NonRoot, release.NonRoot)
-		cf.Config.WorkingDir = "/"
-		cf.Config.Env = []string{"PATH=" + AppDir + ":/usr/local/bin:/usr/bin:/bin"}
+		env := []string{"PATH=" + AppDir + ":/usr/local/bin:/usr/bin:/bin"}
 		if base.certs {
-			cf.Config.Env = append(cf.Config.Env, "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt")
+			env = append(env, "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt")
 		}
-	} else {
+		release.RunAsNonRoot(cf, p, epoch, entrypoint, env...)
+	} else { // the base's user, folder and environment stay
+		cf.OS, cf.Architecture, cf.Variant = p.OS, p.Architecture, p.Variant
+		cf.Created = v1.Time{Time: epoch}
+		cf.Config.Entrypoint, cf.Config.Cmd = []string{entrypoint}, nil
 		cf.Config.Env = withPath(cf.Config.Env)
 	}
 	return mutate.ConfigFile(img, cf)

@@ -104,8 +104,9 @@ func firstLine(stderr string, err error) string {
 	return strings.Join(kept, "; ")
 }
 
-// resolveDir is the folder package paths are relative to.
-func resolveDir(dir string) (string, error) {
+// Folder is the folder package paths are relative to: dir, or a file's
+// folder, made absolute.
+func Folder(dir string) (string, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return "", err

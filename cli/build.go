@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -67,9 +66,6 @@ func (b *buildFlags) targets(dir string, sets map[string]string) (map[string]str
 
 // image builds the one image dir's values.yaml names, for a canary.
 func (b *buildFlags) image(ctx context.Context, cs kubernetes.Interface, dir string, progress func(string)) (string, error) {
-	if st, err := os.Stat(dir); err == nil && !st.IsDir() {
-		dir = filepath.Dir(dir)
-	}
 	targets, err := deploy.BuildTargets(dir)
 	if err != nil {
 		return "", err
@@ -85,9 +81,8 @@ func (b *buildFlags) image(ctx context.Context, cs kubernetes.Interface, dir str
 }
 
 // run builds targets and returns the images that fill their parameters,
-// by digest.
-// progress hears each step, warn what the user must read whatever the
-// output format.
+// by digest. progress hears each step, warn what the user must read
+// whatever the output format.
 func (b *buildFlags) run(ctx context.Context, cs kubernetes.Interface, dir string, targets map[string]string, dryRun bool, progress, warn func(string)) ([]build.Result, error) {
 	// Not the registry this tunnel was built with: that is where the
 	// agent comes from, and a team's code must not go there unasked.
@@ -99,9 +94,9 @@ func (b *buildFlags) run(ctx context.Context, cs kubernetes.Interface, dir strin
 	if err != nil {
 		return nil, err
 	}
-	folder := dir
-	if st, err := os.Stat(dir); err == nil && !st.IsDir() {
-		folder = filepath.Dir(dir)
+	folder, err := build.Folder(dir)
+	if err != nil {
+		return nil, err
 	}
 	return build.Build(ctx, targets, build.Options{Dir: folder, Registry: registry, Platforms: platforms, Base: b.base,
 		Version: release.ReadSource(ctx, folder).Version, DryRun: dryRun, Progress: progress})

@@ -145,15 +145,22 @@ func platformImage(opt ImageOptions, p v1.Platform, base v1.Layer, binary string
 		return nil, err
 	}
 	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture, cf.Variant = p.OS, p.Architecture, p.Variant
-	cf.Created = v1.Time{Time: mtime}
-	cf.Config.Entrypoint = []string{AgentPath}
-	cf.Config.User = fmt.Sprintf("%d:%d", NonRoot, NonRoot)
-	cf.Config.WorkingDir = "/"
-	cf.Config.Env = []string{"PATH=/", "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"}
+	RunAsNonRoot(cf, p, mtime, AgentPath, "PATH=/", "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt")
 	cf.Config.Labels = opt.Labels()
 	cf.History = nil
 	return mutate.ConfigFile(img, cf)
+}
+
+// RunAsNonRoot makes cf a static binary's config over BaseLayer: for p,
+// made at mtime, entrypoint run as NonRoot from /, with env alone.
+func RunAsNonRoot(cf *v1.ConfigFile, p v1.Platform, mtime time.Time, entrypoint string, env ...string) {
+	cf.OS, cf.Architecture, cf.Variant = p.OS, p.Architecture, p.Variant
+	cf.Created = v1.Time{Time: mtime}
+	cf.Config.Entrypoint = []string{entrypoint}
+	cf.Config.Cmd = nil
+	cf.Config.User = fmt.Sprintf("%d:%d", NonRoot, NonRoot)
+	cf.Config.WorkingDir = "/"
+	cf.Config.Env = env
 }
 
 // File is one entry of a Layer: a folder (Name ends in "/") or a file.
