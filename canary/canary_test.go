@@ -106,13 +106,13 @@ func TestHTTPRouteWeightsAndRemoveRestoresTheRoute(t *testing.T) {
 			if r.Ref() != "httproute/shop" || r.Port() != 80 {
 				t.Fatalf("router %s port %d", r.Ref(), r.Port())
 			}
-			if err := r.SetWeight(ctx, 20); err != nil {
+			if err := r.Split(ctx, Split{Weight: 20}); err != nil {
 				t.Fatal(err)
 			}
 			if got := backendsOf(t, dyn); got != tc.at20 {
 				t.Errorf("at 20%%: %s, want %s", got, tc.at20)
 			}
-			if err := r.SetWeight(ctx, 50); err != nil {
+			if err := r.Split(ctx, Split{Weight: 50}); err != nil {
 				t.Fatal(err)
 			}
 			if got := backendsOf(t, dyn); got != tc.at50 {
@@ -241,7 +241,7 @@ func TestStoreKeepsOneLiveCanaryAndEveryRequest(t *testing.T) {
 	if err := s.Create(ctx, st); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Create(ctx, st); err == nil || !strings.Contains(err.Error(), "a canary of shop is already progressing at 10%") {
+	if err := s.Create(ctx, st); err == nil || !strings.Contains(err.Error(), "a canary of shop is already progressing with 10% of traffic") {
 		t.Errorf("a second canary of a live one: %v", err)
 	}
 	if err := s.Update(ctx, "shop", func(st *State) error { st.Request = "abort"; return nil }); err != nil {
@@ -293,15 +293,15 @@ func TestFreeRefusesSomeoneElsesName(t *testing.T) {
 
 // Taking traffic back from a canary that never got any (it did not start)
 // leaves the route untouched: no canary backend, no annotation.
-func TestSetWeightZeroOnARouteWithoutTheCanary(t *testing.T) {
+func TestSplitNothingOnARouteWithoutTheCanary(t *testing.T) {
 	ctx := context.Background()
 	dyn := dynfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
 		map[schema.GroupVersionResource]string{httpRouteGVR: "HTTPRouteList", mappingGVR: "MappingList"}, route(rule(ref("shop", 3))))
 	r, _ := OpenRouter(dyn, Backends{Namespace: "ns", Stable: "shop", Canary: "shop-canary"}, "httproute/shop")
-	if err := r.SetWeight(ctx, 0); err != nil {
+	if err := r.Split(ctx, Split{}); err != nil {
 		t.Fatal(err)
 	}
 	if got := backendsOf(t, dyn); got != "shop=3" {
-		t.Errorf("route after SetWeight(0): %s, want it untouched", got)
+		t.Errorf("route after Split{}: %s, want it untouched", got)
 	}
 }

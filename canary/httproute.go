@@ -2,7 +2,6 @@ package canary
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -73,97 +72,32 @@ func refersTo(ref map[string]any, ns, svc string) bool {
 
 func asMap(v any) map[string]any { m, _ := v.(map[string]any); return m }
 
-func (r *httpRoute) SetWeight(ctx context.Context, percent int) error {
-	return r.edit(ctx, func(obj *unstructured.Unstructured) error {
-		stable := stableRefs(obj.Object, r.b)
-		if len(stable) == 0 {
-			return fmt.Errorf("httproute %s/%s no longer sends traffic to service %s", r.b.Namespace, r.name, r.b.Stable)
-		}
-		if percent == 0 && !hasCanary(obj.Object, r.b) {
-			return errUnchanged
-		}
-		ann := obj.GetAnnotations()
-		var orig []*int64
-		if saved, ok := ann[weightsAnnotation]; ok {
-			if err := json.Unmarshal([]byte(saved), &orig); err != nil || len(orig) != len(stable) {
-				return fmt.Errorf("httproute %s/%s: annotation %s does not match its rules; remove the canary backends by hand", r.b.Namespace, r.name, weightsAnnotation)
-			}
-		} else {
-			rules, _, _ := unstructured.NestedSlice(obj.Object, "spec", "rules")
-			for _, at := range stable {
-				refs, _, _ := unstructured.NestedSlice(asMap(rules[at.rule]), "backendRefs")
-				w, ok, _ := unstructured.NestedInt64(asMap(refs[at.ref]), "weight")
-				if ok {
-					orig = append(orig, &w)
-				} else {
-					orig = append(orig, nil)
-				}
-			}
-			data, _ := json.Marshal(orig)
-			if ann == nil {
-				ann = map[string]string{}
-			}
-			ann[weightsAnnotation] = string(data)
-			obj.SetAnnotations(ann)
-		}
-		rules, _, _ := unstructured.NestedSlice(obj.Object, "spec", "rules")
-		for k, at := range stable {
-			rule := asMap(rules[at.rule])
-			refs, _, _ := unstructured.NestedSlice(rule, "backendRefs")
-			base := int64(1)
-			if orig[k] != nil {
-				base = *orig[k]
-			}
-			stableRef := asMap(refs[at.ref])
-			stableRef["weight"] = base * int64(100-percent)
-			canary := -1
-			for j, ref := range refs {
-				if refersTo(asMap(ref), r.b.Namespace, r.b.Canary) {
-					canary = j
-				}
-			}
-			if canary < 0 {
-				c := runtimeCopy(stableRef)
-				c["name"] = r.b.Canary
-				refs = append(refs, c)
-				canary = len(refs) - 1
-			}
-			asMap(refs[canary])["weight"] = base * int64(percent)
-			rule["backendRefs"] = refs
-		}
-		return unstructured.SetNestedSlice(obj.Object, rules, "spec", "rules")
+func (r *httpRoute) Split(ctx context.Context, s Split) error {
+	return r.edit(ctx, metav1.UpdateOptions{FieldManager: FieldManager}, func(obj *unstructured.Unstructured) error {
+		return splitRoute(obj, r.b, r.name, s)
 	})
 }
 
+func (r *httpRoute) Try(ctx context.Context, s Split) error {
+	err := r.edit(ctx, metav1.UpdateOptions{FieldManager: FieldManager, DryRun: []string{metav1.DryRunAll}}, func(obj *unstructured.Unstructured) error {
+		return splitRoute(obj, r.b, r.name, s)
+	})
+	if apierrors.IsInvalid(err) {
+		return fmt.Errorf("httproute %s/%s cannot carry %s: %w", r.b.Namespace, r.name, DescribeSplit(s), err)
+	}
+	return err
+}
+
 func (r *httpRoute) Remove(ctx context.Context) error {
-	err := r.edit(ctx, func(obj *unstructured.Unstructured) error {
+	err := r.edit(ctx, metav1.UpdateOptions{FieldManager: FieldManager}, func(obj *unstructured.Unstructured) error {
 		ann := obj.GetAnnotations()
-		var orig []*int64
-		if saved, ok := ann[weightsAnnotation]; ok {
-			_ = json.Unmarshal([]byte(saved), &orig)
+		_, saved := ann[weightsAnnotation]
+		if !saved && !hasCanary(obj.Object, r.b) {
+			return errUnchanged
 		}
-		rules, _, _ := unstructured.NestedSlice(obj.Object, "spec", "rules")
-		k := 0
-		for i := range rules {
-			rule := asMap(rules[i])
-			refs, _, _ := unstructured.NestedSlice(rule, "backendRefs")
-			kept := refs[:0]
-			for _, ref := range refs {
-				m := asMap(ref)
-				if refersTo(m, r.b.Namespace, r.b.Canary) {
-					continue
-				}
-				if refersTo(m, r.b.Namespace, r.b.Stable) {
-					if k < len(orig) && orig[k] != nil {
-						m["weight"] = *orig[k]
-					} else {
-						delete(m, "weight")
-					}
-					k++
-				}
-				kept = append(kept, ref)
-			}
-			rule["backendRefs"] = kept
+		rules, err := pristineRules(obj, r.b, r.name, false)
+		if err != nil {
+			return err
 		}
 		delete(ann, weightsAnnotation)
 		obj.SetAnnotations(ann)
@@ -177,7 +111,7 @@ func (r *httpRoute) Remove(ctx context.Context) error {
 
 // edit reads the route, changes it with fn and writes it back, again when
 // someone else wrote it in between.
-func (r *httpRoute) edit(ctx context.Context, fn func(*unstructured.Unstructured) error) error {
+func (r *httpRoute) edit(ctx context.Context, opts metav1.UpdateOptions, fn func(*unstructured.Unstructured) error) error {
 	for {
 		obj, err := r.dyn.Get(ctx, r.name, metav1.GetOptions{})
 		if err != nil {
@@ -188,7 +122,7 @@ func (r *httpRoute) edit(ctx context.Context, fn func(*unstructured.Unstructured
 		} else if err != nil {
 			return err
 		}
-		_, err = r.dyn.Update(ctx, obj, metav1.UpdateOptions{FieldManager: FieldManager})
+		_, err = r.dyn.Update(ctx, obj, opts)
 		if apierrors.IsConflict(err) {
 			continue
 		}

@@ -22,10 +22,11 @@ type Sample struct {
 }
 
 func (s Sample) String() string {
-	return fmt.Sprintf("%.0f requests, %s errors, p99 %s", s.Requests, percent(s.ErrorRate), s.P99.Round(time.Millisecond))
+	return fmt.Sprintf("%.0f requests, %s errors, p99 %s", s.Requests, Percent(s.ErrorRate), s.P99.Round(time.Millisecond))
 }
 
-func percent(f float64) string {
+// Percent writes a fraction as a percentage: 0.015 is "1.5%".
+func Percent(f float64) string {
 	return strings.TrimSuffix(strings.TrimSuffix(fmt.Sprintf("%.2f", f*100), "0"), ".0") + "%"
 }
 
@@ -142,19 +143,31 @@ func (p *Prometheus) scalar(ctx context.Context, q string) (float64, error) {
 	return float64(vec[0].Value), nil
 }
 
-// Judge says whether the canary's sample passes the spec's thresholds:
-// "" when healthy, else one sentence naming the metric and its value.
-func Judge(spec Spec, canary, stable Sample) (verdict string, enough bool) {
+// Judge says whether the canary's sample and its custom checks pass the
+// spec's thresholds: "" when healthy, else one sentence naming the metric
+// and its value. A check without data is too little traffic, as too few
+// requests are.
+func Judge(spec Spec, canary, stable Sample, custom ...CheckValue) (verdict string, enough bool) {
 	if canary.Requests < float64(spec.MinRequests) {
 		return fmt.Sprintf("too few requests to judge: %.0f in %s, want at least %d", canary.Requests, time.Duration(spec.Interval), spec.MinRequests), false
 	}
 	if canary.ErrorRate > spec.MaxErrorRate {
-		return fmt.Sprintf("error rate %s over %s is above %s (stable: %s)", percent(canary.ErrorRate), time.Duration(spec.Interval),
-			percent(spec.MaxErrorRate), percent(stable.ErrorRate)), true
+		return fmt.Sprintf("error rate %s over %s is above %s (stable: %s)", Percent(canary.ErrorRate), time.Duration(spec.Interval),
+			Percent(spec.MaxErrorRate), Percent(stable.ErrorRate)), true
 	}
 	if spec.MaxP99 > 0 && canary.P99 > time.Duration(spec.MaxP99) {
 		return fmt.Sprintf("p99 latency %s over %s is above %s (stable: %s)", canary.P99.Round(time.Millisecond), time.Duration(spec.Interval),
 			time.Duration(spec.MaxP99), stable.P99.Round(time.Millisecond)), true
+	}
+	for _, c := range custom {
+		switch {
+		case c.Problem != "":
+			return fmt.Sprintf("check %s cannot be judged: %s", c.Name, c.Problem), true
+		case c.NoData:
+			return fmt.Sprintf("too few requests to judge: check %s has no data in %s", c.Name, time.Duration(spec.Interval)), false
+		case !c.Passed:
+			return fmt.Sprintf("check %s: %s is not %s %s over %s", c.Name, num(c.Value), c.Op, num(c.Bound), time.Duration(spec.Interval)), true
+		}
 	}
 	return "", true
 }

@@ -3,6 +3,7 @@ package canary
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -38,7 +39,10 @@ func (r *Runner) progress(ctx context.Context, st *State, router Router) (time.D
 	if err == nil {
 		var stable Sample
 		if stable, err = prom.Sample(ctx, d.Selector(st.Namespace, st.Spec.Service, st.Port), interval); err == nil {
-			return 0, r.judge(ctx, st, router, canary, stable)
+			var custom []CheckValue
+			if custom, err = prom.customChecks(ctx, st); err == nil {
+				return 0, r.judge(ctx, st, router, canary, stable, custom)
+			}
 		}
 	}
 	// Prometheus away: the canary stays at its step, and asks again.
@@ -50,22 +54,23 @@ func (r *Runner) progress(ctx context.Context, st *State, router Router) (time.D
 const retryPrometheus = 5 * time.Second
 
 // judge moves the canary on from one analysis of its step.
-func (r *Runner) judge(ctx context.Context, st *State, router Router, canary, stable Sample) error {
-	verdict, enough := Judge(st.Spec, canary, stable)
-	check := Check{At: time.Now().UTC(), Step: st.Step, Weight: st.Weight(), Canary: canary, Stable: stable, Verdict: verdict}
+func (r *Runner) judge(ctx context.Context, st *State, router Router, canary, stable Sample, custom []CheckValue) error {
+	verdict, enough := Judge(st.Spec, canary, stable, custom...)
+	check := Check{At: time.Now().UTC(), Step: st.Step, Weight: st.Weight(), Canary: canary, Stable: stable, Custom: custom, Verdict: verdict}
 	if verdict == "" {
 		check.Verdict = "healthy"
 	}
-	r.Progress(fmt.Sprintf("Step %d of %d (%d%%): %s: canary %s; stable %s", st.Step+1, len(st.Spec.Steps), st.Weight(), check.Verdict, canary, stable))
+	r.Progress(fmt.Sprintf("Step %d of %d (%s): %s: canary %s; stable %s%s", st.Step+1, len(st.Spec.Steps), DescribeSplit(st.Split()), check.Verdict, canary, stable, customLine(custom)))
 	last := st.Step == len(st.Spec.Steps)-1
 	next := st.Step + 1
 	if verdict == "" && !last {
 		// Move the traffic first: a driver that dies before writing it
 		// down is corrected by the next one, which sets the recorded weight.
-		if err := router.SetWeight(ctx, st.Spec.Steps[next]); err != nil {
+		split := Split{Weight: st.Spec.Steps[next], Match: st.Spec.match()}
+		if err := router.Split(ctx, split); err != nil {
 			return err
 		}
-		r.Progress(fmt.Sprintf("Step %d of %d: %d%% of traffic to %s", next+1, len(st.Spec.Steps), st.Spec.Steps[next], st.Canary))
+		r.Progress(fmt.Sprintf("Step %d of %d: %s to %s", next+1, len(st.Spec.Steps), DescribeSplit(split), st.Canary))
 	}
 	return r.update(ctx, st, func(s *State) {
 		now := time.Now().UTC()
@@ -179,7 +184,7 @@ const gatewaySync = 2 * time.Second
 // takeOut moves all traffic to stable, waits for the gateway to take the
 // change, then removes the canary's backend, Deployment and Service.
 func (r *Runner) takeOut(ctx context.Context, st *State, router Router) error {
-	if err := router.SetWeight(ctx, 0); err != nil {
+	if err := router.Split(ctx, Split{}); err != nil {
 		r.Progress("Could not move traffic back on " + router.Ref() + ": " + err.Error())
 	} else {
 		select {
@@ -192,4 +197,13 @@ func (r *Runner) takeOut(ctx context.Context, st *State, router Router) error {
 		return err
 	}
 	return r.Work.Delete(ctx, st.Canary, st.Spec.Service)
+}
+
+// customLine is the custom checks' values for a progress line.
+func customLine(custom []CheckValue) string {
+	var b strings.Builder
+	for _, c := range custom {
+		b.WriteString("; " + c.String())
+	}
+	return b.String()
 }

@@ -18,14 +18,24 @@ import (
 type Router interface {
 	// Ref names what it steers, as KIND/NAME.
 	Ref() string
-	// SetWeight sends percent of the stable Service's traffic to the
-	// canary Service, adding the canary where it is missing; 0 on a route
-	// without the canary changes nothing.
-	SetWeight(ctx context.Context, percent int) error
+	// Split divides the stable Service's traffic as s says, from whatever
+	// split the route had; Split{} on a route without the canary changes
+	// nothing.
+	Split(ctx context.Context, s Split) error
+	// Try checks that the route can carry s, changing nothing: the
+	// gateway's own rules (and the API server's dry run) say so before a
+	// canary creates anything.
+	Try(ctx context.Context, s Split) error
 	// Remove takes the canary out, leaving the route as it was before.
 	Remove(ctx context.Context) error
 	// Port is the stable Service's port the route sends to.
 	Port() int32
+}
+
+// Split is how a route divides traffic between stable and canary.
+type Split struct {
+	Weight int    // percent of the traffic to the canary
+	Match  *Match // requests that go to the canary whatever the weight; nil for none
 }
 
 // Backends are the stable and canary Services a router moves traffic between.
@@ -116,11 +126,23 @@ func OpenRouter(dyn dynamic.Interface, b Backends, ref string) (Router, error) {
 	return nil, fmt.Errorf("the canary's record names an unknown route %q", ref)
 }
 
-// ParseSteps reads "5,25,50,100": ascending percentages, the last at most 100.
+// MatchStep is the step of a dark launch where only the matching requests
+// reach the canary: "match" in --steps, 0 in a record.
+const MatchStep = 0
+
+// ParseSteps reads "5,25,50,100": ascending percentages, the last at most
+// 100, after "match" for a dark launch's step.
 func ParseSteps(s string) ([]int, error) {
 	var out []int
-	for _, f := range strings.Split(s, ",") {
+	for i, f := range strings.Split(s, ",") {
 		var n int
+		if strings.TrimSpace(f) == "match" {
+			if i > 0 {
+				return nil, fmt.Errorf("--steps %s: match can only be the first step", s)
+			}
+			out = append(out, MatchStep)
+			continue
+		}
 		if _, err := fmt.Sscanf(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(f), "%")), "%d", &n); err != nil {
 			return nil, fmt.Errorf("--steps %s: %q is not a percentage", s, f)
 		}

@@ -47,6 +47,19 @@ func (r *Runner) Start(ctx context.Context, spec Spec) error {
 // Plan validates spec against the cluster and returns the canary's first record.
 func (r *Runner) Plan(ctx context.Context, spec Spec) (*State, error) {
 	ns := r.Work.Namespace
+	for _, c := range spec.Custom {
+		if _, err := ParseCheck(c.Name + ": " + c.Expr); err != nil {
+			return nil, err
+		}
+	}
+	var match *Match
+	if spec.Match != "" {
+		var err error
+		if match, err = ParseMatch(spec.Match); err != nil {
+			return nil, err
+		}
+		spec.Match = match.String()
+	}
 	need := append(access.Verbs("", "services", "get", "list", "create", "patch", "delete"),
 		access.Verbs("apps", "deployments", "get", "list", "create", "patch", "delete")...)
 	need = append(need, access.Verbs("", "configmaps", "get", "create", "update")...)
@@ -80,6 +93,18 @@ func (r *Runner) Plan(ctx context.Context, spec Spec) (*State, error) {
 	if err := access.Check(ctx, r.Work.CS, ns, "a canary on "+router.Ref()+" needs", routeAccess...); err != nil {
 		return nil, err
 	}
+	if len(spec.Steps) == 0 {
+		return nil, errors.New("a canary needs at least one step")
+	}
+	if spec.Steps[0] == MatchStep && match == nil {
+		return nil, errors.New("--steps: the match step needs --match to say which requests")
+	}
+	// The route must carry the widest split (the last step's weight and
+	// the match) before anything is made: a match the route cannot
+	// express, or a rule too many, is refused by the gateway's own schema.
+	if err := router.Try(ctx, Split{Weight: spec.Steps[len(spec.Steps)-1], Match: match}); err != nil {
+		return nil, err
+	}
 	if spec.Metrics == "" {
 		spec.Metrics = map[string]string{KindHTTPRoute: "traefik", KindMapping: "emissary"}[routeKind(router.Ref())]
 	}
@@ -95,11 +120,24 @@ func (r *Runner) Plan(ctx context.Context, spec Spec) (*State, error) {
 		return nil, fmt.Errorf("prometheus at %s does not answer: %w", spec.Prometheus, err)
 	}
 	now := time.Now().UTC()
-	return &State{
+	st := &State{
 		Spec: spec, Namespace: r.Work.Namespace, Stable: dep.Name, Canary: name, Port: router.Port(),
 		StableImage: dep.Spec.Template.Spec.Containers[ci].Image,
 		Route:       router.Ref(), Phase: Starting, Started: now, StartedBy: r.Me.User,
-	}, nil
+	}
+	// Each check once now: a query Prometheus refuses (a parse error of its
+	// version's, matching that fails) is refused before anything is made;
+	// no data is only no traffic yet.
+	values, err := prom.customChecks(ctx, st)
+	if err != nil {
+		return nil, fmt.Errorf("prometheus at %s: %w", spec.Prometheus, err)
+	}
+	for _, v := range values {
+		if v.Problem != "" {
+			return nil, fmt.Errorf("--check %s: %s", v.Name, v.Problem)
+		}
+	}
+	return st, nil
 }
 
 func routeKind(ref string) string {
@@ -182,7 +220,7 @@ func (r *Runner) drive(ctx context.Context, service string, quiet bool) error {
 		first = false
 		switch {
 		case err != nil && ctx.Err() != nil:
-			return fmt.Errorf("stopped; the canary of %s stays at %d%%: tunnel canary resume %s, or abort it", service, st.Weight(), service)
+			return fmt.Errorf("stopped; the canary of %s keeps %s: tunnel canary resume %s, or abort it", service, DescribeSplit(st.Split()), service)
 		case errors.Is(err, ErrTakenOver):
 			return err
 		case err != nil && failures < maxFailures:
@@ -192,13 +230,13 @@ func (r *Runner) drive(ctx context.Context, service string, quiet bool) error {
 			r.Progress(fmt.Sprintf("Trying again (%d of %d): %v", failures, maxFailures, err))
 			next = retryAfter
 		case err != nil:
-			return fmt.Errorf("%w; the canary of %s stays at %d%%: tunnel canary resume %s, or abort it", err, service, st.Weight(), service)
+			return fmt.Errorf("%w; the canary of %s keeps %s: tunnel canary resume %s, or abort it", err, service, DescribeSplit(st.Split()), service)
 		default:
 			failures = 0
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("stopped; the canary of %s stays at %d%%: tunnel canary resume %s, or abort it", service, st.Weight(), service)
+			return fmt.Errorf("stopped; the canary of %s keeps %s: tunnel canary resume %s, or abort it", service, DescribeSplit(st.Split()), service)
 		case <-time.After(next):
 		}
 	}
@@ -274,7 +312,7 @@ func (r *Runner) step(ctx context.Context, st *State, first bool) (time.Duration
 		if first {
 			// A driver that died between moving traffic and writing it down
 			// left the route at another weight: the record is the truth.
-			if err := router.SetWeight(ctx, st.Weight()); err != nil {
+			if err := router.Split(ctx, st.Split()); err != nil {
 				return 0, err
 			}
 		}
@@ -308,10 +346,11 @@ func (r *Runner) start(ctx context.Context, st *State, router Router) error {
 		})
 	}
 	w := st.Spec.Steps[0]
-	if err := router.SetWeight(ctx, w); err != nil {
+	split := Split{Weight: w, Match: st.Spec.match()}
+	if err := router.Split(ctx, split); err != nil {
 		return err
 	}
-	r.Progress(fmt.Sprintf("Step 1 of %d: %d%% of traffic to %s, judged after %s", len(st.Spec.Steps), w, st.Canary, time.Duration(st.Spec.Interval)))
+	r.Progress(fmt.Sprintf("Step 1 of %d: %s to %s, judged after %s", len(st.Spec.Steps), DescribeSplit(split), st.Canary, time.Duration(st.Spec.Interval)))
 	return r.update(ctx, st, func(s *State) {
 		now := time.Now().UTC()
 		s.Phase, s.Step, s.StepStarted = Progressing, 0, now

@@ -66,7 +66,7 @@ func runner(t *testing.T, prom string) (*Runner, *dynfake.FakeDynamicClient) {
 	}
 	b := Backends{Namespace: "ns", Stable: "echo", Canary: "echo-canary"}
 	router, _ := OpenRouter(dyn, b, "httproute/shop")
-	if err := router.SetWeight(context.Background(), 20); err != nil {
+	if err := router.Split(context.Background(), Split{Weight: 20}); err != nil {
 		t.Fatal(err)
 	}
 	st := &State{

@@ -50,7 +50,8 @@ type Spec struct {
 	Service      string        `json:"service"`
 	Image        string        `json:"image"`
 	Container    string        `json:"container,omitempty"` // default: the first
-	Steps        []int         `json:"steps"`               // percent of traffic, ascending
+	Steps        []int         `json:"steps"`               // percent of traffic, ascending; MatchStep first for a dark launch's
+	Match        string        `json:"match,omitempty"`     // the requests a dark launch sends to the canary, as --match reads it
 	Interval     Duration      `json:"interval"`
 	MaxErrorRate float64       `json:"maxErrorRate"` // a fraction: 0.01 is 1%
 	MaxP99       Duration      `json:"maxP99"`
@@ -59,6 +60,7 @@ type Spec struct {
 	Prometheus   string        `json:"prometheus"`
 	Route        string        `json:"route,omitempty"`   // KIND/NAME; found when empty
 	Metrics      string        `json:"metrics,omitempty"` // query dialect; the route kind's when empty
+	Custom       []Custom      `json:"custom,omitempty"`  // the hypothesis's own checks, beside error rate and p99
 	Timeout      time.Duration `json:"rolloutTimeout"`
 }
 
@@ -96,6 +98,26 @@ func (s *State) Weight() int {
 	return s.Spec.Steps[s.Step]
 }
 
+// Split is how the route divides traffic now.
+func (s *State) Split() Split {
+	if s.Phase != Progressing && s.Phase != Promoting {
+		return Split{}
+	}
+	return Split{Weight: s.Weight(), Match: s.Spec.match()}
+}
+
+// match is the spec's match, parsed; nil when none (Check refuses a bad one).
+func (s *Spec) match() *Match {
+	if s.Match == "" {
+		return nil
+	}
+	m, err := ParseMatch(s.Match)
+	if err != nil {
+		return nil
+	}
+	return m
+}
+
 // Record is one step as it happened: when it had which weight.
 type Record struct {
 	Step    int        `json:"step"`
@@ -107,12 +129,13 @@ type Record struct {
 
 // Check is one analysis: the canary's metrics beside the stable's.
 type Check struct {
-	At      time.Time `json:"at"`
-	Step    int       `json:"step"`
-	Weight  int       `json:"weight"`
-	Canary  Sample    `json:"canary"`
-	Stable  Sample    `json:"stable"`
-	Verdict string    `json:"verdict"` // "healthy", "too few requests", or what failed
+	At      time.Time    `json:"at"`
+	Step    int          `json:"step"`
+	Weight  int          `json:"weight"`
+	Canary  Sample       `json:"canary"`
+	Stable  Sample       `json:"stable"`
+	Custom  []CheckValue `json:"custom,omitempty"`
+	Verdict string       `json:"verdict"` // "healthy", "too few requests", or what failed
 }
 
 // Driver is the CLI that drives a canary; it renews its lease as it goes.
@@ -144,6 +167,8 @@ func (d *Driver) String() string {
 
 // Duration is a time.Duration that reads and writes as "30s".
 type Duration time.Duration
+
+func (d Duration) String() string { return time.Duration(d).String() }
 
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 func (d *Duration) UnmarshalJSON(b []byte) error {
@@ -219,8 +244,21 @@ func (s *State) Check() error {
 	if len(s.Spec.Steps) == 0 {
 		return errors.New("it has no steps")
 	}
+	if s.Spec.Match != "" {
+		if _, err := ParseMatch(s.Spec.Match); err != nil {
+			return fmt.Errorf("its match: %w", err)
+		}
+	}
+	for _, c := range s.Spec.Custom {
+		if _, err := ParseCheck(c.Name + ": " + c.Expr); err != nil {
+			return fmt.Errorf("its check: %w", err)
+		}
+	}
 	prev := 0
-	for _, w := range s.Spec.Steps {
+	for i, w := range s.Spec.Steps {
+		if i == 0 && w == MatchStep && s.Spec.Match != "" {
+			continue
+		}
 		if w <= prev || w > 100 {
 			return fmt.Errorf("its steps %v are not ascending percentages", s.Spec.Steps)
 		}
@@ -254,8 +292,8 @@ func (s Store) Create(ctx context.Context, st *State) error {
 			return gerr
 		}
 		if !old.Phase.Done() {
-			return fmt.Errorf("a canary of %s is already %s at %d%% (see tunnel canary status %s)", st.Spec.Service,
-				strings.ToLower(string(old.Phase)), old.Weight(), st.Spec.Service)
+			return fmt.Errorf("a canary of %s is already %s with %s (see tunnel canary status %s)", st.Spec.Service,
+				strings.ToLower(string(old.Phase)), DescribeSplit(old.Split()), st.Spec.Service)
 		}
 		return s.Update(ctx, st.Spec.Service, func(cur *State) error {
 			if !cur.Phase.Done() {

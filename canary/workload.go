@@ -2,6 +2,8 @@ package canary
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -123,12 +125,15 @@ const (
 	annContainer   = "tunnel.dev/canary-container"
 	annRoute       = "tunnel.dev/canary-route"
 	annPort        = "tunnel.dev/canary-port"
+	annMatch       = "tunnel.dev/canary-match"
+	annChecks      = "tunnel.dev/canary-checks"
 )
 
 // witness is what the canary's Deployment records of st.
 func witness(st *State) map[string]string {
 	return map[string]string{annImage: st.Spec.Image, annPrometheus: st.Spec.Prometheus, annStable: st.Stable, annStableImage: st.StableImage,
-		annContainer: st.Spec.Container, annRoute: st.Route, annPort: strconv.Itoa(int(st.Port))}
+		annContainer: st.Spec.Container, annRoute: st.Route, annPort: strconv.Itoa(int(st.Port)),
+		annMatch: st.Spec.Match, annChecks: checksDigest(st.Spec.Custom)}
 }
 
 // errUntrusted says a canary's record does not match its Deployment.
@@ -247,4 +252,16 @@ func (w Workloads) SetImage(ctx context.Context, deployment, container, image st
 		return fmt.Errorf("set the image of deployment %s: %w", deployment, err)
 	}
 	return nil
+}
+
+// checksDigest stands for a canary's own checks on its Deployment: the
+// driver runs them with its user's credentials and writes their values in
+// the record, so an edited record must not change them.
+func checksDigest(c []Custom) string {
+	if len(c) == 0 {
+		return ""
+	}
+	data, _ := json.Marshal(c)
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
 }

@@ -30,7 +30,7 @@ func newCanary() *cobra.Command {
 			"traffic back to stable and the canary removed. Nothing runs in the cluster: the CLI drives\n" +
 			"it, its record is the ConfigMap tunnel-canary-SERVICE, and `resume` picks it up again.",
 	}
-	cmd.AddCommand(newCanaryStart(), newCanaryStatus(), newCanaryAct("promote"), newCanaryAct("abort"), newCanaryResume())
+	cmd.AddCommand(newCanaryStart(), newCanaryStatus(), newCanaryAct("promote"), newCanaryAct("abort"), newCanaryResume(), newCanaryReport())
 	return cmd
 }
 
@@ -107,13 +107,17 @@ func newCanaryStart() *cobra.Command {
 		maxErr   string
 		buildDir string
 		bf       buildFlags
+		checks   []string
 	)
 	cmd := &cobra.Command{
 		Use:   "start SERVICE --image IMAGE | --build DIR",
 		Short: "Start a canary of SERVICE's Deployment with IMAGE and drive it to promotion or rollback",
 		Example: "  tunnel canary start shop --image shop:1.5 --prometheus http://prometheus.monitoring:9090\n" +
 			"  tunnel canary start shop --image shop:1.5 --steps 10,50,100 --interval 1m --max-p99 300ms\n" +
-			"  tunnel canary start shop --build ./deploy --registry registry.example.com/team",
+			"  tunnel canary start shop --build ./deploy --registry registry.example.com/team\n" +
+			"  tunnel canary start shop --image shop:1.5 --match header:x-beta=1 --steps match,10,50,100\n" +
+			"  tunnel canary start shop --image shop:1.5 --match 'cookie:beta=~(1|yes)'\n" +
+			"  tunnel canary start shop --image shop:1.5 --check 'conversion: sum(rate(orders_total{result=\"ok\",{{canary_pods}}}[{{interval}}])) / sum(rate(orders_total{{canary_pods}}[{{interval}}])) >= 0.95 * sum(rate(orders_total{result=\"ok\",{{stable_pods}}}[{{interval}}])) / sum(rate(orders_total{{stable_pods}}[{{interval}}]))'",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			spec.Service = args[0]
@@ -124,11 +128,21 @@ func newCanaryStart() *cobra.Command {
 				return fmt.Errorf("name the new image with --image, or build it from source with --build DIR")
 			}
 			var err error
+			if spec.Match != "" && !cmd.Flags().Changed("steps") {
+				steps = "match" // a dark launch, then straight to stable
+			}
 			if spec.Steps, err = canary.ParseSteps(steps); err != nil {
 				return err
 			}
 			if spec.MaxErrorRate, err = parseRate(maxErr); err != nil {
 				return err
+			}
+			for _, s := range checks {
+				c, err := canary.ParseCheck(s)
+				if err != nil {
+					return err
+				}
+				spec.Custom = append(spec.Custom, c)
 			}
 			if interval <= 0 || spec.Timeout <= 0 {
 				return fmt.Errorf("--interval and --timeout must be positive")
@@ -160,10 +174,13 @@ func newCanaryStart() *cobra.Command {
 	f.StringVar(&buildDir, "build", "", "build the image to try from source: the folder whose values.yaml names one Go main package (build: {image: ./cmd/shop})")
 	bf.addWhere(f)
 	f.StringVar(&spec.Container, "container", "", "the container that takes the image (default: the first)")
-	f.StringVar(&steps, "steps", "5,25,50,100", "the canary's share of traffic at each step, in percent")
+	f.StringVar(&steps, "steps", "5,25,50,100", "the canary's share of traffic at each step, in percent; \"match\" first for a step of the matching requests alone (default with --match: match, promoted after one healthy interval of the matching requests alone)")
+	f.StringVar(&spec.Match, "match", "", "a dark launch: requests with this header or cookie go to the canary at every step (header:NAME=VALUE, cookie:NAME=VALUE, =~ for a regular expression of the whole value)")
 	f.DurationVar(&interval, "interval", 30*time.Second, "how long each step runs before it is judged")
 	f.StringVar(&maxErr, "max-error-rate", "1%", "the highest share of 5xx answers the canary may give")
 	f.DurationVar(&maxP99, "max-p99", 500*time.Millisecond, "the highest p99 latency the canary may have (0: not judged)")
+	f.StringArrayVar(&checks, "check", nil, "judge the canary by the hypothesis's own metric as well, 'NAME: PROMQL OP VALUE' (repeatable); "+
+		"{{canary}}/{{stable}} are the gateway's label matchers for each, {{canary_pods}}/{{stable_pods}} their pods', {{interval}} the step's")
 	f.IntVar(&spec.MinRequests, "min-requests", 20, "requests the canary must get in an interval to be judged")
 	f.IntVar(&spec.MaxIdle, "max-idle", 3, "intervals in a row with too few requests before rolling back")
 	f.StringVar(&spec.Prometheus, "prometheus", "", "the URL of the Prometheus that scrapes the gateway (default: $TUNNEL_PROMETHEUS)")
@@ -190,6 +207,7 @@ func newCanaryStatus() *cobra.Command {
 	var (
 		kf     kubeFlags
 		output outputFlag
+		watch  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "status [SERVICE]",
@@ -199,9 +217,17 @@ func newCanaryStatus() *cobra.Command {
 			if err := output.check(); err != nil {
 				return err
 			}
+			if watch && (len(args) != 1 || output.json()) {
+				return fmt.Errorf("--watch follows one canary, as text: name its service, without -o json")
+			}
 			c, err := kf.canaryClients(cmd)
 			if err != nil {
 				return err
+			}
+			if watch {
+				ctx, cancel := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+				defer cancel()
+				return watchCanary(ctx, cmd.OutOrStdout(), c.store, args[0])
 			}
 			var states []*canary.State
 			if len(args) == 1 {
@@ -231,6 +257,7 @@ func newCanaryStatus() *cobra.Command {
 	}
 	kf.add(cmd)
 	output.add(cmd.Flags())
+	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "follow the canary until it ends, redrawn in place (one line per change when not a terminal); exits 0 when promoted")
 	return cmd
 }
 

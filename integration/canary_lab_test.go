@@ -157,9 +157,11 @@ type answer struct {
 	pod  string
 }
 
-func (c *canaryLab) startLoad(rate int) *loadGen {
+// startLoad sends rate requests a second, each with headers ("Name: value").
+func (c *canaryLab) startLoad(rate int, headers ...string) *loadGen {
 	c.t.Helper()
-	cmd, err := lab.Command(context.Background(), h.Lab.Paths, node, h.EchoClient(), "load", "http://"+c.gw+"/", strconv.Itoa(rate), c.host)
+	cmd, err := lab.Command(context.Background(), h.Lab.Paths, node,
+		append([]string{h.EchoClient(), "load", "http://" + c.gw + "/", strconv.Itoa(rate), c.host}, headers...)...)
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -185,7 +185,14 @@ func components(p Paths, cfg Config) []component {
 			ready: httpProbe("http://127.0.0.1:10290/healthz"),
 		},
 		{
-			// Debian's Prometheus, scraping the gateway for canary analysis;
+			// The pods Prometheus scrapes (podtargets): Debian's Prometheus
+			// has no Kubernetes service discovery.
+			name: "podtargets", bin: p.state("bin", "podtargets"), inNode: true,
+			args:  []string{"-kubeconfig=" + p.AdminKubeconfig(), "-out=" + filepath.Join(p.PrometheusTargets(), "pods", "pods.json"), "-health=127.0.0.1:10291"},
+			ready: httpProbe("http://127.0.0.1:10291/healthz"),
+		},
+		{
+			// Debian's Prometheus, scraping the gateway and annotated pods for canary analysis;
 			// laptops reach it on the node's address, as they reach the API.
 			// Its web console files are not needed: the API is.
 			name: "prometheus", bin: p.prometheusBinary(), inNode: true,

@@ -11,6 +11,7 @@ import (
 	"io"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -217,7 +218,9 @@ func DeployEcho(ctx context.Context, l *Lab, cs kubernetes.Interface, ns, name s
 // EchoTemplate is the test app's pod template, with labels.
 func EchoTemplate(labels map[string]string) corev1.PodTemplateSpec {
 	return corev1.PodTemplateSpec{
-		ObjectMeta: metav1.ObjectMeta{Labels: labels},
+		// The lab's Prometheus scrapes the app's own metrics (podtargets).
+		ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{
+			"prometheus.io/scrape": "true", "prometheus.io/port": strconv.Itoa(EchoMetricsPort)}},
 		Spec: corev1.PodSpec{
 			TerminationGracePeriodSeconds: ptr.To(int64(1)),
 			Containers: []corev1.Container{{

@@ -38,6 +38,8 @@ const (
 	EchoHTTP2Port = 8081
 	EchoTCPPort   = 9000
 	EchoUDPPort   = 9001
+	// EchoMetricsPort serves orders_total; no Service names it.
+	EchoMetricsPort = 9102
 )
 
 // ensureImages imports the sandbox image and pushes the lab's own images.

@@ -95,7 +95,7 @@ func (l *Lab) startNode(ctx context.Context, cfg Config) error {
 	if err := prepareRegistry(ctx, p, pk); err != nil {
 		return err
 	}
-	for _, cmd := range []string{"loadbalancer", "shaper"} {
+	for _, cmd := range []string{"loadbalancer", "shaper", "podtargets"} {
 		if err := BuildBinary(ctx, "./integration/"+cmd, p.state("bin", cmd)); err != nil {
 			return err
 		}
@@ -148,7 +148,7 @@ func (l *Lab) startNode(ctx context.Context, cfg Config) error {
 
 // configReaders names the part that reads each config file and must start
 // again when it changes; the others are read anew or hot-reloaded.
-var configReaders = map[string]string{"containerd.toml": "containerd", "registry.yml": "registry"}
+var configReaders = map[string]string{"containerd.toml": "containerd", "registry.yml": "registry", "prometheus.yml": "prometheus"}
 
 func (l *Lab) startCluster(ctx context.Context, cfg Config) error {
 	p := l.Paths

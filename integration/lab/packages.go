@@ -26,6 +26,7 @@ var debianPackages = []struct{ pkg, cmd string }{
 	{"wireguard-tools", "wg"},                     // an attacker's WireGuard, in the security tests
 	{"dbus-daemon", "dbus-daemon"},                // a private system bus for a laptop's systemd-resolved
 	{"ca-certificates", "update-ca-certificates"}, // what the agent image trusts
+	{"chromium", "chromium"},                      // headless, to look at a canary's report page
 }
 
 // ensurePackages installs the Debian packages the machine lacks.

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -20,10 +21,20 @@ var podField = regexp.MustCompile(`pod=(\S+)`)
 // load sends rate requests a second to url (with Host host) until it is
 // told to stop, and writes one line per answer: "UNIX_MS CODE POD", where
 // POD is the answering pod's name ("-" when the body names none, "error"
-// when there was no answer). The canary tests count these by step.
+// when there was no answer). The canary tests count these by step; each
+// HEADER argument ("Name: value") goes with every request, so a test can
+// send a dark launch's cohort.
 func load(ctx context.Context, out io.Writer, args []string) error {
-	if len(args) != 3 {
-		return errors.New("usage: load URL RATE HOST")
+	if len(args) < 3 {
+		return errors.New("usage: load URL RATE HOST [HEADER: VALUE]...")
+	}
+	header := http.Header{}
+	for _, h := range args[3:] {
+		name, value, ok := strings.Cut(h, ":")
+		if !ok {
+			return fmt.Errorf("header %q: want Name: value", h)
+		}
+		header.Add(strings.TrimSpace(name), strings.TrimSpace(value))
 	}
 	rate, err := strconv.Atoi(args[1])
 	if err != nil || rate < 1 {
@@ -56,6 +67,7 @@ func load(ctx context.Context, out io.Writer, args []string) error {
 			code, pod := "0", "error"
 			req, _ := http.NewRequest(http.MethodGet, args[0], nil)
 			req.Host = args[2]
+			req.Header = header.Clone()
 			if resp, err := client.Do(req); err == nil {
 				body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 				resp.Body.Close()

@@ -23,6 +23,7 @@ type config struct {
 	HTTP2Addr string
 	TCPAddr   string
 	UDPAddr   string
+	Metrics   string
 	PodName   string
 }
 
@@ -33,6 +34,9 @@ type listeners struct {
 	HTTP2 net.Listener
 	TCP   net.Listener
 	UDP   net.PacketConn
+	// Metrics serves /metrics on a port of its own, which no Service
+	// names: an intercept never takes Prometheus' scrapes to a laptop.
+	Metrics net.Listener // nil in the unit tests, which serve none
 }
 
 func main() {
@@ -87,6 +91,7 @@ func main() {
 	flag.StringVar(&cfg.HTTP2Addr, "http2", ":8081", "second HTTP listen address, for multi-port Services")
 	flag.StringVar(&cfg.TCPAddr, "tcp", ":9000", "TCP echo listen address")
 	flag.StringVar(&cfg.UDPAddr, "udp", ":9001", "UDP echo listen address")
+	flag.StringVar(&cfg.Metrics, "metrics", ":9102", "Prometheus metrics listen address")
 	flag.Parse()
 	cfg.PodName = podName()
 
@@ -132,6 +137,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 		{"http", cfg.HTTPAddr, &ls.HTTP},
 		{"http2", cfg.HTTP2Addr, &ls.HTTP2},
 		{"tcp", cfg.TCPAddr, &ls.TCP},
+		{"metrics", cfg.Metrics, &ls.Metrics},
 	} {
 		if *l.dst, err = lc.Listen(ctx, "tcp", l.addr); err != nil {
 			closeAll()
@@ -156,8 +162,11 @@ func serve(ctx context.Context, pod string, ls listeners, logger *slog.Logger) e
 		"http", ls.HTTP.Addr().String(), "http2", ls.HTTP2.Addr().String(),
 		"tcp", ls.TCP.Addr().String(), "udp", ls.UDP.LocalAddr().String())
 
-	h, err := withFaults(newHTTPHandler(pod), os.Getenv)
+	h, metrics, err := withOrders(newHTTPHandler(pod), os.Getenv)
 	if err != nil {
+		return err
+	}
+	if h, err = withFaults(h, os.Getenv); err != nil {
 		return err
 	}
 	if os.Getenv("LOG_REQUESTS") != "" {
@@ -181,6 +190,9 @@ func serve(ctx context.Context, pod string, ls listeners, logger *slog.Logger) e
 		func() error { return serveHTTP(ctx, ls.HTTP2, h, idle) },
 		func() error { return serveTCPEcho(ctx, ls.TCP) },
 		func() error { return serveUDPEcho(ctx, ls.UDP) },
+	}
+	if ls.Metrics != nil {
+		tasks = append(tasks, func() error { return serveHTTP(ctx, ls.Metrics, metrics, 0) })
 	}
 	errc := make(chan error, len(tasks))
 	for _, task := range tasks {

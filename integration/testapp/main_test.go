@@ -211,7 +211,7 @@ func TestShutdownClosesEcho(t *testing.T) {
 }
 
 func TestRun(t *testing.T) {
-	cfg := config{"127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "p"}
+	cfg := config{"127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "p"}
 	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 	defer cancel()
 	if err := run(ctx, cfg, slog.New(slog.DiscardHandler)); err != nil {
