@@ -1,6 +1,6 @@
 // Package agent is the in-cluster side of tunnel: the manager (the hub every
-// session connects to) and the sidecar (captures an intercepted workload's
-// inbound traffic). The command tree of `tunnel-agent` lives here.
+// session connects to), the sidecar (captures an intercepted workload's
+// inbound traffic) and a canary's standby driver. The command tree of `tunnel-agent` lives here.
 package agent
 
 import (
@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"tunnel.dev/tunnel/agent/canarydriver"
 	"tunnel.dev/tunnel/agent/manager"
 	"tunnel.dev/tunnel/agent/redirect"
 	"tunnel.dev/tunnel/agent/sidecar"
@@ -31,6 +32,7 @@ func New(out, errOut io.Writer) *cobra.Command {
 	root.AddCommand(manager.Command())
 	root.AddCommand(sidecar.Command())
 	root.AddCommand(redirect.Command())
+	root.AddCommand(canarydriver.Command())
 	root.AddCommand(&cobra.Command{
 		Use:   "idle",
 		Short: "Wait until stopped: what a replaced workload's containers run (tunnel intercept --replace)",

@@ -15,8 +15,12 @@ import (
 // the canary's end state.
 func (r *Runner) Ask(ctx context.Context, service, action string) (*State, error) {
 	host, _ := os.Hostname()
+	holder, err := r.Leases.Holder(ctx, service)
+	if err != nil {
+		return nil, err
+	}
 	var driver *Driver
-	err := r.Store.Update(ctx, service, func(st *State) error {
+	err = r.Store.Update(ctx, service, func(st *State) error {
 		if st.Phase.Done() {
 			return fmt.Errorf("the canary of %s already ended: %s (%s)", service, st.Phase, st.Reason)
 		}
@@ -25,8 +29,8 @@ func (r *Runner) Ask(ctx context.Context, service, action string) (*State, error
 		}
 		st.Request = action
 		driver = nil
-		if st.Driver.Holds(time.Now(), host) && !st.Driver.same(r.Me) {
-			driver = st.Driver
+		if holder.Holds(time.Now(), host) && !holder.same(r.Me) {
+			driver = holder
 		}
 		return nil
 	})
@@ -47,8 +51,9 @@ func (r *Runner) Ask(ctx context.Context, service, action string) (*State, error
 	return st, err
 }
 
-// Describe writes a canary's record for people.
-func Describe(w io.Writer, st *State, now time.Time) {
+// Describe writes a canary's record for people; holder is who holds its
+// lease (nil: nobody).
+func Describe(w io.Writer, st *State, holder *Driver, now time.Time) {
 	// Anyone who may edit the record writes its reasons and names: none of
 	// it may steer the terminal.
 	w = printable{w}
@@ -74,8 +79,9 @@ func Describe(w io.Writer, st *State, now time.Time) {
 	fmt.Fprintf(w, "  Started:    %s by %s\n", st.Started.Local().Format(time.DateTime), st.StartedBy)
 	if !st.Phase.Done() {
 		switch {
-		case st.Driver.Holds(now, host):
-			fmt.Fprintf(w, "  Driven by:  %s, %s ago\n", st.Driver, now.Sub(st.Driver.Renewed).Round(time.Second))
+		case holder.Holds(now, host):
+			fmt.Fprintf(w, "  Driven by:  %s since %s, lease renewed %s ago\n", holder, holder.Since.Local().Format(time.TimeOnly),
+				now.Sub(holder.Renewed).Round(time.Second))
 		default:
 			fmt.Fprintf(w, "  Driven by:  nobody: it keeps %s until `tunnel canary resume %s` (or abort)\n", DescribeSplit(st.Split()), st.Spec.Service)
 		}
@@ -121,11 +127,11 @@ func Printable(s string, lines bool) string {
 }
 
 // Summary is a canary's state on one line, for a log that follows it.
-func Summary(st *State) string {
-	return Printable(summary(st), false)
+func Summary(st *State, holder *Driver) string {
+	return Printable(summary(st, holder), false)
 }
 
-func summary(st *State) string {
+func summary(st *State, holder *Driver) string {
 	var b strings.Builder
 	b.WriteString(string(st.Phase))
 	switch {
@@ -134,8 +140,9 @@ func summary(st *State) string {
 	case st.Reason != "":
 		fmt.Fprintf(&b, ": %s", st.Reason)
 	}
-	if st.Driver != nil {
-		fmt.Fprintf(&b, "; driven by %s", st.Driver)
+	host, _ := os.Hostname()
+	if holder.Holds(time.Now(), host) {
+		fmt.Fprintf(&b, "; driven by %s", holder)
 	} else if !st.Phase.Done() {
 		b.WriteString("; driven by nobody")
 	}

@@ -15,9 +15,6 @@ import (
 // promote and abort requests from other terminals and to renew its lease.
 const poll = time.Second
 
-// renewEvery is how often a waiting driver renews its lease (LeaseTTL).
-const renewEvery = 5 * time.Second
-
 // progress judges the current step once its interval is over: healthy
 // moves to the next step (or to promotion after the last), a failed
 // threshold rolls back, and too few requests waits another interval, up
@@ -25,10 +22,7 @@ const renewEvery = 5 * time.Second
 func (r *Runner) progress(ctx context.Context, st *State, router Router) (time.Duration, error) {
 	interval := time.Duration(st.Spec.Interval)
 	if wait := time.Until(st.StepStarted.Add(interval)); wait > 0 {
-		if time.Since(st.Driver.Renewed) < renewEvery {
-			return min(wait, poll), nil
-		}
-		return min(wait, poll), r.update(ctx, st, func(*State) {})
+		return min(wait, poll), nil
 	}
 	d := Dialects[st.Spec.Metrics]
 	prom, err := NewPrometheus(st.Spec.Prometheus, d)
@@ -47,7 +41,7 @@ func (r *Runner) progress(ctx context.Context, st *State, router Router) (time.D
 	}
 	// Prometheus away: the canary stays at its step, and asks again.
 	r.Progress("Cannot judge yet: " + err.Error())
-	return retryPrometheus, r.update(ctx, st, func(*State) {})
+	return retryPrometheus, nil
 }
 
 // retryPrometheus is how long a driver waits to ask an absent Prometheus again.
@@ -134,14 +128,29 @@ func (r *Runner) promote(ctx context.Context, st *State, router Router) error {
 		return err
 	}
 	r.Progress(fmt.Sprintf("Promoted: %s runs %s", st.Stable, st.Spec.Image))
-	return r.update(ctx, st, func(s *State) {
+	if err := r.update(ctx, st, func(s *State) {
 		now := time.Now().UTC()
 		endRecord(s, now, "promoted")
 		s.Phase = Promoted
 		if s.Reason == "" {
 			s.Reason = "every step was healthy"
 		}
-	})
+	}); err != nil {
+		return err
+	}
+	r.endStandby(ctx, st)
+	return nil
+}
+
+// endStandby removes the driver in the cluster once the canary has ended;
+// one that ends it itself is removed by its Job's time to live.
+func (r *Runner) endStandby(ctx context.Context, st *State) {
+	if r.Standby == nil || r.Me.Cluster {
+		return
+	}
+	if err := r.Standby.Delete(ctx, st.Spec.Service); err != nil {
+		r.Progress(err.Error())
+	}
 }
 
 // rollBack sends all traffic to stable (with its old image, should a
@@ -167,14 +176,18 @@ func (r *Runner) rollBack(ctx context.Context, st *State, router Router) error {
 	if err := r.takeOut(ctx, st, router); err != nil {
 		return err
 	}
-	return r.update(ctx, st, func(s *State) {
+	if err := r.update(ctx, st, func(s *State) {
 		endRecord(s, time.Now().UTC(), s.Reason)
 		if s.Phase == Aborting {
 			s.Phase = Aborted
 		} else {
 			s.Phase = RolledBack
 		}
-	})
+	}); err != nil {
+		return err
+	}
+	r.endStandby(ctx, st)
+	return nil
 }
 
 // gatewaySync is how long a gateway may take to apply a route change:

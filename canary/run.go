@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -18,10 +17,20 @@ import (
 // done again, so a Runner that dies anywhere is replaced by `resume`.
 type Runner struct {
 	Store    Store
+	Leases   Leases
 	Work     Workloads
 	Dyn      dynamic.Interface
 	Me       *Driver
 	Progress func(string)
+	// Standby, when set, is the driver in the cluster this Runner starts
+	// beside a canary and removes at its end.
+	Standby *Standby
+	// Witness, when set, is what the canary started as, from the user's
+	// own hand (the standby's Job): a record that differs is not acted on.
+	Witness map[string]string
+
+	ttl     time.Duration // the lease's duration
+	renewed time.Time     // when this driver sent its last renewal that succeeded (keepLease's alone)
 }
 
 // ErrRolledBack is returned when a canary ends without being promoted.
@@ -90,7 +99,11 @@ func (r *Runner) Plan(ctx context.Context, spec Spec) (*State, error) {
 	if routeKind(router.Ref()) == KindMapping {
 		routeAccess = access.Verbs("getambassador.io", "mappings", "get", "patch", "delete")
 	}
+	routeAccess = append(routeAccess, access.Verbs("coordination.k8s.io", "leases", "get", "create", "update")...)
 	if err := access.Check(ctx, r.Work.CS, ns, "a canary on "+router.Ref()+" needs", routeAccess...); err != nil {
+		return nil, err
+	}
+	if err := r.checkStandby(ctx, ns, spec.Service); err != nil {
 		return nil, err
 	}
 	if len(spec.Steps) == 0 {
@@ -140,6 +153,36 @@ func (r *Runner) Plan(ctx context.Context, spec Spec) (*State, error) {
 	return st, nil
 }
 
+// checkStandby asks whether the user may make the canary's driver in the
+// cluster: its Role may hold only what its maker holds (RBAC's own rule),
+// which is reading pods besides what Plan checked, and making it. Without
+// those rights a canary the user did not insist on driving in the cluster
+// is driven from this CLI only, and says so.
+func (r *Runner) checkStandby(ctx context.Context, ns, service string) error {
+	if r.Standby == nil || r.Standby.Image == "" {
+		return nil
+	}
+	need := append(access.Verbs("batch", "jobs", "get", "create", "patch", "delete"), access.Verbs("", "serviceaccounts", "get", "create", "update")...)
+	need = append(need, access.Verbs("rbac.authorization.k8s.io", "roles", "get", "create", "update")...)
+	need = append(need, access.Verbs("rbac.authorization.k8s.io", "rolebindings", "get", "create", "update")...)
+	need = append(need, access.Verbs("", "pods", "list")...)
+	need = append(need, access.Verbs("discovery.k8s.io", "endpointslices", "list")...)
+	err := access.Check(ctx, r.Work.CS, ns, "a canary driven in the cluster when this CLI stops (--driver cluster) needs", need...)
+	if n := StandbyName(service); err == nil && len(n) > 52 {
+		// The Job's pods carry its name in a label of at most 63.
+		err = fmt.Errorf("%w: its job's name %s would be too long for Kubernetes", errNoStandby, n)
+	}
+	if err == nil || r.Standby.Required || !(errors.Is(err, access.ErrForbidden) || errors.Is(err, errNoStandby)) {
+		return err
+	}
+	r.Progress(fmt.Sprintf("Driven from this CLI only (%v); if it stops, `tunnel canary resume` picks the canary up", err))
+	r.Standby.Image = ""
+	return nil
+}
+
+// errNoStandby is a canary that cannot have a driver in the cluster.
+var errNoStandby = errors.New("no driver in the cluster")
+
 func routeKind(ref string) string {
 	kind, _, _ := strings.Cut(ref, "/")
 	return kind
@@ -165,22 +208,22 @@ func (r *Runner) Drive(ctx context.Context, service string) error {
 
 // drive is Drive; quiet says nothing while it waits for another's lease.
 func (r *Runner) drive(ctx context.Context, service string, quiet bool) error {
-	host, _ := os.Hostname()
+	st, err := r.Store.Get(ctx, service)
+	if err != nil {
+		return err
+	}
+	r.ttl = LeaseDuration(time.Duration(st.Spec.Interval))
 	waiting := quiet
+	var seen Observed
 	for {
-		err := r.Store.Update(ctx, service, func(st *State) error {
-			if st.Driver.Holds(time.Now(), host) && !st.Driver.same(r.Me) {
-				return &ErrDriven{By: st.Driver}
-			}
-			r.Me.Renewed = time.Now().UTC()
-			st.Driver = r.Me
-			return nil
-		})
+		sent := time.Now()
+		err := r.Leases.Acquire(ctx, service, r.Me, r.ttl, &seen)
 		var driven *ErrDriven
 		if !errors.As(err, &driven) {
 			if err != nil {
 				return err
 			}
+			r.renewed = sent
 			break
 		}
 		if !waiting {
@@ -190,11 +233,21 @@ func (r *Runner) drive(ctx context.Context, service string, quiet bool) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(2 * time.Second):
+		case <-time.After(time.Second):
 		}
 	}
+	// The work stops when the lease is lost: before anyone else may take
+	// it (RenewDeadline), so two drivers never act at once.
+	work, stop := context.WithCancelCause(ctx)
+	renewing := make(chan struct{})
+	go func() {
+		defer close(renewing)
+		r.keepLease(work, stop, service)
+	}()
 	defer func() {
-		// Hand the canary over at once to whoever resumes it.
+		stop(nil)
+		<-renewing
+		// Hand the canary over at once to whoever waits for it.
 		c, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_ = r.Store.Update(c, service, func(st *State) error {
@@ -203,11 +256,33 @@ func (r *Runner) drive(ctx context.Context, service string, quiet bool) error {
 			}
 			return nil
 		})
+		_ = r.Leases.Release(c, service, r.Me)
 	}()
+	// The record names its driver too, for status and for a driver that
+	// lost the lease to find out at its next write.
+	r.Me.Renewed = time.Now().UTC()
+	if err := r.Store.Update(work, service, func(st *State) error { st.Driver = r.Me; return nil }); err != nil {
+		return err
+	}
+	stopped := func(st *State) error {
+		if cause := context.Cause(work); errors.Is(cause, ErrTakenOver) {
+			return cause
+		}
+		if st == nil {
+			return fmt.Errorf("stopped; the canary of %s stays where it is", service)
+		}
+		if r.Standby != nil && r.Standby.Image != "" {
+			return fmt.Errorf("stopped here; the canary of %s keeps %s, and its driver in the cluster takes it over (tunnel canary status %s)", service, DescribeSplit(st.Split()), service)
+		}
+		return fmt.Errorf("stopped; the canary of %s keeps %s: tunnel canary resume %s, or abort it", service, DescribeSplit(st.Split()), service)
+	}
 	first, failures := true, 0
 	for {
-		st, err := r.Store.Get(ctx, service)
+		st, err := r.Store.Get(work, service)
 		if err != nil {
+			if work.Err() != nil {
+				return stopped(st)
+			}
 			return err
 		}
 		if !st.Driver.same(r.Me) {
@@ -216,11 +291,11 @@ func (r *Runner) drive(ctx context.Context, service string, quiet bool) error {
 		if st.Phase.Done() {
 			return result(st)
 		}
-		next, err := r.step(ctx, st, first)
+		next, err := r.step(work, st, first)
 		first = false
 		switch {
-		case err != nil && ctx.Err() != nil:
-			return fmt.Errorf("stopped; the canary of %s keeps %s: tunnel canary resume %s, or abort it", service, DescribeSplit(st.Split()), service)
+		case err != nil && work.Err() != nil:
+			return stopped(st)
 		case errors.Is(err, ErrTakenOver):
 			return err
 		case err != nil && failures < maxFailures:
@@ -235,9 +310,38 @@ func (r *Runner) drive(ctx context.Context, service string, quiet bool) error {
 			failures = 0
 		}
 		select {
-		case <-ctx.Done():
-			return fmt.Errorf("stopped; the canary of %s keeps %s: tunnel canary resume %s, or abort it", service, DescribeSplit(st.Split()), service)
+		case <-work.Done():
+			return stopped(st)
 		case <-time.After(next):
+		}
+	}
+}
+
+// keepLease renews the lease until work ends, and ends work when the
+// lease is another's, or when no renewal has succeeded for RenewDeadline
+// since it was sent (measured on this machine's clock, from before the
+// request left: the other side waits a whole duration from after it saw
+// the last one land).
+func (r *Runner) keepLease(work context.Context, stop context.CancelCauseFunc, service string) {
+	for {
+		select {
+		case <-work.Done():
+			return
+		case <-time.After(RenewEvery(r.ttl)):
+		}
+		sent := time.Now()
+		c, cancel := context.WithTimeout(work, RenewEvery(r.ttl))
+		err := r.Leases.Renew(c, service, r.Me)
+		cancel()
+		switch {
+		case err == nil:
+			r.renewed = sent
+		case errors.Is(err, ErrTakenOver):
+			stop(err)
+			return
+		case time.Since(r.renewed) > RenewDeadline(r.ttl):
+			stop(fmt.Errorf("the canary of %s %w: its lease could not be renewed for %s (%v)", service, ErrTakenOver, time.Since(r.renewed).Round(time.Second), err))
+			return
 		}
 	}
 }
@@ -263,14 +367,13 @@ func result(st *State) error {
 	return fmt.Errorf("the canary of %s %w: %s", st.Spec.Service, ErrRolledBack, st.Reason)
 }
 
-// update writes fn's change as this driver, and renews the lease.
+// update writes fn's change as this driver.
 func (r *Runner) update(ctx context.Context, st *State, fn func(*State)) error {
 	return r.Store.Update(ctx, st.Spec.Service, func(cur *State) error {
 		if !cur.Driver.same(r.Me) {
 			return fmt.Errorf("the canary of %s %w by %s", st.Spec.Service, ErrTakenOver, cur.Driver)
 		}
 		fn(cur)
-		cur.Driver.Renewed = time.Now().UTC()
 		*st = *cur
 		return nil
 	})
@@ -282,6 +385,11 @@ func (r *Runner) backends(st *State) Backends {
 
 // step does the work of the canary's phase and says when to look again.
 func (r *Runner) step(ctx context.Context, st *State, first bool) (time.Duration, error) {
+	if r.Witness != nil {
+		if err := CheckWitness(st, r.Witness); err != nil {
+			return 0, err
+		}
+	}
 	router, err := OpenRouter(r.Dyn, r.backends(st), st.Route)
 	if err != nil {
 		return 0, err
@@ -326,6 +434,12 @@ func (r *Runner) step(ctx context.Context, st *State, first bool) (time.Duration
 }
 
 func (r *Runner) start(ctx context.Context, st *State, router Router) error {
+	if r.Standby != nil && r.Standby.Image != "" {
+		r.Progress(fmt.Sprintf("Starting the canary's driver in the cluster (job %s), which takes over if this one stops", StandbyName(st.Spec.Service)))
+		if err := r.Standby.Apply(ctx, st); err != nil {
+			return err
+		}
+	}
 	svc, dep, err := r.Work.Stable(ctx, st.Spec.Service)
 	if err == nil {
 		var ci int

@@ -61,7 +61,7 @@ func runner(t *testing.T, prom string) (*Runner, *dynfake.FakeDynamicClient) {
 		map[schema.GroupVersionResource]string{httpRouteGVR: "HTTPRouteList", mappingGVR: "MappingList"},
 		route(rule(ref("echo"))))
 	r := &Runner{
-		Store: Store{CS: cs, Namespace: "ns"}, Work: Workloads{CS: cs, Namespace: "ns"}, Dyn: dyn,
+		Store: Store{CS: cs, Namespace: "ns"}, Leases: Leases{CS: cs, Namespace: "ns"}, Work: Workloads{CS: cs, Namespace: "ns"}, Dyn: dyn,
 		Me: &Driver{User: "alice", Host: "test", PID: 1}, Progress: func(s string) { t.Log(s) },
 	}
 	b := Backends{Namespace: "ns", Stable: "echo", Canary: "echo-canary"}
@@ -123,10 +123,7 @@ func TestAbortRequestIsCarriedOut(t *testing.T) {
 
 func TestDriveWaitsForALiveDriver(t *testing.T) {
 	r, _ := runner(t, fakePrometheus(t, 100, 0, 0.01))
-	if err := r.Store.Update(context.Background(), "echo", func(st *State) error {
-		st.Driver = &Driver{User: "bob", Host: "elsewhere", PID: 2, Renewed: time.Now()}
-		return nil
-	}); err != nil {
+	if err := r.Leases.Acquire(context.Background(), "echo", &Driver{User: "bob", Host: "elsewhere", PID: 2}, 10*time.Second, &Observed{}); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)

@@ -138,12 +138,18 @@ type Check struct {
 	Verdict string       `json:"verdict"` // "healthy", "too few requests", or what failed
 }
 
-// Driver is the CLI that drives a canary; it renews its lease as it goes.
+// Driver is what drives a canary (a CLI, or the standby in the cluster);
+// it renews its lease as it goes.
 type Driver struct {
 	User    string    `json:"user"`
 	Host    string    `json:"host"`
 	PID     int       `json:"pid"`
+	Cluster bool      `json:"cluster,omitempty"` // the standby Job's pod
 	Renewed time.Time `json:"renewed"`
+	// From the lease: when this driver took it, and for how long a
+	// renewal holds.
+	Since time.Time     `json:"since,omitzero"`
+	TTL   time.Duration `json:"-"`
 }
 
 // LeaseTTL is how long a driver that stopped renewing still holds a canary.
@@ -152,7 +158,11 @@ const LeaseTTL = 15 * time.Second
 // Holds says whether d still drives a canary at now: its lease is fresh,
 // and, when it runs on this machine, its process is alive.
 func (d *Driver) Holds(now time.Time, host string) bool {
-	if d == nil || now.Sub(d.Renewed) > LeaseTTL {
+	ttl := LeaseTTL
+	if d != nil && d.TTL > 0 {
+		ttl = d.TTL
+	}
+	if d == nil || now.Sub(d.Renewed) > ttl {
 		return false
 	}
 	if d.Host == host && d.PID > 0 && !alive(d.PID) {
@@ -162,6 +172,9 @@ func (d *Driver) Holds(now time.Time, host string) bool {
 }
 
 func (d *Driver) String() string {
+	if d.Cluster {
+		return fmt.Sprintf("the cluster (pod %s, as %s)", d.Host, d.User)
+	}
 	return fmt.Sprintf("%s on %s (pid %d)", d.User, d.Host, d.PID)
 }
 

@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
+	"tunnel.dev/tunnel/agent/manifest"
 	"tunnel.dev/tunnel/canary"
 )
 
@@ -39,6 +40,7 @@ type canaryClients struct {
 	cs     kubernetes.Interface
 	runner *canary.Runner
 	store  canary.Store
+	leases canary.Leases
 }
 
 func (k *kubeFlags) canaryClients(cmd *cobra.Command) (*canaryClients, error) {
@@ -54,11 +56,13 @@ func (k *kubeFlags) canaryClients(cmd *cobra.Command) (*canaryClients, error) {
 	if err != nil {
 		return nil, err
 	}
-	store := canary.Store{CS: cs, Namespace: ns}
+	store, leases := canary.Store{CS: cs, Namespace: ns}, canary.Leases{CS: cs, Namespace: ns}
 	errOut := cmd.ErrOrStderr()
-	return &canaryClients{cs: cs, store: store, runner: &canary.Runner{
-		Store: store, Work: canary.Workloads{CS: cs, Namespace: ns}, Dyn: dyn,
-		Me: canary.Me(whoAmI(cmd.Context(), cs)),
+	return &canaryClients{cs: cs, store: store, leases: leases, runner: &canary.Runner{
+		Store: store, Leases: leases, Work: canary.Workloads{CS: cs, Namespace: ns}, Dyn: dyn,
+		// Every driver removes the standby when it ends the canary.
+		Standby: &canary.Standby{CS: cs, Namespace: ns},
+		Me:      canary.Me(whoAmI(cmd.Context(), cs)),
 		Progress: func(s string) {
 			fmt.Fprintf(errOut, "%s %s\n", time.Now().Format(time.TimeOnly), s)
 		},
@@ -108,6 +112,8 @@ func newCanaryStart() *cobra.Command {
 		buildDir string
 		bf       buildFlags
 		checks   []string
+		driver   string
+		drvImage string
 	)
 	cmd := &cobra.Command{
 		Use:   "start SERVICE --image IMAGE | --build DIR",
@@ -157,7 +163,20 @@ func newCanaryStart() *cobra.Command {
 				return fmt.Errorf("name the Prometheus that scrapes the gateway with --prometheus URL (or TUNNEL_PROMETHEUS)")
 			}
 			spec.Interval, spec.MaxP99 = canary.Duration(interval), canary.Duration(maxP99)
+			if driver != "auto" && driver != "cluster" && driver != "laptop" {
+				return fmt.Errorf("--driver %s: want auto, cluster (a standby in the cluster finishes the canary if this CLI stops) or laptop", driver)
+			}
 			return kf.driving(cmd, func(ctx context.Context, c *canaryClients) error {
+				c.runner.Standby.Required = driver == "cluster"
+				if driver != "laptop" {
+					c.runner.Standby.Image, c.runner.Standby.PullSecrets, err = standbyImage(ctx, c.cs, c.store.Namespace, drvImage)
+					switch {
+					case err != nil && driver == "cluster":
+						return err
+					case err != nil:
+						c.runner.Progress(fmt.Sprintf("Driven from this CLI only (%v)", err))
+					}
+				}
 				if buildDir != "" {
 					progress := func(s string) { fmt.Fprintln(cmd.ErrOrStderr(), s+"...") }
 					if spec.Image, err = bf.image(ctx, c.cs, buildDir, progress); err != nil {
@@ -179,6 +198,8 @@ func newCanaryStart() *cobra.Command {
 	f.DurationVar(&interval, "interval", 30*time.Second, "how long each step runs before it is judged")
 	f.StringVar(&maxErr, "max-error-rate", "1%", "the highest share of 5xx answers the canary may give")
 	f.DurationVar(&maxP99, "max-p99", 500*time.Millisecond, "the highest p99 latency the canary may have (0: not judged)")
+	f.StringVar(&driver, "driver", "auto", "what finishes the canary if this CLI stops: cluster (a Job in the namespace, with a Role of only the canary's objects, takes over when this CLI's lease lapses), laptop (only `resume`), or auto (cluster when you may make that Job and its Role, else laptop)")
+	f.StringVar(&drvImage, "driver-image", "", "the image of the driver in the cluster (default: the installed manager's, which has it)")
 	f.StringArrayVar(&checks, "check", nil, "judge the canary by the hypothesis's own metric as well, 'NAME: PROMQL OP VALUE' (repeatable); "+
 		"{{canary}}/{{stable}} are the gateway's label matchers for each, {{canary_pods}}/{{stable_pods}} their pods', {{interval}} the step's")
 	f.IntVar(&spec.MinRequests, "min-requests", 20, "requests the canary must get in an interval to be judged")
@@ -227,7 +248,7 @@ func newCanaryStatus() *cobra.Command {
 			if watch {
 				ctx, cancel := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 				defer cancel()
-				return watchCanary(ctx, cmd.OutOrStdout(), c.store, args[0])
+				return watchCanary(ctx, cmd.OutOrStdout(), c.store, c.leases, args[0])
 			}
 			var states []*canary.State
 			if len(args) == 1 {
@@ -250,7 +271,11 @@ func newCanaryStatus() *cobra.Command {
 				fmt.Fprintf(out, "No canaries in namespace %s.\n", c.store.Namespace)
 			}
 			for _, st := range states {
-				canary.Describe(out, st, time.Now())
+				holder, err := c.leases.Holder(cmd.Context(), st.Spec.Service)
+				if err != nil {
+					return err
+				}
+				canary.Describe(out, st, holder, time.Now())
 			}
 			return nil
 		},
@@ -303,4 +328,28 @@ func newCanaryResume() *cobra.Command {
 	}
 	kf.add(cmd)
 	return cmd
+}
+
+// standbyImage is the image of a canary's standby driver: image when
+// given, else the installed manager's agent image (pinned by digest, with
+// those of its pull secrets that namespace ns has too), else the one this
+// CLI's version names.
+func standbyImage(ctx context.Context, cs kubernetes.Interface, ns, image string) (string, []string, error) {
+	if image != "" {
+		return image, nil, nil
+	}
+	if running, err := manifest.ReadRunning(ctx, cs); err == nil {
+		var secrets []string
+		for _, name := range running.PullSecrets {
+			if _, err := cs.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{}); err == nil {
+				secrets = append(secrets, name)
+			}
+		}
+		return running.Image, secrets, nil
+	}
+	ref, err := manifest.AgentImage("", "")
+	if err != nil {
+		return "", nil, fmt.Errorf("the canary's driver in the cluster needs the agent image: %w (or start it with --driver laptop)", err)
+	}
+	return ref, nil, nil
 }

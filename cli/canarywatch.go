@@ -23,7 +23,7 @@ const watchEvery = time.Second
 // each time its phase, step, driver or last check changes. It returns nil
 // when the canary is promoted, and the reason otherwise (or that watching
 // stopped), so a script can wait on it.
-func watchCanary(ctx context.Context, out io.Writer, store canary.Store, service string) error {
+func watchCanary(ctx context.Context, out io.Writer, store canary.Store, leases canary.Leases, service string) error {
 	width, tty := terminalWidth(out)
 	var lines int // drawn last time, to draw over
 	last := ""
@@ -32,15 +32,19 @@ func watchCanary(ctx context.Context, out io.Writer, store canary.Store, service
 		if err != nil {
 			return err
 		}
+		holder, err := leases.Holder(ctx, service)
+		if err != nil {
+			return err
+		}
 		if tty {
 			var b bytes.Buffer
-			canary.Describe(&b, st, time.Now())
+			canary.Describe(&b, st, holder, time.Now())
 			if lines > 0 {
 				fmt.Fprintf(out, "\x1b[%dA\x1b[J", lines) // up, and clear to the end
 			}
 			_, _ = out.Write(b.Bytes())
 			lines = screenLines(b.String(), width)
-		} else if line := canary.Summary(st); line != last {
+		} else if line := canary.Summary(st, holder); line != last {
 			fmt.Fprintf(out, "%s %s\n", time.Now().Format(time.TimeOnly), line)
 			last = line
 		}

@@ -16,7 +16,8 @@ import (
 // canary: nil when promoted.
 func TestWatchCanaryWritesALinePerChange(t *testing.T) {
 	ctx := context.Background()
-	store := canary.Store{CS: fake.NewClientset(), Namespace: "ns"}
+	cs := fake.NewClientset()
+	store := canary.Store{CS: cs, Namespace: "ns"}
 	st := &canary.State{Spec: canary.Spec{Service: "shop", Steps: []int{canary.MatchStep, 50}, Match: "header:x-beta=1"},
 		Canary: "shop-canary", Phase: canary.Progressing}
 	if err := store.Create(ctx, st); err != nil {
@@ -29,7 +30,7 @@ func TestWatchCanaryWritesALinePerChange(t *testing.T) {
 		_ = store.Update(ctx, "shop", func(s *canary.State) error { s.Phase, s.Reason = canary.Promoted, "every step was healthy"; return nil })
 	}()
 	var out bytes.Buffer
-	if err := watchCanary(ctx, &out, store, "shop"); err != nil {
+	if err := watchCanary(ctx, &out, store, canary.Leases{CS: cs, Namespace: "ns"}, "shop"); err != nil {
 		t.Fatalf("watch: %v\n%s", err, out.String())
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")

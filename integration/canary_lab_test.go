@@ -240,6 +240,18 @@ func (c *canaryLab) checkRemoved(wantImage string) {
 	if err != nil || strings.Contains(out, "canary") || !strings.Contains(out, `"name":"echo"`) {
 		c.t.Errorf("the route still names the canary: %v %s", err, out)
 	}
+	// The standby goes with the canary: deleted by the driver that ended
+	// it, or done when it ended it itself.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		j, err := h.Client.BatchV1().Jobs(c.ns).Get(ctx, "tunnel-canary-echo", metav1.GetOptions{})
+		if apierrors.IsNotFound(err) || (err == nil && (j.DeletionTimestamp != nil || j.Status.Succeeded > 0)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			c.t.Errorf("the canary's standby job still runs 30s after the canary ended (%v)", err)
+			break
+		}
+	}
 	d, err := h.Client.AppsV1().Deployments(c.ns).Get(ctx, "echo", metav1.GetOptions{})
 	if err != nil || d.Spec.Template.Spec.Containers[0].Image != wantImage {
 		c.t.Errorf("the stable deployment runs %v, want %s (%v)", d.Spec.Template.Spec.Containers[0].Image, wantImage, err)

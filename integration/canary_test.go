@@ -161,7 +161,8 @@ func TestCanaryResumesAfterItsCLIIsKilled(t *testing.T) {
 	c := newCanaryLab(t)
 	v3 := c.image("v3")
 	c.startLoad(40)
-	first, _ := c.background(c.canaryArgs(v3, "--steps", "20,40,60,80,100")...)
+	// Driven from the laptop only: nothing in the cluster takes over.
+	first, _ := c.background(c.canaryArgs(v3, "--steps", "20,40,60,80,100", "--driver", "laptop")...)
 	c.waitFor("the canary reaches its second step", 90*time.Second, func(st *canary.State) bool {
 		return st.Phase == canary.Progressing && st.Step >= 1
 	})
