@@ -1,0 +1,31 @@
+package dashboards
+
+import "github.com/grafana/grafana-foundation-sdk/go/dashboard"
+
+// backends selects the stable Service's and its canary's backends in
+// Traefik's Gateway API metrics, which name a backend
+// NAMESPACE-SERVICE-SCHEME-PORT@kubernetesgateway; $service is
+// NAMESPACE-SERVICE, since a namespace may hold dashes too.
+const (
+	backends = `service=~"$service(-canary)?-[a-z0-9]+-[0-9]+@kubernetesgateway"`
+	canaryOf = `service=~"$service-canary-[a-z0-9]+-[0-9]+@kubernetesgateway"`
+)
+
+// Canary is the dashboard of a canary: each backend's requests, errors and
+// p99 through the gateway, the canary's share of them.
+func Canary() *dashboard.DashboardBuilder {
+	const r = "[$__rate_interval]"
+	return board("tunnel-canary", "tunnel canary").
+		WithVariable(labelVariable("service", "service", "traefik_service_requests_total").
+			Label("namespace-service").
+			Regex(`/^(.+?)(-canary)?-[a-z0-9]+-[0-9]+@kubernetesgateway$/`)).
+		WithRow(dashboard.NewRowBuilder("Canary against stable")).
+		WithPanel(panel("Requests", "reqps", "Each backend's requests through the gateway.",
+			Query{`sum by (service) (rate(traefik_service_requests_total{` + backends + `}` + r + `))`, "{{service}}"})).
+		WithPanel(panel("Error rate", "percentunit", "Each backend's share of 5xx answers.",
+			Query{`sum by (service) (rate(traefik_service_requests_total{` + backends + `,code=~"5.."}` + r + `)) / sum by (service) (rate(traefik_service_requests_total{` + backends + `}` + r + `))`, "{{service}}"})).
+		WithPanel(panel("p99 latency", "s", "Each backend's 99th percentile.",
+			Query{`histogram_quantile(0.99, sum by (service, le) (rate(traefik_service_request_duration_seconds_bucket{` + backends + `}` + r + `)))`, "{{service}}"})).
+		WithPanel(panel("Canary's share", "percentunit", "The canary's share of the Service's requests, as the gateway saw them.",
+			Query{`sum(rate(traefik_service_requests_total{` + canaryOf + `}` + r + `)) / sum(rate(traefik_service_requests_total{` + backends + `}` + r + `))`, "canary"}))
+}
