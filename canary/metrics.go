@@ -171,3 +171,28 @@ func Judge(spec Spec, canary, stable Sample, custom ...CheckValue) (verdict stri
 	}
 	return "", true
 }
+
+// Range asks for one series from start to end, a point each step; NaN
+// and infinite points (no requests) are left out.
+func (p *Prometheus) Range(ctx context.Context, q string, start, end time.Time, step time.Duration) ([]model.SamplePair, error) {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	v, _, _, err := p.api.QueryRange(ctx, q, promv1.Range{Start: start, End: end, Step: step})
+	if err != nil {
+		return nil, err
+	}
+	m, ok := v.(model.Matrix)
+	if !ok {
+		return nil, fmt.Errorf("prometheus answered a %s, not a matrix", v.Type())
+	}
+	if len(m) == 0 {
+		return nil, errNoData
+	}
+	var out []model.SamplePair
+	for _, pt := range m[0].Values {
+		if f := float64(pt.Value); !math.IsNaN(f) && !math.IsInf(f, 0) {
+			out = append(out, pt)
+		}
+	}
+	return out, nil
+}

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/dynamic"
 
 	"tunnel.dev/tunnel/access"
@@ -434,13 +436,20 @@ func (r *Runner) step(ctx context.Context, st *State, first bool) (time.Duration
 }
 
 func (r *Runner) start(ctx context.Context, st *State, router Router) error {
+	var err error
 	if r.Standby != nil && r.Standby.Image != "" {
 		r.Progress(fmt.Sprintf("Starting the canary's driver in the cluster (job %s), which takes over if this one stops", StandbyName(st.Spec.Service)))
-		if err := r.Standby.Apply(ctx, st); err != nil {
-			return err
+		// A standby that cannot be made rolls back like a canary that
+		// cannot start, which removes what of it was made.
+		if err = r.Standby.Apply(ctx, st); err != nil {
+			err = fmt.Errorf("its driver in the cluster: %w", err)
 		}
 	}
-	svc, dep, err := r.Work.Stable(ctx, st.Spec.Service)
+	var svc *corev1.Service
+	var dep *appsv1.Deployment
+	if err == nil {
+		svc, dep, err = r.Work.Stable(ctx, st.Spec.Service)
+	}
 	if err == nil {
 		var ci int
 		if ci, err = Container(dep, st.Spec.Container); err == nil {

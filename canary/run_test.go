@@ -12,6 +12,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	authzv1 "k8s.io/api/authorization/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -159,4 +160,46 @@ func TestPlanNamesAMissingRoutePermission(t *testing.T) {
 		!strings.Contains(err.Error(), "you may not update httproutes.gateway.networking.k8s.io in namespace ns, which a canary on httproute/shop needs") {
 		t.Errorf("Plan = %v, want the missing route permission named", err)
 	}
+}
+
+// A standby that cannot be made (a Job of its name that is not tunnel's)
+// rolls the canary back before it takes traffic, naming why, and leaves
+// no Job of its own behind.
+func TestStartRollsBackWhenItsStandbyCannotBeMade(t *testing.T) {
+	ctx := context.Background()
+	r, dyn := runner(t, fakePrometheus(t, 100, 0, 0.01))
+	cs := r.Work.CS.(*fake.Clientset)
+	if _, err := cs.BatchV1().Jobs("ns").Create(ctx, &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Name: "tunnel-canary-echo", Namespace: "ns"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r.Standby = &Standby{CS: cs, Namespace: "ns", Image: "agent@sha256:abc"}
+	if err := r.Store.Update(ctx, "echo", func(st *State) error { st.Phase, st.Steps = Starting, nil; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	_ = r.Leases.Release(ctx, "echo", r.Me)
+	if err := router(t, dyn).Remove(ctx); err != nil {
+		t.Fatal(err)
+	}
+	err := r.Drive(ctx, "echo")
+	if !errors.Is(err, ErrRolledBack) || !strings.Contains(err.Error(), "the canary did not start: its driver in the cluster: job ns/tunnel-canary-echo is not tunnel's") {
+		t.Fatalf("Drive = %v, want a rollback naming the standby", err)
+	}
+	if got := backendsOf(t, dyn); got != "echo=-" {
+		t.Errorf("route after the rollback: %s", got)
+	}
+	if _, err := cs.AppsV1().Deployments("ns").Get(ctx, "echo-canary", metav1.GetOptions{}); err == nil {
+		t.Error("the canary deployment was made")
+	}
+	if j, err := cs.BatchV1().Jobs("ns").Get(ctx, "tunnel-canary-echo", metav1.GetOptions{}); err != nil || j.Labels[Label] != "" {
+		t.Errorf("the other Job was touched: %v %v", j, err)
+	}
+}
+
+func router(t *testing.T, dyn *dynfake.FakeDynamicClient) Router {
+	t.Helper()
+	r, err := OpenRouter(dyn, Backends{Namespace: "ns", Stable: "echo", Canary: "echo-canary"}, "httproute/shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }

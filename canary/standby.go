@@ -219,10 +219,23 @@ func createOrAdopt[T metav1.Object](what, service string, create func() error, g
 	return nil
 }
 
-// Delete removes the standby and, through their owner, its account and role.
+// Delete removes the standby and, through their owner, its account and
+// role; a Job of that name that is not tunnel's is left alone.
 func (s Standby) Delete(ctx context.Context, service string) error {
-	err := s.CS.BatchV1().Jobs(s.Namespace).Delete(ctx, StandbyName(service), metav1.DeleteOptions{PropagationPolicy: ptr.To(metav1.DeletePropagationBackground)})
-	if err != nil && !apierrors.IsNotFound(err) {
+	jobs := s.CS.BatchV1().Jobs(s.Namespace)
+	job, err := jobs.Get(ctx, StandbyName(service), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read the canary's driver in the cluster: %w", err)
+	}
+	if job.Labels[Label] != service {
+		return nil
+	}
+	err = jobs.Delete(ctx, job.Name, metav1.DeleteOptions{PropagationPolicy: ptr.To(metav1.DeletePropagationBackground),
+		Preconditions: &metav1.Preconditions{UID: &job.UID}})
+	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 		return fmt.Errorf("delete the canary's driver in the cluster: %w", err)
 	}
 	return nil

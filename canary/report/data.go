@@ -7,11 +7,8 @@ package report
 import (
 	"context"
 	"fmt"
-	"math"
 	"time"
 
-	"github.com/prometheus/client_golang/api"
-	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
 
 	"tunnel.dev/tunnel/canary"
@@ -60,19 +57,21 @@ func Gather(ctx context.Context, st *canary.State, now time.Time) (*Data, error)
 	if !ok {
 		return nil, fmt.Errorf("the canary's record names unknown metrics %q", st.Spec.Metrics)
 	}
-	c, err := api.NewClient(api.Config{Address: st.Spec.Prometheus})
+	prom, err := canary.NewPrometheus(st.Spec.Prometheus, dialect)
 	if err != nil {
-		return nil, fmt.Errorf("prometheus %s: %w", st.Spec.Prometheus, err)
+		return nil, err
 	}
-	prom := promv1.NewAPI(c)
 	window := model.Duration(time.Duration(st.Spec.Interval)).String()
 	step := max(time.Second, d.To.Sub(d.From)/maxPoints)
 	ask := func(name, q string) Series {
-		s, err := rangeQuery(ctx, prom, q, promv1.Range{Start: d.From, End: d.To, Step: step})
+		points, err := prom.Range(ctx, q, d.From, d.To, step)
 		if err != nil {
 			d.Missing = append(d.Missing, fmt.Sprintf("%s: %v", name, err))
 		}
-		s.Name = name
+		s := Series{Name: name}
+		for _, pt := range points {
+			s.Points = append(s.Points, Point{At: pt.Timestamp.Time(), Value: float64(pt.Value)})
+		}
 		return s
 	}
 	for _, b := range []struct{ name, service string }{{"canary", st.Canary}, {"stable", st.Spec.Service}} {
@@ -92,30 +91,4 @@ func Gather(ctx context.Context, st *canary.State, now time.Time) (*Data, error)
 		d.Custom = append(d.Custom, []Series{ask(ch.Name, comp.LHS), ask(comp.Op+" bound", comp.RHS)})
 	}
 	return d, nil
-}
-
-// rangeQuery asks for one series over r; NaN points (no requests) are left out.
-func rangeQuery(ctx context.Context, prom promv1.API, q string, r promv1.Range) (Series, error) {
-	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	v, _, _, err := prom.QueryRange(ctx, q, r)
-	if err != nil {
-		return Series{}, err
-	}
-	m, ok := v.(model.Matrix)
-	if !ok {
-		return Series{}, fmt.Errorf("prometheus answered a %s, not a matrix", v.Type())
-	}
-	if len(m) == 0 {
-		return Series{}, fmt.Errorf("no data")
-	}
-	var s Series
-	for _, p := range m[0].Values {
-		f := float64(p.Value)
-		if math.IsNaN(f) || math.IsInf(f, 0) {
-			continue
-		}
-		s.Points = append(s.Points, Point{At: p.Timestamp.Time(), Value: f})
-	}
-	return s, nil
 }
