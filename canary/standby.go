@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -39,6 +40,11 @@ type Standby struct {
 	// rather than driving it from the CLI only.
 	Required bool
 }
+
+// StandbyMetricsPort is where the standby serves its canary's state
+// (weight, step, phase, checks) for the canary dashboard: it runs for the
+// canary's whole life, whoever drives.
+const StandbyMetricsPort = 9102
 
 // StandbyName names a canary's standby Job, ServiceAccount and Role.
 func StandbyName(service string) string { return "tunnel-canary-" + service }
@@ -260,7 +266,10 @@ func (s Standby) job(st *State, name string, labels map[string]string) *batchv1.
 			ActiveDeadlineSeconds:   ptr.To(int64(deadline / time.Second)),
 			TTLSecondsAfterFinished: ptr.To(int32(60)),
 			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				// Its canary's state, for the canary dashboard: scraped as
+				// Prometheus' usual annotations say.
+				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{
+					"prometheus.io/scrape": "true", "prometheus.io/port": strconv.Itoa(StandbyMetricsPort)}},
 				Spec: corev1.PodSpec{
 					ServiceAccountName:            name,
 					AutomountServiceAccountToken:  ptr.To(true),
@@ -271,6 +280,7 @@ func (s Standby) job(st *State, name string, labels map[string]string) *batchv1.
 						SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}},
 					Containers: []corev1.Container{{
 						Name: "driver", Image: s.Image,
+						Ports: []corev1.ContainerPort{{Name: "metrics", ContainerPort: StandbyMetricsPort}},
 						// The witness is the user's word on what the canary
 						// is: the standby's account cannot change its Job,
 						// and it acts on no record that differs.

@@ -27,5 +27,15 @@ func Canary() *dashboard.DashboardBuilder {
 		WithPanel(panel("p99 latency", "s", "Each backend's 99th percentile.",
 			Query{`histogram_quantile(0.99, sum by (service, le) (rate(traefik_service_request_duration_seconds_bucket{` + backends + `}` + r + `)))`, "{{service}}"})).
 		WithPanel(panel("Canary's share", "percentunit", "The canary's share of the Service's requests, as the gateway saw them.",
-			Query{`sum(rate(traefik_service_requests_total{` + canaryOf + `}` + r + `)) / sum(rate(traefik_service_requests_total{` + backends + `}` + r + `))`, "canary"}))
+			Query{`sum(rate(traefik_service_requests_total{` + canaryOf + `}` + r + `)) / sum(rate(traefik_service_requests_total{` + backends + `}` + r + `))`, "canary"})).
+		WithRow(dashboard.NewRowBuilder("The canary's steps and own checks (from its standby in the cluster)")).
+		WithPanel(panel("Step and weight", "short", "The step the canary is at, and its weight in percent; match is 1 while the dark launch's requests go to it.",
+			Query{`max(tunnel_canary_step{backend="$service"})`, "step"},
+			Query{`max(tunnel_canary_weight{backend="$service"})`, "weight %"},
+			Query{`max(tunnel_canary_match{backend="$service"})`, "match"})).
+		WithPanel(panel("Own checks", "short", "Each --check's value at the last analysis, against the bound it was held to.",
+			Query{`max by (check) (tunnel_canary_check_value{backend="$service"})`, "{{check}}"},
+			Query{`max by (check) (tunnel_canary_check_bound{backend="$service"})`, "{{check}} bound"})).
+		Annotation(dashboard.NewAnnotationQueryBuilder().Name("Canary steps").Datasource(datasource).Enable(true).IconColor("orange").
+			Expr(`changes(max(tunnel_canary_step{backend="$service"})[30s:5s]) > 0`).TitleFormat("step changed"))
 }

@@ -11,6 +11,8 @@ package dashboards
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/grafana/grafana-foundation-sdk/go/cog"
@@ -82,19 +84,34 @@ func Expressions(dashboard []byte, vars map[string]string) ([]string, error) {
 				Expr string `json:"expr"`
 			} `json:"targets"`
 		} `json:"panels"`
+		Annotations struct {
+			List []struct {
+				Expr string `json:"expr"`
+			} `json:"list"`
+		} `json:"annotations"`
 	}
 	if err := json.Unmarshal(dashboard, &d); err != nil {
 		return nil, err
 	}
-	var out []string
+	var exprs []string
 	for _, p := range d.Panels {
 		for _, tg := range p.Targets {
-			e := tg.Expr
-			for k, v := range vars {
-				e = strings.ReplaceAll(e, "$"+k, v)
-			}
-			out = append(out, e)
+			exprs = append(exprs, tg.Expr)
 		}
+	}
+	for _, a := range d.Annotations.List {
+		if a.Expr != "" {
+			exprs = append(exprs, a.Expr)
+		}
+	}
+	out := make([]string, len(exprs))
+	for i, e := range exprs {
+		// Longer names first: $service_x is not $service.
+		names := slices.SortedFunc(maps.Keys(vars), func(a, b string) int { return len(b) - len(a) })
+		for _, k := range names {
+			e = strings.ReplaceAll(e, "$"+k, vars[k])
+		}
+		out[i] = e
 	}
 	return out, nil
 }

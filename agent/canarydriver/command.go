@@ -65,6 +65,7 @@ func Command() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
+			go serveMetrics(ctx, newCollector(r.Store, r.Leases, service))
 			return Run(ctx, r, service, log)
 		},
 	}
