@@ -1,8 +1,12 @@
 // Command podtargets is the lab's stand-in for Prometheus' Kubernetes
-// service discovery, which Debian builds Prometheus without: it writes one
-// file_sd target for each running pod annotated prometheus.io/scrape=true,
+// service discovery, which Debian builds Prometheus without: it writes a
+// file_sd target for each running pod annotated prometheus.io/scrape=true
+// (the port prometheus.io/port names), and for each container port named
+// "metrics" or "...-metrics" of any running pod (as a PodMonitor selects
+// ports by name: the manager's, the sidecars', a canary's standby), each
 // labelled with the pod's namespace and name as kube-prometheus labels
-// them, so that a canary's checks read an app's own metrics by pod.
+// them, so that a canary's checks read an app's own metrics by pod and the
+// dashboards' panels find tunnel's own.
 package main
 
 import (
@@ -12,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -105,35 +110,46 @@ type group struct {
 	Labels  map[string]string `json:"labels"`
 }
 
-// targets are the running, annotated pods' metrics addresses: the port
-// prometheus.io/port names, else the first container port.
+// targets are the running pods' metrics addresses.
 func targets(objs []any) []group {
 	out := []group{}
 	for _, o := range objs {
 		pod := o.(*corev1.Pod)
-		if pod.Annotations["prometheus.io/scrape"] != "true" || pod.Status.Phase != corev1.PodRunning || pod.Status.PodIP == "" {
+		if pod.Status.Phase != corev1.PodRunning || pod.Status.PodIP == "" {
 			continue
 		}
-		port := pod.Annotations["prometheus.io/port"]
-		if port == "" {
-			for _, c := range pod.Spec.Containers {
-				if len(c.Ports) > 0 {
-					port = strconv.Itoa(int(c.Ports[0].ContainerPort))
-					break
+		ports := map[string]bool{}
+		if pod.Annotations["prometheus.io/scrape"] == "true" {
+			port := pod.Annotations["prometheus.io/port"]
+			if port == "" {
+				for _, c := range pod.Spec.Containers {
+					if len(c.Ports) > 0 {
+						port = strconv.Itoa(int(c.Ports[0].ContainerPort))
+						break
+					}
+				}
+			}
+			if port != "" {
+				ports[port] = true
+			}
+		}
+		for _, c := range pod.Spec.Containers {
+			for _, p := range c.Ports {
+				if p.Name == "metrics" || strings.HasSuffix(p.Name, "-metrics") {
+					ports[strconv.Itoa(int(p.ContainerPort))] = true
 				}
 			}
 		}
-		if port == "" {
-			continue
+		for _, port := range slices.Sorted(maps.Keys(ports)) {
+			labels := map[string]string{"namespace": pod.Namespace, "pod": pod.Name}
+			if path := pod.Annotations["prometheus.io/path"]; path != "" {
+				labels["__metrics_path__"] = path
+			}
+			out = append(out, group{Targets: []string{net.JoinHostPort(pod.Status.PodIP, port)}, Labels: labels})
 		}
-		labels := map[string]string{"namespace": pod.Namespace, "pod": pod.Name}
-		if path := pod.Annotations["prometheus.io/path"]; path != "" {
-			labels["__metrics_path__"] = path
-		}
-		out = append(out, group{Targets: []string{net.JoinHostPort(pod.Status.PodIP, port)}, Labels: labels})
 	}
 	slices.SortFunc(out, func(a, b group) int {
-		return strings.Compare(a.Labels["namespace"]+"/"+a.Labels["pod"], b.Labels["namespace"]+"/"+b.Labels["pod"])
+		return strings.Compare(a.Labels["namespace"]+"/"+a.Labels["pod"]+"/"+a.Targets[0], b.Labels["namespace"]+"/"+b.Labels["pod"]+"/"+b.Targets[0])
 	})
 	return out
 }
