@@ -89,13 +89,22 @@ func one(b bool) float64 {
 	return 0
 }
 
-// serveMetrics serves the canary's state on canary.StandbyMetricsPort until ctx ends.
-func serveMetrics(ctx context.Context, c *collector) {
+// metricsHandler answers GET /metrics. Every scrape reads the record and
+// the lease from the API server, and the port is open to the cluster as
+// the manager's is, so scrapes in flight are bounded: beyond two, a
+// scraper gets 503 at once instead of queueing reads.
+func metricsHandler(c *collector) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(c)
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Addr: fmt.Sprintf(":%d", canary.StandbyMetricsPort), Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{MaxRequestsInFlight: 2, Timeout: 10 * time.Second}))
+	return mux
+}
+
+// serveMetrics serves the canary's state on canary.StandbyMetricsPort until ctx ends.
+func serveMetrics(ctx context.Context, c *collector) {
+	srv := &http.Server{Addr: fmt.Sprintf(":%d", canary.StandbyMetricsPort), Handler: metricsHandler(c),
+		ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 15 * time.Second}
 	go func() {
 		<-ctx.Done()
 		_ = srv.Close()

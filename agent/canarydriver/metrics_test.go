@@ -2,12 +2,17 @@ package canarydriver
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"tunnel.dev/tunnel/canary"
 )
@@ -40,5 +45,55 @@ tunnel_canary_match{backend="shop-web",canary="web"} 1
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "tunnel_canary_check_value", "tunnel_canary_step", "tunnel_canary_weight", "tunnel_canary_match"); err != nil {
 		t.Error(err)
+	}
+}
+
+// Scrapes that hang on the API server do not pile up: of three at once,
+// one is turned away while two wait, and a POST is not served at all.
+func TestScrapesInFlightAreBounded(t *testing.T) {
+	cs := fake.NewClientset()
+	release := make(chan struct{})
+	cs.PrependReactor("get", "configmaps", func(k8stesting.Action) (bool, runtime.Object, error) {
+		<-release
+		return false, nil, nil
+	})
+	h := metricsHandler(newCollector(canary.Store{CS: cs, Namespace: "shop"}, canary.Leases{CS: cs, Namespace: "shop"}, "web"))
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	unblock := sync.OnceFunc(func() { close(release) })
+	defer unblock() // before Close, which waits for the handlers
+	codes := make(chan int, 3)
+	for range 3 {
+		go func() {
+			r, err := http.Get(srv.URL + "/metrics")
+			if err != nil {
+				codes <- 0
+				return
+			}
+			r.Body.Close()
+			codes <- r.StatusCode
+		}()
+	}
+	select {
+	case code := <-codes:
+		if code != http.StatusServiceUnavailable {
+			t.Errorf("the first answer of three scrapes in flight: HTTP %d, want 503", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("three scrapes in flight: none was turned away")
+	}
+	unblock()
+	for range 2 {
+		if code := <-codes; code != http.StatusOK {
+			t.Errorf("a scrape that waited: HTTP %d, want 200", code)
+		}
+	}
+	r, err := http.Post(srv.URL+"/metrics", "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Body.Close()
+	if r.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST /metrics: HTTP %d, want 405", r.StatusCode)
 	}
 }
