@@ -22,8 +22,9 @@ func Canary() *dashboard.DashboardBuilder {
 		WithRow(dashboard.NewRowBuilder("Canary against stable")).
 		WithPanel(panel("Requests", "reqps", "Each backend's requests through the gateway.",
 			Query{`sum by (service) (rate(traefik_service_requests_total{` + backends + `}` + r + `))`, "{{service}}"})).
+		// "or ... * 0": a backend that answered no 5xx is drawn at 0, not left out.
 		WithPanel(panel("Error rate", "percentunit", "Each backend's share of 5xx answers.",
-			Query{`sum by (service) (rate(traefik_service_requests_total{` + backends + `,code=~"5.."}` + r + `)) / sum by (service) (rate(traefik_service_requests_total{` + backends + `}` + r + `))`, "{{service}}"})).
+			Query{`(sum by (service) (rate(traefik_service_requests_total{` + backends + `,code=~"5.."}` + r + `)) or sum by (service) (rate(traefik_service_requests_total{` + backends + `}` + r + `)) * 0) / sum by (service) (rate(traefik_service_requests_total{` + backends + `}` + r + `))`, "{{service}}"})).
 		WithPanel(panel("p99 latency", "s", "Each backend's 99th percentile.",
 			Query{`histogram_quantile(0.99, sum by (service, le) (rate(traefik_service_request_duration_seconds_bucket{` + backends + `}` + r + `)))`, "{{service}}"})).
 		WithPanel(panel("Canary's share", "percentunit", "The canary's share of the Service's requests, as the gateway saw them.",

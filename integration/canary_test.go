@@ -78,13 +78,7 @@ func TestCanaryRollsBackOnErrorsAndLatency(t *testing.T) {
 		// The dev user's own permissions decide, before anything is made:
 		// it may run Deployments in namespace dev, not steer its routes.
 		ctx := context.Background()
-		if err := lab.DeployEcho(ctx, h.Lab, h.Client, "dev", "canaried", 1); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_ = h.Client.AppsV1().Deployments("dev").Delete(ctx, "canaried", metav1.DeleteOptions{})
-			_ = h.Client.CoreV1().Services("dev").Delete(ctx, "canaried", metav1.DeleteOptions{})
-		})
+		deployEchoInDev(t, "canaried")
 		out, err := newLaptop(t, "canarydev", "dev").run("canary", "start", "canaried", "-n", "dev", "--image", "x", "--prometheus", lab.PrometheusURL())
 		if err == nil || !strings.Contains(out, "you may not list httproutes.gateway.networking.k8s.io in namespace dev") {
 			t.Errorf("a canary by the dev user: want a refusal naming the permission, got %v\n%s", err, out)

@@ -24,9 +24,10 @@ func TestCanaryFinishedByTheClusterAfterItsLaptopDies(t *testing.T) {
 	const interval = 12 * time.Second
 	// killAtAStep starts a canary, kills its CLI once it takes traffic,
 	// and returns the record once the cluster drives it.
-	killAtAStep := func(c *canaryLab, image string) *canary.State {
+	killAtAStep := func(c *canaryLab, image string, extra ...string) *canary.State {
 		t := c.t
-		cli, out := c.background(c.canaryArgs(image, "--steps", "20,50,100", "--interval", interval.String(), "--driver", "cluster")...)
+		args := append([]string{"--steps", "20,50,100", "--interval", interval.String(), "--driver", "cluster"}, extra...)
+		cli, out := c.background(c.canaryArgs(image, args...)...)
 		c.waitFor("the canary takes traffic", 90*time.Second, func(st *canary.State) bool { return st.Phase == canary.Progressing })
 		_ = cli.Process.Signal(syscall.SIGKILL)
 		_ = cli.Wait()
@@ -70,7 +71,9 @@ func TestCanaryFinishedByTheClusterAfterItsLaptopDies(t *testing.T) {
 		c := newCanaryLab(t)
 		c.startLoad(40)
 		v := c.image("v6")
-		st := killAtAStep(c, v)
+		start := time.Now()
+		// A check of its own, for the dashboard's panel of checks.
+		st := killAtAStep(c, v, "--check", `served: sum(rate(traefik_service_requests_total{{canary}}[{{interval}}])) >= 0`)
 		if st.Phase.Done() {
 			t.Fatalf("the canary ended before its cluster driver could be killed: %s", st.Reason)
 		}
@@ -96,5 +99,8 @@ func TestCanaryFinishedByTheClusterAfterItsLaptopDies(t *testing.T) {
 			}
 			return j.Status.Succeeded == 1, j.Status.String()
 		})
+		// The canary's dashboard drew all of it: the gateway's figures, and
+		// the standby's steps, checks and step annotations.
+		dashboardReturnsData(t, "canary.json", map[string]string{"service": c.ns + "-echo"}, start)
 	})
 }

@@ -19,17 +19,25 @@ import (
 // Service: each takes the requests with their own header; nobody can end,
 // take over or read the other's intercept; dev is refused where their
 // permissions end.
+// deployEchoInDev runs the test app as NAME in namespace dev, the one the
+// lab's dev user may work in, until the test ends.
+func deployEchoInDev(t *testing.T, name string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := lab.DeployEcho(ctx, h.Lab, h.Client, "dev", name, 1); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = h.Client.AppsV1().Deployments("dev").Delete(ctx, name, metav1.DeleteOptions{})
+		_ = h.Client.CoreV1().Services("dev").Delete(ctx, name, metav1.DeleteOptions{})
+	})
+}
+
 func TestTwoUsersShareAServiceWithPersonalIntercepts(t *testing.T) {
 	installManager(t, "--allow-user", "dev")
 	const ns, name = "dev", "shared"
 	ctx := context.Background()
-	if err := lab.DeployEcho(ctx, h.Lab, h.Client, ns, name, 1); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = h.Client.AppsV1().Deployments(ns).Delete(ctx, name, metav1.DeleteOptions{})
-		_ = h.Client.CoreV1().Services(ns).Delete(ctx, name, metav1.DeleteOptions{})
-	})
+	deployEchoInDev(t, name)
 	ip := serviceIP(t, ns, name)
 
 	alice, bob := newLaptop(t, "alice", "admin"), newLaptop(t, "bob", "dev")

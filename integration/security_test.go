@@ -100,13 +100,7 @@ func TestConnectedUserReachesWhatTheirRBACAllows(t *testing.T) {
 	ctx := context.Background()
 	const own = "dev"
 	const name = "reachme"
-	if err := lab.DeployEcho(ctx, h.Lab, h.Client, own, name, 1); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = h.Client.AppsV1().Deployments(own).Delete(ctx, name, metav1.DeleteOptions{})
-		_ = h.Client.CoreV1().Services(own).Delete(ctx, name, metav1.DeleteOptions{})
-	})
+	deployEchoInDev(t, name)
 	other := h.Namespace(t)
 	h.DeployEcho(t, other, "echo", 1)
 
