@@ -86,3 +86,51 @@ alice $T uninstall --agent echo -n $ns
 say "tunnel quit (routes and DNS restored):"
 alice $T quit
 alice cat /etc/resolv.conf
+
+# The release loop: source to image to Deployment, then a canary through
+# the lab's gateway, judged on the gateway's metrics in Prometheus.
+registry="env DOCKER_CONFIG=/var/lib/tunnel-lab/registry/docker SSL_CERT_FILE=/var/lib/tunnel-lab/registry/ca-bundle.pem"
+repo=10.209.0.1:5000/demo
+work=$(mktemp -d)
+cp -r integration/demo/shop "$work/"
+shop=$work/shop
+gw=$($LAB exec --node -- kubectl -n lab-gateway get svc traefik -o jsonpath='{.spec.clusterIP}')
+through_gateway() { $LAB exec --node -- curl -sS --max-time 5 -H "Host: shop.lab.test" "http://$gw/$1"; }
+# A canary an earlier run left unfinished is rolled back first.
+alice $T canary abort shop -n $ns >/dev/null 2>&1 || true
+
+say "tunnel deploy --build: the shop's Go source (integration/demo/shop) built into an image, pushed, deployed by digest:"
+alice $registry $T deploy "$shop/deploy" --build --registry $repo -n $ns
+for i in $(seq 1 60); do through_gateway healthz >/dev/null 2>&1 && break; sleep 0.5; done
+say "Users reach it through the gateway (Traefik, Gateway API), as shop.lab.test:"
+through_gateway first-look
+
+say "The same source again pushes nothing and changes nothing:"
+alice $registry $T deploy "$shop/deploy" --build --registry $repo -n $ns
+
+# Users' traffic through the gateway for as long as the canaries run.
+$LAB exec --node -- $srv load "http://$gw/" 40 shop.lab.test >/dev/null 2>&1 &
+load=$!
+trap 'kill $server $load 2>/dev/null || true' EXIT
+canary() {
+  alice $registry $T canary start shop -n $ns --build "$shop/deploy" --registry $repo \
+    --steps 20,50,100 --interval 10s --min-requests 20 --prometheus http://10.209.0.1:9090
+}
+
+say "A change that breaks 30% of requests (shop v2), shipped as a canary: 20%, 50%, 100% of users, 10 s a step:"
+sed -i 's/version  = "v1"/version  = "v2"/; s/failRate = 0.0 /failRate = 0.3 /' "$shop/cmd/shop/main.go"
+if canary; then
+  echo "unexpected: the failing release was promoted" >&2; exit 1
+fi
+say "The shop still answers from v1 for everyone:"
+through_gateway after-rollback
+
+say "The fix (shop v3), shipped the same way:"
+sed -i 's/version  = "v2"/version  = "v3"/; s/failRate = 0.3 /failRate = 0.0 /' "$shop/cmd/shop/main.go"
+canary
+through_gateway after-promote
+kill $load 2>/dev/null || true
+
+say "The canary's report (steps, error rate and p99 against stable, verdict), a page that opens offline:"
+alice $T canary report shop -n $ns -o "$PWD/bin/canary-shop.html"
+rm -rf "$work"

@@ -78,7 +78,23 @@ func (l *Lab) Up(ctx context.Context, cfg Config) error {
 	done = l.progress.step("wait for the node, CoreDNS and a DNS lookup from a pod")
 	err = l.startCluster(ctx, cfg)
 	done(err)
+	if err != nil {
+		return err
+	}
+	// The gateway and Prometheus are part of a cluster a canary runs on, so
+	// a user can try one straight after up.
+	done = l.progress.step("bring up the gateway (Traefik, built from source on first use: about 10 minutes) and its scrape by Prometheus")
+	err = l.upGateway(ctx)
+	done(err)
 	return err
+}
+
+func (l *Lab) upGateway(ctx context.Context) error {
+	cs, err := Client(l.Paths)
+	if err != nil {
+		return err
+	}
+	return EnsureGateway(ctx, l, cs)
 }
 
 func (l *Lab) startNode(ctx context.Context, cfg Config) error {
