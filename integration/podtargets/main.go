@@ -118,7 +118,7 @@ func targets(objs []any) []group {
 		if pod.Status.Phase != corev1.PodRunning || pod.Status.PodIP == "" {
 			continue
 		}
-		ports := map[string]bool{}
+		ports := map[string]string{} // port: its metrics path, when not /metrics
 		if pod.Annotations["prometheus.io/scrape"] == "true" {
 			port := pod.Annotations["prometheus.io/port"]
 			if port == "" {
@@ -130,19 +130,20 @@ func targets(objs []any) []group {
 				}
 			}
 			if port != "" {
-				ports[port] = true
+				ports[port] = pod.Annotations["prometheus.io/path"]
 			}
 		}
 		for _, c := range pod.Spec.Containers {
 			for _, p := range c.Ports {
-				if p.Name == "metrics" || strings.HasSuffix(p.Name, "-metrics") {
-					ports[strconv.Itoa(int(p.ContainerPort))] = true
+				port := strconv.Itoa(int(p.ContainerPort))
+				if _, annotated := ports[port]; !annotated && (p.Name == "metrics" || strings.HasSuffix(p.Name, "-metrics")) {
+					ports[port] = "" // a PodMonitor's default path
 				}
 			}
 		}
 		for _, port := range slices.Sorted(maps.Keys(ports)) {
 			labels := map[string]string{"namespace": pod.Namespace, "pod": pod.Name}
-			if path := pod.Annotations["prometheus.io/path"]; path != "" {
+			if path := ports[port]; path != "" {
 				labels["__metrics_path__"] = path
 			}
 			out = append(out, group{Targets: []string{net.JoinHostPort(pod.Status.PodIP, port)}, Labels: labels})
