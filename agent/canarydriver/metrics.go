@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,12 +14,18 @@ import (
 	"tunnel.dev/tunnel/canary"
 )
 
-// collector reads the canary's record at each scrape.
+// collector reads the canary's record and lease for a scrape, and keeps
+// what it read for a second, so that however often it is scraped it asks
+// the API server no more than the driver does.
 type collector struct {
 	store   canary.Store
 	leases  canary.Leases
 	service string
 	labels  prometheus.Labels
+	now     func() time.Time
+
+	mu   sync.Mutex
+	last reading
 
 	weight, match, step, phase, cluster, value, bound, passed *prometheus.Desc
 }
@@ -30,7 +37,7 @@ func newCollector(store canary.Store, leases canary.Leases, service string) *col
 	desc := func(name, help string, variable ...string) *prometheus.Desc {
 		return prometheus.NewDesc("tunnel_canary_"+name, help, variable, labels)
 	}
-	return &collector{store: store, leases: leases, service: service, labels: labels,
+	return &collector{store: store, leases: leases, service: service, labels: labels, now: time.Now,
 		weight:  desc("weight", "The canary's share of the Service's traffic, in percent (0 outside its steps)."),
 		match:   desc("match", "1 while requests that match the dark launch go to the canary."),
 		step:    desc("step", "The canary's step, from 1; 0 outside its steps."),
@@ -48,13 +55,39 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
+// reading is one read of the record and the lease.
+type reading struct {
+	at     time.Time
+	st     *canary.State
+	holder *canary.Driver
+	err    error
+}
+
+const readEvery = time.Second
+
+func (c *collector) read() reading {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now := c.now(); c.last.at.IsZero() || now.Sub(c.last.at) >= readEvery {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		r := reading{at: now}
+		r.st, r.err = c.store.Get(ctx, c.service)
+		if r.err == nil {
+			r.holder, r.err = c.leases.Holder(ctx, c.service)
+		}
+		c.last = r
+	}
+	return c.last
+}
+
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	st, err := c.store.Get(ctx, c.service)
-	if err != nil {
+	r := c.read()
+	if r.err != nil { // the scrape fails, rather than reading as "no canary"
+		ch <- prometheus.NewInvalidMetric(c.phase, r.err)
 		return
 	}
+	st := r.st
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
@@ -67,14 +100,15 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(c.step, float64(step))
 	gauge(c.phase, 1, string(st.Phase))
-	holder, _ := c.leases.Holder(ctx, c.service)
 	host, _ := os.Hostname()
-	gauge(c.cluster, one(holder.Holds(time.Now(), host) && holder.Cluster))
+	gauge(c.cluster, one(r.holder.Holds(c.now(), host) && r.holder.Cluster))
 	if n := len(st.Checks); n > 0 {
+		seen := map[string]bool{} // the record may be edited to name a check twice
 		for _, v := range st.Checks[n-1].Custom {
-			if v.NoData || v.Problem != "" {
+			if v.NoData || v.Problem != "" || seen[v.Name] {
 				continue
 			}
+			seen[v.Name] = true
 			gauge(c.value, v.Value, v.Name)
 			gauge(c.bound, v.Bound, v.Name)
 			gauge(c.passed, one(v.Passed), v.Name)
@@ -104,7 +138,7 @@ func metricsHandler(c *collector) http.Handler {
 // serveMetrics serves the canary's state on canary.StandbyMetricsPort until ctx ends.
 func serveMetrics(ctx context.Context, c *collector) {
 	srv := &http.Server{Addr: fmt.Sprintf(":%d", canary.StandbyMetricsPort), Handler: metricsHandler(c),
-		ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 15 * time.Second}
+		ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 15 * time.Second, IdleTimeout: time.Minute}
 	go func() {
 		<-ctx.Done()
 		_ = srv.Close()

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
@@ -52,6 +53,10 @@ tunnel_canary_match{backend="shop-web",canary="web"} 1
 // one is turned away while two wait, and a POST is not served at all.
 func TestScrapesInFlightAreBounded(t *testing.T) {
 	cs := fake.NewClientset()
+	st := &canary.State{Spec: canary.Spec{Service: "web", Steps: []int{50}, Interval: canary.Duration(time.Second)}, Canary: "web-canary", Phase: canary.Progressing}
+	if err := (canary.Store{CS: cs, Namespace: "shop"}).Create(context.Background(), st); err != nil {
+		t.Fatal(err)
+	}
 	release := make(chan struct{})
 	cs.PrependReactor("get", "configmaps", func(k8stesting.Action) (bool, runtime.Object, error) {
 		<-release
@@ -79,7 +84,7 @@ func TestScrapesInFlightAreBounded(t *testing.T) {
 		if code != http.StatusServiceUnavailable {
 			t.Errorf("the first answer of three scrapes in flight: HTTP %d, want 503", code)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(3 * time.Second): // well before the handler's own timeout answers 503
 		t.Fatal("three scrapes in flight: none was turned away")
 	}
 	unblock()
@@ -95,5 +100,49 @@ func TestScrapesInFlightAreBounded(t *testing.T) {
 	r.Body.Close()
 	if r.StatusCode != http.StatusMethodNotAllowed {
 		t.Errorf("POST /metrics: HTTP %d, want 405", r.StatusCode)
+	}
+}
+
+// However often it is scraped, the standby reads the record and the lease
+// at most once a second; a record it cannot read fails the scrape.
+func TestScrapesReadTheRecordOnceASecond(t *testing.T) {
+	cs := fake.NewClientset()
+	store := canary.Store{CS: cs, Namespace: "shop"}
+	c := newCollector(store, canary.Leases{CS: cs, Namespace: "shop"}, "web")
+	now := time.Unix(1000, 0)
+	c.now = func() time.Time { return now }
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c)
+	reads := func() int {
+		n := 0
+		for _, a := range cs.Actions() {
+			if a.GetVerb() == "get" {
+				n++
+			}
+		}
+		return n
+	}
+	if _, err := reg.Gather(); err == nil || !strings.Contains(err.Error(), "no canary for service web") {
+		t.Errorf("a scrape without a record: %v, want it to fail saying so", err)
+	}
+	if err := store.Create(context.Background(), &canary.State{Spec: canary.Spec{Service: "web", Steps: []int{50}, Interval: canary.Duration(time.Second)}, Canary: "web-canary", Phase: canary.Progressing}); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(readEvery)
+	before := reads()
+	for range 5 {
+		if _, err := reg.Gather(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := reads() - before; got != 2 { // the record and the lease, once
+		t.Errorf("five scrapes within a second made %d reads, want 2", got)
+	}
+	now = now.Add(readEvery)
+	if _, err := reg.Gather(); err != nil {
+		t.Fatal(err)
+	}
+	if got := reads() - before; got != 4 {
+		t.Errorf("a scrape a second later: %d reads in all, want 4", got)
 	}
 }
