@@ -56,9 +56,10 @@ func Apply(ctx context.Context, rc *rest.Config, cs kubernetes.Interface, objs [
 	}
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(cs.Discovery()))
 	type target struct {
-		obj *unstructured.Unstructured
-		res dynamic.ResourceInterface
-		id  string
+		obj   *unstructured.Unstructured
+		res   dynamic.ResourceInterface
+		id    string
+		force bool
 	}
 	var targets []target
 	for _, o := range objs {
@@ -80,8 +81,16 @@ func Apply(ctx context.Context, rc *rest.Config, cs kubernetes.Interface, objs [
 	}
 
 	var results []Result
-	for _, t := range targets {
-		dry, err := t.res.Apply(ctx, t.obj.GetName(), t.obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: opt.ForceConflicts, DryRun: []string{metav1.DryRunAll}})
+	for i := range targets {
+		t := &targets[i]
+		t.force = opt.ForceConflicts
+		dry, err := t.res.Apply(ctx, t.obj.GetName(), t.obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: t.force, DryRun: []string{metav1.DryRunAll}})
+		if apierrors.IsConflict(err) && promotedOnly(err) {
+			// A canary's promotion took the image this deploy declares: the
+			// deploy is the source again, as it was before the canary.
+			t.force = true
+			dry, err = t.res.Apply(ctx, t.obj.GetName(), t.obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: true, DryRun: []string{metav1.DryRunAll}})
+		}
 		if apierrors.IsConflict(err) {
 			return nil, fmt.Errorf("%w: %s: %v; --force-conflicts takes those fields", ErrBadInput, t.id, refusal(err))
 		}
@@ -107,7 +116,7 @@ func Apply(ctx context.Context, rc *rest.Config, cs kubernetes.Interface, objs [
 		return results, nil
 	}
 	for _, t := range targets {
-		if _, err := t.res.Apply(ctx, t.obj.GetName(), t.obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: opt.ForceConflicts}); err != nil {
+		if _, err := t.res.Apply(ctx, t.obj.GetName(), t.obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: t.force}); err != nil {
 			return results, fmt.Errorf("apply %s: %v", t.id, refusal(err))
 		}
 		opt.Progress(fmt.Sprintf("Applied %s", t.id))
@@ -134,6 +143,25 @@ func refusal(err error) string {
 		return se.Status().Message
 	}
 	return err.Error()
+}
+
+// canaryFieldManager is canary.FieldManager: a promotion sets the stable
+// Deployment's image under it.
+const canaryFieldManager = "tunnel-canary"
+
+// promotedOnly reports whether every field an apply conflicts on is one a
+// tunnel canary set on promotion, and no one else's.
+func promotedOnly(err error) bool {
+	var se apierrors.APIStatus
+	if !errors.As(err, &se) || se.Status().Details == nil || len(se.Status().Details.Causes) == 0 {
+		return false
+	}
+	for _, c := range se.Status().Details.Causes {
+		if c.Type != metav1.CauseTypeFieldManagerConflict || !strings.HasPrefix(c.Message, `conflict with "`+canaryFieldManager+`"`) {
+			return false
+		}
+	}
+	return true
 }
 
 // comparable drops what the API server keeps for itself, so a diff shows
