@@ -78,12 +78,14 @@ func labelVariable(name, label, metric string) *dashboard.QueryVariableBuilder {
 // Expressions are the queries of a dashboard's panels, with Grafana's
 // variables (vars, by name without the $) filled, for a test to run.
 func Expressions(dashboard []byte, vars map[string]string) ([]string, error) {
+	type panel struct {
+		Targets []struct {
+			Expr string `json:"expr"`
+		} `json:"targets"`
+		Panels []panel `json:"panels"` // a collapsed row's
+	}
 	var d struct {
-		Panels []struct {
-			Targets []struct {
-				Expr string `json:"expr"`
-			} `json:"targets"`
-		} `json:"panels"`
+		Panels      []panel `json:"panels"`
 		Annotations struct {
 			List []struct {
 				Expr string `json:"expr"`
@@ -94,11 +96,16 @@ func Expressions(dashboard []byte, vars map[string]string) ([]string, error) {
 		return nil, err
 	}
 	var exprs []string
-	for _, p := range d.Panels {
-		for _, tg := range p.Targets {
-			exprs = append(exprs, tg.Expr)
+	var walk func([]panel)
+	walk = func(ps []panel) {
+		for _, p := range ps {
+			for _, tg := range p.Targets {
+				exprs = append(exprs, tg.Expr)
+			}
+			walk(p.Panels)
 		}
 	}
+	walk(d.Panels)
 	for _, a := range d.Annotations.List {
 		if a.Expr != "" {
 			exprs = append(exprs, a.Expr)

@@ -2,6 +2,7 @@ package dashboards
 
 import (
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/prometheus/prometheus/promql/parser"
@@ -43,5 +44,21 @@ func TestEveryQueryParses(t *testing.T) {
 	}
 	if n < 15 {
 		t.Errorf("%d queries in all, want the panels' (at least 15)", n)
+	}
+}
+
+// A collapsed row keeps its panels inside it; their queries count too.
+func TestExpressionsOfACollapsedRow(t *testing.T) {
+	data := []byte(`{"panels": [
+		{"type": "row", "collapsed": true, "panels": [{"targets": [{"expr": "up{job=\"$job\"}"}]}]},
+		{"targets": [{"expr": "sum(rate(x[$__rate_interval]))"}]}
+	], "annotations": {"list": [{"expr": "changes(y[1m]) > 0"}, {"name": "built-in"}]}}`)
+	got, err := Expressions(data, map[string]string{"job": "web", "__rate_interval": "1m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{`up{job="web"}`, "sum(rate(x[1m]))", "changes(y[1m]) > 0"}
+	if !slices.Equal(got, want) {
+		t.Errorf("Expressions = %q, want %q", got, want)
 	}
 }

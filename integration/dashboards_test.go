@@ -82,8 +82,8 @@ func dashboardReturnsData(t *testing.T, file string, vars map[string]string, sta
 		all[k] = v
 	}
 	exprs, err := dashboards.Expressions(data, all)
-	if err != nil {
-		t.Fatal(err)
+	if err != nil || len(exprs) == 0 {
+		t.Fatalf("%s's queries: %v (%d)", file, err, len(exprs))
 	}
 	c, err := api.NewClient(api.Config{Address: lab.PrometheusURL()})
 	if err != nil {

@@ -92,6 +92,7 @@ alice cat /etc/resolv.conf
 registry="env DOCKER_CONFIG=/var/lib/tunnel-lab/registry/docker SSL_CERT_FILE=/var/lib/tunnel-lab/registry/ca-bundle.pem"
 repo=10.209.0.1:5000/demo
 work=$(mktemp -d)
+trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
 cp -r integration/demo/shop "$work/"
 shop=$work/shop
 gw=$($LAB exec --node -- kubectl -n lab-gateway get svc traefik -o jsonpath='{.spec.clusterIP}')
@@ -111,7 +112,7 @@ alice $registry $T deploy "$shop/deploy" --build --registry $repo -n $ns
 # Users' traffic through the gateway for as long as the canaries run.
 $LAB exec --node -- $srv load "http://$gw/" 40 shop.lab.test >/dev/null 2>&1 &
 load=$!
-trap 'kill $server $load 2>/dev/null || true' EXIT
+trap 'kill $server $load 2>/dev/null || true; rm -rf "$work"' EXIT
 canary() {
   alice $registry $T canary start shop -n $ns --build "$shop/deploy" --registry $repo \
     --steps 20,50,100 --interval 10s --min-requests 20 --prometheus http://10.209.0.1:9090
@@ -122,6 +123,9 @@ sed -i 's/version  = "v1"/version  = "v2"/; s/failRate = 0.0 /failRate = 0.3 /' 
 if canary; then
   echo "unexpected: the failing release was promoted" >&2; exit 1
 fi
+# It failed for the reason it should have, not for a build or a registry.
+alice $T canary status shop -n $ns -o json | grep -q '"phase": "RolledBack"' || {
+  echo "unexpected: the canary did not end rolled back" >&2; alice $T canary status shop -n $ns; exit 1; }
 say "The shop still answers from v1 for everyone:"
 through_gateway after-rollback
 
@@ -133,4 +137,3 @@ kill $load 2>/dev/null || true
 
 say "The canary's report (steps, error rate and p99 against stable, verdict), a page that opens offline:"
 alice $T canary report shop -n $ns -o "$PWD/bin/canary-shop.html"
-rm -rf "$work"

@@ -46,50 +46,98 @@ func (l *Lab) ScrapeLaptop(ctx context.Context, laptop, addr string) (stop func(
 		ln.Close()
 		return nil, err
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				relayInto(c, "/run/netns/"+lp.Netns, addr)
-			}()
-		}
-	}()
+	r := &relay{nsPath: "/run/netns/" + lp.Netns, addr: addr, conns: map[net.Conn]bool{}}
+	r.wg.Add(1)
+	go r.serve(ln)
 	return func() {
 		os.Remove(target)
 		ln.Close()
-		wg.Wait()
+		r.closeAll()
+		r.wg.Wait()
 	}, nil
 }
 
-// relayInto copies c to and from addr dialled in the namespace at nsPath,
-// for at most a scrape's time.
-func relayInto(c net.Conn, nsPath, addr string) {
+// relay copies Prometheus' connections to addr inside a laptop: a few at
+// once (Prometheus keeps one per target), each closed after a minute idle.
+type relay struct {
+	nsPath, addr string
+	wg           sync.WaitGroup
+	mu           sync.Mutex
+	conns        map[net.Conn]bool
+	closed       bool
+}
+
+const (
+	relayConns = 4
+	relayIdle  = time.Minute
+)
+
+func (r *relay) serve(ln net.Listener) {
+	defer r.wg.Done()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		r.mu.Lock()
+		full := r.closed || len(r.conns) >= relayConns
+		if !full {
+			r.conns[c] = true
+		}
+		r.mu.Unlock()
+		if full {
+			c.Close()
+			continue
+		}
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			defer func() { r.mu.Lock(); delete(r.conns, c); r.mu.Unlock() }()
+			r.copy(c)
+		}()
+	}
+}
+
+func (r *relay) closeAll() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = true
+	for c := range r.conns {
+		c.Close()
+	}
+}
+
+// copy joins c to addr dialled inside the laptop, both ways, until either
+// side closes or stays idle.
+func (r *relay) copy(c net.Conn) {
 	defer c.Close()
-	deadline := time.Now().Add(30 * time.Second)
-	c.SetDeadline(deadline)
-	up, err := dialInNetns(nsPath, addr)
+	up, err := dialInNetns(r.nsPath, r.addr)
 	if err != nil {
 		return
 	}
 	defer up.Close()
-	up.SetDeadline(deadline)
 	done := make(chan struct{})
 	go func() {
-		io.Copy(up, c)
+		io.Copy(idle{up}, idle{c})
 		up.(*net.TCPConn).CloseWrite()
 		close(done)
 	}()
-	io.Copy(c, up)
+	io.Copy(idle{c}, idle{up})
 	c.(*net.TCPConn).CloseWrite()
 	<-done
+}
+
+// idle pushes a connection's deadline on with every read and write.
+type idle struct{ net.Conn }
+
+func (i idle) Read(p []byte) (int, error) {
+	i.SetDeadline(time.Now().Add(relayIdle))
+	return i.Conn.Read(p)
+}
+
+func (i idle) Write(p []byte) (int, error) {
+	i.SetDeadline(time.Now().Add(relayIdle))
+	return i.Conn.Write(p)
 }
 
 // dialInNetns opens a TCP connection from inside another network
