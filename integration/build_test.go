@@ -5,6 +5,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,6 +91,20 @@ func commit(t *testing.T, dir, msg string) {
 	git(t, dir, "commit", "-q", "-m", msg)
 }
 
+// builderLaptop is a developer's laptop that may push to the lab's
+// registry, with the go env Go ships: this machine's own (GOFLAGS
+// -buildvcs=false) would hide a build that stamps the commit.
+func builderLaptop(t *testing.T) *laptop {
+	t.Helper()
+	l := newLaptop(t, "builder", "admin")
+	goenv := filepath.Join(t.TempDir(), "go.env")
+	if err := os.WriteFile(goenv, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l.opt.Env = []string{"DOCKER_CONFIG=" + h.Paths.RegistryDockerConfig(), "SSL_CERT_FILE=" + h.Paths.RegistryCABundle(), "GOENV=" + goenv, "GOFLAGS="}
+	return l
+}
+
 // TestDeployBuildsFromSource: `deploy --build` as a developer runs it on a
 // laptop with the registry's credentials and no Docker: the Go package is
 // built for the nodes' platform, pushed to the registry, and the
@@ -100,14 +115,7 @@ func commit(t *testing.T, dir, msg string) {
 func TestDeployBuildsFromSource(t *testing.T) {
 	ns := h.Namespace(t)
 	src := greeter(t, "hello from source")
-	l := newLaptop(t, "builder", "admin")
-	// A developer's go env as Go ships it: this machine's own (GOFLAGS
-	// -buildvcs=false) would hide a build that stamps the commit.
-	goenv := filepath.Join(t.TempDir(), "go.env")
-	if err := os.WriteFile(goenv, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	l.opt.Env = []string{"DOCKER_CONFIG=" + h.Paths.RegistryDockerConfig(), "SSL_CERT_FILE=" + h.Paths.RegistryCABundle(), "GOENV=" + goenv, "GOFLAGS="}
+	l := builderLaptop(t)
 	registry := lab.RegistryHost() + "/e2e-" + ns
 	type result struct {
 		Param, Image, Tag  string
@@ -181,4 +189,72 @@ func TestDeployBuildsFromSource(t *testing.T) {
 	if got := answer(); got != "hello from a change" {
 		t.Errorf("after the change the greeter answers %q", got)
 	}
+}
+
+// TestCanaryBuildsItsImageFromSource: the release loop from source. The
+// greeter, deployed with deploy --build behind a route of the lab's
+// gateway, gets a change shipped with canary start --build, judged on the
+// gateway's metrics and promoted; the old source deployed after it takes
+// the image back from the promotion.
+func TestCanaryBuildsItsImageFromSource(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	if err := lab.EnsureGateway(ctx, h.Lab, h.Client); err != nil {
+		t.Fatal(err)
+	}
+	ns := h.Namespace(t)
+	host := "greeter." + ns + ".lab.test"
+	withRoute := func(greeting string) string {
+		src := greeter(t, greeting)
+		route := fmt.Sprintf("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: greeter}\n"+
+			"spec:\n  parentRefs: [{name: %s, namespace: %s}]\n  hostnames: [%s]\n  rules:\n  - backendRefs: [{name: greeter, port: 80}]\n",
+			lab.GatewayName, lab.GatewayNamespace, host)
+		if err := os.WriteFile(filepath.Join(src, "deploy", "route.yaml"), []byte(route), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		commit(t, src, "the route")
+		return filepath.Join(src, "deploy")
+	}
+	v1, v2 := withRoute("hello v1"), withRoute("hello v2")
+	l := builderLaptop(t)
+	registry := lab.RegistryHost() + "/e2e-" + ns
+	l.must("deploy", v1, "--build", "--registry", registry, "-n", ns)
+	c := &canaryLab{t: t, ns: ns, host: host, gw: serviceIP(t, lab.GatewayNamespace, "traefik"), laptop: l}
+	answer := func() string {
+		out, _ := h.Run(ctx, node, "curl", "-sS", "--max-time", "2", "-H", "Host: "+host, "http://"+c.gw+"/")
+		return strings.TrimSpace(out)
+	}
+	eventually(t, 30*time.Second, "the gateway routes to the greeter", func() (bool, string) {
+		got := answer()
+		return got == "hello v1", got
+	})
+	first := deploymentImage(t, ns, "greeter")
+	c.startLoad(40)
+
+	out := l.must("canary", "start", "greeter", "-n", ns, "--build", v2, "--registry", registry, "--driver", "laptop",
+		"--steps", "50,100", "--interval", "8s", "--min-requests", "10", "--prometheus", lab.PrometheusURL())
+	if !strings.Contains(out, "The canary of greeter is promoted") {
+		t.Fatalf("canary start --build:\n%s", out)
+	}
+	promoted := deploymentImage(t, ns, "greeter")
+	if promoted == first || !strings.HasPrefix(promoted, registry+"/greeter@sha256:") {
+		t.Errorf("after the promotion the greeter runs %s (before: %s), want the canary's build by digest", promoted, first)
+	}
+	if got := answer(); got != "hello v2" {
+		t.Errorf("after the promotion the gateway answers %q", got)
+	}
+
+	l.must("deploy", v1, "--build", "--registry", registry, "-n", ns)
+	if got := deploymentImage(t, ns, "greeter"); got != first {
+		t.Errorf("the old source deployed after the promotion: %s, want %s back", got, first)
+	}
+}
+
+func deploymentImage(t *testing.T, ns, name string) string {
+	t.Helper()
+	d, err := h.Client.AppsV1().Deployments(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.Spec.Template.Spec.Containers[0].Image
 }
