@@ -90,8 +90,16 @@ func TestStartReplacesAPartOnItsWayOut(t *testing.T) {
 	if err := writeFileAtomic(p.pidFile(c.name), []byte(strconv.Itoa(old.Process.Pid)+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := running(p, c); !ok {
-		t.Fatal("the leaving process does not count as running")
+	// Start returns once the child began its exec, which may not have set
+	// the new command line yet: /proc shows none for a moment.
+	for i := 0; ; i++ {
+		if _, ok := running(p, c); ok {
+			break
+		}
+		if i == 100 {
+			t.Fatal("the leaving process does not count as running")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 	if err := start(context.Background(), p, c); err != nil {
 		t.Fatalf("start after the old process left: %v", err)
