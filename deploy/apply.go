@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
 
+	"tunnel.dev/tunnel/canary"
 	"tunnel.dev/tunnel/rollout"
 )
 
@@ -145,19 +146,16 @@ func refusal(err error) string {
 	return err.Error()
 }
 
-// canaryFieldManager is canary.FieldManager: a promotion sets the stable
-// Deployment's image under it.
-const canaryFieldManager = "tunnel-canary"
-
 // promotedOnly reports whether every field an apply conflicts on is one a
-// tunnel canary set on promotion, and no one else's.
+// tunnel canary set on promotion (under canary.FieldManager), and no one
+// else's.
 func promotedOnly(err error) bool {
 	var se apierrors.APIStatus
 	if !errors.As(err, &se) || se.Status().Details == nil || len(se.Status().Details.Causes) == 0 {
 		return false
 	}
 	for _, c := range se.Status().Details.Causes {
-		if c.Type != metav1.CauseTypeFieldManagerConflict || !strings.HasPrefix(c.Message, `conflict with "`+canaryFieldManager+`"`) {
+		if c.Type != metav1.CauseTypeFieldManagerConflict || !strings.HasPrefix(c.Message, `conflict with "`+canary.FieldManager+`"`) {
 			return false
 		}
 	}

@@ -8,16 +8,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-
-	"tunnel.dev/tunnel/canary"
 )
 
 // A deploy after a canary's promotion takes the image back; a field anyone
 // else set stays a conflict that names them.
 func TestPromotedOnly(t *testing.T) {
-	if canaryFieldManager != canary.FieldManager {
-		t.Fatalf("canaryFieldManager %q is not canary.FieldManager %q", canaryFieldManager, canary.FieldManager)
-	}
 	conflict := func(messages ...string) error {
 		err := apierrors.NewConflict(schema.GroupResource{Group: "apps", Resource: "deployments"}, "shop", errors.New("Apply failed"))
 		for _, m := range messages {

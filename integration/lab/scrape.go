@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -16,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"tunnel.dev/tunnel/relay"
 )
 
 // ScrapeLaptop lets the lab's Prometheus scrape addr inside a laptop (the
@@ -46,98 +47,44 @@ func (l *Lab) ScrapeLaptop(ctx context.Context, laptop, addr string) (stop func(
 		ln.Close()
 		return nil, err
 	}
-	r := &relay{nsPath: "/run/netns/" + lp.Netns, addr: addr, conns: map[net.Conn]bool{}}
-	r.wg.Add(1)
-	go r.serve(ln)
+	// Prometheus keeps one connection per target: a few at once are
+	// plenty, and stop ends them all.
+	ctx, cancel := context.WithCancel(context.Background())
+	slots := make(chan struct{}, 4)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			select {
+			case slots <- struct{}{}:
+			default:
+				c.Close()
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-slots }()
+				up, err := dialInNetns("/run/netns/"+lp.Netns, addr)
+				if err != nil {
+					c.Close()
+					return
+				}
+				relay.Conns(ctx, c, up, relay.Options{})
+			}()
+		}
+	}()
 	return func() {
 		os.Remove(target)
 		ln.Close()
-		r.closeAll()
-		r.wg.Wait()
+		cancel()
+		wg.Wait()
 	}, nil
-}
-
-// relay copies Prometheus' connections to addr inside a laptop: a few at
-// once (Prometheus keeps one per target), each closed after a minute idle.
-type relay struct {
-	nsPath, addr string
-	wg           sync.WaitGroup
-	mu           sync.Mutex
-	conns        map[net.Conn]bool
-	closed       bool
-}
-
-const (
-	relayConns = 4
-	relayIdle  = time.Minute
-)
-
-func (r *relay) serve(ln net.Listener) {
-	defer r.wg.Done()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		r.mu.Lock()
-		full := r.closed || len(r.conns) >= relayConns
-		if !full {
-			r.conns[c] = true
-		}
-		r.mu.Unlock()
-		if full {
-			c.Close()
-			continue
-		}
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			defer func() { r.mu.Lock(); delete(r.conns, c); r.mu.Unlock() }()
-			r.copy(c)
-		}()
-	}
-}
-
-func (r *relay) closeAll() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.closed = true
-	for c := range r.conns {
-		c.Close()
-	}
-}
-
-// copy joins c to addr dialled inside the laptop, both ways, until either
-// side closes or stays idle.
-func (r *relay) copy(c net.Conn) {
-	defer c.Close()
-	up, err := dialInNetns(r.nsPath, r.addr)
-	if err != nil {
-		return
-	}
-	defer up.Close()
-	done := make(chan struct{})
-	go func() {
-		io.Copy(idle{up}, idle{c})
-		up.(*net.TCPConn).CloseWrite()
-		close(done)
-	}()
-	io.Copy(idle{c}, idle{up})
-	c.(*net.TCPConn).CloseWrite()
-	<-done
-}
-
-// idle pushes a connection's deadline on with every read and write.
-type idle struct{ net.Conn }
-
-func (i idle) Read(p []byte) (int, error) {
-	i.SetDeadline(time.Now().Add(relayIdle))
-	return i.Conn.Read(p)
-}
-
-func (i idle) Write(p []byte) (int, error) {
-	i.SetDeadline(time.Now().Add(relayIdle))
-	return i.Conn.Write(p)
 }
 
 // dialInNetns opens a TCP connection from inside another network
