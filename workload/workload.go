@@ -110,6 +110,10 @@ func ParseRef(s string) (Ref, error) {
 	}
 	k, known := KindNamed(kind)
 	if !known {
+		switch strings.ToLower(kind) {
+		case "job", "jobs", "jobs.batch", "cronjob", "cronjobs", "cronjobs.batch", "cj":
+			return Ref{}, fmt.Errorf("tunnel does not intercept the pods of Jobs and CronJobs (%s): they run to completion, and a sidecar would keep them running; it intercepts %s", s, kindList())
+		}
 		return Ref{}, fmt.Errorf("%q is not a workload kind tunnel intercepts (%s)", kind, kindList())
 	}
 	if name == "" || strings.Contains(name, "/") {
@@ -308,6 +312,9 @@ func (c Client) BehindService(ctx context.Context, svc *corev1.Service) (*Worklo
 	case 1:
 		return all[0], nil
 	case 0:
+		if jobs := c.jobsBehind(ctx, svc); len(jobs) > 0 {
+			return nil, fmt.Errorf("%w: Service %s/%s selects the pods of %s, and tunnel intercepts those of Deployments, StatefulSets, DaemonSets, ReplicaSets and Rollouts, not of Jobs: their pods run to completion, and a sidecar would keep them running", ErrNoPodsFor, svc.Namespace, svc.Name, strings.Join(jobs, ", "))
+		}
 		return nil, fmt.Errorf("%w: the selector of Service %s/%s picks the pods of no Deployment, StatefulSet, DaemonSet, ReplicaSet or Rollout", ErrNoPodsFor, svc.Namespace, svc.Name)
 	}
 	var refs []string
@@ -315,6 +322,36 @@ func (c Client) BehindService(ctx context.Context, svc *corev1.Service) (*Worklo
 		refs = append(refs, strings.ToLower(w.Kind)+"/"+w.Name)
 	}
 	return nil, fmt.Errorf("%w: Service %s/%s selects the pods of %s; name the one to intercept", ErrAmbiguous, svc.Namespace, svc.Name, strings.Join(refs, ", "))
+}
+
+// jobsBehind names the CronJobs and Jobs of their own whose pod templates
+// the Service's selector picks, so that a refusal can say whose pods they
+// are. Best effort: a user who may not list them gets none.
+func (c Client) jobsBehind(ctx context.Context, svc *corev1.Service) []string {
+	picks := func(labels map[string]string) bool {
+		for k, v := range svc.Spec.Selector {
+			if labels[k] != v {
+				return false
+			}
+		}
+		return true
+	}
+	var out []string
+	if crons, err := c.CS.BatchV1().CronJobs(svc.Namespace).List(ctx, metav1.ListOptions{}); err == nil {
+		for _, cj := range crons.Items {
+			if picks(cj.Spec.JobTemplate.Spec.Template.Labels) {
+				out = append(out, "cronjob/"+cj.Name)
+			}
+		}
+	}
+	if jobs, err := c.CS.BatchV1().Jobs(svc.Namespace).List(ctx, metav1.ListOptions{}); err == nil {
+		for _, j := range jobs.Items {
+			if metav1.GetControllerOf(&j) == nil && picks(j.Spec.Template.Labels) { // a CronJob's are named by it
+				out = append(out, "job/"+j.Name)
+			}
+		}
+	}
+	return out
 }
 
 // Selects says whether a Service's selector picks pods of w's template.

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -122,7 +123,8 @@ func TestFind(t *testing.T) {
 		{name: "web-1", err: "there is no workload or Service named \"web-1\""},
 		{name: "manual", err: "Service shop/manual has no selector"},
 		{name: "nobody", err: "picks the pods of no Deployment"},
-		{name: "cronjob/x", err: "\"cronjob\" is not a workload kind tunnel intercepts"},
+		{name: "cronjob/x", err: "tunnel does not intercept the pods of Jobs and CronJobs (cronjob/x): they run to completion"},
+		{name: "pod/x", err: "\"pod\" is not a workload kind tunnel intercepts (deployment, statefulset"},
 		{name: "sts/none", err: "there is no StatefulSet \"none\" in namespace shop"},
 	} {
 		w, svc, err := c.Find(t.Context(), "shop", tc.name)
@@ -144,6 +146,26 @@ func TestBehindServiceOfSeveral(t *testing.T) {
 	_, _, err := c.Find(t.Context(), "shop", "web-svc")
 	if !errors.Is(err, ErrAmbiguous) || !strings.Contains(err.Error(), "selects the pods of deployment/web, statefulset/cache") {
 		t.Errorf("a Service in front of two workloads: %v", err)
+	}
+}
+
+func TestBehindServiceOfJobs(t *testing.T) {
+	jobTmpl := func(app string) batchv1.JobSpec { return batchv1.JobSpec{Template: tmpl(app, "report")} }
+	c := cluster(t,
+		&batchv1.CronJob{ObjectMeta: meta("nightly", "cj-nightly"), Spec: batchv1.CronJobSpec{Schedule: "@daily",
+			JobTemplate: batchv1.JobTemplateSpec{Spec: jobTmpl("report")}}},
+		// The CronJob's own Job is named by the CronJob, not again.
+		&batchv1.Job{ObjectMeta: meta("nightly-1", "j-nightly-1", controller("CronJob", "nightly", "cj-nightly")), Spec: jobTmpl("report")},
+		&batchv1.Job{ObjectMeta: meta("once", "j-once"), Spec: jobTmpl("report")},
+		&batchv1.Job{ObjectMeta: meta("other", "j-other"), Spec: jobTmpl("other")},
+		service("report", map[string]string{"app": "report"}))
+	_, _, err := c.Find(t.Context(), "shop", "report")
+	if !errors.Is(err, ErrNoPodsFor) || !strings.Contains(err.Error(), "Service shop/report selects the pods of cronjob/nightly, job/once, and tunnel intercepts") {
+		t.Errorf("a Service in front of Jobs: %v", err)
+	}
+	// Without Jobs behind it, the sentence stays the general one.
+	if _, _, err := c.Find(t.Context(), "shop", "nobody"); err == nil || strings.Contains(err.Error(), "job") {
+		t.Errorf("a Service in front of nothing: %v", err)
 	}
 }
 
