@@ -403,7 +403,14 @@ func sidecarRef(ctx context.Context, wc workload.Client, ns, name string) (workl
 	}
 	switch len(refs) {
 	case 0:
-		return workload.Ref{Kind: workload.Deployment, Name: name}, nil
+		// No sidecar under that name: a workload of it (or the one behind
+		// a Service of it) has none to take out; a name of nothing is an
+		// error, not "the sidecar is out".
+		w, _, err := wc.Find(ctx, ns, name)
+		if err != nil {
+			return workload.Ref{}, err
+		}
+		return w.Ref, nil
 	case 1:
 		return refs[0], nil
 	}

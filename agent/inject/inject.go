@@ -51,6 +51,8 @@ var (
 	ErrNoService   = errors.New("no service")
 	ErrNoPort      = errors.New("no such port")
 	ErrWhichPort   = errors.New("several ports")
+	ErrHostNetwork = errors.New("host network")
+	ErrShared      = errors.New("shared service")
 )
 
 // Target is what a user names: a workload (NAME, KIND/NAME, or the name of
@@ -86,6 +88,11 @@ func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
 	if why := workload.Partial(w); why != "" {
 		return nil, fmt.Errorf("%w: %s", ErrPartial, why)
 	}
+	if w.Template.Spec.HostNetwork {
+		// The sidecar's ports would be the node's, and a capture inside
+		// the pod would rewrite the node's own traffic.
+		return nil, fmt.Errorf("%w: %s runs its pods in the node's network (hostNetwork), where the sidecar's listeners would take the node's ports and a capture would redirect the node's own traffic; tunnel intercepts pods with a network of their own", ErrHostNetwork, w.Describe())
+	}
 	if t.Service == "" {
 		t.Service = service
 	}
@@ -97,6 +104,31 @@ func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
 		svcs = slices.DeleteFunc(svcs, func(s corev1.Service) bool { return s.Name != t.Service })
 		if len(svcs) == 0 {
 			return nil, fmt.Errorf("%w: Service %q does not select the pods of %s", ErrNoService, t.Service, w.Describe())
+		}
+	}
+	// A Service that also sends traffic to another workload's pods is not
+	// pointed at the sidecar: those pods have none, and their share of
+	// its requests would fail.
+	var shared []string
+	if len(svcs) > 0 {
+		all, err := wc.List(ctx, w.Namespace)
+		if err != nil {
+			return nil, err
+		}
+		svcs = slices.DeleteFunc(svcs, func(s corev1.Service) bool {
+			var others []string
+			for _, o := range all {
+				if o.Ref != w.Ref && workload.Selects(&s, o) {
+					others = append(others, strings.ToLower(o.Kind)+"/"+o.Name)
+				}
+			}
+			if len(others) > 0 {
+				shared = append(shared, fmt.Sprintf("Service %s also selects the pods of %s", s.Name, strings.Join(others, ", ")))
+			}
+			return len(others) > 0
+		})
+		if len(svcs) == 0 {
+			return nil, fmt.Errorf("%w: %s, which have no sidecar, so their share of its requests would fail on the sidecar's port; intercept through a Service in front of %s alone", ErrShared, strings.Join(shared, "; "), w.Describe())
 		}
 	}
 	var cands []Plan
@@ -159,6 +191,10 @@ func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
 			best.Redirect = false
 			best.Warning = fmt.Sprintf("clients of headless Service %s, which dial the pods' own addresses, still reach the app: %s", headless.Name, why)
 		}
+	}
+	if len(shared) > 0 {
+		best.Warning = strings.Join(append(slices.DeleteFunc([]string{best.Warning}, func(s string) bool { return s == "" }),
+			strings.Join(shared, "; ")+", so its clients still reach the app"), "; ")
 	}
 	return &best, nil
 }

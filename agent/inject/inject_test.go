@@ -87,6 +87,18 @@ func TestResolve(t *testing.T) {
 	admin := sport("admin", 81, intstr.FromInt32(9090))
 	dns := corev1.ServicePort{Name: "dns", Port: 53, TargetPort: intstr.FromInt32(5353), Protocol: corev1.ProtocolUDP}
 
+	// Blue and green behind one Service, and a Service of blue's alone.
+	labelled := func(d *appsv1.Deployment, lbl map[string]string) *appsv1.Deployment {
+		d.Spec.Selector.MatchLabels, d.Spec.Template.Labels = lbl, lbl
+		return d
+	}
+	blue := labelled(deployment("web", container("app", cport("http", 8080))), map[string]string{"app": "web", "color": "blue"})
+	green := labelled(deployment("web-green", container("app", cport("http", 8080))), map[string]string{"app": "web", "color": "green"})
+	blueOnly := service("web-blue", "web", http)
+	blueOnly.Spec.Selector = map[string]string{"app": "web", "color": "blue"}
+	onHost := deployment("web", container("app", cport("http", 8080)))
+	onHost.Spec.Template.Spec.HostNetwork = true
+
 	tests := []struct {
 		name          string
 		objs          []runtime.Object
@@ -98,6 +110,7 @@ func TestResolve(t *testing.T) {
 		wantApp       int32
 		wantContainer string
 		wantRedirect  bool
+		wantWarning   string
 	}{
 		{name: "unknown deployment", objs: []runtime.Object{web}, target: Target{Workload: "nope"},
 			wantErr: ErrNoWorkload, wantMsg: []string{`"nope"`, "shop"}},
@@ -146,9 +159,20 @@ func TestResolve(t *testing.T) {
 			wantErr: ErrPodSecurity, wantMsg: []string{"Service web is headless", "enforces the restricted Pod Security Standard"}},
 		{name: "a headless service beside one with an address where pod security refuses NET_ADMIN",
 			objs:        []runtime.Object{web, headless(service("web-pods", "web", http)), service("web", "web", http), restricted()},
-			wantService: "web", wantPort: 80, wantApp: 8080, wantContainer: "app"},
+			wantService: "web", wantPort: 80, wantApp: 8080, wantContainer: "app",
+			wantWarning: "clients of headless Service web-pods, which dial the pods' own addresses, still reach the app"},
 		{name: "a headless service to another port", objs: []runtime.Object{web, headless(service("web-pods", "web", admin)), service("web", "web", http)},
 			target: Target{Port: "http"}, wantService: "web", wantPort: 80, wantApp: 8080, wantContainer: "app"},
+		// Another workload's pods behind the Service have no sidecar.
+		{name: "a service another workload shares", objs: []runtime.Object{blue, green, service("web", "web", http)},
+			wantErr: ErrShared, wantMsg: []string{"Service web also selects the pods of deployment/web-green", "intercept through a Service in front of deployment shop/web alone"}},
+		{name: "a shared service named", objs: []runtime.Object{blue, green, service("web", "web", http), blueOnly}, target: Target{Service: "web"},
+			wantErr: ErrShared},
+		{name: "a shared service beside one of its own", objs: []runtime.Object{blue, green, service("web", "web", http), blueOnly},
+			wantService: "web-blue", wantPort: 80, wantApp: 8080, wantContainer: "app",
+			wantWarning: "Service web also selects the pods of deployment/web-green, so its clients still reach the app"},
+		{name: "host network", objs: []runtime.Object{onHost, service("web", "web", http)},
+			wantErr: ErrHostNetwork, wantMsg: []string{"deployment shop/web runs its pods in the node's network"}},
 		{name: "already captured resolves to the app port",
 			objs: []runtime.Object{web, annotated(service("web", "web", sport("http", 80, intstr.FromInt32(FirstCapture))),
 				map[string]string{CapturedAnnot: "80/TCP=http", WorkloadAnnot: "web"})},
@@ -177,6 +201,9 @@ func TestResolve(t *testing.T) {
 			}
 			if err != nil {
 				t.Fatalf("Resolve(%+v): %v", target, err)
+			}
+			if !strings.Contains(p.Warning, tt.wantWarning) || (tt.wantWarning == "") != (p.Warning == "") {
+				t.Errorf("Resolve(%+v) warning %q, want %q", target, p.Warning, tt.wantWarning)
 			}
 			if p.Redirect != tt.wantRedirect {
 				t.Errorf("Resolve(%+v) redirect %v, want %v", target, p.Redirect, tt.wantRedirect)
