@@ -242,11 +242,26 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 		req.Replace = true
 		progress(fmt.Sprintf("Replacing the containers of %s with this machine (one rollout)", plan.Workload.Describe()))
 	}
+	// Re-adding a name the laptop holds moves that intercept (a laptop
+	// re-registers this way): when it was of another port, say so.
+	var prev *managerpb.Intercept
+	if l, err := c.ListIntercepts(ctx, &daemonpb.ListInterceptsRequest{Namespace: ns}); err == nil {
+		for _, ic := range l.GetIntercepts() {
+			if ic.GetSpec().GetName() == spec.Name {
+				prev = ic
+			}
+		}
+	}
 	resp, err := c.Intercept(ctx, req)
 	if err != nil {
 		return undo(errors.New(status.Convert(err).Message()))
 	}
 	ic := resp.GetIntercept()
+	if p := prev.GetSpec(); p != nil && prev.GetUser() == ic.GetUser() && prev.GetHost() == ic.GetHost() &&
+		(p.GetWorkload() != spec.Workload || p.GetPort() != spec.Port) {
+		fmt.Fprintf(errOut, "Note: this takes the place of your intercept %s of port %d of %s, which had the same name; give --name to keep both.\n",
+			spec.Name, p.GetPort(), p.GetWorkload())
+	}
 	if f.replace { // one replica now: as many sidecars to wait for
 		if w, err := wc.Get(ctx, ns, ref); err == nil {
 			plan.Workload = w
@@ -429,7 +444,7 @@ func defaultName(workload, portName string, appPort int32, spec *managerpb.Inter
 	if p == "" {
 		p = strconv.Itoa(int(appPort))
 	}
-	base, suffix := workload+"-"+p, ""
+	suffix := ""
 	if spec.GetMode() != managerpb.InterceptMode_GLOBAL {
 		host, _ := os.Hostname()
 		host, _, _ = strings.Cut(host, ".")
@@ -438,17 +453,19 @@ func defaultName(workload, portName string, appPort int32, spec *managerpb.Inter
 			suffix += "-mirror"
 		}
 	}
-	// Too long for a name: the workload's part gives way, not what tells
-	// laptops apart.
+	// Too long for a name: the workload's part gives way, not the port or
+	// what tells laptops apart.
 	suffix = nameLabel(suffix)
-	base = nameLabel(base)
-	if len(base)+len(suffix)+1 > 63 {
-		base = strings.TrimRight(base[:max(63-len(suffix)-1, 1)], "-")
+	p = nameLabel(p)
+	w := nameLabel(workload)
+	if room := 63 - len(p) - 1 - len(suffix) - min(len(suffix), 1); len(w) > room {
+		w = strings.TrimRight(w[:max(room, 1)], "-")
 	}
-	if suffix == "" {
-		return base
+	name := w + "-" + p
+	if suffix != "" {
+		name += "-" + suffix
 	}
-	return base + "-" + suffix
+	return nameLabel(name) // at most 63, when the port and laptop alone are longer
 }
 
 // nameLabel makes s a name the manager takes: lowercase letters, digits

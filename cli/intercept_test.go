@@ -80,8 +80,13 @@ func TestDefaultName(t *testing.T) {
 	}
 	// A long workload name gives way to the laptop's part.
 	long := defaultName(strings.Repeat("w", 70), "http", 8080, personal)
-	if len(long) > 63 || !strings.HasSuffix(long, "-"+laptop) {
+	if len(long) > 63 || !strings.HasSuffix(long, "-http-"+laptop) {
 		t.Errorf("a long name: %q (%d characters)", long, len(long))
+	}
+	// Two ports of a long workload keep names of their own.
+	a, b := defaultName(strings.Repeat("w", 61), "http", 8080, global), defaultName(strings.Repeat("w", 61), "https", 8443, global)
+	if a == b || len(a) > 63 || len(b) > 63 || !strings.HasSuffix(a, "-http") || !strings.HasSuffix(b, "-https") {
+		t.Errorf("two ports of a long workload: %q, %q", a, b)
 	}
 	if got := nameLabel(strings.Repeat("a", 70) + "-"); len(got) != 63 {
 		t.Errorf("a long label: %d characters", len(got))
