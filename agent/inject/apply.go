@@ -12,18 +12,13 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 
 	authzv1 "k8s.io/api/authorization/v1"
 	"tunnel.dev/tunnel/access"
 	"tunnel.dev/tunnel/agent/manifest"
-	"tunnel.dev/tunnel/rollout"
 	"tunnel.dev/tunnel/rpc"
 	"tunnel.dev/tunnel/workload"
 )
@@ -255,130 +250,6 @@ func redirectContainer(agent Agent, caps map[int32]int32, redirects map[int32]bo
 			Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN"}, Drop: []corev1.Capability{"ALL"}},
 		},
 	}
-}
-
-// retarget points p's Service port at the sidecar's listener, keeping the
-// old targetPort in the Service's annotation.
-func retarget(ctx context.Context, cs kubernetes.Interface, p *Plan, listen int32) error {
-	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		svc, err := cs.CoreV1().Services(p.Service.Namespace).Get(ctx, p.Service.Name, metav1.GetOptions{})
-		if err != nil {
-			return fmt.Errorf("read service %s/%s: %w", p.Service.Namespace, p.Service.Name, err)
-		}
-		caps := captured(svc.Annotations)
-		changed := false
-		for i, sp := range svc.Spec.Ports {
-			if sp.Port != p.ServicePort.Port || sp.Protocol != p.ServicePort.Protocol {
-				continue
-			}
-			if _, ok := caps[portKey(sp)]; !ok {
-				caps[portKey(sp)] = sp.TargetPort
-			}
-			if sp.TargetPort != intstr.FromInt32(listen) {
-				svc.Spec.Ports[i].TargetPort = intstr.FromInt32(listen)
-				changed = true
-			}
-		}
-		if !changed && svc.Annotations[CapturedAnnot] == formatCaptured(caps) {
-			return nil
-		}
-		if svc.Annotations == nil {
-			svc.Annotations = map[string]string{}
-		}
-		svc.Annotations[CapturedAnnot] = formatCaptured(caps)
-		svc.Annotations[WorkloadAnnot] = p.Workload.Ref.String()
-		_, err = cs.CoreV1().Services(svc.Namespace).Update(ctx, svc, metav1.UpdateOptions{FieldManager: FieldManager})
-		if err != nil {
-			return fmt.Errorf("point service %s/%s at the sidecar: %w", svc.Namespace, svc.Name, err)
-		}
-		return nil
-	})
-}
-
-// restoreServices gives every Service tunnel retargeted for workload (a
-// workload.Ref's form) its
-// old targetPorts back and drops tunnel's annotations.
-func restoreServices(ctx context.Context, cs kubernetes.Interface, ns, workload string) ([]string, error) {
-	list, err := cs.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("list services in namespace %s: %w", ns, err)
-	}
-	var restored []string
-	for _, s := range list.Items {
-		if s.Annotations[WorkloadAnnot] != workload {
-			continue
-		}
-		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			svc, err := cs.CoreV1().Services(ns).Get(ctx, s.Name, metav1.GetOptions{})
-			if err != nil {
-				return err
-			}
-			caps := captured(svc.Annotations)
-			for i, sp := range svc.Spec.Ports {
-				if orig, ok := caps[portKey(sp)]; ok {
-					svc.Spec.Ports[i].TargetPort = orig
-				}
-			}
-			delete(svc.Annotations, CapturedAnnot)
-			delete(svc.Annotations, WorkloadAnnot)
-			if len(svc.Annotations) == 0 {
-				svc.Annotations = nil
-			}
-			_, err = cs.CoreV1().Services(ns).Update(ctx, svc, metav1.UpdateOptions{FieldManager: FieldManager})
-			return err
-		})
-		if apierrors.IsNotFound(err) {
-			continue // deleted meanwhile: nothing to restore or wait for
-		}
-		if err != nil {
-			return nil, fmt.Errorf("restore service %s/%s: %w", ns, s.Name, err)
-		}
-		restored = append(restored, s.Name)
-	}
-	return restored, nil
-}
-
-// awaitEndpoints waits until the EndpointSlices of services name no
-// sidecar port, then gives kube-proxy time to apply them: only then may
-// the sidecars go, or connections would still be sent to their ports.
-func awaitEndpoints(ctx context.Context, cs kubernetes.Interface, ns string, services []string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for _, svc := range services {
-		for {
-			slices, err := cs.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=" + svc})
-			if err != nil {
-				return fmt.Errorf("read the endpoints of service %s/%s: %w", ns, svc, err)
-			}
-			if !sidecarPorts(slices.Items) {
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("%w: service %s/%s still sends traffic to the sidecar after %s", rollout.ErrFailed, ns, svc, timeout)
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(200 * time.Millisecond):
-			}
-		}
-	}
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(rollout.KubeProxySync):
-	}
-	return nil
-}
-
-func sidecarPorts(slices []discoveryv1.EndpointSlice) bool {
-	for _, s := range slices {
-		for _, p := range s.Ports {
-			if p.Port != nil && (*p.Port == MetricsPort || *p.Port >= FirstCapture && *p.Port < FirstCapture+1000) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // Remove takes the sidecar out of a workload: first a replaced workload

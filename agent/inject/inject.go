@@ -77,6 +77,15 @@ type Plan struct {
 	// sidecar) rather than by the Service's targetPort.
 	Redirect bool
 	Warning  string // what the intercept will not take, when something will not
+	// Also: the other Service ports with cluster addresses that lead to
+	// the app port, captured with ServicePort.
+	Also []ServicePort
+}
+
+// ServicePort is one port of a Service.
+type ServicePort struct {
+	Service *corev1.Service
+	Port    corev1.ServicePort
 }
 
 // Resolve finds the workload, the Service in front of it and the port.
@@ -131,13 +140,10 @@ func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
 			return nil, fmt.Errorf("%w: %s, which have no sidecar, so their share of its requests would fail on the sidecar's port; intercept through a Service in front of %s alone", ErrShared, strings.Join(shared, "; "), w.Describe())
 		}
 	}
-	var cands []Plan
+	var all []Plan // every TCP Service port that leads to a port of the app
 	for i := range svcs {
 		for _, sp := range svcs[i].Spec.Ports {
 			if sp.Protocol != corev1.ProtocolTCP && sp.Protocol != "" {
-				continue
-			}
-			if t.Port != "" && sp.Name != t.Port && strconv.Itoa(int(sp.Port)) != t.Port {
 				continue
 			}
 			p := Plan{Workload: w, Service: &svcs[i], ServicePort: sp}
@@ -145,9 +151,13 @@ func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
 			if p.AppPort == 0 {
 				continue
 			}
-			cands = append(cands, p)
+			all = append(all, p)
 		}
 	}
+	asked := func(p Plan) bool {
+		return t.Port == "" || p.ServicePort.Name == t.Port || strconv.Itoa(int(p.ServicePort.Port)) == t.Port
+	}
+	cands := slices.DeleteFunc(slices.Clone(all), func(p Plan) bool { return !asked(p) })
 	appPorts := map[int32]bool{}
 	for _, c := range cands {
 		appPorts[c.AppPort] = true
@@ -162,16 +172,25 @@ func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
 	case len(appPorts) > 1:
 		return nil, fmt.Errorf("%w: %s has several ports (%s); say which with --port LOCAL:PORT (and --service)", ErrWhichPort, names(svcs), portList(svcs))
 	}
-	// One app port, maybe behind several Services. The plan names one with
-	// a cluster address where there is one (the probes go there). A
-	// headless Service's clients dial the pods' own addresses and the
-	// app's port, past any Service's targetPort: when one leads to the
-	// port, the capture is made inside the pod (Plan.Redirect).
+	// One app port, maybe behind several Service ports, each of which is
+	// captured: an intercept takes the app port's traffic, whichever way
+	// it comes. The plan names one with a cluster address where there is
+	// one, the one asked for first (the probes go there). A headless
+	// Service's clients dial the pods' own addresses and the app's port,
+	// past any Service's targetPort: when one leads to the port, the
+	// capture is made inside the pod (Plan.Redirect).
+	app := cands[0].AppPort
+	cands = append(cands, slices.DeleteFunc(all, func(p Plan) bool { return p.AppPort != app || asked(p) })...)
 	best := cands[0]
 	for _, c := range cands {
 		if !isHeadless(c.Service) {
 			best = c
 			break
+		}
+	}
+	for _, c := range cands {
+		if !isHeadless(c.Service) && (c.Service != best.Service || c.ServicePort.Port != best.ServicePort.Port) {
+			best.Also = append(best.Also, ServicePort{Service: c.Service, Port: c.ServicePort})
 		}
 	}
 	var headless *corev1.Service

@@ -1,6 +1,7 @@
 package inject
 
 import (
+	"errors"
 	"reflect"
 	"slices"
 	"testing"
@@ -8,9 +9,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/utils/ptr"
 	"tunnel.dev/tunnel/workload"
 )
@@ -140,5 +143,78 @@ func TestSidecarPorts(t *testing.T) {
 				t.Errorf("sidecarPorts() = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// Every Service port that leads to the app port is captured, whichever
+// one the user named; a headless one on it makes the capture in the pod.
+func TestRetargetEveryWayToTheAppPort(t *testing.T) {
+	web := deployment("web", container("app", cport("http", 8080), cport("admin", 9090)))
+	pub := service("web", "web", sport("http", 80, intstr.FromString("http")), sport("alt", 8080, intstr.FromString("http")), sport("admin", 81, intstr.FromString("admin")))
+	internal := service("web-internal", "web", sport("", 9000, intstr.FromInt32(8080)))
+	cs := fake.NewClientset(web, pub, internal)
+	p, err := Resolve(t.Context(), workload.Client{CS: cs}, Target{Namespace: "shop", Workload: "web", Port: "http"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Service.Name != "web" || p.ServicePort.Port != 80 || len(p.Also) != 2 || p.Redirect {
+		t.Fatalf("plan: %s:%d, also %+v, redirect %v; want web:80, also web:8080 and web-internal:9000", p.Service.Name, p.ServicePort.Port, p.Also, p.Redirect)
+	}
+	if err := retarget(t.Context(), cs, p, FirstCapture); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string][]int32{"web": {FirstCapture, FirstCapture, 9090}, "web-internal": {FirstCapture}} {
+		var got []int32
+		for _, sp := range getService(t, cs, name).Spec.Ports {
+			if sp.TargetPort.Type == intstr.Int {
+				got = append(got, sp.TargetPort.IntVal)
+			} else {
+				got = append(got, 9090) // admin, by name, untouched
+			}
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("Service %s targets %v, want %v", name, got, want)
+		}
+	}
+	if restored, err := restoreServices(t.Context(), cs, "shop", "web"); err != nil || len(restored) != 2 {
+		t.Errorf("restoreServices = %v, %v", restored, err)
+	}
+	for _, s := range []*corev1.Service{pub, internal} {
+		if after := getService(t, cs, s.Name); !reflect.DeepEqual(after.Spec, s.Spec) || after.Annotations != nil {
+			t.Errorf("Service %s after restore: %+v %v", s.Name, after.Spec.Ports, after.Annotations)
+		}
+	}
+
+	// Named by a port number, a headless Service on the same app port
+	// still makes the capture in the pod.
+	cs = fake.NewClientset(web, headless(service("web-pods", "web", sport("", 5432, intstr.FromString("http")))), service("web", "web", sport("", 80, intstr.FromString("http"))))
+	if p, err := Resolve(t.Context(), workload.Client{CS: cs}, Target{Namespace: "shop", Workload: "web", Port: "80"}); err != nil || !p.Redirect {
+		t.Errorf("a headless Service on the named port's app port: %+v, %v; want a redirect", p, err)
+	}
+}
+
+// A Service port that cannot be pointed at the sidecar leaves none of
+// those this call pointed.
+func TestRetargetPutsBackWhatItPointedOnFailure(t *testing.T) {
+	web := deployment("web", container("app", cport("http", 8080)))
+	pub, internal := service("web", "web", sport("", 80, intstr.FromString("http"))), service("web-internal", "web", sport("", 9000, intstr.FromInt32(8080)))
+	cs := fake.NewClientset(web, pub, internal)
+	p, err := Resolve(t.Context(), workload.Client{CS: cs}, Target{Namespace: "shop", Workload: "web"})
+	if err != nil || len(p.Also) != 1 {
+		t.Fatalf("plan: %+v, %v", p, err)
+	}
+	cs.PrependReactor("update", "services", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.(k8stesting.UpdateAction).GetObject().(*corev1.Service).Name == p.Also[0].Service.Name {
+			return true, nil, errors.New("forbidden")
+		}
+		return false, nil, nil
+	})
+	if err := retarget(t.Context(), cs, p, FirstCapture); err == nil {
+		t.Fatal("retarget went through a refused update")
+	}
+	for _, s := range []*corev1.Service{pub, internal} {
+		if after := getService(t, cs, s.Name); !reflect.DeepEqual(after.Spec, s.Spec) || after.Annotations != nil {
+			t.Errorf("Service %s after a failed retarget: %+v %v", s.Name, after.Spec.Ports, after.Annotations)
+		}
 	}
 }

@@ -1,0 +1,196 @@
+package inject
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
+
+	"tunnel.dev/tunnel/rollout"
+	"tunnel.dev/tunnel/workload"
+)
+
+// The Services' side of a capture: their ports pointed at the sidecar's
+// listeners, and back.
+
+// retarget points p's Service ports (ServicePort and Also) at the
+// sidecar's listener, keeping the old targetPorts in each Service's
+// annotation. One that fails puts back those this call pointed, so that
+// none is left half-captured.
+func retarget(ctx context.Context, cs kubernetes.Interface, p *Plan, listen int32) error {
+	var done []ServicePort
+	for _, sp := range append([]ServicePort{{Service: p.Service, Port: p.ServicePort}}, p.Also...) {
+		took, err := retargetPort(ctx, cs, p.Workload.Ref, sp, listen)
+		if err != nil {
+			for _, d := range done {
+				_ = releasePort(context.WithoutCancel(ctx), cs, d)
+			}
+			return err
+		}
+		if took {
+			done = append(done, sp)
+		}
+	}
+	return nil
+}
+
+// releasePort puts one Service port this call captured back.
+func releasePort(ctx context.Context, cs kubernetes.Interface, port ServicePort) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		svc, err := cs.CoreV1().Services(port.Service.Namespace).Get(ctx, port.Service.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		caps := captured(svc.Annotations)
+		for i, sp := range svc.Spec.Ports {
+			if orig, ok := caps[portKey(sp)]; ok && sp.Port == port.Port.Port && sp.Protocol == port.Port.Protocol {
+				svc.Spec.Ports[i].TargetPort = orig
+				delete(caps, portKey(sp))
+			}
+		}
+		if len(caps) == 0 {
+			delete(svc.Annotations, CapturedAnnot)
+			delete(svc.Annotations, WorkloadAnnot)
+		} else {
+			svc.Annotations[CapturedAnnot] = formatCaptured(caps)
+		}
+		if len(svc.Annotations) == 0 {
+			svc.Annotations = nil
+		}
+		_, err = cs.CoreV1().Services(svc.Namespace).Update(ctx, svc, metav1.UpdateOptions{FieldManager: FieldManager})
+		return err
+	})
+}
+
+// retargetPort points one Service port at listen; took says whether this
+// call took it from the app (it was not the sidecar's already).
+func retargetPort(ctx context.Context, cs kubernetes.Interface, w workload.Ref, port ServicePort, listen int32) (took bool, err error) {
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		took = false
+		svc, err := cs.CoreV1().Services(port.Service.Namespace).Get(ctx, port.Service.Name, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("read service %s/%s: %w", port.Service.Namespace, port.Service.Name, err)
+		}
+		caps := captured(svc.Annotations)
+		changed := false
+		for i, sp := range svc.Spec.Ports {
+			if sp.Port != port.Port.Port || sp.Protocol != port.Port.Protocol {
+				continue
+			}
+			if _, ok := caps[portKey(sp)]; !ok {
+				caps[portKey(sp)] = sp.TargetPort
+				took = true
+			}
+			if sp.TargetPort != intstr.FromInt32(listen) {
+				svc.Spec.Ports[i].TargetPort = intstr.FromInt32(listen)
+				changed = true
+			}
+		}
+		if !changed && svc.Annotations[CapturedAnnot] == formatCaptured(caps) {
+			return nil
+		}
+		if svc.Annotations == nil {
+			svc.Annotations = map[string]string{}
+		}
+		svc.Annotations[CapturedAnnot] = formatCaptured(caps)
+		svc.Annotations[WorkloadAnnot] = w.String()
+		_, err = cs.CoreV1().Services(svc.Namespace).Update(ctx, svc, metav1.UpdateOptions{FieldManager: FieldManager})
+		if err != nil {
+			return fmt.Errorf("point service %s/%s at the sidecar: %w", svc.Namespace, svc.Name, err)
+		}
+		return nil
+	})
+	return took, err
+}
+
+// restoreServices gives every Service tunnel retargeted for workload (a
+// workload.Ref's form) its
+// old targetPorts back and drops tunnel's annotations.
+func restoreServices(ctx context.Context, cs kubernetes.Interface, ns, workload string) ([]string, error) {
+	list, err := cs.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list services in namespace %s: %w", ns, err)
+	}
+	var restored []string
+	for _, s := range list.Items {
+		if s.Annotations[WorkloadAnnot] != workload {
+			continue
+		}
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			svc, err := cs.CoreV1().Services(ns).Get(ctx, s.Name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			caps := captured(svc.Annotations)
+			for i, sp := range svc.Spec.Ports {
+				if orig, ok := caps[portKey(sp)]; ok {
+					svc.Spec.Ports[i].TargetPort = orig
+				}
+			}
+			delete(svc.Annotations, CapturedAnnot)
+			delete(svc.Annotations, WorkloadAnnot)
+			if len(svc.Annotations) == 0 {
+				svc.Annotations = nil
+			}
+			_, err = cs.CoreV1().Services(ns).Update(ctx, svc, metav1.UpdateOptions{FieldManager: FieldManager})
+			return err
+		})
+		if apierrors.IsNotFound(err) {
+			continue // deleted meanwhile: nothing to restore or wait for
+		}
+		if err != nil {
+			return nil, fmt.Errorf("restore service %s/%s: %w", ns, s.Name, err)
+		}
+		restored = append(restored, s.Name)
+	}
+	return restored, nil
+}
+
+// awaitEndpoints waits until the EndpointSlices of services name no
+// sidecar port, then gives kube-proxy time to apply them: only then may
+// the sidecars go, or connections would still be sent to their ports.
+func awaitEndpoints(ctx context.Context, cs kubernetes.Interface, ns string, services []string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for _, svc := range services {
+		for {
+			slices, err := cs.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=" + svc})
+			if err != nil {
+				return fmt.Errorf("read the endpoints of service %s/%s: %w", ns, svc, err)
+			}
+			if !sidecarPorts(slices.Items) {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%w: service %s/%s still sends traffic to the sidecar after %s", rollout.ErrFailed, ns, svc, timeout)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(rollout.KubeProxySync):
+	}
+	return nil
+}
+
+func sidecarPorts(slices []discoveryv1.EndpointSlice) bool {
+	for _, s := range slices {
+		for _, p := range s.Ports {
+			if p.Port != nil && (*p.Port == MetricsPort || *p.Port >= FirstCapture && *p.Port < FirstCapture+1000) {
+				return true
+			}
+		}
+	}
+	return false
+}
