@@ -165,20 +165,35 @@ func kindState(t *testing.T, ns, kind, name string, services ...string) string {
 		}
 	}
 	state := map[string]any{
-		"workload": map[string]any{"spec": u.Object["spec"], "annotations": annots, "labels": u.GetLabels()},
+		"workload": map[string]any{"spec": u.Object["spec"], "annotations": annots, "labels": u.GetLabels(),
+			"tunnel's updates": tunnelUpdates(u.GetManagedFields())},
 	}
 	for _, name := range services {
 		svc, err := h.Client.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		state["service/"+name] = map[string]any{"spec": svc.Spec, "annotations": svc.Annotations, "labels": svc.Labels}
+		state["service/"+name] = map[string]any{"spec": svc.Spec, "annotations": svc.Annotations, "labels": svc.Labels,
+			"tunnel's updates": tunnelUpdates(svc.ManagedFields)}
 	}
 	b, err := json.MarshalIndent(state, "", " ")
 	if err != nil {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// tunnelUpdates names tunnel's field managers that own fields by update:
+// once tunnel has put an object back, none may (their owner's next
+// server-side apply of those fields would conflict with tunnel).
+func tunnelUpdates(entries []metav1.ManagedFieldsEntry) []string {
+	var out []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Manager, "tunnel-") && e.Operation == metav1.ManagedFieldsOperationUpdate {
+			out = append(out, e.Manager)
+		}
+	}
+	return out
 }
 
 // A StatefulSet's clients that dial its pods by name (web-0.web.NS, from

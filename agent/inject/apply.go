@@ -286,6 +286,8 @@ func Remove(ctx context.Context, wc workload.Client, ns string, r workload.Ref, 
 	if err := wc.Apply(ctx, w, nil, FieldManager, owned()); err != nil {
 		return err
 	}
+	// A kind changed by update leaves tunnel's entry owning its lists.
+	_ = wc.Forget(ctx, ns, r, FieldManager)
 	return wc.Wait(ctx, ns, r, timeout, progress)
 }
 

@@ -216,6 +216,10 @@ func Restore(ctx context.Context, wc workload.Client, ns string, r workload.Ref,
 	for _, k := range kept {
 		progress(fmt.Sprintf("Left %s of %s as it is now: it changed since the replace", k, w.Describe()))
 	}
+	// What it put back is its owner's to apply again (workload.ForgetOps).
+	if err := wc.Forget(ctx, ns, r, ReplaceManager); err != nil {
+		progress(fmt.Sprintf("Warning: %s is back, but %s still owns its fields: %v", w.Describe(), ReplaceManager, err))
+	}
 	return true, wc.Wait(ctx, ns, r, timeout, progress)
 }
 

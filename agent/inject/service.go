@@ -2,12 +2,14 @@ package inject
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
@@ -63,7 +65,33 @@ func releasePort(ctx context.Context, cs kubernetes.Interface, port ServicePort)
 		if len(svc.Annotations) == 0 {
 			svc.Annotations = nil
 		}
-		_, err = cs.CoreV1().Services(svc.Namespace).Update(ctx, svc, metav1.UpdateOptions{FieldManager: FieldManager})
+		if _, err = cs.CoreV1().Services(svc.Namespace).Update(ctx, svc, metav1.UpdateOptions{FieldManager: FieldManager}); err == nil && len(caps) == 0 {
+			forgetService(ctx, cs, svc.Namespace, svc.Name)
+		}
+		return err
+	})
+}
+
+// forgetService takes tunnel's update entries out of a Service it put
+// back (workload.ForgetOps), so that its owner's next apply of the
+// targetPort does not conflict with tunnel. Best effort: the Service
+// itself is as it was either way.
+func forgetService(ctx context.Context, cs kubernetes.Interface, ns, name string) {
+	again := func(err error) bool { return !apierrors.IsForbidden(err) && !apierrors.IsNotFound(err) }
+	_ = retry.OnError(retry.DefaultRetry, again, func() error {
+		svc, err := cs.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		ops := workload.ForgetOps(svc.ManagedFields, svc.ResourceVersion, FieldManager)
+		if ops == nil {
+			return nil
+		}
+		data, err := json.Marshal(ops)
+		if err != nil {
+			return err
+		}
+		_, err = cs.CoreV1().Services(ns).Patch(ctx, name, types.JSONPatchType, data, metav1.PatchOptions{FieldManager: FieldManager})
 		return err
 	})
 }
@@ -147,6 +175,7 @@ func restoreServices(ctx context.Context, cs kubernetes.Interface, ns, workload 
 		if err != nil {
 			return nil, fmt.Errorf("restore service %s/%s: %w", ns, s.Name, err)
 		}
+		forgetService(ctx, cs, ns, s.Name)
 		restored = append(restored, s.Name)
 	}
 	return restored, nil
