@@ -197,18 +197,16 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 	if err := inject.CheckPullSecrets(ctx, cs, ns, agent); err != nil {
 		return err
 	}
-	fresh, err := inject.Ensure(ctx, wc, plan, agent, f.timeout, progress)
+	takeBack, err := inject.Ensure(ctx, wc, plan, agent, f.timeout, progress)
 	if err != nil {
 		return err
 	}
-	// A sidecar this call added goes again if the intercept does not come
-	// to be: a refusal leaves the workload as it was.
+	// What this call added (the sidecar, a port of it, Service ports
+	// pointed at it) goes again if the intercept does not come to be: a
+	// refusal leaves the workload and its Services as they were.
 	undo := func(cause error) error {
-		if fresh {
-			uctx := context.WithoutCancel(ctx)
-			if rerr := inject.Remove(uctx, wc, ns, ref, f.timeout, progress); rerr != nil {
-				return fmt.Errorf("%w (and taking the sidecar out again failed: %v)", cause, rerr)
-			}
+		if rerr := takeBack(context.WithoutCancel(ctx)); rerr != nil {
+			return fmt.Errorf("%w (and taking back what the intercept changed failed: %v)", cause, rerr)
 		}
 		return cause
 	}

@@ -110,6 +110,17 @@ func TestTwoUsersShareAServiceWithPersonalIntercepts(t *testing.T) {
 	if out, err := alice.run("intercept", name, "--port", "7080:http", "--name", "everything"); err == nil || !strings.Contains(out, "has an intercept by dev on") {
 		t.Errorf("a global intercept over bob's: %v\n%s", err, out)
 	}
+	// A refusal after the sidecar took a new port takes it back: bob's
+	// intercept of the TCP echo under alice's name adds port 9000 to the
+	// sidecar and points the Service at it before the manager refuses the
+	// name; then the sidecar and the Service are as they were.
+	beforeRefusal := kindState(t, ns, "Deployment", name, name)
+	if out, err := bob.run("intercept", name, "--port", "7090:tcp-echo", "--name", "alice"); err == nil || !strings.Contains(out, `an intercept named "alice" already exists`) {
+		t.Errorf("bob's intercept under alice's name: %v\n%s", err, out)
+	}
+	if after := kindState(t, ns, "Deployment", name, name); after != beforeRefusal {
+		t.Errorf("the refused intercept left the workload or its Service changed:\nbefore:\n%s\nafter:\n%s", beforeRefusal, after)
+	}
 	if got := fromNode(t, "http://"+ip+"/still-bob", "x-tunnel-dev: "+bobValue); !strings.Contains(got, "pod=laptop-bob") {
 		t.Errorf("bob's intercept after alice's attempts: %s", got)
 	}

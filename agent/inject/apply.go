@@ -93,26 +93,31 @@ func portPairs(cs []corev1.Container, name, flag string) map[int32]int32 {
 
 // Ensure makes p's port captured: the sidecar in the pod template with a
 // listener for the app port (one rollout, waited for), then the Service
-// port pointed at that listener. fresh says the workload had no sidecar
-// before this call, so a caller that cannot go on can take it out again
-// (Remove). On failure what this call changed is undone and the error says
-// why.
-func Ensure(ctx context.Context, wc workload.Client, p *Plan, agent Agent, timeout time.Duration, progress Progress) (fresh bool, err error) {
+// ports pointed at that listener. On failure what this call changed is
+// undone and the error says why. Otherwise undo (never nil) takes back
+// what it changed, for a caller that cannot go on: the sidecar it added,
+// or the port it added to one, and the Service ports it pointed.
+func Ensure(ctx context.Context, wc workload.Client, p *Plan, agent Agent, timeout time.Duration, progress Progress) (undo func(context.Context) error, err error) {
+	nothing := func(context.Context) error { return nil }
 	w := p.Workload
 	caps, redirects := Captures(&w.Template), Redirects(&w.Template)
 	listen, ok := caps[p.AppPort]
 	if ok && (redirects[p.AppPort] || !p.Redirect) {
 		// A sidecar of an older agent is replaced at its next intercept.
 		if err := Upgrade(ctx, wc, w, agent, timeout, progress); err != nil {
-			return false, err
+			return nothing, err
 		}
 		if redirects[p.AppPort] {
-			return false, nil
+			return nothing, nil
 		}
-		return false, retarget(ctx, wc.CS, p, listen)
+		took, err := retarget(ctx, wc.CS, p, listen)
+		if err != nil {
+			return nothing, err
+		}
+		return func(ctx context.Context) error { return releaseAll(ctx, wc.CS, took) }, nil
 	}
 	beforeCaps, beforeRedirects := maps.Clone(caps), maps.Clone(redirects)
-	fresh = len(caps) == 0
+	fresh := len(caps) == 0
 	if !ok {
 		listen = freePort(&w.Template, caps)
 		caps[p.AppPort] = listen
@@ -126,23 +131,52 @@ func Ensure(ctx context.Context, wc workload.Client, p *Plan, agent Agent, timeo
 		progress(fmt.Sprintf("Adding port %d to the sidecar of %s (one rollout)", p.AppPort, w.Describe()))
 	}
 	if err := applySidecar(ctx, wc, w, agent, caps, redirects); err != nil {
-		return false, err
+		return nothing, err
 	}
+	var took []ServicePort
 	err = wc.Wait(ctx, w.Namespace, w.Ref, timeout, progress)
 	if err == nil && !p.Redirect {
-		err = retarget(ctx, wc.CS, p, listen)
+		took, err = retarget(ctx, wc.CS, p, listen)
 	}
-	if err != nil { // the sidecar as it was: none, or without this port
-		undo := context.WithoutCancel(ctx)
+	back := func(ctx context.Context) error { // the sidecar as it was: none, or without this port
+		var err error
 		if fresh {
-			_ = wc.Apply(undo, w, nil, FieldManager, owned())
+			err = wc.Apply(ctx, w, nil, FieldManager, owned())
+			_ = wc.Forget(ctx, w.Namespace, w.Ref, FieldManager)
 		} else {
-			_ = applySidecar(undo, wc, w, agent, beforeCaps, beforeRedirects)
+			err = applySidecar(ctx, wc, w, agent, beforeCaps, beforeRedirects)
 		}
-		wc.Unstick(undo, w.Namespace, w.Ref)
-		return false, err
+		wc.Unstick(ctx, w.Namespace, w.Ref)
+		return err
 	}
-	return fresh, nil
+	if err != nil {
+		_ = back(context.WithoutCancel(ctx))
+		return nothing, err
+	}
+	return func(ctx context.Context) error {
+		if err := releaseAll(ctx, wc.CS, took); err != nil {
+			return err
+		}
+		if len(took) > 0 {
+			progress("Waiting for the Services to send their traffic to the app again")
+			var names []string
+			for _, t := range took {
+				names = append(names, t.Service.Name)
+			}
+			if err := awaitEndpoints(ctx, wc.CS, w.Namespace, slices.Compact(names), timeout); err != nil {
+				return err
+			}
+		}
+		if fresh {
+			progress(fmt.Sprintf("Removing the intercept sidecar from %s again (one rollout)", w.Describe()))
+		} else {
+			progress(fmt.Sprintf("Removing port %d from the sidecar of %s again (one rollout)", p.AppPort, w.Describe()))
+		}
+		if err := back(ctx); err != nil {
+			return err
+		}
+		return wc.Wait(ctx, w.Namespace, w.Ref, timeout, progress)
+	}, nil
 }
 
 // freePort picks the first listen port no container declares and no

@@ -62,7 +62,7 @@ func TestRetargetRestore(t *testing.T) {
 			}
 			wantOrig := p.ServicePort.TargetPort
 			for _, l := range tt.listens {
-				if err := retarget(t.Context(), cs, p, l); err != nil {
+				if _, err := retarget(t.Context(), cs, p, l); err != nil {
 					t.Fatalf("retarget(%d): %v", l, err)
 				}
 			}
@@ -160,7 +160,7 @@ func TestRetargetEveryWayToTheAppPort(t *testing.T) {
 	if p.Service.Name != "web" || p.ServicePort.Port != 80 || len(p.Also) != 2 || p.Redirect {
 		t.Fatalf("plan: %s:%d, also %+v, redirect %v; want web:80, also web:8080 and web-internal:9000", p.Service.Name, p.ServicePort.Port, p.Also, p.Redirect)
 	}
-	if err := retarget(t.Context(), cs, p, FirstCapture); err != nil {
+	if _, err := retarget(t.Context(), cs, p, FirstCapture); err != nil {
 		t.Fatal(err)
 	}
 	for name, want := range map[string][]int32{"web": {FirstCapture, FirstCapture, 9090}, "web-internal": {FirstCapture}} {
@@ -209,7 +209,7 @@ func TestRetargetPutsBackWhatItPointedOnFailure(t *testing.T) {
 		}
 		return false, nil, nil
 	})
-	if err := retarget(t.Context(), cs, p, FirstCapture); err == nil {
+	if _, err := retarget(t.Context(), cs, p, FirstCapture); err == nil {
 		t.Fatal("retarget went through a refused update")
 	}
 	for _, s := range []*corev1.Service{pub, internal} {

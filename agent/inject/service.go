@@ -3,6 +3,7 @@ package inject
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -25,21 +26,31 @@ import (
 // sidecar's listener, keeping the old targetPorts in each Service's
 // annotation. One that fails puts back those this call pointed, so that
 // none is left half-captured.
-func retarget(ctx context.Context, cs kubernetes.Interface, p *Plan, listen int32) error {
+// It returns the ports it took from the app, which releaseAll gives back.
+func retarget(ctx context.Context, cs kubernetes.Interface, p *Plan, listen int32) ([]ServicePort, error) {
 	var done []ServicePort
 	for _, sp := range append([]ServicePort{{Service: p.Service, Port: p.ServicePort}}, p.Also...) {
 		took, err := retargetPort(ctx, cs, p.Workload.Ref, sp, listen)
 		if err != nil {
-			for _, d := range done {
-				_ = releasePort(context.WithoutCancel(ctx), cs, d)
-			}
-			return err
+			_ = releaseAll(context.WithoutCancel(ctx), cs, done)
+			return nil, err
 		}
 		if took {
 			done = append(done, sp)
 		}
 	}
-	return nil
+	return done, nil
+}
+
+// releaseAll puts the Service ports retarget took back to the app.
+func releaseAll(ctx context.Context, cs kubernetes.Interface, ports []ServicePort) error {
+	var errs []error
+	for _, p := range ports {
+		if err := releasePort(ctx, cs, p); err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("put service %s/%s back: %w", p.Service.Namespace, p.Service.Name, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // releasePort puts one Service port this call captured back.
