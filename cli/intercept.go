@@ -186,6 +186,11 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 	if plan.Warning != "" {
 		fmt.Fprintf(errOut, "Warning: %s.\n", plan.Warning)
 	}
+	// A replace runs one replica of the kinds that scale by replicas; else
+	// a workload that runs no pods has no traffic to take yet.
+	if k := plan.Workload.Kind; plan.Workload.Replicas() == 0 && (!f.replace || k == workload.StatefulSet || k == workload.DaemonSet) {
+		fmt.Fprintf(errOut, "Warning: %s runs no pods now, so nothing reaches the intercept until it does.\n", plan.Workload.Describe())
+	}
 	ref := plan.Workload.Ref
 	if local == 0 {
 		local = uint32(plan.AppPort)
