@@ -119,7 +119,7 @@ func Ensure(ctx context.Context, wc workload.Client, p *Plan, agent Agent, timeo
 	beforeCaps, beforeRedirects := maps.Clone(caps), maps.Clone(redirects)
 	fresh := len(caps) == 0
 	if !ok {
-		listen = freePort(&w.Template, caps)
+		listen = freePort(&w.Template, caps, p.AppPort) // an app port no container declares
 		caps[p.AppPort] = listen
 	}
 	if p.Redirect {
@@ -163,7 +163,7 @@ func Ensure(ctx context.Context, wc workload.Client, p *Plan, agent Agent, timeo
 			for _, t := range took {
 				names = append(names, t.Service.Name)
 			}
-			if err := awaitEndpoints(ctx, wc.CS, w.Namespace, slices.Compact(names), timeout); err != nil {
+			if err := awaitEndpoints(ctx, wc.CS, w.Namespace, slices.Compact(names), map[int32]bool{listen: true}, timeout); err != nil {
 				return err
 			}
 		}
@@ -179,9 +179,9 @@ func Ensure(ctx context.Context, wc workload.Client, p *Plan, agent Agent, timeo
 	}, nil
 }
 
-// freePort picks the first listen port no container declares and no
-// capture uses.
-func freePort(t *corev1.PodTemplateSpec, caps map[int32]int32) int32 {
+// freePort picks the first listen port no container declares, no capture
+// uses and avoid does not name.
+func freePort(t *corev1.PodTemplateSpec, caps map[int32]int32, avoid ...int32) int32 {
 	used := map[int32]bool{MetricsPort: true}
 	for _, c := range t.Spec.Containers {
 		for _, p := range c.Ports {
@@ -190,6 +190,9 @@ func freePort(t *corev1.PodTemplateSpec, caps map[int32]int32) int32 {
 	}
 	for a, l := range caps {
 		used[l], used[a] = true, true
+	}
+	for _, a := range avoid {
+		used[a] = true
 	}
 	for p := int32(FirstCapture); ; p++ {
 		if !used[p] {
@@ -296,13 +299,22 @@ func Remove(ctx context.Context, wc workload.Client, ns string, r workload.Ref, 
 	if _, err := Restore(ctx, wc, ns, r, "", "", timeout, progress); err != nil {
 		return err
 	}
+	// The sidecar's listeners, which the Services must no longer name
+	// before it goes (unknown when the workload is gone).
+	var listeners map[int32]bool
+	if w, err := wc.Get(ctx, ns, r); err == nil {
+		listeners = map[int32]bool{}
+		for _, l := range Captures(&w.Template) {
+			listeners[l] = true
+		}
+	}
 	restored, err := restoreServices(ctx, wc.CS, ns, r.String())
 	if err != nil {
 		return err
 	}
 	if len(restored) > 0 {
 		progress("Waiting for the Services to send their traffic to the app again")
-		if err := awaitEndpoints(ctx, wc.CS, ns, restored, timeout); err != nil {
+		if err := awaitEndpoints(ctx, wc.CS, ns, restored, listeners, timeout); err != nil {
 			return err
 		}
 	}

@@ -68,6 +68,10 @@ func TestFreePort(t *testing.T) {
 		{name: "gap is reused", d: deployment("web", container("app", cport("x", FirstCapture+1))),
 			caps: map[int32]int32{8080: FirstCapture + 2}, want: FirstCapture},
 	}
+	// The new app port, undeclared (a Service's numeric targetPort).
+	if got := freePort(&deployment("web", container("app")).Spec.Template, nil, FirstCapture); got != FirstCapture+1 {
+		t.Errorf("freePort avoiding the app's undeclared port %d = %d", FirstCapture, got)
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			caps := maps.Clone(tt.caps)

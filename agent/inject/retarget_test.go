@@ -139,10 +139,14 @@ func TestSidecarPorts(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := sidecarPorts(tt.slices); got != tt.want {
+			if got := sidecarPorts(tt.slices, nil); got != tt.want {
 				t.Errorf("sidecarPorts() = %v, want %v", got, tt.want)
 			}
 		})
+	}
+	// With the listeners known, an app port in tunnel's range is the app's.
+	if sidecarPorts(slice(FirstCapture+343), map[int32]bool{FirstCapture: true}) || !sidecarPorts(slice(8080, FirstCapture), map[int32]bool{FirstCapture: true}) {
+		t.Error("sidecarPorts with the listeners known took an app port for the sidecar's, or missed the listener")
 	}
 }
 

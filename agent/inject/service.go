@@ -195,7 +195,9 @@ func restoreServices(ctx context.Context, cs kubernetes.Interface, ns, workload 
 // awaitEndpoints waits until the EndpointSlices of services name no
 // sidecar port, then gives kube-proxy time to apply them: only then may
 // the sidecars go, or connections would still be sent to their ports.
-func awaitEndpoints(ctx context.Context, cs kubernetes.Interface, ns string, services []string, timeout time.Duration) error {
+// listeners are the sidecar's capture ports, when known; else any port
+// of tunnel's range counts.
+func awaitEndpoints(ctx context.Context, cs kubernetes.Interface, ns string, services []string, listeners map[int32]bool, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for _, svc := range services {
 		for {
@@ -203,7 +205,7 @@ func awaitEndpoints(ctx context.Context, cs kubernetes.Interface, ns string, ser
 			if err != nil {
 				return fmt.Errorf("read the endpoints of service %s/%s: %w", ns, svc, err)
 			}
-			if !sidecarPorts(slices.Items) {
+			if !sidecarPorts(slices.Items, listeners) {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -224,10 +226,14 @@ func awaitEndpoints(ctx context.Context, cs kubernetes.Interface, ns string, ser
 	return nil
 }
 
-func sidecarPorts(slices []discoveryv1.EndpointSlice) bool {
+func sidecarPorts(slices []discoveryv1.EndpointSlice, listeners map[int32]bool) bool {
 	for _, s := range slices {
 		for _, p := range s.Ports {
-			if p.Port != nil && (*p.Port == MetricsPort || *p.Port >= FirstCapture && *p.Port < FirstCapture+1000) {
+			switch {
+			case p.Port == nil:
+			case listeners != nil && listeners[*p.Port]:
+				return true
+			case listeners == nil && (*p.Port == MetricsPort || *p.Port >= FirstCapture && *p.Port < FirstCapture+1000):
 				return true
 			}
 		}
