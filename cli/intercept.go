@@ -176,7 +176,7 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 	} else if err := inject.CheckServiceAccess(ctx, cs, ns); err != nil {
 		return err
 	}
-	plan, err := inject.Resolve(ctx, wc, inject.Target{Namespace: ns, Workload: target, Service: f.service, Port: remote})
+	plan, err := inject.Resolve(ctx, wc, inject.Target{Namespace: ns, Workload: target, Service: f.service, Port: remote, Replace: f.replace})
 	if err != nil {
 		return err
 	}
@@ -230,7 +230,10 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 	if spec.Name == "" {
 		spec.Name = defaultName(ref.Name, plan.ServicePort.Name, plan.AppPort, spec)
 	}
-	req := &daemonpb.InterceptRequest{Spec: spec, LocalPort: local, Service: plan.Service.Name, ServicePort: uint32(plan.ServicePort.Port)}
+	req := &daemonpb.InterceptRequest{Spec: spec, LocalPort: local, ServicePort: uint32(plan.ServicePort.Port)}
+	if plan.Service != nil {
+		req.Service = plan.Service.Name
+	}
 	if f.preview {
 		req.PreviewHost, req.PreviewDomain = strings.ToLower(f.previewHost), agent.PreviewDomain
 		if req.PreviewHost == "" {
@@ -271,7 +274,7 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 		}
 	}
 	awaitIntercept(ctx, plan, resp.GetProbe(), 10*time.Second, progress, errOut)
-	if !listening(local) && len(command) == 0 {
+	if !listening(local) && len(command) == 0 && plan.Service != nil {
 		then := "requests go to the app"
 		if f.noFallback {
 			then = "requests fail (--no-fallback)"
@@ -294,7 +297,9 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 			fmt.Fprintf(cmd.OutOrStdout(), "Preview URL: %s (the cluster's gateway adds %s: %s to its requests)\n", u, spec.HeaderName, spec.HeaderValue)
 			fmt.Fprintln(errOut, "Note: whoever reaches the gateway with this URL opens your laptop's version; share it as you would a password.")
 		}
-		if ic.GetSpec().GetMode() == managerpb.InterceptMode_GLOBAL {
+		if plan.Service == nil {
+			fmt.Fprintf(errOut, "Note: no Service selects the pods of %s; its containers run nothing of their own now, so this machine is its only consumer.\n", plan.Workload.Describe())
+		} else if ic.GetSpec().GetMode() == managerpb.InterceptMode_GLOBAL {
 			fmt.Fprintf(errOut, "Note: every client of %s/%s now reaches your localhost:%d, from outside the cluster too if the Service is exposed; --http-header takes only your own requests.\n",
 				ns, plan.Service.Name, local)
 		}
@@ -332,7 +337,7 @@ func awaitSidecar(ctx context.Context, plan *inject.Plan, progress func(string),
 // Service keeps a client on one pod). A sidecar from before the answer is
 // taken at its word.
 func awaitIntercept(ctx context.Context, plan *inject.Plan, probe string, timeout time.Duration, progress func(string), errOut io.Writer) {
-	if probe == "" { // no direct key, nothing to ask with
+	if probe == "" || plan.Service == nil { // no direct key, nothing to ask with, or no Service to ask through
 		return
 	}
 	want := 1
@@ -361,6 +366,9 @@ func awaitIntercept(ctx context.Context, plan *inject.Plan, probe string, timeou
 // so of an answer's header, or for timeout; wait is called once, when the
 // first answer is not enough.
 func awaitProbe(ctx context.Context, plan *inject.Plan, value string, timeout time.Duration, done func(http.Header) bool, wait func()) bool {
+	if plan.Service == nil { // a replaced worker: nothing sends it traffic
+		return true
+	}
 	ip := plan.Service.Spec.ClusterIP
 	if ip == "" || ip == corev1.ClusterIPNone {
 		return true

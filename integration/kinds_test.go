@@ -6,14 +6,19 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	"tunnel.dev/tunnel/integration/lab"
+	"tunnel.dev/tunnel/rollout"
 	"tunnel.dev/tunnel/workload"
 )
 
@@ -310,4 +315,63 @@ func TestReplacedWorkloadIsPutBackAfterACrash(t *testing.T) {
 		got := fromNode(t, "http://"+ip+"/back")
 		return strings.Contains(got, "pod=echo-"), got
 	})
+}
+
+// A queue worker has no Service: --replace takes its place all the same.
+// Its containers go idle (one replica), the laptop gets the pod's
+// environment, and leave and uninstall put it back exactly.
+func TestReplaceAWorkerNoServiceSelects(t *testing.T) {
+	installManager(t)
+	ctx := context.Background()
+	ns := h.Namespace(t)
+	labels := map[string]string{"app": "worker"}
+	d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "worker", Namespace: ns},
+		Spec: appsv1.DeploymentSpec{Replicas: ptr.To(int32(2)), Selector: &metav1.LabelSelector{MatchLabels: labels}, Template: lab.EchoTemplate(labels)}}
+	if _, err := h.Client.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	running := func(what string) {
+		t.Helper()
+		eventually(t, 2*time.Minute, what, func() (bool, string) {
+			pods, err := h.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=worker"})
+			if err != nil {
+				return false, err.Error()
+			}
+			ready := 0
+			for _, p := range pods.Items {
+				if p.DeletionTimestamp == nil && rollout.Ready(&p) && strings.Join(p.Spec.Containers[0].Args, " ") != "idle" {
+					ready++
+				}
+			}
+			return ready == 2 && len(pods.Items) == 2, fmt.Sprintf("%d of %d pods ready, running their own process", ready, len(pods.Items))
+		})
+	}
+	running("the worker's 2 pods run")
+	before := kindState(t, ns, "Deployment", "worker")
+
+	l := newLaptop(t, "worker", "admin")
+	l.must("connect", "-n", ns)
+	env := filepath.Join(t.TempDir(), "worker.env")
+	out := l.must("intercept", "worker", "--replace", "--env-file", env)
+	if !strings.Contains(out, "no Service selects the pods of deployment "+ns+"/worker") {
+		t.Errorf("intercept --replace of a worker says:\n%s", out)
+	}
+	replaced(t, ns, "worker", 1)
+	if b, err := os.ReadFile(env); err != nil || !strings.Contains(string(b), "POD_NAME=worker-") {
+		t.Errorf("the worker's environment on the laptop: %v\n%s", err, b)
+	}
+	if w := list(t, l, ns)["worker"]; w.ReplacedFor != "worker-8080" {
+		t.Errorf("list shows the worker as %+v, want it replaced for worker-8080", w)
+	}
+	l.must("leave", "worker-8080")
+	running("the worker runs its own process again after leave")
+
+	uctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	if out, err := h.Run(uctx, node, h.Tunnel(t), "uninstall", "--agent", "worker", "-n", ns); err != nil {
+		t.Fatalf("uninstall --agent worker: %v\n%s", err, out)
+	}
+	if after := kindState(t, ns, "Deployment", "worker"); after != before {
+		t.Errorf("the worker is not as it was:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
 }

@@ -107,7 +107,7 @@ func Ensure(ctx context.Context, wc workload.Client, p *Plan, agent Agent, timeo
 		if err := Upgrade(ctx, wc, w, agent, timeout, progress); err != nil {
 			return nothing, err
 		}
-		if redirects[p.AppPort] {
+		if redirects[p.AppPort] || p.Service == nil {
 			return nothing, nil
 		}
 		took, err := retarget(ctx, wc.CS, p, listen)
@@ -135,7 +135,7 @@ func Ensure(ctx context.Context, wc workload.Client, p *Plan, agent Agent, timeo
 	}
 	var took []ServicePort
 	err = wc.Wait(ctx, w.Namespace, w.Ref, timeout, progress)
-	if err == nil && !p.Redirect {
+	if err == nil && !p.Redirect && p.Service != nil {
 		took, err = retarget(ctx, wc.CS, p, listen)
 	}
 	back := func(ctx context.Context) error { // the sidecar as it was: none, or without this port

@@ -63,6 +63,10 @@ type Target struct {
 	Workload  string
 	Service   string
 	Port      string // the Service port's name or number
+	// Replace: the laptop takes the workload's place, so a workload no
+	// Service selects (a queue worker) is taken too, by a port of its
+	// containers.
+	Replace bool
 }
 
 // Plan is a Target resolved against the cluster.
@@ -163,8 +167,10 @@ func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
 		appPorts[c.AppPort] = true
 	}
 	switch {
+	case len(svcs) == 0 && t.Replace:
+		return replacePlan(w, t.Port)
 	case len(svcs) == 0:
-		return nil, fmt.Errorf("%w selects the pods of %s, so nothing sends it traffic to intercept", ErrNoService, w.Describe())
+		return nil, fmt.Errorf("%w selects the pods of %s, so nothing sends it traffic to intercept (a worker that takes no traffic is replaced with --replace)", ErrNoService, w.Describe())
 	case len(cands) == 0 && t.Port != "":
 		return nil, fmt.Errorf("%w: there is no TCP port %q on %s, which has %s", ErrNoPort, t.Port, names(svcs), portList(svcs))
 	case len(cands) == 0:
@@ -216,6 +222,37 @@ func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
 			strings.Join(shared, "; ")+", so its clients still reach the app"), "; ")
 	}
 	return &best, nil
+}
+
+// replacePlan is the plan of a replace of a workload no Service selects:
+// nothing sends it traffic, and the intercept holds it by one port of its
+// containers (port: a declared port's name or number, or any number the
+// app listens on; "": the first declared), which the sidecar captures for
+// clients of the pods' own addresses.
+func replacePlan(w *workload.Workload, port string) (*Plan, error) {
+	p := &Plan{Workload: w}
+	for _, c := range w.Template.Spec.Containers {
+		if c.Name == Container {
+			continue
+		}
+		for _, cp := range c.Ports {
+			if cp.Protocol != corev1.ProtocolTCP && cp.Protocol != "" {
+				continue
+			}
+			if port == "" || port == cp.Name || port == strconv.Itoa(int(cp.ContainerPort)) {
+				p.AppPort, p.Container = cp.ContainerPort, c.Name
+				return p, nil
+			}
+		}
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err == nil && n > 0 {
+		p.AppPort = int32(n)
+		return p, nil
+	}
+	if port != "" {
+		return nil, fmt.Errorf("%w: the containers of %s declare no TCP port %q (no Service selects its pods, so the port is one of theirs)", ErrNoPort, w.Describe(), port)
+	}
+	return nil, fmt.Errorf("%w: no Service selects the pods of %s and its containers declare no TCP port; give one its app listens on, which the intercept holds it by: --port LOCAL:PORT", ErrNoPort, w.Describe())
 }
 
 // enforced is the Pod Security Standard namespace ns enforces ("" when

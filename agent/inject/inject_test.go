@@ -296,3 +296,43 @@ func TestPortKey(t *testing.T) {
 		}
 	}
 }
+
+// A workload no Service selects (a queue worker) is replaced by a port of
+// its containers: nothing sends it traffic, the port only holds the
+// intercept.
+func TestResolveAWorkerToReplace(t *testing.T) {
+	web := deployment("web", container("app", corev1.ContainerPort{Name: "dns", ContainerPort: 53, Protocol: corev1.ProtocolUDP}, cport("http", 8080), cport("admin", 9090)))
+	bare := deployment("web", container("app"))
+	for _, tc := range []struct {
+		name      string
+		d         *appsv1.Deployment
+		port      string
+		app       int32
+		container string
+		err       string
+	}{
+		{name: "the first TCP port declared", d: web, app: 8080, container: "app"},
+		{name: "a declared port by name", d: web, port: "admin", app: 9090, container: "app"},
+		{name: "a declared port by number", d: web, port: "9090", app: 9090, container: "app"},
+		{name: "an undeclared number", d: bare, port: "5000", app: 5000},
+		{name: "an unknown name", d: web, port: "grpc", err: `declare no TCP port "grpc"`},
+		{name: "no port at all", d: bare, err: "declare no TCP port; give one its app listens on"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := Resolve(t.Context(), workload.Client{CS: fake.NewClientset(tc.d)}, Target{Namespace: "shop", Workload: "web", Port: tc.port, Replace: true})
+			if tc.err != "" {
+				if !errors.Is(err, ErrNoPort) || !strings.Contains(err.Error(), tc.err) {
+					t.Errorf("Resolve = %v, want an error saying %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || p.Service != nil || p.AppPort != tc.app || p.Container != tc.container {
+				t.Errorf("Resolve = %+v, %v; want no Service, app port %d in %q", p, err, tc.app, tc.container)
+			}
+		})
+	}
+	// Without --replace, a workload no Service selects has nothing to take.
+	if _, err := Resolve(t.Context(), workload.Client{CS: fake.NewClientset(web)}, Target{Namespace: "shop", Workload: "web"}); !errors.Is(err, ErrNoService) || !strings.Contains(err.Error(), "--replace") {
+		t.Errorf("without --replace: %v", err)
+	}
+}
