@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"os/user"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -85,7 +86,7 @@ func newIntercept() *cobra.Command {
 	f.kf.add(cmd)
 	f.agent.add(cmd.Flags())
 	fl := cmd.Flags()
-	fl.StringVar(&f.port, "port", "", "LOCAL[:PORT]: the local port that answers, and the Service port (name or number) to take; default: the Service's only port, answered on the same local port")
+	fl.StringVar(&f.port, "port", "", "LOCAL[:PORT]: the local port that answers, and the Service port (name or number) whose app port to take; default: the one app port the Services lead to, answered on the same local port (--replace of a workload no Service selects: a port of its containers)")
 	fl.StringVar(&f.service, "service", "", "the Service whose port to take, when several select the workload")
 	fl.StringVar(&f.name, "name", "", "the intercept's name (default WORKLOAD-PORT, plus your user name for personal and mirror intercepts)")
 	fl.StringVar(&f.header, "http-header", "", "personal intercept: take only HTTP requests with this header: NAME=VALUE, or NAME (a value is made up and printed), or auto (both are)")
@@ -208,9 +209,19 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 	}
 	// What this call added (the sidecar, a port of it, Service ports
 	// pointed at it) goes again if the intercept does not come to be: a
-	// refusal leaves the workload and its Services as they were.
+	// refusal leaves the workload and its Services as they were. Not while
+	// an intercept holds the port now (another user's that came meanwhile,
+	// or this one if the manager took it after all), as far as the manager
+	// says.
 	undo := func(cause error) error {
-		if rerr := takeBack(context.WithoutCancel(ctx)); rerr != nil {
+		uctx := context.WithoutCancel(ctx)
+		if l, err := c.ListIntercepts(uctx, &daemonpb.ListInterceptsRequest{Namespace: ns}); err == nil &&
+			slices.ContainsFunc(l.GetIntercepts(), func(ic *managerpb.Intercept) bool {
+				return ic.GetSpec().GetWorkload() == ref.String() && ic.GetSpec().GetPort() == uint32(plan.AppPort)
+			}) {
+			return cause
+		}
+		if rerr := takeBack(uctx); rerr != nil {
 			return fmt.Errorf("%w (and taking back what the intercept changed failed: %v)", cause, rerr)
 		}
 		return cause

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/util/retry"
 )
 
@@ -25,10 +27,8 @@ import (
 // it has none (or nothing else would be left, which the API server would
 // take as no change).
 func ForgetOps(entries []metav1.ManagedFieldsEntry, resourceVersion, manager string) []map[string]any {
-	kept := slices.DeleteFunc(slices.Clone(entries), func(e metav1.ManagedFieldsEntry) bool {
-		return e.Manager == manager && e.Operation == metav1.ManagedFieldsOperationUpdate
-	})
-	if len(kept) == len(entries) || len(kept) == 0 {
+	kept, ok := WithoutUpdates(entries, manager)
+	if !ok {
 		return nil
 	}
 	return []map[string]any{
@@ -37,9 +37,25 @@ func ForgetOps(entries []metav1.ManagedFieldsEntry, resourceVersion, manager str
 	}
 }
 
+// forgetBackoff outlasts a controller writing status after a rollout,
+// which moves the resourceVersion the patch tests.
+var forgetBackoff = wait.Backoff{Steps: 8, Duration: 100 * time.Millisecond, Factor: 1.5, Jitter: 0.1}
+
+// WithoutUpdates is entries without manager's update entries; false when
+// it has none (or nothing else would be left, which the API server would
+// take as no change).
+func WithoutUpdates(entries []metav1.ManagedFieldsEntry, manager string) ([]metav1.ManagedFieldsEntry, bool) {
+	kept := slices.DeleteFunc(slices.Clone(entries), func(e metav1.ManagedFieldsEntry) bool {
+		return e.Manager == manager && e.Operation == metav1.ManagedFieldsOperationUpdate
+	})
+	return kept, len(kept) != len(entries) && len(kept) > 0
+}
+
 // Forget takes manager's update entries out of workload r's managedFields
-// (see ForgetOps). A workload that is gone has none.
-func (c Client) Forget(ctx context.Context, ns string, r Ref, manager string) error {
+// (see ForgetOps), unless keep says the workload as read again still
+// holds what they own (tunnel changed it again meanwhile). A workload that
+// is gone has none.
+func (c Client) Forget(ctx context.Context, ns string, r Ref, manager string, keep func(*Workload) bool) error {
 	k, ok := KindNamed(r.Kind)
 	if !ok {
 		return errors.New("unknown kind " + r.Kind)
@@ -47,12 +63,15 @@ func (c Client) Forget(ctx context.Context, ns string, r Ref, manager string) er
 	// A failed test (changed meanwhile) comes back as an invalid patch:
 	// read again and retry, as on a conflict.
 	again := func(err error) bool { return !apierrors.IsForbidden(err) && !apierrors.IsNotFound(err) }
-	return retry.OnError(retry.DefaultRetry, again, func() error {
+	return retry.OnError(forgetBackoff, again, func() error {
 		u, err := c.get(ctx, k, ns, r.Name)
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
 		if err != nil {
+			return err
+		}
+		if w, err := fromObject(k, u); err != nil || keep(w) {
 			return err
 		}
 		ops := ForgetOps(u.GetManagedFields(), u.GetResourceVersion(), manager)

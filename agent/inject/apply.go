@@ -116,16 +116,15 @@ func Ensure(ctx context.Context, wc workload.Client, p *Plan, agent Agent, timeo
 		}
 		return func(ctx context.Context) error { return releaseAll(ctx, wc.CS, took) }, nil
 	}
-	beforeCaps, beforeRedirects := maps.Clone(caps), maps.Clone(redirects)
-	fresh := len(caps) == 0
+	hadPort, hadRedirect := ok, redirects[p.AppPort]
 	if !ok {
-		listen = freePort(&w.Template, caps, p.AppPort) // an app port no container declares
+		listen = freePort(&w.Template, caps, p.Avoid...)
 		caps[p.AppPort] = listen
 	}
 	if p.Redirect {
 		redirects[p.AppPort] = true
 	}
-	if fresh {
+	if len(caps) == 1 && !hadPort {
 		progress(fmt.Sprintf("Adding the intercept sidecar to %s (one rollout)", w.Describe()))
 	} else {
 		progress(fmt.Sprintf("Adding port %d to the sidecar of %s (one rollout)", p.AppPort, w.Describe()))
@@ -138,15 +137,39 @@ func Ensure(ctx context.Context, wc workload.Client, p *Plan, agent Agent, timeo
 	if err == nil && !p.Redirect && p.Service != nil {
 		took, err = retarget(ctx, wc.CS, p, listen)
 	}
-	back := func(ctx context.Context) error { // the sidecar as it was: none, or without this port
-		var err error
-		if fresh {
-			err = wc.Apply(ctx, w, nil, FieldManager, owned())
-			_ = wc.Forget(ctx, w.Namespace, w.Ref, FieldManager)
-		} else {
-			err = applySidecar(ctx, wc, w, agent, beforeCaps, beforeRedirects)
+	// back takes this call's port (or redirect) out of the sidecar as it
+	// is now, the whole sidecar when it was its only one: another port
+	// added meanwhile stays.
+	back := func(ctx context.Context) error {
+		now, err := wc.Get(ctx, w.Namespace, w.Ref)
+		if err != nil {
+			return err
 		}
+		caps, redirects := Captures(&now.Template), Redirects(&now.Template)
+		if caps[p.AppPort] != listen {
+			return nil // changed meanwhile: no longer this call's to take
+		}
+		if !hadPort {
+			delete(caps, p.AppPort)
+		}
+		if !hadRedirect {
+			delete(redirects, p.AppPort)
+		}
+		if len(caps) == 0 {
+			progress(fmt.Sprintf("Removing the intercept sidecar from %s again (one rollout)", w.Describe()))
+			err = wc.Apply(ctx, now, nil, FieldManager, owned())
+		} else {
+			progress(fmt.Sprintf("Removing port %d from the sidecar of %s again (one rollout)", p.AppPort, w.Describe()))
+			err = applySidecar(ctx, wc, now, agent, caps, redirects)
+		}
+		if err != nil {
+			return err
+		}
+		err = wc.Wait(ctx, w.Namespace, w.Ref, timeout, progress)
 		wc.Unstick(ctx, w.Namespace, w.Ref)
+		if len(caps) == 0 {
+			_ = wc.Forget(ctx, w.Namespace, w.Ref, FieldManager, func(w *workload.Workload) bool { return HasSidecar(&w.Template) })
+		}
 		return err
 	}
 	if err != nil {
@@ -167,15 +190,7 @@ func Ensure(ctx context.Context, wc workload.Client, p *Plan, agent Agent, timeo
 				return err
 			}
 		}
-		if fresh {
-			progress(fmt.Sprintf("Removing the intercept sidecar from %s again (one rollout)", w.Describe()))
-		} else {
-			progress(fmt.Sprintf("Removing port %d from the sidecar of %s again (one rollout)", p.AppPort, w.Describe()))
-		}
-		if err := back(ctx); err != nil {
-			return err
-		}
-		return wc.Wait(ctx, w.Namespace, w.Ref, timeout, progress)
+		return back(ctx)
 	}, nil
 }
 
@@ -325,16 +340,21 @@ func Remove(ctx context.Context, wc workload.Client, ns string, r workload.Ref, 
 	if err != nil {
 		return err
 	}
-	if !HasSidecar(&w.Template) {
-		return nil
+	if HasSidecar(&w.Template) {
+		progress(fmt.Sprintf("Removing the intercept sidecar from %s (one rollout)", w.Describe()))
+		if err := wc.Apply(ctx, w, nil, FieldManager, owned()); err != nil {
+			return err
+		}
+		if err := wc.Wait(ctx, ns, r, timeout, progress); err != nil {
+			return err
+		}
 	}
-	progress(fmt.Sprintf("Removing the intercept sidecar from %s (one rollout)", w.Describe()))
-	if err := wc.Apply(ctx, w, nil, FieldManager, owned()); err != nil {
-		return err
-	}
-	// A kind changed by update leaves tunnel's entry owning its lists.
-	_ = wc.Forget(ctx, ns, r, FieldManager)
-	return wc.Wait(ctx, ns, r, timeout, progress)
+	// What tunnel put back is its owner's again (workload.ForgetOps): a
+	// kind changed by update leaves tunnel's entry owning its lists, and a
+	// replace put back leaves one owning the containers' fields.
+	_ = wc.Forget(ctx, ns, r, FieldManager, func(w *workload.Workload) bool { return HasSidecar(&w.Template) })
+	_ = wc.Forget(ctx, ns, r, ReplaceManager, replacedNow)
+	return nil
 }
 
 // HasSidecar says whether a pod template carries the sidecar.

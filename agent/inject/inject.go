@@ -84,6 +84,9 @@ type Plan struct {
 	// Also: the other Service ports with cluster addresses that lead to
 	// the app port, captured with ServicePort.
 	Also []ServicePort
+	// Avoid: the app's ports the Services lead to, which a new listener
+	// must not take (a container need not declare them).
+	Avoid []int32
 }
 
 // ServicePort is one port of a Service.
@@ -185,6 +188,10 @@ func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
 	// Service's clients dial the pods' own addresses and the app's port,
 	// past any Service's targetPort: when one leads to the port, the
 	// capture is made inside the pod (Plan.Redirect).
+	var avoid []int32
+	for _, p := range all {
+		avoid = append(avoid, p.AppPort)
+	}
 	app := cands[0].AppPort
 	cands = append(cands, slices.DeleteFunc(all, func(p Plan) bool { return p.AppPort != app || asked(p) })...)
 	best := cands[0]
@@ -194,6 +201,7 @@ func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
 			break
 		}
 	}
+	best.Avoid = avoid
 	for _, c := range cands {
 		if !isHeadless(c.Service) && (c.Service != best.Service || c.ServicePort.Port != best.ServicePort.Port) {
 			best.Also = append(best.Also, ServicePort{Service: c.Service, Port: c.ServicePort})
@@ -227,8 +235,7 @@ func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
 // replacePlan is the plan of a replace of a workload no Service selects:
 // nothing sends it traffic, and the intercept holds it by one port of its
 // containers (port: a declared port's name or number, or any number the
-// app listens on; "": the first declared), which the sidecar captures for
-// clients of the pods' own addresses.
+// app listens on; "": the first declared).
 func replacePlan(w *workload.Workload, port string) (*Plan, error) {
 	p := &Plan{Workload: w}
 	for _, c := range w.Template.Spec.Containers {
@@ -240,13 +247,13 @@ func replacePlan(w *workload.Workload, port string) (*Plan, error) {
 				continue
 			}
 			if port == "" || port == cp.Name || port == strconv.Itoa(int(cp.ContainerPort)) {
-				p.AppPort, p.Container = cp.ContainerPort, c.Name
+				p.AppPort, p.Container, p.Avoid = cp.ContainerPort, c.Name, []int32{cp.ContainerPort}
 				return p, nil
 			}
 		}
 	}
 	if n, err := strconv.ParseUint(port, 10, 16); err == nil && n > 0 {
-		p.AppPort = int32(n)
+		p.AppPort, p.Avoid = int32(n), []int32{int32(n)}
 		return p, nil
 	}
 	if port != "" {

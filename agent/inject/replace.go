@@ -216,11 +216,18 @@ func Restore(ctx context.Context, wc workload.Client, ns string, r workload.Ref,
 	for _, k := range kept {
 		progress(fmt.Sprintf("Left %s of %s as it is now: it changed since the replace", k, w.Describe()))
 	}
+	err = wc.Wait(ctx, ns, r, timeout, progress)
 	// What it put back is its owner's to apply again (workload.ForgetOps).
-	if err := wc.Forget(ctx, ns, r, ReplaceManager); err != nil {
-		progress(fmt.Sprintf("Warning: %s is back, but %s still owns its fields: %v", w.Describe(), ReplaceManager, err))
+	if ferr := wc.Forget(ctx, ns, r, ReplaceManager, replacedNow); ferr != nil {
+		progress(fmt.Sprintf("Warning: %s is back, but %s still owns its fields: %v", w.Describe(), ReplaceManager, ferr))
 	}
-	return true, wc.Wait(ctx, ns, r, timeout, progress)
+	return true, err
+}
+
+// replacedNow says whether w is marked replaced (again).
+func replacedNow(w *workload.Workload) bool {
+	r, err := readReplacement(w)
+	return r != nil || err != nil
 }
 
 // restoreOps are the JSON patch that puts back what rep says w's

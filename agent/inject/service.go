@@ -2,7 +2,6 @@ package inject
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -10,7 +9,6 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
@@ -85,24 +83,22 @@ func releasePort(ctx context.Context, cs kubernetes.Interface, port ServicePort)
 
 // forgetService takes tunnel's update entries out of a Service it put
 // back (workload.ForgetOps), so that its owner's next apply of the
-// targetPort does not conflict with tunnel. Best effort: the Service
+// targetPort does not conflict with tunnel; not while a capture of it is
+// there again. An update that changes only managedFields (the verb a
+// capture already needs) gives tunnel no entry. Best effort: the Service
 // itself is as it was either way.
 func forgetService(ctx context.Context, cs kubernetes.Interface, ns, name string) {
-	again := func(err error) bool { return !apierrors.IsForbidden(err) && !apierrors.IsNotFound(err) }
-	_ = retry.OnError(retry.DefaultRetry, again, func() error {
+	_ = retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		svc, err := cs.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
+		if err != nil || svc.Annotations[CapturedAnnot] != "" {
 			return err
 		}
-		ops := workload.ForgetOps(svc.ManagedFields, svc.ResourceVersion, FieldManager)
-		if ops == nil {
+		kept, ok := workload.WithoutUpdates(svc.ManagedFields, FieldManager)
+		if !ok {
 			return nil
 		}
-		data, err := json.Marshal(ops)
-		if err != nil {
-			return err
-		}
-		_, err = cs.CoreV1().Services(ns).Patch(ctx, name, types.JSONPatchType, data, metav1.PatchOptions{FieldManager: FieldManager})
+		svc.ManagedFields = kept
+		_, err = cs.CoreV1().Services(ns).Update(ctx, svc, metav1.UpdateOptions{FieldManager: FieldManager})
 		return err
 	})
 }
