@@ -222,7 +222,9 @@ func TestInterceptThroughAHeadlessService(t *testing.T) {
 	l := newLaptop(t, "headless", "admin")
 	l.must("connect", "-n", ns)
 	startLocalServer(t, l, "laptop-headless", 7070)
-	l.must("intercept", "statefulset/web", "--port", "7070:http")
+	// Named by its Service with an address, as a user names what they
+	// intercept: the headless Service's clients are taken all the same.
+	l.must("intercept", "web-http", "--port", "7070:http")
 
 	byName := func(pod, want string) {
 		t.Helper()

@@ -116,11 +116,8 @@ func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	if t.Service != "" {
-		svcs = slices.DeleteFunc(svcs, func(s corev1.Service) bool { return s.Name != t.Service })
-		if len(svcs) == 0 {
-			return nil, fmt.Errorf("%w: Service %q does not select the pods of %s", ErrNoService, t.Service, w.Describe())
-		}
+	if t.Service != "" && !slices.ContainsFunc(svcs, func(s corev1.Service) bool { return s.Name == t.Service }) {
+		return nil, fmt.Errorf("%w: Service %q does not select the pods of %s", ErrNoService, t.Service, w.Describe())
 	}
 	// A Service that also sends traffic to another workload's pods is not
 	// pointed at the sidecar: those pods have none, and their share of
@@ -143,10 +140,14 @@ func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
 			}
 			return len(others) > 0
 		})
-		if len(svcs) == 0 {
+		if len(svcs) == 0 || t.Service != "" && !slices.ContainsFunc(svcs, func(s corev1.Service) bool { return s.Name == t.Service }) {
 			return nil, fmt.Errorf("%w: %s, which have no sidecar, so their share of its requests would fail on the sidecar's port; intercept through a Service in front of %s alone", ErrShared, strings.Join(shared, "; "), w.Describe())
 		}
 	}
+	// The Services the user named (by --service, or by naming the
+	// workload by one): which port they lead to is the one taken, through
+	// whichever Service leads to it.
+	named := slices.DeleteFunc(slices.Clone(svcs), func(s corev1.Service) bool { return t.Service != "" && s.Name != t.Service })
 	var all []Plan // every TCP Service port that leads to a port of the app
 	for i := range svcs {
 		for _, sp := range svcs[i].Spec.Ports {
@@ -162,7 +163,8 @@ func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
 		}
 	}
 	asked := func(p Plan) bool {
-		return t.Port == "" || p.ServicePort.Name == t.Port || strconv.Itoa(int(p.ServicePort.Port)) == t.Port
+		return (t.Service == "" || p.Service.Name == t.Service) &&
+			(t.Port == "" || p.ServicePort.Name == t.Port || strconv.Itoa(int(p.ServicePort.Port)) == t.Port)
 	}
 	cands := slices.DeleteFunc(slices.Clone(all), func(p Plan) bool { return !asked(p) })
 	appPorts := map[int32]bool{}
@@ -175,11 +177,11 @@ func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
 	case len(svcs) == 0:
 		return nil, fmt.Errorf("%w selects the pods of %s, so nothing sends it traffic to intercept (a worker that takes no traffic is replaced with --replace)", ErrNoService, w.Describe())
 	case len(cands) == 0 && t.Port != "":
-		return nil, fmt.Errorf("%w: there is no TCP port %q on %s, which has %s", ErrNoPort, t.Port, names(svcs), portList(svcs))
+		return nil, fmt.Errorf("%w: there is no TCP port %q on %s, which has %s", ErrNoPort, t.Port, names(named), portList(named))
 	case len(cands) == 0:
-		return nil, fmt.Errorf("%w: %s has no TCP port to intercept", ErrNoPort, names(svcs))
+		return nil, fmt.Errorf("%w: %s has no TCP port to intercept", ErrNoPort, names(named))
 	case len(appPorts) > 1:
-		return nil, fmt.Errorf("%w: %s has several ports (%s); say which with --port LOCAL:PORT (and --service)", ErrWhichPort, names(svcs), portList(svcs))
+		return nil, fmt.Errorf("%w: %s has several ports (%s); say which with --port LOCAL:PORT (and --service)", ErrWhichPort, names(named), portList(named))
 	}
 	// One app port, maybe behind several Service ports, each of which is
 	// captured: an intercept takes the app port's traffic, whichever way

@@ -155,6 +155,12 @@ func TestResolve(t *testing.T) {
 			wantService: "web", wantPort: 80, wantApp: 8080, wantContainer: "app", wantRedirect: true},
 		{name: "a headless service beside one with an address", objs: []runtime.Object{web, headless(service("web-pods", "web", http)), service("web", "web", http)},
 			wantService: "web", wantPort: 80, wantApp: 8080, wantContainer: "app", wantRedirect: true},
+		// Named by the Service with an address, the capture still takes the
+		// headless Service's clients, which dial the pods.
+		{name: "a headless service beside the one the workload is named by", objs: []runtime.Object{web, headless(service("web-pods", "web", http)), service("web-svc", "web", http)},
+			target: Target{Workload: "web-svc"}, wantService: "web-svc", wantPort: 80, wantApp: 8080, wantContainer: "app", wantRedirect: true},
+		{name: "a headless service beside the one --service names", objs: []runtime.Object{web, headless(service("web-pods", "web", http)), service("web-svc", "web", http)},
+			target: Target{Service: "web-svc"}, wantService: "web-svc", wantPort: 80, wantApp: 8080, wantContainer: "app", wantRedirect: true},
 		{name: "a headless service where pod security refuses NET_ADMIN", objs: []runtime.Object{web, headless(service("web", "web", http)), restricted()},
 			wantErr: ErrPodSecurity, wantMsg: []string{"Service web is headless", "enforces the restricted Pod Security Standard"}},
 		{name: "a headless service beside one with an address where pod security refuses NET_ADMIN",
