@@ -303,7 +303,11 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 			return err
 		}
 	} else {
-		fmt.Fprintln(cmd.OutOrStdout(), describeIntercept(ic, local))
+		if plan.Service == nil { // nothing sends a worker traffic: "all traffic to port N" would not be true
+			fmt.Fprintf(cmd.OutOrStdout(), "Intercept %s: %s is replaced by this machine (held by its port %d).\n", spec.Name, plan.Workload.Describe(), plan.AppPort)
+		} else {
+			fmt.Fprintln(cmd.OutOrStdout(), describeIntercept(ic, local))
+		}
 		if u := resp.GetPreviewUrl(); u != "" {
 			fmt.Fprintf(cmd.OutOrStdout(), "Preview URL: %s (the cluster's gateway adds %s: %s to its requests)\n", u, spec.HeaderName, spec.HeaderValue)
 			fmt.Fprintln(errOut, "Note: whoever reaches the gateway with this URL opens your laptop's version; share it as you would a password.")

@@ -355,7 +355,7 @@ func TestReplaceAWorkerNoServiceSelects(t *testing.T) {
 	l.must("connect", "-n", ns)
 	env := filepath.Join(t.TempDir(), "worker.env")
 	out := l.must("intercept", "worker", "--replace", "--env-file", env)
-	if !strings.Contains(out, "no Service selects the pods of deployment "+ns+"/worker") {
+	if !strings.Contains(out, "no Service selects the pods of deployment "+ns+"/worker") || !strings.Contains(out, "deployment "+ns+"/worker is replaced by this machine") {
 		t.Errorf("intercept --replace of a worker says:\n%s", out)
 	}
 	replaced(t, ns, "worker", 1)
