@@ -62,10 +62,14 @@ func InterceptRights(kind, name string) []authzv1.ResourceAttributes {
 	if !ok {
 		k, _ = workload.KindNamed(workload.Deployment)
 	}
-	rights := append([]authzv1.ResourceAttributes{
+	rights := []authzv1.ResourceAttributes{
 		{Verb: "get", Group: k.Resource.Group, Resource: k.Resource.Resource, Name: name},
 		{Verb: "patch", Group: k.Resource.Group, Resource: k.Resource.Resource, Name: name},
-	}, ServiceRights()...)
+	}
+	if k.Batch { // replaced by suspending it: no sidecar, no Service
+		return rights
+	}
+	rights = append(rights, ServiceRights()...)
 	if k.Name == workload.ReplicaSet {
 		rights = append(rights, authzv1.ResourceAttributes{Verb: "delete", Resource: "pods"})
 	}

@@ -335,9 +335,25 @@ func newUninstall() *cobra.Command {
 					if err := inject.Remove(ctx, wc, ns, r, timeout, progress); err != nil {
 						return err
 					}
+					if workload.IsBatch(r.Kind) { // it never has a sidecar; a replace suspended it
+						fmt.Fprintf(cmd.OutOrStdout(), "Nothing of tunnel's is left in %s.\n", r.Describe(ns))
+						continue
+					}
 					fmt.Fprintf(cmd.OutOrStdout(), "The sidecar is out of %s.\n", r.Describe(ns))
 				}
 				return nil
+			}
+			// Jobs and CronJobs an intercept suspended (--replace) carry
+			// no sidecar: they are found by the mark of the replace.
+			batch, err := wc.ListBatch(ctx, "", inject.ReplacedAnnot)
+			if err != nil {
+				return err
+			}
+			for _, b := range batch {
+				if _, err := inject.Restore(ctx, wc, b.Namespace, b.Ref, "", "", timeout, progress); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "Resumed %s, which an intercept had suspended.\n", b.Describe())
 			}
 			deps, err := inject.WithSidecar(ctx, wc, "")
 			if err != nil {

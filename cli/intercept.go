@@ -62,14 +62,16 @@ func newIntercept() *cobra.Command {
 		Short: "Send a workload's traffic to a process on this machine",
 		Long: "Send the traffic that reaches a workload through its Service to a process on this machine.\n" +
 			"WORKLOAD is a Deployment, StatefulSet, DaemonSet, ReplicaSet or Argo Rollout, named NAME,\n" +
-			"KIND/NAME (statefulset/db), or by the Service in front of it.\n" +
+			"KIND/NAME (statefulset/db), or by the Service in front of it. A Job or CronJob, whose pods run to\n" +
+			"completion, is only replaced: --replace suspends it while this machine does its work.\n" +
 			"The first intercept adds a sidecar to the workload (one rollout), with your own permissions;\n" +
 			"`tunnel uninstall --agent WORKLOAD` takes it out again. With -- COMMAND the command runs with\n" +
 			"the pod's environment and the intercept ends when it exits, with its exit code.",
 		Example: "  tunnel intercept echo --port 8080:http\n" +
 			"  tunnel intercept statefulset/db --port 5432\n" +
 			"  tunnel intercept echo --port 8080 --http-header x-tunnel-dev=alice -- ./myserver\n" +
-			"  tunnel intercept echo --port 8080 --mirror --env-file echo.env",
+			"  tunnel intercept echo --port 8080 --mirror --env-file echo.env\n" +
+			"  tunnel intercept cronjob/nightly --replace -- ./report",
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dash := cmd.ArgsLenAtDash()
@@ -94,7 +96,7 @@ func newIntercept() *cobra.Command {
 	fl.BoolVar(&f.noFallback, "no-fallback", false, "when this machine cannot answer, fail the request instead of passing it to the app")
 	fl.BoolVar(&f.preview, "preview", false, "open the personal intercept by URL through the cluster's gateway: a route for a host name of its own that adds its header (--http-header)")
 	fl.StringVar(&f.previewHost, "preview-host", "", "the preview's host name (default: the intercept's name under the domain the install set, --preview-domain)")
-	fl.BoolVar(&f.replace, "replace", false, "stop the workload's own containers (one replica, its containers idle) so this machine is its only consumer; leave puts it back")
+	fl.BoolVar(&f.replace, "replace", false, "stop the workload's own containers (one replica, its containers idle; a Job or CronJob suspended) so this machine is its only consumer; leave puts it back")
 	fl.StringVar(&f.envFile, "env-file", "", "write the workload's environment to this file")
 	fl.StringVar(&f.envSyntax, "env-syntax", "docker", "syntax of --env-file: docker, sh or json")
 	fl.StringVar(&f.envJSON, "env-json", "", "write the workload's environment to this file as JSON")
@@ -186,6 +188,9 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 	}
 	if plan.Warning != "" {
 		fmt.Fprintf(errOut, "Warning: %s.\n", plan.Warning)
+	}
+	if workload.IsBatch(plan.Workload.Kind) {
+		return replaceBatch(cmd, f, c, wc, plan, local, command)
 	}
 	// A replace runs one replica of the kinds that scale by replicas; else
 	// a workload that runs no pods has no traffic to take yet.
@@ -319,14 +324,20 @@ func runIntercept(cmd *cobra.Command, f *interceptFlags, target string, command 
 				ns, plan.Service.Name, local)
 		}
 	}
+	return runThenLeave(ctx, c, ns, spec.Name, command, env, errOut)
+}
+
+// runThenLeave runs command (none: returns at once) with env, then ends
+// the intercept, and passes the command's exit code on.
+func runThenLeave(ctx context.Context, c daemonpb.DaemonClient, ns, name string, command []string, env map[string]string, errOut io.Writer) error {
 	if len(command) == 0 {
 		return nil
 	}
 	code := runWithEnv(ctx, command, env, errOut)
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 4*time.Minute) // a replaced workload rolls back first
 	defer cancel()
-	if _, err := c.Leave(lctx, &daemonpb.LeaveRequest{Namespace: ns, Name: spec.Name}); err != nil {
-		fmt.Fprintf(errOut, "Warning: ending intercept %s: %s\n", spec.Name, status.Convert(err).Message())
+	if _, err := c.Leave(lctx, &daemonpb.LeaveRequest{Namespace: ns, Name: name}); err != nil {
+		fmt.Fprintf(errOut, "Warning: ending intercept %s: %s\n", name, status.Convert(err).Message())
 	}
 	if code != 0 {
 		return exitCode(code)

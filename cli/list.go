@@ -14,6 +14,7 @@ import (
 	"tunnel.dev/tunnel/preview"
 	daemonpb "tunnel.dev/tunnel/rpc/daemon"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
+	"tunnel.dev/tunnel/workload"
 )
 
 // listed is one workload in `tunnel list -o json`.
@@ -88,6 +89,18 @@ func newList() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// A Job or CronJob is listed when an intercept replaces it:
+			// its pods run to completion and carry no sidecar.
+			for _, ic := range ics {
+				r, err := workload.ParseRef(ic.GetSpec().GetWorkload())
+				if err != nil || !workload.IsBatch(r.Kind) || ic.GetSpec().GetNamespace() != ns ||
+					slices.ContainsFunc(all, func(w *workload.Workload) bool { return w.Ref == r }) {
+					continue
+				}
+				if w, err := wc.Get(ctx, ns, r); err == nil {
+					all = append(all, w)
+				}
+			}
 			previews := preview.List(ctx, wc.Dyn, ns)
 			var out []listed
 			for _, d := range all {
@@ -128,6 +141,9 @@ func newList() *cobra.Command {
 				var parts []string
 				for _, ic := range l.Intercepts {
 					p := fmt.Sprintf("%s: port %d %s by %s", ic.Name, ic.Port, ic.Mode, ic.User)
+					if ic.Port == 0 { // a Job or CronJob replaced: held by no port
+						p = fmt.Sprintf("%s: suspended, replaced by %s", ic.Name, ic.User)
+					}
 					if ic.HeaderName != "" {
 						p += fmt.Sprintf(" (%s: %s)", ic.HeaderName, ic.HeaderValue)
 					}

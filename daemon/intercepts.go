@@ -54,7 +54,7 @@ func (x *intercepts) useDirect(ctx context.Context, d *direct) {
 // startLocked starts li's direct path, ending the one it had.
 func (x *intercepts) startLocked(li *localIntercept) {
 	x.stopLocked(li)
-	if x.direct == nil || x.base == nil || len(li.pb.GetDirectKey()) == 0 {
+	if x.direct == nil || x.base == nil || len(li.pb.GetDirectKey()) == 0 || li.pb.GetSpec().GetPort() == 0 { // port 0: a suspended Job, no pods to reach
 		return
 	}
 	ctx, cancel := context.WithCancel(x.base)

@@ -88,7 +88,7 @@ func (r *leftovers) replace(ctx context.Context, wc workload.Client, rec leftove
 		return err
 	}
 	image := inject.SidecarImage(&w.Template)
-	if image == "" {
+	if image == "" && !workload.IsBatch(w.Kind) { // a Job or CronJob is suspended, and runs no image of tunnel's
 		return fmt.Errorf("%s has no tunnel sidecar, whose image a replace runs", w.Describe())
 	}
 	if err := r.record(rec); err != nil {

@@ -335,10 +335,12 @@ func (d *Daemon) Intercept(ctx context.Context, req *daemonpb.InterceptRequest) 
 	if err != nil {
 		return nil, err
 	}
-	if req.GetLocalPort() == 0 || req.GetLocalPort() > 65535 {
+	spec := req.GetSpec()
+	// A replaced Job or CronJob is held by no port (spec.Port 0), and
+	// nothing is sent to the laptop for it.
+	if (req.GetLocalPort() == 0 && (spec.GetPort() != 0 || !req.GetReplace())) || req.GetLocalPort() > 65535 {
 		return nil, status.Errorf(codes.InvalidArgument, "local port %d is not a port number", req.GetLocalPort())
 	}
-	spec := req.GetSpec()
 	if req.GetReplace() && spec.GetMode() != managerpb.InterceptMode_GLOBAL {
 		return nil, status.Error(codes.InvalidArgument, "a replacing intercept takes every request: it is global")
 	}

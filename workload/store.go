@@ -13,7 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 )
 
-// The apps kinds go through the typed clientset, which every caller has
+// The apps and batch kinds go through the typed clientset, which every caller has
 // (and tests fake); only Rollouts need the dynamic client, and a Client
 // without one sees none.
 
@@ -30,6 +30,10 @@ func (c Client) get(ctx context.Context, k Kind, ns, name string) (*unstructured
 		obj, err = apps.DaemonSets(ns).Get(ctx, name, metav1.GetOptions{})
 	case ReplicaSet:
 		obj, err = apps.ReplicaSets(ns).Get(ctx, name, metav1.GetOptions{})
+	case Job:
+		obj, err = c.CS.BatchV1().Jobs(ns).Get(ctx, name, metav1.GetOptions{})
+	case CronJob:
+		obj, err = c.CS.BatchV1().CronJobs(ns).Get(ctx, name, metav1.GetOptions{})
 	default:
 		if c.Dyn == nil {
 			return nil, apierrors.NewNotFound(k.Resource.GroupResource(), name)
@@ -72,6 +76,22 @@ func (c Client) list(ctx context.Context, k Kind, ns string) ([]unstructured.Uns
 		}
 	case ReplicaSet:
 		l, err := apps.ReplicaSets(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return nil, err
+		}
+		for i := range l.Items {
+			objs = append(objs, &l.Items[i])
+		}
+	case Job:
+		l, err := c.CS.BatchV1().Jobs(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return nil, err
+		}
+		for i := range l.Items {
+			objs = append(objs, &l.Items[i])
+		}
+	case CronJob:
+		l, err := c.CS.BatchV1().CronJobs(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return nil, err
 		}
@@ -186,6 +206,10 @@ func (c Client) patch(ctx context.Context, k Kind, ns, name string, pt types.Pat
 		_, err = apps.DaemonSets(ns).Patch(ctx, name, pt, data, opts)
 	case ReplicaSet:
 		_, err = apps.ReplicaSets(ns).Patch(ctx, name, pt, data, opts)
+	case Job:
+		_, err = c.CS.BatchV1().Jobs(ns).Patch(ctx, name, pt, data, opts)
+	case CronJob:
+		_, err = c.CS.BatchV1().CronJobs(ns).Patch(ctx, name, pt, data, opts)
 	default:
 		if c.Dyn == nil {
 			return apierrors.NewNotFound(k.Resource.GroupResource(), name)

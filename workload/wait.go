@@ -21,6 +21,8 @@ func (c Client) Wait(ctx context.Context, ns string, r Ref, timeout time.Duratio
 		return rollout.Wait(ctx, c.CS, ns, r.Name, timeout, progress)
 	case Rollout:
 		return rollout.WaitArgo(ctx, c.Dyn, c.CS, ns, r.Name, timeout, progress)
+	case Job, CronJob:
+		return c.waitBatch(ctx, ns, r, timeout, progress)
 	}
 	w, err := c.Get(ctx, ns, r)
 	if err != nil {
@@ -33,9 +35,54 @@ func (c Client) Wait(ctx context.Context, ns string, r Ref, timeout time.Duratio
 		Selector: w.Selector, Template: &w.Template, Want: w.Replicas()}, timeout, progress)
 }
 
+// waitBatch waits, when a Job is suspended, until its pods are gone: the
+// laptop is then its only worker. A Job resumed, or a CronJob, has
+// nothing to wait for (the next run starts when it starts).
+func (c Client) waitBatch(ctx context.Context, ns string, r Ref, timeout time.Duration, progress func(string)) error {
+	if r.Kind != Job {
+		return nil
+	}
+	said := false
+	deadline := time.Now().Add(timeout)
+	for {
+		j, err := c.CS.BatchV1().Jobs(ns).Get(ctx, r.Name, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("read %s: %w", r.Describe(ns), err)
+		}
+		if j.Spec.Suspend == nil || !*j.Spec.Suspend {
+			return nil
+		}
+		running := j.Status.Active
+		if j.Status.Terminating != nil {
+			running += *j.Status.Terminating
+		}
+		if running == 0 {
+			return nil
+		}
+		if !said {
+			progress(fmt.Sprintf("Waiting for the %d pods of %s to stop", running, r.Describe(ns)))
+			said = true
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s still runs %d pods after %s", r.Describe(ns), running, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
 // Replicas is how many pods w should run: a DaemonSet's, as many as
-// nodes it is scheduled to.
+// nodes it is scheduled to; a Job's, as many as run at once.
 func (w *Workload) Replicas() int32 {
+	if w.Kind == Job {
+		if n, found, _ := unstructured.NestedInt64(w.Object.Object, "spec", "parallelism"); found {
+			return int32(n)
+		}
+		return 1
+	}
 	if w.Kind == DaemonSet {
 		n, _, _ := unstructured.NestedInt64(w.Object.Object, "status", "desiredNumberScheduled")
 		return int32(n)

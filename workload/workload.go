@@ -31,6 +31,8 @@ const (
 	DaemonSet   = "DaemonSet"
 	ReplicaSet  = "ReplicaSet"
 	Rollout     = "Rollout"
+	Job         = "Job"
+	CronJob     = "CronJob"
 )
 
 // Sentinel errors a CLI turns into its sentence.
@@ -46,7 +48,12 @@ var (
 type Kind struct {
 	Name     string // as the API spells it: "StatefulSet"
 	Resource schema.GroupVersionResource
-	Short    string // kubectl's short name
+	Short    string   // kubectl's short name ("" for none)
+	Template []string // where its pod template is; nil for spec.template
+	// Batch: its pods run to completion, a run at a time, and take no
+	// traffic tunnel can intercept; a replace suspends it instead (no new
+	// pods start) while the laptop does its work.
+	Batch bool
 }
 
 // APIVersion is the kind's group/version, as objects carry it.
@@ -67,13 +74,32 @@ func Kinds() []Kind {
 	}
 }
 
+// BatchKinds lists the kinds whose pods run to completion: a Job, and a
+// CronJob, whose template is its Jobs'. tunnel replaces them (--replace
+// suspends them) but does not intercept their pods.
+func BatchKinds() []Kind {
+	batch := func(r string) schema.GroupVersionResource {
+		return schema.GroupVersionResource{Group: "batch", Version: "v1", Resource: r}
+	}
+	return []Kind{
+		{Name: Job, Resource: batch("jobs"), Batch: true},
+		{Name: CronJob, Resource: batch("cronjobs"), Short: "cj", Template: []string{"spec", "jobTemplate", "spec", "template"}, Batch: true},
+	}
+}
+
+// IsBatch says whether a kind's name (Kind.Name) is one of BatchKinds.
+func IsBatch(kind string) bool {
+	k, ok := KindNamed(kind)
+	return ok && k.Batch
+}
+
 // KindNamed finds a kind by any name kubectl knows it by: "statefulset",
 // "statefulsets", "sts", "StatefulSet", "statefulsets.apps".
 func KindNamed(s string) (Kind, bool) {
 	s = strings.ToLower(s)
-	for _, k := range Kinds() {
+	for _, k := range slices.Concat(Kinds(), BatchKinds()) {
 		r := k.Resource.Resource
-		if s == strings.ToLower(k.Name) || s == r || s == k.Short || s == r+"."+k.Resource.Group {
+		if s == strings.ToLower(k.Name) || s == r || (k.Short != "" && s == k.Short) || s == r+"."+k.Resource.Group {
 			return k, true
 		}
 	}
@@ -110,10 +136,6 @@ func ParseRef(s string) (Ref, error) {
 	}
 	k, known := KindNamed(kind)
 	if !known {
-		switch strings.ToLower(kind) {
-		case "job", "jobs", "jobs.batch", "cronjob", "cronjobs", "cronjobs.batch", "cj":
-			return Ref{}, fmt.Errorf("tunnel does not intercept the pods of Jobs and CronJobs (%s): they run to completion, and a sidecar would keep them running; it intercepts %s", s, kindList())
-		}
 		return Ref{}, fmt.Errorf("%q is not a workload kind tunnel intercepts (%s)", kind, kindList())
 	}
 	if name == "" || strings.Contains(name, "/") {
@@ -127,7 +149,7 @@ func kindList() string {
 	for _, k := range Kinds() {
 		out = append(out, strings.ToLower(k.Name))
 	}
-	return strings.Join(out, ", ")
+	return strings.Join(out, ", ") + "; and, to replace with --replace, job and cronjob"
 }
 
 // Workload is one workload as read from the cluster.
@@ -179,7 +201,11 @@ func (c Client) Get(ctx context.Context, ns string, r Ref) (*Workload, error) {
 func fromObject(k Kind, u *unstructured.Unstructured) (*Workload, error) {
 	w := &Workload{Ref: Ref{Kind: k.Name, Name: u.GetName()}, Namespace: u.GetNamespace(), UID: u.GetUID(),
 		Generation: u.GetGeneration(), Object: u}
-	tmpl, found, err := unstructured.NestedMap(u.Object, "spec", "template")
+	path := k.Template
+	if path == nil {
+		path = []string{"spec", "template"}
+	}
+	tmpl, found, err := unstructured.NestedMap(u.Object, path...)
 	if err != nil || !found {
 		if ref, ok, _ := unstructured.NestedString(u.Object, "spec", "workloadRef", "name"); ok {
 			return nil, fmt.Errorf("%s takes its pod template from Deployment %s (workloadRef): intercept that Deployment's pods through it, or give the Rollout a template of its own", w.Describe(), ref)
@@ -225,6 +251,30 @@ func (c Client) List(ctx context.Context, ns string) ([]*Workload, error) {
 	return out, nil
 }
 
+// ListBatch reads the Jobs and CronJobs in ns ("" for all namespaces)
+// whose annotations have key; kinds the user may not list are skipped.
+func (c Client) ListBatch(ctx context.Context, ns, key string) ([]*Workload, error) {
+	var out []*Workload
+	for _, k := range BatchKinds() {
+		items, err := c.list(ctx, k, ns)
+		if apierrors.IsForbidden(err) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", k.Resource.Resource, err)
+		}
+		for i := range items {
+			if _, ok := items[i].GetAnnotations()[key]; !ok {
+				continue
+			}
+			if w, err := fromObject(k, &items[i]); err == nil {
+				out = append(out, w)
+			}
+		}
+	}
+	return out, nil
+}
+
 // Find resolves what a user names: KIND/NAME; or NAME, a workload of any
 // kind (a ReplicaSet only when no other workload runs it); or, when no
 // workload has that name, a Service's name, for the one workload whose
@@ -243,7 +293,7 @@ func (c Client) Find(ctx context.Context, ns, name string) (w *Workload, service
 	}
 	var found []*Workload
 	var forbidden []string
-	for _, k := range Kinds() {
+	for _, k := range slices.Concat(Kinds(), BatchKinds()) { // a Job by name, to be told what tunnel does with it
 		w, err := c.Get(ctx, ns, Ref{Kind: k.Name, Name: name})
 		switch {
 		case errors.Is(err, ErrNotFound): // a kind the cluster lacks says so too
@@ -313,7 +363,7 @@ func (c Client) BehindService(ctx context.Context, svc *corev1.Service) (*Worklo
 		return all[0], nil
 	case 0:
 		if jobs := c.jobsBehind(ctx, svc); len(jobs) > 0 {
-			return nil, fmt.Errorf("%w: Service %s/%s selects the pods of %s, and tunnel intercepts those of Deployments, StatefulSets, DaemonSets, ReplicaSets and Rollouts, not of Jobs: their pods run to completion, and a sidecar would keep them running", ErrNoPodsFor, svc.Namespace, svc.Name, strings.Join(jobs, ", "))
+			return nil, fmt.Errorf("%w: Service %s/%s selects the pods of %s, and tunnel intercepts those of Deployments, StatefulSets, DaemonSets, ReplicaSets and Rollouts, not of Jobs: their pods run to completion, and a sidecar would keep them running; `tunnel intercept %s --replace` suspends it so that this machine does its work", ErrNoPodsFor, svc.Namespace, svc.Name, strings.Join(jobs, ", "), jobs[0])
 		}
 		return nil, fmt.Errorf("%w: the selector of Service %s/%s picks the pods of no Deployment, StatefulSet, DaemonSet, ReplicaSet or Rollout", ErrNoPodsFor, svc.Namespace, svc.Name)
 	}

@@ -99,7 +99,7 @@ func TestParseRef(t *testing.T) {
 	if got := (Ref{Deployment, "web"}).String(); got != "web" {
 		t.Errorf("a Deployment's ref is %q, want its bare name, as sidecars of older versions carry", got)
 	}
-	for _, bad := range []string{"job/x", "sts/", "sts/a/b"} {
+	for _, bad := range []string{"pod/x", "sts/", "sts/a/b"} {
 		if _, err := ParseRef(bad); err == nil {
 			t.Errorf("ParseRef(%q) took it", bad)
 		}
@@ -123,7 +123,7 @@ func TestFind(t *testing.T) {
 		{name: "web-1", err: "there is no workload or Service named \"web-1\""},
 		{name: "manual", err: "Service shop/manual has no selector"},
 		{name: "nobody", err: "picks the pods of no Deployment"},
-		{name: "cronjob/x", err: "tunnel does not intercept the pods of Jobs and CronJobs (cronjob/x): they run to completion"},
+		{name: "cronjob/x", err: "there is no CronJob \"x\" in namespace shop"},
 		{name: "pod/x", err: "\"pod\" is not a workload kind tunnel intercepts (deployment, statefulset"},
 		{name: "sts/none", err: "there is no StatefulSet \"none\" in namespace shop"},
 	} {
@@ -162,6 +162,21 @@ func TestBehindServiceOfJobs(t *testing.T) {
 	_, _, err := c.Find(t.Context(), "shop", "report")
 	if !errors.Is(err, ErrNoPodsFor) || !strings.Contains(err.Error(), "Service shop/report selects the pods of cronjob/nightly, job/once, and tunnel intercepts") {
 		t.Errorf("a Service in front of Jobs: %v", err)
+	}
+	if !strings.Contains(err.Error(), "`tunnel intercept cronjob/nightly --replace` suspends it") {
+		t.Errorf("the refusal does not say what tunnel does with a CronJob: %v", err)
+	}
+	// Named, each is found, its pod template read from where its kind
+	// keeps it; a bare name finds one too.
+	for name, want := range map[string]Ref{"cronjob/nightly": {CronJob, "nightly"}, "cj/nightly": {CronJob, "nightly"},
+		"jobs.batch/once": {Job, "once"}, "once": {Job, "once"}, "nightly": {CronJob, "nightly"}} {
+		w, _, err := c.Find(t.Context(), "shop", name)
+		if err != nil || w.Ref != want || w.Template.Labels["app"] != "report" {
+			t.Errorf("Find(%q) = %+v, %v; want %v with its template", name, w, err, want)
+		}
+	}
+	if k, ok := KindNamed(""); ok {
+		t.Errorf("KindNamed(\"\") = %v: a kind without a short name must not match an empty one", k)
 	}
 	// Without Jobs behind it, the sentence stays the general one.
 	if _, _, err := c.Find(t.Context(), "shop", "nobody"); err == nil || strings.Contains(err.Error(), "job") {

@@ -116,8 +116,15 @@ func Environment(ctx context.Context, cs kubernetes.Interface, w *workload.Workl
 
 func ptrTrue(b *bool) bool { return b != nil && *b }
 
-// runningPod picks a running pod of w, ready ones first.
+// runningPod picks a running pod of w, ready ones first. A Job or
+// CronJob, whose pods come and go a run at a time (and stop while it is
+// replaced), gives a pod made from its template: what the pod itself
+// would say (its IP, its node) is then left empty.
 func runningPod(ctx context.Context, cs kubernetes.Interface, w *workload.Workload) (*corev1.Pod, error) {
+	if workload.IsBatch(w.Kind) {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: w.Name, Namespace: w.Namespace, Labels: w.Template.Labels,
+			Annotations: w.Template.Annotations}, Spec: *w.Template.Spec.DeepCopy()}, nil
+	}
 	sel, err := metav1.LabelSelectorAsSelector(w.Selector)
 	if err != nil {
 		return nil, err

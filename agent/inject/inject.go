@@ -53,6 +53,7 @@ var (
 	ErrWhichPort   = errors.New("several ports")
 	ErrHostNetwork = errors.New("host network")
 	ErrShared      = errors.New("shared service")
+	ErrBatch       = errors.New("runs to completion")
 )
 
 // Target is what a user names: a workload (NAME, KIND/NAME, or the name of
@@ -100,6 +101,14 @@ func Resolve(ctx context.Context, wc workload.Client, t Target) (*Plan, error) {
 	w, service, err := wc.Find(ctx, t.Namespace, t.Workload)
 	if err != nil {
 		return nil, err
+	}
+	if workload.IsBatch(w.Kind) {
+		if !t.Replace {
+			return nil, fmt.Errorf("%w: %s runs its pods to completion, a run at a time, and tunnel intercepts no traffic of theirs (a sidecar would keep them running); `tunnel intercept %s --replace` suspends it so that this machine does its work instead", ErrBatch, w.Describe(), w.Ref)
+		}
+		// Nothing sends it traffic and no sidecar goes in: the replace
+		// suspends it, and the intercept holds it by no port.
+		return &Plan{Workload: w}, nil
 	}
 	if why := workload.Partial(w); why != "" {
 		return nil, fmt.Errorf("%w: %s", ErrPartial, why)

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -340,5 +341,26 @@ func TestResolveAWorkerToReplace(t *testing.T) {
 	// Without --replace, a workload no Service selects has nothing to take.
 	if _, err := Resolve(t.Context(), workload.Client{CS: fake.NewClientset(web)}, Target{Namespace: "shop", Workload: "web"}); !errors.Is(err, ErrNoService) || !strings.Contains(err.Error(), "--replace") {
 		t.Errorf("without --replace: %v", err)
+	}
+}
+
+// A CronJob (or Job) is only replaced: without --replace the sentence
+// says so; with it the plan holds no Service and no port, even when a
+// Service selects its pods.
+func TestResolveACronJob(t *testing.T) {
+	cj := &batchv1.CronJob{ObjectMeta: metav1.ObjectMeta{Name: "nightly", Namespace: "shop"},
+		Spec: batchv1.CronJobSpec{Schedule: "@daily", JobTemplate: batchv1.JobTemplateSpec{Spec: batchv1.JobSpec{
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "nightly"}},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{container("report", cport("http", 8080))}}}}}}}
+	wc := workload.Client{CS: fake.NewClientset(cj, service("nightly-svc", "nightly", sport("http", 80, intstr.FromInt32(8080))))}
+	_, err := Resolve(t.Context(), wc, Target{Namespace: "shop", Workload: "cronjob/nightly"})
+	if !errors.Is(err, ErrBatch) || !strings.Contains(err.Error(), "`tunnel intercept cronjob/nightly --replace` suspends it") {
+		t.Errorf("without --replace: %v", err)
+	}
+	for _, name := range []string{"cronjob/nightly", "nightly"} {
+		p, err := Resolve(t.Context(), wc, Target{Namespace: "shop", Workload: name, Replace: true})
+		if err != nil || p.Workload.Kind != workload.CronJob || p.Service != nil || p.AppPort != 0 {
+			t.Errorf("Resolve(%q, replace) = %+v, %v; want the CronJob, no Service, no port", name, p, err)
+		}
 	}
 }

@@ -28,6 +28,12 @@ import (
 // apply cannot take another manager's fields back, a field someone changed
 // since (a new image deployed, a scale) is left as they made it, and a
 // patch of an object that moved under it fails whole and is tried again.
+//
+// A Job or CronJob (workload.BatchKinds) is suspended instead: its pods
+// run to completion and no sidecar goes into them. A suspended Job's pods
+// are stopped (the Job controller deletes them) and start again when it
+// resumes; a suspended CronJob starts no new Job, while one it started
+// already runs to its end.
 const (
 	ReplacedAnnot  = "tunnel.dev/replaced"
 	ReplaceManager = "tunnel-replace"
@@ -46,6 +52,10 @@ type replacement struct {
 	Replicas   *int64              `json:"replicas,omitempty"`
 	Scaled     bool                `json:"scaled,omitempty"` // replicas set to 1
 	Containers []replacedContainer `json:"containers"`
+	// Suspended: a Job or CronJob this replace suspended; Suspend is its
+	// spec.suspend before (nil when unset).
+	Suspended bool  `json:"suspended,omitempty"`
+	Suspend   *bool `json:"suspend,omitempty"`
 }
 
 type replacedContainer struct {
@@ -65,7 +75,7 @@ func readReplacement(w *workload.Workload) (*replacement, error) {
 		return nil, nil
 	}
 	var r replacement
-	if err := json.Unmarshal([]byte(raw), &r); err != nil || r.Image == "" {
+	if err := json.Unmarshal([]byte(raw), &r); err != nil || (r.Image == "" && !r.Suspended) {
 		return nil, fmt.Errorf("%s: annotation %s does not say what to put back", w.Describe(), ReplacedAnnot)
 	}
 	return &r, nil
@@ -79,8 +89,12 @@ func Replaced(w *workload.Workload) string {
 	return ""
 }
 
-// idle says whether w's containers run what r put there.
+// idle says whether w's containers run what r put there (a Job or
+// CronJob: whether it is suspended).
 func idle(w *workload.Workload, r *replacement) bool {
+	if r.Suspended {
+		return suspended(w)
+	}
 	for _, orig := range r.Containers {
 		i := slices.IndexFunc(w.Template.Spec.Containers, func(c corev1.Container) bool { return c.Name == orig.Name })
 		if i < 0 || !isStandIn(w.Template.Spec.Containers[i], r.Image) {
@@ -88,6 +102,12 @@ func idle(w *workload.Workload, r *replacement) bool {
 		}
 	}
 	return len(r.Containers) > 0
+}
+
+// suspended says whether a Job or CronJob is suspended now.
+func suspended(w *workload.Workload) bool {
+	s, _, _ := unstructured.NestedBool(w.Object.Object, "spec", "suspend")
+	return s
 }
 
 func isStandIn(c corev1.Container, image string) bool {
@@ -111,7 +131,11 @@ func Replace(ctx context.Context, wc workload.Client, w *workload.Workload, imag
 	case r != nil:
 		return false, fmt.Errorf("%w: %s is marked replaced for intercept %s of %s; its leave (or `tunnel uninstall --agent %s`) puts it back", ErrReplaced, w.Describe(), r.Intercept, r.Holder, w.Ref)
 	}
-	progress(fmt.Sprintf("Replacing the containers of %s with the laptop (one rollout)", w.Describe()))
+	if workload.IsBatch(w.Kind) {
+		progress(fmt.Sprintf("Suspending %s, so that it starts no pods while the laptop does its work", w.Describe()))
+	} else {
+		progress(fmt.Sprintf("Replacing the containers of %s with the laptop (one rollout)", w.Describe()))
+	}
 	err = retryPatch(ctx, wc, w, func(w *workload.Workload) ([]map[string]any, error) {
 		if r, _ := readReplacement(w); r != nil {
 			return nil, nil // done: the patch went through, its answer lost
@@ -144,6 +168,18 @@ func scales(w *workload.Workload) bool {
 func replaceOps(w *workload.Workload, image, intercept, holder string) ([]map[string]any, error) {
 	rep := replacement{Intercept: intercept, Holder: holder, Image: image}
 	ops := versionTest(w)
+	if workload.IsBatch(w.Kind) {
+		rep.Image, rep.Suspended = "", true
+		if v, found, _ := unstructured.NestedBool(w.Object.Object, "spec", "suspend"); found {
+			rep.Suspend = &v
+		}
+		ops = append(ops, op("add", "/spec/suspend", true))
+		data, err := json.Marshal(rep)
+		if err != nil {
+			return nil, err
+		}
+		return append(ops, annotationOps(w, string(data))...), nil
+	}
 	for i, c := range w.Template.Spec.Containers {
 		if c.Name == Container {
 			continue
@@ -199,7 +235,11 @@ func Restore(ctx context.Context, wc workload.Client, ns string, r workload.Ref,
 	if rep == nil || (intercept != "" && rep.Intercept != intercept) || (holder != "" && rep.Holder != holder) {
 		return false, nil
 	}
-	progress(fmt.Sprintf("Putting %s back as it was (one rollout)", w.Describe()))
+	if rep.Suspended {
+		progress(fmt.Sprintf("Putting %s back as it was (resuming it)", w.Describe()))
+	} else {
+		progress(fmt.Sprintf("Putting %s back as it was (one rollout)", w.Describe()))
+	}
 	var kept []string
 	err = retryPatch(ctx, wc, w, func(w *workload.Workload) ([]map[string]any, error) {
 		rep, err := readReplacement(w)
@@ -235,6 +275,17 @@ func replacedNow(w *workload.Workload) bool {
 // changed since, which stays as it is.
 func restoreOps(w *workload.Workload, rep *replacement) (ops []map[string]any, kept []string) {
 	ops = versionTest(w)
+	if rep.Suspended {
+		// Resumed only if still suspended: one its owner resumed or
+		// suspended on purpose since stays so.
+		now, has, _ := unstructured.NestedBool(w.Object.Object, "spec", "suspend")
+		switch {
+		case !now:
+			kept = append(kept, "spec.suspend")
+		case rep.Suspend == nil || *rep.Suspend != now:
+			ops = append(ops, field("/spec/suspend", rep.Suspend != nil, rep.Suspend, has)...)
+		}
+	}
 	for _, orig := range rep.Containers {
 		i := slices.IndexFunc(w.Template.Spec.Containers, func(c corev1.Container) bool { return c.Name == orig.Name })
 		if i < 0 {

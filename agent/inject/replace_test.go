@@ -5,7 +5,9 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -193,4 +195,57 @@ func FuzzReplacedAnnotation(f *testing.F) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// A Job or CronJob is replaced by suspending it, its pod template left as
+// it is; putting back gives spec.suspend as it was (unset, or false), and
+// one its owner resumed meanwhile stays resumed.
+func TestReplaceSuspendsAJobOrCronJob(t *testing.T) {
+	tmpl := corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "report"}},
+		Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{{Name: "report", Image: "report:1"}}}}
+	cj := &batchv1.CronJob{ObjectMeta: metav1.ObjectMeta{Name: "nightly", Namespace: "shop"},
+		Spec: batchv1.CronJobSpec{Schedule: "@daily", JobTemplate: batchv1.JobTemplateSpec{Spec: batchv1.JobSpec{Template: tmpl}}}}
+	job := &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Name: "backfill", Namespace: "shop"},
+		Spec: batchv1.JobSpec{Suspend: ptr.To(false), Template: tmpl}}
+	cs := fake.NewClientset(cj, job)
+	wc := workload.Client{CS: cs}
+	for _, ref := range []workload.Ref{{Kind: workload.CronJob, Name: "nightly"}, {Kind: workload.Job, Name: "backfill"}} {
+		w, err := wc.Get(t.Context(), "shop", ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := w.Object.DeepCopy()
+		if changed, err := Replace(t.Context(), wc, w, "", "nightly-replace", "alice@laptop", time.Second, func(string) {}); !changed || err != nil {
+			t.Fatalf("replace %s: %v, %v", ref, changed, err)
+		}
+		now, _ := wc.Get(t.Context(), "shop", ref)
+		if !suspended(now) || Replaced(now) != "nightly-replace" || !equality.Semantic.DeepEqual(now.Template, w.Template) {
+			t.Errorf("%s after replace: suspended %v, replaced for %q, template %+v", ref, suspended(now), Replaced(now), now.Template)
+		}
+		if back, err := Restore(t.Context(), wc, "shop", ref, "nightly-replace", "alice@laptop", time.Second, func(string) {}); !back || err != nil {
+			t.Fatalf("restore %s: %v, %v", ref, back, err)
+		}
+		after, _ := wc.Get(t.Context(), "shop", ref)
+		if !equality.Semantic.DeepEqual(after.Object.Object["spec"], before.Object["spec"]) || len(after.Object.GetAnnotations()) != 0 {
+			t.Errorf("%s put back: spec %v, annotations %v; want spec %v", ref, after.Object.Object["spec"], after.Object.GetAnnotations(), before.Object["spec"])
+		}
+	}
+	// Resumed by its owner while replaced: left resumed, and said.
+	ref := workload.Ref{Kind: workload.Job, Name: "backfill"}
+	w, _ := wc.Get(t.Context(), "shop", ref)
+	if _, err := Replace(t.Context(), wc, w, "", "x", "alice@laptop", time.Second, func(string) {}); err != nil {
+		t.Fatal(err)
+	}
+	j, _ := cs.BatchV1().Jobs("shop").Get(t.Context(), "backfill", metav1.GetOptions{})
+	j.Spec.Suspend = ptr.To(false)
+	if _, err := cs.BatchV1().Jobs("shop").Update(t.Context(), j, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var said []string
+	if _, err := Restore(t.Context(), wc, "shop", ref, "x", "alice@laptop", time.Second, func(s string) { said = append(said, s) }); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(said, "\n"), "Left spec.suspend of job shop/backfill as it is now") {
+		t.Errorf("a Job resumed meanwhile: said %q", said)
+	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"tunnel.dev/tunnel/rpc"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
+	"tunnel.dev/tunnel/workload"
 )
 
 // Errors the intercept table returns; grpcError maps them to codes.
@@ -72,11 +73,20 @@ func headerAllowed(name string, allowed []string) bool {
 	return false
 }
 
+// batch says whether an intercept's workload is a Job or CronJob.
+func batch(ref string) bool {
+	r, err := workload.ParseRef(ref)
+	return err == nil && workload.IsBatch(r.Kind)
+}
+
 // validate checks a spec's own fields and canonicalizes its header name.
 func validate(spec *managerpb.InterceptSpec, allowedHeaders []string) error {
 	switch {
 	case spec.GetName() == "" || spec.GetNamespace() == "" || spec.GetWorkload() == "":
 		return fmt.Errorf("%w: name, namespace and workload are required", errInterceptInvalid)
+	case spec.GetPort() == 0 && batch(spec.GetWorkload()) && spec.GetMode() == managerpb.InterceptMode_GLOBAL:
+		// A Job or CronJob replaced (suspended): held by no port, as
+		// nothing sends its pods traffic.
 	case spec.GetPort() == 0 || spec.GetPort() > 65535:
 		return fmt.Errorf("%w: port %d", errInterceptInvalid, spec.GetPort())
 	}

@@ -240,7 +240,8 @@ func TestCreateInterceptAsksForTheKindByName(t *testing.T) {
 	m, _ := newTestManager(t, nil)
 	m.identify = fakeIdentify
 	m.useAuthorizer(rbac{"ada": {"shop/get deployments.apps", "shop/patch deployments.apps",
-		"shop/get statefulsets.apps:db", "shop/patch statefulsets.apps:db", "shop/list services", "shop/update services"}}.authorize)
+		"shop/get statefulsets.apps:db", "shop/patch statefulsets.apps:db", "shop/list services", "shop/update services",
+		"shop/get cronjobs.batch:nightly", "shop/patch cronjobs.batch:nightly"}}.authorize)
 	addr := serve(t, m)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -258,8 +259,24 @@ func TestCreateInterceptAsksForTheKindByName(t *testing.T) {
 			t.Errorf("intercept of %s without its rights: %v, want PermissionDenied", workload, err)
 		}
 	}
-	if _, err := ada.CreateIntercept(ctx, &managerpb.InterceptSpec{Name: "x", Namespace: "shop", Workload: "cronjob/x", Port: 8080, Mode: managerpb.InterceptMode_GLOBAL}); status.Code(err) != codes.InvalidArgument {
+	if _, err := ada.CreateIntercept(ctx, &managerpb.InterceptSpec{Name: "x", Namespace: "shop", Workload: "pod/x", Port: 8080, Mode: managerpb.InterceptMode_GLOBAL}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("an intercept of a kind tunnel does not know: %v", err)
+	}
+	// A CronJob is replaced (suspended), held by no port: with the rights
+	// to change it, and no Service rights, which it does not touch.
+	for _, tc := range []struct {
+		workload string
+		port     uint32
+		want     codes.Code
+	}{
+		{"cronjob/nightly", 0, codes.OK},
+		{"cronjob/other", 0, codes.PermissionDenied},
+		{"web", 0, codes.InvalidArgument}, // only a Job or CronJob is held by no port
+	} {
+		_, err := ada.CreateIntercept(ctx, &managerpb.InterceptSpec{Name: "n-" + strings.ReplaceAll(tc.workload, "/", "-"), Namespace: "shop", Workload: tc.workload, Port: tc.port, Mode: managerpb.InterceptMode_GLOBAL})
+		if status.Code(err) != tc.want {
+			t.Errorf("intercept of %s, port %d: %v, want %v", tc.workload, tc.port, err, tc.want)
+		}
 	}
 }
 
