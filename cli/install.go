@@ -345,15 +345,20 @@ func newUninstall() *cobra.Command {
 			}
 			// Jobs and CronJobs an intercept suspended (--replace) carry
 			// no sidecar: they are found by the mark of the replace.
+			// Best effort: one that cannot be resumed is said, and the rest
+			// of the uninstall goes on.
 			batch, err := wc.ListBatch(ctx, "", inject.ReplacedAnnot)
 			if err != nil {
-				return err
+				fmt.Fprintf(cmd.ErrOrStderr(), "Warning: could not look for Jobs and CronJobs an intercept suspended: %v\n", err)
 			}
 			for _, b := range batch {
-				if _, err := inject.Restore(ctx, wc, b.Namespace, b.Ref, "", "", timeout, progress); err != nil {
-					return err
+				back, err := inject.Restore(ctx, wc, b.Namespace, b.Ref, "", "", timeout, progress)
+				switch {
+				case err != nil:
+					fmt.Fprintf(cmd.ErrOrStderr(), "Warning: %s stays suspended: %v; `tunnel uninstall --agent %s -n %s` tries again\n", b.Describe(), err, b.Ref, b.Namespace)
+				case back:
+					fmt.Fprintf(cmd.OutOrStdout(), "Resumed %s, which an intercept had suspended.\n", b.Describe())
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "Resumed %s, which an intercept had suspended.\n", b.Describe())
 			}
 			deps, err := inject.WithSidecar(ctx, wc, "")
 			if err != nil {

@@ -89,8 +89,12 @@ func newList() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			// A Job or CronJob is listed when an intercept replaces it:
+			// A Job or CronJob is listed when an intercept replaces it, or
+			// one did and it is still marked so (a laptop that crashed):
 			// its pods run to completion and carry no sidecar.
+			if marked, err := wc.ListBatch(ctx, ns, inject.ReplacedAnnot); err == nil {
+				all = append(all, marked...)
+			}
 			for _, ic := range ics {
 				r, err := workload.ParseRef(ic.GetSpec().GetWorkload())
 				if err != nil || !workload.IsBatch(r.Kind) || ic.GetSpec().GetNamespace() != ns ||

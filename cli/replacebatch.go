@@ -26,11 +26,15 @@ func replaceBatch(cmd *cobra.Command, f *interceptFlags, c daemonpb.DaemonClient
 	errOut := cmd.ErrOrStderr()
 	w := plan.Workload
 	ns := w.Namespace
+	if f.port != "" || f.service != "" {
+		return fmt.Errorf("%s takes no traffic, so --port and --service do not apply to its replace", w.Describe())
+	}
 	spec := &managerpb.InterceptSpec{Name: f.name, Namespace: ns, Workload: w.Ref.String(),
 		Mode: managerpb.InterceptMode_GLOBAL, NoFallback: true}
-	if spec.Name == "" {
-		spec.Name = defaultName(w.Name, "replace", 0, spec)
+	if spec.Name == "" { // NAME-cronjob, NAME-job: a Job and a CronJob may share a name
+		spec.Name = defaultName(w.Name, strings.ToLower(w.Kind), 0, spec)
 	}
+	wasSuspended, _, _ := unstructured.NestedBool(w.Object.Object, "spec", "suspend")
 	if !f.output.json() {
 		fmt.Fprintf(errOut, "Suspending %s, so that this machine does its work alone...\n", w.Describe())
 	}
@@ -49,14 +53,23 @@ func replaceBatch(cmd *cobra.Command, f *interceptFlags, c daemonpb.DaemonClient
 			return err
 		}
 	} else {
-		what := "it starts no Job"
+		what, then := "it starts no Job", "leave resumes it"
 		if w.Kind == workload.Job {
-			what = "its pods are stopped"
+			what, then = "its pods are stopped", "leave resumes it, and its pods start again"
 		}
-		fmt.Fprintf(cmd.OutOrStdout(), "Intercept %s: %s is suspended: %s while this machine does its work; leave resumes it.\n",
-			ic.GetSpec().GetName(), w.Describe(), what)
+		if wasSuspended {
+			then = "it was suspended already, and leave leaves it so"
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "Intercept %s: %s is suspended: %s while this machine does its work; %s.\n",
+			ic.GetSpec().GetName(), w.Describe(), what, then)
 		if running := activeJobs(ctx, wc, w); len(running) > 0 {
 			fmt.Fprintf(errOut, "Warning: %s started %s before it was suspended, which run on to their end.\n", w.Describe(), strings.Join(running, ", "))
+		}
+		// Kubernetes counts a scheduled time that falls while suspended
+		// as missed, and a CronJob with no starting deadline starts the
+		// latest missed run as soon as it resumes.
+		if _, hasDeadline, _ := unstructured.NestedInt64(w.Object.Object, "spec", "startingDeadlineSeconds"); w.Kind == workload.CronJob && !hasDeadline && !wasSuspended {
+			fmt.Fprintf(errOut, "Note: if its schedule comes round while it is suspended, Kubernetes starts that run when leave resumes it (the CronJob sets no startingDeadlineSeconds).\n")
 		}
 	}
 	return runThenLeave(ctx, c, ns, spec.Name, command, env, errOut)

@@ -87,6 +87,10 @@ func printStatus(w io.Writer, st *daemonpb.StatusResponse) {
 			label = ""
 		}
 		s := ic.GetSpec()
+		if s.GetPort() == 0 { // a Job or CronJob, replaced by suspending it
+			fmt.Fprintf(w, "%-11s %s: %s/%s, suspended (replaced)\n", label, s.GetName(), s.GetNamespace(), s.GetWorkload())
+			continue
+		}
 		fmt.Fprintf(w, "%-11s %s: port %d of %s/%s, %s\n", label, s.GetName(), s.GetPort(), s.GetNamespace(), s.GetWorkload(),
 			strings.ToLower(s.GetMode().String()))
 	}

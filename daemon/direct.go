@@ -104,6 +104,10 @@ func (d *direct) run(ctx context.Context, ic *managerpb.Intercept) {
 		log.Info("no direct path to the workload's pods; its traffic comes through the manager", "err", err)
 		return
 	}
+	if w.Selector == nil { // an empty selector would watch every pod of the namespace
+		log.Info("no direct path: the workload has no selector; its traffic comes through the manager")
+		return
+	}
 	sel, err := metav1.LabelSelectorAsSelector(w.Selector)
 	if err != nil {
 		log.Info("no direct path: the workload's selector", "err", err)

@@ -338,7 +338,10 @@ func (d *Daemon) Intercept(ctx context.Context, req *daemonpb.InterceptRequest) 
 	spec := req.GetSpec()
 	// A replaced Job or CronJob is held by no port (spec.Port 0), and
 	// nothing is sent to the laptop for it.
-	if (req.GetLocalPort() == 0 && (spec.GetPort() != 0 || !req.GetReplace())) || req.GetLocalPort() > 65535 {
+	if spec.GetPort() == 0 && !req.GetReplace() {
+		return nil, status.Error(codes.InvalidArgument, "an intercept of no port only replaces a Job or CronJob: give --replace")
+	}
+	if (req.GetLocalPort() == 0 && spec.GetPort() != 0) || req.GetLocalPort() > 65535 {
 		return nil, status.Errorf(codes.InvalidArgument, "local port %d is not a port number", req.GetLocalPort())
 	}
 	if req.GetReplace() && spec.GetMode() != managerpb.InterceptMode_GLOBAL {

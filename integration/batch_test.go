@@ -101,7 +101,7 @@ func TestReplaceAJobAndACronJob(t *testing.T) {
 		t.Errorf("the replaced CronJob: %v, suspend %v", err, c.Spec.Suspend)
 	}
 	ws := list(t, l, ns)
-	for ref, name := range map[string]string{"job/backfill": "backfill-replace", "cronjob/digest": "my-digest"} {
+	for ref, name := range map[string]string{"job/backfill": "backfill-job", "cronjob/digest": "my-digest"} {
 		if w := ws[ref]; w.ReplacedFor != name || len(w.Intercepts) != 1 || w.Intercepts[0].Name != name {
 			t.Errorf("list shows %s as %+v, want it replaced for %s", ref, w, name)
 		}
@@ -113,7 +113,7 @@ func TestReplaceAJobAndACronJob(t *testing.T) {
 		t.Errorf("a second replace of the held Job was taken:\n%s", out)
 	}
 
-	l.must("leave", "backfill-replace")
+	l.must("leave", "backfill-job")
 	l.must("leave", "my-digest")
 	running("the Job's pods run again after leave", 2)
 	if after := kindState(t, ns, "Job", "backfill"); after != beforeJob {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -35,9 +36,11 @@ func (c Client) Wait(ctx context.Context, ns string, r Ref, timeout time.Duratio
 		Selector: w.Selector, Template: &w.Template, Want: w.Replicas()}, timeout, progress)
 }
 
-// waitBatch waits, when a Job is suspended, until its pods are gone: the
-// laptop is then its only worker. A Job resumed, or a CronJob, has
-// nothing to wait for (the next run starts when it starts).
+// waitBatch waits, when a Job is suspended, until its pods are gone (or
+// finished): the laptop is then its only worker. Its pods are counted,
+// not its status, which leaves out those still in their grace period. A
+// Job resumed, or a CronJob, has nothing to wait for: the next run starts
+// when it starts.
 func (c Client) waitBatch(ctx context.Context, ns string, r Ref, timeout time.Duration, progress func(string)) error {
 	if r.Kind != Job {
 		return nil
@@ -45,16 +48,26 @@ func (c Client) waitBatch(ctx context.Context, ns string, r Ref, timeout time.Du
 	said := false
 	deadline := time.Now().Add(timeout)
 	for {
-		j, err := c.CS.BatchV1().Jobs(ns).Get(ctx, r.Name, metav1.GetOptions{})
+		w, err := c.Get(ctx, ns, r)
 		if err != nil {
-			return fmt.Errorf("read %s: %w", r.Describe(ns), err)
+			return err
 		}
-		if j.Spec.Suspend == nil || !*j.Spec.Suspend {
+		if s, _, _ := unstructured.NestedBool(w.Object.Object, "spec", "suspend"); !s || w.Selector == nil {
 			return nil
 		}
-		running := j.Status.Active
-		if j.Status.Terminating != nil {
-			running += *j.Status.Terminating
+		sel, err := metav1.LabelSelectorAsSelector(w.Selector)
+		if err != nil {
+			return err
+		}
+		pods, err := c.CS.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+		if err != nil {
+			return fmt.Errorf("list the pods of %s: %w", r.Describe(ns), err)
+		}
+		running := 0
+		for _, p := range pods.Items {
+			if p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+				running++
+			}
 		}
 		if running == 0 {
 			return nil

@@ -257,7 +257,7 @@ func (c Client) ListBatch(ctx context.Context, ns, key string) ([]*Workload, err
 	var out []*Workload
 	for _, k := range BatchKinds() {
 		items, err := c.list(ctx, k, ns)
-		if apierrors.IsForbidden(err) {
+		if apierrors.IsNotFound(err) || apierrors.IsForbidden(err) {
 			continue
 		}
 		if err != nil {
@@ -293,7 +293,7 @@ func (c Client) Find(ctx context.Context, ns, name string) (w *Workload, service
 	}
 	var found []*Workload
 	var forbidden []string
-	for _, k := range slices.Concat(Kinds(), BatchKinds()) { // a Job by name, to be told what tunnel does with it
+	for _, k := range Kinds() {
 		w, err := c.Get(ctx, ns, Ref{Kind: k.Name, Name: name})
 		switch {
 		case errors.Is(err, ErrNotFound): // a kind the cluster lacks says so too
@@ -322,6 +322,13 @@ func (c Client) Find(ctx context.Context, ns, name string) (w *Workload, service
 	svc, err := c.CS.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		if apierrors.IsNotFound(err) {
+			// Last, a Job or CronJob of that name: never in the way of a
+			// workload or Service a user had in mind.
+			for _, k := range BatchKinds() {
+				if w, err := c.Get(ctx, ns, Ref{Kind: k.Name, Name: name}); err == nil {
+					return w, "", nil
+				}
+			}
 			if len(forbidden) > 0 {
 				return nil, "", fmt.Errorf("%w: there is no workload or Service named %q in namespace %s that you may read (you may not get %s there)", ErrNotFound, name, ns, strings.Join(forbidden, ", "))
 			}
@@ -339,6 +346,9 @@ func (c Client) Find(ctx context.Context, ns, name string) (w *Workload, service
 // notRunByAnother refuses a ReplicaSet that a Deployment or Rollout runs:
 // a change to it would be undone by its owner at once.
 func (c Client) notRunByAnother(w *Workload) error {
+	if w.Kind == Job { // its CronJob does not undo a suspend
+		return nil
+	}
 	if owner := metav1.GetControllerOf(w.Object); owner != nil {
 		return fmt.Errorf("%s is run by %s %s, which would undo any change to it; intercept %s/%s", w.Describe(), strings.ToLower(owner.Kind), owner.Name, strings.ToLower(owner.Kind), owner.Name)
 	}

@@ -158,6 +158,9 @@ func TestBehindServiceOfJobs(t *testing.T) {
 		&batchv1.Job{ObjectMeta: meta("nightly-1", "j-nightly-1", controller("CronJob", "nightly", "cj-nightly")), Spec: jobTmpl("report")},
 		&batchv1.Job{ObjectMeta: meta("once", "j-once"), Spec: jobTmpl("report")},
 		&batchv1.Job{ObjectMeta: meta("other", "j-other"), Spec: jobTmpl("other")},
+		// Named as a Deployment is: a bare name finds the Deployment.
+		&batchv1.CronJob{ObjectMeta: meta("web", "cj-web"), Spec: batchv1.CronJobSpec{Schedule: "@daily",
+			JobTemplate: batchv1.JobTemplateSpec{Spec: jobTmpl("cleanup")}}},
 		service("report", map[string]string{"app": "report"}))
 	_, _, err := c.Find(t.Context(), "shop", "report")
 	if !errors.Is(err, ErrNoPodsFor) || !strings.Contains(err.Error(), "Service shop/report selects the pods of cronjob/nightly, job/once, and tunnel intercepts") {
@@ -174,6 +177,9 @@ func TestBehindServiceOfJobs(t *testing.T) {
 		if err != nil || w.Ref != want || w.Template.Labels["app"] != "report" {
 			t.Errorf("Find(%q) = %+v, %v; want %v with its template", name, w, err, want)
 		}
+	}
+	if w, _, err := c.Find(t.Context(), "shop", "web"); err != nil || w.Kind != Deployment {
+		t.Errorf("Find(\"web\") beside cronjob/web = %+v, %v; want the Deployment", w, err)
 	}
 	if k, ok := KindNamed(""); ok {
 		t.Errorf("KindNamed(\"\") = %v: a kind without a short name must not match an empty one", k)

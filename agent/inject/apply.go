@@ -340,7 +340,7 @@ func Remove(ctx context.Context, wc workload.Client, ns string, r workload.Ref, 
 	if err != nil {
 		return err
 	}
-	if HasSidecar(&w.Template) {
+	if HasSidecar(&w.Template) && !workload.IsBatch(w.Kind) { // tunnel never puts one into a Job's pods
 		progress(fmt.Sprintf("Removing the intercept sidecar from %s (one rollout)", w.Describe()))
 		if err := wc.Apply(ctx, w, nil, FieldManager, owned()); err != nil {
 			return err

@@ -75,7 +75,7 @@ func readReplacement(w *workload.Workload) (*replacement, error) {
 		return nil, nil
 	}
 	var r replacement
-	if err := json.Unmarshal([]byte(raw), &r); err != nil || (r.Image == "" && !r.Suspended) {
+	if err := json.Unmarshal([]byte(raw), &r); err != nil || (r.Image == "" && !r.Suspended) || r.Suspended != workload.IsBatch(w.Kind) {
 		return nil, fmt.Errorf("%s: annotation %s does not say what to put back", w.Describe(), ReplacedAnnot)
 	}
 	return &r, nil

@@ -84,9 +84,13 @@ func validate(spec *managerpb.InterceptSpec, allowedHeaders []string) error {
 	switch {
 	case spec.GetName() == "" || spec.GetNamespace() == "" || spec.GetWorkload() == "":
 		return fmt.Errorf("%w: name, namespace and workload are required", errInterceptInvalid)
-	case spec.GetPort() == 0 && batch(spec.GetWorkload()) && spec.GetMode() == managerpb.InterceptMode_GLOBAL:
-		// A Job or CronJob replaced (suspended): held by no port, as
-		// nothing sends its pods traffic.
+	case batch(spec.GetWorkload()):
+		// A Job or CronJob is only replaced (suspended): held by no port,
+		// as nothing sends its pods traffic, and global.
+		if spec.GetPort() != 0 || spec.GetMode() != managerpb.InterceptMode_GLOBAL {
+			return fmt.Errorf("%w: a Job or CronJob is only replaced, by an intercept of port 0 that is global", errInterceptInvalid)
+		}
+		return nil
 	case spec.GetPort() == 0 || spec.GetPort() > 65535:
 		return fmt.Errorf("%w: port %d", errInterceptInvalid, spec.GetPort())
 	}
@@ -186,6 +190,9 @@ func (t *interceptTable) add(owner *session, spec *managerpb.InterceptSpec) (*ma
 func clash(spec *managerpb.InterceptSpec, e *interceptEntry) error {
 	o := e.pb.GetSpec()
 	where := fmt.Sprintf("port %d of %s/%s", spec.GetPort(), spec.GetNamespace(), spec.GetWorkload())
+	if spec.GetPort() == 0 { // a Job or CronJob: replaced, by no port
+		where = spec.GetNamespace() + "/" + spec.GetWorkload()
+	}
 	switch {
 	case o.GetMode() == managerpb.InterceptMode_GLOBAL:
 		return fmt.Errorf("%w: %s is already intercepted by %s (intercept %q); they must leave it first",

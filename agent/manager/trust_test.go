@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -271,9 +272,10 @@ func TestCreateInterceptAsksForTheKindByName(t *testing.T) {
 	}{
 		{"cronjob/nightly", 0, codes.OK},
 		{"cronjob/other", 0, codes.PermissionDenied},
-		{"web", 0, codes.InvalidArgument}, // only a Job or CronJob is held by no port
+		{"cronjob/nightly", 8080, codes.InvalidArgument}, // nothing sends its pods traffic
+		{"web", 0, codes.InvalidArgument},                // only a Job or CronJob is held by no port
 	} {
-		_, err := ada.CreateIntercept(ctx, &managerpb.InterceptSpec{Name: "n-" + strings.ReplaceAll(tc.workload, "/", "-"), Namespace: "shop", Workload: tc.workload, Port: tc.port, Mode: managerpb.InterceptMode_GLOBAL})
+		_, err := ada.CreateIntercept(ctx, &managerpb.InterceptSpec{Name: fmt.Sprintf("n-%s-%d", strings.ReplaceAll(tc.workload, "/", "-"), tc.port), Namespace: "shop", Workload: tc.workload, Port: tc.port, Mode: managerpb.InterceptMode_GLOBAL})
 		if status.Code(err) != tc.want {
 			t.Errorf("intercept of %s, port %d: %v, want %v", tc.workload, tc.port, err, tc.want)
 		}
