@@ -81,6 +81,7 @@ func TestReplaceAJobAndACronJob(t *testing.T) {
 
 	env := filepath.Join(t.TempDir(), "backfill.env")
 	out := l.must("intercept", "job/backfill", "--replace", "--env-file", env)
+	t.Logf("intercept job/backfill --replace:\n%s", out)
 	if !strings.Contains(out, "job "+ns+"/backfill is suspended: its pods are stopped") {
 		t.Errorf("intercept --replace of a Job says:\n%s", out)
 	}
@@ -93,6 +94,7 @@ func TestReplaceAJobAndACronJob(t *testing.T) {
 	}
 
 	out = l.must("intercept", "digest", "--replace", "--name", "my-digest")
+	t.Logf("intercept digest --replace:\n%s", out)
 	if !strings.Contains(out, "cronjob "+ns+"/digest is suspended: it starts no Job") {
 		t.Errorf("intercept --replace of a CronJob says:\n%s", out)
 	}
@@ -107,11 +109,14 @@ func TestReplaceAJobAndACronJob(t *testing.T) {
 		}
 	}
 	// A second user may not take a Job another holds.
-	other := newLaptop(t, "batch-2", "admin")
+	other := newLaptop(t, "batchtwo", "admin")
 	other.must("connect", "-n", ns)
 	if out, err := other.run("intercept", "job/backfill", "--replace", "--name", "again"); err == nil {
 		t.Errorf("a second replace of the held Job was taken:\n%s", out)
+	} else {
+		t.Logf("a second replace of the held Job: %s", out)
 	}
+	t.Logf("list:\n%s", l.must("list", "-n", ns))
 
 	l.must("leave", "backfill-job")
 	l.must("leave", "my-digest")

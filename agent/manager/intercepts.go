@@ -190,8 +190,8 @@ func (t *interceptTable) add(owner *session, spec *managerpb.InterceptSpec) (*ma
 func clash(spec *managerpb.InterceptSpec, e *interceptEntry) error {
 	o := e.pb.GetSpec()
 	where := fmt.Sprintf("port %d of %s/%s", spec.GetPort(), spec.GetNamespace(), spec.GetWorkload())
-	if spec.GetPort() == 0 { // a Job or CronJob: replaced, by no port
-		where = spec.GetNamespace() + "/" + spec.GetWorkload()
+	if r, err := workload.ParseRef(spec.GetWorkload()); err == nil && spec.GetPort() == 0 { // a Job or CronJob: replaced, by no port
+		where = r.Describe(spec.GetNamespace())
 	}
 	switch {
 	case o.GetMode() == managerpb.InterceptMode_GLOBAL:
