@@ -12,6 +12,7 @@ package preview
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -88,8 +89,18 @@ func label(s string, n int) string {
 	return l
 }
 
-// RouteName is the preview route's name for an intercept.
-func RouteName(intercept string) string { return "tunnel-preview-" + label(intercept, 48) }
+// RouteName is the preview route's name for an intercept, at most 63
+// characters: a name too long to fit keeps its start and ends in a hash
+// of the whole, so that two intercepts whose names begin alike get routes
+// of their own.
+func RouteName(intercept string) string {
+	l := label(intercept, 63)
+	if len(l) > 48 {
+		sum := sha256.Sum256([]byte(l))
+		l = strings.Trim(l[:39], "-") + "-" + hex.EncodeToString(sum[:4])
+	}
+	return "tunnel-preview-" + l
+}
 
 // Open creates s's route beside the route (HTTPRoute or Emissary Mapping)
 // that sends s.Service its traffic, and returns its ref (KIND/NAME) and

@@ -41,6 +41,15 @@ func TestHost(t *testing.T) {
 	if n := RouteName("Echo_" + strings.Repeat("x", 80)); len(n) > 63 || strings.ContainsAny(n, "_E") {
 		t.Errorf("RouteName = %q", n)
 	}
+	// Two long names alike in their first 48 characters get routes of
+	// their own; a short one is kept whole.
+	long := strings.Repeat("checkout-frontend-", 3)
+	if a, b := RouteName(long+"alice"), RouteName(long+"bob"); a == b || len(a) > 63 || len(b) > 63 {
+		t.Errorf("RouteName of two long names: %q, %q", a, b)
+	}
+	if n := RouteName("web-http-alice"); n != "tunnel-preview-web-http-alice" {
+		t.Errorf("RouteName of a short name = %q", n)
+	}
 }
 
 // The preview route is one of its own beside the Service's: the same
