@@ -216,18 +216,54 @@ func freePort(t *corev1.PodTemplateSpec, caps map[int32]int32, avoid ...int32) i
 	}
 }
 
+// metricsPort is the port of the sidecar's /metrics and /healthz: the one
+// its sidecar has, else MetricsPort, or the first free one below it when
+// an app's container declares it or an app port captured is it (capture
+// listeners count up from FirstCapture, above it).
+func metricsPort(t *corev1.PodTemplateSpec, caps map[int32]int32) int32 {
+	for _, c := range t.Spec.Containers {
+		if c.Name != Container {
+			continue
+		}
+		for i, a := range c.Args {
+			if a == "--metrics-addr" && i+1 < len(c.Args) {
+				if _, p, ok := strings.Cut(c.Args[i+1], ":"); ok {
+					if n, err := strconv.ParseUint(p, 10, 16); err == nil && n > 0 {
+						return int32(n)
+					}
+				}
+			}
+		}
+	}
+	used := map[int32]bool{}
+	for _, c := range t.Spec.Containers {
+		for _, p := range c.Ports {
+			used[p.ContainerPort] = true
+		}
+	}
+	for a := range caps {
+		used[a] = true
+	}
+	p := int32(MetricsPort)
+	for used[p] {
+		p--
+	}
+	return p
+}
+
 // applySidecar server-side applies the sidecar container, with caps, as
 // FieldManager: the only fields of the workload that manager owns.
 func applySidecar(ctx context.Context, wc workload.Client, w *workload.Workload, agent Agent, caps map[int32]int32, redirects map[int32]bool) error {
 	ref := w.Ref.String()
+	metrics := metricsPort(&w.Template, caps)
 	args := []string{"sidecar", "--workload", ref, "--manager", managerAddr,
-		"--metrics-addr", fmt.Sprintf(":%d", MetricsPort)}
+		"--metrics-addr", fmt.Sprintf(":%d", metrics)}
 	if agent.ManagerKey != "" {
 		args = []string{"sidecar", "--workload", ref, "--manager", managerTLSAddr, "--manager-key", agent.ManagerKey,
-			"--metrics-addr", fmt.Sprintf(":%d", MetricsPort)}
+			"--metrics-addr", fmt.Sprintf(":%d", metrics)}
 	}
 	apps := slices.Sorted(maps.Keys(caps))
-	ports := []corev1.ContainerPort{{Name: "tunnel-metrics", ContainerPort: MetricsPort}}
+	ports := []corev1.ContainerPort{{Name: "tunnel-metrics", ContainerPort: metrics}}
 	for _, a := range apps {
 		args = append(args, "--capture", fmt.Sprintf("%d=%d", caps[a], a))
 		ports = append(ports, corev1.ContainerPort{Name: fmt.Sprintf("tnl-%d", a), ContainerPort: caps[a]})
@@ -248,7 +284,7 @@ func applySidecar(ctx context.Context, wc workload.Client, w *workload.Workload,
 		// workload's pods.
 		VolumeMounts: []corev1.VolumeMount{{Name: tokenVolume, MountPath: "/var/run/secrets/tunnel.dev", ReadOnly: true}},
 		ReadinessProbe: &corev1.Probe{
-			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(MetricsPort)}},
+			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(metrics)}},
 			PeriodSeconds: 2,
 		},
 		SecurityContext: &corev1.SecurityContext{

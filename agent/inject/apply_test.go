@@ -289,3 +289,27 @@ func TestCheckPullSecrets(t *testing.T) {
 		t.Errorf("no pull secrets to check: %v", err)
 	}
 }
+
+// The sidecar's metrics port is not one an app's container declares, nor
+// an app port it captures, and once chosen it stays with the sidecar.
+func TestMetricsPortAvoidsTheApps(t *testing.T) {
+	tmpl := func(cs ...corev1.Container) *corev1.PodTemplateSpec {
+		return &corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: cs}}
+	}
+	for _, tc := range []struct {
+		name string
+		t    *corev1.PodTemplateSpec
+		caps map[int32]int32
+		want int32
+	}{
+		{"free", tmpl(container("app", cport("http", 8080))), map[int32]int32{8080: FirstCapture}, MetricsPort},
+		{"declared by the app", tmpl(container("app", cport("http", MetricsPort), cport("admin", MetricsPort-1))), nil, MetricsPort - 2},
+		{"captured, undeclared", tmpl(container("app")), map[int32]int32{MetricsPort: FirstCapture}, MetricsPort - 1},
+		{"kept from the sidecar", tmpl(container("app", cport("http", 8080)),
+			corev1.Container{Name: Container, Args: []string{"sidecar", "--metrics-addr", ":18050"}}), nil, 18050},
+	} {
+		if got := metricsPort(tc.t, tc.caps); got != tc.want {
+			t.Errorf("%s: metricsPort = %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}

@@ -36,7 +36,7 @@ const (
 	FieldManager  = "tunnel-intercept"          // owns the sidecar in the workload
 	CapturedAnnot = "tunnel.dev/captured-ports" // on a Service: "PORT/PROTO=ORIGINAL-TARGET,..."
 	WorkloadAnnot = "tunnel.dev/captured-for"   // on a Service: the workload its captures serve (workload.Ref's form)
-	MetricsPort   = 18099                       // the sidecar's /metrics and /healthz, unless taken
+	MetricsPort   = 18099                       // the sidecar's /metrics and /healthz, unless an app's (metricsPort)
 	FirstCapture  = 18100                       // capture listeners count up from here
 	managerAddr   = "tunnel-manager.tunnel-system:8022"
 	// managerTLSAddr is the manager's sidecar port, with its key.
