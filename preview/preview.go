@@ -96,10 +96,21 @@ func label(s string, n int) string {
 func RouteName(intercept string) string {
 	l := label(intercept, 63)
 	if len(l) > 48 {
-		sum := sha256.Sum256([]byte(l))
+		sum := sha256.Sum256([]byte(intercept))
 		l = strings.Trim(l[:39], "-") + "-" + hex.EncodeToString(sum[:4])
 	}
 	return "tunnel-preview-" + l
+}
+
+// routeNames are the names intercept's route may have: RouteName's, and
+// for a long name the first 48 characters, as versions before the hash
+// named it.
+func routeNames(intercept string) []string {
+	names := []string{RouteName(intercept)}
+	if old := "tunnel-preview-" + label(intercept, 48); old != names[0] {
+		names = append(names, old)
+	}
+	return names
 }
 
 // Open creates s's route beside the route (HTTPRoute or Emissary Mapping)
@@ -285,7 +296,19 @@ func mapping(s Spec, base *unstructured.Unstructured, port int32) *unstructured.
 // of that name that is not tunnel's preview of it is left alone, and one
 // already gone is no error.
 func Close(ctx context.Context, dyn dynamic.Interface, ns, intercept string) error {
-	name := RouteName(intercept)
+	for i, name := range routeNames(intercept) {
+		err := closeNamed(ctx, dyn, ns, intercept, name)
+		if i > 0 && errors.Is(err, ErrNotOurs) {
+			continue // the old name is another intercept's route now
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func closeNamed(ctx context.Context, dyn dynamic.Interface, ns, intercept, name string) error {
 	for _, gvr := range []schema.GroupVersionResource{httpRouteGVR, mappingGVR} {
 		res := dyn.Resource(gvr).Namespace(ns)
 		obj, err := res.Get(ctx, name, metav1.GetOptions{})

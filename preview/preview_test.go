@@ -145,3 +145,26 @@ func TestAcceptedReadsTheGatewaysWord(t *testing.T) {
 		t.Errorf("an accepted route: %v", err)
 	}
 }
+
+// A route an older version named by the first 48 characters of a long
+// intercept name is still closed; one of that name that is another
+// intercept's is left alone.
+func TestCloseFindsARouteOfTheOldName(t *testing.T) {
+	long := strings.Repeat("checkout-frontend-", 3) + "alice"
+	old := "tunnel-preview-" + label(long, 48)
+	dyn := fakeDyn(route(old, map[string]any{ManagedBy: "tunnel", ForLabel: label(long, 63)}, "web"))
+	if err := Close(t.Context(), dyn, "shop", long); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dyn.Resource(httpRouteGVR).Namespace("shop").Get(t.Context(), old, metav1.GetOptions{}); err == nil {
+		t.Error("the route of the old name is still there")
+	}
+	other := strings.Repeat("checkout-frontend-", 3) + "bob"
+	dyn = fakeDyn(route(old, map[string]any{ManagedBy: "tunnel", ForLabel: label(long, 63)}, "web"))
+	if err := Close(t.Context(), dyn, "shop", other); err != nil {
+		t.Errorf("closing another intercept of a name alike: %v", err)
+	}
+	if _, err := dyn.Resource(httpRouteGVR).Namespace("shop").Get(t.Context(), old, metav1.GetOptions{}); err != nil {
+		t.Errorf("another intercept's route went: %v", err)
+	}
+}

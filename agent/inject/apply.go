@@ -129,7 +129,7 @@ func Ensure(ctx context.Context, wc workload.Client, p *Plan, agent Agent, timeo
 	} else {
 		progress(fmt.Sprintf("Adding port %d to the sidecar of %s (one rollout)", p.AppPort, w.Describe()))
 	}
-	if err := applySidecar(ctx, wc, w, agent, caps, redirects); err != nil {
+	if err := applySidecar(ctx, wc, w, agent, caps, redirects, p.Avoid...); err != nil {
 		return nothing, err
 	}
 	var took []ServicePort
@@ -218,9 +218,10 @@ func freePort(t *corev1.PodTemplateSpec, caps map[int32]int32, avoid ...int32) i
 
 // metricsPort is the port of the sidecar's /metrics and /healthz: the one
 // its sidecar has, else MetricsPort, or the first free one below it when
-// an app's container declares it or an app port captured is it (capture
-// listeners count up from FirstCapture, above it).
-func metricsPort(t *corev1.PodTemplateSpec, caps map[int32]int32) int32 {
+// an app's container declares it, an app port captured is it, or avoid
+// names it (an app port a Service leads to); never the sidecar's direct
+// port. Capture listeners count up from FirstCapture, above it.
+func metricsPort(t *corev1.PodTemplateSpec, caps map[int32]int32, avoid ...int32) int32 {
 	for _, c := range t.Spec.Containers {
 		if c.Name != Container {
 			continue
@@ -235,13 +236,16 @@ func metricsPort(t *corev1.PodTemplateSpec, caps map[int32]int32) int32 {
 			}
 		}
 	}
-	used := map[int32]bool{}
+	used := map[int32]bool{rpc.SidecarDirectPort: true}
 	for _, c := range t.Spec.Containers {
 		for _, p := range c.Ports {
 			used[p.ContainerPort] = true
 		}
 	}
 	for a := range caps {
+		used[a] = true
+	}
+	for _, a := range avoid {
 		used[a] = true
 	}
 	p := int32(MetricsPort)
@@ -252,10 +256,11 @@ func metricsPort(t *corev1.PodTemplateSpec, caps map[int32]int32) int32 {
 }
 
 // applySidecar server-side applies the sidecar container, with caps, as
-// FieldManager: the only fields of the workload that manager owns.
-func applySidecar(ctx context.Context, wc workload.Client, w *workload.Workload, agent Agent, caps map[int32]int32, redirects map[int32]bool) error {
+// FieldManager: the only fields of the workload that manager owns. avoid
+// names app ports its metrics port must not take (metricsPort).
+func applySidecar(ctx context.Context, wc workload.Client, w *workload.Workload, agent Agent, caps map[int32]int32, redirects map[int32]bool, avoid ...int32) error {
 	ref := w.Ref.String()
-	metrics := metricsPort(&w.Template, caps)
+	metrics := metricsPort(&w.Template, caps, avoid...)
 	args := []string{"sidecar", "--workload", ref, "--manager", managerAddr,
 		"--metrics-addr", fmt.Sprintf(":%d", metrics)}
 	if agent.ManagerKey != "" {

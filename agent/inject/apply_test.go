@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"tunnel.dev/tunnel/rpc"
 	"tunnel.dev/tunnel/workload"
 )
 
@@ -297,18 +298,21 @@ func TestMetricsPortAvoidsTheApps(t *testing.T) {
 		return &corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: cs}}
 	}
 	for _, tc := range []struct {
-		name string
-		t    *corev1.PodTemplateSpec
-		caps map[int32]int32
-		want int32
+		name  string
+		t     *corev1.PodTemplateSpec
+		caps  map[int32]int32
+		avoid []int32
+		want  int32
 	}{
-		{"free", tmpl(container("app", cport("http", 8080))), map[int32]int32{8080: FirstCapture}, MetricsPort},
-		{"declared by the app", tmpl(container("app", cport("http", MetricsPort), cport("admin", MetricsPort-1))), nil, MetricsPort - 2},
-		{"captured, undeclared", tmpl(container("app")), map[int32]int32{MetricsPort: FirstCapture}, MetricsPort - 1},
+		{"free", tmpl(container("app", cport("http", 8080))), map[int32]int32{8080: FirstCapture}, nil, MetricsPort},
+		// 18098 is the sidecar's own direct port.
+		{"declared by the app", tmpl(container("app", cport("http", MetricsPort), cport("admin", MetricsPort-2))), nil, nil, MetricsPort - 3},
+		{"captured, undeclared", tmpl(container("app")), map[int32]int32{MetricsPort: FirstCapture}, nil, MetricsPort - 2},
+		{"a Service's app port, undeclared", tmpl(container("app")), map[int32]int32{8080: FirstCapture}, []int32{8080, MetricsPort}, MetricsPort - 2},
 		{"kept from the sidecar", tmpl(container("app", cport("http", 8080)),
-			corev1.Container{Name: Container, Args: []string{"sidecar", "--metrics-addr", ":18050"}}), nil, 18050},
+			corev1.Container{Name: Container, Args: []string{"sidecar", "--metrics-addr", ":18050"}}), nil, []int32{18050}, 18050},
 	} {
-		if got := metricsPort(tc.t, tc.caps); got != tc.want {
+		if got := metricsPort(tc.t, tc.caps, tc.avoid...); got != tc.want || got == rpc.SidecarDirectPort {
 			t.Errorf("%s: metricsPort = %d, want %d", tc.name, got, tc.want)
 		}
 	}

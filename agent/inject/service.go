@@ -229,7 +229,7 @@ func sidecarPorts(slices []discoveryv1.EndpointSlice, listeners map[int32]bool) 
 			case p.Port == nil:
 			case listeners != nil && listeners[*p.Port]:
 				return true
-			case listeners == nil && (*p.Port == MetricsPort || *p.Port >= FirstCapture && *p.Port < FirstCapture+1000):
+			case listeners == nil && *p.Port >= FirstCapture && *p.Port < FirstCapture+1000: // the metrics port is no Service's target
 				return true
 			}
 		}
