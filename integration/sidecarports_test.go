@@ -40,9 +40,19 @@ func TestInterceptAnAppOnTheSidecarsMetricsPort(t *testing.T) {
 	if _, err := h.Client.CoreV1().Services(ns).Create(ctx, lab.EchoService(ns, "busy", labels), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	if err := lab.WaitDeployment(ctx, h.Client, ns, "busy", 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
 	ip := serviceIP(t, ns, "busy")
-	eventually(t, 2*time.Minute, "the app answers", func() (bool, string) {
-		got := fromNode(t, "http://"+ip+"/up")
+	// From the node, as a client in the cluster; a refusal is an answer.
+	get := func(url string) string {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		out, _ := h.Run(cctx, node, "curl", "-sS", "--max-time", "5", url)
+		return out
+	}
+	eventually(t, time.Minute, "the app answers", func() (bool, string) {
+		got := get("http://" + ip + "/up")
 		return strings.Contains(got, "pod=busy-"), got
 	})
 
@@ -58,7 +68,7 @@ func TestInterceptAnAppOnTheSidecarsMetricsPort(t *testing.T) {
 	// too: a metrics port on it would leave only the manager's path.
 	eventually(t, 30*time.Second, "the sidecar serves its metrics beside the app's, and reaches the laptop directly", func() (bool, string) {
 		for i := range 5 {
-			fromNode(t, fmt.Sprintf("http://%s/direct-%d", ip, i))
+			get(fmt.Sprintf("http://%s/direct-%d", ip, i))
 		}
 		pods, err := h.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=busy"})
 		if err != nil {
@@ -80,8 +90,8 @@ func TestInterceptAnAppOnTheSidecarsMetricsPort(t *testing.T) {
 			if side == 0 {
 				return false, "pod " + p.Name + " has no sidecar yet"
 			}
-			app := fromNode(t, fmt.Sprintf("http://%s:%d/metrics", p.Status.PodIP, inject.MetricsPort))
-			mine := fromNode(t, fmt.Sprintf("http://%s:%d/metrics", p.Status.PodIP, side))
+			app := get(fmt.Sprintf("http://%s:%d/metrics", p.Status.PodIP, inject.MetricsPort))
+			mine := get(fmt.Sprintf("http://%s:%d/metrics", p.Status.PodIP, side))
 			if side == inject.MetricsPort || strings.Contains(app, "tunnel_sidecar_") ||
 				!strings.Contains(mine, `tunnel_sidecar_laptop_connections_total{intercept="busy-http",path="direct"}`) {
 				return false, fmt.Sprintf("pod %s: on %d the app's metrics, on %d the sidecar's, with direct connections:\n%.300s\n---\n%s", p.Name, inject.MetricsPort, side, app, mine)
