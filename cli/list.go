@@ -14,7 +14,6 @@ import (
 	"tunnel.dev/tunnel/preview"
 	daemonpb "tunnel.dev/tunnel/rpc/daemon"
 	managerpb "tunnel.dev/tunnel/rpc/manager"
-	"tunnel.dev/tunnel/workload"
 )
 
 // listed is one workload in `tunnel list -o json`.
@@ -89,21 +88,11 @@ func newList() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			// A Job or CronJob is listed when an intercept replaces it, or
-			// one did and it is still marked so (a laptop that crashed):
-			// its pods run to completion and carry no sidecar.
+			// A Job or CronJob is listed while it is marked replaced: the
+			// mark is written before its intercept answers, and stays
+			// after a crash. Its pods carry no sidecar.
 			if marked, err := wc.ListBatch(ctx, ns, inject.ReplacedAnnot); err == nil {
 				all = append(all, marked...)
-			}
-			for _, ic := range ics {
-				r, err := workload.ParseRef(ic.GetSpec().GetWorkload())
-				if err != nil || !workload.IsBatch(r.Kind) || ic.GetSpec().GetNamespace() != ns ||
-					slices.ContainsFunc(all, func(w *workload.Workload) bool { return w.Ref == r }) {
-					continue
-				}
-				if w, err := wc.Get(ctx, ns, r); err == nil {
-					all = append(all, w)
-				}
 			}
 			previews := preview.List(ctx, wc.Dyn, ns)
 			var out []listed
